@@ -1,0 +1,219 @@
+"""The `flashcast` command: thin adapters over `flashcast.pipeline` and friends.
+
+Every command loads Settings, calls one library function and prints. A FlashcastError becomes
+exit code 1 with `ClassName: message`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flashcast.config import Settings, load_settings
+from flashcast.errors import FlashcastError
+from flashcast.keys import load_pii_key
+from flashcast.pipeline import RunInputs, RunResult, run_pipeline
+
+app = typer.Typer(help="Flashcast: governed forecast & optimize for marketing teams.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+lineage_app = typer.Typer(help="Inspect and verify the tamper-evident lineage log.", no_args_is_help=True)
+privacy_app = typer.Typer(help="Privacy checks.", no_args_is_help=True)
+app.add_typer(lineage_app, name="lineage")
+app.add_typer(privacy_app, name="privacy")
+console = Console()
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="flashcast.toml to use.")]
+
+
+def _settings(config: Path | None) -> Settings:
+    return load_settings(config)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except FlashcastError as exc:
+        console.print(f"[red]{type(exc).__name__}[/red]: {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Folder to write ndjson/, parquet/, spend.csv, truth.json.")],
+    days: Annotated[int, typer.Option(help="Days of data, ending at --end-date.")] = 450,
+    users: Annotated[int, typer.Option(help="Distinct visitors (daily sessions are about users/10).")] = 4000,
+    seed: Annotated[int, typer.Option(help="Random seed: same arguments, byte-identical files.")] = 7,
+    end_date: Annotated[str, typer.Option(help="Last (partial, intraday) export day, YYYY-MM-DD.")] = "2026-11-23",
+    timezone: Annotated[str, typer.Option(help="The GA4 property's time zone.")] = "America/New_York",
+    fmt: Annotated[str, typer.Option("--format", help="ndjson, parquet or both.")] = "both",
+) -> None:
+    """Write simulated GA4 export files with known ground truth.
+
+    Example: flashcast simulate --days 450 --users 4000 --seed 7 --end-date 2026-11-23 --out data/sim
+    """
+    from flashcast.simulate import SimulationSpec
+    from flashcast.simulate import simulate as run_simulation
+
+    formats = ("ndjson", "parquet") if fmt == "both" else (fmt,)
+    with _errors():
+        try:
+            spec = SimulationSpec(days=days, users=users, seed=seed, end_date=date.fromisoformat(end_date),
+                                  timezone=timezone, formats=formats)
+        except ValueError as exc:
+            console.print(f"[red]ValueError[/red]: {exc}")
+            raise typer.Exit(2) from exc
+        result = run_simulation(spec, out)
+    for name, count in result.rows_by_format.items():
+        console.print(f"wrote {count:,} {name} rows to {result.export_dirs[name]}")
+    console.print(f"spend: {result.spend_file}\ntruth: {result.truth_file}")
+
+
+@app.command()
+def run(
+    export: Annotated[Path, typer.Option(help="GA4 export: one events_* file or a folder of them.")],
+    spend: Annotated[Path | None, typer.Option(help="Daily spend CSV (date, channel, spend).")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
+    config: ConfigOption = None,
+) -> None:
+    """Run the pipeline on a GA4 export and write the outputs.
+
+    Example: flashcast run --export data/sim/ndjson --spend data/sim/spend.csv --out out
+    """
+    with _errors():
+        settings = _settings(config)
+        key = load_pii_key(settings.policy, settings.pii_key_file)
+        result = _run_with_progress(lambda progress: run_pipeline(
+            settings, RunInputs(export, spend), out, key=key, progress=progress))
+    _print_summary(result)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
+    days: Annotated[int, typer.Option(help="Days to simulate (400+ gives real yearly seasonality).")] = 430,
+    users: Annotated[int, typer.Option(help="Visitors to simulate.")] = 1500,
+    seed: Annotated[int, typer.Option(help="Simulation seed.")] = 7,
+    config: ConfigOption = None,
+) -> None:
+    """Simulate a GA4 export, then run the whole pipeline on it (what `make demo` does)."""
+    from flashcast.simulate import SimulationSpec
+    from flashcast.simulate import simulate as run_simulation
+
+    with _errors():
+        settings = _settings(config)
+        key = load_pii_key(settings.policy, settings.pii_key_file, create_if_missing=True)
+        sim_dir = settings.store.home / "demo-export"
+        with console.status("simulating GA4 export..."):
+            sim = run_simulation(
+                SimulationSpec(days=days, users=users, seed=seed, end_date=date.today(), formats=("ndjson",),
+                               timezone=settings.property_timezone if settings.property_timezone != "UTC"
+                               else "America/New_York"),
+                sim_dir,
+            )
+        console.print(f"simulated {sim.rows_by_format['ndjson']:,} GA4 events over {days} days into {sim_dir}")
+        result = _run_with_progress(lambda progress: run_pipeline(
+            settings, RunInputs(sim.export_dirs["ndjson"], sim.spend_file), out, key=key, progress=progress))
+    _print_summary(result)
+
+
+def _run_with_progress(call: Callable[[Callable[[str], None]], RunResult]) -> RunResult:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(stage: str) -> None:
+            bar.update(task, description=f"stage: {stage}")
+
+        return call(progress)
+
+
+def _print_summary(result: RunResult) -> None:
+    totals = result.guard.totals
+    table = Table(title=f"Run {result.lineage_id}", show_header=True)
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    for name in ("input_rows", "accepted", "dropped_consent", "quarantined", "duplicate"):
+        table.add_row(name, f"{totals[name]:,}")
+    console.print(table)
+    k = result.kpis
+    console.print(f"days {k.first_day} .. {k.last_day}" + (" (last day partial)" if k.partial_last_day else ""))
+    console.print(f"lineage head: entry {result.head.seq} {result.head.entry_hash[:16]}...")
+    for name, path in sorted(result.outputs.items()):
+        console.print(f"  {name:<16} {path}")
+
+
+@lineage_app.command("verify")
+def lineage_verify(
+    head: Annotated[list[Path] | None, typer.Option(help="Head file(s) written by runs (out/lineage_head.json).")]
+    = None,
+    config: ConfigOption = None,
+) -> None:
+    """Verify the hash chain, plus anchors: head files and the heads recorded with finished runs."""
+    from flashcast.lineage import LineageLog, read_head_file, run_anchors
+    from flashcast.store import OpsStore
+
+    with _errors():
+        settings = _settings(config)
+        ops = OpsStore(settings.store.ops_database_url)
+        anchors = [read_head_file(p) for p in head or []] + run_anchors(ops)
+        report = LineageLog(ops).verify(anchors)
+    console.print(f"[green]ok[/green]: {report.entries} entries, head {report.head.seq} "
+                  f"{report.head.entry_hash[:16]}..., {report.anchors_checked} anchors checked")
+
+
+@lineage_app.command("show")
+def lineage_show(
+    lineage_id: Annotated[str | None, typer.Option(help="Only entries of this run.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print lineage log entries as JSON lines."""
+    from flashcast.lineage import LineageLog
+    from flashcast.store import OpsStore
+
+    with _errors():
+        ops = OpsStore(_settings(config).store.ops_database_url)
+        for entry in LineageLog(ops).entries(lineage_id):
+            sys.stdout.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+@privacy_app.command("scan")
+def privacy_scan(
+    truth: Annotated[Path, typer.Option(help="truth.json from `flashcast simulate` (the planted values).")],
+    out: Annotated[Path, typer.Option(help="Output folder to scan.")] = Path("out"),
+    config: ConfigOption = None,
+) -> None:
+    """Scan the warehouse, the ops store and an output folder for planted PII. Exit 1 on any finding."""
+    from flashcast.privacy import PiiNeedles, ScanReport, scan_duckdb, scan_files, scan_sql_store
+    from flashcast.store import transform_connection, warehouse_session
+
+    with _errors():
+        settings = _settings(config)
+        needles = PiiNeedles.from_truth(json.loads(truth.read_text()))
+        report = ScanReport()
+        con = transform_connection()
+        with warehouse_session(con, settings.store.warehouse_path, timeout_s=settings.store.lock_timeout_s,
+                               read_only=True) as wh:
+            scan_duckdb(con, needles, catalog=wh, report=report)
+        scan_sql_store(settings.store.ops_database_url, needles, report)
+        scan_files(out, needles, report)
+    for finding in report.findings:
+        console.print(f"[red]{finding.kind}[/red] x{finding.count} in {finding.where}")
+    console.print(f"scanned {report.columns_scanned} columns and {report.files_scanned} files: "
+                  + ("[green]clean[/green]" if report.clean else "[red]PII found[/red]"))
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    return app(argv)

@@ -1,0 +1,226 @@
+"""The one configuration model, loaded from `flashcast.toml`.
+
+Sections: [store], [policy], [channels], [guardrails], [brand], [lineage]. Every field has a
+documented default so an empty file is a valid config; `flashcast.toml` in the repository root is
+the annotated example.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from flashcast.errors import ConfigError
+
+PAID_CHANNELS: tuple[str, ...] = ("Display", "CTV", "PPC", "Email")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StoreConfig(_Frozen):
+    """Where analytical tables (DuckDB) and operational records (SQLAlchemy URL) live."""
+
+    home: Path = Path(".flashcast")
+    warehouse: Path | None = None  # default: <home>/warehouse.duckdb
+    ops_url: str | None = None  # default: sqlite:///<home>/ops.sqlite (WAL); PostgreSQL URLs work too
+    lock_timeout_s: float = 600.0
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.warehouse or self.home / "warehouse.duckdb"
+
+    @property
+    def ops_database_url(self) -> str:
+        return self.ops_url or f"sqlite:///{self.home / 'ops.sqlite'}"
+
+
+class PrivacyPolicy(_Frozen):
+    """How the guard treats identifiers, consent and free text."""
+
+    identifier_fields: tuple[str, ...] = ("user_pseudo_id", "user_id")
+    consent_field: Literal["analytics_storage", "ads_storage"] = "analytics_storage"
+    # NULL consent means consent mode is not set up on the property (common, see docs/governance.md).
+    # 'granted' keeps those rows; EU properties with consent mode should choose 'denied'.
+    consent_null_means: Literal["granted", "denied"] = "granted"
+    redact_emails: bool = True
+    redact_phones: bool = True
+    key_env: str = "FLASHCAST_PII_KEY"
+    key_file: Path | None = None  # default: <store.home>/pii.key, created by the demo with a warning
+
+    @field_validator("identifier_fields")
+    @classmethod
+    def _known_identifiers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = set(value) - {"user_pseudo_id", "user_id"}
+        if unknown:
+            raise ValueError(f"unknown identifier field(s): {sorted(unknown)}")
+        if "user_pseudo_id" not in value:
+            raise ValueError("user_pseudo_id must be hashed: it is the join key of every later stage")
+        return value
+
+
+class ChannelRule(_Frozen):
+    """Session source/medium matching both regular expressions (case-insensitive) maps to `channel`."""
+
+    channel: str
+    source: str = ".*"
+    medium: str = ".*"
+
+    @field_validator("source", "medium")
+    @classmethod
+    def _valid_regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from exc
+        return value
+
+
+def _default_rules() -> tuple[ChannelRule, ...]:
+    return (
+        ChannelRule(channel="PPC", medium=r"^(cpc|ppc|paid[-_ ]?search|sem)$"),
+        ChannelRule(channel="Display", medium=r"^(display|banner|cpm|programmatic)$"),
+        ChannelRule(channel="CTV", medium=r"^(ctv|ott|video|connected[-_ ]?tv)$"),
+        ChannelRule(channel="Email", medium=r"^(e-?mail|newsletter)$"),
+        ChannelRule(channel="Email", source=r"^(newsletter|e-?mail)$"),
+    )
+
+
+class ChannelMapping(_Frozen):
+    """Maps each session to a channel. First matching rule wins; unmatched sessions are `default_channel`."""
+
+    attribution: Literal["session_last_click", "first_touch"] = "session_last_click"
+    rules: tuple[ChannelRule, ...] = Field(default_factory=_default_rules)
+    paid_channels: tuple[str, ...] = PAID_CHANNELS
+    default_channel: str = "Organic"
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return (*self.paid_channels, self.default_channel)
+
+    @model_validator(mode="after")
+    def _rules_name_known_channels(self) -> ChannelMapping:
+        unknown = {r.channel for r in self.rules} - set(self.channels)
+        if unknown:
+            raise ValueError(f"rules name channels not in paid_channels/default_channel: {sorted(unknown)}")
+        return self
+
+
+class Guardrails(_Frozen):
+    """Spend guardrails for the allocator (stage 6)."""
+
+    total_budget: float | None = None  # None: keep yesterday's total
+    min_share: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(PAID_CHANNELS, 0.05))
+    max_share: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(PAID_CHANNELS, 0.6))
+    max_daily_change: float = 0.25  # fraction of yesterday's spend a channel may move in one day
+    lookback_days: int = 28
+
+    @field_validator("min_share", "max_share")
+    @classmethod
+    def _shares_in_unit_interval(cls, value: dict[str, float]) -> dict[str, float]:
+        for channel, share in value.items():
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"share for {channel} must be within [0, 1]")
+        return value
+
+
+class ChannelCopyLimits(_Frozen):
+    headline: int
+    body: int
+
+
+def _default_limits() -> dict[str, ChannelCopyLimits]:
+    return {
+        "PPC": ChannelCopyLimits(headline=30, body=90),
+        "Display": ChannelCopyLimits(headline=30, body=90),
+        "CTV": ChannelCopyLimits(headline=15, body=70),
+        "Email": ChannelCopyLimits(headline=60, body=130),
+    }
+
+
+class BrandRules(_Frozen):
+    """Brand voice and compliance rules for the creative library (stage 4)."""
+
+    brand_name: str = "Flashcast Store"
+    tone_words: tuple[str, ...] = ("friendly", "clear", "confident")
+    banned_words: tuple[str, ...] = ("cheap", "miracle", "hate")
+    risky_claims: tuple[str, ...] = (
+        "guaranteed", "guarantee", "best", "#1", "number one", "risk-free", "cure", "100%", "free",
+    )
+    disclaimer: str = "Terms apply."
+    limits: dict[str, ChannelCopyLimits] = Field(default_factory=_default_limits)
+
+
+class LineageConfig(_Frozen):
+    """OpenLineage emission. `file` writes JSON lines under the output folder; `http` posts to `url`."""
+
+    namespace: str = "flashcast"
+    transport: Literal["file", "http", "none"] = "file"
+    url: str | None = None
+    endpoint: str = "api/v1/lineage"
+
+    @model_validator(mode="after")
+    def _http_needs_url(self) -> LineageConfig:
+        if self.transport == "http" and not self.url:
+            raise ValueError("transport 'http' needs url")
+        return self
+
+
+class Settings(_Frozen):
+    """Everything a run needs besides its inputs."""
+
+    property_timezone: str = "UTC"
+    store: StoreConfig = StoreConfig()
+    policy: PrivacyPolicy = PrivacyPolicy()
+    channels: ChannelMapping = ChannelMapping()
+    guardrails: Guardrails = Guardrails()
+    brand: BrandRules = BrandRules()
+    lineage: LineageConfig = LineageConfig()
+
+    @field_validator("property_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @property
+    def pii_key_file(self) -> Path:
+        return self.policy.key_file or self.store.home / "pii.key"
+
+    def digest(self) -> str:
+        """A stable hash of the settings, recorded in lineage so a run's config can be matched later."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read `flashcast.toml` (or `path`); defaults when no path is given and none exists."""
+    if path is None:
+        candidate = Path("flashcast.toml")
+        if not candidate.exists():
+            return Settings()
+        path = candidate
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc

@@ -1,0 +1,58 @@
+"""The PII hashing key: loaded from the environment, or from a local key file for demos."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from flashcast.config import PrivacyPolicy
+from flashcast.errors import ConfigError
+
+_BLOCK = 64  # SHA-256 block size, for HMAC pads
+
+
+@dataclass(frozen=True, repr=False)
+class PiiKey:
+    """An HMAC-SHA256 key. `key_id` is a one-way tag recorded in lineage so keys can rotate."""
+
+    secret: bytes
+
+    @property
+    def key_id(self) -> str:
+        return hashlib.sha256(b"flashcast-key-id\x00" + self.secret).hexdigest()[:16]
+
+    def pads(self) -> tuple[bytes, bytes]:
+        """HMAC inner and outer pads (RFC 2104), so SQL engines can compute HMAC with plain sha256."""
+        key = hashlib.sha256(self.secret).digest() if len(self.secret) > _BLOCK else self.secret
+        key = key.ljust(_BLOCK, b"\x00")
+        return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"PiiKey(key_id={self.key_id})"
+
+
+def load_pii_key(policy: PrivacyPolicy, key_file: Path, *, create_if_missing: bool = False) -> PiiKey:
+    """Key from `$FLASHCAST_PII_KEY` (policy.key_env); else from `key_file`; else create it (demo only)."""
+    from_env = os.environ.get(policy.key_env)
+    if from_env:
+        if len(from_env) < 16:
+            raise ConfigError(f"${policy.key_env} is too short: use at least 16 characters")
+        return PiiKey(from_env.encode())
+    if key_file.exists():
+        return PiiKey(key_file.read_text(encoding="ascii").strip().encode())
+    if not create_if_missing:
+        raise ConfigError(f"no PII key: set ${policy.key_env} or create {key_file}")
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(secrets.token_hex(32) + "\n", encoding="ascii")
+    key_file.chmod(0o600)
+    warnings.warn(
+        f"${policy.key_env} is not set: created a local key in {key_file}. "
+        "Use a managed secret in production; hashes change if this file is lost.",
+        UserWarning,
+        stacklevel=2,
+    )
+    return PiiKey(key_file.read_text(encoding="ascii").strip().encode())

@@ -1,0 +1,280 @@
+"""The pipeline: wires the stages in order. The one function the CLI and the API both call.
+
+A run does its SQL in a private in-memory DuckDB connection, copies guarded tables into the
+warehouse under its lock, records operational facts (run, reconciliation, lineage entries) in the
+ops store, and writes its human- and machine-readable outputs to `out_dir`. Every stage is
+bracketed by lineage entries; a failure is recorded (redacted) and re-raised as StageError.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import sqlalchemy as sa
+
+from flashcast.config import Settings
+from flashcast.errors import FlashcastError, StageError
+from flashcast.keys import PiiKey
+from flashcast.lineage import DatasetRef, LineageLog, LogHead, OpenLineageEmitter, job_name, new_lineage_id
+from flashcast.privacy import redact_message
+from flashcast.stages.guard import (
+    GUARD_TABLES,
+    GuardReport,
+    RunContext,
+    guard_export,
+    install_privacy_functions,
+)
+from flashcast.stages.ingest import stage_export
+from flashcast.stages.kpis import KpiSummary, daily_channel_kpis, load_spend
+from flashcast.store import OpsStore, transform_connection, warehouse_session
+
+JOB = "run"
+PERSISTED_TABLES = (*GUARD_TABLES, "sessions", "daily_kpis", "daily_outcomes")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """Where a run reads from: a GA4 export (file or folder) and, optionally, a spend file."""
+
+    export: Path
+    spend: Path | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    lineage_id: str
+    out_dir: Path
+    guard: GuardReport
+    kpis: KpiSummary
+    head: LogHead
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class _RunState:
+    settings: Settings
+    run: RunContext
+    ops: OpsStore
+    log: LineageLog
+    emitter: OpenLineageEmitter
+    progress: Progress
+    stage: str = "start"
+
+
+def run_pipeline(
+    settings: Settings, inputs: RunInputs, out_dir: Path, *, key: PiiKey, progress: Progress | None = None
+) -> RunResult:
+    """Ingest -> guard -> daily KPIs -> warehouse + outputs, stamped with one lineage_id."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ops = OpsStore(settings.store.ops_database_url)
+    run = RunContext(new_lineage_id(), datetime.now(UTC), key.key_id)
+    state = _RunState(settings, run, ops, LineageLog(ops), OpenLineageEmitter(settings.lineage, out_dir),
+                      progress or (lambda _msg: None))
+    input_refs = _input_refs(inputs)
+    _start(state, inputs, input_refs)
+    try:
+        result = _run_stages(state, inputs, out_dir, key)
+    except BaseException as exc:
+        _fail(state, exc, input_refs)
+        if isinstance(exc, FlashcastError | duckdb.Error | OSError | ValueError):
+            raise StageError(state.stage, exc) from exc
+        raise
+    finally:
+        ops.dispose()
+    return result
+
+
+def _run_stages(state: _RunState, inputs: RunInputs, out_dir: Path, key: PiiKey) -> RunResult:
+    settings, run = state.settings, state.run
+    con = transform_connection()
+    try:
+        with _stage(state, "ingest"):
+            staged = stage_export(con, inputs.export)
+            state.log.append("stage_completed", run.lineage_id, {
+                "stage": "ingest", "files": [f.name for f in staged.files], "input_rows": staged.input_rows})
+        with _stage(state, "guard"):
+            install_privacy_functions(con, key, settings.policy)
+            report = guard_export(con, staged, policy=settings.policy, run=run)
+            _daily_outcomes_table(con, report, run)
+            state.log.append("stage_completed", run.lineage_id, {
+                "stage": "guard", "key_id": run.key_id, "consent_null_means": settings.policy.consent_null_means,
+                "totals": report.totals})
+        with _stage(state, "kpis"):
+            spend_table = None
+            if inputs.spend is not None:
+                load_spend(con, inputs.spend, mapping=settings.channels)
+                spend_table = "spend"
+            kpis = daily_channel_kpis(con, spend=spend_table, mapping=settings.channels,
+                                      timezone=settings.property_timezone)
+            state.log.append("stage_completed", run.lineage_id, {
+                "stage": "kpis", "first_day": kpis.first_day.isoformat(), "last_day": kpis.last_day.isoformat(),
+                "partial_last_day": kpis.partial_last_day})
+        with _stage(state, "persist"):
+            _persist(con, settings)
+            outputs = _write_outputs(con, out_dir, report, kpis, run)
+            _record_reconciliation(state.ops, report, run)
+    finally:
+        con.close()
+    return _complete(state, out_dir, report, kpis, outputs)
+
+
+@contextmanager
+def _stage(state: _RunState, name: str) -> Iterator[None]:
+    state.stage = name
+    state.progress(name)
+    yield
+
+
+def _input_refs(inputs: RunInputs) -> list[DatasetRef]:
+    refs = [DatasetRef("file", str(inputs.export.resolve()))]
+    if inputs.spend is not None:
+        refs.append(DatasetRef("file", str(inputs.spend.resolve())))
+    return refs
+
+
+def _start(state: _RunState, inputs: RunInputs, refs: list[DatasetRef]) -> None:
+    run = state.run
+    with state.ops.transaction() as conn:
+        conn.execute(state.ops.runs.insert().values(
+            lineage_id=run.lineage_id, job=JOB, status="running", started_at=run.processed_at.isoformat(),
+            config_digest=state.settings.digest(), key_id=run.key_id))
+    state.log.append("run_started", run.lineage_id, {
+        "job": JOB, "processed_at": run.processed_at.isoformat(), "config_digest": state.settings.digest(),
+        "key_id": run.key_id, "inputs": [r.name for r in refs]})
+    state.emitter.emit("START", run_id=run.lineage_id, job=job_name(JOB), inputs=refs)
+
+
+def _fail(state: _RunState, exc: BaseException, refs: list[DatasetRef]) -> None:
+    message = redact_message(f"{type(exc).__name__}: {exc}")[:2000]
+    run = state.run
+    try:
+        state.log.append("run_failed", run.lineage_id, {"stage": state.stage, "error": message})
+        with state.ops.transaction() as conn:
+            conn.execute(state.ops.runs.update().where(state.ops.runs.c.lineage_id == run.lineage_id).values(
+                status="failed", finished_at=datetime.now(UTC).isoformat(), error=message))
+        state.emitter.emit("FAIL", run_id=run.lineage_id, job=job_name(JOB), inputs=refs, error=message)
+    except Exception:  # recording the failure must not hide the failure itself
+        pass
+
+
+def _complete(
+    state: _RunState, out_dir: Path, report: GuardReport, kpis: KpiSummary, outputs: dict[str, Path]
+) -> RunResult:
+    run = state.run
+    digests = {name: _file_sha256(path) for name, path in sorted(outputs.items())}
+    head = state.log.append("run_completed", run.lineage_id, {"outputs": digests, "totals": report.totals})
+    head_file = out_dir / "lineage_head.json"
+    head_file.write_text(json.dumps({"lineage_id": run.lineage_id, **head.to_json()}, indent=2) + "\n")
+    summary = {"totals": report.totals, "lineage_head": head.to_json(), "out_dir": str(out_dir.resolve()),
+               "first_day": kpis.first_day.isoformat(), "last_day": kpis.last_day.isoformat()}
+    with state.ops.transaction() as conn:
+        conn.execute(state.ops.runs.update().where(state.ops.runs.c.lineage_id == run.lineage_id).values(
+            status="completed", finished_at=datetime.now(UTC).isoformat(), summary=summary))
+    warehouse = state.settings.store.warehouse_path.resolve()
+    state.emitter.emit("COMPLETE", run_id=run.lineage_id, job=job_name(JOB), inputs=[],
+                       outputs=[DatasetRef(f"duckdb://{warehouse}", t) for t in PERSISTED_TABLES])
+    outputs = {**outputs, "lineage_head": head_file}
+    if state.emitter.event_file.exists():
+        outputs["openlineage"] = state.emitter.event_file
+    return RunResult(run.lineage_id, out_dir, report, kpis, head, outputs)
+
+
+def _daily_outcomes_table(con: duckdb.DuckDBPyConnection, report: GuardReport, run: RunContext) -> None:
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE daily_outcomes (lineage_id VARCHAR, event_date VARCHAR, input_rows BIGINT,
+        accepted BIGINT, dropped_consent BIGINT, quarantined BIGINT, duplicate BIGINT, dropped_share DOUBLE)"""
+    )
+    rows = [(run.lineage_id, d.event_date, d.input_rows, d.accepted, d.dropped_consent, d.quarantined,
+             d.duplicate, round(d.dropped_share, 6)) for d in report.days]
+    if rows:
+        con.executemany("INSERT INTO daily_outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def _persist(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Append this run's guarded tables to the warehouse, holding its lock only for the copy."""
+    with warehouse_session(con, settings.store.warehouse_path, timeout_s=settings.store.lock_timeout_s) as wh:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for table in PERSISTED_TABLES:
+                con.execute(f"CREATE TABLE IF NOT EXISTS {wh}.main.{table} AS SELECT * FROM {table} WITH NO DATA")
+                con.execute(f"INSERT INTO {wh}.main.{table} BY NAME SELECT * FROM {table}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+def _write_outputs(
+    con: duckdb.DuckDBPyConnection, out_dir: Path, report: GuardReport, kpis: KpiSummary, run: RunContext
+) -> dict[str, Path]:
+    outputs = {
+        "daily_kpis": out_dir / "daily_kpis.csv",
+        "reconciliation": out_dir / "reconciliation.csv",
+        "quarantine": out_dir / "quarantine.csv",
+    }
+    queries = {
+        "daily_kpis": f"SELECT * FROM {kpis.table} ORDER BY event_date, channel",
+        "reconciliation": "SELECT * FROM daily_outcomes ORDER BY event_date",
+        "quarantine": "SELECT lineage_id, event_date, source_file, source_line, field, reason, row_hmac "
+                      "FROM quarantine ORDER BY source_file, source_line",
+    }
+    for name, query in queries.items():
+        _write_csv(con, query, outputs[name])
+    summary_file = out_dir / "run_summary.json"
+    summary_file.write_text(json.dumps({
+        "lineage_id": run.lineage_id, "processed_at": run.processed_at.isoformat(), "key_id": run.key_id,
+        "totals": report.totals, "consent_null_means": report.consent_null_means,
+        "first_day": kpis.first_day.isoformat(), "last_day": kpis.last_day.isoformat(),
+        "partial_last_day": kpis.partial_last_day,
+        "kpis_by_channel": _channel_totals(con, kpis),
+    }, indent=2) + "\n")
+    outputs["run_summary"] = summary_file
+    return outputs
+
+
+def _write_csv(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
+    cursor = con.execute(query)
+    columns = [d[0] for d in cursor.description or []]
+    rows = cursor.fetchall()
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+
+
+def _channel_totals(con: duckdb.DuckDBPyConnection, kpis: KpiSummary) -> list[dict[str, Any]]:
+    rows = con.execute(
+        f"""SELECT channel, sum(sessions)::BIGINT, sum(purchases)::BIGINT, round(sum(revenue), 2),
+        round(sum(spend), 2) FROM {kpis.table} GROUP BY channel ORDER BY channel"""
+    ).fetchall()
+    return [{"channel": r[0], "sessions": r[1], "purchases": r[2], "revenue": r[3], "spend": r[4]} for r in rows]
+
+
+def _record_reconciliation(ops: OpsStore, report: GuardReport, run: RunContext) -> None:
+    ops.insert(ops.reconciliation, [
+        {"lineage_id": run.lineage_id, "event_date": d.event_date, "input_rows": d.input_rows,
+         "accepted": d.accepted, "dropped_consent": d.dropped_consent, "quarantined": d.quarantined,
+         "duplicate": d.duplicate}
+        for d in report.days
+    ])
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_record(ops: OpsStore, lineage_id: str) -> dict[str, Any] | None:
+    with ops.engine.connect() as conn:
+        row = conn.execute(sa.select(ops.runs).where(ops.runs.c.lineage_id == lineage_id)).mappings().first()
+    return dict(row) if row else None

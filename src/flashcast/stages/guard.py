@@ -1,0 +1,225 @@
+"""Stage 2: the governance guard, as set-based DuckDB SQL over the staged export.
+
+Every staged row ends in exactly one outcome table:
+
+    staged --invalid--------------------------------> quarantine   (reason names file, line, field)
+           --consent denied (policy)----------------> consent_drops
+           --consented but no user_pseudo_id--------> quarantine
+           --same fingerprint as an earlier row-----> duplicates (kind 'exact')
+           --purchase, transaction_id seen before---> duplicates (kind 'transaction')
+           --otherwise------------------------------> guarded_events (hashed, redacted, stamped)
+
+Identifiers are replaced by HMAC-SHA256 built from `sha256` over BLOBs (RFC 2104), which matches
+Python's `hmac` and is portable to Spark. Free text (URLs, string params, campaign tags) is
+percent-decoded and then has emails and phone numbers replaced. Quarantined rows keep only an
+HMAC of the raw line and of the user, never the line itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+
+from flashcast.config import PrivacyPolicy
+from flashcast.errors import ReconciliationError
+from flashcast.keys import PiiKey
+from flashcast.stages.ingest import StagedExport
+
+EMAIL_PATTERN = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
+# International prefix, an area code (bracketed or not), then 3-4 and 4 digits with optional
+# separators: catches 555-123-4567, (555) 123-4567, +1 555.123.4567, +44 20 7946 0958, 5551234567,
+# but not dates (2024-01-15) or short numbers.
+PHONE_PATTERN = r"(\+\d{1,3}[\s.\-]?)?(\(\d{2,4}\)|\d{2,4})[\s.\-]?\d{3,4}[\s.\-]?\d{4}"
+EMAIL_TOKEN, PHONE_TOKEN = "[redacted-email]", "[redacted-phone]"
+OUTCOMES = ("accepted", "dropped_consent", "quarantined", "duplicate")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who is running: stamped on every output row and every lineage entry."""
+
+    lineage_id: str
+    processed_at: datetime
+    key_id: str
+
+
+@dataclass(frozen=True)
+class DayOutcome:
+    event_date: str  # ISO date, or 'unknown' for rows whose date could not be parsed
+    input_rows: int
+    accepted: int
+    dropped_consent: int
+    quarantined: int
+    duplicate: int
+
+    @property
+    def dropped_share(self) -> float:
+        return self.dropped_consent / self.input_rows if self.input_rows else 0.0
+
+
+@dataclass(frozen=True)
+class GuardReport:
+    """Outcome counts per day and in total. `totals` always reconciles (checked when built)."""
+
+    days: tuple[DayOutcome, ...]
+    key_id: str
+    consent_null_means: str
+
+    @property
+    def totals(self) -> dict[str, int]:
+        fields = ("input_rows", *OUTCOMES)
+        return {f: sum(getattr(d, f) for d in self.days) for f in fields}
+
+
+GUARD_TABLES = ("guarded_events", "quarantine", "consent_drops", "duplicates")
+
+
+def install_privacy_functions(con: duckdb.DuckDBPyConnection, key: PiiKey, policy: PrivacyPolicy) -> None:
+    """Create `hmac_hex(text)` and `redact_text(text)` macros in this connection."""
+    ipad, opad = key.pads()
+    con.execute("CREATE OR REPLACE TEMP TABLE _hmac_pads (ipad BLOB, opad BLOB)")
+    con.execute("INSERT INTO _hmac_pads VALUES (?, ?)", [ipad, opad])
+    con.execute(
+        """CREATE OR REPLACE TEMP MACRO hmac_hex(msg) AS
+        CASE WHEN msg IS NULL THEN NULL ELSE
+          sha256((SELECT opad FROM _hmac_pads) || unhex(sha256((SELECT ipad FROM _hmac_pads) || encode(msg))))
+        END"""
+    )
+    text = "coalesce(try(url_decode(url_decode(replace(s, '+', ' ')))), s)"
+    if policy.redact_emails:
+        text = f"regexp_replace({text}, '{EMAIL_PATTERN}', '{EMAIL_TOKEN}', 'g')"
+    if policy.redact_phones:
+        text = f"regexp_replace({text}, '{PHONE_PATTERN}', '{PHONE_TOKEN}', 'g')"
+    con.execute(f"CREATE OR REPLACE TEMP MACRO redact_text(s) AS CASE WHEN s IS NULL THEN NULL ELSE {text} END")
+
+
+def guard_export(
+    con: duckdb.DuckDBPyConnection, staged: StagedExport, *, policy: PrivacyPolicy, run: RunContext
+) -> GuardReport:
+    """Split the staged rows into the four outcome tables and reconcile the counts per day."""
+    consent_col = policy.consent_field
+    null_granted = "true" if policy.consent_null_means == "granted" else "false"
+    stamp = "?::VARCHAR AS lineage_id, ?::TIMESTAMPTZ AS processed_at"
+    params = [run.lineage_id, run.processed_at]
+    src = staged.table
+    con.execute(
+        f"""CREATE OR REPLACE TEMP VIEW _routed AS
+        SELECT *,
+          CASE
+            WHEN NOT valid THEN 'invalid'
+            WHEN {consent_col} = 'No' OR ({consent_col} IS NULL AND NOT {null_granted}) THEN 'denied'
+            WHEN user_pseudo_id IS NULL THEN 'no_identity'
+            ELSE 'candidate'
+          END AS route
+        FROM {src}"""
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE quarantine AS
+        SELECT {stamp}, event_date, source_file, source_line,
+          split_part(reasons[1], ':', 1) AS field,
+          source_file || ' line ' || source_line || ': ' || array_to_string(reasons, '; ') AS reason,
+          hmac_hex(coalesce(raw_line, '')) AS row_hmac,
+          hmac_hex(user_pseudo_id) AS user_key
+        FROM (
+          SELECT *, CASE WHEN route = 'invalid' THEN problems
+                         ELSE ['user_pseudo_id: missing on a row with consent'] END AS reasons
+          FROM _routed WHERE route IN ('invalid', 'no_identity')
+        )""",
+        params,
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE consent_drops AS
+        SELECT {stamp}, event_date, source_file, source_line, coalesce({consent_col}, 'null') AS consent_value
+        FROM _routed WHERE route = 'denied'""",
+        params,
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE _candidates AS
+        SELECT *, row_number() OVER w AS fp_rank,
+          first_value(source_file) OVER w AS fp_kept_file, first_value(source_line) OVER w AS fp_kept_line
+        FROM (
+          SELECT *, hmac_hex(concat_ws('|', event_date, coalesce(stream_id, ''), user_pseudo_id,
+                   coalesce(ga_session_id::VARCHAR, ''), event_name, event_timestamp,
+                   coalesce(to_json(list_sort(params))::VARCHAR, ''))) AS fingerprint
+          FROM _routed WHERE route = 'candidate'
+        )
+        WINDOW w AS (PARTITION BY fingerprint ORDER BY source_file, source_line)"""
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE _ranked AS
+        SELECT c.*, t.txn_rank, t.txn_kept_file, t.txn_kept_line
+        FROM _candidates c LEFT JOIN (
+          SELECT source_file, source_line, row_number() OVER w AS txn_rank,
+            first_value(source_file) OVER w AS txn_kept_file, first_value(source_line) OVER w AS txn_kept_line
+          FROM _candidates
+          WHERE fp_rank = 1 AND event_name = 'purchase' AND transaction_id IS NOT NULL
+          WINDOW w AS (PARTITION BY transaction_id ORDER BY event_timestamp, source_file, source_line)
+        ) t USING (source_file, source_line)"""
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE duplicates AS
+        SELECT {stamp}, event_date, source_file, source_line,
+          CASE WHEN fp_rank > 1 THEN 'exact' ELSE 'transaction' END AS kind,
+          CASE WHEN fp_rank > 1 THEN fp_kept_file ELSE txn_kept_file END AS kept_file,
+          CASE WHEN fp_rank > 1 THEN fp_kept_line ELSE txn_kept_line END AS kept_line,
+          fingerprint
+        FROM _ranked WHERE fp_rank > 1 OR txn_rank > 1""",
+        params,
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE guarded_events AS
+        SELECT {stamp}, ? AS key_id,
+          event_date, event_timestamp, make_timestamp(event_timestamp) AS event_ts_utc, event_name,
+          hmac_hex(user_pseudo_id) AS user_key,
+          {"hmac_hex(user_id)" if "user_id" in policy.identifier_fields else "NULL::VARCHAR"} AS user_id_key,
+          hmac_hex(user_pseudo_id || ':' || coalesce(ga_session_id::VARCHAR, 'day:' || event_date::VARCHAR))
+            AS session_key,
+          ga_session_number, engagement_time_msec,
+          redact_text(page_location) AS page_location,
+          redact_text(page_referrer) AS page_referrer,
+          redact_text(search_term) AS search_term,
+          list_transform(params, lambda p: {{'key': p.key, 'string_value': redact_text(p.string_value),
+                                            'int_value': p.int_value, 'double_value': p.double_value}}) AS params,
+          CASE WHEN event_name = 'purchase' THEN coalesce(revenue, 0) ELSE revenue END AS revenue,
+          transaction_id,
+          redact_text(session_source) AS session_source, redact_text(session_medium) AS session_medium,
+          redact_text(session_campaign) AS session_campaign,
+          redact_text(first_touch_source) AS first_touch_source, redact_text(first_touch_medium) AS first_touch_medium,
+          redact_text(first_touch_campaign) AS first_touch_campaign,
+          device_category, country, platform, stream_id,
+          {consent_col} AS consent_value, intraday, source_file, source_line, fingerprint
+        FROM _ranked WHERE fp_rank = 1 AND coalesce(txn_rank, 1) = 1""",
+        [*params, run.key_id],
+    )
+    report = GuardReport(
+        days=_day_outcomes(con, src), key_id=run.key_id, consent_null_means=policy.consent_null_means
+    )
+    _check_reconciliation(report)
+    return report
+
+
+def _day_outcomes(con: duckdb.DuckDBPyConnection, staged_table: str) -> tuple[DayOutcome, ...]:
+    """Count each outcome per day, each from its own table, next to the input count."""
+    sources = [("input_rows", staged_table), ("accepted", "guarded_events"), ("dropped_consent", "consent_drops"),
+               ("quarantined", "quarantine"), ("duplicate", "duplicates")]
+    union = " UNION ALL ".join(f"SELECT event_date, '{k}' AS k, count(*) AS n FROM {t} GROUP BY event_date"
+                               for k, t in sources)
+    columns = ", ".join(f"coalesce(sum(n) FILTER (WHERE k = '{k}'), 0)::BIGINT" for k, _ in sources)
+    rows = con.execute(
+        f"SELECT coalesce(event_date::VARCHAR, 'unknown'), {columns} FROM ({union}) "
+        "GROUP BY event_date ORDER BY event_date NULLS LAST"
+    ).fetchall()
+    return tuple(DayOutcome(str(r[0]), *(int(x) for x in r[1:])) for r in rows)
+
+
+def _check_reconciliation(report: GuardReport) -> None:
+    broken = [d for d in report.days
+              if d.input_rows != d.accepted + d.dropped_consent + d.quarantined + d.duplicate]
+    if broken:
+        detail = ", ".join(
+            f"{d.event_date}: input {d.input_rows} != {d.accepted}+{d.dropped_consent}+{d.quarantined}+{d.duplicate}"
+            for d in broken[:5]
+        )
+        raise ReconciliationError(f"row outcomes do not add up on {len(broken)} day(s): {detail}")

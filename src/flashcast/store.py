@@ -1,0 +1,155 @@
+"""Stores at the edges of the pipeline.
+
+* `Warehouse`: analytical tables in one DuckDB file. DuckDB allows a single writing process per
+  file, so runs do their heavy SQL in a private in-memory connection and only copy finished,
+  guarded tables into the warehouse while holding an exclusive file lock (`warehouse_session`).
+  Concurrent runs therefore queue for a few seconds instead of failing on DuckDB's lock.
+* `OpsStore`: operational records (runs, reconciliation, lineage log) through SQLAlchemy, SQLite
+  in WAL mode by default, so several processes (CLI, API server, cron) write safely; PostgreSQL
+  works with the same code.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from flashcast.errors import StoreBusy
+
+
+@contextmanager
+def file_lock(path: Path, *, timeout_s: float, shared: bool = False) -> Iterator[None]:
+    """An advisory lock (flock) on `path`, waited for up to `timeout_s` seconds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    with path.open("a+") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreBusy(f"{path} stayed locked for more than {timeout_s:.0f} s") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def transform_connection(*, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A private in-memory DuckDB connection for a run's set-based transforms (spills to temp files)."""
+    con = duckdb.connect(":memory:")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    con.execute("SET preserve_insertion_order = true")
+    return con
+
+
+@contextmanager
+def warehouse_session(
+    con: duckdb.DuckDBPyConnection, warehouse: Path, *, timeout_s: float, read_only: bool = False
+) -> Iterator[str]:
+    """Attach the warehouse file to `con` under its lock; yields the catalog alias `wh`."""
+    warehouse.parent.mkdir(parents=True, exist_ok=True)
+    lock = warehouse.with_name(warehouse.name + ".lock")
+    with file_lock(lock, timeout_s=timeout_s, shared=read_only):
+        if read_only and not warehouse.exists():
+            raise FileNotFoundError(f"no warehouse at {warehouse}: run the pipeline first")
+        mode = " (READ_ONLY)" if read_only else ""
+        con.execute(f"ATTACH '{_sql_path(warehouse)}' AS wh{mode}")
+        try:
+            yield "wh"
+        finally:
+            con.execute("DETACH wh")
+
+
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+class OpsStore:
+    """Operational records in a SQL database reachable by several processes at once."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _make_engine(url)
+        self.metadata = sa.MetaData()
+        self.runs = sa.Table(
+            "runs", self.metadata,
+            sa.Column("lineage_id", sa.String(36), primary_key=True),
+            sa.Column("job", sa.String(64), nullable=False),
+            sa.Column("status", sa.String(16), nullable=False),
+            sa.Column("started_at", sa.String(32), nullable=False),
+            sa.Column("finished_at", sa.String(32)),
+            sa.Column("config_digest", sa.String(64), nullable=False),
+            sa.Column("key_id", sa.String(32)),
+            sa.Column("summary", sa.JSON),
+            sa.Column("error", sa.Text),
+        )
+        self.reconciliation = sa.Table(
+            "reconciliation", self.metadata,
+            sa.Column("lineage_id", sa.String(36), primary_key=True),
+            sa.Column("event_date", sa.String(10), primary_key=True),  # 'unknown' for undated rows
+            sa.Column("input_rows", sa.BigInteger, nullable=False),
+            sa.Column("accepted", sa.BigInteger, nullable=False),
+            sa.Column("dropped_consent", sa.BigInteger, nullable=False),
+            sa.Column("quarantined", sa.BigInteger, nullable=False),
+            sa.Column("duplicate", sa.BigInteger, nullable=False),
+        )
+        self.lineage_log = sa.Table(
+            "lineage_log", self.metadata,
+            sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+            sa.Column("entry", sa.Text, nullable=False),  # canonical JSON, hashed as stored
+            sa.Column("entry_hash", sa.String(64), nullable=False, unique=True),
+        )
+        self.metadata.create_all(self.engine)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def insert(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            with self.transaction() as conn:
+                conn.execute(table.insert(), rows)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        _sqlite_wal_with_immediate_transactions(engine)
+    return engine
+
+
+def _sqlite_wal_with_immediate_transactions(engine: Engine) -> None:
+    # pysqlite's default BEGIN is deferred, so two writers can both read the lineage head and then
+    # collide; BEGIN IMMEDIATE takes the write lock up front (SQLAlchemy's documented recipe).
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
