@@ -168,8 +168,8 @@ def _demand(rng: np.random.Generator, dates: list[date]) -> tuple[np.ndarray, se
     yearly = 1.0 + 0.18 * np.cos(2 * np.pi * (doy - 340) / 365.25) + 0.06 * np.sin(4 * np.pi * doy / 365.25)
     promo = np.ones(len(dates))
     promo_days: set[date] = set()
-    n_promos = max(2, len(dates) // 90)
-    for start in rng.choice(len(dates) - 4, size=n_promos, replace=False):
+    n_promos = min(max(2, len(dates) // 90), max(1, len(dates) // 5))
+    for start in rng.choice(max(len(dates) - 4, 1), size=min(n_promos, max(len(dates) - 4, 1)), replace=False):
         length = int(rng.integers(2, 5))
         lift = float(rng.uniform(1.5, 2.3))
         promo[start : start + length] *= lift
@@ -343,14 +343,14 @@ def _leaky_url(rng: np.random.Generator, location: str, user: _User, plant: _Pla
 def _purchase(rng: np.random.Generator, user: _User, txn: int, is_promo: bool) -> dict[str, Any]:
     aov_mult = {"Brand Loyalist": 1.5, "Value Shopper": 0.55, "Speed Seeker": 0.9}[user.kind]
     n_items = 1 + int(rng.poisson(0.7))
-    items = []
+    items: list[dict[str, Any]] = []
     for _ in range(n_items):
         item_id, name, price = PRODUCTS[int(rng.integers(len(PRODUCTS)))]
         unit = round(price * aov_mult * (0.8 if is_promo else 1.0), 2)
         qty = 1 + int(rng.poisson(0.3))
         items.append({"item_id": item_id, "item_name": name, "price": unit, "quantity": qty,
                       "item_revenue": round(unit * qty, 2)})
-    revenue = round(sum(i["item_revenue"] for i in items), 2)
+    revenue = round(sum(float(i["item_revenue"]) for i in items), 2)
     return {"transaction_id": f"T{txn:08d}", "items": items, "revenue": revenue,
             "coupon": "PROMO20" if is_promo and user.kind == "Value Shopper" else None}
 
@@ -366,15 +366,17 @@ class _EventContext:
     next_midnight: int = 0
 
     def __post_init__(self) -> None:
-        self.date_key = self.day.strftime("%Y%m%d")
-        self.next_midnight = _to_micros(datetime.combine(self.day + timedelta(days=1), datetime.min.time()), self.tz)
+        self._enter_day(self.day)
+
+    def _enter_day(self, day: date) -> None:
+        self.day = day
+        self.date_key = day.strftime("%Y%m%d")
+        self.next_midnight = _to_micros(datetime.combine(day + timedelta(days=1), datetime.min.time()), self.tz)
 
     def row(self, name: str, ts: int, extra: dict[str, Any], rnd: random.Random) -> dict[str, Any]:
         user, consented = self.user, self.user.consent != "No"
         if ts >= self.next_midnight:  # sessions that run past midnight land on the next event_date
-            self.day = self.day + timedelta(days=1)
-            self.date_key = self.day.strftime("%Y%m%d")
-            self.next_midnight = _to_micros(datetime.combine(self.day + timedelta(days=1), datetime.min.time()), self.tz)
+            self._enter_day(self.day + timedelta(days=1))
         params: list[tuple[str, Any]] = [("page_location", extra["page_location"]),
                                          ("page_title", "Shop"), ("engaged_session_event", 1)]
         if consented:

@@ -91,7 +91,8 @@ def daily_channel_kpis(
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE sessions AS
         WITH per_session AS (
-          SELECT session_key, any_value(user_key) AS user_key, min(event_date) AS event_date,
+          SELECT session_key, any_value(lineage_id) AS lineage_id, any_value(user_key) AS user_key,
+            min(event_date) AS event_date,
             arg_min({{'s': session_source, 'm': session_medium}}, event_timestamp)
               FILTER (WHERE session_source IS NOT NULL OR session_medium IS NOT NULL) AS session,
             arg_min({{'s': first_touch_source, 'm': first_touch_medium}}, event_timestamp)
@@ -111,7 +112,7 @@ def daily_channel_kpis(
             ?) AS channel
           FROM pairs p
         )
-        SELECT s.session_key, s.user_key, s.event_date, s.sm.s AS source, s.sm.m AS medium, m.channel,
+        SELECT s.lineage_id, s.session_key, s.user_key, s.event_date, s.sm.s AS source, s.sm.m AS medium, m.channel,
                s.page_views, s.engagement_msec, s.duration_s
         FROM sourced s JOIN mapped m ON m.s = coalesce(s.sm.s, '') AND m.m = coalesce(s.sm.m, '')""",
         [mapping.default_channel],

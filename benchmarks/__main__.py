@@ -1,0 +1,20 @@
+"""`python -m benchmarks [names...]`: run the benchmarks and print their figures."""
+
+from __future__ import annotations
+
+import sys
+
+from benchmarks import bench_guard
+
+BENCHES = {"guard": bench_guard.main}
+
+
+def main(argv: list[str]) -> None:
+    names = argv or list(BENCHES)
+    for name in names:
+        print(f"\n=== {name} ===", flush=True)
+        BENCHES[name]()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

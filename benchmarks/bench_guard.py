@@ -1,0 +1,44 @@
+"""Ingest + guard + daily KPIs throughput on simulated GA4 exports (NDJSON and Parquet)."""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from flashcast.config import Settings
+from flashcast.keys import PiiKey
+from flashcast.simulate import SimulationSpec, simulate
+from flashcast.stages.guard import RunContext, guard_export, install_privacy_functions
+from flashcast.stages.ingest import stage_export
+from flashcast.stages.kpis import daily_channel_kpis, load_spend
+from flashcast.store import transform_connection
+
+
+def main() -> None:
+    settings = Settings(property_timezone="America/New_York")
+    key = PiiKey(b"benchmark-key-0123456789")
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        sim = simulate(SimulationSpec(days=120, users=4000, seed=5, end_date=date(2026, 6, 30)), Path(tmp))
+        print(f"simulate: {sum(sim.rows_by_format.values()):,} rows (both formats) in {time.perf_counter() - t0:.1f} s")
+        for fmt, folder in sim.export_dirs.items():
+            con = transform_connection()
+            t = time.perf_counter()
+            staged = stage_export(con, folder)
+            t_ingest = time.perf_counter() - t
+            install_privacy_functions(con, key, settings.policy)
+            report = guard_export(con, staged, policy=settings.policy,
+                                  run=RunContext("bench", datetime.now(UTC), key.key_id))
+            t_guard = time.perf_counter() - t - t_ingest
+            load_spend(con, sim.spend_file, mapping=settings.channels)
+            daily_channel_kpis(con, mapping=settings.channels, timezone=settings.property_timezone)
+            total = time.perf_counter() - t
+            rows = staged.input_rows
+            print(f"{fmt:8s} {rows:>9,} rows  ingest {t_ingest:5.2f} s  guard {t_guard:5.2f} s  "
+                  f"total {total:5.2f} s  = {rows / total:,.0f} rows/s  (accepted {report.totals['accepted']:,})")
+            con.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS: {peak:,.0f} MiB")

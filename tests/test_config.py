@@ -1,0 +1,49 @@
+"""The one config model: the example file loads, and bad settings name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flashcast.config import Settings, load_settings
+from flashcast.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_example_config_loads_and_matches_the_defaults() -> None:
+    example = load_settings(ROOT / "flashcast.toml")
+    defaults = Settings(property_timezone="America/New_York")
+    assert example.channels == defaults.channels
+    assert example.policy == defaults.policy
+    assert example.guardrails == defaults.guardrails
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('[policy]\nconsent_null_means = "maybe"', "policy.consent_null_means"),
+        ('[policy]\nidentifier_fields = ["email"]', "policy.identifier_fields"),
+        ('[[channels.rules]]\nchannel = "TV"', "channels"),
+        ('[[channels.rules]]\nchannel = "PPC"\nmedium = "(unclosed"', "channels.rules.0.medium"),
+        ('property_timezone = "Mars/Olympus"', "property_timezone"),
+        ("[guardrails]\nmin_share = { PPC = 1.5 }", "guardrails.min_share"),
+        ("[store]\nunknown = 1", "store.unknown"),
+        ('[lineage]\ntransport = "http"', "lineage"),
+    ],
+)
+def test_bad_settings_name_the_field(tmp_path: Path, text: str, field: str) -> None:
+    path = tmp_path / "flashcast.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_settings(path)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[store\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad)

@@ -1,0 +1,154 @@
+"""The guard: keyed hashing, redaction, consent, quarantine, dedup and reconciliation."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import REAL_GA4, TEST_KEY, ga4_row, write_lines
+
+from flashcast.config import PrivacyPolicy
+from flashcast.errors import ReconciliationError
+from flashcast.keys import PiiKey
+from flashcast.simulate import SimulationResult
+from flashcast.stages import guard as guard_module
+from flashcast.stages.guard import GuardReport, RunContext, guard_export, install_privacy_functions
+from flashcast.stages.ingest import stage_export
+
+KEY = PiiKey(TEST_KEY.encode())
+RUN = RunContext("01900000-0000-7000-8000-000000000000", datetime(2026, 3, 31, tzinfo=UTC), KEY.key_id)
+
+
+def _guard(con: duckdb.DuckDBPyConnection, source: Path, policy: PrivacyPolicy | None = None) -> GuardReport:
+    policy = policy or PrivacyPolicy()
+    install_privacy_functions(con, KEY, policy)
+    return guard_export(con, stage_export(con, source), policy=policy, run=RUN)
+
+
+@pytest.mark.parametrize("message", ["abc", "123.456", "x" * 200, "ünïcödé@example.com"])
+def test_sql_hmac_matches_python_hmac(con: duckdb.DuckDBPyConnection, message: str) -> None:
+    install_privacy_functions(con, KEY, PrivacyPolicy())
+    expected = hmac.new(TEST_KEY.encode(), message.encode(), hashlib.sha256).hexdigest()
+    assert con.execute("SELECT hmac_hex(?)", [message]).fetchall()[0][0] == expected
+
+
+def test_long_keys_are_hashed_first_as_rfc2104_says(con: duckdb.DuckDBPyConnection) -> None:
+    long_key = PiiKey(b"k" * 100)
+    install_privacy_functions(con, long_key, PrivacyPolicy())
+    expected = hmac.new(b"k" * 100, b"abc", hashlib.sha256).hexdigest()
+    assert con.execute("SELECT hmac_hex('abc')").fetchall()[0][0] == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "leak"),
+    [
+        ("https://s.example.com/?email=jane.doe1@example.com", "jane.doe1@example.com"),
+        ("https://s.example.com/?email=jane.doe1%40example.com", "jane.doe1"),
+        ("https://s.example.com/?email=jane.doe1%2540example.com", "jane.doe1"),  # double-encoded
+        ("https://s.example.com/?Contact=JANE.DOE1@EXAMPLE.COM", "JANE.DOE1"),
+        ("https://s.example.com/?phone=%2B1%20(555)%20123-4567", "123-4567"),
+        ("https://s.example.com/?tel=555-123-4567", "555-123-4567"),
+        ("https://s.example.com/?m=555.123.4567", "555.123.4567"),
+        ("https://s.example.com/?m=5551234567", "5551234567"),
+        ("https://s.example.com/?m=%2B44+20+7946+0958", "7946"),
+    ],
+)
+def test_redaction_catches_each_form(con: duckdb.DuckDBPyConnection, raw: str, leak: str) -> None:
+    install_privacy_functions(con, KEY, PrivacyPolicy())
+    redacted = con.execute("SELECT redact_text(?)", [raw]).fetchall()[0][0]
+    assert leak not in redacted
+    assert "[redacted-" in redacted
+
+
+def test_redaction_keeps_ordinary_text(con: duckdb.DuckDBPyConnection) -> None:
+    install_privacy_functions(con, KEY, PrivacyPolicy())
+    text = "https://s.example.com/sale?utm_source=google&date=2024-01-15&sku=12345678"
+    assert con.execute("SELECT redact_text(?)", [text]).fetchall()[0][0] == text
+
+
+@pytest.mark.parametrize("null_means", ["granted", "denied"])
+def test_consent_rule_for_null(small_sim: SimulationResult, small_truth: dict, null_means: str) -> None:
+    con = duckdb.connect()
+    report = _guard(con, small_sim.export_dirs["parquet"], PrivacyPolicy(consent_null_means=null_means))
+    values = dict(con.execute("SELECT consent_value, count(*) FROM consent_drops GROUP BY 1").fetchall())
+    accepted_consent = {r[0] for r in con.execute("SELECT DISTINCT consent_value FROM guarded_events").fetchall()}
+    if null_means == "granted":
+        assert set(values) == {"No"}
+        assert accepted_consent == {"Yes", None}
+    else:
+        assert set(values) == {"No", "null"}
+        assert accepted_consent == {"Yes"}
+    assert report.totals["dropped_consent"] == sum(values.values())
+    assert all(0.0 <= d.dropped_share <= 1.0 for d in report.days)
+    assert any(d.dropped_share > 0 for d in report.days)
+
+
+def test_outcomes_match_what_the_simulator_planted(small_sim: SimulationResult, small_truth: dict) -> None:
+    con = duckdb.connect()
+    report = _guard(con, small_sim.export_dirs["ndjson"])
+    planted = small_truth["planted"]
+    totals = report.totals
+    assert totals["input_rows"] == small_truth["rows"]["ndjson"]
+    assert totals["quarantined"] == planted["malformed_by_format"]["ndjson"]
+    kinds = dict(con.execute("SELECT kind, count(*) FROM duplicates GROUP BY 1").fetchall())
+    # NULL consent counts as granted by default, so duplicates of 'Yes' and NULL rows are duplicates.
+    assert kinds["exact"] == planted["exact_duplicates"].get("Yes", 0) + planted["exact_duplicates"].get("null", 0)
+    assert kinds["transaction"] == (planted["transaction_duplicates"].get("Yes", 0)
+                                    + planted["transaction_duplicates"].get("null", 0))
+    assert totals["input_rows"] == sum(totals[k] for k in ("accepted", "dropped_consent", "quarantined", "duplicate"))
+    # Each transaction_id appears once among accepted purchases.
+    assert con.execute("SELECT count(*) - count(DISTINCT transaction_id) FROM guarded_events "
+                       "WHERE event_name = 'purchase'").fetchall()[0][0] == 0
+
+
+def test_quarantine_is_stored_hashed_with_a_reason(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    lines = [json.dumps(ga4_row(event_timestamp="1772370000000", user_id="jane@example.com")),
+             json.dumps(ga4_row(user_pseudo_id=None))]  # consented but no identifier
+    _guard(con, write_lines(tmp_path / "events_20260301.json", lines))
+    rows = con.execute("SELECT source_line, field, reason, row_hmac, user_key FROM quarantine ORDER BY 1").fetchall()
+    assert [r[0] for r in rows] == [1, 2]
+    assert rows[0][1] == "event_timestamp"
+    assert rows[0][2].startswith("events_20260301.json line 1: event_timestamp:")
+    assert rows[0][4] == hmac.new(TEST_KEY.encode(), b"123.456", hashlib.sha256).hexdigest()
+    assert rows[1][2].endswith("user_pseudo_id: missing on a row with consent")
+    columns = [d[0] for d in con.execute("SELECT * FROM quarantine").description]
+    assert "raw_line" not in columns and "user_pseudo_id" not in columns
+    dump = json.dumps(con.execute("SELECT * FROM quarantine").fetchall(), default=str)
+    assert "jane@example.com" not in dump and "123.456" not in dump
+
+
+def test_guarded_events_hold_no_raw_identifiers(con: duckdb.DuckDBPyConnection) -> None:
+    _guard(con, REAL_GA4)
+    columns = {d[0] for d in con.execute("SELECT * FROM guarded_events LIMIT 0").description}
+    assert not columns & {"user_pseudo_id", "user_id", "ga_session_id", "raw_line"}
+    raw = {json.loads(line)["user_pseudo_id"] for line in REAL_GA4.read_text().splitlines()}
+    keys = {r[0] for r in con.execute("SELECT user_key FROM guarded_events").fetchall()}
+    assert keys == {hmac.new(TEST_KEY.encode(), u.encode(), hashlib.sha256).hexdigest() for u in raw}
+    stamp = con.execute("SELECT DISTINCT lineage_id, key_id FROM guarded_events").fetchall()
+    assert stamp == [(RUN.lineage_id, KEY.key_id)]
+
+
+def test_user_id_not_listed_as_identifier_is_dropped(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    path = write_lines(tmp_path / "events_20260301.json", [json.dumps(ga4_row(user_id="cust-1"))])
+    _guard(con, path, PrivacyPolicy(identifier_fields=("user_pseudo_id",)))
+    assert con.execute("SELECT user_id_key FROM guarded_events").fetchall() == [(None,)]
+
+
+def test_a_row_lost_between_tables_fails_the_run(
+    small_sim: SimulationResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reconciliation is checked on every run: make one accepted row vanish and the guard refuses."""
+    original = guard_module._day_outcomes
+
+    def lossy(con: duckdb.DuckDBPyConnection, staged_table: str):  # type: ignore[no-untyped-def]
+        con.execute("DELETE FROM guarded_events WHERE rowid = (SELECT min(rowid) FROM guarded_events)")
+        return original(con, staged_table)
+
+    monkeypatch.setattr(guard_module, "_day_outcomes", lossy)
+    with pytest.raises(ReconciliationError, match="do not add up"):
+        _guard(duckdb.connect(), small_sim.export_dirs["ndjson"])

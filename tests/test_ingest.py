@@ -1,0 +1,101 @@
+"""The reader: every line becomes one staged row; bad rows are named by file, line and field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import REAL_GA4, ga4_row, write_lines
+
+from flashcast.errors import ExportNotFound, IngestError
+from flashcast.simulate import SimulationResult
+from flashcast.stages.ingest import discover_exports, stage_export
+
+
+def _problems(con: duckdb.DuckDBPyConnection) -> dict[int, list[str]]:
+    rows = con.execute("SELECT source_line, problems FROM staged WHERE NOT valid ORDER BY source_line").fetchall()
+    return {line: problems for line, problems in rows}
+
+
+def test_real_ga4_rows_ingest_with_nothing_quarantined(con: duckdb.DuckDBPyConnection) -> None:
+    staged = stage_export(con, REAL_GA4)
+    assert staged.input_rows == 55
+    assert _problems(con) == {}
+    # Their INT64 values are JSON numbers, not strings: both forms are accepted.
+    assert con.execute("SELECT count(*) FROM staged WHERE event_timestamp > 1.6e15").fetchall()[0][0] == 55
+    consent = con.execute("SELECT DISTINCT analytics_storage FROM staged").fetchall()
+    assert consent == [(None,)]
+
+
+def test_each_defect_is_named_by_line_and_field(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    good = ga4_row()
+    lines = [
+        json.dumps(good),                                                   # 1 ok
+        json.dumps(ga4_row(event_timestamp=1772370000000000)),              # 2 ok: INT64 as number
+        '{"event_date": "20260301", "event_name": ',                        # 3 truncated
+        "",                                                                 # 4 blank
+        json.dumps([1, 2]),                                                 # 5 not an object
+        json.dumps(ga4_row(event_timestamp="1772370000000")),               # 6 milliseconds
+        json.dumps(ga4_row(event_timestamp="yesterday")),                   # 7 not INT64
+        json.dumps(ga4_row(event_name="")),                                 # 8 missing name
+        json.dumps(ga4_row(event_date="2026-03-01")),                       # 9 wrong date format
+        json.dumps(ga4_row(event_name="purchase", ecommerce={"purchase_revenue": -5})),  # 10 negative
+        json.dumps(ga4_row(privacy_info={"analytics_storage": "maybe"})),   # 11 bad consent value
+        json.dumps(ga4_row(event_params=[{"key": "ga_session_id", "value": {"int_value": "12x"}}])),  # 12
+        json.dumps(ga4_row(event_params="oops")),                           # 13 params not an array
+        json.dumps({k: v for k, v in good.items() if k != "event_timestamp"}),  # 14 missing timestamp
+    ]
+    staged = stage_export(con, write_lines(tmp_path / "events_20260301.json", lines))
+    assert staged.input_rows == len(lines)
+    problems = _problems(con)
+    assert set(problems) == set(range(3, 15))
+    expected_field = {3: "(line): not valid JSON", 4: "(line): empty line", 5: "(line): not a JSON object",
+                      6: "event_timestamp: not microseconds", 7: "event_timestamp: not an INT64",
+                      8: "event_name: missing", 9: "event_date: not a YYYYMMDD date",
+                      10: "ecommerce.purchase_revenue: negative", 11: "privacy_info.analytics_storage",
+                      12: "event_params.value.int_value: not an INT64", 13: "event_params: not an array",
+                      14: "event_timestamp: missing"}
+    for line, prefix in expected_field.items():
+        assert any(p.startswith(prefix) for p in problems[line]), (line, problems[line])
+    # Names never carry the offending value.
+    assert not any("yesterday" in p or "12x" in p or "maybe" in p for ps in problems.values() for p in ps)
+
+
+def test_ndjson_and_parquet_stage_the_same_rows(small_sim: SimulationResult, small_truth: dict) -> None:
+    counts = {}
+    for fmt in ("ndjson", "parquet"):
+        con = duckdb.connect()
+        staged = stage_export(con, small_sim.export_dirs[fmt])
+        assert staged.input_rows == small_truth["rows"][fmt]
+        invalid = con.execute("SELECT count(*) FROM staged WHERE NOT valid").fetchall()[0][0]
+        assert invalid == small_truth["planted"]["malformed_by_format"][fmt]
+        counts[fmt] = con.execute("SELECT count(DISTINCT user_pseudo_id) FROM staged WHERE valid").fetchall()[0]
+        con.close()
+    assert counts["ndjson"] == counts["parquet"]
+
+
+def test_intraday_files_are_read_and_flagged(small_sim: SimulationResult, con: duckdb.DuckDBPyConnection) -> None:
+    files = discover_exports(small_sim.export_dirs["ndjson"])
+    assert files[-1].intraday and not files[0].intraday
+    stage_export(con, small_sim.export_dirs["ndjson"])
+    assert con.execute("SELECT bool_or(intraday), bool_and(NOT intraday) FROM staged").fetchall()[0] == (True, False)
+
+
+def test_gzipped_ndjson_is_read(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    import gzip
+
+    path = tmp_path / "events_20260301.json.gz"
+    path.write_bytes(gzip.compress((json.dumps(ga4_row()) + "\n").encode()))
+    assert stage_export(con, path).input_rows == 1
+
+
+def test_missing_or_empty_export_is_a_clear_error(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    with pytest.raises(ExportNotFound, match="no GA4 export"):
+        stage_export(con, tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExportNotFound, match="no events_"):
+        stage_export(con, tmp_path / "empty")
+    with pytest.raises(IngestError, match="unknown export format"):
+        stage_export(con, write_lines(tmp_path / "events.csv", ["a,b"]))

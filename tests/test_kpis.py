@@ -1,0 +1,99 @@
+"""Daily KPIs: zero-filled spine, channel mapping, spend join, partial last day."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import TEST_KEY, ga4_row, write_lines
+
+from flashcast.config import ChannelMapping, ChannelRule, PrivacyPolicy
+from flashcast.errors import IngestError
+from flashcast.keys import PiiKey
+from flashcast.simulate import SimulationResult
+from flashcast.stages.guard import RunContext, guard_export, install_privacy_functions
+from flashcast.stages.ingest import stage_export
+from flashcast.stages.kpis import daily_channel_kpis, load_spend
+
+KEY = PiiKey(TEST_KEY.encode())
+RUN = RunContext("01900000-0000-7000-8000-000000000001", datetime(2026, 3, 31, tzinfo=UTC), KEY.key_id)
+
+
+def _guarded(con: duckdb.DuckDBPyConnection, source: Path) -> None:
+    install_privacy_functions(con, KEY, PrivacyPolicy())
+    guard_export(con, stage_export(con, source), policy=PrivacyPolicy(), run=RUN)
+
+
+def _session_row(day: str, ts: int, session: int, medium: str, name: str = "session_start", **extra: object) -> str:
+    params = [{"key": "ga_session_id", "value": {"int_value": str(session)}},
+              {"key": "medium", "value": {"string_value": medium}},
+              {"key": "source", "value": {"string_value": "src"}}]
+    return json.dumps(ga4_row(event_date=day, event_timestamp=str(ts), event_name=name, event_params=params,
+                              user_pseudo_id=f"u{session}", **extra))
+
+
+def test_spine_is_zero_filled_and_channels_follow_the_rules(tmp_path: Path) -> None:
+    base = 1772370000000000  # 2026-03-01 13:00 UTC
+    day = 86_400_000_000
+    lines = [
+        _session_row("20260301", base, 1, "cpc"),
+        _session_row("20260301", base + 1, 1, "cpc", name="purchase",
+                     ecommerce={"purchase_revenue": 40.0, "transaction_id": "T1"}),
+        _session_row("20260303", base + 2 * day, 2, "newsletter"),
+        _session_row("20260303", base + 2 * day + 5, 3, "organic"),
+    ]
+    con = duckdb.connect()
+    _guarded(con, write_lines(tmp_path / "events_20260301.json", lines))
+    kpis = daily_channel_kpis(con, spend=None, mapping=ChannelMapping(), timezone="UTC")
+    rows = con.execute("SELECT event_date::VARCHAR, channel, sessions, purchases, revenue FROM daily_kpis").fetchall()
+    assert len(rows) == 3 * 5  # 3 days (one with no data) x 5 channels
+    by_key = {(r[0], r[1]): r[2:] for r in rows}
+    assert by_key[("2026-03-01", "PPC")] == (1, 1, 40.0)
+    assert by_key[("2026-03-02", "PPC")] == (0, 0, 0.0)
+    assert by_key[("2026-03-03", "Email")] == (1, 0, 0.0)
+    assert by_key[("2026-03-03", "Organic")] == (1, 0, 0.0)
+    assert kpis.partial_last_day  # latest event 13:00 UTC < 22:00
+    custom = ChannelMapping(rules=(ChannelRule(channel="Display", source="^SRC$"),))
+    daily_channel_kpis(con, spend=None, mapping=custom, timezone="UTC")
+    assert con.execute("SELECT sum(sessions) FROM daily_kpis WHERE channel = 'Display'").fetchall()[0][0] == 3
+
+
+def test_simulated_kpis_join_spend_and_flag_the_intraday_day(small_sim: SimulationResult) -> None:
+    con = duckdb.connect()
+    _guarded(con, small_sim.export_dirs["ndjson"])
+    mapping = ChannelMapping()
+    load_spend(con, small_sim.spend_file, mapping=mapping)
+    kpis = daily_channel_kpis(con, mapping=mapping, timezone="America/New_York")
+    assert kpis.partial_last_day
+    partial = con.execute("SELECT DISTINCT event_date FROM daily_kpis WHERE is_partial").fetchall()
+    assert partial == [(kpis.last_day,)]
+    spend_in = con.execute("SELECT round(sum(spend), 2) FROM spend WHERE event_date >= ? AND event_date <= ?",
+                           [kpis.first_day, kpis.last_day]).fetchall()[0][0]
+    assert con.execute("SELECT round(sum(spend), 2) FROM daily_kpis").fetchall()[0][0] == pytest.approx(spend_in)
+    purchases = con.execute("SELECT count(*) FROM guarded_events WHERE event_name = 'purchase'").fetchall()[0][0]
+    assert con.execute("SELECT sum(purchases) FROM daily_kpis").fetchall()[0][0] == purchases
+    assert con.execute("SELECT count(DISTINCT lineage_id) FROM daily_kpis").fetchall()[0][0] == 1
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("2026-03-01,PPC,-3", "line 2: spend: negative"),
+        ("2026-03-01,TV,3", "line 2: channel: not a paid channel"),
+        ("03/01/2026,PPC,3", "line 2: date: not a YYYY-MM-DD date"),
+        ("2026-03-01,PPC,abc", "line 2: spend: not a number"),
+    ],
+)
+def test_bad_spend_rows_are_named(tmp_path: Path, row: str, message: str) -> None:
+    path = write_lines(tmp_path / "spend.csv", ["date,channel,spend", row])
+    with pytest.raises(IngestError, match=message):
+        load_spend(duckdb.connect(), path, mapping=ChannelMapping())
+
+
+def test_spend_file_needs_its_columns(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "spend.csv", ["day,channel,cost", "2026-03-01,PPC,3"])
+    with pytest.raises(IngestError, match="missing column"):
+        load_spend(duckdb.connect(), path, mapping=ChannelMapping())

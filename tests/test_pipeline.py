@@ -1,0 +1,160 @@
+"""End to end: CLI run, warehouse contents, ops records, OpenLineage events, PII scan, concurrency."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+import sqlalchemy as sa
+from conftest import TEST_KEY
+from typer.testing import CliRunner
+
+from flashcast.cli import app
+from flashcast.config import Settings, StoreConfig
+from flashcast.errors import StageError
+from flashcast.keys import PiiKey
+from flashcast.lineage import LineageLog, read_head_file, run_anchors
+from flashcast.pipeline import PERSISTED_TABLES, RunInputs, run_pipeline
+from flashcast.privacy import PiiNeedles, ScanReport, scan_duckdb, scan_files, scan_sql_store
+from flashcast.simulate import SimulationResult
+from flashcast.store import OpsStore, transform_connection, warehouse_session
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "flashcast.toml"
+    path.write_text(f'property_timezone = "America/New_York"\n[store]\nhome = "{tmp_path / "home"}"\n')
+    return path
+
+
+def _scan(settings: Settings, out: Path, needles: PiiNeedles) -> ScanReport:
+    report = ScanReport()
+    con = transform_connection()
+    with warehouse_session(con, settings.store.warehouse_path, timeout_s=10, read_only=True) as wh:
+        scan_duckdb(con, needles, catalog=wh, report=report)
+    scan_sql_store(settings.store.ops_database_url, needles, report)
+    scan_files(out, needles, report)
+    return report
+
+
+@pytest.fixture
+def cli_run(tmp_path: Path, small_sim: SimulationResult, pii_key: PiiKey) -> tuple[Path, Path, dict]:
+    config, out = _config(tmp_path), tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", "--export", str(small_sim.export_dirs["ndjson"]),
+                                      "--spend", str(small_sim.spend_file), "--out", str(out), "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    return config, out, json.loads((out / "run_summary.json").read_text())
+
+
+def test_cli_run_writes_stamped_reconciled_outputs(cli_run: tuple[Path, Path, dict], small_truth: dict) -> None:
+    config, out, summary = cli_run
+    lineage_id = summary["lineage_id"]
+    assert summary["totals"]["input_rows"] == small_truth["rows"]["ndjson"]
+    for name in ("daily_kpis.csv", "reconciliation.csv", "quarantine.csv", "lineage_head.json", "openlineage.jsonl"):
+        assert (out / name).exists(), name
+    settings = Settings(store=StoreConfig(home=config.parent / "home"))
+    con = transform_connection()
+    with warehouse_session(con, settings.store.warehouse_path, timeout_s=10, read_only=True):
+        for table in PERSISTED_TABLES:
+            stamps = con.execute(f"SELECT DISTINCT lineage_id FROM wh.main.{table}").fetchall()
+            assert stamps in ([(lineage_id,)], []), table
+        accepted = con.execute("SELECT count(*) FROM wh.main.guarded_events").fetchall()[0][0]
+    assert accepted == summary["totals"]["accepted"]
+    ops = OpsStore(settings.store.ops_database_url)
+    with ops.engine.connect() as conn:
+        rec = conn.execute(sa.select(sa.func.sum(ops.reconciliation.c.input_rows))).scalar_one()
+        status = conn.execute(sa.select(ops.runs.c.status)).scalar_one()
+    assert rec == summary["totals"]["input_rows"] and status == "completed"
+    head = read_head_file(out / "lineage_head.json")
+    LineageLog(ops).verify([head, *run_anchors(ops)])
+    entries = LineageLog(ops).entries(lineage_id)
+    assert [e["kind"] for e in entries][0] == "run_started" and entries[-1]["kind"] == "run_completed"
+    events = [json.loads(line) for line in (out / "openlineage.jsonl").read_text().splitlines()]
+    assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
+    assert {e["run"]["runId"] for e in events} == {lineage_id}
+    assert events[1]["outputs"], "COMPLETE names its output datasets"
+
+
+def test_no_planted_pii_reaches_any_store_or_output(cli_run: tuple[Path, Path, dict], small_truth: dict) -> None:
+    config, out, _summary = cli_run
+    needles = PiiNeedles.from_truth(small_truth)
+    assert len(needles.emails) > 10 and len(needles.phones) > 5 and len(needles.identifiers) > 100
+    report = _scan(Settings(store=StoreConfig(home=config.parent / "home")), out, needles)
+    assert report.columns_scanned > 50 and report.files_scanned >= 6
+    assert report.clean, report.findings
+
+
+def test_the_scan_catches_a_planted_leak(cli_run: tuple[Path, Path, dict], small_truth: dict) -> None:
+    config, out, _summary = cli_run
+    settings = Settings(store=StoreConfig(home=config.parent / "home"))
+    needles = PiiNeedles.from_truth(small_truth)
+    email, phone = sorted(needles.emails)[0], sorted(needles.phones)[0]
+    (out / "notes.txt").write_text(f"contact: {email.upper().replace('@', '%40')}\n")
+    con = duckdb.connect(str(settings.store.warehouse_path))
+    con.execute("CREATE TABLE leak AS SELECT ? AS note", [f"call ({phone[:3]}) {phone[3:6]}-{phone[6:]}"])
+    con.close()
+    report = _scan(settings, out, needles)
+    where = {f.where for f in report.findings}
+    assert str(out / "notes.txt") in where
+    assert "wh.leak.note" in where
+
+
+def test_cli_lineage_verify_fails_on_tampering(cli_run: tuple[Path, Path, dict]) -> None:
+    config, out, _summary = cli_run
+    runner = CliRunner()
+    ok = runner.invoke(app, ["lineage", "verify", "--head", str(out / "lineage_head.json"), "-c", str(config)])
+    assert ok.exit_code == 0, ok.output
+    ops = OpsStore(Settings(store=StoreConfig(home=config.parent / "home")).store.ops_database_url)
+    with ops.transaction() as conn:
+        conn.execute(sa.text("UPDATE lineage_log SET entry = replace(entry, 'ingest', 'ingestX') WHERE seq = 2"))
+    bad = runner.invoke(app, ["lineage", "verify", "--head", str(out / "lineage_head.json"), "-c", str(config)])
+    assert bad.exit_code == 1 and "LineageTampered" in bad.output
+
+
+def test_a_failing_stage_is_named_and_recorded(tmp_path: Path, pii_key: PiiKey) -> None:
+    bad_export = tmp_path / "events_20260301.json"
+    bad_export.write_text("")
+    spend = tmp_path / "spend.csv"
+    spend.write_text("date,channel,spend\n2026-03-01,PPC,-1\n")
+    settings = Settings(store=StoreConfig(home=tmp_path / "home"))
+    from conftest import ga4_row
+
+    bad_export.write_text(json.dumps(ga4_row()) + "\n")
+    with pytest.raises(StageError, match=r"stage kpis: IngestError: spend.csv: line 2: spend: negative"):
+        run_pipeline(settings, RunInputs(bad_export, spend), tmp_path / "out", key=pii_key)
+    ops = OpsStore(settings.store.ops_database_url)
+    kinds = [e["kind"] for e in LineageLog(ops).entries()]
+    assert kinds[-1] == "run_failed"
+    events = [json.loads(x) for x in (tmp_path / "out" / "openlineage.jsonl").read_text().splitlines()]
+    assert events[-1]["eventType"] == "FAIL"
+
+
+def test_two_runs_at_once_both_land(tmp_path: Path, small_sim: SimulationResult) -> None:
+    config = _config(tmp_path)
+    env = {**os.environ, "FLASHCAST_PII_KEY": TEST_KEY}
+    code = "from flashcast.cli import main; import sys; main(sys.argv[1:])"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, "run", "--export", str(small_sim.export_dirs[fmt]),
+                          "--spend", str(small_sim.spend_file), "--out", str(tmp_path / f"out-{fmt}"),
+                          "-c", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for fmt in ("ndjson", "parquet")
+    ]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output.decode()
+    settings = Settings(store=StoreConfig(home=tmp_path / "home"))
+    ops = OpsStore(settings.store.ops_database_url)
+    heads = [read_head_file(tmp_path / f"out-{fmt}" / "lineage_head.json") for fmt in ("ndjson", "parquet")]
+    report = LineageLog(ops).verify([*heads, *run_anchors(ops)])
+    assert report.entries == 2 * 5  # run_started, 3 stage entries, run_completed
+    con = transform_connection()
+    with warehouse_session(con, settings.store.warehouse_path, timeout_s=10, read_only=True):
+        runs = con.execute("SELECT count(DISTINCT lineage_id) FROM wh.main.guarded_events").fetchall()[0][0]
+    assert runs == 2
+    with ops.engine.connect() as conn:
+        per_run = conn.execute(sa.text("SELECT lineage_id, sum(input_rows) FROM reconciliation GROUP BY 1")).all()
+    assert len(per_run) == 2

@@ -1,0 +1,117 @@
+"""The simulator writes GA4-shaped exports, deterministically, with the truth behind them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from flashcast.simulate import ChannelTruth, SimulationResult, adstock
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_arguments_give_byte_identical_files_across_processes(tmp_path: Path) -> None:
+    args = ["simulate", "--days", "12", "--users", "120", "--seed", "3", "--end-date", "2026-01-31"]
+    for name in ("a", "b"):
+        code = "from flashcast.cli import main; import sys; main(sys.argv[1:])"
+        subprocess.run([sys.executable, "-c", code, *args, "--out", str(tmp_path / name)], check=True,
+                       capture_output=True)
+    first, second = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert first.keys() == second.keys()
+    assert len(first) > 20
+    assert first == second
+
+
+def test_a_different_seed_gives_different_data(tmp_path: Path) -> None:
+    from datetime import date
+
+    from flashcast.simulate import SimulationSpec, simulate
+
+    a = simulate(SimulationSpec(days=5, users=50, seed=1, end_date=date(2026, 1, 5), formats=("ndjson",)), tmp_path / "a")
+    b = simulate(SimulationSpec(days=5, users=50, seed=2, end_date=date(2026, 1, 5), formats=("ndjson",)), tmp_path / "b")
+    assert _files(a.export_dirs["ndjson"]) != _files(b.export_dirs["ndjson"])
+
+
+def test_ndjson_is_shaped_like_a_bigquery_export(small_sim: SimulationResult) -> None:
+    files = sorted(small_sim.export_dirs["ndjson"].iterdir())
+    assert files[-1].name.startswith("events_intraday_")
+    assert all(f.name.startswith("events_") for f in files)
+    rows = [json.loads(line) for line in files[1].read_text().splitlines() if line.startswith("{") and line.endswith("}")]
+    row = rows[0]
+    assert isinstance(row["event_timestamp"], str) and row["event_timestamp"].isdigit()  # INT64 as string
+    ints = [p["value"]["int_value"] for r in rows for p in r["event_params"] if p["value"]["int_value"] is not None]
+    assert ints and all(isinstance(v, str) for v in ints)
+    assert {"session_traffic_source_last_click", "collected_traffic_source", "traffic_source",
+            "privacy_info", "ecommerce"} <= set(row)
+    consents = {r["privacy_info"]["analytics_storage"] for r in rows}
+    assert consents == {"Yes", "No", None}
+    denied = [r for r in rows if r["privacy_info"]["analytics_storage"] == "No"]
+    assert all(r["user_pseudo_id"] is None for r in denied)
+    assert not any(p["key"] == "ga_session_id" for r in denied for p in r["event_params"])
+
+
+def test_parquet_holds_the_same_rows_typed(small_sim: SimulationResult, small_truth: dict) -> None:
+    tables = [pq.read_table(p) for p in sorted(small_sim.export_dirs["parquet"].iterdir())]
+    assert sum(t.num_rows for t in tables) == small_truth["rows"]["parquet"]
+    assert str(tables[0].schema.field("event_timestamp").type) == "int64"
+    ndjson_only = {"truncated_json", "timestamp_not_integer"}
+    planted = small_truth["planted"]["malformed"]
+    assert small_truth["rows"]["ndjson"] - small_truth["rows"]["parquet"] == sum(
+        n for k, n in planted.items() if k in ndjson_only)
+
+
+def test_pii_is_planted_in_every_form(small_sim: SimulationResult, small_truth: dict) -> None:
+    text = "".join(p.read_text() for p in small_sim.export_dirs["ndjson"].iterdir())
+    forms = small_truth["planted"]["pii_forms"]
+    for form in ("user_id_email", "url_email_plain", "url_email_encoded", "url_email_mixed_case",
+                 "url_phone_formatted_encoded", "url_phone_dashes", "url_phone_dots", "search_term_email"):
+        assert forms.get(form, 0) > 0, form
+    assert "%40example.com" in text
+    assert "%2B1%20(" in text
+    assert any(e.upper() in text for e in small_truth["pii_needles"]["emails"])
+
+
+def test_paid_sessions_really_depend_on_spend(small_sim: SimulationResult, small_truth: dict) -> None:
+    """Observed sessions per channel-day follow that channel's true response to its flighted spend."""
+    import csv
+
+    import duckdb
+
+    spend: dict[str, list[float]] = {}
+    with small_sim.spend_file.open() as handle:
+        for row in csv.DictReader(handle):
+            spend.setdefault(row["channel"], []).append(float(row["spend"]))
+    medium_to_channel = {"display": "Display", "cpm": "Display", "ctv": "CTV", "video": "CTV", "cpc": "PPC",
+                         "email": "Email"}
+    observed = duckdb.sql(
+        f"""SELECT event_date, session_traffic_source_last_click.manual_campaign.medium AS medium, count(*) AS n
+        FROM read_parquet('{small_sim.export_dirs["parquet"]}/*.parquet')
+        WHERE event_name = 'session_start' GROUP BY ALL"""
+    ).fetchall()
+    dates = small_truth["demand"]["dates"]
+    counts = {c: np.zeros(len(dates)) for c in small_truth["channels"]}
+    index = {d.replace("-", ""): i for i, d in enumerate(dates)}
+    for day, medium, n in observed:
+        if medium in medium_to_channel and day in index:
+            counts[medium_to_channel[medium]][index[day]] += n
+    demand = np.array(small_truth["demand"]["multiplier"])
+    for channel, raw in small_truth["channels"].items():
+        truth = ChannelTruth(**raw)
+        x = np.array(spend[channel])
+        assert x.std() / max(x.mean(), 1e-9) > 0.2, f"{channel} spend is not varied enough"
+        expected = truth.expected_sessions(x, demand)[:-1]  # the last day is partial
+        assert np.corrcoef(expected, counts[channel][:-1])[0, 1] > 0.5, channel
+    forms = {c["form"] for c in small_truth["channels"].values()}
+    assert len(forms) >= 2, "channels should respond with different curve forms"
+
+
+def test_adstock_carries_over() -> None:
+    out = adstock(np.array([100.0, 0.0, 0.0]), 0.5)
+    assert out.tolist() == [100.0, 50.0, 25.0]
