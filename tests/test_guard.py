@@ -10,8 +10,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import REAL_GA4, TEST_KEY, ga4_row, write_lines
 
+from conftest import REAL_GA4, TEST_KEY, ga4_row, write_lines
 from flashcast.config import PrivacyPolicy
 from flashcast.errors import ReconciliationError
 from flashcast.keys import PiiKey

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import REAL_GA4, ga4_row, write_lines
 
+from conftest import REAL_GA4, ga4_row, write_lines
 from flashcast.errors import ExportNotFound, IngestError
 from flashcast.simulate import SimulationResult
 from flashcast.stages.ingest import discover_exports, stage_export

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import TEST_KEY, ga4_row, write_lines
 
+from conftest import TEST_KEY, ga4_row, write_lines
 from flashcast.config import ChannelMapping, ChannelRule, PrivacyPolicy
 from flashcast.errors import IngestError
 from flashcast.keys import PiiKey

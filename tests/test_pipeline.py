@@ -11,9 +11,9 @@ from pathlib import Path
 import duckdb
 import pytest
 import sqlalchemy as sa
-from conftest import TEST_KEY
 from typer.testing import CliRunner
 
+from conftest import TEST_KEY
 from flashcast.cli import app
 from flashcast.config import Settings, StoreConfig
 from flashcast.errors import StageError
@@ -72,7 +72,7 @@ def test_cli_run_writes_stamped_reconciled_outputs(cli_run: tuple[Path, Path, di
     head = read_head_file(out / "lineage_head.json")
     LineageLog(ops).verify([head, *run_anchors(ops)])
     entries = LineageLog(ops).entries(lineage_id)
-    assert [e["kind"] for e in entries][0] == "run_started" and entries[-1]["kind"] == "run_completed"
+    assert entries[0]["kind"] == "run_started" and entries[-1]["kind"] == "run_completed"
     events = [json.loads(line) for line in (out / "openlineage.jsonl").read_text().splitlines()]
     assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
     assert {e["run"]["runId"] for e in events} == {lineage_id}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,9 @@ def test_a_different_seed_gives_different_data(tmp_path: Path) -> None:
 
     from flashcast.simulate import SimulationSpec, simulate
 
-    a = simulate(SimulationSpec(days=5, users=50, seed=1, end_date=date(2026, 1, 5), formats=("ndjson",)), tmp_path / "a")
-    b = simulate(SimulationSpec(days=5, users=50, seed=2, end_date=date(2026, 1, 5), formats=("ndjson",)), tmp_path / "b")
+    spec = SimulationSpec(days=5, users=50, seed=1, end_date=date(2026, 1, 5), formats=("ndjson",))
+    a = simulate(spec, tmp_path / "a")
+    b = simulate(replace(spec, seed=2), tmp_path / "b")
     assert _files(a.export_dirs["ndjson"]) != _files(b.export_dirs["ndjson"])
 
 
@@ -43,7 +45,8 @@ def test_ndjson_is_shaped_like_a_bigquery_export(small_sim: SimulationResult) ->
     files = sorted(small_sim.export_dirs["ndjson"].iterdir())
     assert files[-1].name.startswith("events_intraday_")
     assert all(f.name.startswith("events_") for f in files)
-    rows = [json.loads(line) for line in files[1].read_text().splitlines() if line.startswith("{") and line.endswith("}")]
+    lines = files[1].read_text().splitlines()
+    rows = [json.loads(line) for line in lines if line.startswith("{") and line.endswith("}")]
     row = rows[0]
     assert isinstance(row["event_timestamp"], str) and row["event_timestamp"].isdigit()  # INT64 as string
     ints = [p["value"]["int_value"] for r in rows for p in r["event_params"] if p["value"]["int_value"] is not None]

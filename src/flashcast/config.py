@@ -156,6 +156,7 @@ class BrandRules(_Frozen):
         "guaranteed", "guarantee", "best", "#1", "number one", "risk-free", "cure", "100%", "free",
     )
     disclaimer: str = "Terms apply."
+    auto_approve_green: bool = True  # green copy is approved; amber waits for a person; red is rejected
     limits: dict[str, ChannelCopyLimits] = Field(default_factory=_default_limits)
 
 

@@ -18,14 +18,14 @@ import sqlalchemy as sa
 
 from flashcast.stages.guard import EMAIL_PATTERN, EMAIL_TOKEN, PHONE_PATTERN, PHONE_TOKEN
 
-_EMAIL_RE = re.compile(EMAIL_PATTERN)
-_PHONE_RE = re.compile(PHONE_PATTERN)
+EMAIL_RE = re.compile(EMAIL_PATTERN)
+PHONE_RE = re.compile(PHONE_PATTERN)
 
 
 def redact_message(text: str) -> str:
     """Redact emails and phone numbers from free text (error messages, prompts) after URL-decoding."""
     decoded = _decode(text)
-    return _PHONE_RE.sub(PHONE_TOKEN, _EMAIL_RE.sub(EMAIL_TOKEN, decoded))
+    return PHONE_RE.sub(PHONE_TOKEN, EMAIL_RE.sub(EMAIL_TOKEN, decoded))
 
 
 def _decode(text: str) -> str:
@@ -142,7 +142,7 @@ def _scan_texts(texts: Iterable[str], needles: PiiNeedles) -> tuple[int, int]:
     for text in texts:
         decoded = _decode(text).lower()
         planted += sum(1 for s in strings if s in decoded)
-        shaped += len(_EMAIL_RE.findall(decoded))
+        shaped += len(EMAIL_RE.findall(decoded))
     return planted, shaped
 
 

@@ -1,0 +1,181 @@
+"""Stage 4: the creative library (two variants per segment and channel) and the compliance checker.
+
+The checker returns a traffic light with reasons:
+  red    PII (email, phone number), a banned word, or text over the channel's hard length limit
+  amber  an unprovable claim ("guaranteed", "best", "#1", ...), a missing required disclaimer,
+         excessive capitals, or repeated punctuation ("!!")
+  green  none of the above
+Red creatives are rejected and never enter a payload; amber ones wait for a human (pending);
+green ones are approved when `brand.auto_approve_green` is on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from flashcast.config import BrandRules
+from flashcast.privacy import EMAIL_RE, PHONE_RE
+
+Light = Literal["green", "amber", "red"]
+Status = Literal["pending", "approved", "rejected"]
+_ORDER: dict[Light, int] = {"green": 0, "amber": 1, "red": 2}
+_CAPS_WORD = re.compile(r"\b[A-Z]{4,}\b")
+_REPEATED_PUNCT = re.compile(r"[!?]{2,}|\.{4,}")
+ACRONYMS = frozenset({"CTV", "USA", "FAQ", "NYC", "HTTP"})  # allowed in capitals
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str  # pii_email, pii_phone, banned_word, too_long, risky_claim, no_disclaimer, caps, punctuation
+    field: str  # headline | body
+    light: Light
+    message: str
+
+
+@dataclass(frozen=True)
+class ComplianceResult:
+    light: Light
+    reasons: tuple[Reason, ...] = ()
+
+    @property
+    def passes(self) -> bool:
+        return self.light != "red"
+
+
+@dataclass(frozen=True)
+class Creative:
+    creative_id: str
+    segment: str
+    channel: str
+    variant: str
+    headline: str
+    body: str
+    light: Light
+    status: Status
+    reasons: tuple[Reason, ...] = field(default_factory=tuple)
+
+
+def check_copy(headline: str, body: str, *, channel: str, brand: BrandRules) -> ComplianceResult:
+    """Score one headline/body pair for `channel` against the brand rules."""
+    reasons: list[Reason] = []
+    for name, text in (("headline", headline), ("body", body)):
+        reasons += _pii(name, text) + _banned(name, text, brand) + _claims(name, text, brand) + _style(name, text)
+    limits = brand.limits.get(channel)
+    if limits is not None:
+        for name, text, limit in (("headline", headline, limits.headline), ("body", body, limits.body)):
+            if len(text) > limit:
+                reasons.append(Reason("too_long", name, "red", f"{len(text)} characters, {channel} allows {limit}"))
+    if brand.disclaimer and brand.disclaimer.lower() not in body.lower():
+        reasons.append(Reason("no_disclaimer", "body", "amber", f"required disclaimer {brand.disclaimer!r} missing"))
+    light: Light = max((r.light for r in reasons), key=_ORDER.__getitem__, default="green")
+    return ComplianceResult(light, tuple(reasons))
+
+
+def _pii(name: str, text: str) -> list[Reason]:
+    out = []
+    if EMAIL_RE.search(text):
+        out.append(Reason("pii_email", name, "red", "contains an email address"))
+    if PHONE_RE.search(text):
+        out.append(Reason("pii_phone", name, "red", "contains a phone number"))
+    return out
+
+
+def _word_pattern(word: str) -> re.Pattern[str]:
+    # Word boundaries only where the word starts/ends with a word character ("#1" has none before '#').
+    start = r"\b" if word[:1].isalnum() else ""
+    end = r"\b" if word[-1:].isalnum() else ""
+    return re.compile(start + re.escape(word) + end, re.IGNORECASE)
+
+
+def _banned(name: str, text: str, brand: BrandRules) -> list[Reason]:
+    return [Reason("banned_word", name, "red", f"banned word {w!r}") for w in brand.banned_words
+            if _word_pattern(w).search(text)]
+
+
+def _claims(name: str, text: str, brand: BrandRules) -> list[Reason]:
+    return [Reason("risky_claim", name, "amber", f"unprovable claim {w!r}") for w in brand.risky_claims
+            if _word_pattern(w).search(text)]
+
+
+def _style(name: str, text: str) -> list[Reason]:
+    out = []
+    letters = [c for c in text if c.isalpha()]
+    caps_words = [w for w in _CAPS_WORD.findall(text) if w not in ACRONYMS]
+    if caps_words or (len(letters) >= 8 and sum(c.isupper() for c in letters) / len(letters) > 0.5):
+        out.append(Reason("caps", name, "amber", "excessive capitals"))
+    if _REPEATED_PUNCT.search(text):
+        out.append(Reason("punctuation", name, "amber", "repeated punctuation"))
+    return out
+
+
+# ------------------------------------------------------------------ template generator
+
+# Per segment: (headline, body) candidates from the most to the least descriptive; the generator
+# takes the first two that fit each channel's limits. {brand} and {tone} come from the brand rules.
+TEMPLATES: dict[str, list[tuple[str, str]]] = {
+    "Brand Loyalist": [
+        ("Thanks for coming back", "Your favourites from {brand} are waiting, with early access for regulars."),
+        ("New in, just for you", "Regulars see the new collection first. Clear picks, {tone} service."),
+        ("Welcome back", "Early access for regulars at {brand}."),
+        ("Back for more?", "New picks for regulars at {brand}."),
+        ("Hi again", "New picks for regulars."),
+    ],
+    "Value Shopper": [
+        ("More for your money", "Seasonal savings at {brand}: compare prices and pick what fits your budget."),
+        ("Smart savings this week", "Good value on everyday picks from {brand}. See this week's offers."),
+        ("Save on favourites", "This week's offers at {brand}."),
+        ("Weekly offers", "Save on picks at {brand}."),
+        ("Save today", "This week's offers."),
+    ],
+    "Speed Seeker": [
+        ("Checkout in a minute", "Find it fast at {brand}: one-page checkout and quick delivery options."),
+        ("Find it. Get it.", "Quick search, fast checkout and tracked delivery from {brand}."),
+        ("Fast checkout", "Quick checkout at {brand}."),
+        ("Quick picks", "Fast checkout at {brand}."),
+        ("Get it fast", "Fast checkout."),
+    ],
+}
+
+
+def _fill(template: str, brand: BrandRules) -> str:
+    return template.format(brand=brand.brand_name, tone=brand.tone_words[0] if brand.tone_words else "friendly")
+
+
+def _with_disclaimer(body: str, brand: BrandRules) -> str:
+    return f"{body} {brand.disclaimer}".strip() if brand.disclaimer else body
+
+
+def template_creatives(
+    segments: tuple[str, ...], channels: tuple[str, ...], *, brand: BrandRules, auto_approve_green: bool = True
+) -> list[Creative]:
+    """Two variants per segment and channel from the templates, each scored by `check_copy`."""
+    library = []
+    for segment in segments:
+        for channel in channels:
+            picked = _fitting_pairs(segment, channel, brand)
+            for variant, (headline, body) in zip("AB", picked, strict=False):
+                library.append(make_creative(segment, channel, variant, headline, body, brand=brand,
+                                             auto_approve_green=auto_approve_green))
+    return library
+
+
+def _fitting_pairs(segment: str, channel: str, brand: BrandRules) -> list[tuple[str, str]]:
+    limits = brand.limits.get(channel)
+    candidates = [(_fill(h, brand), _with_disclaimer(_fill(b, brand), brand)) for h, b in TEMPLATES[segment]]
+    fitting = [c for c in candidates if limits is None or (len(c[0]) <= limits.headline and len(c[1]) <= limits.body)]
+    # If nothing fits (a very long disclaimer, say), keep the shortest two: the checker marks them red.
+    return (fitting or sorted(candidates, key=lambda c: len(c[0]) + len(c[1])))[:2]
+
+
+def make_creative(
+    segment: str, channel: str, variant: str, headline: str, body: str, *, brand: BrandRules,
+    auto_approve_green: bool = True,
+) -> Creative:
+    result = check_copy(headline, body, channel=channel, brand=brand)
+    status: Status = "rejected" if result.light == "red" else (
+        "approved" if result.light == "green" and auto_approve_green else "pending")
+    digest = hashlib.sha256(f"{segment}|{channel}|{variant}|{headline}|{body}".encode()).hexdigest()[:12]
+    return Creative(f"cr-{digest}", segment, channel, variant, headline, body, result.light, status, result.reasons)
