@@ -150,7 +150,7 @@ def test_two_runs_at_once_both_land(tmp_path: Path, small_sim: SimulationResult)
     ops = OpsStore(settings.store.ops_database_url)
     heads = [read_head_file(tmp_path / f"out-{fmt}" / "lineage_head.json") for fmt in ("ndjson", "parquet")]
     report = LineageLog(ops).verify([*heads, *run_anchors(ops)])
-    assert report.entries == 2 * 5  # run_started, 3 stage entries, run_completed
+    assert report.entries == 2 * 10  # run_started, 8 stage entries, run_completed
     con = transform_connection()
     with warehouse_session(con, settings.store.warehouse_path, timeout_s=10, read_only=True):
         runs = con.execute("SELECT count(DISTINCT lineage_id) FROM wh.main.guarded_events").fetchall()[0][0]

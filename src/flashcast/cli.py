@@ -52,7 +52,9 @@ def _errors() -> Iterator[None]:
 def simulate(
     out: Annotated[Path, typer.Option(help="Folder to write ndjson/, parquet/, spend.csv, truth.json.")],
     days: Annotated[int, typer.Option(help="Days of data, ending at --end-date.")] = 450,
-    users: Annotated[int, typer.Option(help="Distinct visitors (daily sessions are about users/10).")] = 4000,
+    users: Annotated[int, typer.Option(help="Distinct visitors.")] = 20000,
+    sessions_per_day: Annotated[float | None, typer.Option(help="Average sessions a day (default: 3 per user).")]
+    = None,
     seed: Annotated[int, typer.Option(help="Random seed: same arguments, byte-identical files.")] = 7,
     end_date: Annotated[str, typer.Option(help="Last (partial, intraday) export day, YYYY-MM-DD.")] = "2026-11-23",
     timezone: Annotated[str, typer.Option(help="The GA4 property's time zone.")] = "America/New_York",
@@ -60,7 +62,7 @@ def simulate(
 ) -> None:
     """Write simulated GA4 export files with known ground truth.
 
-    Example: flashcast simulate --days 450 --users 4000 --seed 7 --end-date 2026-11-23 --out data/sim
+    Example: flashcast simulate --days 450 --users 20000 --seed 7 --end-date 2026-11-23 --out data/sim
     """
     from flashcast.simulate import SimulationSpec
     from flashcast.simulate import simulate as run_simulation
@@ -69,7 +71,7 @@ def simulate(
     with _errors():
         try:
             spec = SimulationSpec(days=days, users=users, seed=seed, end_date=date.fromisoformat(end_date),
-                                  timezone=timezone, formats=formats)
+                                  timezone=timezone, formats=formats, sessions_per_day=sessions_per_day)
         except ValueError as exc:
             console.print(f"[red]ValueError[/red]: {exc}")
             raise typer.Exit(2) from exc
@@ -102,7 +104,8 @@ def run(
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
     days: Annotated[int, typer.Option(help="Days to simulate (400+ gives real yearly seasonality).")] = 430,
-    users: Annotated[int, typer.Option(help="Visitors to simulate.")] = 1500,
+    users: Annotated[int, typer.Option(help="Visitors to simulate.")] = 20000,
+    sessions_per_day: Annotated[float, typer.Option(help="Average sessions a day.")] = 150.0,
     seed: Annotated[int, typer.Option(help="Simulation seed.")] = 7,
     config: ConfigOption = None,
 ) -> None:
@@ -117,6 +120,7 @@ def demo(
         with console.status("simulating GA4 export..."):
             sim = run_simulation(
                 SimulationSpec(days=days, users=users, seed=seed, end_date=date.today(), formats=("ndjson",),
+                               sessions_per_day=sessions_per_day,
                                timezone=settings.property_timezone if settings.property_timezone != "UTC"
                                else "America/New_York"),
                 sim_dir,

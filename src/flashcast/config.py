@@ -118,10 +118,29 @@ class Guardrails(_Frozen):
     """Spend guardrails for the allocator (stage 6)."""
 
     total_budget: float | None = None  # None: keep yesterday's total
-    min_share: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(PAID_CHANNELS, 0.05))
+    min_share: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(PAID_CHANNELS, 0.02))
     max_share: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(PAID_CHANNELS, 0.6))
     max_daily_change: float = 0.25  # fraction of yesterday's spend a channel may move in one day
+    # A channel may always move at least this share of the total budget, so a paused channel can
+    # restart (25% of zero is zero).
+    min_daily_move_share: float = 0.05
+    caps: dict[str, float] = Field(default_factory=dict)  # absolute daily maximum per channel
     lookback_days: int = 28
+
+    @field_validator("max_daily_change", "min_daily_move_share")
+    @classmethod
+    def _nonnegative_fraction(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
+    @field_validator("caps")
+    @classmethod
+    def _nonnegative_caps(cls, value: dict[str, float]) -> dict[str, float]:
+        for channel, cap in value.items():
+            if cap < 0:
+                raise ValueError(f"cap for {channel} must be >= 0")
+        return value
 
     @field_validator("min_share", "max_share")
     @classmethod

@@ -9,6 +9,9 @@
       LineageError           the lineage log is broken or cannot be written
         LineageTampered      verification found an edited, deleted or truncated entry
       StoreBusy              a store stayed locked by another process past the timeout
+      ForecastError          a series cannot be forecast (too short, gaps, negative values, duplicates)
+      AllocationInfeasible   the guardrails cannot all hold for the budget (names the conflicting bounds)
+      PayloadInvalid         the DSP payload fails its JSON Schema or its own invariants
       StageError             a pipeline stage failed; wraps the cause with the stage name
 
 Messages name the field, file and row (or request); they never quote a value from the data.
@@ -60,6 +63,23 @@ class LineageTampered(LineageError):
 
 class StoreBusy(FlashcastError):
     """Another process held a store's lock for longer than the timeout."""
+
+
+class ForecastError(FlashcastError):
+    """The series cannot be forecast: too short, gaps, negative values or duplicate dates."""
+
+
+class AllocationInfeasible(FlashcastError):
+    """The guardrails cannot all hold for this budget. The message names the conflicting bounds."""
+
+    def __init__(self, message: str, *, conflicts: tuple[str, ...] = (), shortfall: float = 0.0) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts
+        self.shortfall = shortfall
+
+
+class PayloadInvalid(FlashcastError):
+    """The DSP payload fails its JSON Schema or its invariants; the message lists the problems."""
 
 
 class StageError(FlashcastError):

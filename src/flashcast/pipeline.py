@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,21 @@ from flashcast.config import Settings
 from flashcast.errors import FlashcastError, StageError
 from flashcast.keys import PiiKey
 from flashcast.lineage import DatasetRef, LineageLog, LogHead, OpenLineageEmitter, job_name, new_lineage_id
+from flashcast.plan import (
+    PlanParts,
+    allocation_frame,
+    budget_allocation,
+    build_payload,
+    creative_library,
+    creatives_frame,
+    last_complete_day,
+    revenue_forecast,
+    segment_users,
+    write_frame,
+)
 from flashcast.privacy import redact_message
+from flashcast.report import write_report
+from flashcast.stages.forecast import bands_are_nested, plot_fan_chart, summarize
 from flashcast.stages.guard import (
     GUARD_TABLES,
     GuardReport,
@@ -35,10 +49,12 @@ from flashcast.stages.guard import (
 )
 from flashcast.stages.ingest import stage_export
 from flashcast.stages.kpis import KpiSummary, daily_channel_kpis, load_spend
+from flashcast.stages.payload import write_payload
 from flashcast.store import OpsStore, transform_connection, warehouse_session
 
 JOB = "run"
-PERSISTED_TABLES = (*GUARD_TABLES, "sessions", "daily_kpis", "daily_outcomes")
+PERSISTED_TABLES = (*GUARD_TABLES, "sessions", "daily_kpis", "daily_outcomes", "user_segments", "creatives",
+                    "allocations")
 
 Progress = Callable[[str], None]
 
@@ -58,6 +74,7 @@ class RunResult:
     guard: GuardReport
     kpis: KpiSummary
     head: LogHead
+    plan: PlanParts
     outputs: dict[str, Path] = field(default_factory=dict)
 
 
@@ -120,13 +137,74 @@ def _run_stages(state: _RunState, inputs: RunInputs, out_dir: Path, key: PiiKey)
             state.log.append("stage_completed", run.lineage_id, {
                 "stage": "kpis", "first_day": kpis.first_day.isoformat(), "last_day": kpis.last_day.isoformat(),
                 "partial_last_day": kpis.partial_last_day})
+        parts = _plan_stages(state, con, kpis)
+        with _stage(state, "payload"):
+            outputs = _write_outputs(con, out_dir, report, kpis, run)
+            outputs |= _write_plan(con, out_dir, parts, run)
+            head = state.log.head()
+            payload = build_payload(parts, run=run, report=report, head=head,
+                                    for_date=last_complete_day(kpis) + timedelta(days=2))
+            outputs["payload"] = write_payload(payload, out_dir / "payload.json")
+            state.log.append("stage_completed", run.lineage_id, {
+                "stage": "payload", "schema_version": payload.schema_version, "creatives": len(payload.creatives),
+                "budget": payload.allocations.budget, "anchored_head": head.to_json()})
+            outputs["report"] = write_report(out_dir / "report.md", lineage_id=run.lineage_id, report=report,
+                                             kpis=kpis, parts=parts, files=outputs)
         with _stage(state, "persist"):
             _persist(con, settings)
-            outputs = _write_outputs(con, out_dir, report, kpis, run)
             _record_reconciliation(state.ops, report, run)
     finally:
         con.close()
-    return _complete(state, out_dir, report, kpis, outputs)
+    return _complete(state, out_dir, report, kpis, parts, outputs)
+
+
+def _plan_stages(state: _RunState, con: duckdb.DuckDBPyConnection, kpis: KpiSummary) -> PlanParts:
+    settings, run = state.settings, state.run
+    with _stage(state, "segments"):
+        segmentation = segment_users(con, kpis)
+        state.log.append("stage_completed", run.lineage_id, {
+            "stage": "segments", "method": "rules", "users": segmentation.users,
+            "sizes": {p.segment: p.users for p in segmentation.profiles}, "rules": segmentation.rule_counts,
+            "thresholds": segmentation.thresholds})
+    with _stage(state, "creatives"):
+        creatives = creative_library(settings)
+        state.log.append("stage_completed", run.lineage_id, {
+            "stage": "creatives", "generator": "templates",
+            "lights": {light: sum(c.light == light for c in creatives) for light in ("green", "amber", "red")}})
+    with _stage(state, "forecast"):
+        forecast = revenue_forecast(con, kpis)
+        if not bands_are_nested(forecast):
+            raise ValueError("forecast bands are not nested")
+        state.log.append("stage_completed", run.lineage_id, {"stage": "forecast", **summarize(forecast)})
+    with _stage(state, "allocate"):
+        allocation = budget_allocation(con, kpis, settings)
+        state.log.append("stage_completed", run.lineage_id, {
+            "stage": "allocate", "method": allocation.method, "budget": allocation.budget,
+            "spend": allocation.spends, "bounds": {r.channel: r.bound for r in allocation.rows}})
+    return PlanParts(segmentation, creatives, forecast, allocation)
+
+
+def _write_plan(con: duckdb.DuckDBPyConnection, out_dir: Path, parts: PlanParts, run: RunContext) -> dict[str, Path]:
+    """Write the plan's files and register its tables in the run connection for the warehouse."""
+    creatives = creatives_frame(parts.creatives, run.lineage_id)
+    allocations = allocation_frame(parts.allocation, run.lineage_id)
+    con.register("_creatives_df", creatives)
+    con.register("_allocations_df", allocations)
+    con.execute("CREATE OR REPLACE TEMP TABLE creatives AS SELECT * FROM _creatives_df")
+    con.execute("CREATE OR REPLACE TEMP TABLE allocations AS SELECT * FROM _allocations_df")
+    forecast = parts.forecast.to_frame()
+    forecast.insert(0, "lineage_id", run.lineage_id)
+    files = {
+        "segments": out_dir / "segments.csv",
+        "creatives": write_frame(creatives, out_dir / "creatives.csv"),
+        "allocation": write_frame(allocations, out_dir / "allocation.csv"),
+        "forecast": write_frame(forecast, out_dir / "forecast.csv"),
+        "fan_chart": plot_fan_chart(parts.forecast, out_dir / "fan_chart.png"),
+    }
+    _write_csv(con, f"SELECT lineage_id, user_key, segment, rule, reason, recency_days, sessions, orders, monetary, "
+                    f"avg_order_value, pages_per_session, session_duration_s, engagement_s, coupon_share "
+                    f"FROM {parts.segmentation.table} ORDER BY user_key", files["segments"])
+    return files
 
 
 @contextmanager
@@ -169,7 +247,8 @@ def _fail(state: _RunState, exc: BaseException, refs: list[DatasetRef]) -> None:
 
 
 def _complete(
-    state: _RunState, out_dir: Path, report: GuardReport, kpis: KpiSummary, outputs: dict[str, Path]
+    state: _RunState, out_dir: Path, report: GuardReport, kpis: KpiSummary, parts: PlanParts,
+    outputs: dict[str, Path],
 ) -> RunResult:
     run = state.run
     digests = {name: _file_sha256(path) for name, path in sorted(outputs.items())}
@@ -187,7 +266,7 @@ def _complete(
     outputs = {**outputs, "lineage_head": head_file}
     if state.emitter.event_file.exists():
         outputs["openlineage"] = state.emitter.event_file
-    return RunResult(run.lineage_id, out_dir, report, kpis, head, outputs)
+    return RunResult(run.lineage_id, out_dir, report, kpis, head, parts, outputs)
 
 
 def _daily_outcomes_table(con: duckdb.DuckDBPyConnection, report: GuardReport, run: RunContext) -> None:
@@ -208,11 +287,20 @@ def _persist(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
         try:
             for table in PERSISTED_TABLES:
                 con.execute(f"CREATE TABLE IF NOT EXISTS {wh}.main.{table} AS SELECT * FROM {table} WITH NO DATA")
+                _add_new_columns(con, f"{wh}.main.{table}", table)
                 con.execute(f"INSERT INTO {wh}.main.{table} BY NAME SELECT * FROM {table}")
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
+
+
+def _add_new_columns(con: duckdb.DuckDBPyConnection, target: str, source: str) -> None:
+    """Warehouse tables only grow: a column a newer version adds is added (NULL for older runs)."""
+    existing = {r[0] for r in con.execute(f"DESCRIBE {target}").fetchall()}
+    for name, dtype, *_ in con.execute(f"DESCRIBE {source}").fetchall():
+        if name not in existing:
+            con.execute(f'ALTER TABLE {target} ADD COLUMN "{name}" {dtype}')
 
 
 def _write_outputs(

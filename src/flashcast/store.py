@@ -113,7 +113,10 @@ class OpsStore:
             sa.Column("entry", sa.Text, nullable=False),  # canonical JSON, hashed as stored
             sa.Column("entry_hash", sa.String(64), nullable=False, unique=True),
         )
-        self.metadata.create_all(self.engine)
+        # Inside one (IMMEDIATE, on SQLite) transaction, so two processes creating a fresh store
+        # cannot both decide a table is missing.
+        with self.engine.begin() as conn:
+            self.metadata.create_all(conn)
 
     @contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
@@ -132,10 +135,28 @@ class OpsStore:
 def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, future=True)
+    connect_args = {"timeout": 30.0} if url.startswith("sqlite") else {}
+    engine = sa.create_engine(url, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
         _sqlite_wal_with_immediate_transactions(engine)
     return engine
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Switch a SQLite file to WAL (persistent). The switch can fail with 'locked' without waiting
+    on the busy handler while another process opens the new file, so retry for a while."""
+    import sqlite3
+
+    deadline = time.monotonic() + 30.0
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _sqlite_wal_with_immediate_transactions(engine: Engine) -> None:
@@ -145,8 +166,8 @@ def _sqlite_wal_with_immediate_transactions(engine: Engine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
+        _enable_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 

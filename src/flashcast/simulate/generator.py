@@ -62,6 +62,13 @@ class SimulationSpec:
     timezone: str = "America/New_York"
     formats: tuple[str, ...] = ("ndjson", "parquet")
     malformed_rows: int | None = None  # default: one every ~15 days, at least 6
+    sessions_per_day: float | None = None  # default: 3 sessions per user over the window, at least 20/day
+
+    @property
+    def daily_sessions(self) -> float:
+        if self.sessions_per_day is not None:
+            return self.sessions_per_day
+        return max(20.0, 3.0 * self.users / self.days)
 
     def __post_init__(self) -> None:
         if self.days < 2:
@@ -116,8 +123,8 @@ def simulate(spec: SimulationSpec, out_dir: Path) -> SimulationResult:
     tz = ZoneInfo(spec.timezone)
     dates = [spec.end_date - timedelta(days=spec.days - 1 - i) for i in range(spec.days)]
     demand, promo_days = _demand(rng, dates)
-    daily_sessions = spec.users / 10.0
-    channels = _channel_truths(rng, daily_sessions, spend_scale=spec.users / 10_000)
+    daily_sessions = spec.daily_sessions
+    channels = _channel_truths(rng, daily_sessions, spend_scale=daily_sessions / 1000)
     spend = {c.channel: _flighted_spend(rng, c, len(dates)) for c in channels}
     expected = {c.channel: c.expected_sessions(spend[c.channel], demand) for c in channels}
     expected["Organic"] = daily_sessions * SESSION_SHARE["Organic"] * demand
@@ -178,7 +185,7 @@ def _demand(rng: np.random.Generator, dates: list[date]) -> tuple[np.ndarray, se
 
 
 def _channel_truths(rng: np.random.Generator, daily_sessions: float, *, spend_scale: float) -> list[ChannelTruth]:
-    """Per-channel curves; BASE_SPEND is for a 10,000-user shop and scales with the audience."""
+    """Per-channel curves; BASE_SPEND is for a shop with 1,000 sessions a day and scales with traffic."""
     forms: list[CurveForm] = ["hill", "hill", "exponential", "log"]
     order = rng.permutation(len(forms))
     truths = []
@@ -216,7 +223,10 @@ def _flighted_spend(rng: np.random.Generator, truth: ChannelTruth, n_days: int) 
 
 
 def _users(rng: np.random.Generator, n: int) -> list[_User]:
-    kinds = rng.choice(len(USER_TYPES), size=n, p=[0.2, 0.45, 0.35])
+    # Users are picked with a skew towards low indices (`_pick_user`), so sorting loyalists towards
+    # the front (with noise) makes them the frequent visitors they are.
+    drawn = rng.choice(len(USER_TYPES), size=n, p=[0.2, 0.45, 0.35])
+    kinds = drawn[np.argsort(np.where(drawn == 0, 0.0, 0.6) + rng.random(n), kind="stable")]
     consent = rng.choice(3, size=n, p=[0.7, 0.15, 0.15])
     users = []
     for i in range(n):

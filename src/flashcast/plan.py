@@ -1,0 +1,140 @@
+"""Stages 3-7 on top of the guarded data: segments, creatives, forecast, allocation, payload.
+
+Each function takes the run's transform connection (holding guarded_events, sessions and
+daily_kpis) plus settings, and returns plain records; the pipeline brackets each with lineage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from flashcast.config import Settings
+from flashcast.errors import ForecastError
+from flashcast.lineage import LogHead
+from flashcast.stages.allocate import Allocation, ChannelHistory, allocate_inverse_cpa
+from flashcast.stages.creatives import Creative, template_creatives
+from flashcast.stages.forecast import Forecast, forecast_series
+from flashcast.stages.guard import GuardReport, RunContext
+from flashcast.stages.kpis import KpiSummary
+from flashcast.stages.payload import Payload
+from flashcast.stages.segments import SEGMENTS, Segmentation, rule_segments, user_features
+
+
+def last_complete_day(kpis: KpiSummary) -> date:
+    return kpis.last_day - timedelta(days=1) if kpis.partial_last_day else kpis.last_day
+
+
+def segment_users(con: duckdb.DuckDBPyConnection, kpis: KpiSummary) -> Segmentation:
+    user_features(con, as_of=last_complete_day(kpis))
+    return rule_segments(con)
+
+
+def creative_library(settings: Settings) -> list[Creative]:
+    return template_creatives(SEGMENTS, settings.channels.paid_channels, brand=settings.brand,
+                              auto_approve_green=settings.brand.auto_approve_green)
+
+
+def revenue_history(con: duckdb.DuckDBPyConnection, kpis: KpiSummary) -> pd.DataFrame:
+    """Total daily revenue over complete days (the partial last day is left out)."""
+    rows = con.execute(
+        f"""SELECT event_date, sum(revenue) FROM {kpis.table} WHERE event_date <= ?
+        GROUP BY event_date ORDER BY event_date""",
+        [last_complete_day(kpis)],
+    ).fetchall()
+    return pd.DataFrame({"ds": pd.to_datetime([r[0] for r in rows]), "y": [float(r[1]) for r in rows]})
+
+
+def revenue_forecast(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, *, horizon: int = 14) -> Forecast:
+    history = revenue_history(con, kpis)
+    if history.empty:
+        raise ForecastError("revenue_total: no complete days of history")
+    return forecast_series(history, series_id="revenue_total", horizon=horizon)
+
+
+def channel_histories(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: Settings) -> list[ChannelHistory]:
+    """Yesterday's spend and the lookback window's spend and purchases per paid channel."""
+    yesterday = last_complete_day(kpis)
+    start = yesterday - timedelta(days=settings.guardrails.lookback_days - 1)
+    rows = con.execute(
+        f"""SELECT channel,
+          sum(spend) FILTER (WHERE event_date = ?::DATE),
+          sum(spend) FILTER (WHERE event_date >= ?::DATE),
+          sum(purchases) FILTER (WHERE event_date >= ?::DATE)
+        FROM {kpis.table} WHERE event_date <= ?::DATE GROUP BY channel""",
+        [yesterday, start, start, yesterday],
+    ).fetchall()
+    found = {r[0]: r for r in rows}
+    return [ChannelHistory(c, float(found[c][1] or 0), float(found[c][2] or 0), float(found[c][3] or 0))
+            if c in found else ChannelHistory(c, 0.0, 0.0, 0.0) for c in settings.channels.paid_channels]
+
+
+def budget_allocation(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: Settings) -> Allocation:
+    return allocate_inverse_cpa(channel_histories(con, kpis, settings), settings.guardrails)
+
+
+@dataclass(frozen=True)
+class PlanParts:
+    segmentation: Segmentation
+    creatives: list[Creative]
+    forecast: Forecast
+    allocation: Allocation
+
+
+def build_payload(
+    parts: PlanParts, *, run: RunContext, report: GuardReport, head: LogHead, for_date: date
+) -> Payload:
+    """Assemble the payload document; red creatives are left out here (and refused by the schema)."""
+    f = parts.forecast
+    bands = {b.level: b for b in f.bands}
+    days = [
+        {"date": d, "point": p, **{f"{k}_{lvl}": getattr(bands[lvl], "lower" if k == "lo" else "upper")[i]
+                                   for lvl in (50, 80, 95) for k in ("lo", "hi")}}
+        for i, (d, p) in enumerate(zip(f.dates, f.point, strict=True))
+    ]
+    allocation = parts.allocation
+    return Payload.model_validate({
+        "lineage_id": run.lineage_id,
+        "lineage_head": head.to_json(),
+        "generated_at": datetime.now(UTC),
+        "for_date": for_date,
+        "reconciliation": report.totals,
+        "segments": [{"segment": p.segment, "users": p.users, "share": round(p.share, 6)}
+                     for p in parts.segmentation.profiles],
+        "forecast": {"series_id": f.series_id, "engine": f.engine, "horizon_days": len(f.dates),
+                     "total_point": round(sum(f.point), 2), "days": days},
+        "allocations": {
+            "method": allocation.method, "budget": allocation.budget,
+            "channels": [{"channel": r.channel, "spend": r.spend, "share": r.share,
+                          "yesterday_spend": r.yesterday_spend, "change": r.change, "bound": r.bound, "why": r.why}
+                         for r in allocation.rows],
+        },
+        "creatives": [
+            {"creative_id": c.creative_id, "segment": c.segment, "channel": c.channel, "variant": c.variant,
+             "headline": c.headline, "body": c.body, "light": c.light, "status": c.status,
+             "reasons": [r.message for r in c.reasons]}
+            for c in parts.creatives if c.light != "red" and c.status != "rejected"
+        ],
+    })
+
+
+def creatives_frame(creatives: list[Creative], lineage_id: str) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"lineage_id": lineage_id, **{k: v for k, v in asdict(c).items() if k != "reasons"},
+         "reasons": "; ".join(f"{r.light}: {r.field}: {r.message}" for r in c.reasons)}
+        for c in creatives
+    ])
+
+
+def allocation_frame(allocation: Allocation, lineage_id: str) -> pd.DataFrame:
+    return pd.DataFrame([{"lineage_id": lineage_id, "method": allocation.method, **asdict(r)}
+                         for r in allocation.rows])
+
+
+def write_frame(frame: pd.DataFrame, path: Path) -> Path:
+    frame.to_csv(path, index=False, lineterminator="\n")
+    return path

@@ -1,0 +1,80 @@
+"""The run's human-readable report (Markdown), linking every file it produced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flashcast.plan import PlanParts
+from flashcast.stages.guard import GuardReport
+from flashcast.stages.kpis import KpiSummary
+
+
+def _money(x: float) -> str:
+    return f"${x:,.2f}"
+
+
+def write_report(
+    path: Path, *, lineage_id: str, report: GuardReport, kpis: KpiSummary, parts: PlanParts, files: dict[str, Path]
+) -> Path:
+    t = report.totals
+    f, a, seg = parts.forecast, parts.allocation, parts.segmentation
+    lines = [
+        "# Flashcast plan",
+        "",
+        f"Run `{lineage_id}`, data {kpis.first_day} to {kpis.last_day}"
+        + (" (last day partial, left out of the forecast and the allocation)." if kpis.partial_last_day else "."),
+        "",
+        "## Data accounted for",
+        "",
+        f"{t['input_rows']:,} GA4 rows in: {t['accepted']:,} accepted, {t['dropped_consent']:,} dropped for consent, "
+        f"{t['quarantined']:,} quarantined, {t['duplicate']:,} duplicates. Per day: "
+        f"[reconciliation.csv]({files['reconciliation'].name}); quarantined rows with reasons: "
+        f"[quarantine.csv]({files['quarantine'].name}).",
+        "",
+        "## Who the customers are",
+        "",
+        "| segment | users | share | sessions | orders | revenue/user | pages/session |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *[f"| {p.segment} | {p.users:,} | {p.share:.0%} | {p.sessions:.1f} | {p.orders:.2f} | {_money(p.monetary)} "
+          f"| {p.pages_per_session:.1f} |" for p in seg.profiles],
+        "",
+        "Rules that fired: " + ", ".join(f"{k} {v:,}" for k, v in seg.rule_counts.items())
+        + f". Per user: [segments.csv]({files['segments'].name}).",
+        "",
+        "## What to say",
+        "",
+        f"{len(parts.creatives)} creatives (two per segment and channel): "
+        + ", ".join(f"{n} {light}" for light in ("green", "amber", "red")
+                    if (n := sum(c.light == light for c in parts.creatives)))
+        + f". Red copy never enters the payload. Library: [creatives.csv]({files['creatives'].name}).",
+        "",
+        "## Revenue to expect",
+        "",
+        f"Next {len(f.dates)} days ({f.dates[0]} to {f.dates[-1]}), {f.engine}: {_money(sum(f.point))} expected "
+        f"(median path), {_money(sum(f.band(80).lower))} to {_money(sum(f.band(80).upper))} summing the daily "
+        f"80% bounds. Last 28 complete days: {_money(sum(f.history[-28:]))}.",
+        "",
+        f"![fan chart]({files['fan_chart'].name})",
+        "",
+        f"Daily values and 50/80/95% bands: [forecast.csv]({files['forecast'].name}).",
+        "",
+        f"## Tomorrow's budget ({_money(a.budget)}, {a.method})",
+        "",
+        "| channel | yesterday | proposed | change | CPA | why |",
+        "|---|---:|---:|---:|---:|---|",
+        *[f"| {r.channel} | {_money(r.yesterday_spend)} | {_money(r.spend)} | {r.change:+,.2f} | "
+          f"{'-' if r.cpa is None else _money(r.cpa)} | {r.why} |" for r in a.rows],
+        "",
+        f"Details: [allocation.csv]({files['allocation'].name}).",
+        "",
+        "## Audit",
+        "",
+        f"- DSP payload, validated against its JSON Schema: [payload.json]({files['payload'].name})",
+        f"- Daily KPIs per channel: [daily_kpis.csv]({files['daily_kpis'].name})",
+        "- Lineage head: [lineage_head.json](lineage_head.json); verify with "
+        "`flashcast lineage verify --head out/lineage_head.json`",
+        "- OpenLineage events: [openlineage.jsonl](openlineage.jsonl)",
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

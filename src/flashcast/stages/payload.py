@@ -1,0 +1,171 @@
+"""Stage 7: the DSP-ready payload, validated against a published JSON Schema before it is written.
+
+The pydantic model is the source of the schema; `schemas/payload.schema.json` is the committed,
+published copy, and a test fails when the two drift apart. Validation runs twice on every
+payload: the committed JSON Schema (what a DSP integrator sees: required fields, no red
+creatives) and the model's own invariants, which JSON Schema cannot express (allocations add up
+to the budget to the cent, shares add up to one, every allocated channel is known).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flashcast.errors import PayloadInvalid
+
+SCHEMA_VERSION: Literal["1.0.0"] = "1.0.0"
+SCHEMA_RESOURCE = "payload.schema.json"
+_UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LineageHead(_Model):
+    seq: int = Field(ge=0)
+    entry_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Reconciliation(_Model):
+    input_rows: int = Field(ge=0)
+    accepted: int = Field(ge=0)
+    dropped_consent: int = Field(ge=0)
+    quarantined: int = Field(ge=0)
+    duplicate: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _adds_up(self) -> Reconciliation:
+        if self.accepted + self.dropped_consent + self.quarantined + self.duplicate != self.input_rows:
+            raise ValueError("reconciliation: outcomes do not add up to input_rows")
+        return self
+
+
+class ForecastDay(_Model):
+    date: date
+    point: float
+    lo_50: float
+    hi_50: float
+    lo_80: float
+    hi_80: float
+    lo_95: float
+    hi_95: float
+
+
+class ForecastSummary(_Model):
+    series_id: str
+    engine: str
+    horizon_days: int = Field(ge=1)
+    total_point: float
+    days: list[ForecastDay]
+
+
+class ChannelAllocation(_Model):
+    channel: str
+    spend: float = Field(ge=0)
+    share: float = Field(ge=0, le=1)
+    yesterday_spend: float = Field(ge=0)
+    change: float
+    bound: str | None
+    why: str
+
+
+class Allocations(_Model):
+    method: str
+    currency: str = "USD"
+    budget: float = Field(gt=0)
+    channels: list[ChannelAllocation] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _adds_up(self) -> Allocations:
+        cents = sum(round(c.spend * 100) for c in self.channels)
+        if cents != round(self.budget * 100):
+            raise ValueError(f"allocations: spends add to {cents / 100:.2f}, not the budget {self.budget:.2f}")
+        if abs(sum(c.share for c in self.channels) - 1.0) > 1e-3:
+            raise ValueError("allocations: shares do not add up to 1")
+        return self
+
+
+class CreativeOut(_Model):
+    creative_id: str
+    segment: str
+    channel: str
+    variant: str
+    headline: str = Field(min_length=1)
+    body: str = Field(min_length=1)
+    light: Literal["green", "amber"]  # red copy never enters a payload
+    status: Literal["pending", "approved"]
+    reasons: list[str] = Field(default_factory=list)
+
+
+class SegmentOut(_Model):
+    segment: str
+    users: int = Field(ge=0)
+    share: float = Field(ge=0, le=1)
+
+
+class Payload(_Model):
+    """The document a DSP receives: what to say (creatives), where to spend (allocations), and why."""
+
+    schema_version: Literal["1.0.0"] = SCHEMA_VERSION
+    lineage_id: str = Field(pattern=_UUID)
+    lineage_head: LineageHead
+    generated_at: datetime
+    for_date: date
+    reconciliation: Reconciliation
+    segments: list[SegmentOut]
+    forecast: ForecastSummary
+    allocations: Allocations
+    creatives: list[CreativeOut] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _creatives_cover_allocated_channels(self) -> Payload:
+        funded = {c.channel for c in self.allocations.channels if c.spend > 0}
+        covered = {c.channel for c in self.creatives}
+        missing = funded - covered
+        if missing:
+            raise ValueError(f"creatives: no usable creative for funded channel(s) {sorted(missing)}")
+        return self
+
+
+def model_schema() -> dict[str, Any]:
+    """The JSON Schema generated from the model (what the committed file must equal)."""
+    schema = Payload.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://flashcast.dev/schemas/payload-{SCHEMA_VERSION}.json"
+    return schema
+
+
+def committed_schema() -> dict[str, Any]:
+    text = resources.files("flashcast.schemas").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    return dict(json.loads(text))
+
+
+def validate_payload(document: dict[str, Any]) -> Payload:
+    """Check a payload document against the committed schema and the model's invariants."""
+    validator = jsonschema.Draft202012Validator(committed_schema())
+    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
+    if errors:
+        problems = "; ".join(f"{'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+                             for e in errors[:10])
+        raise PayloadInvalid(f"payload fails its JSON Schema: {problems}")
+    try:
+        return Payload.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
+        raise PayloadInvalid(f"payload fails its invariants: {problems}") from exc
+
+
+def write_payload(payload: Payload, path: Path) -> Path:
+    """Validate, then write; an invalid payload is never written."""
+    document = json.loads(payload.model_dump_json())
+    validate_payload(document)
+    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path
