@@ -79,6 +79,33 @@ def test_cli_run_writes_stamped_reconciled_outputs(cli_run: tuple[Path, Path, di
     assert events[1]["outputs"], "COMPLETE names its output datasets"
 
 
+def test_cli_run_produces_a_schema_valid_payload_anchored_in_the_log(cli_run: tuple[Path, Path, dict]) -> None:
+    import jsonschema
+
+    from flashcast.stages.payload import committed_schema
+
+    config, out, summary = cli_run
+    document = json.loads((out / "payload.json").read_text())
+    jsonschema.validate(document, committed_schema())
+    assert document["lineage_id"] == summary["lineage_id"]
+    ops = OpsStore(Settings(store=StoreConfig(home=config.parent / "home")).store.ops_database_url)
+    log = LineageLog(ops)
+    log.verify([read_head_file(out / "lineage_head.json")])
+    entries = log.entries(document["lineage_id"])
+    anchored = [e for e in entries if e["seq"] == document["lineage_head"]["seq"]]
+    assert anchored and anchored[0]["lineage_id"] == document["lineage_id"]
+    stages = [e["body"].get("stage") for e in entries if e["kind"] == "stage_completed"]
+    assert stages == ["ingest", "guard", "kpis", "segments", "creatives", "forecast", "allocate", "payload"]
+    spends = [c["spend"] for c in document["allocations"]["channels"]]
+    assert document["allocations"]["budget"] == pytest.approx(sum(spends))
+    assert all(c["light"] != "red" for c in document["creatives"])
+    for name in ("report.md", "segments.csv", "creatives.csv", "allocation.csv", "forecast.csv", "fan_chart.png"):
+        assert (out / name).stat().st_size > 0, name
+    report = (out / "report.md").read_text()
+    for link in ("payload.json", "fan_chart.png", "segments.csv", "allocation.csv", "reconciliation.csv"):
+        assert f"({link})" in report
+
+
 def test_no_planted_pii_reaches_any_store_or_output(cli_run: tuple[Path, Path, dict], small_truth: dict) -> None:
     config, out, _summary = cli_run
     needles = PiiNeedles.from_truth(small_truth)

@@ -197,7 +197,7 @@ def allocate_inverse_cpa(
         raise AllocationInfeasible(f"budget must be positive (got {total:,.2f})")
     weights = inverse_cpa_weights(histories)
     weight_sum = sum(weights.values())
-    if weight_sum > 0:
+    if weight_sum > 0 and any(h.lookback_conversions > 0 for h in histories):
         target = np.array([total * weights[h.channel] / weight_sum for h in histories])
     else:  # nothing converted anywhere: keep yesterday's split
         yesterday = np.array([h.yesterday_spend for h in histories])

@@ -4,14 +4,16 @@ Features (per hashed user): recency (days since the last visit, as of the last c
 frequency (sessions), monetary (revenue), orders, average order value, pages per session,
 average session duration, engagement seconds per session, and the share of orders that used a
 coupon. Thresholds are percentiles of the population, computed in the same SQL, so the rules
-adapt to any shop's scale instead of hard-coding one shop's numbers.
+adapt to any shop's scale instead of hard-coding one shop's numbers. Comparisons with the
+percentile are strict where ties are common (sessions, durations), so a population where most
+users share one value does not land wholesale in one segment.
 
 Rules, first match wins:
   1. Brand Loyalist  `repeat_buyer`      orders >= 2
-  2. Brand Loyalist  `frequent_buyer`    orders >= 1 and sessions >= p80(sessions)
+  2. Brand Loyalist  `frequent_buyer`    orders >= 1 and sessions > p80(sessions) (p80 at least 2)
   3. Value Shopper   `coupon_buyer`      half or more of orders used a coupon
-  4. Speed Seeker    `quick_sessions`    pages/session <= p30 and duration <= median
-  5. Brand Loyalist  `frequent_visitor`  sessions >= p80(sessions)
+  4. Speed Seeker    `quick_sessions`    pages/session <= p30 and duration < median
+  5. Brand Loyalist  `frequent_visitor`  sessions > p80(sessions)
   6. Value Shopper   `browsing`          none of the above: browsing without a loyalty or speed signal
 """
 
@@ -101,19 +103,19 @@ def rule_segments(
             ELSE 'Value Shopper' END AS segment,
           CASE rule
             WHEN 'repeat_buyer' THEN orders || ' orders (>= 2)'
-            WHEN 'frequent_buyer' THEN 'bought, and ' || sessions || ' sessions >= p80 ' || $1
+            WHEN 'frequent_buyer' THEN 'bought, and ' || sessions || ' sessions > p80 ' || $1
             WHEN 'coupon_buyer' THEN round(coupon_share * 100) || '% of orders used a coupon'
             WHEN 'quick_sessions' THEN pages_per_session || ' pages/session <= p30 ' || round($2, 2)
-                 || ' and ' || session_duration_s || ' s <= median ' || round($3, 1)
-            WHEN 'frequent_visitor' THEN sessions || ' sessions >= p80 ' || $1
+                 || ' and ' || session_duration_s || ' s < median ' || round($3, 1)
+            WHEN 'frequent_visitor' THEN sessions || ' sessions > p80 ' || $1
             ELSE 'no loyalty or speed signal' END AS reason
         FROM (
           SELECT *, CASE
             WHEN orders >= 2 THEN 'repeat_buyer'
-            WHEN orders >= 1 AND sessions >= $1 THEN 'frequent_buyer'
+            WHEN orders >= 1 AND sessions > $1 THEN 'frequent_buyer'
             WHEN orders >= 1 AND coupon_share >= 0.5 THEN 'coupon_buyer'
-            WHEN pages_per_session <= $2 AND session_duration_s <= $3 THEN 'quick_sessions'
-            WHEN sessions >= $1 THEN 'frequent_visitor'
+            WHEN pages_per_session <= $2 AND session_duration_s < $3 THEN 'quick_sessions'
+            WHEN sessions > $1 THEN 'frequent_visitor'
             ELSE 'browsing' END AS rule
           FROM {features}
         )""",

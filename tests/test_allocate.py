@@ -1,0 +1,143 @@
+"""Stage 6: inverse-CPA allocation projected onto all guardrails at once, exact to the cent."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from flashcast.config import Guardrails
+from flashcast.errors import AllocationInfeasible
+from flashcast.stages.allocate import (
+    ChannelHistory,
+    allocate_inverse_cpa,
+    channel_bounds,
+    project_onto_bounds,
+)
+
+CHANNELS = ("Display", "CTV", "PPC", "Email")
+HISTORY = [ChannelHistory("Display", 100, 2800, 40), ChannelHistory("CTV", 150, 4200, 20),
+           ChannelHistory("PPC", 200, 5600, 160), ChannelHistory("Email", 30, 840, 60)]
+LOOSE = Guardrails(min_share={}, max_share={}, max_daily_change=10.0)
+
+
+def test_unbound_channels_follow_inverse_cpa() -> None:
+    a = allocate_inverse_cpa(HISTORY, LOOSE)
+    assert a.budget == 480.0 and round(sum(a.spends.values()), 2) == 480.0
+    weights = {h.channel: h.lookback_conversions / h.lookback_spend for h in HISTORY}
+    for row in a.rows:
+        assert row.spend == pytest.approx(480 * weights[row.channel] / sum(weights.values()), abs=0.01)
+        assert row.bound is None
+    assert a.spends["Email"] > a.spends["PPC"] > a.spends["Display"] > a.spends["CTV"]
+
+
+def test_every_row_explains_itself() -> None:
+    a = allocate_inverse_cpa(HISTORY, Guardrails())
+    for row in a.rows:
+        assert row.why.startswith(f"CPA {row.cpa:,.2f} over 28 days")
+    email = next(r for r in a.rows if r.channel == "Email")
+    assert email.bound == "max_daily_change" and "maximum daily change" in email.why
+
+
+def test_clip_then_renormalise_would_break_a_bound_this_does_not() -> None:
+    target = np.array([700.0, 200.0, 100.0])
+    lower, upper = np.array([0.0, 0.0, 150.0]), np.array([500.0, 1000.0, 1000.0])
+    naive = np.clip(target, lower, upper)
+    naive = naive * 1000 / naive.sum()
+    assert naive[0] > upper[0] or naive[2] < lower[2]  # the shortcut leaves the box
+    x = project_onto_bounds(target, lower, upper, 1000.0)
+    assert x.sum() == pytest.approx(1000.0)
+    assert np.all(x >= lower - 1e-9) and np.all(x <= upper + 1e-9)
+    free = (x > lower + 1e-9) & (x < upper - 1e-9)
+    ratios = x[free] / target[free]
+    assert np.allclose(ratios, ratios[0])  # free channels keep the target proportions
+
+
+def test_no_conversions_anywhere_keeps_yesterdays_split() -> None:
+    history = [ChannelHistory(c, y, 0.0, 0.0) for c, y in zip(CHANNELS, (100, 200, 300, 400), strict=True)]
+    a = allocate_inverse_cpa(history, LOOSE)
+    assert a.spends == {"Display": 100.0, "CTV": 200.0, "PPC": 300.0, "Email": 400.0}
+
+
+def test_min_shares_over_the_budget_are_named() -> None:
+    rails = Guardrails(min_share={"Display": 0.4, "CTV": 0.4, "PPC": 0.3}, max_daily_change=10.0)
+    with pytest.raises(AllocationInfeasible) as info:
+        allocate_inverse_cpa(HISTORY, rails, budget=1000.0)
+    message = str(info.value)
+    assert "lower bounds add to 1,100.00, more than the budget 1,000.00" in message
+    assert "Display 400.00 (min_share)" in message and "by 100.00" in message
+    assert info.value.shortfall == 100.0
+
+
+def test_crossing_bounds_are_named() -> None:
+    rails = Guardrails(min_share={"CTV": 0.5}, max_daily_change=0.1, min_daily_move_share=0.0)
+    expected = r"CTV: lower 240.00 \(min_share\) > upper 165.00 \(max_daily_change\)"
+    with pytest.raises(AllocationInfeasible, match=expected):
+        allocate_inverse_cpa(HISTORY, rails)
+
+
+def test_caps_and_max_share_bind() -> None:
+    rails = Guardrails(min_share={}, max_share={"Email": 0.2}, caps={"PPC": 150.0}, max_daily_change=10.0)
+    a = allocate_inverse_cpa(HISTORY, rails)
+    rows = {r.channel: r for r in a.rows}
+    assert rows["Email"].spend == 96.0 and rows["Email"].bound == "max_share"
+    assert rows["PPC"].spend == 150.0 and rows["PPC"].bound == "cap"
+
+
+@st.composite
+def problems(draw: st.DrawFn) -> tuple[list[ChannelHistory], Guardrails, float]:
+    n = draw(st.integers(2, 6))
+    names = [f"ch{i}" for i in range(n)]
+    money = st.floats(0, 5000, allow_nan=False).map(lambda x: round(x, 2))
+    histories = [ChannelHistory(c, draw(money), draw(money), draw(st.floats(0, 300).map(round))) for c in names]
+    mins = {c: draw(st.floats(0, 0.3)) for c in names if draw(st.booleans())}
+    maxs = {c: draw(st.floats(0.2, 1.0)) for c in names if draw(st.booleans())}
+    caps = {c: draw(st.floats(1, 8000)) for c in names if draw(st.booleans())}
+    rails = Guardrails(min_share=mins, max_share=maxs, caps=caps, max_daily_change=draw(st.floats(0.05, 2.0)),
+                       min_daily_move_share=draw(st.floats(0.0, 0.2)))
+    budget = draw(st.floats(1, 20000).map(lambda x: round(x, 2)))
+    return histories, rails, budget
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_every_bound_holds_and_the_sum_is_exact(problem: tuple[list[ChannelHistory], Guardrails, float]) -> None:
+    histories, rails, budget = problem
+    bounds = channel_bounds(histories, budget, rails)
+    feasible = all(b.lower <= b.upper for b in bounds.values()) and (
+        sum(b.lower for b in bounds.values()) <= budget + 1e-9 <= sum(b.upper for b in bounds.values()) + 2e-9)
+    if not feasible:
+        with pytest.raises(AllocationInfeasible):
+            allocate_inverse_cpa(histories, rails, budget=budget)
+        return
+    a = allocate_inverse_cpa(histories, rails, budget=budget)
+    assert sum(round(r.spend * 100) for r in a.rows) == round(budget * 100)
+    for row in a.rows:
+        assert round(row.spend * 100) == row.spend * 100 or math.isclose(row.spend * 100, round(row.spend * 100))
+        b = bounds[row.channel]
+        assert b.lower - 1e-9 <= row.spend <= b.upper + 1e-9, (row, b)
+        share_max = rails.max_share.get(row.channel, 1.0) * budget
+        assert row.spend <= share_max + 1e-9
+        assert row.spend >= rails.min_share.get(row.channel, 0.0) * budget - 0.01 + 1e-9 or b.lower_rule != "min_share"
+        if row.channel in rails.caps:
+            assert row.spend <= rails.caps[row.channel] + 1e-9
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.01, 1000), min_size=2, max_size=8), st.data())
+def test_projection_is_exact_and_proportional(targets: list[float], data: st.DataObject) -> None:
+    t = np.array(targets)
+    lower = np.array([data.draw(st.floats(0, 50)) for _ in targets])
+    upper = lower + np.array([data.draw(st.floats(0, 2000)) for _ in targets])
+    total = data.draw(st.floats(float(lower.sum()), float(upper.sum())))
+    assume(upper.sum() - lower.sum() > 1e-6)
+    x = project_onto_bounds(t, lower, upper, total)
+    assert x.sum() == pytest.approx(total, abs=1e-6)
+    assert np.all(x >= lower - 1e-9) and np.all(x <= upper + 1e-9)
+    free = (x > lower + 1e-7) & (x < upper - 1e-7)
+    if free.sum() >= 2:
+        ratios = x[free] / t[free]
+        assert np.allclose(ratios, ratios[0], rtol=1e-6)

@@ -1,0 +1,90 @@
+"""The compliance checker says no to bad copy, with the right light and reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from flashcast.config import BrandRules, ChannelCopyLimits
+from flashcast.stages.creatives import check_copy, make_creative, template_creatives
+from flashcast.stages.segments import SEGMENTS
+
+BRAND = BrandRules()
+OK_BODY = "Fresh picks for the season. Terms apply."
+
+
+@pytest.mark.parametrize(
+    ("headline", "body", "channel", "light", "code"),
+    [
+        ("Spring picks", OK_BODY, "PPC", "green", None),
+        ("Write to jane.doe@example.com", OK_BODY, "Email", "red", "pii_email"),
+        ("Spring picks", "Call 555-123-4567 today. Terms apply.", "PPC", "red", "pii_phone"),
+        ("Cheap shoes here", OK_BODY, "PPC", "red", "banned_word"),
+        ("A headline that is over thirty chars", OK_BODY, "PPC", "red", "too_long"),
+        ("Sixteen chars!!x", OK_BODY, "CTV", "red", "too_long"),
+        ("Spring picks", "x" * 80 + " Terms apply.", "PPC", "red", "too_long"),
+        ("Guaranteed fit", OK_BODY, "PPC", "amber", "risky_claim"),
+        ("The best trainers", OK_BODY, "PPC", "amber", "risky_claim"),
+        ("#1 running shop", OK_BODY, "PPC", "amber", "risky_claim"),
+        ("Risk-free returns", OK_BODY, "PPC", "amber", "risky_claim"),
+        ("Spring picks", "Fresh picks for the season.", "PPC", "amber", "no_disclaimer"),
+        ("SPRING SALE NOW", OK_BODY, "PPC", "amber", "caps"),
+        ("Spring picks!!", OK_BODY, "PPC", "amber", "punctuation"),
+    ],
+)
+def test_checker_lights_and_reasons(headline: str, body: str, channel: str, light: str, code: str | None) -> None:
+    result = check_copy(headline, body, channel=channel, brand=BRAND)
+    assert result.light == light, result.reasons
+    if code is None:
+        assert result.reasons == ()
+    else:
+        assert code in {r.code for r in result.reasons}
+        assert all(r.message for r in result.reasons)
+
+
+def test_words_match_whole_words_only() -> None:
+    assert check_copy("Bestow a gift", OK_BODY, channel="PPC", brand=BRAND).light == "green"
+    assert check_copy("Cheapest? No.", OK_BODY, channel="PPC", brand=BRAND).light == "green"
+
+
+def test_red_outranks_amber() -> None:
+    result = check_copy("BEST DEAL EVER!!", "Mail me at a@b.com, cheap", channel="PPC", brand=BRAND)
+    assert result.light == "red"
+    assert {"risky_claim", "caps", "punctuation", "pii_email", "banned_word", "no_disclaimer"} <= {
+        r.code for r in result.reasons}
+
+
+def test_status_follows_the_light() -> None:
+    green = make_creative("Value Shopper", "PPC", "A", "Spring picks", OK_BODY, brand=BRAND)
+    amber = make_creative("Value Shopper", "PPC", "A", "Best picks", OK_BODY, brand=BRAND)
+    red = make_creative("Value Shopper", "PPC", "A", "Cheap picks", OK_BODY, brand=BRAND)
+    assert (green.status, amber.status, red.status) == ("approved", "pending", "rejected")
+    manual = make_creative("Value Shopper", "PPC", "A", "Spring picks", OK_BODY, brand=BRAND, auto_approve_green=False)
+    assert manual.status == "pending"
+
+
+def test_template_library_fits_every_channel() -> None:
+    library = template_creatives(SEGMENTS, ("Display", "CTV", "PPC", "Email"), brand=BRAND)
+    assert len(library) == len(SEGMENTS) * 4 * 2
+    for creative in library:
+        limits = BRAND.limits[creative.channel]
+        assert len(creative.headline) <= limits.headline and len(creative.body) <= limits.body
+        assert creative.light == "green", creative
+        assert creative.body.endswith(BRAND.disclaimer)
+    pairs = {(c.segment, c.channel): set() for c in library}
+    for c in library:
+        pairs[(c.segment, c.channel)].add(c.headline)
+    assert all(len(h) == 2 for h in pairs.values()), "two different variants per segment and channel"
+
+
+def test_a_brand_the_templates_cannot_fit_gets_red_rejected_copy() -> None:
+    brand = BrandRules(disclaimer="Offer valid for new customers only, see the full terms on our website.",
+                       limits={"CTV": ChannelCopyLimits(headline=15, body=40)})
+    library = template_creatives(("Speed Seeker",), ("CTV",), brand=brand)
+    assert library and all(c.light == "red" and c.status == "rejected" for c in library)
+    assert all("too_long" in {r.code for r in c.reasons} for c in library)
+
+
+def test_banned_words_from_the_brand_config_are_used() -> None:
+    brand = BrandRules(banned_words=("sneaker",))
+    assert check_copy("City sneaker", OK_BODY, channel="PPC", brand=brand).light == "red"
+    assert check_copy("City sneaker", OK_BODY, channel="PPC", brand=BRAND).light == "green"
