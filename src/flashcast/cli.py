@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -115,7 +116,11 @@ def demo(
 
     with _errors():
         settings = _settings(config)
-        key = load_pii_key(settings.policy, settings.pii_key_file, create_if_missing=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            key = load_pii_key(settings.policy, settings.pii_key_file, create_if_missing=True)
+        for warning in caught:
+            console.print(f"[yellow]warning[/yellow]: {warning.message}")
         sim_dir = settings.store.home / "demo-export"
         with console.status("simulating GA4 export..."):
             sim = run_simulation(
@@ -143,16 +148,30 @@ def _run_with_progress(call: Callable[[Callable[[str], None]], RunResult]) -> Ru
 
 
 def _print_summary(result: RunResult) -> None:
-    totals = result.guard.totals
-    table = Table(title=f"Run {result.lineage_id}", show_header=True)
-    table.add_column("rows")
-    table.add_column("count", justify="right")
-    for name in ("input_rows", "accepted", "dropped_consent", "quarantined", "duplicate"):
-        table.add_row(name, f"{totals[name]:,}")
+    totals, k, plan = result.guard.totals, result.kpis, result.plan
+    console.print(f"\n[bold]Flashcast plan[/bold]  run {result.lineage_id}")
+    console.print(
+        f"Data {k.first_day} to {k.last_day}{' (last day partial)' if k.partial_last_day else ''}: "
+        f"{totals['input_rows']:,} rows in, {totals['accepted']:,} accepted, {totals['dropped_consent']:,} dropped "
+        f"for consent, {totals['quarantined']:,} quarantined, {totals['duplicate']:,} duplicates.")
+    console.print("Customers: " + ", ".join(
+        f"{p.segment} {p.users:,} ({p.share:.0%})" for p in plan.segmentation.profiles))
+    f = plan.forecast
+    console.print(
+        f"Revenue, next {len(f.dates)} days: ${sum(f.point):,.0f} expected "
+        f"(80% band ${sum(f.band(80).lower):,.0f} to ${sum(f.band(80).upper):,.0f}, {f.engine}).")
+    lights = {light: sum(c.light == light for c in plan.creatives) for light in ("green", "amber", "red")}
+    console.print(f"Creatives: {len(plan.creatives)} ({lights['green']} green, {lights['amber']} amber, "
+                  f"{lights['red']} red; red never ships).")
+    table = Table(title=f"Tomorrow's budget: ${plan.allocation.budget:,.2f} ({plan.allocation.method})")
+    for column in ("channel", "yesterday", "proposed", "change", "CPA", "held by"):
+        table.add_column(column, justify="left" if column in ("channel", "held by") else "right")
+    for r in plan.allocation.rows:
+        table.add_row(r.channel, f"${r.yesterday_spend:,.2f}", f"${r.spend:,.2f}", f"{r.change:+,.2f}",
+                      "-" if r.cpa is None else f"${r.cpa:,.2f}", r.bound or "")
     console.print(table)
-    k = result.kpis
-    console.print(f"days {k.first_day} .. {k.last_day}" + (" (last day partial)" if k.partial_last_day else ""))
-    console.print(f"lineage head: entry {result.head.seq} {result.head.entry_hash[:16]}...")
+    console.print(f"Lineage head: entry {result.head.seq} {result.head.entry_hash[:16]}...")
+    console.print(f"Read [bold]{result.outputs['report']}[/bold] first; all files:")
     for name, path in sorted(result.outputs.items()):
         console.print(f"  {name:<16} {path}")
 
