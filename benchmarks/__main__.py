@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_guard
+from benchmarks import bench_allocator, bench_guard
 
-BENCHES = {"guard": bench_guard.main}
+BENCHES = {"guard": bench_guard.main, "allocator": bench_allocator.main}
 
 
 def main(argv: list[str]) -> None:

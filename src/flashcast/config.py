@@ -125,6 +125,7 @@ class Guardrails(_Frozen):
     # restart (25% of zero is zero).
     min_daily_move_share: float = 0.05
     caps: dict[str, float] = Field(default_factory=dict)  # absolute daily maximum per channel
+    hold: tuple[str, ...] = ()  # channels kept at yesterday's spend
     lookback_days: int = 28
 
     @field_validator("max_daily_change", "min_daily_move_share")
@@ -149,6 +150,32 @@ class Guardrails(_Frozen):
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"share for {channel} must be within [0, 1]")
         return value
+
+
+class AllocationConfig(_Frozen):
+    """How stage 6 splits the budget. `curves` fits adstock + saturation per channel and optimizes on
+    them; `inverse_cpa` reweights by recent cost per conversion. Both respect [guardrails]."""
+
+    method: Literal["curves", "inverse_cpa"] = "curves"
+    kpi: Literal["conversions", "revenue"] = "conversions"
+    objective: Literal["point", "mean", "quantile"] = "point"  # fitted curve, bootstrap mean, or a pessimistic draw
+    risk_quantile: float = Field(default=0.2, gt=0, lt=1)
+    target_cpa: float | None = Field(default=None, gt=0)  # spend less than the budget if needed to meet it
+    target_roas: float | None = Field(default=None, gt=0)  # with kpi = "revenue"
+    fit_days: int = Field(default=365, ge=28)
+    # Curves are not trusted far beyond the spend they were fitted on: a channel gets at most this
+    # multiple of its largest daily spend in the fit window (bound "extrapolation").
+    max_extrapolation: float = Field(default=1.5, ge=1.0)
+    bootstrap_draws: int = Field(default=40, ge=0, le=500)
+    whatif_multipliers: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> AllocationConfig:
+        if self.target_cpa is not None and self.target_roas is not None:
+            raise ValueError("set target_cpa or target_roas, not both")
+        if self.target_roas is not None and self.kpi != "revenue":
+            raise ValueError("target_roas needs kpi = 'revenue'")
+        return self
 
 
 class ChannelCopyLimits(_Frozen):
@@ -202,6 +229,7 @@ class Settings(_Frozen):
     policy: PrivacyPolicy = PrivacyPolicy()
     channels: ChannelMapping = ChannelMapping()
     guardrails: Guardrails = Guardrails()
+    allocation: AllocationConfig = AllocationConfig()
     brand: BrandRules = BrandRules()
     lineage: LineageConfig = LineageConfig()
 

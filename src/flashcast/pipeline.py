@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pandas as pd
 import sqlalchemy as sa
 
 from flashcast.config import Settings
@@ -39,6 +40,7 @@ from flashcast.plan import (
 )
 from flashcast.privacy import redact_message
 from flashcast.report import write_report
+from flashcast.stages.allocate_curves import plot_curves, plot_whatif
 from flashcast.stages.forecast import bands_are_nested, plot_fan_chart, summarize
 from flashcast.stages.guard import (
     GUARD_TABLES,
@@ -177,11 +179,16 @@ def _plan_stages(state: _RunState, con: duckdb.DuckDBPyConnection, kpis: KpiSumm
             raise ValueError("forecast bands are not nested")
         state.log.append("stage_completed", run.lineage_id, {"stage": "forecast", **summarize(forecast)})
     with _stage(state, "allocate"):
-        allocation = budget_allocation(con, kpis, settings)
+        allocation, curves = budget_allocation(con, kpis, settings)
+        fit_summary = {} if curves is None else {
+            c: {"form": f.curve.form, "decay": f.curve.decay, "slope": round(f.curve.slope, 4), "r2": f.diagnostics.r2,
+                "fallback": f.fallback} for c, f in curves.fits.items()}
         state.log.append("stage_completed", run.lineage_id, {
             "stage": "allocate", "method": allocation.method, "budget": allocation.budget,
-            "spend": allocation.spends, "bounds": {r.channel: r.bound for r in allocation.rows}})
-    return PlanParts(segmentation, creatives, forecast, allocation)
+            "spend": allocation.spends, "bounds": {r.channel: r.bound for r in allocation.rows},
+            "expected": allocation.expected_conversions, "gain_vs_inverse_cpa": allocation.gain_vs_inverse_cpa,
+            "curves": fit_summary, "notes": list(allocation.notes)})
+    return PlanParts(segmentation, creatives, forecast, allocation, curves)
 
 
 def _write_plan(con: duckdb.DuckDBPyConnection, out_dir: Path, parts: PlanParts, run: RunContext) -> dict[str, Path]:
@@ -194,7 +201,14 @@ def _write_plan(con: duckdb.DuckDBPyConnection, out_dir: Path, parts: PlanParts,
     con.execute("CREATE OR REPLACE TEMP TABLE allocations AS SELECT * FROM _allocations_df")
     forecast = parts.forecast.to_frame()
     forecast.insert(0, "lineage_id", run.lineage_id)
+    if parts.curves is not None:
+        extra = {"response_curves": plot_curves(parts.curves, out_dir / "response_curves.png"),
+                 "whatif": write_frame(pd.DataFrame(parts.curves.whatif), out_dir / "whatif.csv"),
+                 "whatif_chart": plot_whatif(parts.curves.whatif, out_dir / "whatif.png")}
+    else:
+        extra = {}
     files = {
+        **extra,
         "segments": out_dir / "segments.csv",
         "creatives": write_frame(creatives, out_dir / "creatives.csv"),
         "allocation": write_frame(allocations, out_dir / "allocation.csv"),

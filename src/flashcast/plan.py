@@ -11,17 +11,20 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from flashcast.config import Settings
 from flashcast.errors import ForecastError
 from flashcast.lineage import LogHead
 from flashcast.stages.allocate import Allocation, ChannelHistory, allocate_inverse_cpa
+from flashcast.stages.allocate_curves import ChannelSeries, CurvePlan, allocate_by_curves
 from flashcast.stages.creatives import Creative, template_creatives
 from flashcast.stages.forecast import Forecast, forecast_series
 from flashcast.stages.guard import GuardReport, RunContext
 from flashcast.stages.kpis import KpiSummary
 from flashcast.stages.payload import Payload
+from flashcast.stages.response import demand_index
 from flashcast.stages.segments import SEGMENTS, Segmentation, rule_segments, user_features
 
 
@@ -73,8 +76,36 @@ def channel_histories(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings
             if c in found else ChannelHistory(c, 0.0, 0.0, 0.0) for c in settings.channels.paid_channels]
 
 
-def budget_allocation(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: Settings) -> Allocation:
-    return allocate_inverse_cpa(channel_histories(con, kpis, settings), settings.guardrails)
+def channel_series(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: Settings) -> list[ChannelSeries]:
+    """Daily spend and outcome per paid channel over the fit window (complete days only), with a
+    demand index from the unpaid channel's sessions so curves are fitted per unit of demand."""
+    end = last_complete_day(kpis)
+    start = end - timedelta(days=settings.allocation.fit_days - 1)
+    outcome = "purchases" if settings.allocation.kpi == "conversions" else "revenue"
+    organic = con.execute(
+        f"""SELECT sessions FROM {kpis.table} WHERE channel = ? AND event_date BETWEEN ? AND ? ORDER BY event_date""",
+        [settings.channels.default_channel, start, end]).fetchall()
+    demand = demand_index(np.array([float(r[0]) for r in organic])) if organic else None
+    out = []
+    for channel in settings.channels.paid_channels:
+        rows = con.execute(
+            f"""SELECT spend, {outcome} FROM {kpis.table} WHERE channel = ? AND event_date BETWEEN ? AND ?
+            ORDER BY event_date""", [channel, start, end]).fetchall()
+        spend, result = np.array([float(r[0]) for r in rows]), np.array([float(r[1]) for r in rows])
+        out.append(ChannelSeries(channel, spend, result, demand if demand is not None and len(demand) == len(rows)
+                                 else None))
+    return out
+
+
+def budget_allocation(
+    con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: Settings
+) -> tuple[Allocation, CurvePlan | None]:
+    histories = channel_histories(con, kpis, settings)
+    if settings.allocation.method == "inverse_cpa":
+        return allocate_inverse_cpa(histories, settings.guardrails), None
+    plan = allocate_by_curves(histories, channel_series(con, kpis, settings), settings.guardrails,
+                              settings.allocation)
+    return plan.allocation, plan
 
 
 @dataclass(frozen=True)
@@ -83,6 +114,7 @@ class PlanParts:
     creatives: list[Creative]
     forecast: Forecast
     allocation: Allocation
+    curves: CurvePlan | None = None
 
 
 def build_payload(

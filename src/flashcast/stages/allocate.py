@@ -59,6 +59,10 @@ class AllocationRow:
     upper: float
     bound: str | None  # the guardrail that holds this channel, if any
     why: str
+    marginal_cpa: float | None = None  # cost of one more conversion at the proposed spend (curves)
+    expected_conversions: float | None = None  # at the proposed spend, per day (curves)
+    expected_low: float | None = None  # 80% interval from the curve's bootstrap draws
+    expected_high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,11 @@ class Allocation:
     method: str
     budget: float
     rows: tuple[AllocationRow, ...]
+    expected_conversions: float | None = None
+    expected_interval: tuple[float, float] | None = None
+    gain_vs_yesterday: float | None = None  # expected conversions over keeping yesterday's split
+    gain_vs_inverse_cpa: float | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def spends(self) -> dict[str, float]:
@@ -87,6 +96,9 @@ def channel_bounds(
                   (h.yesterday_spend - move, "max_daily_change")]
         uppers = [(guardrails.max_share.get(h.channel, 1.0) * budget, "max_share"),
                   (h.yesterday_spend + move, "max_daily_change")]
+        if h.channel in guardrails.hold:
+            lowers.append((h.yesterday_spend, "held"))
+            uppers.append((h.yesterday_spend, "held"))
         if h.channel in guardrails.caps:
             uppers.append((guardrails.caps[h.channel], "cap"))
         lo, lo_rule = max(lowers, key=lambda x: x[0])
@@ -236,7 +248,8 @@ def _why(h: ChannelHistory, cpa: float | None, target: float, spend: float, b: C
     held = {
         "min_share": "held up by its minimum share", "max_share": "held down by its maximum share",
         "max_daily_change": "limited by the maximum daily change", "cap": "held down by its cap",
-        "zero": "at zero",
+        "zero": "at zero", "held": "held at yesterday's spend",
+        "extrapolation": "held at 1.5x the most it ever spent (the curve is unproven beyond)",
     }
     if bound:
         tail = f"; {held[bound]} ({b.lower:,.2f}..{b.upper:,.2f})"

@@ -1,0 +1,182 @@
+"""Allocator benchmark: inverse CPA vs the curve optimizer (fitted and true curves) vs the oracle.
+
+For each seed the simulator's own world model draws channel curves (one channel per seed has a
+`log` curve, a form the fitter does not know), flighted daily spend over a year, and Poisson
+conversions. Allocations are scored on the *true* curves at steady state; the oracle is the best
+split found by an exhaustive simplex grid refined with SLSQP. Also: optimizer speed on 1,000 and
+100,000 lines, and a fit on the external weekly MMM datasets in ../shared/data/mmm/.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+
+from flashcast.config import AllocationConfig, Guardrails
+from flashcast.simulate.generator import _channel_truths, _demand, _flighted_spend
+from flashcast.simulate.response import ChannelTruth, saturation
+from flashcast.stages.allocate import ChannelHistory, allocate_inverse_cpa
+from flashcast.stages.allocate_curves import ChannelSeries, allocate_by_curves, fit_channel_curves
+from flashcast.stages.optimize import Problem, optimize
+from flashcast.stages.response import CurveSet, ResponseCurve, demand_index, fit_response_curve
+
+DAYS = 365
+LOOSE = Guardrails(min_share={}, max_share={}, max_daily_change=100.0, min_daily_move_share=1.0)
+SHARED_MMM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mmm"
+
+
+def true_response(truth: ChannelTruth, x: np.ndarray) -> np.ndarray:
+    a = np.asarray(x, dtype=float) / (1 - truth.adstock_decay)
+    return np.asarray(truth.beta_sessions * truth.conversion_rate * saturation(a, truth.form, truth.params))
+
+
+def world(seed: int) -> tuple[list[ChannelTruth], dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """True curves, daily spend, Poisson conversions, and organic sessions (the demand proxy)."""
+    rng = np.random.default_rng(seed)
+    dates = [date(2025, 1, 1) + timedelta(days=i) for i in range(DAYS)]
+    demand, _ = _demand(rng, dates)
+    truths = _channel_truths(rng, 400.0, spend_scale=0.4)
+    spend = {t.channel: _flighted_spend(rng, t, DAYS) for t in truths}
+    conversions = {t.channel: rng.poisson(t.expected_sessions(spend[t.channel], demand) * t.conversion_rate)
+                   .astype(float) for t in truths}
+    organic = rng.poisson(400.0 * 0.37 * demand).astype(float)
+    return truths, spend, conversions, organic
+
+
+def oracle(truths: list[ChannelTruth], budget: float) -> float:
+    """Best total true response for `budget` (grid over the simplex at 1%, then SLSQP from the best)."""
+    n = len(truths)
+    steps = 100
+    grid = np.array([c for c in itertools.product(range(steps + 1), repeat=n - 1) if sum(c) <= steps])
+    shares = np.column_stack([grid, steps - grid.sum(axis=1)]) / steps
+    totals = sum(true_response(t, shares[:, i] * budget) for i, t in enumerate(truths))
+    best = shares[int(np.argmax(totals))] * budget
+
+    def negative(x: np.ndarray) -> float:
+        return -float(sum(true_response(t, np.array([max(v, 0.0)]))[0] for t, v in zip(truths, x, strict=True)))
+
+    result = minimize(negative, best, method="SLSQP", bounds=[(0, budget)] * n,
+                      constraints=[{"type": "eq", "fun": lambda x: x.sum() - budget}], options={"ftol": 1e-12})
+    return max(float(totals.max()), -float(result.fun))
+
+
+def score(truths: list[ChannelTruth], spends: dict[str, float]) -> float:
+    return float(sum(true_response(t, np.array([spends[t.channel]]))[0] for t in truths))
+
+
+def allocation_benchmark(
+    seeds: tuple[int, ...] = (1, 2, 3, 4, 5, 6), budgets: tuple[float, ...] = (0.5, 1.0, 2.0)
+) -> None:
+    print(f"{'seed':>4} {'budget':>8} {'forms (Display,CTV,PPC,Email)':<38} {'invCPA':>7} {'fitted':>7} {'true':>7}"
+          f" {'fit/inv':>8}")
+    config = AllocationConfig(bootstrap_draws=0)
+    ratios_inv, ratios_fit, gains = [], [], []
+    fit_seconds = 0.0
+    for seed in seeds:
+        truths, spend, conversions, organic = world(seed)
+        demand = demand_index(organic)
+        tail = slice(-28, None)
+        histories = [ChannelHistory(t.channel, float(spend[t.channel][-1]), float(spend[t.channel][tail].sum()),
+                                    float(conversions[t.channel][tail].sum())) for t in truths]
+        series = [ChannelSeries(t.channel, spend[t.channel], conversions[t.channel], demand) for t in truths]
+        t0 = time.perf_counter()
+        fits = fit_channel_curves(series, config)
+        fit_seconds += time.perf_counter() - t0
+        base = sum(t.base_daily_spend for t in truths)
+        forms = ",".join(t.form if t.form != "hill" else f"hill{t.params['slope']:.1f}" for t in truths)
+        for mult in budgets:
+            budget = round(base * mult, 2)
+            best = oracle(truths, budget)
+            inverse = allocate_inverse_cpa(histories, LOOSE, budget=budget).spends
+            fitted = allocate_by_curves(histories, series, LOOSE, config, budget=budget, fits=fits).allocation.spends
+            true_curves = _true_as_fitted(truths)
+            on_truth = _optimize_true(truths, true_curves, budget)
+            r_inv, r_fit, r_true = (score(truths, s) / best for s in (inverse, fitted, on_truth))
+            ratios_inv.append(r_inv)
+            ratios_fit.append(r_fit)
+            gains.append(r_fit / r_inv - 1)
+            print(f"{seed:>4} {budget:>8,.0f} {forms:<38} {r_inv:>7.1%} {r_fit:>7.1%} {r_true:>7.1%} "
+                  f"{r_fit / r_inv - 1:>+8.1%}")
+    print(f"mean % of oracle: inverse CPA {np.mean(ratios_inv):.1%}, curve optimizer on fitted curves "
+          f"{np.mean(ratios_fit):.1%} (min {np.min(ratios_fit):.1%}); fitted vs inverse CPA "
+          f"{np.mean(gains):+.1%} on average; fitting 4 curves takes {fit_seconds / len(seeds):.2f} s per seed")
+
+
+def _true_as_fitted(truths: list[ChannelTruth]) -> list[ResponseCurve | None]:
+    """The true curves in the optimizer's own families where they fit one (log curves do not)."""
+    out: list[ResponseCurve | None] = []
+    for t in truths:
+        beta = t.beta_sessions * t.conversion_rate
+        if t.form == "hill":
+            out.append(ResponseCurve("hill", beta, t.params["half_saturation"], t.params["slope"], t.adstock_decay))
+        elif t.form == "exponential":
+            out.append(ResponseCurve("exponential", beta, t.params["scale"], 1.0, t.adstock_decay))
+        else:
+            out.append(None)
+    return out
+
+
+def _optimize_true(truths: list[ChannelTruth], curves: list[ResponseCurve | None], budget: float) -> dict[str, float]:
+    """The curve optimizer on the true curves (a log curve is handed over as its best hill approximation)."""
+    fitted = []
+    for t, c in zip(truths, curves, strict=True):
+        if c is None:
+            xs = np.linspace(0, t.base_daily_spend * 6, 400)
+            c = fit_response_curve(xs, true_response(t, xs), n_boot=0).curve
+        fitted.append(c)
+    n = len(truths)
+    problem = Problem(CurveSet.from_curves([t.channel for t in truths], fitted), np.arange(n), np.zeros(n),
+                      np.full(n, budget), tuple(t.channel for t in truths), np.zeros(n), np.full(n, budget))
+    solution = optimize(problem, budget)
+    return {t.channel: float(x) for t, x in zip(truths, solution.channel_spend, strict=True)}
+
+
+def speed_benchmark() -> None:
+    rng = np.random.default_rng(0)
+    for n in (1_000, 100_000):
+        hill = rng.random(n) < 0.5
+        curves = CurveSet(
+            names=tuple(f"line{i}" for i in range(n)) if n <= 1000 else tuple(), is_hill=hill,
+            beta=rng.uniform(5, 50, n), k=rng.uniform(100, 2000, n),
+            slope=np.where(hill, rng.uniform(0.4, 1.0, n), 1.0),
+            scale=1 - rng.uniform(0, 0.6, n), tangent=np.zeros(n), chord=np.zeros(n))
+        channel = rng.integers(0, 4, n)
+        problem = Problem(curves, channel, np.zeros(n), np.full(n, 5000.0), ("Display", "CTV", "PPC", "Email"),
+                          np.zeros(4), np.full(4, 1e12))
+        t0 = time.perf_counter()
+        optimize(problem, 300.0 * n)
+        print(f"optimize {n:>7,} lines in 4 channels: {time.perf_counter() - t0:.3f} s")
+
+
+def mmm_benchmark() -> None:
+    """Fit curves on the Robyn simulated weekly data (spend per channel vs revenue share)."""
+    import pandas as pd
+
+    path = SHARED_MMM / "robyn_dt_simulated_weekly.csv"
+    if not path.exists():
+        print(f"(skipped: {path} not found)")
+        return
+    frame = pd.read_csv(path)
+    channels = [c for c in frame.columns if c.endswith("_S")]
+    revenue = frame["revenue"].to_numpy(float)
+    spend_total = frame[channels].sum(axis=1).to_numpy(float)
+    print(f"Robyn weekly ({len(frame)} weeks): revenue attributed to each channel by its share of weekly spend, "
+          "then one curve per channel")
+    for c in channels:
+        x = frame[c].to_numpy(float)
+        y = revenue * np.divide(x, spend_total, out=np.zeros_like(x), where=spend_total > 0)
+        fit = fit_response_curve(x, y, name=c, n_boot=0)
+        cur = fit.curve
+        print(f"  {c:<12} {cur.form:<12} decay {cur.decay:.2f} slope {cur.slope:.2f} R^2 {fit.diagnostics.r2:.2f}"
+              f" warnings {len(fit.warnings)}")
+
+
+def main() -> None:
+    allocation_benchmark()
+    speed_benchmark()
+    mmm_benchmark()

@@ -1,0 +1,262 @@
+"""Stage 6, curve method: fit a response curve per channel, then optimize tomorrow's split on them.
+
+Guardrails are the same as for inverse CPA (min/max share, caps, max daily change, held
+channels). Each row explains itself: spend vs yesterday, the marginal CPA at the new spend (what
+the next conversion would cost), the average CPA, the binding guardrail, and the plan's expected
+gain over keeping yesterday's split and over inverse CPA, all evaluated on the fitted curves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flashcast.config import AllocationConfig, Guardrails
+from flashcast.stages.allocate import (
+    Allocation,
+    AllocationRow,
+    ChannelBounds,
+    ChannelHistory,
+    allocate_inverse_cpa,
+    channel_bounds,
+    check_feasible,
+)
+from flashcast.stages.optimize import Problem, Solution, budget_for_target_cpa, optimize, round_solution
+from flashcast.stages.response import Array, CurveFit, CurveSet, MeanCurves, fit_response_curve
+
+
+@dataclass(frozen=True)
+class ChannelSeries:
+    """A channel's daily history for curve fitting (oldest first)."""
+
+    channel: str
+    spend: Array
+    outcome: Array  # conversions or revenue per day
+    demand: Array | None = None  # demand multiplier per day (mean 1), e.g. from `demand_index(organic)`
+
+
+@dataclass(frozen=True)
+class CurvePlan:
+    allocation: Allocation
+    fits: dict[str, CurveFit]
+    whatif: list[dict[str, float]]
+
+
+def fit_channel_curves(series: Sequence[ChannelSeries], config: AllocationConfig, *, seed: int = 0) -> dict[
+        str, CurveFit]:
+    """One curve per channel, fitted per unit of demand when the series carries a demand index."""
+    return {s.channel: fit_response_curve(s.spend, s.outcome if s.demand is None else s.outcome / s.demand,
+                                          name=s.channel, n_boot=config.bootstrap_draws, seed=seed + i)
+            for i, s in enumerate(series)}
+
+
+def _with_extrapolation_limit(bounds: dict[str, ChannelBounds], series: Sequence[ChannelSeries],
+                              config: AllocationConfig) -> dict[str, ChannelBounds]:
+    out = dict(bounds)
+    for s in series:
+        b = bounds.get(s.channel)
+        seen = float(np.max(s.spend)) if len(s.spend) else 0.0
+        limit = math.floor(seen * config.max_extrapolation * 100) / 100
+        if b is not None and seen > 0 and limit < b.upper and limit >= b.lower:
+            out[s.channel] = ChannelBounds(b.lower, limit, b.lower_rule, "extrapolation")
+    return out
+
+
+def _problem(channels: list[str], curves: CurveSet | MeanCurves, bounds: dict[str, ChannelBounds]) -> Problem:
+    n = len(channels)
+    lower = np.array([bounds[c].lower for c in channels])
+    upper = np.array([bounds[c].upper for c in channels])
+    return Problem(curves, np.arange(n), lower, upper, tuple(channels), lower, upper,
+                   tuple(bounds[c].lower_rule for c in channels), tuple(bounds[c].upper_rule for c in channels))
+
+
+def _curves_for(fits: dict[str, CurveFit], channels: list[str], config: AllocationConfig) -> CurveSet | MeanCurves:
+    point = CurveSet.from_curves(channels, [fits[c].curve for c in channels])
+    if config.objective == "point" or not all(len(fits[c].draws) > 1 for c in channels):
+        return point
+    n_draws = min(len(fits[c].draws) for c in channels)
+    draws = [CurveSet.from_curves(channels, [fits[c].draws[d] for c in channels]) for d in range(n_draws)]
+    if config.objective == "mean":
+        return MeanCurves(tuple(draws))
+    # Pessimistic: for each channel the draw whose response at yesterday's level sits at the quantile.
+    chosen = []
+    for c in channels:
+        at = [float(d.response(max(fits[c].curve.k, 1.0))) for d in fits[c].draws]
+        order = np.argsort(at)
+        chosen.append(fits[c].draws[int(order[int(config.risk_quantile * (len(order) - 1))])])
+    return CurveSet.from_curves(channels, chosen)
+
+
+def draws_total(fits: dict[str, CurveFit], spends: dict[str, float]) -> Array:
+    """Total expected outcome under each bootstrap draw (channels paired by draw index)."""
+    n = min(len(f.draws) for f in fits.values())
+    return np.array([sum(float(fits[c].draws[d].response(x)) for c, x in spends.items()) for d in range(n)])
+
+
+def allocate_by_curves(
+    histories: Sequence[ChannelHistory],
+    series: Sequence[ChannelSeries],
+    guardrails: Guardrails,
+    config: AllocationConfig,
+    *,
+    budget: float | None = None,
+    fits: dict[str, CurveFit] | None = None,
+) -> CurvePlan:
+    """Fit (unless given) and optimize; the result carries per-channel explanations and a what-if sweep."""
+    channels = [h.channel for h in histories]
+    total = budget if budget is not None else guardrails.total_budget
+    total = round(total if total is not None else sum(h.yesterday_spend for h in histories), 2)
+    fits = fits or fit_channel_curves(series, config)
+    bounds = _with_extrapolation_limit(channel_bounds(histories, total, guardrails), series, config)
+    check_feasible(bounds, total)
+    curves = _curves_for(fits, channels, config)
+    problem = _problem(channels, curves, bounds)
+    target = config.target_cpa if config.target_cpa is not None else (
+        1.0 / config.target_roas if config.target_roas is not None else None)
+    spend_total = total
+    notes = [w for c in channels for w in fits[c].warnings]
+    if target is not None:
+        spend_total, solution = budget_for_target_cpa(problem, total, target)
+        if spend_total < total:
+            notes.append(f"spending {spend_total:,.2f} of {total:,.2f} to meet the target "
+                         f"{'CPA' if config.target_cpa else 'ROAS'}")
+    solution = round_solution(problem, optimize(problem, spend_total), spend_total)
+    point = CurveSet.from_curves(channels, [fits[c].curve for c in channels])
+    spends = dict(zip(channels, (float(x) for x in solution.channel_spend), strict=True))
+    expected = float(point.response(solution.channel_spend).sum())
+    yesterday = np.array([h.yesterday_spend for h in histories])
+    scaled_yesterday = yesterday * (spend_total / yesterday.sum()) if yesterday.sum() > 0 else yesterday
+    inverse = allocate_inverse_cpa(histories, guardrails, budget=total)
+    inverse_spend = np.array([inverse.spends[c] for c in channels])
+    totals = draws_total(fits, spends)
+    rows = _rows(histories, fits, bounds, solution, point, config)
+    allocation = Allocation(
+        method=f"curves/{config.objective}", budget=spend_total, rows=tuple(rows),
+        expected_conversions=round(expected, 3),
+        expected_interval=(round(float(np.quantile(totals, 0.1)), 3), round(float(np.quantile(totals, 0.9)), 3)),
+        gain_vs_yesterday=round(expected - float(point.response(scaled_yesterday).sum()), 3),
+        gain_vs_inverse_cpa=round(expected - float(point.response(inverse_spend).sum()), 3),
+        notes=tuple(notes),
+    )
+    return CurvePlan(allocation, fits, whatif_sweep(fits, channels, guardrails, total, config))
+
+
+def _rows(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], bounds: dict[str, ChannelBounds],
+          solution: Solution, point: CurveSet, config: AllocationConfig) -> list[AllocationRow]:
+    rows = []
+    marginal = point.marginal(solution.channel_spend)
+    response = point.response(solution.channel_spend)
+    unit = "conversion" if config.kpi == "conversions" else "unit of revenue"
+    for i, h in enumerate(histories):
+        x = float(solution.channel_spend[i])
+        b = bounds[h.channel]
+        bound = solution.channel_bound[i]
+        if bound is None and math.isclose(x, b.upper, abs_tol=0.005) and b.upper_rule != "zero":
+            bound = b.upper_rule
+        elif bound is None and math.isclose(x, b.lower, abs_tol=0.005) and b.lower > 0:
+            bound = b.lower_rule
+        mcpa = 1.0 / float(marginal[i]) if marginal[i] > 0 else None
+        avg = x / float(response[i]) if response[i] > 0 else None
+        lo, hi = fits[h.channel].response_interval(x)
+        fit = fits[h.channel]
+        why = (f"{'fallback curve' if fit.fallback else fit.curve.form + ' curve'} (R^2 {fit.diagnostics.r2:.2f}); "
+               f"next {unit} costs {'-' if mcpa is None else f'{mcpa:,.2f}'} at {x:,.2f}"
+               + (f", average {avg:,.2f}" if avg else "")
+               + (f"; held by {bound} ({b.lower:,.2f}..{b.upper:,.2f})" if bound else
+                  "; marginal cost equalized with the other unbound channels"))
+        rows.append(AllocationRow(
+            channel=h.channel, yesterday_spend=round(h.yesterday_spend, 2), lookback_spend=round(h.lookback_spend, 2),
+            conversions=h.lookback_conversions, cpa=None if avg is None else round(avg, 2),
+            raw_weight=round(float(marginal[i]), 8), target_spend=round(x, 2), spend=round(x, 2),
+            share=round(x / max(float(solution.channel_spend.sum()), 1e-9), 6),
+            change=round(x - h.yesterday_spend, 2), lower=b.lower, upper=b.upper, bound=bound, why=why,
+            marginal_cpa=None if mcpa is None else round(mcpa, 2), expected_conversions=round(float(response[i]), 3),
+            expected_low=round(lo, 3), expected_high=round(hi, 3),
+        ))
+    return rows
+
+
+def whatif_sweep(fits: dict[str, CurveFit], channels: list[str], guardrails: Guardrails, budget: float,
+                 config: AllocationConfig) -> list[dict[str, float]]:
+    """Expected outcome (with an 80% interval) at several total budgets, share guardrails only:
+    where does extra money stop paying?"""
+    point = CurveSet.from_curves(channels, [fits[c].curve for c in channels])
+    out = []
+    for mult in config.whatif_multipliers:
+        b = round(budget * mult, 2)
+        lower = np.array([guardrails.min_share.get(c, 0.0) * b for c in channels])
+        upper = np.array([min(guardrails.max_share.get(c, 1.0) * b, guardrails.caps.get(c, math.inf))
+                          for c in channels])
+        if lower.sum() > b or upper.sum() < b:
+            continue
+        problem = Problem(point, np.arange(len(channels)), lower, upper, tuple(channels), lower, upper)
+        sol = optimize(problem, b)
+        totals = draws_total(fits, dict(zip(channels, (float(x) for x in sol.channel_spend), strict=True)))
+        out.append({"budget": b, "multiplier": mult, "expected": round(sol.expected, 3),
+                    "low": round(float(np.quantile(totals, 0.1)), 3), "high": round(float(np.quantile(totals, 0.9)), 3),
+                    "marginal_cpa": round(1.0 / sol.multiplier, 2) if sol.multiplier > 0 else math.inf,
+                    **{f"spend_{c}": round(float(x), 2) for c, x in zip(channels, sol.channel_spend, strict=True)}})
+    return out
+
+
+def plot_curves(plan: CurvePlan, path: Path) -> Path:
+    """One panel per channel: fitted curve with its 80% draw band, yesterday's and the proposed spend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {r.channel: r for r in plan.allocation.rows}
+    n = len(rows)
+    cols = 2
+    fig, axes = plt.subplots((n + 1) // cols, cols, figsize=(10, 3.2 * ((n + 1) // cols)), dpi=100, squeeze=False)
+    for ax, (channel, row) in zip(axes.flat, rows.items(), strict=False):
+        fit = plan.fits[channel]
+        top = max(row.upper, row.yesterday_spend, row.spend, 1.0) * 2.0
+        xs = np.linspace(0, top, 200)
+        draws = np.array([d.response(xs) for d in fit.draws])
+        ax.fill_between(xs, np.quantile(draws, 0.1, axis=0), np.quantile(draws, 0.9, axis=0), alpha=0.25,
+                        color="#1f77b4", linewidth=0, label="80% of bootstrap curves")
+        ax.plot(xs, fit.curve.response(xs), color="#1f77b4", label=f"{fit.curve.form} fit")
+        for x, style, label in ((row.yesterday_spend, ":", "yesterday"), (row.spend, "-", "proposed")):
+            ax.axvline(x, color="#d62728", linestyle=style, linewidth=1.2, label=f"{label} {x:,.0f}")
+        ax.set_title(f"{channel}{' (fallback curve)' if fit.fallback else ''}", fontsize=10)
+        ax.set_xlabel("daily spend")
+        ax.set_ylabel("expected per day")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def plot_whatif(sweep: list[dict[str, float]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    budgets = [r["budget"] for r in sweep]
+    ax.fill_between(budgets, [r["low"] for r in sweep], [r["high"] for r in sweep], alpha=0.25, color="#2ca02c",
+                    linewidth=0, label="80% interval")
+    ax.plot(budgets, [r["expected"] for r in sweep], marker="o", color="#2ca02c", label="expected per day")
+    for r in sweep:
+        ax.annotate(f"{r['marginal_cpa']:,.0f}/conv", (r["budget"], r["expected"]), fontsize=7,
+                    textcoords="offset points", xytext=(0, 6), ha="center")
+    ax.set_xlabel("total daily budget")
+    ax.set_ylabel("expected conversions per day")
+    ax.set_title("What-if: return on extra budget (labels: marginal cost per conversion)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return path

@@ -1,0 +1,371 @@
+"""Response curves: geometric adstock plus a saturating curve, fitted per channel (or line) with scipy.
+
+A curve maps a constant daily spend x to the expected daily conversions once the adstock has
+settled: r(x) = intercept + beta * sat(x / (1 - decay)). Two saturating forms:
+
+    hill         sat(a) = a^s / (a^s + k^s)     concave when s <= 1, S-shaped when s > 1
+    exponential  sat(a) = 1 - exp(-a / k)
+
+An S-shaped Hill curve is not concave, and an optimizer that assumes concavity would stall at its
+flat foot. Flashcast fits s freely (the data decide) and optimizes on the curve's *concave
+envelope*: the straight line from the origin to the tangent point, then the curve itself. The
+envelope equals the curve above the tangent point, which is where an optimum of an S-curve lies
+whenever the channel gets spend at all; `CurveSet.envelope_used` says which curves needed it.
+
+Fitting grid-searches the decay (adstock is what makes the problem non-convex) and solves the rest
+by bounded least squares at each decay; uncertainty comes from a residual moving-block bootstrap.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import brentq, least_squares
+
+Form = Literal["hill", "exponential"]
+Array = NDArray[np.float64]
+DECAY_GRID = tuple(np.round(np.arange(0.0, 0.86, 0.05), 2))
+MIN_SPEND_CV = 0.15  # below this, spend barely varied: the curve's shape cannot be learned
+MIN_ACTIVE_DAYS = 14
+SLOPE_PRIOR_WEIGHT = 0.5
+
+
+def demand_index(baseline: Array, period: int = 7) -> Array:
+    """A daily demand multiplier (mean 1) from a baseline series such as organic sessions:
+    centred rolling mean for the level, times a day-of-week factor, so paid response can be
+    fitted per unit of demand instead of absorbing seasonality and trend into the curve."""
+    b = np.asarray(baseline, dtype=float)
+    if len(b) < 2 * period or b.mean() <= 0:
+        return np.ones_like(b)
+    kernel = np.ones(period) / period
+    padded = np.pad(b, period // 2, mode="edge")
+    level = np.convolve(padded, kernel, mode="valid")[: len(b)]
+    ratio = np.divide(b, level, out=np.ones_like(b), where=level > 0)
+    weekday = np.array([ratio[i::period].mean() for i in range(period)])
+    index = level * weekday[np.arange(len(b)) % period]
+    index = np.maximum(index, 1e-9)
+    return np.asarray(index / index.mean())
+
+
+def adstock(spend: Array, decay: float) -> Array:
+    """Geometric adstock a_t = x_t + decay * a_{t-1}, via a linear filter (fast for long series)."""
+    from scipy.signal import lfilter
+
+    return np.asarray(lfilter([1.0], [1.0, -decay], np.asarray(spend, dtype=float)))
+
+
+@dataclass(frozen=True)
+class ResponseCurve:
+    """One fitted (or assumed) curve. `response(x)` is daily conversions at a constant daily spend x."""
+
+    form: Form
+    beta: float
+    k: float
+    slope: float = 1.0  # Hill only
+    decay: float = 0.0
+    intercept: float = 0.0
+
+    def saturation(self, a: Array) -> Array:
+        a = np.maximum(np.asarray(a, dtype=float), 0.0)
+        if self.form == "hill":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.asarray(np.where(a > 0, a**self.slope / (a**self.slope + self.k**self.slope), 0.0))
+        return np.asarray(1.0 - np.exp(-a / self.k))
+
+    def response(self, x: Array | float) -> Array:
+        """Steady-state daily conversions from the paid channel (the intercept is not bought by spend)."""
+        return np.asarray(self.beta * self.saturation(np.asarray(x, dtype=float) / (1.0 - self.decay)))
+
+    def fitted(self, spend: Array) -> Array:
+        """In-sample prediction for a spend history (adstock carries over day to day)."""
+        return np.asarray(self.intercept + self.beta * self.saturation(adstock(spend, self.decay)))
+
+    @property
+    def is_concave(self) -> bool:
+        return self.form == "exponential" or self.slope <= 1.0
+
+    def tangent_spend(self) -> float:
+        """Where the line from the origin touches an S-curve (0 for concave curves)."""
+        if self.is_concave:
+            return 0.0
+        # For Hill, r(x)/x = r'(x) at a^s = k^s (s - 1): closed form.
+        a_star = self.k * (self.slope - 1.0) ** (1.0 / self.slope)
+        return float(a_star * (1.0 - self.decay))
+
+    def marginal(self, x: Array | float) -> Array:
+        """d response / d spend on the concave envelope (what the optimizer equalizes)."""
+        x = np.asarray(x, dtype=float)
+        c = 1.0 - self.decay
+        if self.form == "exponential":
+            return np.asarray(self.beta / (self.k * c) * np.exp(-x / (self.k * c)))
+        a = np.maximum(x / c, 1e-12)
+        s, k = self.slope, self.k
+        deriv = self.beta * s * k**s * a ** (s - 1) / (a**s + k**s) ** 2 / c
+        x_t = self.tangent_spend()
+        if x_t > 0:
+            chord = float(self.response(x_t)) / x_t
+            deriv = np.where(x < x_t, chord, deriv)
+        return np.asarray(deriv)
+
+    def envelope_response(self, x: Array | float) -> Array:
+        """Response on the concave envelope (equal to `response` where the curve is concave)."""
+        x = np.asarray(x, dtype=float)
+        x_t = self.tangent_spend()
+        if x_t <= 0:
+            return self.response(x)
+        return np.asarray(np.where(x < x_t, x * float(self.response(x_t)) / x_t, self.response(x)))
+
+
+@dataclass(frozen=True)
+class FitDiagnostics:
+    r2: float
+    residual_lag1: float  # autocorrelation of residuals at lag 1: far from 0 means structure left
+    spend_cv: float
+    active_days: int
+    n_days: int
+
+
+@dataclass(frozen=True)
+class CurveFit:
+    """A fitted curve with its bootstrap draws, diagnostics and warnings."""
+
+    name: str
+    curve: ResponseCurve
+    draws: tuple[ResponseCurve, ...]
+    diagnostics: FitDiagnostics
+    fallback: bool = False
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    def response_interval(self, x: float, level: float = 0.8) -> tuple[float, float]:
+        values = np.array([float(d.response(x)) for d in self.draws]) if self.draws else np.array([0.0])
+        tail = (1 - level) / 2
+        return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
+
+
+def _fit_at_decay(spend: Array, y: Array, decay: float, form: Form) -> tuple[ResponseCurve, float] | None:
+    a = adstock(spend, decay)
+    scale_a = max(float(np.percentile(a[a > 0], 90)) if (a > 0).any() else 1.0, 1e-9)
+    scale_y = max(float(np.max(y)), 1e-9)
+
+    def curve_of(p: Array) -> ResponseCurve:
+        if form == "hill":
+            return ResponseCurve("hill", p[0] * scale_y, p[1] * scale_a, p[2], decay, p[3] * scale_y)
+        return ResponseCurve("exponential", p[0] * scale_y, p[1] * scale_a, 1.0, decay, p[2] * scale_y)
+
+    def residuals(p: Array) -> Array:
+        c = curve_of(p)
+        fit = (c.intercept + c.beta * c.saturation(a) - y) / scale_y
+        if form == "hill":
+            # A weak prior for slope 1: only decides when the data cannot (noisy, flat likelihood),
+            # and keeps an S-shape from appearing out of noise.
+            return np.append(fit, SLOPE_PRIOR_WEIGHT * np.log(p[2]))
+        return np.asarray(fit)
+
+    if form == "hill":
+        x0, lo, hi = [1.5, 1.0, 1.0, 0.05], [0.0, 0.02, 0.3, 0.0], [50.0, 20.0, 3.0, 1.0]
+    else:
+        x0, lo, hi = [1.5, 1.0, 0.05], [0.0, 0.02, 0.0], [50.0, 20.0, 1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = least_squares(residuals, x0, bounds=(lo, hi), method="trf", max_nfev=400)
+    if not np.all(np.isfinite(result.x)):
+        return None
+    return curve_of(result.x), float(np.sum(result.fun**2) * scale_y**2)  # the prior counts in the comparison
+
+
+def fit_curve_fixed_decay(spend: Array, y: Array, decay: float, forms: tuple[Form, ...]) -> ResponseCurve:
+    best: tuple[ResponseCurve, float] | None = None
+    for form in forms:
+        fitted = _fit_at_decay(spend, y, decay, form)
+        if fitted and (best is None or fitted[1] < best[1]):
+            best = fitted
+    if best is None:
+        raise ValueError("curve fit failed")
+    return best[0]
+
+
+def fit_response_curve(
+    spend: Array,
+    conversions: Array,
+    *,
+    name: str = "channel",
+    forms: tuple[Form, ...] = ("hill", "exponential"),
+    n_boot: int = 40,
+    seed: int = 0,
+    block: int = 7,
+) -> CurveFit:
+    """Fit adstock + saturation to one daily series; fall back to a conservative curve when the
+    spend did not vary enough to show a shape."""
+    x = np.asarray(spend, dtype=float)
+    y = np.asarray(conversions, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"{name}: spend and conversions must be 1-D series of the same length")
+    if (x < 0).any() or (y < 0).any():
+        raise ValueError(f"{name}: spend and conversions must be non-negative")
+    active = int((x > 0).sum())
+    cv = float(x.std() / x.mean()) if x.mean() > 0 else 0.0
+    problems = []
+    if active < MIN_ACTIVE_DAYS:
+        problems.append(f"{name}: only {active} days with spend (need {MIN_ACTIVE_DAYS})")
+    if cv < MIN_SPEND_CV:
+        problems.append(f"{name}: spend barely varied (coefficient of variation {cv:.2f} < {MIN_SPEND_CV})")
+    if problems:
+        curve = conservative_curve(x, y)
+        diagnostics = _diagnostics(curve, x, y, cv, active)
+        return CurveFit(name, curve, (curve,), diagnostics, fallback=True,
+                        warnings=(*problems, f"{name}: using a conservative curve (saturating at today's spend)"))
+    best: tuple[ResponseCurve, float] | None = None
+    for decay in DECAY_GRID:
+        for form in forms:
+            fitted = _fit_at_decay(x, y, float(decay), form)
+            if fitted and (best is None or fitted[1] < best[1]):
+                best = fitted
+    if best is None:
+        raise ValueError(f"{name}: curve fit failed")
+    curve = best[0]
+    draws = _bootstrap(curve, x, y, n_boot=n_boot, seed=seed, block=block)
+    diagnostics = _diagnostics(curve, x, y, cv, active)
+    notes = []
+    if diagnostics.r2 < 0.2:
+        notes.append(f"{name}: weak fit (R^2 {diagnostics.r2:.2f}): spend explains little of the conversions")
+    if not curve.is_concave:
+        notes.append(f"{name}: S-shaped (Hill slope {curve.slope:.2f} > 1): optimized on its concave envelope")
+    return CurveFit(name, curve, draws, diagnostics, warnings=tuple(notes))
+
+
+def conservative_curve(spend: Array, conversions: Array) -> ResponseCurve:
+    """Exponential curve through today's average point, already past its knee (marginal return
+    at the average spend is e^-1 of the average), so the optimizer will not pour money into it."""
+    x_bar = float(spend[spend > 0].mean()) if (spend > 0).any() else 1.0
+    y_bar = float(conversions.mean())
+    k = x_bar  # with decay 0: a = x
+    beta = y_bar / (1 - math.exp(-1.0)) if y_bar > 0 else 1e-9
+    return ResponseCurve("exponential", beta, k, 1.0, 0.0, 0.0)
+
+
+def _diagnostics(curve: ResponseCurve, x: Array, y: Array, cv: float, active: int) -> FitDiagnostics:
+    resid = y - curve.fitted(x)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else 0.0
+    lag1 = float(np.corrcoef(resid[:-1], resid[1:])[0, 1]) if len(resid) > 2 and resid.std() > 0 else 0.0
+    return FitDiagnostics(round(r2, 4), round(lag1, 4), round(cv, 4), active, len(x))
+
+
+def _bootstrap(curve: ResponseCurve, x: Array, y: Array, *, n_boot: int, seed: int, block: int) -> tuple[
+        ResponseCurve, ...]:
+    """Residual moving-block bootstrap: refit on fitted + resampled residual blocks (decay held)."""
+    if n_boot <= 0:
+        return (curve,)
+    rng = np.random.default_rng(seed)
+    fitted = curve.fitted(x)
+    resid = y - fitted
+    n = len(y)
+    draws = []
+    for _ in range(n_boot):
+        starts = rng.integers(0, max(n - block, 1), size=n // block + 1)
+        sample = np.concatenate([resid[s : s + block] for s in starts])[:n]
+        # No clipping at zero: clipping inflates low counts and would bias every draw's intercept up.
+        y_star = fitted + sample
+        draws.append(fit_curve_fixed_decay(x, y_star, curve.decay, (curve.form,)))
+    return tuple(draws)
+
+
+# ------------------------------------------------------------------ many curves at once
+
+
+@dataclass(frozen=True)
+class CurveSet:
+    """Curves for many lines as arrays, for vectorized marginal returns and their inverse."""
+
+    names: tuple[str, ...]
+    is_hill: NDArray[np.bool_]
+    beta: Array
+    k: Array
+    slope: Array
+    scale: Array  # 1 - decay
+    tangent: Array
+    chord: Array
+
+    @classmethod
+    def from_curves(cls, names: list[str] | tuple[str, ...], curves: list[ResponseCurve]) -> CurveSet:
+        tangent = np.array([c.tangent_spend() for c in curves])
+        chord = np.array([float(c.response(t)) / t if t > 0 else 0.0 for c, t in zip(curves, tangent, strict=True)])
+        return cls(
+            names=tuple(names),
+            is_hill=np.array([c.form == "hill" for c in curves]),
+            beta=np.array([c.beta for c in curves]), k=np.array([c.k for c in curves]),
+            slope=np.array([c.slope for c in curves]), scale=np.array([1.0 - c.decay for c in curves]),
+            tangent=tangent, chord=chord,
+        )
+
+    def subset(self, idx: np.ndarray) -> CurveSet:
+        names = tuple(self.names[i] for i in idx) if self.names else ()
+        return CurveSet(names, self.is_hill[idx], self.beta[idx], self.k[idx],
+                        self.slope[idx], self.scale[idx], self.tangent[idx], self.chord[idx])
+
+    @property
+    def envelope_used(self) -> tuple[str, ...]:
+        return tuple(n for n, t in zip(self.names, self.tangent, strict=True) if t > 0)
+
+    def response(self, x: Array) -> Array:
+        """Steady-state daily conversions (on the envelope below an S-curve's tangent point)."""
+        a = np.maximum(x, 0.0) / self.scale
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            hill = np.where(a > 0, a**self.slope / (a**self.slope + self.k**self.slope), 0.0)
+            expo = 1.0 - np.exp(-a / self.k)
+        r = self.beta * np.where(self.is_hill, hill, expo)
+        return np.asarray(np.where(x < self.tangent, x * self.chord, r))
+
+    def marginal(self, x: Array) -> Array:
+        a = np.maximum(x / self.scale, 1e-12)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            hill = self.beta * self.slope * self.k**self.slope * a ** (self.slope - 1) / (
+                a**self.slope + self.k**self.slope) ** 2 / self.scale
+            expo = self.beta / (self.k * self.scale) * np.exp(-a / self.k)
+        d = np.where(self.is_hill, hill, expo)
+        d = np.where(x < self.tangent, self.chord, d)
+        return np.asarray(np.nan_to_num(d, nan=0.0, posinf=1e300))
+
+
+@dataclass(frozen=True)
+class MeanCurves:
+    """The average of several curve sets (bootstrap draws): still concave, so still solved exactly."""
+
+    draws: tuple[CurveSet, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.draws[0].names
+
+    @property
+    def tangent(self) -> Array:
+        return np.asarray(np.max([d.tangent for d in self.draws], axis=0))
+
+    def subset(self, idx: np.ndarray) -> MeanCurves:
+        return MeanCurves(tuple(d.subset(idx) for d in self.draws))
+
+    def response(self, x: Array) -> Array:
+        return np.asarray(np.mean([d.response(x) for d in self.draws], axis=0))
+
+    def marginal(self, x: Array) -> Array:
+        return np.asarray(np.mean([d.marginal(x) for d in self.draws], axis=0))
+
+
+def solve_tangent_numeric(curve: ResponseCurve) -> float:
+    """Numeric tangent point of an S-curve: where the chord from the origin meets the raw derivative."""
+    if curve.is_concave:
+        return 0.0
+    c, s, k = 1.0 - curve.decay, curve.slope, curve.k
+
+    def gap(x: float) -> float:
+        a = x / c
+        derivative = curve.beta * s * k**s * a ** (s - 1) / (a**s + k**s) ** 2 / c
+        return float(curve.response(x)) / x - derivative
+
+    upper = k * 50 * c
+    return float(brentq(gap, upper * 1e-4, upper))

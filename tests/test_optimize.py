@@ -1,0 +1,173 @@
+"""The curve optimizer: exact (KKT), equal to SLSQP on concave problems, guardrails kept, errors named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.optimize import minimize
+
+from flashcast.config import AllocationConfig, Guardrails
+from flashcast.errors import AllocationInfeasible
+from flashcast.stages.allocate import ChannelHistory
+from flashcast.stages.allocate_curves import ChannelSeries, allocate_by_curves
+from flashcast.stages.optimize import Problem, budget_for_target_cpa, kkt_violations, optimize, round_solution
+from flashcast.stages.response import CurveSet, ResponseCurve
+
+CHANNELS = ("Display", "CTV", "PPC", "Email")
+
+
+def _curve(draw: st.DrawFn) -> ResponseCurve:
+    decay = draw(st.floats(0.0, 0.7))
+    if draw(st.booleans()):
+        return ResponseCurve("exponential", draw(st.floats(1, 60)), draw(st.floats(50, 3000)), 1.0, decay)
+    return ResponseCurve("hill", draw(st.floats(1, 60)), draw(st.floats(50, 3000)), draw(st.floats(0.3, 1.0)), decay)
+
+
+@st.composite
+def problems(draw: st.DrawFn) -> tuple[Problem, float]:
+    n_lines = draw(st.integers(2, 7))
+    n_ch = draw(st.integers(1, min(3, n_lines)))
+    curves = [_curve(draw) for _ in range(n_lines)]
+    channel = np.array([i % n_ch for i in range(n_lines)])
+    line_hi = np.array([draw(st.floats(200, 4000)) for _ in range(n_lines)])
+    ch_hi = np.array([draw(st.floats(300, 8000)) for _ in range(n_ch)])
+    ch_lo = np.array([draw(st.floats(0, 150)) for _ in range(n_ch)])
+    problem = Problem(CurveSet.from_curves([f"l{i}" for i in range(n_lines)], curves), channel, np.zeros(n_lines),
+                      line_hi, tuple(f"c{i}" for i in range(n_ch)), ch_lo, ch_hi)
+    lo, hi = problem.effective_channel_bounds()
+    budget = draw(st.floats(float(lo.sum()) + 1, max(float(hi.sum()), float(lo.sum()) + 2)))
+    return problem, min(budget, float(hi.sum()))
+
+
+def _slsqp(problem: Problem, budget: float, *starts: np.ndarray) -> float:
+    n = len(problem.line_lower)
+    constraints = [{"type": "eq", "fun": lambda x: x.sum() - budget}]
+    for c in range(problem.n_channels):
+        idx = problem.line_channel == c
+        constraints.append({"type": "ineq", "fun": lambda x, idx=idx, c=c: problem.channel_upper[c] - x[idx].sum()})
+        constraints.append({"type": "ineq", "fun": lambda x, idx=idx, c=c: x[idx].sum() - problem.channel_lower[c]})
+    best = -np.inf
+    for start in (np.full(n, budget / n), np.clip(problem.line_upper * budget / problem.line_upper.sum(), 0, None),
+                  *starts):
+        result = minimize(lambda x: -problem.curves.response(np.maximum(x, 0)).sum(), start, method="SLSQP",
+                          bounds=list(zip(problem.line_lower, problem.line_upper, strict=True)),
+                          constraints=constraints, options={"ftol": 1e-12, "maxiter": 1000})
+        if result.success:
+            best = max(best, -float(result.fun))
+    return best
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(problems())
+def test_optimum_satisfies_kkt_and_matches_slsqp(case: tuple[Problem, float]) -> None:
+    problem, budget = case
+    solution = optimize(problem, budget)
+    assert solution.line_spend.sum() == pytest.approx(budget, abs=1e-6)
+    assert np.all(solution.line_spend >= problem.line_lower - 1e-7)
+    assert np.all(solution.line_spend <= problem.line_upper + 1e-7)
+    lo, hi = problem.effective_channel_bounds()
+    assert np.all(solution.channel_spend >= lo - 1e-6) and np.all(solution.channel_spend <= hi + 1e-6)
+    assert kkt_violations(problem, solution) == []
+    # SLSQP from cold starts and from our answer finds nothing better, and agrees to tolerance.
+    reference = _slsqp(problem, budget, solution.line_spend)
+    assert solution.expected >= reference - 1e-7 * max(1.0, abs(reference))
+    assert solution.expected == pytest.approx(reference, rel=1e-4)
+
+
+def test_rounded_solution_is_exact_in_cents() -> None:
+    curves = [ResponseCurve("hill", 20, 500, 0.8, 0.3), ResponseCurve("exponential", 15, 300, 1.0, 0.1),
+              ResponseCurve("hill", 8, 200, 0.6, 0.0)]
+    problem = Problem(CurveSet.from_curves(["a", "b", "c"], curves), np.array([0, 0, 1]), np.zeros(3),
+                      np.full(3, 5000.0), ("x", "y"), np.array([0.0, 50.0]), np.array([1e9, 1e9]))
+    solution = round_solution(problem, optimize(problem, 1234.56), 1234.56)
+    cents = np.round(solution.line_spend * 100)
+    assert np.allclose(cents, solution.line_spend * 100) and cents.sum() == 123456
+    assert solution.channel_spend[1] >= 50.0
+
+
+def test_infeasible_bounds_name_the_smallest_fix() -> None:
+    curves = [ResponseCurve("exponential", 10, 100, 1.0, 0.0)] * 2
+    problem = Problem(CurveSet.from_curves(["a", "b"], curves), np.array([0, 1]), np.zeros(2), np.full(2, 1e6),
+                      ("PPC", "CTV"), np.array([600.0, 500.0]), np.full(2, 1e6))
+    with pytest.raises(AllocationInfeasible, match=r"lower bounds add to 1,100.00.*by 100.00") as info:
+        optimize(problem, 1000.0)
+    assert info.value.shortfall == 100.0
+
+
+def _histories_and_series(seed: int = 0) -> tuple[list[ChannelHistory], list[ChannelSeries]]:
+    rng = np.random.default_rng(seed)
+    truths = [ResponseCurve("hill", 30, 800, 0.8, 0.3), ResponseCurve("exponential", 6, 900, 1.0, 0.4),
+              ResponseCurve("hill", 40, 500, 0.9, 0.2), ResponseCurve("exponential", 12, 150, 1.0, 0.1)]
+    histories, series = [], []
+    for name, truth, base in zip(CHANNELS, truths, (300.0, 400.0, 500.0, 80.0), strict=True):
+        spend = np.repeat(rng.choice([0.2, 0.6, 1.0, 1.5, 2.2], 40), 10) * base * rng.normal(1, 0.05, 400)
+        conversions = rng.poisson(truth.fitted(spend)).astype(float)
+        histories.append(ChannelHistory(name, base, base * 28, float(conversions[-28:].sum())))
+        series.append(ChannelSeries(name, spend, conversions))
+    return histories, series
+
+
+def test_curve_allocation_respects_guardrails_and_explains_itself() -> None:
+    histories, series = _histories_and_series()
+    rails = Guardrails(hold=("Email",))
+    plan = allocate_by_curves(histories, series, rails, AllocationConfig(bootstrap_draws=10))
+    a = plan.allocation
+    spends = a.spends
+    assert round(sum(spends.values()), 2) == a.budget == 1280.0
+    assert spends["Email"] == 80.0
+    for row in a.rows:
+        assert row.lower - 1e-9 <= row.spend <= row.upper + 1e-9
+        assert abs(row.spend - row.yesterday_spend) <= max(0.25 * row.yesterday_spend, 0.05 * a.budget) + 0.01
+        assert row.marginal_cpa is not None and row.expected_low is not None and "next conversion costs" in row.why
+    assert a.gain_vs_yesterday is not None and a.gain_vs_yesterday >= -1e-6
+    assert a.gain_vs_inverse_cpa is not None and a.gain_vs_inverse_cpa >= -1e-6
+    assert a.expected_interval is not None and a.expected_interval[0] <= a.expected_interval[1]
+    assert [r["multiplier"] for r in plan.whatif][:3] == [0.5, 0.75, 1.0]
+    expected = [r["expected"] for r in plan.whatif]
+    assert expected == sorted(expected), "more budget never buys fewer expected conversions"
+    marginal = [r["marginal_cpa"] for r in plan.whatif]
+    assert marginal == sorted(marginal), "diminishing returns: the marginal CPA rises with budget"
+
+
+def test_mean_and_quantile_objectives_run_on_the_draws() -> None:
+    histories, series = _histories_and_series(1)
+    loose = Guardrails(min_share={}, max_share={}, max_daily_change=10.0)
+    point = allocate_by_curves(histories, series, loose, AllocationConfig(bootstrap_draws=15)).allocation
+    mean = allocate_by_curves(histories, series, loose, AllocationConfig(bootstrap_draws=15, objective="mean"))
+    pessimistic = allocate_by_curves(histories, series, loose,
+                                     AllocationConfig(bootstrap_draws=15, objective="quantile", risk_quantile=0.1))
+    for plan in (mean.allocation, pessimistic.allocation):
+        assert round(sum(plan.spends.values()), 2) == point.budget
+    assert mean.allocation.method == "curves/mean" and pessimistic.allocation.method == "curves/quantile"
+
+
+def test_target_cpa_spends_less_when_the_budget_would_overshoot_it() -> None:
+    curves = [ResponseCurve("exponential", 10, 200, 1.0, 0.0), ResponseCurve("exponential", 5, 300, 1.0, 0.0)]
+    problem = Problem(CurveSet.from_curves(["a", "b"], curves), np.array([0, 1]), np.zeros(2), np.full(2, 1e5),
+                      ("a", "b"), np.zeros(2), np.full(2, 1e5))
+    full = optimize(problem, 5000.0)
+    target = 0.5 * 5000.0 / full.expected
+    spend, solution = budget_for_target_cpa(problem, 5000.0, target)
+    assert spend < 5000.0
+    assert spend / solution.expected <= target * 1.001
+    with pytest.raises(AllocationInfeasible, match="cannot be met"):
+        budget_for_target_cpa(problem, 5000.0, 1e-6)
+
+
+def test_many_lines_report_per_channel() -> None:
+    rng = np.random.default_rng(2)
+    n = 300
+    curves = [ResponseCurve("hill", float(rng.uniform(1, 20)), float(rng.uniform(50, 500)), float(rng.uniform(0.5, 1)))
+              for _ in range(n)]
+    channel = rng.integers(0, 4, n)
+    problem = Problem(CurveSet.from_curves([f"l{i}" for i in range(n)], curves), channel, np.zeros(n),
+                      np.full(n, 400.0), CHANNELS, np.zeros(4), np.array([1e9, 2000.0, 1e9, 1e9]))
+    solution = optimize(problem, 30_000.0)
+    assert solution.channel_spend[1] == pytest.approx(2000.0)
+    assert solution.channel_bound[1] == "upper"
+    assert solution.channel_multiplier[1] > solution.multiplier  # the capped channel would still pay more
+    assert kkt_violations(problem, solution) == []
+    for c in range(4):
+        assert solution.channel_spend[c] == pytest.approx(solution.line_spend[channel == c].sum())

@@ -1,0 +1,91 @@
+"""Response curves: fitting recovers known parameters; S-curves get a concave envelope."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flashcast.stages.response import (
+    ResponseCurve,
+    adstock,
+    demand_index,
+    fit_response_curve,
+    solve_tangent_numeric,
+)
+
+
+def _flighted(rng: np.random.Generator, n: int, base: float) -> np.ndarray:
+    levels = np.array([0.0, 0.3, 0.6, 1.0, 1.4, 1.9, 2.5])
+    flights = np.repeat(levels[rng.integers(0, len(levels), n // 10 + 1)], 10)[:n]
+    return flights * base * rng.normal(1, 0.08, n).clip(0.7, 1.3)
+
+
+@pytest.mark.parametrize(
+    "truth",
+    [
+        ResponseCurve("hill", beta=40.0, k=600.0, slope=0.8, decay=0.4),
+        ResponseCurve("hill", beta=30.0, k=500.0, slope=1.6, decay=0.2),
+        ResponseCurve("exponential", beta=25.0, k=400.0, decay=0.3),
+    ],
+)
+def test_fit_recovers_known_curves(truth: ResponseCurve) -> None:
+    rng = np.random.default_rng(7)
+    spend = _flighted(rng, 730, 250.0)
+    conversions = rng.poisson(truth.fitted(spend)).astype(float)
+    fit = fit_response_curve(spend, conversions, n_boot=20)
+    assert not fit.fallback
+    assert abs(fit.curve.decay - truth.decay) <= 0.15
+    for x in (100.0, 250.0, 500.0):
+        assert float(fit.curve.response(x)) == pytest.approx(float(truth.response(x)), rel=0.12), x
+    lo, hi = fit.response_interval(250.0, level=0.95)
+    assert lo <= float(truth.response(250.0)) * 1.05 and hi >= float(truth.response(250.0)) * 0.95
+    assert fit.diagnostics.r2 > 0.5
+    if truth.slope > 1:
+        assert fit.curve.slope > 1.2 and not fit.curve.is_concave
+
+
+def test_flat_spend_falls_back_to_a_conservative_curve() -> None:
+    rng = np.random.default_rng(1)
+    spend = np.full(200, 300.0) * rng.normal(1, 0.02, 200)
+    fit = fit_response_curve(spend, rng.poisson(5, 200).astype(float), name="CTV")
+    assert fit.fallback
+    assert any("barely varied" in w for w in fit.warnings)
+    # Saturating at today's level: the marginal return there is well below the average return.
+    x = float(spend.mean())
+    assert float(fit.curve.marginal(x)) < 0.6 * float(fit.curve.response(x)) / x
+
+
+def test_s_curve_envelope_is_concave_and_touches_at_the_tangent() -> None:
+    curve = ResponseCurve("hill", beta=10.0, k=300.0, slope=2.2, decay=0.3)
+    x_t = curve.tangent_spend()
+    assert x_t == pytest.approx(solve_tangent_numeric(curve), rel=1e-6)
+    xs = np.linspace(1, 3000, 500)
+    marginal = curve.marginal(xs)
+    assert np.all(np.diff(marginal) <= 1e-12), "envelope marginal must be non-increasing"
+    envelope = curve.envelope_response(xs)
+    assert np.all(envelope >= curve.response(xs) - 1e-9)
+    assert float(curve.envelope_response(x_t)) == pytest.approx(float(curve.response(x_t)))
+    assert float(curve.envelope_response(x_t * 2)) == pytest.approx(float(curve.response(x_t * 2)))
+
+
+def test_adstock_matches_its_recursion() -> None:
+    x = np.array([100.0, 0.0, 50.0, 0.0])
+    assert adstock(x, 0.5).tolist() == [100.0, 50.0, 75.0, 37.5]
+
+
+def test_demand_index_recovers_a_weekly_pattern() -> None:
+    rng = np.random.default_rng(3)
+    weekly = np.tile([1.0, 0.9, 0.9, 1.0, 1.1, 1.3, 1.2], 60)
+    organic = rng.poisson(2000 * weekly).astype(float)
+    index = demand_index(organic)
+    assert index.mean() == pytest.approx(1.0)
+    assert np.corrcoef(index, weekly)[0, 1] > 0.95
+
+
+@pytest.mark.parametrize(
+    ("spend", "conversions", "message"),
+    [(np.ones(5), np.ones(4), "same length"), (-np.ones(5), np.ones(5), "non-negative")],
+)
+def test_bad_series_are_refused(spend: np.ndarray, conversions: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        fit_response_curve(spend, conversions, name="PPC")
