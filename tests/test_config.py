@@ -18,6 +18,7 @@ def test_the_example_config_loads_and_matches_the_defaults() -> None:
     assert example.channels == defaults.channels
     assert example.policy == defaults.policy
     assert example.guardrails == defaults.guardrails
+    assert example.allocation == defaults.allocation
 
 
 @pytest.mark.parametrize(

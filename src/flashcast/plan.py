@@ -141,8 +141,11 @@ def build_payload(
                      "total_point": round(sum(f.point), 2), "days": days},
         "allocations": {
             "method": allocation.method, "budget": allocation.budget,
+            "expected_conversions": allocation.expected_conversions,
+            "gain_vs_inverse_cpa": allocation.gain_vs_inverse_cpa,
             "channels": [{"channel": r.channel, "spend": r.spend, "share": r.share,
-                          "yesterday_spend": r.yesterday_spend, "change": r.change, "bound": r.bound, "why": r.why}
+                          "yesterday_spend": r.yesterday_spend, "change": r.change, "bound": r.bound, "why": r.why,
+                          "marginal_cpa": r.marginal_cpa, "expected_conversions": r.expected_conversions}
                          for r in allocation.rows],
         },
         "creatives": [

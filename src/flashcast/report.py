@@ -13,6 +13,33 @@ def _money(x: float) -> str:
     return f"${x:,.2f}"
 
 
+def _curve_lines(parts: PlanParts, files: dict[str, Path]) -> list[str]:
+    a, plan = parts.allocation, parts.curves
+    if plan is None or a.expected_conversions is None:
+        return []
+    lo, hi = a.expected_interval or (a.expected_conversions, a.expected_conversions)
+    lines = [
+        f"Expected from paid channels tomorrow: {a.expected_conversions:,.2f} conversions (80% interval "
+        f"{lo:,.2f} to {hi:,.2f}); {a.gain_vs_yesterday:+,.2f} versus keeping yesterday's split and "
+        f"{a.gain_vs_inverse_cpa:+,.2f} versus inverse CPA, on the fitted curves.",
+        "",
+        f"![response curves]({files['response_curves'].name})",
+        "",
+        "What if the budget changed (share guardrails only; where extra money stops paying):",
+        "",
+        "| budget | expected conversions | 80% interval | marginal cost per conversion |",
+        "|---:|---:|---:|---:|",
+        *[f"| {_money(r['budget'])} | {r['expected']:,.2f} | {r['low']:,.2f} to {r['high']:,.2f} | "
+          f"{_money(r['marginal_cpa'])} |" for r in plan.whatif],
+        "",
+        f"![what-if]({files['whatif_chart'].name}) Data: [whatif.csv]({files['whatif'].name}).",
+        "",
+    ]
+    if a.notes:
+        lines += ["Notes from the curve fits:", "", *[f"- {n}" for n in a.notes], ""]
+    return lines
+
+
 def write_report(
     path: Path, *, lineage_id: str, report: GuardReport, kpis: KpiSummary, parts: PlanParts, files: dict[str, Path]
 ) -> Path:
@@ -67,6 +94,7 @@ def write_report(
         "",
         f"Details: [allocation.csv]({files['allocation'].name}).",
         "",
+        *_curve_lines(parts, files),
         "## Audit",
         "",
         f"- DSP payload, validated against its JSON Schema: [payload.json]({files['payload'].name})",

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from flashcast.errors import PayloadInvalid
 
-SCHEMA_VERSION: Literal["1.0.0"] = "1.0.0"
+SCHEMA_VERSION: Literal["1.1.0"] = "1.1.0"
 SCHEMA_RESOURCE = "payload.schema.json"
 _UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
@@ -75,6 +75,8 @@ class ChannelAllocation(_Model):
     change: float
     bound: str | None
     why: str
+    marginal_cpa: float | None = None  # curve method: cost of one more conversion at this spend
+    expected_conversions: float | None = None  # curve method: per day at this spend
 
 
 class Allocations(_Model):
@@ -82,6 +84,8 @@ class Allocations(_Model):
     currency: str = "USD"
     budget: float = Field(gt=0)
     channels: list[ChannelAllocation] = Field(min_length=1)
+    expected_conversions: float | None = None
+    gain_vs_inverse_cpa: float | None = None
 
     @model_validator(mode="after")
     def _adds_up(self) -> Allocations:
@@ -114,7 +118,7 @@ class SegmentOut(_Model):
 class Payload(_Model):
     """The document a DSP receives: what to say (creatives), where to spend (allocations), and why."""
 
-    schema_version: Literal["1.0.0"] = SCHEMA_VERSION
+    schema_version: Literal["1.1.0"] = SCHEMA_VERSION
     lineage_id: str = Field(pattern=_UUID)
     lineage_head: LineageHead
     generated_at: datetime
