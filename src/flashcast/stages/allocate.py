@@ -110,7 +110,8 @@ def channel_bounds(
 
 def check_feasible(bounds: dict[str, ChannelBounds], budget: float) -> None:
     """Raise AllocationInfeasible naming the bounds that cannot all hold for `budget`."""
-    crossed = [f"{c}: lower {b.lower:,.2f} ({b.lower_rule}) > upper {b.upper:,.2f} ({b.upper_rule})"
+    crossed = [f"{c}: lower {b.lower:,.2f} ({b.lower_rule}) > upper {b.upper:,.2f} ({b.upper_rule}); "
+               f"move one of them by {b.lower - b.upper:,.2f}"
                for c, b in bounds.items() if b.lower > b.upper + 1e-9]
     if crossed:
         raise AllocationInfeasible("guardrails cross for " + "; ".join(crossed), conflicts=tuple(crossed))
