@@ -174,10 +174,11 @@ def _plan_stages(state: _RunState, con: duckdb.DuckDBPyConnection, kpis: KpiSumm
             "stage": "creatives", "generator": "templates",
             "lights": {light: sum(c.light == light for c in creatives) for light in ("green", "amber", "red")}})
     with _stage(state, "forecast"):
-        forecast = revenue_forecast(con, kpis)
+        forecast = revenue_forecast(con, kpis, settings)
         if not bands_are_nested(forecast):
             raise ValueError("forecast bands are not nested")
-        state.log.append("stage_completed", run.lineage_id, {"stage": "forecast", **summarize(forecast)})
+        state.log.append("stage_completed", run.lineage_id, {"stage": "forecast", **summarize(forecast),
+                                                             "notes": list(forecast.notes)})
     with _stage(state, "allocate"):
         allocation, curves = budget_allocation(con, kpis, settings)
         fit_summary = {} if curves is None else {
@@ -213,6 +214,8 @@ def _write_plan(con: duckdb.DuckDBPyConnection, out_dir: Path, parts: PlanParts,
         "creatives": write_frame(creatives, out_dir / "creatives.csv"),
         "allocation": write_frame(allocations, out_dir / "allocation.csv"),
         "forecast": write_frame(forecast, out_dir / "forecast.csv"),
+        "forecast_backtest": write_frame(pd.DataFrame(list(parts.forecast.leaderboard)),
+                                         out_dir / "forecast_backtest.csv"),
         "fan_chart": plot_fan_chart(parts.forecast, out_dir / "fan_chart.png"),
     }
     _write_csv(con, f"SELECT lineage_id, user_key, segment, rule, reason, recency_days, sessions, orders, monetary, "

@@ -6,7 +6,7 @@ daily_kpis) plus settings, and returns plain records; the pipeline brackets each
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -16,11 +16,12 @@ import pandas as pd
 
 from flashcast.config import Settings
 from flashcast.errors import ForecastError
+from flashcast.forecasting.backtest import BacktestSpec, auto_forecast
 from flashcast.lineage import LogHead
 from flashcast.stages.allocate import Allocation, ChannelHistory, allocate_inverse_cpa
 from flashcast.stages.allocate_curves import ChannelSeries, CurvePlan, allocate_by_curves
 from flashcast.stages.creatives import Creative, template_creatives
-from flashcast.stages.forecast import Forecast, forecast_series
+from flashcast.stages.forecast import Forecast, ProphetForecaster, forecast_series, from_auto
 from flashcast.stages.guard import GuardReport, RunContext
 from flashcast.stages.kpis import KpiSummary
 from flashcast.stages.payload import Payload
@@ -52,11 +53,26 @@ def revenue_history(con: duckdb.DuckDBPyConnection, kpis: KpiSummary) -> pd.Data
     return pd.DataFrame({"ds": pd.to_datetime([r[0] for r in rows]), "y": [float(r[1]) for r in rows]})
 
 
-def revenue_forecast(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, *, horizon: int = 14) -> Forecast:
+def revenue_forecast(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: Settings) -> Forecast:
+    """The configured engine, or (auto) the engine that wins the backtest; Prophet when the history is
+    too short for a backtest."""
     history = revenue_history(con, kpis)
     if history.empty:
         raise ForecastError("revenue_total: no complete days of history")
-    return forecast_series(history, series_id="revenue_total", horizon=horizon)
+    config = settings.forecast
+    if config.engine == "prophet":
+        return forecast_series(history, series_id="revenue_total", horizon=config.horizon,
+                               engine=ProphetForecaster(countries=config.holiday_countries))
+    engines = config.engines if config.engine == "auto" else (config.engine,)
+    try:
+        auto = auto_forecast(history, series_id="revenue_total", engines=engines,
+                             spec=BacktestSpec(horizon=config.horizon), countries=config.holiday_countries)
+    except ForecastError as exc:
+        if "too short for a backtest" not in str(exc):
+            raise
+        fallback = forecast_series(history, series_id="revenue_total", horizon=config.horizon)
+        return replace(fallback, notes=(f"{exc}; used Prophet without selection",))
+    return from_auto(auto, history)
 
 
 def channel_histories(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: Settings) -> list[ChannelHistory]:

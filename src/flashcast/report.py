@@ -13,6 +13,24 @@ def _money(x: float) -> str:
     return f"${x:,.2f}"
 
 
+def _forecast_lines(parts: PlanParts, files: dict[str, Path]) -> list[str]:
+    f = parts.forecast
+    lines = [f"- {n}" for n in f.notes]
+    if f.leaderboard:
+        lines += [
+            "",
+            "Engines compared on a rolling-origin backtest (bands calibrated on earlier origins only):",
+            "",
+            "| engine | MASE | sMAPE | 80% coverage | 95% coverage | seconds per fit |",
+            "|---|---:|---:|---:|---:|---:|",
+            *[f"| {r['engine']} | {r['mase']:.3f} | {r['smape']:.3f} | {r['coverage_80']:.0%} | "
+              f"{r['coverage_95']:.0%} | {r['seconds_per_fit']:.3f} |" for r in f.leaderboard],
+            "",
+            f"Full table: [forecast_backtest.csv]({files['forecast_backtest'].name}).",
+        ]
+    return [*lines, ""] if lines else []
+
+
 def _curve_lines(parts: PlanParts, files: dict[str, Path]) -> list[str]:
     a, plan = parts.allocation, parts.curves
     if plan is None or a.expected_conversions is None:
@@ -85,6 +103,7 @@ def write_report(
         "",
         f"Daily values and 50/80/95% bands: [forecast.csv]({files['forecast'].name}).",
         "",
+        *_forecast_lines(parts, files),
         f"## Tomorrow's budget ({_money(a.budget)}, {a.method})",
         "",
         "| channel | yesterday | proposed | change | CPA | why |",

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from flashcast.errors import ForecastError
+from flashcast.forecasting.backtest import AutoForecast
 
 LEVELS: tuple[int, ...] = (50, 80, 95)
 MIN_HISTORY_DAYS = 28
@@ -45,6 +46,8 @@ class Forecast:
     bands: tuple[Band, ...]
     history_dates: tuple[date, ...]
     history: tuple[float, ...]
+    leaderboard: tuple[dict[str, object], ...] = ()  # backtest scores per engine (auto selection)
+    notes: tuple[str, ...] = ()
 
     def band(self, level: int) -> Band:
         return next(b for b in self.bands if b.level == level)
@@ -94,12 +97,20 @@ class ProphetForecaster:
     alias: str = "prophet"
     yearly_fourier_order: int = 6
     changepoint_prior_scale: float = 0.05
+    countries: tuple[str, ...] = ()  # holidays from the `holidays` package, several countries allowed
 
     def sample_paths(self, history: pd.DataFrame, horizon: int, n_samples: int, seed: int) -> np.ndarray:
         from prophet import Prophet
 
         span_days = (history["ds"].iloc[-1] - history["ds"].iloc[0]).days
+        holidays_df = None
+        if self.countries:
+            from flashcast.forecasting.engines import holiday_frame
+
+            first, last = history["ds"].iloc[0].year, history["ds"].iloc[-1].year
+            holidays_df = holiday_frame(self.countries, range(first, last + 2))
         model = Prophet(
+            holidays=holidays_df,
             weekly_seasonality=True,
             yearly_seasonality=self.yearly_fourier_order if span_days >= 365 else False,
             daily_seasonality=False,
@@ -159,6 +170,26 @@ def forecast_series(
         bands=tuple(bands),
         history_dates=tuple(d.date() for d in clean["ds"]),
         history=tuple(float(y) for y in clean["y"]),
+    )
+
+
+def from_auto(auto: AutoForecast, history: pd.DataFrame) -> Forecast:
+    """A selected-and-calibrated forecast as the stage's Forecast record."""
+    clean = validate_history(history, series_id=auto.series_id)
+    bands = tuple(Band(level, tuple(round(float(x), 2) for x in lo), tuple(round(float(x), 2) for x in hi))
+                  for level, (lo, hi) in sorted(auto.bands.items()))
+    board = tuple({"engine": s.engine, "mase": s.mase, "smape": s.smape, "crps": s.crps,
+                   **{f"coverage_{k}": round(v, 4) for k, v in s.coverage.items()},
+                   **{f"width_{k}": round(v, 2) for k, v in s.width.items()},
+                   "scored_origins": s.scored_origins, "seconds_per_fit": s.seconds_per_fit}
+                  for s in auto.selection.leaderboard)
+    notes = (auto.selection.reason,) + ((f"{auto.filled_days} missing days filled by interpolation",)
+                                        if auto.filled_days else ())
+    return Forecast(
+        series_id=auto.series_id, engine=auto.engine, dates=tuple(d.date() for d in auto.dates),
+        point=tuple(round(float(x), 2) for x in auto.point), bands=bands,
+        history_dates=tuple(d.date() for d in clean["ds"]), history=tuple(float(v) for v in clean["y"]),
+        leaderboard=board, notes=notes,
     )
 
 

@@ -1,0 +1,1 @@
+"""Forecast engines, rolling-origin backtests, conformal bands and automatic selection."""

@@ -1,0 +1,327 @@
+"""Rolling-origin backtests, conformal bands, engine selection and the final forecast.
+
+For each engine, origins are cut every `step` days at the end of the history; at each origin the
+engine forecasts `horizon` days from the data before it. Bands are conformal: at a scored origin,
+the errors of the `calibration` most recent earlier origins *whose whole horizon was already
+observed* give quantiles per horizon step (pooled over neighbouring steps), added to the point
+forecast. The origins used to calibrate are always strictly before the origin scored, and a recent
+window (not all history) lets the bands widen after a level shift. All levels come from the same
+error sample, so the 50% band lies inside the 80% band inside the 95% band by construction.
+
+Scores use utilsforecast's metrics: MASE (MAE over the in-sample MAE of the weekly seasonal naive
+forecast), sMAPE, scaled CRPS over the band quantiles, and each band's coverage and width. The
+engine with the lowest mean MASE wins; the leaderboard says why.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from utilsforecast import losses
+
+from flashcast.errors import ForecastError
+from flashcast.forecasting.engines import DEFAULT_ENGINES, Engine, Ensemble, make_engine
+
+LEVELS = (50, 80, 95)
+MIN_CALIBRATION = 8
+
+
+@dataclass(frozen=True)
+class BacktestSpec:
+    horizon: int = 14
+    step: int = 3
+    origins: int = 90  # scored origins; the earliest `calibration` more only calibrate
+    calibration: int = 60
+    step_pool: int = 3  # pool errors of steps j-3..j+3 for step j's quantiles
+    adapt_rate: float = 0.05  # adaptive conformal step (0: plain split conformal)
+
+
+@dataclass(frozen=True)
+class EngineScore:
+    engine: str
+    mase: float
+    smape: float
+    crps: float
+    coverage: dict[int, float]
+    width: dict[int, float]
+    scored_origins: int
+    seconds_per_fit: float
+
+
+@dataclass
+class Backtest:
+    """Per-engine origin forecasts and errors (rows: origins, columns: horizon steps)."""
+
+    origins: list[pd.Timestamp]
+    actual: np.ndarray
+    scale: np.ndarray  # seasonal-naive in-sample MAE at each origin (the MASE denominator)
+    points: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _origin_indices(n: int, spec: BacktestSpec) -> list[int]:
+    """Cut positions (exclusive end of the training data), oldest first."""
+    total = spec.origins + spec.calibration
+    last = n - spec.horizon
+    cuts = [last - k * spec.step for k in range(total)]
+    cuts = [c for c in cuts if c >= 60]  # every fit sees at least two months
+    return sorted(cuts)
+
+
+def run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engine], spec: BacktestSpec) -> Backtest:
+    cuts = _origin_indices(len(y), spec)
+    if len(cuts) < MIN_CALIBRATION + 1:
+        raise ForecastError(f"history too short for a backtest: {len(y)} days give {len(cuts)} origins")
+    actual = np.array([y[c : c + spec.horizon] for c in cuts])
+    scale = np.array([max(float(np.mean(np.abs(y[7:c] - y[: c - 7]))), 1e-9) for c in cuts])
+    result = Backtest([dates[c - 1] for c in cuts], actual, scale)
+    for engine in sorted(engines, key=lambda e: isinstance(e, Ensemble)):  # members before ensembles
+        start = time.perf_counter()
+        members = [m.alias for m in engine.members] if isinstance(engine, Ensemble) else []
+        if members and all(m in result.points for m in members):
+            # Same origins, same members: the ensemble is the mean of their stored forecasts.
+            result.points[engine.alias] = np.mean([result.points[m] for m in members], axis=0)
+            result.seconds[engine.alias] = sum(result.seconds[m] for m in members)
+            continue
+        result.points[engine.alias] = np.array([engine.point(y[:c], dates[:c], spec.horizon) for c in cuts])
+        result.seconds[engine.alias] = (time.perf_counter() - start) / len(cuts)
+    return result
+
+
+def _calibration_rows(k: int, spec: BacktestSpec) -> slice | None:
+    """Rows of origins whose horizon ended before origin k (steps of `spec.step` days apart)."""
+    lag = -(-spec.horizon // spec.step)  # origins until a horizon is fully observed
+    end = k - lag + 1
+    if end < MIN_CALIBRATION:
+        return None
+    return slice(max(0, end - spec.calibration), end)
+
+
+def adaptive_offsets(sample: np.ndarray, spec: BacktestSpec, alphas: dict[int, float]
+                     ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Conformal offsets from a calibration sample of errors (origins x steps) at the adapted
+    miscoverage rates `alphas`; then nested (a wider level never gets a narrower band)."""
+    h = sample.shape[1]
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for level in sorted(alphas, reverse=True):
+        tail = float(np.clip(alphas[level] / 2, 1e-4, 0.4999))
+        lo, hi = np.empty(h), np.empty(h)
+        for j in range(h):
+            pooled = sample[:, max(0, j - spec.step_pool) : j + spec.step_pool + 1].ravel()
+            lo[j] = np.quantile(pooled, tail, method="lower")
+            hi[j] = np.quantile(pooled, 1 - tail, method="higher")
+        out[level] = (lo, hi)
+    ordered = sorted(out)  # narrow to wide
+    for narrow, wide in itertools.pairwise(ordered):
+        lo_w, hi_w = out[wide]
+        lo_n, hi_n = out[narrow]
+        out[wide] = (np.minimum(lo_w, lo_n), np.maximum(hi_w, hi_n))
+    return out
+
+
+def _update_alphas(alphas: dict[int, float], errors: np.ndarray, offsets_seen: dict[int, tuple[np.ndarray, np.ndarray]],
+                   spec: BacktestSpec) -> None:
+    """Adaptive conformal inference (Gibbs & Candes 2021): after an origin's horizon is observed,
+    nudge each level's miscoverage rate towards its target by the miss rate just seen."""
+    for level, (lo, hi) in offsets_seen.items():
+        missed = float(np.mean((errors < lo) | (errors > hi)))
+        target = (100 - level) / 100
+        alphas[level] = alphas[level] + spec.adapt_rate * (target - missed)
+
+
+def origin_bands(errors: np.ndarray, spec: BacktestSpec) -> tuple[dict[int, dict[int, tuple[np.ndarray, np.ndarray]]],
+                                                                    dict[int, float]]:
+    """Offsets for every backtest origin that has enough calibration history, adapting the
+    miscoverage rates as each earlier horizon becomes observed; also returns the rates after the
+    last horizon is observed (what the real future is banded with)."""
+    alphas = {level: (100 - level) / 100 for level in LEVELS}
+    lag = -(-spec.horizon // spec.step)  # origins until a horizon is fully observed
+    n = len(errors)
+    out: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    for k in range(n + lag):
+        seen = k - lag
+        if spec.adapt_rate > 0 and seen in out:
+            _update_alphas(alphas, errors[seen], out[seen], spec)
+        rows = _calibration_rows(k, spec)
+        if k < n and rows is not None:
+            out[k] = adaptive_offsets(errors[rows], spec, alphas)
+    return out, alphas
+
+
+def score_engines(bt: Backtest, spec: BacktestSpec, *, nonnegative: bool) -> list[EngineScore]:
+    """Conformal bands at each scored origin, then utilsforecast metrics per engine."""
+    n = len(bt.origins)
+    scored = set(range(n - spec.origins, n))
+    scores = []
+    for engine, points in bt.points.items():
+        errors = bt.actual - points
+        bands, _ = origin_bands(errors, spec)
+        rows = []
+        for k in sorted(scored & set(bands)):
+            offsets = bands[k]
+            for j in range(spec.horizon):
+                row = {"unique_id": str(bt.origins[k].date()), "cutoff": bt.origins[k],
+                       "ds": bt.origins[k] + pd.Timedelta(days=j + 1),
+                       "y": bt.actual[k, j], "model": points[k, j], "scale": bt.scale[k]}
+                for level, (lo, hi) in offsets.items():
+                    low = points[k, j] + lo[j]
+                    row[f"model-lo-{level}"] = max(low, 0.0) if nonnegative else low
+                    row[f"model-hi-{level}"] = points[k, j] + hi[j]
+                rows.append(row)
+        if not rows:
+            continue
+        scores.append(_metrics(engine, pd.DataFrame(rows), bt.seconds[engine]))
+    return sorted(scores, key=lambda s: s.mase)
+
+
+def _metrics(engine: str, frame: pd.DataFrame, seconds: float) -> EngineScore:
+    # One unique_id per origin: utilsforecast aggregates per id (and cutoff), we average over origins.
+    by_origin = losses.mae(frame, ["model"]).set_index("unique_id")["model"]
+    scale = frame.groupby("unique_id")["scale"].first()
+    mase = float((by_origin / scale).mean())
+    smape = float(losses.smape(frame, ["model"])["model"].mean())
+    quantile_cols = []
+    quantiles = []
+    for level in sorted(LEVELS, reverse=True):
+        quantile_cols.append(f"model-lo-{level}")
+        quantiles.append((100 - level) / 200)
+    quantile_cols.append("model")
+    quantiles.append(0.5)
+    for level in sorted(LEVELS):
+        quantile_cols.append(f"model-hi-{level}")
+        quantiles.append(1 - (100 - level) / 200)
+    crps = float(losses.scaled_crps(frame, {"model": quantile_cols}, np.array(quantiles))["model"].mean())
+    coverage = {lvl: float(losses.coverage(frame, ["model"], lvl)["model"].mean()) for lvl in LEVELS}
+    width = {lvl: float((frame[f"model-hi-{lvl}"] - frame[f"model-lo-{lvl}"]).mean()) for lvl in LEVELS}
+    return EngineScore(engine, round(mase, 4), round(smape, 4), round(crps, 4), coverage, width,
+                       int(frame["cutoff"].nunique()), round(seconds, 4))
+
+
+@dataclass(frozen=True)
+class Selection:
+    winner: str
+    leaderboard: tuple[EngineScore, ...]
+    reason: str
+
+
+def select_engine(scores: Sequence[EngineScore]) -> Selection:
+    if not scores:
+        raise ForecastError("no engine produced a scored backtest")
+    best = min(scores, key=lambda s: s.mase)
+    runner = [s for s in scores if s.engine != best.engine]
+    reason = f"{best.engine}: lowest mean MASE {best.mase:.3f} over {best.scored_origins} origins"
+    if runner:
+        second = min(runner, key=lambda s: s.mase)
+        reason += f" (next: {second.engine} {second.mase:.3f})"
+    return Selection(best.engine, tuple(sorted(scores, key=lambda s: s.mase)), reason)
+
+
+def engines_for(names: Sequence[str] | None, *, countries: tuple[str, ...] = ()) -> list[Engine]:
+    return [make_engine(n, countries=countries) for n in (names or DEFAULT_ENGINES)]
+
+
+def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = True, max_gap_share: float = 0.1
+                   ) -> tuple[np.ndarray, pd.DatetimeIndex, int]:
+    """Sort, check and gap-fill a (ds, y) frame. Rule: missing dates are inserted and filled by linear
+    interpolation (their count is returned and reported); more than `max_gap_share` missing is an
+    error. Duplicate dates, NaN values and (when `nonnegative`) negative values are errors."""
+    if frame.empty:
+        raise ForecastError(f"{series_id}: no data")
+    data = frame[["ds", "y"]].copy()
+    data["ds"] = pd.to_datetime(data["ds"])
+    data = data.sort_values("ds")
+    dup = data["ds"][data["ds"].duplicated()]
+    if len(dup):
+        raise ForecastError(f"{series_id}: duplicate date {dup.iloc[0].date()}")
+    if data["y"].isna().any():
+        raise ForecastError(f"{series_id}: missing value on {data['ds'][data['y'].isna()].iloc[0].date()}")
+    if nonnegative and (data["y"] < 0).any():
+        raise ForecastError(f"{series_id}: negative value on {data['ds'][data['y'] < 0].iloc[0].date()}")
+    full = pd.date_range(data["ds"].iloc[0], data["ds"].iloc[-1], freq="D")
+    filled = data.set_index("ds")["y"].reindex(full)
+    missing = int(filled.isna().sum())
+    if missing > max_gap_share * len(full):
+        raise ForecastError(f"{series_id}: {missing} of {len(full)} days missing (more than {max_gap_share:.0%})")
+    filled = filled.interpolate(method="linear")
+    return filled.to_numpy(dtype=float), pd.DatetimeIndex(full), missing
+
+
+@dataclass(frozen=True)
+class AutoForecast:
+    series_id: str
+    engine: str
+    dates: tuple[pd.Timestamp, ...]
+    point: np.ndarray
+    bands: dict[int, tuple[np.ndarray, np.ndarray]]
+    selection: Selection
+    filled_days: int
+    fit_seconds: float
+
+
+def auto_forecast(
+    frame: pd.DataFrame, *, series_id: str, engines: Sequence[str] | None = None, spec: BacktestSpec | None = None,
+    nonnegative: bool = True, countries: tuple[str, ...] = (),
+) -> AutoForecast:
+    """Backtest the engines, pick the best, refit it on all history and band it conformally."""
+    spec = spec or BacktestSpec()
+    y, dates, filled = prepare_series(frame, series_id=series_id, nonnegative=nonnegative)
+    line_up = engines_for(engines, countries=countries)
+    bt = run_backtest(y, dates, line_up, spec)
+    selection = select_engine(score_engines(bt, spec, nonnegative=nonnegative))
+    engine = next(e for e in line_up if e.alias == selection.winner)
+    start = time.perf_counter()
+    point = engine.point(y, dates, spec.horizon)
+    fit_seconds = time.perf_counter() - start
+    errors = bt.actual - bt.points[selection.winner]
+    # The last backtest origin's horizon ends where the history ends: all origins are observed.
+    _, alphas = origin_bands(errors, spec)
+    offsets = adaptive_offsets(errors[-spec.calibration:], spec, alphas)
+    bands = {}
+    for level, (lo, hi) in offsets.items():
+        lower = point + lo
+        bands[level] = (np.maximum(lower, 0.0) if nonnegative else lower, point + hi)
+    if nonnegative:
+        point = np.maximum(point, 0.0)
+    future = tuple(pd.date_range(dates[-1] + pd.Timedelta(days=1), periods=spec.horizon))
+    return AutoForecast(series_id, selection.winner, future, point, bands, selection, filled, fit_seconds)
+
+
+def _forecast_one(args: tuple[str, pd.DataFrame, tuple[str, ...] | None, BacktestSpec, bool]) -> AutoForecast:
+    series_id, frame, engines, spec, nonnegative = args
+    return auto_forecast(frame, series_id=series_id, engines=engines, spec=spec, nonnegative=nonnegative)
+
+
+def forecast_many(
+    frame: pd.DataFrame, *, id_col: str = "series_id", engines: Sequence[str] | None = None,
+    spec: BacktestSpec | None = None, nonnegative: bool = True, workers: int | None = None,
+) -> pd.DataFrame:
+    """Forecast every series in a long (series_id, ds, y) frame in parallel across cores.
+
+    Returns a tidy frame: series_id, ds, engine, point, lo_50 .. hi_95.
+    """
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    spec = spec or BacktestSpec()
+    tasks = [(str(sid), group[["ds", "y"]], tuple(engines) if engines else None, spec, nonnegative)
+             for sid, group in frame.groupby(id_col, sort=True)]
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(tasks) == 1:
+        results = [_forecast_one(t) for t in tasks]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_forecast_one, tasks, chunksize=max(1, len(tasks) // (workers * 4))))
+    return pd.concat([tidy(r) for r in results], ignore_index=True)
+
+
+def tidy(result: AutoForecast) -> pd.DataFrame:
+    out = pd.DataFrame({"series_id": result.series_id, "ds": list(result.dates), "engine": result.engine,
+                        "point": result.point})
+    for level in sorted(result.bands):
+        out[f"lo_{level}"], out[f"hi_{level}"] = result.bands[level]
+    return out
