@@ -96,7 +96,7 @@ def write_report(
         "## Revenue to expect",
         "",
         f"Next {len(f.dates)} days ({f.dates[0]} to {f.dates[-1]}), {f.engine}: {_money(sum(f.point))} expected "
-        f"(median path), {_money(sum(f.band(80).lower))} to {_money(sum(f.band(80).upper))} summing the daily "
+        f"(point forecast), {_money(sum(f.band(80).lower))} to {_money(sum(f.band(80).upper))} summing the daily "
         f"80% bounds. Last 28 complete days: {_money(sum(f.history[-28:]))}.",
         "",
         f"![fan chart]({files['fan_chart'].name})",

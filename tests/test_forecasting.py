@@ -1,0 +1,111 @@
+"""Forecast engines, backtests, conformal calibration and selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flashcast.errors import ForecastError
+from flashcast.forecasting.backtest import (
+    BacktestSpec,
+    auto_forecast,
+    engines_for,
+    forecast_many,
+    prepare_series,
+    run_backtest,
+    score_engines,
+)
+
+WEEKLY = np.array([1.0, 0.9, 0.95, 1.0, 1.1, 1.3, 1.2])
+SMALL = BacktestSpec(step=7, origins=30, calibration=30)
+
+
+def _frame(y: np.ndarray, start: str = "2024-01-01") -> pd.DataFrame:
+    return pd.DataFrame({"ds": pd.date_range(start, periods=len(y)), "y": y})
+
+
+def _seasonal_noise(n: int, seed: int, sd: float = 8.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return 100 * np.resize(WEEKLY, n) + rng.normal(0, sd, n)
+
+
+@pytest.mark.parametrize("engine", ["naive7", "linear", "ets", "mstl", "ensemble", "arima", "prophet"])
+def test_bands_are_nested_for_every_engine(engine: str) -> None:
+    n = 420 if engine not in ("arima", "prophet") else 300
+    spec = SMALL if engine not in ("arima", "prophet") else BacktestSpec(step=14, origins=10, calibration=10)
+    result = auto_forecast(_frame(_seasonal_noise(n, 1)), series_id=engine, engines=[engine], spec=spec)
+    assert result.engine == engine and len(result.point) == 14
+    lo50, hi50 = result.bands[50]
+    lo80, hi80 = result.bands[80]
+    lo95, hi95 = result.bands[95]
+    assert np.all(lo95 <= lo80 + 1e-9) and np.all(lo80 <= lo50 + 1e-9)
+    assert np.all(hi50 <= hi80 + 1e-9) and np.all(hi80 <= hi95 + 1e-9)
+    assert np.all(lo50 <= result.point + 1e-9) and np.all(result.point <= hi50 + 1e-9)
+
+
+def _coverage(y: np.ndarray, engines: list[str], spec: BacktestSpec) -> dict[int, float]:
+    values, dates, _ = prepare_series(_frame(y), series_id="s")
+    scores = score_engines(run_backtest(values, dates, engines_for(engines), spec), spec, nonnegative=True)
+    return scores[0].coverage
+
+
+def test_bands_are_calibrated_on_a_known_distribution() -> None:
+    coverage = _coverage(_seasonal_noise(900, 2), ["naive7"], BacktestSpec())
+    assert 0.74 <= coverage[80] <= 0.86
+    assert 0.90 <= coverage[95] <= 0.985
+    assert 0.42 <= coverage[50] <= 0.58
+
+
+def test_bands_recover_after_a_level_shift() -> None:
+    y = _seasonal_noise(900, 3)
+    y[700:] += 120  # a lockdown-sized shift inside the scored window
+    coverage = _coverage(y, ["naive7"], BacktestSpec())
+    assert 0.72 <= coverage[80] <= 0.88
+    assert 0.88 <= coverage[95] <= 0.99
+
+
+def test_selection_picks_the_engine_the_series_was_built_for() -> None:
+    rng = np.random.default_rng(4)
+    trend = 50 + 0.8 * np.arange(500) + 20 * np.resize(WEEKLY, 500) + rng.normal(0, 3, 500)
+    assert auto_forecast(_frame(trend), series_id="trend", engines=["naive7", "linear"], spec=SMALL).engine == "linear"
+    walk = 500 + np.cumsum(rng.normal(0, 10, 500)) + 30 * np.resize(WEEKLY, 500)
+    chosen = auto_forecast(_frame(walk), series_id="walk", engines=["naive7", "linear"], spec=SMALL)
+    assert chosen.engine == "naive7"
+    board = chosen.selection.leaderboard
+    assert board[0].mase < board[1].mase and "lowest mean MASE" in chosen.selection.reason
+
+
+def test_gaps_are_filled_by_the_documented_rule_and_counted() -> None:
+    frame = _frame(_seasonal_noise(200, 5)).drop(index=[50, 51, 120]).sample(frac=1.0, random_state=1)
+    y, dates, filled = prepare_series(frame, series_id="gappy")
+    assert filled == 3 and len(y) == 200 and dates.is_monotonic_increasing
+    assert y[50] == pytest.approx((y[49] * 2 + y[52]) / 3, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda f: f.iloc[::2], "days missing"),
+        (lambda f: pd.concat([f, f.tail(1)]), "duplicate date"),
+        (lambda f: f.assign(y=f["y"].where(f.index != 10, -1.0)), "negative value"),
+        (lambda f: f.assign(y=f["y"].where(f.index != 11, np.nan)), "missing value"),
+    ],
+)
+def test_bad_series_are_refused(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ForecastError, match=message):
+        prepare_series(mutate(_frame(_seasonal_noise(200, 6))), series_id="bad")
+
+
+def test_too_short_for_a_backtest() -> None:
+    with pytest.raises(ForecastError, match="too short for a backtest"):
+        auto_forecast(_frame(_seasonal_noise(70, 7)), series_id="short", engines=["naive7"])
+
+
+def test_many_series_in_one_call_stay_tidy() -> None:
+    frames = [_frame(_seasonal_noise(300, s)).assign(series_id=f"s{s}") for s in range(3)]
+    out = forecast_many(pd.concat(frames), engines=["naive7", "linear"], spec=SMALL, workers=2)
+    assert sorted(out["series_id"].unique()) == ["s0", "s1", "s2"]
+    assert list(out.columns) == ["series_id", "ds", "engine", "point", "lo_50", "hi_50", "lo_80", "hi_80",
+                                 "lo_95", "hi_95"]
+    assert len(out) == 3 * 14
