@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_allocator, bench_guard
+from benchmarks import bench_allocator, bench_forecast, bench_guard
 
-BENCHES = {"guard": bench_guard.main, "allocator": bench_allocator.main}
+BENCHES = {"guard": bench_guard.main, "allocator": bench_allocator.main, "forecast": bench_forecast.main}
 
 
 def main(argv: list[str]) -> None:
