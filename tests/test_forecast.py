@@ -77,3 +77,18 @@ def test_fan_chart_png(prophet_forecast: Forecast, tmp_path: Path) -> None:
 def test_bad_series_are_refused(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ForecastError, match=message):
         validate_history(mutate(_series(120)), series_id="revenue_total")
+
+
+def test_an_auto_forecast_becomes_the_stage_record() -> None:
+    from flashcast.forecasting.backtest import BacktestSpec, auto_forecast
+    from flashcast.stages.forecast import from_auto
+
+    history = _series(300)
+    auto = auto_forecast(history, series_id="revenue_total", engines=["naive7", "linear"],
+                         spec=BacktestSpec(step=7, origins=20, calibration=20))
+    f = from_auto(auto, history)
+    assert f.engine == auto.engine and bands_are_nested(f)
+    assert [row["engine"] for row in f.leaderboard] == [s.engine for s in auto.selection.leaderboard]
+    assert f.notes[0].startswith(auto.engine) and "lowest mean MASE" in f.notes[0]
+    assert f.to_frame().columns.tolist() == ["series_id", "date", "point", "lo_50", "hi_50", "lo_80", "hi_80",
+                                             "lo_95", "hi_95", "engine"]
