@@ -30,7 +30,7 @@ def _seasonal_noise(n: int, seed: int, sd: float = 8.0) -> np.ndarray:
     return 100 * np.resize(WEEKLY, n) + rng.normal(0, sd, n)
 
 
-@pytest.mark.parametrize("engine", ["naive7", "linear", "ets", "mstl", "ensemble", "arima", "prophet"])
+@pytest.mark.parametrize("engine", ["naive7", "linear", "ets", "mstl", "theta", "ensemble", "arima", "prophet"])
 def test_bands_are_nested_for_every_engine(engine: str) -> None:
     n = 420 if engine not in ("arima", "prophet") else 300
     spec = SMALL if engine not in ("arima", "prophet") else BacktestSpec(step=14, origins=10, calibration=10)

@@ -102,7 +102,7 @@ def test_cli_run_produces_a_schema_valid_payload_anchored_in_the_log(cli_run: tu
     assert document["allocations"]["method"] == "curves/point"
     assert all(c["marginal_cpa"] is None or c["marginal_cpa"] > 0 for c in document["allocations"]["channels"])
     for name in ("report.md", "segments.csv", "creatives.csv", "allocation.csv", "forecast.csv", "fan_chart.png",
-                 "response_curves.png", "whatif.csv", "whatif.png"):
+                 "response_curves.png", "whatif.csv", "whatif.png", "forecast_backtest.csv"):
         assert (out / name).stat().st_size > 0, name
     report = (out / "report.md").read_text()
     for link in ("payload.json", "fan_chart.png", "segments.csv", "allocation.csv", "reconciliation.csv"):

@@ -29,6 +29,7 @@ from flashcast.lineage import DatasetRef, LineageLog, LogHead, OpenLineageEmitte
 from flashcast.plan import (
     PlanParts,
     allocation_frame,
+    breakdown_forecasts,
     budget_allocation,
     build_payload,
     creative_library,
@@ -177,8 +178,11 @@ def _plan_stages(state: _RunState, con: duckdb.DuckDBPyConnection, kpis: KpiSumm
         forecast = revenue_forecast(con, kpis, settings)
         if not bands_are_nested(forecast):
             raise ValueError("forecast bands are not nested")
-        state.log.append("stage_completed", run.lineage_id, {"stage": "forecast", **summarize(forecast),
-                                                             "notes": list(forecast.notes)})
+        breakdown = breakdown_forecasts(con, kpis, segmentation.table, settings)
+        state.log.append("stage_completed", run.lineage_id, {
+            "stage": "forecast", **summarize(forecast), "notes": list(forecast.notes),
+            "breakdown_series": sorted(breakdown["series_id"].unique().tolist()) if len(breakdown) else [],
+            "breakdown_skipped": [redact_message(m) for m in breakdown.attrs.get("skipped", [])]})
     with _stage(state, "allocate"):
         allocation, curves = budget_allocation(con, kpis, settings)
         fit_summary = {} if curves is None else {
@@ -189,7 +193,7 @@ def _plan_stages(state: _RunState, con: duckdb.DuckDBPyConnection, kpis: KpiSumm
             "spend": allocation.spends, "bounds": {r.channel: r.bound for r in allocation.rows},
             "expected": allocation.expected_conversions, "gain_vs_inverse_cpa": allocation.gain_vs_inverse_cpa,
             "curves": fit_summary, "notes": list(allocation.notes)})
-    return PlanParts(segmentation, creatives, forecast, allocation, curves)
+    return PlanParts(segmentation, creatives, forecast, allocation, curves, breakdown)
 
 
 def _write_plan(con: duckdb.DuckDBPyConnection, out_dir: Path, parts: PlanParts, run: RunContext) -> dict[str, Path]:
@@ -214,6 +218,8 @@ def _write_plan(con: duckdb.DuckDBPyConnection, out_dir: Path, parts: PlanParts,
         "creatives": write_frame(creatives, out_dir / "creatives.csv"),
         "allocation": write_frame(allocations, out_dir / "allocation.csv"),
         "forecast": write_frame(forecast, out_dir / "forecast.csv"),
+        "forecast_series": write_frame(parts.breakdown.assign(lineage_id=run.lineage_id),
+                                       out_dir / "forecast_series.csv"),
         "forecast_backtest": write_frame(pd.DataFrame(list(parts.forecast.leaderboard)),
                                          out_dir / "forecast_backtest.csv"),
         "fan_chart": plot_fan_chart(parts.forecast, out_dir / "fan_chart.png"),

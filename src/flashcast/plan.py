@@ -6,7 +6,7 @@ daily_kpis) plus settings, and returns plain records; the pipeline brackets each
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import pandas as pd
 
 from flashcast.config import Settings
 from flashcast.errors import ForecastError
-from flashcast.forecasting.backtest import BacktestSpec, auto_forecast
+from flashcast.forecasting.backtest import BacktestSpec, auto_forecast, forecast_many
 from flashcast.lineage import LogHead
 from flashcast.stages.allocate import Allocation, ChannelHistory, allocate_inverse_cpa
 from flashcast.stages.allocate_curves import ChannelSeries, CurvePlan, allocate_by_curves
@@ -75,6 +75,40 @@ def revenue_forecast(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings:
     return from_auto(auto, history)
 
 
+BREAKDOWN_ENGINES = ("naive7", "linear")  # fast line-up for the per-channel / per-segment series
+
+
+def breakdown_series(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, segments_table: str) -> pd.DataFrame:
+    """Daily revenue per channel and per segment (zero-filled, complete days), plus the total."""
+    end = last_complete_day(kpis)
+    return con.execute(
+        f"""WITH spine AS (SELECT d::DATE AS ds FROM generate_series(?::DATE, ?::DATE, INTERVAL 1 DAY) g(d)),
+        by_channel AS (SELECT 'channel:' || channel AS series_id, event_date AS ds, revenue AS y
+                       FROM {kpis.table} WHERE event_date <= ?),
+        seg_revenue AS (
+          SELECT 'segment:' || s.segment AS series_id, e.event_date AS ds, sum(e.revenue) AS y
+          FROM guarded_events e JOIN {segments_table} s USING (user_key)
+          WHERE e.event_name = 'purchase' AND e.event_date <= ? GROUP BY ALL),
+        segs AS (SELECT DISTINCT segment FROM {segments_table}),
+        by_segment AS (
+          SELECT 'segment:' || segs.segment AS series_id, spine.ds, coalesce(r.y, 0) AS y
+          FROM spine CROSS JOIN segs
+          LEFT JOIN seg_revenue r ON r.series_id = 'segment:' || segs.segment AND r.ds = spine.ds),
+        total AS (SELECT 'total' AS series_id, event_date AS ds, sum(revenue) AS y FROM {kpis.table}
+                  WHERE event_date <= ? GROUP BY event_date)
+        SELECT * FROM by_channel UNION ALL SELECT * FROM by_segment UNION ALL SELECT * FROM total
+        ORDER BY series_id, ds""",
+        [kpis.first_day, end, end, end, end],
+    ).df()
+
+
+def breakdown_forecasts(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, segments_table: str,
+                        settings: Settings) -> pd.DataFrame:
+    """Every channel's and segment's revenue, forecast in one parallel call (fast line-up)."""
+    frame = breakdown_series(con, kpis, segments_table)
+    return forecast_many(frame, engines=BREAKDOWN_ENGINES, spec=BacktestSpec(horizon=settings.forecast.horizon))
+
+
 def channel_histories(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: Settings) -> list[ChannelHistory]:
     """Yesterday's spend and the lookback window's spend and purchases per paid channel."""
     yesterday = last_complete_day(kpis)
@@ -131,6 +165,7 @@ class PlanParts:
     forecast: Forecast
     allocation: Allocation
     curves: CurvePlan | None = None
+    breakdown: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-channel / per-segment forecasts
 
 
 def build_payload(

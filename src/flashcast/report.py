@@ -28,6 +28,11 @@ def _forecast_lines(parts: PlanParts, files: dict[str, Path]) -> list[str]:
             "",
             f"Full table: [forecast_backtest.csv]({files['forecast_backtest'].name}).",
         ]
+    if len(parts.breakdown):
+        totals = parts.breakdown.groupby("series_id")["point"].sum()
+        lines += ["", f"Per channel and per segment ({len(totals)} series forecast in one parallel call, "
+                  f"[forecast_series.csv]({files['forecast_series'].name})): "
+                  + ", ".join(f"{sid} {_money(v)}" for sid, v in totals.items())]
     return [*lines, ""] if lines else []
 
 

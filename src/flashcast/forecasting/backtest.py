@@ -291,9 +291,13 @@ def auto_forecast(
     return AutoForecast(series_id, selection.winner, future, point, bands, selection, filled, fit_seconds)
 
 
-def _forecast_one(args: tuple[str, pd.DataFrame, tuple[str, ...] | None, BacktestSpec, bool]) -> AutoForecast:
+def _forecast_one(args: tuple[str, pd.DataFrame, tuple[str, ...] | None, BacktestSpec, bool]
+                  ) -> AutoForecast | str:
     series_id, frame, engines, spec, nonnegative = args
-    return auto_forecast(frame, series_id=series_id, engines=engines, spec=spec, nonnegative=nonnegative)
+    try:
+        return auto_forecast(frame, series_id=series_id, engines=engines, spec=spec, nonnegative=nonnegative)
+    except ForecastError as exc:
+        return str(exc)  # one bad series does not sink the others; the caller reports it
 
 
 def forecast_many(
@@ -302,7 +306,8 @@ def forecast_many(
 ) -> pd.DataFrame:
     """Forecast every series in a long (series_id, ds, y) frame in parallel across cores.
 
-    Returns a tidy frame: series_id, ds, engine, point, lo_50 .. hi_95.
+    Returns a tidy frame: series_id, ds, engine, point, lo_50 .. hi_95. Series that cannot be
+    forecast are left out and named in `frame.attrs["skipped"]`.
     """
     import os
     from concurrent.futures import ProcessPoolExecutor
@@ -316,7 +321,11 @@ def forecast_many(
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(_forecast_one, tasks, chunksize=max(1, len(tasks) // (workers * 4))))
-    return pd.concat([tidy(r) for r in results], ignore_index=True)
+    done = [r for r in results if isinstance(r, AutoForecast)]
+    out = pd.concat([tidy(r) for r in done], ignore_index=True) if done else pd.DataFrame(
+        columns=["series_id", "ds", "engine", "point"])
+    out.attrs["skipped"] = [r for r in results if isinstance(r, str)]
+    return out
 
 
 def tidy(result: AutoForecast) -> pd.DataFrame:

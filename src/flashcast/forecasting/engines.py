@@ -8,9 +8,10 @@ Engines return point forecasts only; bands come from the backtest (conformal cal
                Prophet's structure, fitted in milliseconds by least squares
     ets        statsforecast AutoETS, weekly season
     mstl       statsforecast MSTL, weekly + yearly seasons, AutoETS trend (needs two years)
+    theta      statsforecast AutoTheta, weekly season (opt-in)
     arima      statsforecast AutoARIMA, weekly season (slow on long daily series: opt-in)
     prophet    Prophet with country holidays (several countries) and optional regressors
-    ensemble   mean of linear, ets and mstl (those that apply)
+    ensemble   mean of linear, ets and mstl
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_ENGINES: tuple[str, ...] = ("naive7", "linear", "ets", "mstl", "ensemble")
-ALL_ENGINES: tuple[str, ...] = (*DEFAULT_ENGINES, "arima", "prophet")
+ALL_ENGINES: tuple[str, ...] = (*DEFAULT_ENGINES, "theta", "arima", "prophet")
 
 
 class Engine(Protocol):
@@ -103,10 +104,12 @@ class StatsForecastEngine:
     ets_window_days: int = 400  # ETS models the weekly season only: a year is plenty, and 3x faster
 
     def _model(self, n: int) -> object:
-        from statsforecast.models import MSTL, AutoARIMA, AutoETS
+        from statsforecast.models import MSTL, AutoARIMA, AutoETS, AutoTheta
 
         if self.alias == "ets":
             return AutoETS(season_length=7)
+        if self.alias == "theta":
+            return AutoTheta(season_length=7)
         if self.alias == "arima":
             return AutoARIMA(season_length=7)
         if self.alias == "mstl":
@@ -115,7 +118,7 @@ class StatsForecastEngine:
         raise ValueError(f"unknown statsforecast engine {self.alias!r}")
 
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
-        window = self.ets_window_days if self.alias in ("ets", "arima") else self.window_days
+        window = self.ets_window_days if self.alias in ("ets", "arima", "theta") else self.window_days
         y = np.asarray(y[-window:], dtype=float)
         with _quiet():
             result = self._model(len(y)).forecast(y=y, h=horizon)  # type: ignore[attr-defined]
@@ -203,7 +206,7 @@ def make_engine(name: str, *, countries: tuple[str, ...] = (), regressors: pd.Da
         return SeasonalNaive()
     if name == "linear":
         return LinearSeasonal()
-    if name in ("ets", "mstl", "arima"):
+    if name in ("ets", "mstl", "arima", "theta"):
         return StatsForecastEngine(name)
     if name == "prophet":
         return ProphetEngine(countries=countries, regressors=regressors)
