@@ -68,7 +68,7 @@ def test_fan_chart_png(prophet_forecast: Forecast, tmp_path: Path) -> None:
     ("mutate", "message"),
     [
         (lambda df: df.head(10), "at least 28 needed"),
-        (lambda df: df.drop(index=50), "gap in the daily series before"),
+        (lambda df: df.iloc[::2], "days missing"),
         (lambda df: pd.concat([df, df.tail(1)]), "duplicate date"),
         (lambda df: df.assign(y=df["y"].where(df.index != 30, -5.0)), "negative value on"),
         (lambda df: df.assign(y=df["y"].where(df.index != 31, np.nan)), "missing value on"),
@@ -77,6 +77,13 @@ def test_fan_chart_png(prophet_forecast: Forecast, tmp_path: Path) -> None:
 def test_bad_series_are_refused(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ForecastError, match=message):
         validate_history(mutate(_series(120)), series_id="revenue_total")
+
+
+def test_a_missing_day_is_filled_by_the_documented_rule() -> None:
+    series = _series(120)
+    clean = validate_history(series.drop(index=50), series_id="revenue_total")
+    assert len(clean) == 120
+    assert clean["y"].iloc[50] == pytest.approx((series["y"].iloc[49] + series["y"].iloc[51]) / 2)
 
 
 def test_an_auto_forecast_becomes_the_stage_record() -> None:

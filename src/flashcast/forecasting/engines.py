@@ -89,6 +89,20 @@ class LinearSeasonal:
 
 
 @contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Silence loggers (Prophet's and Stan's per-fit INFO chatter) for the duration of a block."""
+    loggers = [logging.getLogger(n) for n in names]
+    before = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        yield
+    finally:
+        for lg, was in zip(loggers, before, strict=True):
+            lg.disabled = was
+
+
+@contextmanager
 def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -165,16 +179,8 @@ class ProphetEngine:
                 model.add_regressor(column)
             history = history.merge(self.regressors, on="ds", how="left").fillna(0.0)
             future = future.merge(self.regressors, on="ds", how="left").fillna(0.0)
-        loggers = [logging.getLogger(n) for n in ("cmdstanpy", "prophet")]
-        states = [lg.disabled for lg in loggers]
-        for lg in loggers:
-            lg.disabled = True
-        try:
-            with _quiet():
-                model.fit(history)
-        finally:
-            for lg, state in zip(loggers, states, strict=True):
-                lg.disabled = state
+        with quiet_loggers("cmdstanpy", "prophet"), _quiet():
+            model.fit(history)
         return model, future
 
     def native_bands(

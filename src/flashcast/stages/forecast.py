@@ -9,10 +9,7 @@ cannot be negative, so samples are floored at zero before taking quantiles.
 from __future__ import annotations
 
 import itertools
-import logging
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -22,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from flashcast.errors import ForecastError
-from flashcast.forecasting.backtest import AutoForecast
+from flashcast.forecasting.backtest import AutoForecast, prepare_series
+from flashcast.forecasting.engines import quiet_loggers
 
 LEVELS: tuple[int, ...] = (50, 80, 95)
 MIN_HISTORY_DAYS = 28
@@ -71,23 +69,12 @@ class Forecaster(Protocol):
 
 
 def validate_history(history: pd.DataFrame, *, series_id: str, nonnegative: bool = True) -> pd.DataFrame:
-    """Check a daily (ds, y) series: enough days, no duplicates, no gaps, no negatives, no NaN."""
+    """Check a daily (ds, y) series: enough days, then the forecasting input rules (sorted, no
+    duplicate dates, no NaN, no negatives; missing days filled by `prepare_series`'s rule)."""
     if history.empty or len(history) < MIN_HISTORY_DAYS:
         raise ForecastError(f"{series_id}: {len(history)} days of history; at least {MIN_HISTORY_DAYS} needed")
-    frame = history.sort_values("ds").reset_index(drop=True)
-    dates = pd.to_datetime(frame["ds"])
-    duplicated = dates[dates.duplicated()]
-    if len(duplicated):
-        raise ForecastError(f"{series_id}: duplicate date {duplicated.iloc[0].date()}")
-    gaps = dates.diff().dt.days.fillna(1)
-    if (gaps != 1).any():
-        at = dates[gaps != 1].iloc[0].date()
-        raise ForecastError(f"{series_id}: gap in the daily series before {at} (fill the spine first)")
-    if frame["y"].isna().any():
-        raise ForecastError(f"{series_id}: missing value on {dates[frame['y'].isna()].iloc[0].date()}")
-    if nonnegative and (frame["y"] < 0).any():
-        raise ForecastError(f"{series_id}: negative value on {dates[frame['y'] < 0].iloc[0].date()}")
-    return pd.DataFrame({"ds": dates, "y": frame["y"].astype(float)})
+    y, dates, _filled = prepare_series(history, series_id=series_id, nonnegative=nonnegative)
+    return pd.DataFrame({"ds": dates, "y": y})
 
 
 @dataclass(frozen=True)
@@ -117,25 +104,12 @@ class ProphetForecaster:
             changepoint_prior_scale=self.changepoint_prior_scale,
             uncertainty_samples=n_samples,
         )
-        with _quiet_loggers("cmdstanpy", "prophet"):  # per-fit INFO chatter would drown the run's progress
+        with quiet_loggers("cmdstanpy", "prophet"):  # per-fit INFO chatter would drown the run's progress
             model.fit(history)
         future = pd.DataFrame({"ds": pd.date_range(history["ds"].iloc[-1] + timedelta(days=1), periods=horizon)})
         np.random.seed(seed)  # Prophet samples with numpy's global generator
         samples = model.predictive_samples(future)["yhat"]
         return np.asarray(samples, dtype=float)
-
-
-@contextmanager
-def _quiet_loggers(*names: str) -> Iterator[None]:
-    loggers = [logging.getLogger(n) for n in names]
-    before = [lg.disabled for lg in loggers]
-    for lg in loggers:
-        lg.disabled = True
-    try:
-        yield
-    finally:
-        for lg, was in zip(loggers, before, strict=True):
-            lg.disabled = was
 
 
 def forecast_series(
