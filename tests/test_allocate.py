@@ -141,3 +141,11 @@ def test_projection_is_exact_and_proportional(targets: list[float], data: st.Dat
     if free.sum() >= 2:
         ratios = x[free] / t[free]
         assert np.allclose(ratios, ratios[0], rtol=1e-6)
+
+
+def test_no_spend_and_no_budget_says_what_to_do() -> None:
+    history = [ChannelHistory(c, 0.0, 0.0, 0.0) for c in CHANNELS]
+    with pytest.raises(AllocationInfeasible, match=r"no budget.*--spend.*total_budget"):
+        allocate_inverse_cpa(history, Guardrails())
+    a = allocate_inverse_cpa(history, Guardrails(total_budget=400.0, min_daily_move_share=1.0))
+    assert round(sum(a.spends.values()), 2) == 400.0

@@ -195,19 +195,29 @@ def inverse_cpa_weights(histories: Sequence[ChannelHistory]) -> dict[str, float]
     return {h.channel: observed.get(h.channel, neutral) for h in histories}
 
 
-def allocate_inverse_cpa(
-    histories: Sequence[ChannelHistory], guardrails: Guardrails, *, budget: float | None = None,
-    lookback_days: int | None = None,
-) -> Allocation:
-    """Tomorrow's spend per channel: inverse-CPA targets projected onto the guardrails, in cents."""
+def resolve_budget(histories: Sequence[ChannelHistory], guardrails: Guardrails, budget: float | None) -> float:
+    """The day's budget: given, else `guardrails.total_budget`, else yesterday's total spend."""
     if not histories:
         raise AllocationInfeasible("no paid channels to allocate")
     total = budget if budget is not None else guardrails.total_budget
     if total is None:
         total = sum(h.yesterday_spend for h in histories)
+        if total <= 0:
+            raise AllocationInfeasible(
+                "no budget: yesterday's spend is zero or missing (no spend file?); pass --spend with daily "
+                "spend per channel or set [guardrails] total_budget")
     total = round(total, 2)
     if total <= 0:
         raise AllocationInfeasible(f"budget must be positive (got {total:,.2f})")
+    return total
+
+
+def allocate_inverse_cpa(
+    histories: Sequence[ChannelHistory], guardrails: Guardrails, *, budget: float | None = None,
+    lookback_days: int | None = None,
+) -> Allocation:
+    """Tomorrow's spend per channel: inverse-CPA targets projected onto the guardrails, in cents."""
+    total = resolve_budget(histories, guardrails, budget)
     weights = inverse_cpa_weights(histories)
     weight_sum = sum(weights.values())
     if weight_sum > 0 and any(h.lookback_conversions > 0 for h in histories):

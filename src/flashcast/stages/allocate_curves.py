@@ -24,6 +24,7 @@ from flashcast.stages.allocate import (
     allocate_inverse_cpa,
     channel_bounds,
     check_feasible,
+    resolve_budget,
 )
 from flashcast.stages.optimize import Problem, Solution, budget_for_target_cpa, optimize, round_solution
 from flashcast.stages.response import Array, CurveFit, CurveSet, MeanCurves, fit_response_curve
@@ -108,8 +109,7 @@ def allocate_by_curves(
 ) -> CurvePlan:
     """Fit (unless given) and optimize; the result carries per-channel explanations and a what-if sweep."""
     channels = [h.channel for h in histories]
-    total = budget if budget is not None else guardrails.total_budget
-    total = round(total if total is not None else sum(h.yesterday_spend for h in histories), 2)
+    total = resolve_budget(histories, guardrails, budget)
     fits = fits or fit_channel_curves(series, config)
     bounds = _with_extrapolation_limit(channel_bounds(histories, total, guardrails), series, config)
     check_feasible(bounds, total)
