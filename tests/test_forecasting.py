@@ -109,3 +109,22 @@ def test_many_series_in_one_call_stay_tidy() -> None:
     assert list(out.columns) == ["series_id", "ds", "engine", "point", "lo_50", "hi_50", "lo_80", "hi_80",
                                  "lo_95", "hi_95"]
     assert len(out) == 3 * 14
+
+
+def test_prophet_takes_holidays_from_several_countries_and_event_regressors() -> None:
+    from flashcast.forecasting.engines import ProphetEngine, holiday_frame
+
+    table = holiday_frame(("US", "GB"), range(2024, 2026))
+    names = set(table["holiday"])
+    assert any(n.startswith("US: Independence Day") for n in names)
+    assert any(n.startswith("GB: ") for n in names)
+    rng = np.random.default_rng(8)
+    dates = pd.date_range("2024-01-01", periods=300)
+    promo = np.zeros(314)
+    promo[::30] = 1.0
+    y = 100 * np.resize(WEEKLY, 300) + 80 * promo[:300] + rng.normal(0, 3, 300)
+    events = pd.DataFrame({"ds": pd.date_range("2024-01-01", periods=314), "promo": promo})
+    with_events = ProphetEngine(countries=("US",), regressors=events).point(y, dates, 14)
+    without = ProphetEngine().point(y, dates, 14)
+    promo_day = int(np.flatnonzero(promo[300:])[0])  # a promotion inside the horizon
+    assert with_events[promo_day] - without[promo_day] > 40
