@@ -20,6 +20,7 @@ def test_the_example_config_loads_and_matches_the_defaults() -> None:
     assert example.guardrails == defaults.guardrails
     assert example.allocation == defaults.allocation
     assert example.forecast == defaults.forecast
+    assert example.segments == defaults.segments
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 import duckdb
+import numpy as np
 import pytest
 
 from flashcast.stages.segments import SEGMENTS, rule_segments, user_features
@@ -73,3 +74,30 @@ def test_no_users_is_refused(con: duckdb.DuckDBPyConnection) -> None:
     user_features(con, as_of=date(2026, 3, 10))
     with pytest.raises(ValueError, match="no users"):
         rule_segments(con)
+
+
+def test_kmeans_finds_and_names_planted_groups(con: duckdb.DuckDBPyConnection) -> None:
+    from flashcast.stages.clusters import kmeans_segments
+
+    rng = np.random.default_rng(0)
+    rows = []
+    groups = {"loyal": (2, 40, 600.0, 5.0, 300.0, 200.0), "quick": (30, 2, 20.0, 1.0, 10.0, 5.0),
+              "browse": (60, 3, 30.0, 4.0, 150.0, 60.0)}
+    for name, (recency, sessions, revenue, pages, duration, engagement) in groups.items():
+        for i in range(120):
+            rows.append((f"{name}{i}", recency * rng.uniform(0.8, 1.2), sessions * rng.uniform(0.8, 1.2),
+                         revenue * rng.uniform(0.8, 1.2), pages * rng.uniform(0.9, 1.1),
+                         duration * rng.uniform(0.8, 1.2), engagement * rng.uniform(0.8, 1.2)))
+    con.execute("""CREATE TEMP TABLE user_features (lineage_id VARCHAR DEFAULT 'run', user_key VARCHAR,
+        recency_days DOUBLE, sessions DOUBLE, monetary DOUBLE, orders DOUBLE DEFAULT 0,
+        pages_per_session DOUBLE, session_duration_s DOUBLE, engagement_s DOUBLE)""")
+    con.executemany("""INSERT INTO user_features (user_key, recency_days, sessions, monetary, pages_per_session,
+        session_duration_s, engagement_s) VALUES (?, ?, ?, ?, ?, ?, ?)""", rows)
+    seg = kmeans_segments(con, clusters=3)
+    assert seg.thresholds["silhouette"] > 0.5
+    found = dict(con.execute("SELECT user_key, segment FROM user_segments").fetchall())
+    assert all(found[f"loyal{i}"] == "Brand Loyalist" for i in range(120))
+    assert all(found[f"quick{i}"] == "Speed Seeker" for i in range(120))
+    assert all(found[f"browse{i}"] == "Value Shopper" for i in range(120))
+    reasons = {r[0] for r in con.execute("SELECT DISTINCT reason FROM user_segments").fetchall()}
+    assert len(reasons) == 3 and all(r.startswith("cluster ") for r in reasons)

@@ -178,6 +178,15 @@ class AllocationConfig(_Frozen):
         return self
 
 
+class SegmentsConfig(_Frozen):
+    """Stage 3. `rules` (default) explains each user by the rule that fired; `kmeans` clusters the
+    standardized features and names clusters by their centroid profile."""
+
+    method: Literal["rules", "kmeans"] = "rules"
+    clusters: int = Field(default=0, ge=0, le=12)  # 0: choose 3-6 by silhouette
+    seed: int = 0
+
+
 class ForecastConfig(_Frozen):
     """Stage 5. `auto` backtests the engines and picks the best per series (conformal bands);
     a named engine skips the selection. Prophet stays available (`engine = "prophet"`)."""
@@ -250,6 +259,7 @@ class Settings(_Frozen):
     guardrails: Guardrails = Guardrails()
     allocation: AllocationConfig = AllocationConfig()
     forecast: ForecastConfig = ForecastConfig()
+    segments: SegmentsConfig = SegmentsConfig()
     brand: BrandRules = BrandRules()
     lineage: LineageConfig = LineageConfig()
 

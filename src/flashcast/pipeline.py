@@ -164,9 +164,9 @@ def _run_stages(state: _RunState, inputs: RunInputs, out_dir: Path, key: PiiKey)
 def _plan_stages(state: _RunState, con: duckdb.DuckDBPyConnection, kpis: KpiSummary) -> PlanParts:
     settings, run = state.settings, state.run
     with _stage(state, "segments"):
-        segmentation = segment_users(con, kpis)
+        segmentation = segment_users(con, kpis, settings)
         state.log.append("stage_completed", run.lineage_id, {
-            "stage": "segments", "method": "rules", "users": segmentation.users,
+            "stage": "segments", "method": settings.segments.method, "users": segmentation.users,
             "sizes": {p.segment: p.users for p in segmentation.profiles}, "rules": segmentation.rule_counts,
             "thresholds": segmentation.thresholds})
     with _stage(state, "creatives"):

@@ -20,6 +20,7 @@ from flashcast.forecasting.backtest import BacktestSpec, auto_forecast, forecast
 from flashcast.lineage import LogHead
 from flashcast.stages.allocate import Allocation, ChannelHistory, allocate_inverse_cpa
 from flashcast.stages.allocate_curves import ChannelSeries, CurvePlan, allocate_by_curves
+from flashcast.stages.clusters import kmeans_segments
 from flashcast.stages.creatives import Creative, template_creatives
 from flashcast.stages.forecast import Forecast, ProphetForecaster, forecast_series, from_auto
 from flashcast.stages.guard import GuardReport, RunContext
@@ -33,8 +34,10 @@ def last_complete_day(kpis: KpiSummary) -> date:
     return kpis.last_day - timedelta(days=1) if kpis.partial_last_day else kpis.last_day
 
 
-def segment_users(con: duckdb.DuckDBPyConnection, kpis: KpiSummary) -> Segmentation:
+def segment_users(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: Settings) -> Segmentation:
     user_features(con, as_of=last_complete_day(kpis))
+    if settings.segments.method == "kmeans":
+        return kmeans_segments(con, clusters=settings.segments.clusters, seed=settings.segments.seed)
     return rule_segments(con)
 
 

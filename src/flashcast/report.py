@@ -88,7 +88,9 @@ def write_report(
         *[f"| {p.segment} | {p.users:,} | {p.share:.0%} | {p.sessions:.1f} | {p.orders:.2f} | {_money(p.monetary)} "
           f"| {p.pages_per_session:.1f} |" for p in seg.profiles],
         "",
-        "Rules that fired: " + ", ".join(f"{k} {v:,}" for k, v in seg.rule_counts.items())
+        ("k-means clusters (silhouette {:.2f}): ".format(seg.thresholds["silhouette"])
+         if "silhouette" in seg.thresholds else "Rules that fired: ")
+        + ", ".join(f"{k} {v:,}" for k, v in seg.rule_counts.items())
         + f". Per user: [segments.csv]({files['segments'].name}).",
         "",
         "## What to say",
