@@ -21,6 +21,7 @@ def test_the_example_config_loads_and_matches_the_defaults() -> None:
     assert example.allocation == defaults.allocation
     assert example.forecast == defaults.forecast
     assert example.segments == defaults.segments
+    assert example.llm == defaults.llm
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flashcast.config import Settings, load_settings
-from flashcast.errors import FlashcastError
+from flashcast.errors import ConfigError, FlashcastError
 from flashcast.keys import load_pii_key
 from flashcast.pipeline import RunInputs, RunResult, run_pipeline
 
@@ -34,10 +35,21 @@ app.add_typer(privacy_app, name="privacy")
 console = Console()
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="flashcast.toml to use.")]
+LlmOption = Annotated[str | None, typer.Option(
+    "--llm", help="LLM for segment labels and copy: offline, openai:MODEL or anthropic:MODEL (overrides [llm]).")]
 
 
-def _settings(config: Path | None) -> Settings:
-    return load_settings(config)
+def _settings(config: Path | None, llm: str | None = None) -> Settings:
+    settings = load_settings(config)
+    if llm:
+        provider, _, model = llm.partition(":")
+        data = settings.model_dump()
+        data["llm"] = {**data["llm"], "provider": provider, "model": model or data["llm"]["model"]}
+        try:
+            settings = Settings.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"--llm {llm}: {exc.errors()[0]['msg']}") from exc
+    return settings
 
 
 @contextmanager
@@ -88,13 +100,14 @@ def run(
     spend: Annotated[Path | None, typer.Option(help="Daily spend CSV (date, channel, spend).")] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
     config: ConfigOption = None,
+    llm: LlmOption = None,
 ) -> None:
     """Run the pipeline on a GA4 export and write the outputs.
 
     Example: flashcast run --export data/sim/ndjson --spend data/sim/spend.csv --out out
     """
     with _errors():
-        settings = _settings(config)
+        settings = _settings(config, llm)
         key = load_pii_key(settings.policy, settings.pii_key_file)
         result = _run_with_progress(lambda progress: run_pipeline(
             settings, RunInputs(export, spend), out, key=key, progress=progress))

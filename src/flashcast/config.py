@@ -178,6 +178,27 @@ class AllocationConfig(_Frozen):
         return self
 
 
+class LLMConfig(_Frozen):
+    """Optional LLM provider for segment labels and ad copy. `offline` (default) uses the rules and
+    templates. Keys come from OPENAI_API_KEY / ANTHROPIC_API_KEY; `base_url` points `openai` at
+    any OpenAI-compatible server (vLLM, Ollama, LM Studio)."""
+
+    provider: Literal["offline", "openai", "anthropic"] = "offline"
+    model: str = ""
+    base_url: str | None = None
+    max_calls: int = Field(default=40, ge=1)
+    max_tokens: int = Field(default=200_000, ge=1000)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+    regenerate_red: int = Field(default=2, ge=0, le=5)  # re-asks for a variant the checker marks red
+
+    @model_validator(mode="after")
+    def _model_named(self) -> LLMConfig:
+        if self.provider != "offline" and not self.model:
+            raise ValueError(f"provider {self.provider!r} needs a model name")
+        return self
+
+
 class SegmentsConfig(_Frozen):
     """Stage 3. `rules` (default) explains each user by the rule that fired; `kmeans` clusters the
     standardized features and names clusters by their centroid profile."""
@@ -260,6 +281,7 @@ class Settings(_Frozen):
     allocation: AllocationConfig = AllocationConfig()
     forecast: ForecastConfig = ForecastConfig()
     segments: SegmentsConfig = SegmentsConfig()
+    llm: LLMConfig = LLMConfig()
     brand: BrandRules = BrandRules()
     lineage: LineageConfig = LineageConfig()
 

@@ -26,6 +26,8 @@ from flashcast.config import Settings
 from flashcast.errors import FlashcastError, StageError
 from flashcast.keys import PiiKey
 from flashcast.lineage import DatasetRef, LineageLog, LogHead, OpenLineageEmitter, job_name, new_lineage_id
+from flashcast.llm.base import Provider
+from flashcast.llm.tasks import build_client
 from flashcast.plan import (
     PlanParts,
     allocation_frame,
@@ -90,17 +92,19 @@ class _RunState:
     emitter: OpenLineageEmitter
     progress: Progress
     stage: str = "start"
+    llm_provider: Provider | None = None  # overrides the configured provider (tests, stand-ins)
 
 
 def run_pipeline(
-    settings: Settings, inputs: RunInputs, out_dir: Path, *, key: PiiKey, progress: Progress | None = None
+    settings: Settings, inputs: RunInputs, out_dir: Path, *, key: PiiKey, progress: Progress | None = None,
+    llm_provider: Provider | None = None,
 ) -> RunResult:
     """Ingest -> guard -> daily KPIs -> warehouse + outputs, stamped with one lineage_id."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ops = OpsStore(settings.store.ops_database_url)
     run = RunContext(new_lineage_id(), datetime.now(UTC), key.key_id)
     state = _RunState(settings, run, ops, LineageLog(ops), OpenLineageEmitter(settings.lineage, out_dir),
-                      progress or (lambda _msg: None))
+                      progress or (lambda _msg: None), llm_provider=llm_provider)
     input_refs = _input_refs(inputs)
     _start(state, inputs, input_refs)
     try:
@@ -163,16 +167,24 @@ def _run_stages(state: _RunState, inputs: RunInputs, out_dir: Path, key: PiiKey)
 
 def _plan_stages(state: _RunState, con: duckdb.DuckDBPyConnection, kpis: KpiSummary) -> PlanParts:
     settings, run = state.settings, state.run
+    def record_call(entry: dict[str, Any]) -> None:
+        state.log.append("llm_call", run.lineage_id, entry)  # every LLM call is on the record
+
+    client = build_client(settings.llm, settings.store.home / "llm_cache.sqlite", record=record_call,
+                          provider=state.llm_provider)
+    llm_name = "offline" if client is None else f"{client.provider.name}:{client.provider.model}"
     with _stage(state, "segments"):
-        segmentation = segment_users(con, kpis, settings)
+        segmentation, seg_note = segment_users(con, kpis, settings, client)
         state.log.append("stage_completed", run.lineage_id, {
-            "stage": "segments", "method": settings.segments.method, "users": segmentation.users,
+            "stage": "segments", "method": settings.segments.method if client is None or seg_note else "llm-kmeans",
+            "llm": llm_name, "fallback": seg_note, "users": segmentation.users,
             "sizes": {p.segment: p.users for p in segmentation.profiles}, "rules": segmentation.rule_counts,
             "thresholds": segmentation.thresholds})
     with _stage(state, "creatives"):
-        creatives = creative_library(settings)
+        creatives, copy_note = creative_library(settings, segmentation, client)
         state.log.append("stage_completed", run.lineage_id, {
-            "stage": "creatives", "generator": "templates",
+            "stage": "creatives", "generator": "templates" if client is None or copy_note else llm_name,
+            "fallback": copy_note,
             "lights": {light: sum(c.light == light for c in creatives) for light in ("green", "amber", "red")}})
     with _stage(state, "forecast"):
         forecast = revenue_forecast(con, kpis, settings)

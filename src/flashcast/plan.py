@@ -18,6 +18,9 @@ from flashcast.config import Settings
 from flashcast.errors import ForecastError
 from flashcast.forecasting.backtest import BacktestSpec, auto_forecast, forecast_many
 from flashcast.lineage import LogHead
+from flashcast.llm.base import ProviderFailed
+from flashcast.llm.client import StructuredClient
+from flashcast.llm.tasks import label_clusters, llm_creatives
 from flashcast.stages.allocate import Allocation, ChannelHistory, allocate_inverse_cpa
 from flashcast.stages.allocate_curves import ChannelSeries, CurvePlan, allocate_by_curves
 from flashcast.stages.clusters import kmeans_segments
@@ -34,16 +37,43 @@ def last_complete_day(kpis: KpiSummary) -> date:
     return kpis.last_day - timedelta(days=1) if kpis.partial_last_day else kpis.last_day
 
 
-def segment_users(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: Settings) -> Segmentation:
+def segment_users(
+    con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: Settings, client: StructuredClient | None = None
+) -> tuple[Segmentation, str | None]:
+    """Segments, and a note when an LLM was configured but the offline method had to be used."""
     user_features(con, as_of=last_complete_day(kpis))
+    note = None
+    if client is not None:
+        llm = client
+
+        def namer(profiles: dict[int, dict[str, float]]) -> dict[int, tuple[str, str]]:
+            labels = label_clusters(llm, profiles)  # one call for all clusters, never one per user
+            return {label.cluster: (label.segment, label.reason) for label in labels.labels}
+
+        try:
+            return kmeans_segments(con, clusters=settings.segments.clusters, seed=settings.segments.seed,
+                                   namer=namer), None
+        except ProviderFailed as exc:
+            note = f"LLM segment labels failed, used the offline {settings.segments.method} method: {exc}"
     if settings.segments.method == "kmeans":
-        return kmeans_segments(con, clusters=settings.segments.clusters, seed=settings.segments.seed)
-    return rule_segments(con)
+        return kmeans_segments(con, clusters=settings.segments.clusters, seed=settings.segments.seed), note
+    return rule_segments(con), note
 
 
-def creative_library(settings: Settings) -> list[Creative]:
+def creative_library(
+    settings: Settings, segmentation: Segmentation | None = None, client: StructuredClient | None = None
+) -> tuple[list[Creative], str | None]:
+    """The creative library from the LLM when configured (falling back to templates), else templates."""
+    note = None
+    if client is not None and segmentation is not None:
+        try:
+            return llm_creatives(client, settings.brand, segmentation.profiles, settings.channels.paid_channels,
+                                 regenerate_red=settings.llm.regenerate_red,
+                                 auto_approve_green=settings.brand.auto_approve_green), None
+        except ProviderFailed as exc:
+            note = f"LLM copy failed, used the templates: {exc}"
     return template_creatives(SEGMENTS, settings.channels.paid_channels, brand=settings.brand,
-                              auto_approve_green=settings.brand.auto_approve_green)
+                              auto_approve_green=settings.brand.auto_approve_green), note
 
 
 def revenue_history(con: duckdb.DuckDBPyConnection, kpis: KpiSummary) -> pd.DataFrame:

@@ -10,6 +10,8 @@ quality.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import duckdb
 import numpy as np
 
@@ -46,10 +48,15 @@ def name_clusters(centroids: np.ndarray) -> list[str]:
     return names
 
 
+ClusterNamer = Callable[[dict[int, dict[str, float]]], dict[int, tuple[str, str]]]
+
+
 def kmeans_segments(
     con: duckdb.DuckDBPyConnection, *, features: str = "user_features", table: str = "user_segments",
-    clusters: int = 0, seed: int = 0,
+    clusters: int = 0, seed: int = 0, namer: ClusterNamer | None = None,
 ) -> Segmentation:
+    """Cluster users; name clusters by their centroids, or by `namer` (e.g. an LLM) given each cluster's
+    average profile, which returns (segment, reason) per cluster."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
@@ -71,16 +78,20 @@ def kmeans_segments(
             best = (score, labels, model.cluster_centers_, k)
     assert best is not None
     silhouette, labels, centroids, k = best
-    names = name_clusters(centroids)
     raw = np.array([r[1:] for r in keys_rows], dtype=float)
     profile = {c: raw[labels == c].mean(axis=0) for c in range(k)}
+    if namer is not None:
+        named = namer({c: dict(zip(FEATURES, (float(v) for v in profile[c]), strict=True)) for c in range(k)})
+        names = [named[c][0] for c in range(k)]
+        reasons = [f"cluster {c} of {k}: {named[c][1]}" for c in range(k)]
+    else:
+        names = name_clusters(centroids)
+        reasons = [f"cluster {c} of {k}: sessions {profile[c][1]:.1f}, revenue {profile[c][2]:.2f}, "
+                   f"pages/session {profile[c][3]:.1f}, recency {profile[c][0]:.0f} days" for c in range(k)]
     con.execute("CREATE OR REPLACE TEMP TABLE _kmeans (user_key VARCHAR, cluster INT)")
     con.executemany("INSERT INTO _kmeans VALUES (?, ?)", list(zip(keys, (int(v) for v in labels), strict=True)))
     con.execute("CREATE OR REPLACE TEMP TABLE _cluster_names (cluster INT, segment VARCHAR, reason VARCHAR)")
-    con.executemany("INSERT INTO _cluster_names VALUES (?, ?, ?)", [
-        (c, names[c], f"cluster {c} of {k}: sessions {profile[c][1]:.1f}, revenue {profile[c][2]:.2f}, "
-                      f"pages/session {profile[c][3]:.1f}, recency {profile[c][0]:.0f} days")
-        for c in range(k)])
+    con.executemany("INSERT INTO _cluster_names VALUES (?, ?, ?)", [(c, names[c], reasons[c]) for c in range(k)])
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {table} AS
         SELECT f.*, 'kmeans_c' || m.cluster AS rule, n.segment, n.reason

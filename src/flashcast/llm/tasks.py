@@ -1,0 +1,119 @@
+"""What Flashcast asks an LLM for: cluster labels for segments, and ad copy per segment and channel.
+
+Prompts hold only aggregates (cluster centroids, segment sizes) and the brand rules; no run id,
+timestamp or other per-run noise, so the cache makes a re-run free. Answers are gated by pydantic
+schemas; copy is then scored by the compliance checker, red variants are regenerated up to a bound,
+and a variant still red is kept out of the payload with its reasons.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from flashcast.config import BrandRules, LLMConfig
+from flashcast.llm.base import Provider
+from flashcast.llm.client import PromptCache, Recorder, StructuredClient
+from flashcast.stages.creatives import Creative, make_creative
+from flashcast.stages.segments import SEGMENTS, SegmentProfile
+
+SegmentName = Literal["Brand Loyalist", "Value Shopper", "Speed Seeker"]
+
+
+class ClusterLabel(BaseModel):
+    cluster: int
+    segment: SegmentName
+    reason: str = Field(min_length=3, max_length=300)
+
+
+class ClusterLabels(BaseModel):
+    labels: list[ClusterLabel]
+
+
+class CopyVariant(BaseModel):
+    headline: str = Field(min_length=1)
+    body: str = Field(min_length=1)
+
+
+class CopyVariants(BaseModel):
+    variants: list[CopyVariant] = Field(min_length=2, max_length=2)
+
+
+def make_provider(config: LLMConfig) -> Provider | None:
+    """The configured provider, or None for the offline rules and templates."""
+    from flashcast.llm.providers import AnthropicProvider, OpenAIProvider
+
+    if config.provider == "openai":
+        return OpenAIProvider(model=config.model, base_url=config.base_url,
+                              connect_timeout_s=config.connect_timeout_s, read_timeout_s=config.read_timeout_s)
+    if config.provider == "anthropic":
+        return AnthropicProvider(model=config.model, base_url=config.base_url,
+                                 connect_timeout_s=config.connect_timeout_s, read_timeout_s=config.read_timeout_s)
+    return None
+
+
+def label_clusters(client: StructuredClient, profiles: dict[int, dict[str, float]]) -> ClusterLabels:
+    """One call for all clusters: which segment does each centroid profile describe, and why."""
+    system = ("You are a marketing analyst. Name each customer cluster with exactly one of the segments "
+              f"{', '.join(SEGMENTS)} and give a one-sentence reason based on its numbers.")
+    prompt = "Cluster centroids (averages per user):\n" + json.dumps(
+        {str(k): {name: round(v, 2) for name, v in sorted(p.items())} for k, p in sorted(profiles.items())},
+        sort_keys=True)
+    answer = client.ask(system=system, prompt=prompt, schema=ClusterLabels, purpose="segments")
+    missing = set(profiles) - {label.cluster for label in answer.labels}
+    if missing:
+        from flashcast.llm.base import ProviderFailed
+
+        raise ProviderFailed(f"segments: no label for cluster(s) {sorted(missing)}")
+    return answer
+
+
+def copy_prompt(brand: BrandRules, segment: SegmentProfile, channel: str) -> tuple[str, str]:
+    limits = brand.limits.get(channel)
+    system = (f"You write ad copy for {brand.brand_name}. Tone: {', '.join(brand.tone_words)}. "
+              f"Never use these words: {', '.join(brand.banned_words)}. Avoid unprovable claims such as "
+              f"{', '.join(brand.risky_claims)}. Every body must end with the disclaimer {brand.disclaimer!r}.")
+    limit_text = (f"headline at most {limits.headline} characters, body at most {limits.body} characters "
+                  "including the disclaimer") if limits else "keep it short"
+    prompt = (f"Write two different headline/body variants for the segment {segment.segment!r} "
+              f"(average {segment.sessions:.1f} sessions, {segment.orders:.2f} orders, "
+              f"{segment.pages_per_session:.1f} pages per session) on the {channel} channel: {limit_text}.")
+    return system, prompt
+
+
+def llm_creatives(client: StructuredClient, brand: BrandRules, profiles: tuple[SegmentProfile, ...],
+                  channels: tuple[str, ...], *, regenerate_red: int, auto_approve_green: bool) -> list[Creative]:
+    """Two scored variants per segment and channel; red ones are re-asked, then kept out with reasons."""
+    library = []
+    for profile in profiles:
+        for channel in channels:
+            system, prompt = copy_prompt(brand, profile, channel)
+            answer = client.ask(system=system, prompt=prompt, schema=CopyVariants, purpose="creatives")
+            for variant_name, variant in zip("AB", answer.variants, strict=True):
+                creative = make_creative(profile.segment, channel, variant_name, variant.headline, variant.body,
+                                         brand=brand, auto_approve_green=auto_approve_green)
+                for _attempt in range(regenerate_red):
+                    if creative.light != "red":
+                        break
+                    reasons = "; ".join(f"{r.field}: {r.message}" for r in creative.reasons if r.light == "red")
+                    retry = client.ask(system=system, prompt=f"{prompt}\nA variant was rejected ({reasons}); "
+                                       "write two new variants that fix it.", schema=CopyVariants,
+                                       purpose="creatives")
+                    creative = make_creative(profile.segment, channel, variant_name, retry.variants[0].headline,
+                                             retry.variants[0].body, brand=brand,
+                                             auto_approve_green=auto_approve_green)
+                library.append(creative)
+    return library
+
+
+def build_client(config: LLMConfig, cache_path: Path, record: Recorder,
+                 provider: Provider | None = None) -> StructuredClient | None:
+    """A client for the configured provider (or the one given, e.g. a test stand-in); None offline."""
+    provider = provider or make_provider(config)
+    if provider is None:
+        return None
+    return StructuredClient(provider, PromptCache(cache_path), record=record, max_calls=config.max_calls,
+                            max_tokens=config.max_tokens)
