@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
+from conftest import StandIn
 from flashcast.errors import PrivacyViolation
 from flashcast.llm.base import ProviderFailed
 from flashcast.llm.client import PromptCache, RetryPolicy, StructuredClient
@@ -24,62 +22,6 @@ class Copy(BaseModel):
 
 
 GOOD = {"headline": "Spring picks", "body": "Fresh picks. Terms apply."}
-
-
-class StandIn:
-    """Scripted replies: each item is (status, body dict or raw text, headers, delay seconds)."""
-
-    def __init__(self) -> None:
-        self.script: list[tuple[int, Any, dict[str, str], float]] = []
-        self.requests: list[tuple[str, dict[str, Any]]] = []
-
-    def openai_ok(self, content: str) -> tuple[int, Any, dict[str, str], float]:
-        return (200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "stand-in",
-                      "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                   "finish_reason": "stop"}],
-                      "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}, {}, 0.0)
-
-    def anthropic_ok(self, data: dict[str, Any]) -> tuple[int, Any, dict[str, str], float]:
-        return (200, {"id": "msg_1", "type": "message", "role": "assistant", "model": "stand-in",
-                      "content": [{"type": "tool_use", "id": "toolu_1", "name": "Copy", "input": data}],
-                      "stop_reason": "tool_use", "stop_sequence": None,
-                      "usage": {"input_tokens": 12, "output_tokens": 8}}, {}, 0.0)
-
-    @staticmethod
-    def error(status: int, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str], float]:
-        return (status, {"error": {"type": "error", "message": f"status {status}"}}, headers or {}, 0.0)
-
-
-@pytest.fixture
-def stand_in() -> Iterator[tuple[str, StandIn]]:
-    state = StandIn()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            state.requests.append((self.path, body))
-            status, reply, headers, delay = state.script.pop(0) if state.script else state.error(500)
-            time.sleep(delay)
-            data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client timed out and left
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", state
-    server.shutdown()
-    server.server_close()
 
 
 def _client(provider: Any, records: list[dict[str, Any]], **kwargs: Any) -> StructuredClient:

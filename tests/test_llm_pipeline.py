@@ -90,3 +90,55 @@ def test_a_failing_provider_falls_back_offline_and_says_so(
     assert "LLM copy failed, used the templates" in stages["creatives"]["fallback"]
     assert stages["creatives"]["generator"] == "templates"
     assert len(result.plan.creatives) == 24
+
+
+def test_the_real_sdk_against_a_failing_server_falls_back(
+    tmp_path: Path, small_sim: SimulationResult, pii_key: PiiKey, stand_in: Any
+) -> None:
+    from flashcast.llm.providers import OpenAIProvider
+
+    url, state = stand_in  # scripted with nothing: every request gets a 500
+    provider = OpenAIProvider(model="stand-in", base_url=f"{url}/v1", api_key="test")
+    settings = _settings(tmp_path)
+    result = run_pipeline(settings, RunInputs(small_sim.export_dirs["ndjson"], small_sim.spend_file),
+                          tmp_path / "out", key=pii_key, llm_provider=provider)
+    log = LineageLog(OpsStore(settings.store.ops_database_url))
+    entries = log.entries(result.lineage_id)
+    calls = [e["body"] for e in entries if e["kind"] == "llm_call"]
+    assert len(state.requests) == len(calls) == 8  # 4 attempts for segments, 4 for copy; no SDK retries
+    assert {c["outcome"] for c in calls} == {"retryable_error"} and all("500" in c["detail"] for c in calls)
+    stages = {e["body"]["stage"]: e["body"] for e in entries if e["kind"] == "stage_completed"}
+    assert stages["creatives"]["generator"] == "templates" and "4 attempts failed" in stages["creatives"]["fallback"]
+
+
+class RedThenGreen(CapturingProvider):
+    def __init__(self, red_answers: int) -> None:
+        super().__init__()
+        self.red_answers = red_answers
+
+    def complete(self, *, system: str, prompt: str, schema_name: str, schema: dict[str, Any]) -> Completion:
+        self.prompts.append(prompt)
+        if len(self.prompts) <= self.red_answers:
+            bad = {"headline": "Cheap stuff", "body": "Cheap. Terms apply."}
+            return Completion(json.dumps({"variants": [bad, bad]}), self.model, 10, 10)
+        good = {"headline": "Hello there", "body": "Fresh picks. Terms apply."}
+        return Completion(json.dumps({"variants": [good, good]}), self.model, 10, 10)
+
+
+def test_red_copy_is_regenerated_then_kept_out_with_reasons() -> None:
+    from flashcast.config import BrandRules
+    from flashcast.llm.client import PromptCache, StructuredClient
+    from flashcast.llm.tasks import llm_creatives
+    from flashcast.stages.segments import SegmentProfile
+
+    profile = (SegmentProfile("Value Shopper", 10, 1.0, 5.0, 2.0, 0.1, 5.0, 2.0, 30.0),)
+    fixed = RedThenGreen(red_answers=1)
+    library = llm_creatives(StructuredClient(fixed, PromptCache(None)), BrandRules(), profile, ("PPC",),
+                            regenerate_red=2, auto_approve_green=True)
+    assert [c.light for c in library] == ["green", "green"]
+    assert "was rejected" in fixed.prompts[1] and "banned word" in fixed.prompts[1]
+    stubborn = RedThenGreen(red_answers=100)
+    library = llm_creatives(StructuredClient(stubborn, PromptCache(None)), BrandRules(), profile, ("PPC",),
+                            regenerate_red=2, auto_approve_green=True)
+    assert all(c.light == "red" and c.status == "rejected" for c in library)
+    assert all(any(r.code == "banned_word" for r in c.reasons) for c in library)
