@@ -195,7 +195,7 @@ def plot_fan_chart(forecast: Forecast, path: Path, *, history_days: int = 120, t
         alpha = 0.18 + 0.18 * index
         ax.fill_between(dates, band.lower, band.upper, color="#1f77b4", alpha=alpha, linewidth=0,
                         label=f"{band.level}% band")
-    ax.plot(dates, forecast.point, color="#1f77b4", linewidth=1.8, label="forecast (median)")
+    ax.plot(dates, forecast.point, color="#1f77b4", linewidth=1.8, label="forecast")
     ax.axvline(dates[0], color="#999999", linestyle=":", linewidth=1)
     ax.set_title(title or f"{forecast.series_id}: {len(forecast.dates)}-day forecast ({forecast.engine})")
     ax.set_ylabel("revenue")
