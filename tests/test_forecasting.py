@@ -128,3 +128,23 @@ def test_prophet_takes_holidays_from_several_countries_and_event_regressors() ->
     without = ProphetEngine().point(y, dates, 14)
     promo_day = int(np.flatnonzero(promo[300:])[0])  # a promotion inside the horizon
     assert with_events[promo_day] - without[promo_day] > 40
+
+
+def test_a_much_cheaper_engine_wins_a_statistical_tie() -> None:
+    from flashcast.forecasting.backtest import EngineScore, select_engine
+
+    rng = np.random.default_rng(9)
+    base = rng.uniform(0.8, 1.2, 60)
+
+    def score(name: str, shift: float, seconds: float) -> EngineScore:
+        wiggle = 0.05 * np.sin(np.arange(60)) if name == "fast" else 0.0  # paired noise around the shift
+        per_origin = base + shift + wiggle
+        return EngineScore(name, float(per_origin.mean()), 0.1, 0.1, {80: 0.8}, {80: 1.0}, 60, seconds,
+                           tuple(per_origin))
+
+    tie = select_engine([score("slow", 0.0, 0.5), score("fast", 0.002, 0.001)])
+    assert tie.winner == "fast" and "within one standard error" in tie.reason
+    clear = select_engine([score("slow", 0.0, 0.5), score("fast", 0.2, 0.001)])
+    assert clear.winner == "slow"
+    not_cheap_enough = select_engine([score("slow", 0.0, 0.5), score("fast", 0.002, 0.2)])
+    assert not_cheap_enough.winner == "slow"

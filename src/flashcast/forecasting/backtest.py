@@ -51,6 +51,7 @@ class EngineScore:
     width: dict[int, float]
     scored_origins: int
     seconds_per_fit: float
+    per_origin_mase: tuple[float, ...] = ()
 
 
 @dataclass
@@ -183,7 +184,8 @@ def _metrics(engine: str, frame: pd.DataFrame, seconds: float) -> EngineScore:
     # One unique_id per origin: utilsforecast aggregates per id (and cutoff), we average over origins.
     by_origin = losses.mae(frame, ["model"]).set_index("unique_id")["model"]
     scale = frame.groupby("unique_id")["scale"].first()
-    mase = float((by_origin / scale).mean())
+    per_origin = (by_origin / scale).sort_index()
+    mase = float(per_origin.mean())
     smape = float(losses.smape(frame, ["model"])["model"].mean())
     quantile_cols = []
     quantiles = []
@@ -199,7 +201,7 @@ def _metrics(engine: str, frame: pd.DataFrame, seconds: float) -> EngineScore:
     coverage = {lvl: float(losses.coverage(frame, ["model"], lvl)["model"].mean()) for lvl in LEVELS}
     width = {lvl: float((frame[f"model-hi-{lvl}"] - frame[f"model-lo-{lvl}"]).mean()) for lvl in LEVELS}
     return EngineScore(engine, round(mase, 4), round(smape, 4), round(crps, 4), coverage, width,
-                       int(frame["cutoff"].nunique()), round(seconds, 4))
+                       int(frame["cutoff"].nunique()), round(seconds, 4), tuple(float(v) for v in per_origin))
 
 
 @dataclass(frozen=True)
@@ -210,15 +212,31 @@ class Selection:
 
 
 def select_engine(scores: Sequence[EngineScore]) -> Selection:
+    """Lowest mean MASE wins, except that a much cheaper engine (10x faster or more) takes its place
+    when its MASE is within one standard error of the paired per-origin differences: backtest noise
+    cannot tell them apart, and the cheaper one scales to many series."""
     if not scores:
         raise ForecastError("no engine produced a scored backtest")
-    best = min(scores, key=lambda s: s.mase)
-    runner = [s for s in scores if s.engine != best.engine]
+    board = tuple(sorted(scores, key=lambda s: s.mase))
+    best = board[0]
     reason = f"{best.engine}: lowest mean MASE {best.mase:.3f} over {best.scored_origins} origins"
-    if runner:
-        second = min(runner, key=lambda s: s.mase)
-        reason += f" (next: {second.engine} {second.mase:.3f})"
-    return Selection(best.engine, tuple(sorted(scores, key=lambda s: s.mase)), reason)
+    if len(board) > 1:
+        reason += f" (next: {board[1].engine} {board[1].mase:.3f})"
+    cheaper = []
+    for s in board[1:]:
+        if s.seconds_per_fit * 10 > best.seconds_per_fit or len(s.per_origin_mase) != len(best.per_origin_mase):
+            continue
+        diff = np.array(s.per_origin_mase) - np.array(best.per_origin_mase)
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        if float(diff.mean()) <= se:
+            cheaper.append((s, float(diff.mean()), se))
+    if cheaper:
+        s, mean_diff, se = min(cheaper, key=lambda c: c[0].seconds_per_fit)
+        reason = (f"{s.engine}: MASE {s.mase:.3f} is within one standard error of the best ({best.engine} "
+                  f"{best.mase:.3f}; difference {mean_diff:+.3f} +/- {se:.3f}) and it fits "
+                  f"{best.seconds_per_fit / max(s.seconds_per_fit, 1e-6):.0f}x faster")
+        return Selection(s.engine, board, reason)
+    return Selection(best.engine, board, reason)
 
 
 def engines_for(names: Sequence[str] | None, *, countries: tuple[str, ...] = ()) -> list[Engine]:
