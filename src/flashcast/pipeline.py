@@ -20,7 +20,6 @@ from typing import Any
 
 import duckdb
 import pandas as pd
-import sqlalchemy as sa
 
 from flashcast.config import Settings
 from flashcast.errors import FlashcastError, StageError
@@ -396,8 +395,3 @@ def _record_reconciliation(ops: OpsStore, report: GuardReport, run: RunContext) 
 def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
-
-def run_record(ops: OpsStore, lineage_id: str) -> dict[str, Any] | None:
-    with ops.engine.connect() as conn:
-        row = conn.execute(sa.select(ops.runs).where(ops.runs.c.lineage_id == lineage_id)).mappings().first()
-    return dict(row) if row else None

@@ -122,10 +122,9 @@ def scan_files(folder: Path, needles: PiiNeedles, report: ScanReport) -> None:
         report.files_scanned += 1
         if path.suffix == ".parquet":
             con = duckdb.connect()
-            con.execute(f"CREATE VIEW pq AS SELECT * FROM read_parquet('{path}')")
             sub = ScanReport()
             con.execute("ATTACH ':memory:' AS scanmem")
-            con.execute("CREATE TABLE scanmem.main.t AS SELECT * FROM pq")
+            con.execute(f"CREATE TABLE scanmem.main.t AS SELECT * FROM read_parquet('{path}')")
             scan_duckdb(con, needles, catalog="scanmem", report=sub)
             con.close()
             _add(report, str(path), sum(f.count for f in sub.findings if f.kind == "planted value"),

@@ -160,17 +160,17 @@ class ProphetEngine:
     regressors: pd.DataFrame | None = field(default=None, compare=False)  # ds + columns, history and future
 
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
-        model, future = self._fit(y, dates, horizon, uncertainty_samples=0)
+        model, future = self._fit(y, dates, horizon)
         with _quiet():
             return np.asarray(model.predict(future)["yhat"], dtype=float)
 
-    def _fit(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int, uncertainty_samples: int,
-             interval_width: float = 0.8) -> tuple[Any, pd.DataFrame]:
+    def _fit(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> tuple[Any, pd.DataFrame]:
         from prophet import Prophet
 
         years = range(dates[0].year, dates[-1].year + 2)
         holidays_df = holiday_frame(self.countries, years) if self.countries else None
-        model = Prophet(holidays=holidays_df, uncertainty_samples=uncertainty_samples, interval_width=interval_width)
+        # Point forecasts only: bands come from the backtest, so skip Prophet's interval sampling.
+        model = Prophet(holidays=holidays_df, uncertainty_samples=0)
         history = pd.DataFrame({"ds": dates, "y": y})
         future = pd.DataFrame({"ds": pd.date_range(dates[-1] + pd.Timedelta(days=1), periods=horizon)})
         if self.regressors is not None:
@@ -182,18 +182,6 @@ class ProphetEngine:
         with quiet_loggers("cmdstanpy", "prophet"), _quiet():
             model.fit(history)
         return model, future
-
-    def native_bands(
-        self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int
-    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Prophet's own intervals (one fit per width, as Prophet draws them): the benchmark's baseline."""
-        out = {}
-        for level in (80, 95):
-            model, future = self._fit(y, dates, horizon, uncertainty_samples=1000, interval_width=level / 100)
-            with _quiet():
-                frame = model.predict(future)
-            out[level] = (frame["yhat_lower"].to_numpy(), frame["yhat_upper"].to_numpy())
-        return out
 
 
 @dataclass(frozen=True)

@@ -74,9 +74,6 @@ class Solution:
     channel_bound: tuple[str | None, ...]
     expected: float  # sum of line responses at the solution
 
-    def marginal_cpa(self) -> Array:
-        with np.errstate(divide="ignore"):
-            return np.asarray(np.where(self.channel_multiplier > 0, 1.0 / self.channel_multiplier, np.inf))
 
 
 def spend_at(marginal: Marginal, lam: float, lower: Array, upper: Array, iterations: int = 60) -> Array:

@@ -10,7 +10,7 @@ An S-shaped Hill curve is not concave, and an optimizer that assumes concavity w
 flat foot. Flashcast fits s freely (the data decide) and optimizes on the curve's *concave
 envelope*: the straight line from the origin to the tangent point, then the curve itself. The
 envelope equals the curve above the tangent point, which is where an optimum of an S-curve lies
-whenever the channel gets spend at all; `CurveSet.envelope_used` says which curves needed it.
+whenever the channel gets spend at all; the fit's warnings say which curves needed it.
 
 Fitting grid-searches the decay (adstock is what makes the problem non-convex) and solves the rest
 by bounded least squares at each decay; uncertainty comes from a residual moving-block bootstrap.
@@ -307,10 +307,6 @@ class CurveSet:
         names = tuple(self.names[i] for i in idx) if self.names else ()
         return CurveSet(names, self.is_hill[idx], self.beta[idx], self.k[idx],
                         self.slope[idx], self.scale[idx], self.tangent[idx], self.chord[idx])
-
-    @property
-    def envelope_used(self) -> tuple[str, ...]:
-        return tuple(n for n, t in zip(self.names, self.tangent, strict=True) if t > 0)
 
     def response(self, x: Array) -> Array:
         """Steady-state daily conversions (on the envelope below an S-curve's tangent point)."""
