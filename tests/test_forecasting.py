@@ -30,7 +30,7 @@ def _seasonal_noise(n: int, seed: int, sd: float = 8.0) -> np.ndarray:
     return 100 * np.resize(WEEKLY, n) + rng.normal(0, sd, n)
 
 
-@pytest.mark.parametrize("engine", ["naive7", "linear", "ets", "mstl", "theta", "ensemble", "arima", "prophet"])
+@pytest.mark.parametrize("engine", ["naive7", "ses", "linear", "ets", "mstl", "theta", "ensemble", "arima", "prophet"])
 def test_bands_are_nested_for_every_engine(engine: str) -> None:
     n = 420 if engine not in ("arima", "prophet") else 300
     spec = SMALL if engine not in ("arima", "prophet") else BacktestSpec(step=14, origins=10, calibration=10)
@@ -148,3 +148,39 @@ def test_a_much_cheaper_engine_wins_a_statistical_tie() -> None:
     assert clear.winner == "slow"
     not_cheap_enough = select_engine([score("slow", 0.0, 0.5), score("fast", 0.002, 0.2)])
     assert not_cheap_enough.winner == "slow"
+
+
+def test_linear_engine_learns_holidays_and_event_regressors() -> None:
+    from flashcast.forecasting.engines import LinearSeasonal, holiday_frame
+
+    rng = np.random.default_rng(10)
+    dates = pd.date_range("2023-01-21", periods=700)  # the horizon holds Christmas and New Year
+    future = pd.date_range(dates[-1] + pd.Timedelta(days=1), periods=14)
+    us = holiday_frame(("US",), range(2023, 2026))
+    is_holiday = np.isin(dates, us["ds"])
+    promo = np.zeros(714)
+    promo[::25] = 1.0
+    y = 100 * np.resize(WEEKLY, 700) - 60 * is_holiday + 50 * promo[:700] + rng.normal(0, 3, 700)
+    events = pd.DataFrame({"ds": dates.append(future), "promo": promo})
+    plain = LinearSeasonal().point(y, dates, 14)
+    informed = LinearSeasonal(countries=("US",), regressors=events).point(y, dates, 14)
+    promo_day = int(np.flatnonzero(promo[700:])[0])
+    assert informed[promo_day] - plain[promo_day] > 35
+    holiday_days = np.flatnonzero(np.isin(future, us["ds"]))
+    assert len(holiday_days) == 2
+    # Each was seen once in the history (2023), so its -60 effect is shrunk about half-way.
+    assert np.all(plain[holiday_days] - informed[holiday_days] > 20)
+
+
+def test_linear_engine_carries_a_recent_level_shift_into_the_horizon() -> None:
+    """The AR model of the regression's residuals moves the forecast to a shift the trend has not
+    absorbed yet; without it the forecast stays near the old level."""
+    from flashcast.forecasting.engines import LinearSeasonal
+
+    rng = np.random.default_rng(11)
+    y = 100 * np.resize(WEEKLY, 600) + rng.normal(0, 2, 600)
+    y[-10:] += 60
+    dates = pd.date_range("2024-01-01", periods=600)
+    with_ar = LinearSeasonal().point(y, dates, 14)
+    without = LinearSeasonal(ar_order=0).point(y, dates, 14)
+    assert with_ar[:3].mean() - without[:3].mean() > 30

@@ -212,15 +212,15 @@ class ForecastConfig(_Frozen):
     """Stage 5. `auto` backtests the engines and picks the best per series (conformal bands);
     a named engine skips the selection. Prophet stays available (`engine = "prophet"`)."""
 
-    engine: Literal["auto", "prophet", "linear", "ets", "mstl", "theta", "arima", "naive7", "ensemble"] = "auto"
-    engines: tuple[str, ...] = ("naive7", "linear", "ets", "mstl", "ensemble")  # the line-up for `auto`
+    engine: Literal["auto", "prophet", "linear", "ses", "ets", "mstl", "theta", "arima", "naive7", "ensemble"] = "auto"
+    engines: tuple[str, ...] = ("naive7", "ses", "linear", "ensemble")  # the line-up for `auto`
     horizon: int = Field(default=14, ge=1, le=90)
-    holiday_countries: tuple[str, ...] = ()  # e.g. ["US", "GB"], for Prophet's holidays
+    holiday_countries: tuple[str, ...] = ()  # e.g. ["US", "GB"]: holidays for `linear` and Prophet
 
     @field_validator("engines")
     @classmethod
     def _known_engines(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        known = {"prophet", "linear", "ets", "mstl", "theta", "arima", "naive7", "ensemble"}
+        known = {"prophet", "linear", "ses", "ets", "mstl", "theta", "arima", "naive7", "ensemble"}
         unknown = set(value) - known
         if unknown or not value:
             raise ValueError(f"engines must be a non-empty subset of {sorted(known)}")

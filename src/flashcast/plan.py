@@ -17,6 +17,7 @@ import pandas as pd
 from flashcast.config import Settings
 from flashcast.errors import ForecastError
 from flashcast.forecasting.backtest import BacktestSpec, auto_forecast, forecast_many
+from flashcast.forecasting.engines import DEFAULT_ENGINES
 from flashcast.lineage import LogHead
 from flashcast.llm.base import ProviderFailed
 from flashcast.llm.client import StructuredClient
@@ -108,7 +109,7 @@ def revenue_forecast(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings:
     return from_auto(auto, history)
 
 
-BREAKDOWN_ENGINES = ("naive7", "linear")  # fast line-up for the per-channel / per-segment series
+BREAKDOWN_ENGINES = DEFAULT_ENGINES  # always the fast line-up for the per-channel / per-segment series
 
 
 def breakdown_series(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, segments_table: str) -> pd.DataFrame:

@@ -39,6 +39,7 @@ class BacktestSpec:
     calibration: int = 60
     step_pool: int = 3  # pool errors of steps j-3..j+3 for step j's quantiles
     adapt_rate: float = 0.05  # adaptive conformal step (0: plain split conformal)
+    spread_days: int = 28  # conformal scores are errors over the recent spread (0: raw errors)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Backtest:
     origins: list[pd.Timestamp]
     actual: np.ndarray
     scale: np.ndarray  # seasonal-naive in-sample MAE at each origin (the MASE denominator)
+    spread: np.ndarray  # recent spread at each origin: conformal scores are errors / spread
     points: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -80,7 +82,8 @@ def run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engin
         raise ForecastError(f"history too short for a backtest: {len(y)} days give {len(cuts)} origins")
     actual = np.array([y[c : c + spec.horizon] for c in cuts])
     scale = np.array([max(float(np.mean(np.abs(y[7:c] - y[: c - 7]))), 1e-9) for c in cuts])
-    result = Backtest([dates[c - 1] for c in cuts], actual, scale)
+    spread = np.array([recent_spread(y[:c], spec) for c in cuts])
+    result = Backtest([dates[c - 1] for c in cuts], actual, scale, spread)
     for engine in sorted(engines, key=lambda e: isinstance(e, Ensemble)):  # members before ensembles
         start = time.perf_counter()
         members = [m.alias for m in engine.members] if isinstance(engine, Ensemble) else []
@@ -92,6 +95,16 @@ def run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engin
         result.points[engine.alias] = np.array([engine.point(y[:c], dates[:c], spec.horizon) for c in cuts])
         result.seconds[engine.alias] = (time.perf_counter() - start) / len(cuts)
     return result
+
+
+def recent_spread(y: np.ndarray, spec: BacktestSpec) -> float:
+    """Mean absolute weekly difference over the last `spec.spread_days` days (1.0 when off)."""
+    if not spec.spread_days:
+        return 1.0
+    recent = y[-(spec.spread_days + 7):]
+    long = y[-(365 + 7):]
+    floor = 0.1 * float(np.mean(np.abs(long[7:] - long[:-7]))) + 1e-9
+    return max(float(np.mean(np.abs(recent[7:] - recent[:-7]))), floor)
 
 
 def _calibration_rows(k: int, spec: BacktestSpec) -> slice | None:
@@ -160,11 +173,11 @@ def score_engines(bt: Backtest, spec: BacktestSpec, *, nonnegative: bool) -> lis
     scored = set(range(n - spec.origins, n))
     scores = []
     for engine, points in bt.points.items():
-        errors = bt.actual - points
+        errors = (bt.actual - points) / bt.spread[:, None]
         bands, _ = origin_bands(errors, spec)
         rows = []
         for k in sorted(scored & set(bands)):
-            offsets = bands[k]
+            offsets = {lvl: (lo * bt.spread[k], hi * bt.spread[k]) for lvl, (lo, hi) in bands[k].items()}
             for j in range(spec.horizon):
                 row = {"unique_id": str(bt.origins[k].date()), "cutoff": bt.origins[k],
                        "ds": bt.origins[k] + pd.Timedelta(days=j + 1),
@@ -295,12 +308,14 @@ def auto_forecast(
     start = time.perf_counter()
     point = engine.point(y, dates, spec.horizon)
     fit_seconds = time.perf_counter() - start
-    errors = bt.actual - bt.points[selection.winner]
+    errors = (bt.actual - bt.points[selection.winner]) / bt.spread[:, None]
     # The last backtest origin's horizon ends where the history ends: all origins are observed.
     _, alphas = origin_bands(errors, spec)
     offsets = adaptive_offsets(errors[-spec.calibration:], spec, alphas)
+    spread = recent_spread(y, spec)
     bands = {}
-    for level, (lo, hi) in offsets.items():
+    for level, (lo_scaled, hi_scaled) in offsets.items():
+        lo, hi = lo_scaled * spread, hi_scaled * spread
         lower = point + lo
         bands[level] = (np.maximum(lower, 0.0) if nonnegative else lower, point + hi)
     if nonnegative:

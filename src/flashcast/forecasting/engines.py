@@ -4,14 +4,18 @@ Engines return point forecasts only; bands come from the backtest (conformal cal
 `flashcast.forecasting.backtest`), so every engine gets honest, nested bands the same way.
 
     naive7     seasonal naive (same weekday last week): the floor every engine must beat
-    linear     ridge regression on a piecewise-linear trend, weekday and yearly Fourier terms:
-               Prophet's structure, fitted in milliseconds by least squares
+    linear     dynamic regression: ridge on a piecewise-linear trend, weekday and yearly Fourier
+               terms (Prophet's structure, plus optional holidays and regressors) with AR residuals
+    ses        statsforecast seasonal exponential smoothing (optimized), weekly season: sub-millisecond
     ets        statsforecast AutoETS, weekly season
     mstl       statsforecast MSTL, weekly + yearly seasons, AutoETS trend (needs two years)
     theta      statsforecast AutoTheta, weekly season (opt-in)
     arima      statsforecast AutoARIMA, weekly season (slow on long daily series: opt-in)
     prophet    Prophet with country holidays (several countries) and optional regressors
-    ensemble   mean of linear, ets and mstl
+    ensemble   mean of linear and ses
+
+The default line-up is the fast one (naive7, ses, linear, ensemble); the statsforecast searches
+and Prophet are opt-in, because they cost 100-1000x more per fit and rarely win by enough.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-DEFAULT_ENGINES: tuple[str, ...] = ("naive7", "linear", "ets", "mstl", "ensemble")
-ALL_ENGINES: tuple[str, ...] = (*DEFAULT_ENGINES, "theta", "arima", "prophet")
+DEFAULT_ENGINES: tuple[str, ...] = ("naive7", "ses", "linear", "ensemble")
+ALL_ENGINES: tuple[str, ...] = (*DEFAULT_ENGINES, "ets", "mstl", "theta", "arima", "prophet")
 
 
 class Engine(Protocol):
@@ -61,31 +65,91 @@ def _linear_design(t: np.ndarray, dates: pd.DatetimeIndex, changepoints: np.ndar
     return np.column_stack(cols)
 
 
+def _holiday_columns(dates: pd.DatetimeIndex, future: pd.DatetimeIndex, countries: Sequence[str]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """One indicator per holiday name seen in the history, for the history and the future dates."""
+    table = holiday_frame(countries, range(dates[0].year, future[-1].year + 1))
+    in_history = dates.get_indexer(table["ds"])
+    names = pd.Index(table["holiday"][in_history >= 0].unique())
+    code = names.get_indexer(table["holiday"])
+    out = []
+    for span in (dates, future):
+        flags = np.zeros((len(span), len(names)))
+        row = span.get_indexer(table["ds"])
+        keep = (row >= 0) & (code >= 0)
+        flags[row[keep], code[keep]] = 1.0
+        out.append(flags)
+    return out[0], out[1]
+
+
+def _regressor_columns(regressors: pd.DataFrame, dates: pd.DatetimeIndex, future: pd.DatetimeIndex
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    values = regressors.set_index(pd.to_datetime(regressors["ds"])).drop(columns="ds").astype(float)
+    return (values.reindex(dates, fill_value=0.0).to_numpy(), values.reindex(future, fill_value=0.0).to_numpy())
+
+
+def _ar_correction(resid: np.ndarray, order: int, horizon: int) -> np.ndarray:
+    """Forecast the regression's residuals with an AR(order) fitted by least squares: the last days'
+    departures from trend and seasonality (a level shift, a campaign) carry into the next ones.
+    An explosive fit (spectral radius >= 1) is dropped rather than extrapolated."""
+    if order == 0 or len(resid) < 4 * order:
+        return np.zeros(horizon)
+    lagged = np.column_stack([resid[order - k - 1 : len(resid) - k - 1] for k in range(order)])
+    phi = np.linalg.lstsq(lagged, resid[order:], rcond=None)[0]
+    companion = np.eye(order, k=-1)
+    companion[0] = phi
+    if float(np.max(np.abs(np.linalg.eigvals(companion)))) >= 1.0:
+        return np.zeros(horizon)
+    history = list(resid[-order:][::-1])  # most recent first
+    out = np.empty(horizon)
+    for step in range(horizon):
+        out[step] = float(np.dot(phi, history[:order]))
+        history.insert(0, out[step])
+    return out
+
+
 @dataclass(frozen=True)
 class LinearSeasonal:
-    """Ridge regression: trend with changepoints (penalized), weekday effects, yearly Fourier."""
+    """Dynamic regression: ridge on Prophet's structure (piecewise-linear trend with penalized
+    changepoints, weekday effects, yearly Fourier terms, optional country holidays and event
+    regressors), plus an AR model of its residuals for the short term. Milliseconds per fit."""
 
     alias: str = "linear"
-    n_changepoints: int = 20
-    changepoint_range: float = 0.85
-    yearly_order: int = 6
+    n_changepoints: int = 25  # Prophet's defaults: 25 changepoints over the first 80% of the window
+    changepoint_range: float = 0.8
+    yearly_order: int = 10
     ridge: float = 10.0
-    window_days: int = 3 * 365
+    window_days: int = 4 * 365  # recent years describe today's business better than the oldest ones
+    ar_order: int = 7
+    ar_days: int = 365
+    countries: tuple[str, ...] = ()
+    regressors: pd.DataFrame | None = field(default=None, compare=False)  # ds + columns, history and future
 
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
         y, dates = y[-self.window_days:], dates[-self.window_days:]
         n = len(y)
+        future = pd.date_range(dates[-1] + pd.Timedelta(days=1), periods=horizon)
         t = np.arange(n, dtype=float) / n
+        t_future = (n + np.arange(horizon, dtype=float)) / n
         changepoints = np.linspace(0, self.changepoint_range, self.n_changepoints + 2)[1:-1]
         yearly = self.yearly_order if n >= 365 else 0
         x = _linear_design(t, dates, changepoints, yearly)
+        x_future = _linear_design(t_future, future, changepoints, yearly)
         penalty = np.zeros(x.shape[1])
-        penalty[2 : 2 + len(changepoints)] = self.ridge  # shrink trend changes, not levels or seasons
+        penalty[2 : 2 + len(changepoints)] = self.ridge * n / 100  # shrink trend changes, not levels or seasons
+        extras = []
+        if self.countries:
+            extras.append((*_holiday_columns(dates, future, self.countries), 1.0))  # a holiday seen once moves half-way
+        if self.regressors is not None:
+            extras.append((*_regressor_columns(self.regressors, dates, future), 1e-6))
+        for past, ahead, shrink in extras:
+            x, x_future = np.hstack([x, past]), np.hstack([x_future, ahead])
+            penalty = np.concatenate([penalty, np.full(past.shape[1], shrink)])
         scale = float(np.std(y)) or 1.0
-        coef = np.linalg.solve(x.T @ x + np.diag(penalty) * n / 100, x.T @ (y / scale))
-        future_dates = pd.date_range(dates[-1] + pd.Timedelta(days=1), periods=horizon)
-        t_future = (n + np.arange(horizon, dtype=float)) / n
-        return np.asarray(_linear_design(t_future, future_dates, changepoints, yearly) @ coef * scale)
+        coef = np.linalg.solve(x.T @ x + np.diag(penalty), x.T @ (y / scale))
+        resid = y / scale - x @ coef
+        base = x_future @ coef + _ar_correction(resid[-self.ar_days:], self.ar_order, horizon)
+        return np.asarray(base * scale)
 
 
 @contextmanager
@@ -111,15 +175,17 @@ def _quiet() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class StatsForecastEngine:
-    """AutoETS / MSTL / AutoARIMA from statsforecast, on the last `window_days` days."""
+    """Seasonal exponential smoothing / AutoETS / MSTL / AutoTheta / AutoARIMA from statsforecast."""
 
     alias: str
     window_days: int = 3 * 365
-    ets_window_days: int = 400  # ETS models the weekly season only: a year is plenty, and 3x faster
+    ets_window_days: int = 400  # weekly-season models: a year is plenty, and 3x faster
 
     def _model(self, n: int) -> object:
-        from statsforecast.models import MSTL, AutoARIMA, AutoETS, AutoTheta
+        from statsforecast.models import MSTL, AutoARIMA, AutoETS, AutoTheta, SeasonalExponentialSmoothingOptimized
 
+        if self.alias == "ses":
+            return SeasonalExponentialSmoothingOptimized(season_length=7)
         if self.alias == "ets":
             return AutoETS(season_length=7)
         if self.alias == "theta":
@@ -132,7 +198,7 @@ class StatsForecastEngine:
         raise ValueError(f"unknown statsforecast engine {self.alias!r}")
 
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
-        window = self.ets_window_days if self.alias in ("ets", "arima", "theta") else self.window_days
+        window = self.window_days if self.alias == "mstl" else self.ets_window_days
         y = np.asarray(y[-window:], dtype=float)
         with _quiet():
             result = self._model(len(y)).forecast(y=y, h=horizon)  # type: ignore[attr-defined]
@@ -199,11 +265,11 @@ def make_engine(name: str, *, countries: tuple[str, ...] = (), regressors: pd.Da
     if name == "naive7":
         return SeasonalNaive()
     if name == "linear":
-        return LinearSeasonal()
-    if name in ("ets", "mstl", "arima", "theta"):
+        return LinearSeasonal(countries=countries, regressors=regressors)
+    if name in ("ses", "ets", "mstl", "arima", "theta"):
         return StatsForecastEngine(name)
     if name == "prophet":
         return ProphetEngine(countries=countries, regressors=regressors)
     if name == "ensemble":
-        return Ensemble((LinearSeasonal(), StatsForecastEngine("ets"), StatsForecastEngine("mstl")))
+        return Ensemble((LinearSeasonal(countries=countries, regressors=regressors), StatsForecastEngine("ses")))
     raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ALL_ENGINES)}")
