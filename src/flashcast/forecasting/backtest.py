@@ -121,15 +121,16 @@ def adaptive_offsets(sample: np.ndarray, spec: BacktestSpec, alphas: dict[int, f
     """Conformal offsets from a calibration sample of errors (origins x steps) at the adapted
     miscoverage rates `alphas`; then nested (a wider level never gets a narrower band)."""
     h = sample.shape[1]
-    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for level in sorted(alphas, reverse=True):
-        tail = float(np.clip(alphas[level] / 2, 1e-4, 0.4999))
-        lo, hi = np.empty(h), np.empty(h)
-        for j in range(h):
-            pooled = sample[:, max(0, j - spec.step_pool) : j + spec.step_pool + 1].ravel()
-            lo[j] = np.quantile(pooled, tail, method="lower")
-            hi[j] = np.quantile(pooled, 1 - tail, method="higher")
-        out[level] = (lo, hi)
+    tails = {level: float(np.clip(alphas[level] / 2, 1e-4, 0.4999)) for level in alphas}
+    bounds = {level: (np.empty(h), np.empty(h)) for level in alphas}
+    for j in range(h):
+        pooled = np.sort(sample[:, max(0, j - spec.step_pool) : j + spec.step_pool + 1].ravel())
+        last = len(pooled) - 1
+        for level, tail in tails.items():
+            # numpy's "lower" and "higher" quantile methods: conservative on both sides
+            bounds[level][0][j] = pooled[int(np.floor(tail * last))]
+            bounds[level][1][j] = pooled[int(np.ceil((1 - tail) * last))]
+    out = dict(bounds)
     ordered = sorted(out)  # narrow to wide
     for narrow, wide in itertools.pairwise(ordered):
         lo_w, hi_w = out[wide]
@@ -168,53 +169,57 @@ def origin_bands(errors: np.ndarray, spec: BacktestSpec) -> tuple[dict[int, dict
 
 
 def score_engines(bt: Backtest, spec: BacktestSpec, *, nonnegative: bool) -> list[EngineScore]:
-    """Conformal bands at each scored origin, then utilsforecast metrics per engine."""
+    """Conformal bands at each scored origin, then utilsforecast metrics for all engines at once."""
     n = len(bt.origins)
-    scored = set(range(n - spec.origins, n))
-    scores = []
-    for engine, points in bt.points.items():
-        errors = (bt.actual - points) / bt.spread[:, None]
-        bands, _ = origin_bands(errors, spec)
-        rows = []
-        for k in sorted(scored & set(bands)):
-            offsets = {lvl: (lo * bt.spread[k], hi * bt.spread[k]) for lvl, (lo, hi) in bands[k].items()}
-            for j in range(spec.horizon):
-                row = {"unique_id": str(bt.origins[k].date()), "cutoff": bt.origins[k],
-                       "ds": bt.origins[k] + pd.Timedelta(days=j + 1),
-                       "y": bt.actual[k, j], "model": points[k, j], "scale": bt.scale[k]}
-                for level, (lo, hi) in offsets.items():
-                    low = points[k, j] + lo[j]
-                    row[f"model-lo-{level}"] = max(low, 0.0) if nonnegative else low
-                    row[f"model-hi-{level}"] = points[k, j] + hi[j]
-                rows.append(row)
-        if not rows:
-            continue
-        scores.append(_metrics(engine, pd.DataFrame(rows), bt.seconds[engine]))
-    return sorted(scores, key=lambda s: s.mase)
+    engines = list(bt.points)
+    banded = {engine: origin_bands((bt.actual - bt.points[engine]) / bt.spread[:, None], spec)[0]
+              for engine in engines}
+    # Every engine shares the origins, so the origins with a calibrated band are the same for all.
+    rows = sorted(set(range(n - spec.origins, n)).intersection(*(b.keys() for b in banded.values())))
+    if not rows:
+        return []
+    h = spec.horizon
+    origins = pd.DatetimeIndex([bt.origins[k] for k in rows])
+    frame = pd.DataFrame({
+        "unique_id": np.repeat(origins.strftime("%Y-%m-%d"), h),
+        "cutoff": np.repeat(origins, h),
+        "ds": (origins.to_numpy()[:, None] + pd.to_timedelta(np.arange(1, h + 1), unit="D").to_numpy()).ravel(),
+        "y": bt.actual[rows].ravel(),
+    })
+    columns = {}
+    for engine in engines:
+        point = bt.points[engine][rows]
+        columns[engine] = point.ravel()
+        for level in LEVELS:
+            lo = np.array([banded[engine][k][level][0] for k in rows]) * bt.spread[rows, None]
+            hi = np.array([banded[engine][k][level][1] for k in rows]) * bt.spread[rows, None]
+            columns[f"{engine}-lo-{level}"] = (np.maximum(point + lo, 0.0) if nonnegative else point + lo).ravel()
+            columns[f"{engine}-hi-{level}"] = (point + hi).ravel()
+    frame = pd.concat([frame, pd.DataFrame(columns)], axis=1)
+    scale = pd.Series(bt.scale[rows], index=origins.strftime("%Y-%m-%d"))
+    return sorted(_metrics(engines, frame, scale, bt.seconds), key=lambda s: s.mase)
 
 
-def _metrics(engine: str, frame: pd.DataFrame, seconds: float) -> EngineScore:
-    # One unique_id per origin: utilsforecast aggregates per id (and cutoff), we average over origins.
-    by_origin = losses.mae(frame, ["model"]).set_index("unique_id")["model"]
-    scale = frame.groupby("unique_id")["scale"].first()
-    per_origin = (by_origin / scale).sort_index()
-    mase = float(per_origin.mean())
-    smape = float(losses.smape(frame, ["model"])["model"].mean())
-    quantile_cols = []
-    quantiles = []
-    for level in sorted(LEVELS, reverse=True):
-        quantile_cols.append(f"model-lo-{level}")
-        quantiles.append((100 - level) / 200)
-    quantile_cols.append("model")
-    quantiles.append(0.5)
-    for level in sorted(LEVELS):
-        quantile_cols.append(f"model-hi-{level}")
-        quantiles.append(1 - (100 - level) / 200)
-    crps = float(losses.scaled_crps(frame, {"model": quantile_cols}, np.array(quantiles))["model"].mean())
-    coverage = {lvl: float(losses.coverage(frame, ["model"], lvl)["model"].mean()) for lvl in LEVELS}
-    width = {lvl: float((frame[f"model-hi-{lvl}"] - frame[f"model-lo-{lvl}"]).mean()) for lvl in LEVELS}
-    return EngineScore(engine, round(mase, 4), round(smape, 4), round(crps, 4), coverage, width,
-                       int(frame["cutoff"].nunique()), round(seconds, 4), tuple(float(v) for v in per_origin))
+def _metrics(engines: list[str], frame: pd.DataFrame, scale: pd.Series, seconds: dict[str, float]
+             ) -> list[EngineScore]:
+    # One unique_id per origin: utilsforecast aggregates per id, we average over origins.
+    mae = losses.mae(frame, engines).set_index("unique_id")
+    smape = losses.smape(frame, engines)[engines].mean()
+    quantiles = np.array([(100 - lvl) / 200 for lvl in sorted(LEVELS, reverse=True)] + [0.5]
+                         + [1 - (100 - lvl) / 200 for lvl in sorted(LEVELS)])
+    quantile_cols = {e: [f"{e}-lo-{lvl}" for lvl in sorted(LEVELS, reverse=True)] + [e]
+                     + [f"{e}-hi-{lvl}" for lvl in sorted(LEVELS)] for e in engines}
+    crps = losses.scaled_crps(frame, quantile_cols, quantiles)[engines].mean()
+    coverage = {lvl: losses.coverage(frame, engines, lvl)[engines].mean() for lvl in LEVELS}
+    out = []
+    for e in engines:
+        per_origin = (mae[e] / scale.reindex(mae.index)).sort_index()
+        width = {lvl: float((frame[f"{e}-hi-{lvl}"] - frame[f"{e}-lo-{lvl}"]).mean()) for lvl in LEVELS}
+        out.append(EngineScore(e, round(float(per_origin.mean()), 4), round(float(smape[e]), 4),
+                               round(float(crps[e]), 4), {lvl: float(coverage[lvl][e]) for lvl in LEVELS}, width,
+                               int(frame["cutoff"].nunique()), round(seconds[e], 4),
+                               tuple(float(v) for v in per_origin)))
+    return out
 
 
 @dataclass(frozen=True)
