@@ -75,6 +75,18 @@ def test_bands_widen_after_a_jump_in_volatility() -> None:
         assert 0.75 <= coverage[80] <= 0.85 and 0.90 <= coverage[95] <= 0.98, engine
 
 
+def test_a_lone_spike_does_not_blow_up_the_bands() -> None:
+    y = _seasonal_noise(600, 13)
+    spiked = y.copy()
+    spiked[-10] += 3000  # one day of 30x the usual week-on-week change
+    widths = []
+    for series in (y, spiked):
+        result = auto_forecast(_frame(series), series_id="s", engines=["naive7"], spec=SMALL)
+        lo, hi = result.bands[95]
+        widths.append(float(np.mean(hi - lo)))
+    assert widths[1] < 2.5 * widths[0]
+
+
 def test_selection_picks_the_engine_the_series_was_built_for() -> None:
     rng = np.random.default_rng(4)
     trend = 50 + 0.8 * np.arange(500) + 20 * np.resize(WEEKLY, 500) + rng.normal(0, 3, 500)

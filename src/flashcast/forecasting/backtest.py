@@ -101,13 +101,17 @@ def run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engin
 
 
 def recent_spread(y: np.ndarray, spec: BacktestSpec) -> float:
-    """Mean absolute weekly difference over the last `spec.spread_days` days (1.0 when off)."""
+    """The series' recent spread: mean absolute week-on-week difference over the last
+    `spec.spread_days` days (1.0 when off). Each difference is capped at 5x the last year's median,
+    so one spike does not blow up the bands; the spread is floored at a tenth of the last year's."""
     if not spec.spread_days:
         return 1.0
     recent = y[-(spec.spread_days + 7):]
-    long = y[-(365 + 7):]
-    floor = 0.1 * float(np.mean(np.abs(long[7:] - long[:-7]))) + 1e-9
-    return max(float(np.mean(np.abs(recent[7:] - recent[:-7]))), floor)
+    year = y[-(365 + 7):]
+    year_diffs = np.abs(year[7:] - year[:-7])
+    cap = 5 * float(np.median(year_diffs)) + 1e-9
+    floor = 0.1 * float(np.mean(year_diffs)) + 1e-9
+    return max(float(np.mean(np.minimum(np.abs(recent[7:] - recent[:-7]), cap))), floor)
 
 
 def _calibration_rows(k: int, spec: BacktestSpec) -> slice | None:
