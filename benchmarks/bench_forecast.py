@@ -12,6 +12,7 @@ one call across the machine's cores.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 import warnings
@@ -22,6 +23,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from flashcast.errors import ForecastError
 from flashcast.forecasting.backtest import (
     BacktestSpec,
     engines_for,
@@ -32,21 +34,25 @@ from flashcast.forecasting.backtest import (
     select_engine,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "forecast"
+SHARED_FORECASTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "forecast"
+DATA = Path(os.environ.get("FLASHCAST_FORECAST_DATA", SHARED_FORECASTS))
 
 
-def load_series() -> dict[str, pd.DataFrame]:
+def load_series(folder: Path = DATA) -> dict[str, pd.DataFrame]:
+    """Every CSV in `folder` (FLASHCAST_FORECAST_DATA overrides it) as one (ds, y) series: the date
+    column is `ds`/`date`/`day` or the first column; the value is `y` or the first numeric column
+    after it. Then simulated GA4 revenue."""
     out = {}
-    for name, file, cols in [("peyton_manning", "peyton_manning_wp_log.csv", ("ds", "y")),
-                             ("r_wp", "r_wp_log.csv", ("ds", "y")),
-                             ("pedestrians_covid", "pedestrians_covid.csv", ("ds", "y")),
-                             ("olist_revenue", "olist_daily_revenue.csv", ("date", "daily_revenue"))]:
-        path = DATA / file
-        if path.exists():
-            frame = pd.read_csv(path).rename(columns={cols[0]: "ds", cols[1]: "y"})
-            if name == "olist_revenue":
-                frame = frame[frame["ds"] >= "2017-01-01"]  # sparse before 2017 (SOURCES.md)
-            out[name] = frame
+    for path in sorted(folder.glob("*.csv")):
+        frame = pd.read_csv(path)
+        names = {c.lower(): c for c in frame.columns}
+        ds = next((names[n] for n in ("ds", "date", "day") if n in names), frame.columns[0])
+        numeric = [c for c in frame.columns if c != ds and pd.api.types.is_numeric_dtype(frame[c])]
+        y = names.get("y", numeric[0] if numeric else None)
+        if y is None:
+            print(f"skipped {path.name}: no numeric column")
+            continue
+        out[path.stem] = frame[[ds, y]].rename(columns={ds: "ds", y: "y"})
     out["simulated_ga4_revenue"] = simulated_revenue()
     return out
 
@@ -117,10 +123,15 @@ def main() -> None:
     print(header)
     prophet_mase, ours_mase = [], []
     for name, frame in load_series().items():
-        y, dates, filled = prepare_series(frame, series_id=name)
+        nonnegative = bool((frame["y"].dropna() >= 0).all())  # bands clipped at zero only for such series
+        try:
+            y, dates, filled, dropped = prepare_series(frame, series_id=name, nonnegative=nonnegative)
+        except ForecastError as exc:
+            print(f"{name}: skipped: {exc}")
+            continue
         start = time.perf_counter()
         bt = run_backtest(y, dates, engines_for(None), spec)
-        selection = select_engine(score_engines(bt, spec, nonnegative=True))
+        selection = select_engine(score_engines(bt, spec, nonnegative=nonnegative))
         backtest_seconds = time.perf_counter() - start
         best = next(s for s in selection.leaderboard if s.engine == selection.winner)
         n_origins = len(bt.origins)
@@ -132,7 +143,8 @@ def main() -> None:
         print(f"{name:<22} {len(y):>5} | {prophet['mase']:>12.3f} {prophet['cov80']:>6.1%} {prophet['cov95']:>6.1%} "
               f"{prophet['seconds']:>6.3f} | {best.engine:<9} {best.mase:>6.3f} {best.coverage[80]:>6.1%} "
               f"{best.coverage[95]:>6.1%} {best.seconds_per_fit:>7.4f} {speed:>6.0f}x | {backtest_seconds:.1f}"
-              + (f"  ({filled} gap days filled)" if filled else ""))
+              + (f"  ({filled} gap days filled)" if filled else "")
+              + (f"  ({dropped} days before a long gap left out)" if dropped else ""))
         print("    leaderboard: " + ", ".join(f"{s.engine} {s.mase:.3f}" for s in selection.leaderboard)
               + f"; {selection.reason}")
     print(f"mean MASE: Prophet defaults {np.mean(prophet_mase):.3f}, Flashcast selection {np.mean(ours_mase):.3f}")

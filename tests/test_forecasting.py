@@ -45,7 +45,7 @@ def test_bands_are_nested_for_every_engine(engine: str) -> None:
 
 
 def _coverage(y: np.ndarray, engines: list[str], spec: BacktestSpec) -> dict[int, float]:
-    values, dates, _ = prepare_series(_frame(y), series_id="s")
+    values, dates, _, _ = prepare_series(_frame(y), series_id="s")
     scores = score_engines(run_backtest(values, dates, engines_for(engines), spec), spec, nonnegative=True)
     return scores[0].coverage
 
@@ -100,9 +100,21 @@ def test_selection_picks_the_engine_the_series_was_built_for() -> None:
 
 def test_gaps_are_filled_by_the_documented_rule_and_counted() -> None:
     frame = _frame(_seasonal_noise(200, 5)).drop(index=[50, 51, 120]).sample(frac=1.0, random_state=1)
-    y, dates, filled = prepare_series(frame, series_id="gappy")
-    assert filled == 3 and len(y) == 200 and dates.is_monotonic_increasing
+    y, dates, filled, dropped = prepare_series(frame, series_id="gappy")
+    assert filled == 3 and dropped == 0 and len(y) == 200 and dates.is_monotonic_increasing
     assert y[50] == pytest.approx((y[49] * 2 + y[52]) / 3, rel=1e-9)
+
+
+def test_history_restarts_after_a_gap_longer_than_a_week() -> None:
+    frame = _frame(_seasonal_noise(400, 14))
+    sparse_start = frame.drop(index=list(range(5, 40)) + list(range(60, 75)))  # 35 then 15 days missing
+    y, dates, filled, dropped = prepare_series(sparse_start, series_id="sparse")
+    assert dates[0] == frame["ds"][75] and dropped == 75 and filled == 0 and len(y) == 325
+    one_week = prepare_series(frame.drop(index=range(100, 107)), series_id="week")
+    assert one_week.filled_days == 7 and one_week.dropped_days == 0 and len(one_week.y) == 400
+    late_outage = frame.drop(index=range(380, 392))
+    with pytest.raises(ForecastError, match="too short"):
+        auto_forecast(late_outage, series_id="late", engines=["naive7"])
 
 
 @pytest.mark.parametrize(

@@ -189,6 +189,61 @@ def _print_summary(result: RunResult) -> None:
         console.print(f"  {name:<16} {path}")
 
 
+@app.command()
+def forecast(
+    data: Annotated[Path, typer.Argument(help="CSV or Parquet file of daily values, one or many series.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/forecast"),
+    date_col: Annotated[str, typer.Option(help="Date column.")] = "ds",
+    value_col: Annotated[str, typer.Option(help="Value column.")] = "y",
+    series_col: Annotated[str | None, typer.Option(help="Series id column, for a file of many series.")] = None,
+    horizon: Annotated[int | None, typer.Option(help="Days ahead (default: [forecast] horizon).")] = None,
+    engines: Annotated[str | None, typer.Option(help="Comma-separated line-up (default: [forecast] engines).")]
+    = None,
+    signed: Annotated[bool, typer.Option(help="Values may be negative (no clipping of bands at zero).")] = False,
+    charts: Annotated[int, typer.Option(help="Fan charts for at most this many series.")] = 12,
+    config: ConfigOption = None,
+) -> None:
+    """Forecast any daily series file: backtest the line-up per series, pick the best, band it.
+
+    Example: flashcast forecast sales.csv --date-col date --value-col revenue --series-col store
+    """
+    from flashcast.config import ForecastConfig
+    from flashcast.forecasting.backtest import BacktestSpec, forecast_each
+    from flashcast.forecasting.files import read_series_file, write_forecast_outputs
+
+    with _errors():
+        settings = _settings(config)
+        try:
+            options = ForecastConfig.model_validate({
+                **settings.forecast.model_dump(), **({"horizon": horizon} if horizon else {}),
+                **({"engines": tuple(e.strip() for e in engines.split(","))} if engines else {})})
+        except ValidationError as exc:
+            raise ConfigError(f"forecast options: {exc.errors()[0]['msg']}") from exc
+        frame = read_series_file(data, date_col=date_col, value_col=value_col, series_col=series_col)
+        with console.status(f"backtesting {frame['series_id'].nunique():,} series..."):
+            done, skipped = forecast_each(frame, engines=options.engines, spec=BacktestSpec(horizon=options.horizon),
+                                          nonnegative=not signed, countries=options.holiday_countries)
+        files = write_forecast_outputs(done, frame, out, charts=charts, ylabel=value_col)
+    table = Table(title=f"{options.horizon}-day forecasts ({len(done):,} series)")
+    for column in ("series", "engine", "MASE", "80% cov.", "95% cov.", "forecast total", "history"):
+        table.add_column(column, justify="left" if column in ("series", "engine", "history") else "right")
+    for result in done[:20]:
+        best = result.selection.leaderboard[[s.engine for s in result.selection.leaderboard].index(result.engine)]
+        notes = [f"{result.filled_days} days filled"] if result.filled_days else []
+        notes += [f"{result.dropped_days} days before a long gap left out"] if result.dropped_days else []
+        table.add_row(result.series_id, result.engine, f"{best.mase:.3f}", f"{best.coverage[80]:.0%}",
+                      f"{best.coverage[95]:.0%}", f"{float(result.point.sum()):,.2f}", "; ".join(notes))
+    console.print(table)
+    if len(done) > 20:
+        console.print(f"... and {len(done) - 20:,} more in {files['forecast']}")
+    for reason in skipped:
+        console.print(f"[yellow]skipped[/yellow] {reason}", highlight=False)
+    console.print(f"wrote {files['forecast']}, {files['forecast_backtest']} and "
+                  f"{sum(k.startswith('fan_chart') for k in files)} fan chart(s) in {out}")
+    if not done:
+        raise typer.Exit(1)
+
+
 @lineage_app.command("verify")
 def lineage_verify(
     head: Annotated[list[Path] | None, typer.Option(help="Head file(s) written by runs (out/lineage_head.json).")]

@@ -19,6 +19,7 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -268,11 +269,20 @@ def engines_for(names: Sequence[str] | None, *, countries: tuple[str, ...] = ())
     return [make_engine(n, countries=countries) for n in (names or DEFAULT_ENGINES)]
 
 
-def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = True, max_gap_share: float = 0.1
-                   ) -> tuple[np.ndarray, pd.DatetimeIndex, int]:
-    """Sort, check and gap-fill a (ds, y) frame. Rule: missing dates are inserted and filled by linear
-    interpolation (their count is returned and reported); more than `max_gap_share` missing is an
-    error. Duplicate dates, NaN values and (when `nonnegative`) negative values are errors."""
+class PreparedSeries(NamedTuple):
+    y: np.ndarray
+    dates: pd.DatetimeIndex
+    filled_days: int  # missing days filled by interpolation
+    dropped_days: int  # days before the last long gap, left out
+
+
+def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = True, max_gap_share: float = 0.1,
+                   max_fill_days: int = 7) -> PreparedSeries:
+    """Sort, check and gap-fill a (ds, y) frame. Rules: runs of up to `max_fill_days` missing dates are
+    inserted and filled by linear interpolation (their count is returned and reported); a longer run
+    (the data did not exist or was broken) is not bridged: the history starts after the last one and
+    the days before it are left out (counted too). More than `max_gap_share` missing in what remains
+    is an error. Duplicate dates, NaN values and (when `nonnegative`) negative values are errors."""
     if frame.empty:
         raise ForecastError(f"{series_id}: no data")
     data = frame[["ds", "y"]].copy()
@@ -285,13 +295,19 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
         raise ForecastError(f"{series_id}: missing value on {data['ds'][data['y'].isna()].iloc[0].date()}")
     if nonnegative and (data["y"] < 0).any():
         raise ForecastError(f"{series_id}: negative value on {data['ds'][data['y'] < 0].iloc[0].date()}")
+    long_gaps = np.flatnonzero(data["ds"].diff().dt.days.to_numpy() > max_fill_days + 1)
+    dropped = 0
+    if len(long_gaps):
+        start = data["ds"].iloc[long_gaps[-1]]
+        dropped = int((start - data["ds"].iloc[0]).days)
+        data = data[data["ds"] >= start]
     full = pd.date_range(data["ds"].iloc[0], data["ds"].iloc[-1], freq="D")
     filled = data.set_index("ds")["y"].reindex(full)
     missing = int(filled.isna().sum())
     if missing > max_gap_share * len(full):
         raise ForecastError(f"{series_id}: {missing} of {len(full)} days missing (more than {max_gap_share:.0%})")
     filled = filled.interpolate(method="linear")
-    return filled.to_numpy(dtype=float), pd.DatetimeIndex(full), missing
+    return PreparedSeries(filled.to_numpy(dtype=float), pd.DatetimeIndex(full), missing, dropped)
 
 
 @dataclass(frozen=True)
@@ -304,6 +320,7 @@ class AutoForecast:
     selection: Selection
     filled_days: int
     fit_seconds: float
+    dropped_days: int = 0
 
 
 def auto_forecast(
@@ -312,9 +329,14 @@ def auto_forecast(
 ) -> AutoForecast:
     """Backtest the engines, pick the best, refit it on all history and band it conformally."""
     spec = spec or BacktestSpec()
-    y, dates, filled = prepare_series(frame, series_id=series_id, nonnegative=nonnegative)
+    y, dates, filled, dropped = prepare_series(frame, series_id=series_id, nonnegative=nonnegative)
     line_up = engines_for(engines, countries=countries)
-    bt = run_backtest(y, dates, line_up, spec)
+    try:
+        bt = run_backtest(y, dates, line_up, spec)
+    except ForecastError as exc:
+        gap = (f" (the history restarts on {dates[0].date()}, after a gap of more than a week; {dropped} days "
+               f"before it were left out)") if dropped else ""
+        raise ForecastError(f"{series_id}: {exc}{gap}") from exc
     selection = select_engine(score_engines(bt, spec, nonnegative=nonnegative))
     engine = next(e for e in line_up if e.alias == selection.winner)
     start = time.perf_counter()
@@ -333,16 +355,47 @@ def auto_forecast(
     if nonnegative:
         point = np.maximum(point, 0.0)
     future = tuple(pd.date_range(dates[-1] + pd.Timedelta(days=1), periods=spec.horizon))
-    return AutoForecast(series_id, selection.winner, future, point, bands, selection, filled, fit_seconds)
+    return AutoForecast(series_id, selection.winner, future, point, bands, selection, filled, fit_seconds, dropped)
 
 
-def _forecast_one(args: tuple[str, pd.DataFrame, tuple[str, ...] | None, BacktestSpec, bool]
-                  ) -> AutoForecast | str:
-    series_id, frame, engines, spec, nonnegative = args
+@dataclass(frozen=True)
+class ManyTask:
+    series_id: str
+    frame: pd.DataFrame
+    engines: tuple[str, ...] | None
+    spec: BacktestSpec
+    nonnegative: bool
+    countries: tuple[str, ...]
+
+
+def _forecast_one(task: ManyTask) -> AutoForecast | str:
     try:
-        return auto_forecast(frame, series_id=series_id, engines=engines, spec=spec, nonnegative=nonnegative)
+        return auto_forecast(task.frame, series_id=task.series_id, engines=task.engines, spec=task.spec,
+                             nonnegative=task.nonnegative, countries=task.countries)
     except ForecastError as exc:
         return str(exc)  # one bad series does not sink the others; the caller reports it
+
+
+def forecast_each(
+    frame: pd.DataFrame, *, id_col: str = "series_id", engines: Sequence[str] | None = None,
+    spec: BacktestSpec | None = None, nonnegative: bool = True, countries: tuple[str, ...] = (),
+    workers: int | None = None,
+) -> tuple[list[AutoForecast], list[str]]:
+    """Backtest, select and forecast every series of a long (series_id, ds, y) frame, in parallel
+    across cores. Returns the forecasts and, for series that could not be forecast, the reasons."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    spec = spec or BacktestSpec()
+    tasks = [ManyTask(str(sid), group[["ds", "y"]], tuple(engines) if engines else None, spec, nonnegative, countries)
+             for sid, group in frame.groupby(id_col, sort=True)]
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(tasks) == 1:
+        results = [_forecast_one(t) for t in tasks]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_forecast_one, tasks, chunksize=max(1, len(tasks) // (workers * 4))))
+    return [r for r in results if isinstance(r, AutoForecast)], [r for r in results if isinstance(r, str)]
 
 
 def forecast_many(
@@ -354,23 +407,26 @@ def forecast_many(
     Returns a tidy frame: series_id, ds, engine, point, lo_50 .. hi_95. Series that cannot be
     forecast are left out and named in `frame.attrs["skipped"]`.
     """
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    spec = spec or BacktestSpec()
-    tasks = [(str(sid), group[["ds", "y"]], tuple(engines) if engines else None, spec, nonnegative)
-             for sid, group in frame.groupby(id_col, sort=True)]
-    workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(tasks) == 1:
-        results = [_forecast_one(t) for t in tasks]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_forecast_one, tasks, chunksize=max(1, len(tasks) // (workers * 4))))
-    done = [r for r in results if isinstance(r, AutoForecast)]
+    done, skipped = forecast_each(frame, id_col=id_col, engines=engines, spec=spec, nonnegative=nonnegative,
+                                  workers=workers)
     out = pd.concat([tidy(r) for r in done], ignore_index=True) if done else pd.DataFrame(
         columns=["series_id", "ds", "engine", "point"])
-    out.attrs["skipped"] = [r for r in results if isinstance(r, str)]
+    out.attrs["skipped"] = skipped
     return out
+
+
+def leaderboards(results: Sequence[AutoForecast]) -> pd.DataFrame:
+    """Every series' backtest leaderboard, one row per (series, engine), the winner flagged with why."""
+    rows = []
+    for result in results:
+        for rank, score in enumerate(result.selection.leaderboard, start=1):
+            rows.append({"series_id": result.series_id, "rank": rank, "engine": score.engine,
+                         "selected": score.engine == result.engine, "mase": score.mase, "smape": score.smape,
+                         "crps": score.crps, **{f"coverage_{k}": round(v, 4) for k, v in score.coverage.items()},
+                         **{f"width_{k}": round(v, 4) for k, v in score.width.items()},
+                         "scored_origins": score.scored_origins, "seconds_per_fit": score.seconds_per_fit,
+                         "reason": result.selection.reason if score.engine == result.engine else ""})
+    return pd.DataFrame(rows)
 
 
 def tidy(result: AutoForecast) -> pd.DataFrame:

@@ -73,8 +73,8 @@ def validate_history(history: pd.DataFrame, *, series_id: str, nonnegative: bool
     duplicate dates, no NaN, no negatives; missing days filled by `prepare_series`'s rule)."""
     if history.empty or len(history) < MIN_HISTORY_DAYS:
         raise ForecastError(f"{series_id}: {len(history)} days of history; at least {MIN_HISTORY_DAYS} needed")
-    y, dates, _filled = prepare_series(history, series_id=series_id, nonnegative=nonnegative)
-    return pd.DataFrame({"ds": dates, "y": y})
+    prepared = prepare_series(history, series_id=series_id, nonnegative=nonnegative)
+    return pd.DataFrame({"ds": prepared.dates, "y": prepared.y})
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,8 @@ def from_auto(auto: AutoForecast, history: pd.DataFrame) -> Forecast:
                    "scored_origins": s.scored_origins, "seconds_per_fit": s.seconds_per_fit}
                   for s in auto.selection.leaderboard)
     notes = (auto.selection.reason,) + ((f"{auto.filled_days} missing days filled by interpolation",)
-                                        if auto.filled_days else ())
+                                        if auto.filled_days else ()) + (
+        (f"{auto.dropped_days} days before the last gap of more than a week left out",) if auto.dropped_days else ())
     return Forecast(
         series_id=auto.series_id, engine=auto.engine, dates=tuple(d.date() for d in auto.dates),
         point=tuple(round(float(x), 2) for x in auto.point), bands=bands,
@@ -179,7 +180,8 @@ def bands_are_nested(forecast: Forecast) -> bool:
     return all(lo - 1e-9 <= p <= hi + 1e-9 for p, lo, hi in triples)
 
 
-def plot_fan_chart(forecast: Forecast, path: Path, *, history_days: int = 120, title: str | None = None) -> Path:
+def plot_fan_chart(forecast: Forecast, path: Path, *, history_days: int = 120, title: str | None = None,
+                   ylabel: str = "revenue") -> Path:
     """Write a PNG: recent history, the point forecast and the bands (darker = narrower)."""
     import matplotlib
 
@@ -198,7 +200,7 @@ def plot_fan_chart(forecast: Forecast, path: Path, *, history_days: int = 120, t
     ax.plot(dates, forecast.point, color="#1f77b4", linewidth=1.8, label="forecast")
     ax.axvline(dates[0], color="#999999", linestyle=":", linewidth=1)
     ax.set_title(title or f"{forecast.series_id}: {len(forecast.dates)}-day forecast ({forecast.engine})")
-    ax.set_ylabel("revenue")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.autofmt_xdate()
