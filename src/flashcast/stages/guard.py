@@ -135,12 +135,16 @@ def guard_export(
         FROM _routed WHERE route = 'denied'""",
         params,
     )
+    # Dedup ranks are computed on a narrow table (keys only) and joined back: window sorts and
+    # joins over the full rows (raw line, params) cost several times more.
     con.execute(
         """CREATE OR REPLACE TEMP TABLE _candidates AS
-        SELECT *, row_number() OVER w AS fp_rank,
+        SELECT source_file, source_line, event_date, event_name, event_timestamp, transaction_id, fingerprint,
+          row_number() OVER w AS fp_rank,
           first_value(source_file) OVER w AS fp_kept_file, first_value(source_line) OVER w AS fp_kept_line
         FROM (
-          SELECT *, hmac_hex(concat_ws('|', event_date, coalesce(stream_id, ''), user_pseudo_id,
+          SELECT source_file, source_line, event_date, event_name, event_timestamp, transaction_id,
+            hmac_hex(concat_ws('|', event_date, coalesce(stream_id, ''), user_pseudo_id,
                    coalesce(ga_session_id::VARCHAR, ''), event_name, event_timestamp,
                    coalesce(to_json(list_sort(params))::VARCHAR, ''))) AS fingerprint
           FROM _routed WHERE route = 'candidate'
@@ -189,8 +193,11 @@ def guard_export(
           redact_text(first_touch_source) AS first_touch_source, redact_text(first_touch_medium) AS first_touch_medium,
           redact_text(first_touch_campaign) AS first_touch_campaign,
           device_category, country, platform, stream_id,
-          {consent_col} AS consent_value, intraday, source_file, source_line, fingerprint
-        FROM _ranked WHERE fp_rank = 1 AND coalesce(txn_rank, 1) = 1""",
+          {consent_col} AS consent_value, intraday, source_file, source_line, k.fingerprint
+        FROM _routed r
+        JOIN (SELECT source_file, source_line, fingerprint FROM _ranked WHERE fp_rank = 1 AND coalesce(txn_rank, 1) = 1)
+          k USING (source_file, source_line)
+        WHERE r.route = 'candidate'""",
         [*params, run.key_id],
     )
     report = GuardReport(

@@ -183,7 +183,9 @@ def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, table: str = "
     sql = f"""
     CREATE OR REPLACE TEMP TABLE {table} AS
     WITH lines AS ({union}),
-    parsed AS (
+    -- MATERIALIZED: the JSON checks below are referenced many times, and an inlined CTE would
+    -- re-run them per reference (measured: 1.7x slower on NDJSON).
+    parsed AS MATERIALIZED (
       SELECT *,
         line IS NULL OR trim(line) = '' AS blank,
         coalesce(json_valid(line), false) AS is_json,
