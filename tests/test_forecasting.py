@@ -185,7 +185,7 @@ def test_a_much_cheaper_engine_wins_a_statistical_tie() -> None:
 
 
 def test_linear_engine_learns_holidays_and_event_regressors() -> None:
-    from flashcast.forecasting.engines import LinearSeasonal, holiday_frame
+    from flashcast.forecasting.engines import DynamicRegression, holiday_frame
 
     rng = np.random.default_rng(10)
     dates = pd.date_range("2023-01-21", periods=700)  # the horizon holds Christmas and New Year
@@ -196,8 +196,8 @@ def test_linear_engine_learns_holidays_and_event_regressors() -> None:
     promo[::25] = 1.0
     y = 100 * np.resize(WEEKLY, 700) - 60 * is_holiday + 50 * promo[:700] + rng.normal(0, 3, 700)
     events = pd.DataFrame({"ds": dates.append(future), "promo": promo})
-    plain = LinearSeasonal().point(y, dates, 14)
-    informed = LinearSeasonal(countries=("US",), regressors=events).point(y, dates, 14)
+    plain = DynamicRegression().point(y, dates, 14)
+    informed = DynamicRegression(countries=("US",), regressors=events).point(y, dates, 14)
     promo_day = int(np.flatnonzero(promo[700:])[0])
     assert informed[promo_day] - plain[promo_day] > 35
     holiday_days = np.flatnonzero(np.isin(future, us["ds"]))
@@ -209,12 +209,12 @@ def test_linear_engine_learns_holidays_and_event_regressors() -> None:
 def test_linear_engine_carries_a_recent_level_shift_into_the_horizon() -> None:
     """The AR model of the regression's residuals moves the forecast to a shift the trend has not
     absorbed yet; without it the forecast stays near the old level."""
-    from flashcast.forecasting.engines import LinearSeasonal
+    from flashcast.forecasting.engines import DynamicRegression
 
     rng = np.random.default_rng(11)
     y = 100 * np.resize(WEEKLY, 600) + rng.normal(0, 2, 600)
     y[-10:] += 60
     dates = pd.date_range("2024-01-01", periods=600)
-    with_ar = LinearSeasonal().point(y, dates, 14)
-    without = LinearSeasonal(ar_order=0).point(y, dates, 14)
+    with_ar = DynamicRegression().point(y, dates, 14)
+    without = DynamicRegression(ar_order=0).point(y, dates, 14)
     assert with_ar[:3].mean() - without[:3].mean() > 30

@@ -109,7 +109,7 @@ def _ar_correction(resid: np.ndarray, order: int, horizon: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class LinearSeasonal:
+class DynamicRegression:
     """Dynamic regression: ridge on Prophet's structure (piecewise-linear trend with penalized
     changepoints, weekday effects, yearly Fourier terms, optional country holidays and event
     regressors), plus an AR model of its residuals for the short term. Milliseconds per fit."""
@@ -265,11 +265,11 @@ def make_engine(name: str, *, countries: tuple[str, ...] = (), regressors: pd.Da
     if name == "naive7":
         return SeasonalNaive()
     if name == "linear":
-        return LinearSeasonal(countries=countries, regressors=regressors)
+        return DynamicRegression(countries=countries, regressors=regressors)
     if name in ("ses", "ets", "mstl", "arima", "theta"):
         return StatsForecastEngine(name)
     if name == "prophet":
         return ProphetEngine(countries=countries, regressors=regressors)
     if name == "ensemble":
-        return Ensemble((LinearSeasonal(countries=countries, regressors=regressors), StatsForecastEngine("ses")))
+        return Ensemble((DynamicRegression(countries=countries, regressors=regressors), StatsForecastEngine("ses")))
     raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ALL_ENGINES)}")
