@@ -87,6 +87,18 @@ def test_a_lone_spike_does_not_blow_up_the_bands() -> None:
     assert widths[1] < 2.5 * widths[0]
 
 
+def test_bands_stay_bounded_when_a_flat_channel_starts_selling() -> None:
+    """A year of zeros (spread ~0) then sales: normalized errors must not explode the bands."""
+    rng = np.random.default_rng(15)
+    y = np.r_[np.zeros(370), rng.gamma(2, 100, 30)]
+    result = auto_forecast(_frame(y), series_id="new_channel")
+    lo, hi = result.bands[95]
+    # Wide (the start-up errors are the only ones seen at this scale), but bounded: before the
+    # spread ratio was bounded this band reached 1e11.
+    assert np.all(np.isfinite(hi)) and hi.max() < 10 * y.max()
+    assert np.all(lo >= 0) and result.bands[80][1].max() < 2 * y.max()
+
+
 def test_selection_picks_the_engine_the_series_was_built_for() -> None:
     rng = np.random.default_rng(4)
     trend = 50 + 0.8 * np.arange(500) + 20 * np.resize(WEEKLY, 500) + rng.normal(0, 3, 500)

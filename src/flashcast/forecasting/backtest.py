@@ -30,6 +30,7 @@ from flashcast.forecasting.engines import DEFAULT_ENGINES, Engine, Ensemble, mak
 
 LEVELS = (50, 80, 95)
 MIN_CALIBRATION = 8
+SPREAD_RATIO = 8.0
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class Backtest:
     origins: list[pd.Timestamp]
     actual: np.ndarray
     scale: np.ndarray  # seasonal-naive in-sample MAE at each origin (the MASE denominator)
-    spread: np.ndarray  # recent spread at each origin: conformal scores are errors / spread
+    spread: np.ndarray  # recent spread at each origin (see `spread_terms`)
+    floor: np.ndarray  # the spread's floor known at each origin
     points: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -83,8 +85,8 @@ def run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engin
         raise ForecastError(f"history too short for a backtest: {len(y)} days give {len(cuts)} origins")
     actual = np.array([y[c : c + spec.horizon] for c in cuts])
     scale = np.array([max(float(np.mean(np.abs(y[7:c] - y[: c - 7]))), 1e-9) for c in cuts])
-    spread = np.array([recent_spread(y[:c], spec) for c in cuts])
-    result = Backtest([dates[c - 1] for c in cuts], actual, scale, spread)
+    spread, floor = np.array([spread_terms(y[:c], spec) for c in cuts]).T
+    result = Backtest([dates[c - 1] for c in cuts], actual, scale, spread, floor)
     for engine in sorted(engines, key=lambda e: isinstance(e, Ensemble)):  # members before ensembles
         members = [m.alias for m in engine.members] if isinstance(engine, Ensemble) else []
         if members and all(m in result.points for m in members):
@@ -101,18 +103,20 @@ def run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engin
     return result
 
 
-def recent_spread(y: np.ndarray, spec: BacktestSpec) -> float:
-    """The series' recent spread: mean absolute week-on-week difference over the last
-    `spec.spread_days` days (1.0 when off). Each difference is capped at 5x the last year's median,
-    so one spike does not blow up the bands; the spread is floored at a tenth of the last year's."""
+def spread_terms(y: np.ndarray, spec: BacktestSpec) -> tuple[float, float]:
+    """The series' recent spread and its floor, from the data before an origin.
+
+    Recent spread: mean absolute week-on-week difference over the last `spec.spread_days` days,
+    each difference capped at 5x the last year's mean, so one spike does not blow up the bands.
+    Floor: a tenth of the last year's mean difference, so a flat stretch (a channel that was off)
+    cannot make the conformal scores explode. (1.0, 0.0) when normalization is off."""
     if not spec.spread_days:
-        return 1.0
-    recent = y[-(spec.spread_days + 7):]
+        return 1.0, 0.0
     year = y[-(365 + 7):]
-    year_diffs = np.abs(year[7:] - year[:-7])
-    cap = 5 * float(np.median(year_diffs)) + 1e-9
-    floor = 0.1 * float(np.mean(year_diffs)) + 1e-9
-    return max(float(np.mean(np.minimum(np.abs(recent[7:] - recent[:-7]), cap))), floor)
+    year_mean = float(np.mean(np.abs(year[7:] - year[:-7]))) if len(year) > 7 else 0.0
+    recent = y[-(spec.spread_days + 7):]
+    spread = float(np.mean(np.minimum(np.abs(recent[7:] - recent[:-7]), 5 * year_mean)))
+    return spread, 0.1 * year_mean
 
 
 def _calibration_rows(k: int, spec: BacktestSpec) -> slice | None:
@@ -157,11 +161,14 @@ def _update_alphas(alphas: dict[int, float], errors: np.ndarray, offsets_seen: d
         alphas[level] = alphas[level] + spec.adapt_rate * (target - missed)
 
 
-def origin_bands(errors: np.ndarray, spec: BacktestSpec) -> tuple[dict[int, dict[int, tuple[np.ndarray, np.ndarray]]],
-                                                                    dict[int, float]]:
+def origin_bands(errors: np.ndarray, spread: np.ndarray, floor: np.ndarray, spec: BacktestSpec
+                 ) -> tuple[dict[int, dict[int, tuple[np.ndarray, np.ndarray]]], dict[int, float]]:
     """Offsets for every backtest origin that has enough calibration history, adapting the
     miscoverage rates as each earlier horizon becomes observed; also returns the rates after the
-    last horizon is observed (what the real future is banded with)."""
+    last horizon is observed (what the real future is banded with).
+
+    Normalized conformal: at origin k the calibration errors are divided by their origins' spreads,
+    floored at origin k's floor (known at k), and the quantiles multiplied back by k's spread."""
     alphas = {level: (100 - level) / 100 for level in LEVELS}
     lag = -(-spec.horizon // spec.step)  # origins until a horizon is fully observed
     n = len(errors)
@@ -172,15 +179,29 @@ def origin_bands(errors: np.ndarray, spec: BacktestSpec) -> tuple[dict[int, dict
             _update_alphas(alphas, errors[seen], out[seen], spec)
         rows = _calibration_rows(k, spec)
         if k < n and rows is not None:
-            out[k] = adaptive_offsets(errors[rows], spec, alphas)
+            out[k] = normalized_offsets(errors[rows], np.maximum(spread[rows], floor[rows]),
+                                        (float(spread[k]), float(floor[k])), spec, alphas)
     return out, alphas
+
+
+def normalized_offsets(errors: np.ndarray, spreads: np.ndarray, now: tuple[float, float], spec: BacktestSpec,
+                       alphas: dict[int, float]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Conformal offsets in the series' units from calibration errors (origins x steps), their
+    origins' (floored) spreads and today's (spread, floor)."""
+    spread_now, floor_now = now
+    scale = max(spread_now, floor_now, 1e-12)
+    # An origin whose history was flat (spread 0) says nothing about scale: its errors count as they
+    # are. Any other origin's spread counts within a factor SPREAD_RATIO of today's.
+    spreads = np.where(spreads > 0, spreads, scale)
+    scores = errors / np.clip(spreads, scale / SPREAD_RATIO, scale * SPREAD_RATIO)[:, None]
+    return {level: (lo * scale, hi * scale) for level, (lo, hi) in adaptive_offsets(scores, spec, alphas).items()}
 
 
 def score_engines(bt: Backtest, spec: BacktestSpec, *, nonnegative: bool) -> list[EngineScore]:
     """Conformal bands at each scored origin, then utilsforecast metrics for all engines at once."""
     n = len(bt.origins)
     engines = list(bt.points)
-    banded = {engine: origin_bands((bt.actual - bt.points[engine]) / bt.spread[:, None], spec)[0]
+    banded = {engine: origin_bands(bt.actual - bt.points[engine], bt.spread, bt.floor, spec)[0]
               for engine in engines}
     # Every engine shares the origins, so the origins with a calibrated band are the same for all.
     rows = sorted(set(range(n - spec.origins, n)).intersection(*(b.keys() for b in banded.values())))
@@ -199,8 +220,8 @@ def score_engines(bt: Backtest, spec: BacktestSpec, *, nonnegative: bool) -> lis
         point = bt.points[engine][rows]
         columns[engine] = point.ravel()
         for level in LEVELS:
-            lo = np.array([banded[engine][k][level][0] for k in rows]) * bt.spread[rows, None]
-            hi = np.array([banded[engine][k][level][1] for k in rows]) * bt.spread[rows, None]
+            lo = np.array([banded[engine][k][level][0] for k in rows])
+            hi = np.array([banded[engine][k][level][1] for k in rows])
             columns[f"{engine}-lo-{level}"] = (np.maximum(point + lo, 0.0) if nonnegative else point + lo).ravel()
             columns[f"{engine}-hi-{level}"] = (point + hi).ravel()
     frame = pd.concat([frame, pd.DataFrame(columns)], axis=1)
@@ -342,14 +363,14 @@ def auto_forecast(
     start = time.perf_counter()
     point = engine.point(y, dates, spec.horizon)
     fit_seconds = time.perf_counter() - start
-    errors = (bt.actual - bt.points[selection.winner]) / bt.spread[:, None]
+    errors = bt.actual - bt.points[selection.winner]
     # The last backtest origin's horizon ends where the history ends: all origins are observed.
-    _, alphas = origin_bands(errors, spec)
-    offsets = adaptive_offsets(errors[-spec.calibration:], spec, alphas)
-    spread = recent_spread(y, spec)
+    _, alphas = origin_bands(errors, bt.spread, bt.floor, spec)
+    recent = slice(-spec.calibration, None)
+    offsets = normalized_offsets(errors[recent], np.maximum(bt.spread[recent], bt.floor[recent]),
+                                 spread_terms(y, spec), spec, alphas)
     bands = {}
-    for level, (lo_scaled, hi_scaled) in offsets.items():
-        lo, hi = lo_scaled * spread, hi_scaled * spread
+    for level, (lo, hi) in offsets.items():
         lower = point + lo
         bands[level] = (np.maximum(lower, 0.0) if nonnegative else lower, point + hi)
     if nonnegative:
