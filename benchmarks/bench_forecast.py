@@ -133,7 +133,7 @@ def main() -> None:
         bt = run_backtest(y, dates, engines_for(None), spec)
         selection = select_engine(score_engines(bt, spec, nonnegative=nonnegative))
         backtest_seconds = time.perf_counter() - start
-        best = next(s for s in selection.leaderboard if s.engine == selection.winner)
+        best = selection.winner_score
         n_origins = len(bt.origins)
         cuts = [int(np.searchsorted(dates, o)) + 1 for o in bt.origins[n_origins - spec.origins:]]
         prophet = prophet_at_origins(y, dates, cuts, spec.horizon)

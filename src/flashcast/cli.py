@@ -228,7 +228,7 @@ def forecast(
     for column in ("series", "engine", "MASE", "80% cov.", "95% cov.", "forecast total", "history"):
         table.add_column(column, justify="left" if column in ("series", "engine", "history") else "right")
     for result in done[:20]:
-        best = result.selection.leaderboard[[s.engine for s in result.selection.leaderboard].index(result.engine)]
+        best = result.selection.winner_score
         notes = [f"{result.filled_days} days filled"] if result.filled_days else []
         notes += [f"{result.dropped_days} days before a long gap left out"] if result.dropped_days else []
         table.add_row(result.series_id, result.engine, f"{best.mase:.3f}", f"{best.coverage[80]:.0%}",

@@ -59,6 +59,13 @@ class EngineScore:
     seconds_per_fit: float
     per_origin_mase: tuple[float, ...] = ()
 
+    def row(self) -> dict[str, object]:
+        """One leaderboard row: the scores, each band's coverage and width, the cost."""
+        return {"engine": self.engine, "mase": self.mase, "smape": self.smape, "crps": self.crps,
+                **{f"coverage_{k}": round(v, 4) for k, v in self.coverage.items()},
+                **{f"width_{k}": round(v, 4) for k, v in self.width.items()},
+                "scored_origins": self.scored_origins, "seconds_per_fit": self.seconds_per_fit}
+
 
 @dataclass
 class Backtest:
@@ -260,6 +267,10 @@ class Selection:
     leaderboard: tuple[EngineScore, ...]
     reason: str
 
+    @property
+    def winner_score(self) -> EngineScore:
+        return next(s for s in self.leaderboard if s.engine == self.winner)
+
 
 def select_engine(scores: Sequence[EngineScore]) -> Selection:
     """Lowest mean MASE wins, except that a much cheaper engine (10x faster or more) takes its place
@@ -433,8 +444,7 @@ def forecast_many(
     """
     done, skipped = forecast_each(frame, id_col=id_col, engines=engines, spec=spec, nonnegative=nonnegative,
                                   workers=workers)
-    out = pd.concat([tidy(r) for r in done], ignore_index=True) if done else pd.DataFrame(
-        columns=["series_id", "ds", "engine", "point"])
+    out = tidy_all(done)
     out.attrs["skipped"] = skipped
     return out
 
@@ -444,13 +454,17 @@ def leaderboards(results: Sequence[AutoForecast]) -> pd.DataFrame:
     rows = []
     for result in results:
         for rank, score in enumerate(result.selection.leaderboard, start=1):
-            rows.append({"series_id": result.series_id, "rank": rank, "engine": score.engine,
-                         "selected": score.engine == result.engine, "mase": score.mase, "smape": score.smape,
-                         "crps": score.crps, **{f"coverage_{k}": round(v, 4) for k, v in score.coverage.items()},
-                         **{f"width_{k}": round(v, 4) for k, v in score.width.items()},
-                         "scored_origins": score.scored_origins, "seconds_per_fit": score.seconds_per_fit,
-                         "reason": result.selection.reason if score.engine == result.engine else ""})
+            selected = score.engine == result.engine
+            rows.append({"series_id": result.series_id, "rank": rank, "selected": selected, **score.row(),
+                         "reason": result.selection.reason if selected else ""})
     return pd.DataFrame(rows)
+
+
+def tidy_all(results: Sequence[AutoForecast]) -> pd.DataFrame:
+    """Many forecasts as one tidy frame (empty, with the key columns, when there are none)."""
+    if not results:
+        return pd.DataFrame(columns=["series_id", "ds", "engine", "point"])
+    return pd.concat([tidy(r) for r in results], ignore_index=True)
 
 
 def tidy(result: AutoForecast) -> pd.DataFrame:

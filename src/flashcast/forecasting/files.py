@@ -12,7 +12,7 @@ import duckdb
 import pandas as pd
 
 from flashcast.errors import ForecastError
-from flashcast.forecasting.backtest import AutoForecast, leaderboards, tidy
+from flashcast.forecasting.backtest import AutoForecast, leaderboards, tidy_all
 
 
 def _quote(name: str) -> str:
@@ -48,8 +48,8 @@ def read_series_file(path: Path, *, date_col: str = "ds", value_col: str = "y", 
                 f"SELECT _row, {_quote(column)}::VARCHAR FROM source "
                 f"WHERE {_quote(column)} IS NOT NULL AND {check} IS NULL ORDER BY _row LIMIT 1").fetchall()
             if bad:
-                kind = "a date" if column == date_col else "a number"
-                raise ForecastError(f"{path}: row {bad[0][0]}: {column} is not {kind}")
+                expected = "a date" if column == date_col else "a number"
+                raise ForecastError(f"{path}: row {bad[0][0]}: {column} is not {expected}")
         empty = con.execute(f"SELECT min(_row) FROM source WHERE {date} IS NULL").fetchall()[0][0]
         if empty is not None:
             raise ForecastError(f"{path}: row {empty}: {date_col} is empty")
@@ -73,8 +73,7 @@ def write_forecast_outputs(results: Sequence[AutoForecast], frame: pd.DataFrame,
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"forecast": out / "forecast.csv", "forecast_backtest": out / "forecast_backtest.csv"}
-    forecasts = pd.concat([tidy(r) for r in results], ignore_index=True) if results else pd.DataFrame()
-    forecasts.to_csv(files["forecast"], index=False, float_format="%.6g")
+    tidy_all(results).to_csv(files["forecast"], index=False, float_format="%.6g")
     leaderboards(results).to_csv(files["forecast_backtest"], index=False)
     histories = dict(tuple(frame.groupby("series_id")))
     for result in list(results)[:charts]:

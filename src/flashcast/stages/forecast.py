@@ -152,11 +152,7 @@ def from_auto(auto: AutoForecast, history: pd.DataFrame) -> Forecast:
     clean = validate_history(history, series_id=auto.series_id)
     bands = tuple(Band(level, tuple(round(float(x), 2) for x in lo), tuple(round(float(x), 2) for x in hi))
                   for level, (lo, hi) in sorted(auto.bands.items()))
-    board = tuple({"engine": s.engine, "mase": s.mase, "smape": s.smape, "crps": s.crps,
-                   **{f"coverage_{k}": round(v, 4) for k, v in s.coverage.items()},
-                   **{f"width_{k}": round(v, 2) for k, v in s.width.items()},
-                   "scored_origins": s.scored_origins, "seconds_per_fit": s.seconds_per_fit}
-                  for s in auto.selection.leaderboard)
+    board = tuple(s.row() for s in auto.selection.leaderboard)
     notes = (auto.selection.reason,) + ((f"{auto.filled_days} missing days filled by interpolation",)
                                         if auto.filled_days else ()) + (
         (f"{auto.dropped_days} days before the last gap of more than a week left out",) if auto.dropped_days else ())
