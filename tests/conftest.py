@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,10 +20,11 @@ from flashcast.config import Settings, StoreConfig
 from flashcast.keys import PiiKey
 from flashcast.simulate import SimulationResult, SimulationSpec, simulate
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REAL_GA4 = SHARED / "data" / "ga4" / "ga4_obfuscated_sample_ecommerce_jan2021.ndjson"
+REAL_GA4 = Path(__file__).parent / "data" / "ga4_obfuscated_sample_ecommerce_jan2021.ndjson"  # see data/SOURCES.md
 TEST_KEY = "flashcast-test-key-0123456789abcdef"
 SMALL_SPEC = SimulationSpec(days=45, users=600, seed=11, end_date=date(2026, 3, 31))
+# Long enough for the forecast backtest (the default path), small enough to run in seconds.
+RUN_SPEC = SimulationSpec(days=150, users=600, seed=3, end_date=date(2026, 5, 31), formats=("ndjson",))
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +35,51 @@ def small_sim(tmp_path_factory: pytest.TempPathFactory) -> SimulationResult:
 @pytest.fixture(scope="session")
 def small_truth(small_sim: SimulationResult) -> dict:
     return json.loads(small_sim.truth_file.read_text())
+
+
+def write_config(folder: Path, home: Path, extra: str = "") -> Path:
+    path = folder / "flashcast.toml"
+    path.write_text(f'property_timezone = "America/New_York"\n{extra}\n[store]\nhome = "{home}"\n')
+    return path
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """One `flashcast run` on RUN_SPEC's export, shared by every test that only reads its results."""
+
+    sim: SimulationResult
+    truth: dict
+    config: Path
+    out: Path
+    summary: dict
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(store=StoreConfig(home=self.config.parent / "home"))
+
+    def copy_to(self, folder: Path) -> FinishedRun:
+        """A private copy (stores, outputs, config) for a test that changes things."""
+        shutil.copytree(self.config.parent / "home", folder / "home")
+        shutil.copytree(self.out, folder / "out")
+        return FinishedRun(self.sim, self.truth, write_config(folder, folder / "home"), folder / "out", self.summary)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
+    from typer.testing import CliRunner
+
+    from flashcast.cli import app
+
+    root = tmp_path_factory.mktemp("run")
+    sim = simulate(RUN_SPEC, root / "sim")
+    config, out = write_config(root, root / "home"), root / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLASHCAST_PII_KEY", TEST_KEY)
+        result = CliRunner().invoke(app, ["run", "--export", str(sim.export_dirs["ndjson"]), "--spend",
+                                          str(sim.spend_file), "--out", str(out), "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    return FinishedRun(sim, json.loads(sim.truth_file.read_text()), config, out,
+                       json.loads((out / "run_summary.json").read_text()))
 
 
 @pytest.fixture

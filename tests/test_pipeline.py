@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from conftest import TEST_KEY
+from conftest import TEST_KEY, FinishedRun, write_config
 from flashcast.cli import app
 from flashcast.config import Settings, StoreConfig
 from flashcast.errors import StageError
@@ -23,12 +23,6 @@ from flashcast.pipeline import PERSISTED_TABLES, RunInputs, run_pipeline
 from flashcast.privacy import PiiNeedles, ScanReport, scan_duckdb, scan_files, scan_sql_store
 from flashcast.simulate import SimulationResult
 from flashcast.store import OpsStore, transform_connection, warehouse_session
-
-
-def _config(tmp_path: Path) -> Path:
-    path = tmp_path / "flashcast.toml"
-    path.write_text(f'property_timezone = "America/New_York"\n[store]\nhome = "{tmp_path / "home"}"\n')
-    return path
 
 
 def _scan(settings: Settings, out: Path, needles: PiiNeedles) -> ScanReport:
@@ -41,19 +35,10 @@ def _scan(settings: Settings, out: Path, needles: PiiNeedles) -> ScanReport:
     return report
 
 
-@pytest.fixture
-def cli_run(tmp_path: Path, small_sim: SimulationResult, pii_key: PiiKey) -> tuple[Path, Path, dict]:
-    config, out = _config(tmp_path), tmp_path / "out"
-    result = CliRunner().invoke(app, ["run", "--export", str(small_sim.export_dirs["ndjson"]),
-                                      "--spend", str(small_sim.spend_file), "--out", str(out), "-c", str(config)])
-    assert result.exit_code == 0, result.output
-    return config, out, json.loads((out / "run_summary.json").read_text())
-
-
-def test_cli_run_writes_stamped_reconciled_outputs(cli_run: tuple[Path, Path, dict], small_truth: dict) -> None:
-    config, out, summary = cli_run
+def test_cli_run_writes_stamped_reconciled_outputs(finished_run: FinishedRun) -> None:
+    config, out, summary = finished_run.config, finished_run.out, finished_run.summary
     lineage_id = summary["lineage_id"]
-    assert summary["totals"]["input_rows"] == small_truth["rows"]["ndjson"]
+    assert summary["totals"]["input_rows"] == finished_run.truth["rows"]["ndjson"]
     for name in ("daily_kpis.csv", "reconciliation.csv", "quarantine.csv", "lineage_head.json", "openlineage.jsonl"):
         assert (out / name).exists(), name
     settings = Settings(store=StoreConfig(home=config.parent / "home"))
@@ -79,12 +64,12 @@ def test_cli_run_writes_stamped_reconciled_outputs(cli_run: tuple[Path, Path, di
     assert events[1]["outputs"], "COMPLETE names its output datasets"
 
 
-def test_cli_run_produces_a_schema_valid_payload_anchored_in_the_log(cli_run: tuple[Path, Path, dict]) -> None:
+def test_cli_run_produces_a_schema_valid_payload_anchored_in_the_log(finished_run: FinishedRun) -> None:
     import jsonschema
 
     from flashcast.stages.payload import committed_schema
 
-    config, out, summary = cli_run
+    config, out, summary = finished_run.config, finished_run.out, finished_run.summary
     document = json.loads((out / "payload.json").read_text())
     jsonschema.validate(document, committed_schema())
     assert document["lineage_id"] == summary["lineage_id"]
@@ -109,19 +94,19 @@ def test_cli_run_produces_a_schema_valid_payload_anchored_in_the_log(cli_run: tu
         assert f"({link})" in report
 
 
-def test_no_planted_pii_reaches_any_store_or_output(cli_run: tuple[Path, Path, dict], small_truth: dict) -> None:
-    config, out, _summary = cli_run
-    needles = PiiNeedles.from_truth(small_truth)
+def test_no_planted_pii_reaches_any_store_or_output(finished_run: FinishedRun) -> None:
+    config, out = finished_run.config, finished_run.out
+    needles = PiiNeedles.from_truth(finished_run.truth)
     assert len(needles.emails) > 10 and len(needles.phones) > 5 and len(needles.identifiers) > 100
     report = _scan(Settings(store=StoreConfig(home=config.parent / "home")), out, needles)
     assert report.columns_scanned > 50 and report.files_scanned >= 6
     assert report.clean, report.findings
 
 
-def test_the_scan_catches_a_planted_leak(cli_run: tuple[Path, Path, dict], small_truth: dict) -> None:
-    config, out, _summary = cli_run
-    settings = Settings(store=StoreConfig(home=config.parent / "home"))
-    needles = PiiNeedles.from_truth(small_truth)
+def test_the_scan_catches_a_planted_leak(finished_run: FinishedRun, tmp_path: Path) -> None:
+    run = finished_run.copy_to(tmp_path)
+    out, settings = run.out, run.settings
+    needles = PiiNeedles.from_truth(run.truth)
     email, phone = sorted(needles.emails)[0], sorted(needles.phones)[0]
     (out / "notes.txt").write_text(f"contact: {email.upper().replace('@', '%40')}\n")
     con = duckdb.connect(str(settings.store.warehouse_path))
@@ -133,8 +118,9 @@ def test_the_scan_catches_a_planted_leak(cli_run: tuple[Path, Path, dict], small
     assert "wh.leak.note" in where
 
 
-def test_cli_lineage_verify_fails_on_tampering(cli_run: tuple[Path, Path, dict]) -> None:
-    config, out, _summary = cli_run
+def test_cli_lineage_verify_fails_on_tampering(finished_run: FinishedRun, tmp_path: Path) -> None:
+    run = finished_run.copy_to(tmp_path)
+    config, out = run.config, run.out
     runner = CliRunner()
     ok = runner.invoke(app, ["lineage", "verify", "--head", str(out / "lineage_head.json"), "-c", str(config)])
     assert ok.exit_code == 0, ok.output
@@ -164,7 +150,7 @@ def test_a_failing_stage_is_named_and_recorded(tmp_path: Path, pii_key: PiiKey) 
 
 
 def test_two_runs_at_once_both_land(tmp_path: Path, small_sim: SimulationResult) -> None:
-    config = _config(tmp_path)
+    config = write_config(tmp_path, tmp_path / "home")
     env = {**os.environ, "FLASHCAST_PII_KEY": TEST_KEY}
     code = "from flashcast.cli import main; import sys; main(sys.argv[1:])"
     procs = [
