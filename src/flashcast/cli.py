@@ -22,9 +22,10 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flashcast.config import Settings, load_settings
-from flashcast.errors import ConfigError, FlashcastError
+from flashcast.errors import ConfigError, FlashcastError, describe_validation_error
 from flashcast.keys import load_pii_key
-from flashcast.pipeline import RunInputs, RunResult, run_pipeline
+from flashcast.pipeline import RunResult, run_pipeline
+from flashcast.records import RunInputs
 
 app = typer.Typer(help="Flashcast: governed forecast & optimize for marketing teams.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -48,7 +49,7 @@ def _settings(config: Path | None, llm: str | None = None) -> Settings:
         try:
             settings = Settings.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(f"--llm {llm}: {exc.errors()[0]['msg']}") from exc
+            raise ConfigError(f"--llm {llm}: {describe_validation_error(exc)}") from exc
     return settings
 
 
@@ -161,25 +162,26 @@ def _run_with_progress(call: Callable[[Callable[[str], None]], RunResult]) -> Ru
 
 
 def _print_summary(result: RunResult) -> None:
-    totals, k, plan = result.guard.totals, result.kpis, result.plan
+    totals, k = result.guard.totals, result.kpis
     console.print(f"\n[bold]Flashcast plan[/bold]  run {result.lineage_id}")
     console.print(
         f"Data {k.first_day} to {k.last_day}{' (last day partial)' if k.partial_last_day else ''}: "
         f"{totals['input_rows']:,} rows in, {totals['accepted']:,} accepted, {totals['dropped_consent']:,} dropped "
         f"for consent, {totals['quarantined']:,} quarantined, {totals['duplicate']:,} duplicates.")
     console.print("Customers: " + ", ".join(
-        f"{p.segment} {p.users:,} ({p.share:.0%})" for p in plan.segmentation.profiles))
-    f = plan.forecast
+        f"{p.segment} {p.users:,} ({p.share:.0%})" for p in result.segments.profiles))
+    f = result.forecast.forecast
     console.print(
         f"Revenue, next {len(f.dates)} days: ${sum(f.point):,.0f} expected "
         f"(80% band ${sum(f.band(80).lower):,.0f} to ${sum(f.band(80).upper):,.0f}, {f.engine}).")
-    lights = {light: sum(c.light == light for c in plan.creatives) for light in ("green", "amber", "red")}
-    console.print(f"Creatives: {len(plan.creatives)} ({lights['green']} green, {lights['amber']} amber, "
+    lights = result.creatives.lights
+    console.print(f"Creatives: {len(result.creatives.creatives)} ({lights['green']} green, {lights['amber']} amber, "
                   f"{lights['red']} red; red never ships).")
-    table = Table(title=f"Tomorrow's budget: ${plan.allocation.budget:,.2f} ({plan.allocation.method})")
+    allocation = result.allocation.allocation
+    table = Table(title=f"Tomorrow's budget: ${allocation.budget:,.2f} ({allocation.method})")
     for column in ("channel", "yesterday", "proposed", "change", "CPA", "held by"):
         table.add_column(column, justify="left" if column in ("channel", "held by") else "right")
-    for r in plan.allocation.rows:
+    for r in allocation.rows:
         table.add_row(r.channel, f"${r.yesterday_spend:,.2f}", f"${r.spend:,.2f}", f"{r.change:+,.2f}",
                       "-" if r.cpa is None else f"${r.cpa:,.2f}", r.bound or "")
     console.print(table)
@@ -208,8 +210,10 @@ def forecast(
     Example: flashcast forecast sales.csv --date-col date --value-col revenue --series-col store
     """
     from flashcast.config import ForecastConfig
-    from flashcast.forecasting.backtest import BacktestSpec, forecast_each
+    from flashcast.forecasting.backtest import BacktestSpec
+    from flashcast.forecasting.engines import EngineOptions
     from flashcast.forecasting.files import read_series_file, write_forecast_outputs
+    from flashcast.forecasting.forecast import forecast_each
 
     with _errors():
         settings = _settings(config)
@@ -218,16 +222,18 @@ def forecast(
                 **settings.forecast.model_dump(), **({"horizon": horizon} if horizon else {}),
                 **({"engines": tuple(e.strip() for e in engines.split(","))} if engines else {})})
         except ValidationError as exc:
-            raise ConfigError(f"forecast options: {exc.errors()[0]['msg']}") from exc
+            raise ConfigError(f"forecast options: {describe_validation_error(exc)}") from exc
         frame = read_series_file(data, date_col=date_col, value_col=value_col, series_col=series_col)
         with console.status(f"backtesting {frame['series_id'].nunique():,} series..."):
             done, skipped = forecast_each(frame, engines=options.engines, spec=BacktestSpec(horizon=options.horizon),
-                                          nonnegative=not signed, countries=options.holiday_countries)
-        files = write_forecast_outputs(done, frame, out, charts=charts, ylabel=value_col)
+                                          nonnegative=not signed,
+                                          options=EngineOptions(countries=options.holiday_countries))
+        files = write_forecast_outputs(done, out, charts=charts, ylabel=value_col)
     table = Table(title=f"{options.horizon}-day forecasts ({len(done):,} series)")
     for column in ("series", "engine", "MASE", "80% cov.", "95% cov.", "forecast total", "history"):
         table.add_column(column, justify="left" if column in ("series", "engine", "history") else "right")
     for result in done[:20]:
+        assert result.selection is not None  # auto forecasts always carry their selection
         best = result.selection.winner_score
         notes = [f"{result.filled_days} days filled"] if result.filled_days else []
         notes += [f"{result.dropped_days} days before a long gap left out"] if result.dropped_days else []

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flashcast.errors import ConfigError
+from flashcast.errors import ConfigError, describe_validation_error
 
 PAID_CHANNELS: tuple[str, ...] = ("Display", "CTV", "PPC", "Email")
 
@@ -209,22 +209,36 @@ class SegmentsConfig(_Frozen):
 
 
 class ForecastConfig(_Frozen):
-    """Stage 5. `auto` backtests the engines and picks the best per series (conformal bands);
-    a named engine skips the selection. Prophet stays available (`engine = "prophet"`)."""
+    """Stage 5. `auto` backtests the `engines` line-up and picks the best per series; a named engine
+    skips the selection. Either way the bands are conformal, calibrated on the backtest. Engine
+    names are those of `flashcast.forecasting.engines.REGISTRY`."""
 
-    engine: Literal["auto", "prophet", "linear", "ses", "ets", "mstl", "theta", "arima", "naive7", "ensemble"] = "auto"
+    engine: str = "auto"
     engines: tuple[str, ...] = ("naive7", "ses", "linear", "ensemble")  # the line-up for `auto`
     horizon: int = Field(default=14, ge=1, le=90)
     holiday_countries: tuple[str, ...] = ()  # e.g. ["US", "GB"]: holidays for `linear` and Prophet
 
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        known = _engine_names()
+        if value != "auto" and value not in known:
+            raise ValueError(f"engine must be 'auto' or one of {sorted(known)}")
+        return value
+
     @field_validator("engines")
     @classmethod
     def _known_engines(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        known = {"prophet", "linear", "ses", "ets", "mstl", "theta", "arima", "naive7", "ensemble"}
-        unknown = set(value) - known
-        if unknown or not value:
+        known = _engine_names()
+        if set(value) - set(known) or not value:
             raise ValueError(f"engines must be a non-empty subset of {sorted(known)}")
         return value
+
+
+def _engine_names() -> tuple[str, ...]:
+    from flashcast.forecasting.engines import REGISTRY  # the registry, not a copy of its names
+
+    return tuple(REGISTRY)
 
 
 class ChannelCopyLimits(_Frozen):
@@ -320,7 +334,4 @@ def load_settings(path: Path | None = None) -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise ConfigError(f"{path}: {describe_validation_error(exc, limit=50)}") from exc

@@ -2,22 +2,31 @@
 
     FlashcastError
       ConfigError            the config file or a setting is invalid
-      IngestError            export files cannot be read at all
+      IngestError            export or spend files cannot be read
         ExportNotFound       no export file matches the given path
       PrivacyViolation       personal data would cross the guard (names columns/rules, never values)
       ReconciliationError    row outcomes do not add up to the input rows
       LineageError           the lineage log is broken or cannot be written
         LineageTampered      verification found an edited, deleted or truncated entry
       StoreBusy              a store stayed locked by another process past the timeout
-      ForecastError          a series cannot be forecast (too short, gaps, negative values, duplicates)
-      AllocationInfeasible   the guardrails cannot all hold for the budget (names the conflicting bounds)
+      SegmentationError      there are no (or too few) users to segment
+      ForecastError          a series cannot be forecast (gaps, negative values, duplicates)
+        HistoryTooShort      too few days for the backtest that selects and calibrates engines
+      AllocationError        the budget cannot be allocated
+        AllocationInfeasible the guardrails cannot all hold for the budget (names the conflicting bounds)
+        CurveFitError        a response curve cannot be fitted to a channel's history
       PayloadInvalid         the DSP payload fails its JSON Schema or its own invariants
+      ProviderError          an LLM call failed and should not be retried (bad request, auth)
+        RetryableProviderError  rate limit, server error or timeout: worth another attempt
+        ProviderFailed       every attempt failed or the run's cap was reached: fall back offline
       StageError             a pipeline stage failed; wraps the cause with the stage name
 
 Messages name the field, file and row (or request); they never quote a value from the data.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class FlashcastError(Exception):
@@ -29,7 +38,7 @@ class ConfigError(FlashcastError):
 
 
 class IngestError(FlashcastError):
-    """Export files exist but cannot be read as GA4 exports."""
+    """Export or spend files exist but cannot be read as what they claim to be."""
 
 
 class ExportNotFound(IngestError):
@@ -65,11 +74,23 @@ class StoreBusy(FlashcastError):
     """Another process held a store's lock for longer than the timeout."""
 
 
+class SegmentationError(FlashcastError):
+    """There are no users to segment, or too few for the configured method."""
+
+
 class ForecastError(FlashcastError):
-    """The series cannot be forecast: too short, gaps, negative values or duplicate dates."""
+    """The series cannot be forecast: gaps, negative values or duplicate dates."""
 
 
-class AllocationInfeasible(FlashcastError):
+class HistoryTooShort(ForecastError):
+    """Too few days for a rolling-origin backtest (engine selection and conformal bands)."""
+
+
+class AllocationError(FlashcastError):
+    """The budget cannot be allocated."""
+
+
+class AllocationInfeasible(AllocationError):
     """The guardrails cannot all hold for this budget. The message names the conflicting bounds."""
 
     def __init__(self, message: str, *, conflicts: tuple[str, ...] = (), shortfall: float = 0.0) -> None:
@@ -78,8 +99,28 @@ class AllocationInfeasible(FlashcastError):
         self.shortfall = shortfall
 
 
+class CurveFitError(AllocationError):
+    """A response curve cannot be fitted to a channel's spend and outcome history."""
+
+
 class PayloadInvalid(FlashcastError):
     """The DSP payload fails its JSON Schema or its invariants; the message lists the problems."""
+
+
+class ProviderError(FlashcastError):
+    """An LLM provider call failed and should not be retried (bad request, auth, refused content)."""
+
+
+class RetryableProviderError(ProviderError):
+    """Rate limit, server error or timeout: worth another attempt, after `retry_after` seconds if given."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ProviderFailed(ProviderError):
+    """Every attempt failed (or the run's call/token cap was reached): the caller falls back offline."""
 
 
 class StageError(FlashcastError):
@@ -89,3 +130,9 @@ class StageError(FlashcastError):
         super().__init__(f"stage {stage}: {type(cause).__name__}: {cause}")
         self.stage = stage
         self.cause = cause
+
+
+def describe_validation_error(exc: Any, *, limit: int = 10) -> str:
+    """A pydantic ValidationError as 'field.path: message; ...' (the input values are never quoted)."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+                     for err in exc.errors()[:limit])

@@ -1,16 +1,21 @@
-"""Lineage: an append-only, hash-chained log in the ops store, plus OpenLineage run events.
+"""Lineage: an append-only, hash-chained log in the ops store, OpenLineage run events, and the hook
+that writes a run's entries.
 
 Each log entry is canonical JSON (sorted keys, no spaces) holding the previous entry's hash, so
 editing or deleting an entry breaks the chain. A truncated tail cannot be seen from the chain
 alone; it is caught against anchors kept elsewhere: the head file each run writes to its output
 folder and the head recorded with each finished run in the `runs` table.
+
+`RunRecorder` is the only writer of a run's entries: run_started, then stage_started and
+stage_completed around every stage (called by the pipeline as a hook, so no stage writes lineage),
+llm_call for every LLM call, and run_failed or run_completed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +26,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from flashcast.config import LineageConfig
 from flashcast.errors import LineageError, LineageTampered
+from flashcast.privacy import redact_message
+from flashcast.records import RunContext
 from flashcast.store import OpsStore
 
 GENESIS_HASH = "0" * 64
@@ -230,3 +237,67 @@ class OpenLineageEmitter:
 def job_name(stage: str) -> str:
     return f"flashcast.{stage}"
 
+
+
+class RunRecorder:
+    """Writes one run's lineage entries, OpenLineage events and `runs` row. The pipeline calls
+    `before_stage` / `after_stage` around every stage; nothing else writes a run's entries."""
+
+    def __init__(self, ops: OpsStore, context: RunContext, *, job: str, config_digest: str,
+                 emitter: OpenLineageEmitter) -> None:
+        self.ops, self.context, self.job, self.digest, self.emitter = ops, context, job, config_digest, emitter
+        self.log = LineageLog(ops)
+        self.inputs: list[DatasetRef] = []
+
+    def _append(self, kind: str, body: dict[str, Any]) -> LogHead:
+        return self.log.append(kind, self.context.lineage_id, body)
+
+    def started(self, inputs: Sequence[DatasetRef]) -> None:
+        run, self.inputs = self.context, list(inputs)
+        with self.ops.transaction() as conn:
+            conn.execute(self.ops.runs.insert().values(
+                lineage_id=run.lineage_id, job=self.job, status="running", started_at=run.processed_at.isoformat(),
+                config_digest=self.digest, key_id=run.key_id))
+        self._append("run_started", {"job": self.job, "processed_at": run.processed_at.isoformat(),
+                                     "config_digest": self.digest, "key_id": run.key_id,
+                                     "inputs": [r.name for r in self.inputs]})
+        self.emitter.emit("START", run_id=run.lineage_id, job=job_name(self.job), inputs=self.inputs)
+
+    def before_stage(self, stage: str, reads: Mapping[str, int]) -> None:
+        """The tables the stage is about to read, with their row counts."""
+        self._append("stage_started", {"stage": stage, "reads": dict(reads)})
+
+    def after_stage(self, stage: str, record: Any, writes: Mapping[str, int], seconds: float) -> None:
+        """What the stage produced (its record's `lineage()`), the tables it wrote and how long it took."""
+        self._append("stage_completed", {"stage": stage, **record.lineage(), "writes": dict(writes),
+                                         "seconds": round(seconds, 3)})
+
+    def llm_call(self, entry: dict[str, Any]) -> None:
+        self._append("llm_call", entry)
+
+    def failed(self, step: str, exc: BaseException) -> None:
+        """Record the failure (its message redacted); never raise, so the failure itself is what surfaces."""
+        message = redact_message(f"{type(exc).__name__}: {exc}")[:2000]
+        try:
+            self._append("run_failed", {"stage": step, "error": message})
+            self._finish("failed", error=message)
+            self.emitter.emit("FAIL", run_id=self.context.lineage_id, job=job_name(self.job), inputs=self.inputs,
+                              error=message)
+        except Exception:  # recording the failure must not hide the failure itself
+            pass
+
+    def completed(self, outputs: Mapping[str, Path], *, totals: dict[str, int], summary: dict[str, Any],
+                  datasets: Sequence[DatasetRef]) -> LogHead:
+        """run_completed with a digest of every output file; the head is recorded with the run as an anchor."""
+        digests = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in sorted(outputs.items())}
+        head = self._append("run_completed", {"outputs": digests, "totals": totals})
+        self._finish("completed", summary={"totals": totals, "lineage_head": head.to_json(), **summary})
+        self.emitter.emit("COMPLETE", run_id=self.context.lineage_id, job=job_name(self.job), inputs=[],
+                          outputs=datasets)
+        return head
+
+    def _finish(self, status: str, **values: Any) -> None:
+        runs = self.ops.runs
+        with self.ops.transaction() as conn:
+            conn.execute(runs.update().where(runs.c.lineage_id == self.context.lineage_id).values(
+                status=status, finished_at=datetime.now(UTC).isoformat(), **values))

@@ -1,251 +1,236 @@
-"""The pipeline: wires the stages in order. The one function the CLI and the API both call.
+"""The pipeline: the stages in order and the loop that runs them. The one function the CLI calls.
 
-A run does its SQL in a private in-memory DuckDB connection, copies guarded tables into the
-warehouse under its lock, records operational facts (run, reconciliation, lineage entries) in the
-ops store, and writes its human- and machine-readable outputs to `out_dir`. Every stage is
-bracketed by lineage entries; a failure is recorded (redacted) and re-raised as StageError.
+A run does its SQL in a private in-memory DuckDB connection. Each stage is a function named `run`
+in its module that takes records of earlier stages and the run's context by parameter name (see
+`flashcast.wiring`) and returns one record. Around every stage the hooks run: the lineage recorder
+writes stage_started / stage_completed entries and the progress callback reports the stage. The
+tables a stage reads and writes are declared here and checked; after the last stage the outputs are
+written, the kept tables are appended to the warehouse under its lock and the run is completed.
+A failure is recorded (redacted) and raised as StageError naming the step.
+
+Adding a stage: a module in `stages/` with a `run` function and a record in `records.py` with a
+`lineage()` method, one line in STAGES, and (if it writes files) a writer in `outputs.py`.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
-import pandas as pd
 
 from flashcast.config import Settings
 from flashcast.errors import FlashcastError, StageError
 from flashcast.keys import PiiKey
-from flashcast.lineage import DatasetRef, LineageLog, LogHead, OpenLineageEmitter, job_name, new_lineage_id
+from flashcast.lineage import DatasetRef, LogHead, OpenLineageEmitter, RunRecorder, new_lineage_id
 from flashcast.llm.base import Provider
 from flashcast.llm.tasks import build_client
-from flashcast.plan import (
-    PlanParts,
-    allocation_frame,
-    breakdown_forecasts,
-    budget_allocation,
-    build_payload,
-    creative_library,
-    creatives_frame,
-    last_complete_day,
-    revenue_forecast,
-    segment_users,
-    write_frame,
-)
-from flashcast.privacy import redact_message
-from flashcast.report import write_report
-from flashcast.stages.allocate_curves import plot_curves, plot_whatif
-from flashcast.stages.forecast import bands_are_nested, plot_fan_chart, summarize
-from flashcast.stages.guard import (
-    GUARD_TABLES,
+from flashcast.outputs import write_outputs
+from flashcast.records import (
+    AllocationPlan,
+    CreativeLibrary,
+    ForecastPlan,
     GuardReport,
+    KpiSummary,
     RunContext,
-    guard_export,
-    install_privacy_functions,
+    RunInputs,
+    Segmentation,
+    Table,
 )
-from flashcast.stages.ingest import stage_export
-from flashcast.stages.kpis import KpiSummary, daily_channel_kpis, load_spend
-from flashcast.stages.payload import write_payload
-from flashcast.store import OpsStore, transform_connection, warehouse_session
+from flashcast.stages import allocate, creatives, forecast, guard, ingest, kpis, payload, segments
+from flashcast.stages.payload import Payload
+from flashcast.store import OpsStore, append_to_warehouse, transform_connection
+from flashcast.wiring import call, missing_inputs, parameters
 
 JOB = "run"
-PERSISTED_TABLES = (*GUARD_TABLES, "sessions", "daily_kpis", "daily_outcomes", "user_segments", "creatives",
-                    "allocations")
-
 Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class RunInputs:
-    """Where a run reads from: a GA4 export (file or folder) and, optionally, a spend file."""
+class Stage:
+    """A step of the pipeline: its name (also the name its record is passed on by), its function,
+    the tables it reads and writes, and which of those the warehouse keeps."""
 
-    export: Path
-    spend: Path | None = None
+    name: str
+    run: Callable[..., Any]
+    reads: tuple[Table, ...] = ()
+    writes: tuple[Table, ...] = ()
+    keeps: tuple[Table, ...] = ()
+
+
+T = Table
+STAGES: tuple[Stage, ...] = (
+    Stage("ingest", ingest.run, writes=(T.STAGED,)),
+    Stage("guard", guard.run, reads=(T.STAGED,),
+          writes=(T.GUARDED_EVENTS, T.QUARANTINE, T.CONSENT_DROPS, T.DUPLICATES, T.DAILY_OUTCOMES),
+          keeps=(T.GUARDED_EVENTS, T.QUARANTINE, T.CONSENT_DROPS, T.DUPLICATES, T.DAILY_OUTCOMES)),
+    Stage("kpis", kpis.run, reads=(T.GUARDED_EVENTS,), writes=(T.SPEND, T.SESSIONS, T.DAILY_KPIS),
+          keeps=(T.SESSIONS, T.DAILY_KPIS)),
+    Stage("segments", segments.run, reads=(T.GUARDED_EVENTS, T.SESSIONS),
+          writes=(T.USER_FEATURES, T.USER_SEGMENTS), keeps=(T.USER_SEGMENTS,)),
+    Stage("creatives", creatives.run, writes=(T.CREATIVES,), keeps=(T.CREATIVES,)),
+    Stage("forecast", forecast.run, reads=(T.DAILY_KPIS, T.GUARDED_EVENTS, T.USER_SEGMENTS)),
+    Stage("allocate", allocate.run, reads=(T.DAILY_KPIS,), writes=(T.ALLOCATIONS,), keeps=(T.ALLOCATIONS,)),
+    Stage("payload", payload.run),
+)
+# What every stage may ask for besides earlier stages' records.
+CONTEXT = ("con", "settings", "inputs", "context", "key", "llm", "head")
+# The warehouse's tables, in catalog order.
+KEPT_TABLES: tuple[Table, ...] = tuple(t for t in Table if any(t in s.keeps for s in STAGES))
+
+
+def check_wiring(stages: tuple[Stage, ...]) -> None:
+    """Every stage's inputs are context or records of earlier stages; it keeps only what it writes."""
+    available = set(CONTEXT)
+    for stage in stages:
+        missing = missing_inputs(stage.run, available)
+        if missing:
+            raise TypeError(f"stage {stage.name} needs {missing}: neither context nor an earlier stage's record")
+        if not set(stage.keeps) <= set(stage.writes):
+            raise TypeError(f"stage {stage.name} keeps tables it does not write")
+        available.add(stage.name)
+
+
+check_wiring(STAGES)
+
+
+class StageHook(Protocol):
+    """Called around every stage (Hamilton's node execution hooks)."""
+
+    def before_stage(self, stage: str, reads: Mapping[str, int]) -> None: ...
+
+    def after_stage(self, stage: str, record: Any, writes: Mapping[str, int], seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class ProgressHook:
+    progress: Progress
+
+    def before_stage(self, stage: str, reads: Mapping[str, int]) -> None:
+        self.progress(stage)
+
+    def after_stage(self, stage: str, record: Any, writes: Mapping[str, int], seconds: float) -> None:
+        pass
 
 
 @dataclass(frozen=True)
 class RunResult:
+    """A finished run: its id, output folder, every stage's record by stage name, the lineage head
+    after it and the files it wrote."""
+
     lineage_id: str
     out_dir: Path
-    guard: GuardReport
-    kpis: KpiSummary
+    records: Mapping[str, Any]
     head: LogHead
-    plan: PlanParts
     outputs: dict[str, Path] = field(default_factory=dict)
 
+    @property
+    def guard(self) -> GuardReport:
+        return self.records["guard"]
 
-@dataclass
-class _RunState:
-    settings: Settings
-    run: RunContext
-    ops: OpsStore
-    log: LineageLog
-    emitter: OpenLineageEmitter
-    progress: Progress
-    stage: str = "start"
-    llm_provider: Provider | None = None  # overrides the configured provider (tests, stand-ins)
+    @property
+    def kpis(self) -> KpiSummary:
+        return self.records["kpis"]
+
+    @property
+    def segments(self) -> Segmentation:
+        return self.records["segments"]
+
+    @property
+    def creatives(self) -> CreativeLibrary:
+        return self.records["creatives"]
+
+    @property
+    def forecast(self) -> ForecastPlan:
+        return self.records["forecast"]
+
+    @property
+    def allocation(self) -> AllocationPlan:
+        return self.records["allocate"]
+
+    @property
+    def payload(self) -> Payload:
+        return self.records["payload"]
 
 
 def run_pipeline(
     settings: Settings, inputs: RunInputs, out_dir: Path, *, key: PiiKey, progress: Progress | None = None,
     llm_provider: Provider | None = None,
 ) -> RunResult:
-    """Ingest -> guard -> daily KPIs -> warehouse + outputs, stamped with one lineage_id."""
+    """Every stage on `inputs`, stamped with one lineage_id; outputs in `out_dir`, guarded tables in the
+    warehouse, the run and its lineage in the ops store. `llm_provider` overrides the configured one."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ops = OpsStore(settings.store.ops_database_url)
-    run = RunContext(new_lineage_id(), datetime.now(UTC), key.key_id)
-    state = _RunState(settings, run, ops, LineageLog(ops), OpenLineageEmitter(settings.lineage, out_dir),
-                      progress or (lambda _msg: None), llm_provider=llm_provider)
-    input_refs = _input_refs(inputs)
-    _start(state, inputs, input_refs)
+    context = RunContext(new_lineage_id(), datetime.now(UTC), key.key_id)
+    recorder = RunRecorder(ops, context, job=JOB, config_digest=settings.digest(),
+                           emitter=OpenLineageEmitter(settings.lineage, out_dir))
+    hooks: list[StageHook] = [recorder, ProgressHook(progress or (lambda _stage: None))]
+    recorder.started(_input_refs(inputs))
+    con = transform_connection()
+    step = "start"
     try:
-        result = _run_stages(state, inputs, out_dir, key)
+        llm = build_client(settings.llm, settings.store.home / "llm_cache.sqlite", record=recorder.llm_call,
+                           provider=llm_provider)
+        values: dict[str, Any] = {"con": con, "settings": settings, "inputs": inputs, "context": context,
+                                  "key": key, "llm": llm, "out_dir": out_dir}
+        for stage in STAGES:
+            step = stage.name
+            values[stage.name] = _run_stage(stage, values, hooks, recorder)
+        step = "outputs"
+        outputs = write_outputs(values)
+        step = "persist"
+        append_to_warehouse(con, settings.store.warehouse_path, KEPT_TABLES, timeout_s=settings.store.lock_timeout_s)
+        ops.record_reconciliation(context.lineage_id, values["guard"].days)
+        head = _complete(recorder, values, outputs, settings)
     except BaseException as exc:
-        _fail(state, exc, input_refs)
-        if isinstance(exc, FlashcastError | duckdb.Error | OSError | ValueError):
-            raise StageError(state.stage, exc) from exc
+        recorder.failed(step, exc)
+        if isinstance(exc, FlashcastError | duckdb.Error | OSError):
+            raise StageError(step, exc) from exc
         raise
     finally:
-        ops.dispose()
-    return result
-
-
-def _run_stages(state: _RunState, inputs: RunInputs, out_dir: Path, key: PiiKey) -> RunResult:
-    settings, run = state.settings, state.run
-    con = transform_connection()
-    try:
-        with _stage(state, "ingest"):
-            staged = stage_export(con, inputs.export)
-            state.log.append("stage_completed", run.lineage_id, {
-                "stage": "ingest", "files": [f.name for f in staged.files], "input_rows": staged.input_rows})
-        with _stage(state, "guard"):
-            install_privacy_functions(con, key, settings.policy)
-            report = guard_export(con, staged, policy=settings.policy, run=run)
-            _daily_outcomes_table(con, report, run)
-            state.log.append("stage_completed", run.lineage_id, {
-                "stage": "guard", "key_id": run.key_id, "consent_null_means": settings.policy.consent_null_means,
-                "totals": report.totals})
-        with _stage(state, "kpis"):
-            spend_table = None
-            if inputs.spend is not None:
-                load_spend(con, inputs.spend, mapping=settings.channels)
-                spend_table = "spend"
-            kpis = daily_channel_kpis(con, spend=spend_table, mapping=settings.channels,
-                                      timezone=settings.property_timezone)
-            state.log.append("stage_completed", run.lineage_id, {
-                "stage": "kpis", "first_day": kpis.first_day.isoformat(), "last_day": kpis.last_day.isoformat(),
-                "partial_last_day": kpis.partial_last_day})
-        parts = _plan_stages(state, con, kpis)
-        with _stage(state, "payload"):
-            outputs = _write_outputs(con, out_dir, report, kpis, run)
-            outputs |= _write_plan(con, out_dir, parts, run)
-            head = state.log.head()
-            payload = build_payload(parts, run=run, report=report, head=head,
-                                    for_date=last_complete_day(kpis) + timedelta(days=2))
-            outputs["payload"] = write_payload(payload, out_dir / "payload.json")
-            state.log.append("stage_completed", run.lineage_id, {
-                "stage": "payload", "schema_version": payload.schema_version, "creatives": len(payload.creatives),
-                "budget": payload.allocations.budget, "anchored_head": head.to_json()})
-            outputs["report"] = write_report(out_dir / "report.md", lineage_id=run.lineage_id, report=report,
-                                             kpis=kpis, parts=parts, files=outputs)
-        with _stage(state, "persist"):
-            _persist(con, settings)
-            _record_reconciliation(state.ops, report, run)
-    finally:
         con.close()
-    return _complete(state, out_dir, report, kpis, parts, outputs)
+        ops.dispose()
+    records = {stage.name: values[stage.name] for stage in STAGES}
+    return RunResult(context.lineage_id, out_dir, records, head, outputs)
 
 
-def _plan_stages(state: _RunState, con: duckdb.DuckDBPyConnection, kpis: KpiSummary) -> PlanParts:
-    settings, run = state.settings, state.run
-    def record_call(entry: dict[str, Any]) -> None:
-        state.log.append("llm_call", run.lineage_id, entry)  # every LLM call is on the record
-
-    client = build_client(settings.llm, settings.store.home / "llm_cache.sqlite", record=record_call,
-                          provider=state.llm_provider)
-    llm_name = "offline" if client is None else f"{client.provider.name}:{client.provider.model}"
-    with _stage(state, "segments"):
-        segmentation, seg_note = segment_users(con, kpis, settings, client)
-        state.log.append("stage_completed", run.lineage_id, {
-            "stage": "segments", "method": settings.segments.method if client is None or seg_note else "llm-kmeans",
-            "llm": llm_name, "fallback": seg_note, "users": segmentation.users,
-            "sizes": {p.segment: p.users for p in segmentation.profiles}, "rules": segmentation.rule_counts,
-            "thresholds": segmentation.thresholds})
-    with _stage(state, "creatives"):
-        creatives, copy_note = creative_library(settings, segmentation, client)
-        state.log.append("stage_completed", run.lineage_id, {
-            "stage": "creatives", "generator": "templates" if client is None or copy_note else llm_name,
-            "fallback": copy_note,
-            "lights": {light: sum(c.light == light for c in creatives) for light in ("green", "amber", "red")}})
-    with _stage(state, "forecast"):
-        forecast = revenue_forecast(con, kpis, settings)
-        if not bands_are_nested(forecast):
-            raise ValueError("forecast bands are not nested")
-        breakdown = breakdown_forecasts(con, kpis, segmentation.table, settings)
-        state.log.append("stage_completed", run.lineage_id, {
-            "stage": "forecast", **summarize(forecast), "notes": list(forecast.notes),
-            "breakdown_series": sorted(breakdown["series_id"].unique().tolist()) if len(breakdown) else [],
-            "breakdown_skipped": [redact_message(m) for m in breakdown.attrs.get("skipped", [])]})
-    with _stage(state, "allocate"):
-        allocation, curves = budget_allocation(con, kpis, settings)
-        fit_summary = {} if curves is None else {
-            c: {"form": f.curve.form, "decay": f.curve.decay, "slope": round(f.curve.slope, 4), "r2": f.diagnostics.r2,
-                "fallback": f.fallback} for c, f in curves.fits.items()}
-        state.log.append("stage_completed", run.lineage_id, {
-            "stage": "allocate", "method": allocation.method, "budget": allocation.budget,
-            "spend": allocation.spends, "bounds": {r.channel: r.bound for r in allocation.rows},
-            "expected": allocation.expected_conversions, "gain_vs_inverse_cpa": allocation.gain_vs_inverse_cpa,
-            "curves": fit_summary, "notes": list(allocation.notes)})
-    return PlanParts(segmentation, creatives, forecast, allocation, curves, breakdown)
+def _run_stage(stage: Stage, values: dict[str, Any], hooks: list[StageHook], recorder: RunRecorder) -> Any:
+    con: duckdb.DuckDBPyConnection = values["con"]
+    before = _tables(con)
+    absent = [t for t in stage.reads if t not in before]
+    if absent:
+        raise StageError(stage.name, TypeError(f"tables {absent} are missing: no earlier stage wrote them"))
+    for hook in hooks:
+        hook.before_stage(stage.name, {t: before[t] for t in stage.reads})
+    if "head" in parameters(stage.run):  # the log's head as the stage starts, for anchoring
+        values["head"] = recorder.log.head()
+    start = time.perf_counter()
+    record = call(stage.run, values)
+    seconds = time.perf_counter() - start
+    after = _tables(con)
+    undeclared = sorted(set(after) - set(before) - set(stage.writes))
+    unwritten = [t for t in stage.writes if t not in after]
+    if undeclared or unwritten:
+        raise StageError(stage.name, TypeError(
+            f"tables written do not match the declaration: undeclared {undeclared}, declared but absent {unwritten}"))
+    for hook in hooks:
+        hook.after_stage(stage.name, record, {t: after[t] for t in stage.writes}, seconds)
+    return record
 
 
-def _write_plan(con: duckdb.DuckDBPyConnection, out_dir: Path, parts: PlanParts, run: RunContext) -> dict[str, Path]:
-    """Write the plan's files and register its tables in the run connection for the warehouse."""
-    creatives = creatives_frame(parts.creatives, run.lineage_id)
-    allocations = allocation_frame(parts.allocation, run.lineage_id)
-    con.register("_creatives_df", creatives)
-    con.register("_allocations_df", allocations)
-    con.execute("CREATE OR REPLACE TEMP TABLE creatives AS SELECT * FROM _creatives_df")
-    con.execute("CREATE OR REPLACE TEMP TABLE allocations AS SELECT * FROM _allocations_df")
-    forecast = parts.forecast.to_frame()
-    forecast.insert(0, "lineage_id", run.lineage_id)
-    if parts.curves is not None:
-        extra = {"response_curves": plot_curves(parts.curves, out_dir / "response_curves.png"),
-                 "whatif": write_frame(pd.DataFrame(parts.curves.whatif), out_dir / "whatif.csv"),
-                 "whatif_chart": plot_whatif(parts.curves.whatif, out_dir / "whatif.png")}
-    else:
-        extra = {}
-    files = {
-        **extra,
-        "segments": out_dir / "segments.csv",
-        "creatives": write_frame(creatives, out_dir / "creatives.csv"),
-        "allocation": write_frame(allocations, out_dir / "allocation.csv"),
-        "forecast": write_frame(forecast, out_dir / "forecast.csv"),
-        "forecast_series": write_frame(parts.breakdown.assign(lineage_id=run.lineage_id),
-                                       out_dir / "forecast_series.csv"),
-        "forecast_backtest": write_frame(pd.DataFrame(list(parts.forecast.leaderboard)),
-                                         out_dir / "forecast_backtest.csv"),
-        "fan_chart": plot_fan_chart(parts.forecast, out_dir / "fan_chart.png"),
-    }
-    _write_csv(con, f"SELECT lineage_id, user_key, segment, rule, reason, recency_days, sessions, orders, monetary, "
-                    f"avg_order_value, pages_per_session, session_duration_s, engagement_s, coupon_share "
-                    f"FROM {parts.segmentation.table} ORDER BY user_key", files["segments"])
-    return files
-
-
-@contextmanager
-def _stage(state: _RunState, name: str) -> Iterator[None]:
-    state.stage = name
-    state.progress(name)
-    yield
+def _tables(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """The run's tables (helpers start with '_') and their row counts."""
+    names = [r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE temporary AND NOT starts_with(table_name, '_')").fetchall()]
+    if not names:
+        return {}
+    counts = " UNION ALL ".join(f"SELECT '{n}', count(*) FROM {n}" for n in names)
+    return {str(n): int(c) for n, c in con.execute(counts).fetchall()}
 
 
 def _input_refs(inputs: RunInputs) -> list[DatasetRef]:
@@ -255,143 +240,20 @@ def _input_refs(inputs: RunInputs) -> list[DatasetRef]:
     return refs
 
 
-def _start(state: _RunState, inputs: RunInputs, refs: list[DatasetRef]) -> None:
-    run = state.run
-    with state.ops.transaction() as conn:
-        conn.execute(state.ops.runs.insert().values(
-            lineage_id=run.lineage_id, job=JOB, status="running", started_at=run.processed_at.isoformat(),
-            config_digest=state.settings.digest(), key_id=run.key_id))
-    state.log.append("run_started", run.lineage_id, {
-        "job": JOB, "processed_at": run.processed_at.isoformat(), "config_digest": state.settings.digest(),
-        "key_id": run.key_id, "inputs": [r.name for r in refs]})
-    state.emitter.emit("START", run_id=run.lineage_id, job=job_name(JOB), inputs=refs)
-
-
-def _fail(state: _RunState, exc: BaseException, refs: list[DatasetRef]) -> None:
-    message = redact_message(f"{type(exc).__name__}: {exc}")[:2000]
-    run = state.run
-    try:
-        state.log.append("run_failed", run.lineage_id, {"stage": state.stage, "error": message})
-        with state.ops.transaction() as conn:
-            conn.execute(state.ops.runs.update().where(state.ops.runs.c.lineage_id == run.lineage_id).values(
-                status="failed", finished_at=datetime.now(UTC).isoformat(), error=message))
-        state.emitter.emit("FAIL", run_id=run.lineage_id, job=job_name(JOB), inputs=refs, error=message)
-    except Exception:  # recording the failure must not hide the failure itself
-        pass
-
-
-def _complete(
-    state: _RunState, out_dir: Path, report: GuardReport, kpis: KpiSummary, parts: PlanParts,
-    outputs: dict[str, Path],
-) -> RunResult:
-    run = state.run
-    digests = {name: _file_sha256(path) for name, path in sorted(outputs.items())}
-    head = state.log.append("run_completed", run.lineage_id, {"outputs": digests, "totals": report.totals})
+def _complete(recorder: RunRecorder, values: dict[str, Any], outputs: dict[str, Path], settings: Settings) -> LogHead:
+    """run_completed, then the head file (an anchor kept outside the log) and the OpenLineage event file."""
+    out_dir: Path = values["out_dir"]
+    kpi_summary: KpiSummary = values["kpis"]
+    warehouse = settings.store.warehouse_path.resolve()
+    head = recorder.completed(
+        outputs, totals=values["guard"].totals,
+        summary={"out_dir": str(out_dir.resolve()), "first_day": kpi_summary.first_day.isoformat(),
+                 "last_day": kpi_summary.last_day.isoformat()},
+        datasets=[DatasetRef(f"duckdb://{warehouse}", t) for t in KEPT_TABLES])
     head_file = out_dir / "lineage_head.json"
-    head_file.write_text(json.dumps({"lineage_id": run.lineage_id, **head.to_json()}, indent=2) + "\n")
-    summary = {"totals": report.totals, "lineage_head": head.to_json(), "out_dir": str(out_dir.resolve()),
-               "first_day": kpis.first_day.isoformat(), "last_day": kpis.last_day.isoformat()}
-    with state.ops.transaction() as conn:
-        conn.execute(state.ops.runs.update().where(state.ops.runs.c.lineage_id == run.lineage_id).values(
-            status="completed", finished_at=datetime.now(UTC).isoformat(), summary=summary))
-    warehouse = state.settings.store.warehouse_path.resolve()
-    state.emitter.emit("COMPLETE", run_id=run.lineage_id, job=job_name(JOB), inputs=[],
-                       outputs=[DatasetRef(f"duckdb://{warehouse}", t) for t in PERSISTED_TABLES])
-    outputs = {**outputs, "lineage_head": head_file}
-    if state.emitter.event_file.exists():
-        outputs["openlineage"] = state.emitter.event_file
-    return RunResult(run.lineage_id, out_dir, report, kpis, head, parts, outputs)
-
-
-def _daily_outcomes_table(con: duckdb.DuckDBPyConnection, report: GuardReport, run: RunContext) -> None:
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE daily_outcomes (lineage_id VARCHAR, event_date VARCHAR, input_rows BIGINT,
-        accepted BIGINT, dropped_consent BIGINT, quarantined BIGINT, duplicate BIGINT, dropped_share DOUBLE)"""
-    )
-    rows = [(run.lineage_id, d.event_date, d.input_rows, d.accepted, d.dropped_consent, d.quarantined,
-             d.duplicate, round(d.dropped_share, 6)) for d in report.days]
-    if rows:
-        con.executemany("INSERT INTO daily_outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-
-
-def _persist(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
-    """Append this run's guarded tables to the warehouse, holding its lock only for the copy."""
-    with warehouse_session(con, settings.store.warehouse_path, timeout_s=settings.store.lock_timeout_s) as wh:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            for table in PERSISTED_TABLES:
-                con.execute(f"CREATE TABLE IF NOT EXISTS {wh}.main.{table} AS SELECT * FROM {table} WITH NO DATA")
-                _add_new_columns(con, f"{wh}.main.{table}", table)
-                con.execute(f"INSERT INTO {wh}.main.{table} BY NAME SELECT * FROM {table}")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-
-
-def _add_new_columns(con: duckdb.DuckDBPyConnection, target: str, source: str) -> None:
-    """Warehouse tables only grow: a column a newer version adds is added (NULL for older runs)."""
-    existing = {r[0] for r in con.execute(f"DESCRIBE {target}").fetchall()}
-    for name, dtype, *_ in con.execute(f"DESCRIBE {source}").fetchall():
-        if name not in existing:
-            con.execute(f'ALTER TABLE {target} ADD COLUMN "{name}" {dtype}')
-
-
-def _write_outputs(
-    con: duckdb.DuckDBPyConnection, out_dir: Path, report: GuardReport, kpis: KpiSummary, run: RunContext
-) -> dict[str, Path]:
-    outputs = {
-        "daily_kpis": out_dir / "daily_kpis.csv",
-        "reconciliation": out_dir / "reconciliation.csv",
-        "quarantine": out_dir / "quarantine.csv",
-    }
-    queries = {
-        "daily_kpis": f"SELECT * FROM {kpis.table} ORDER BY event_date, channel",
-        "reconciliation": "SELECT * FROM daily_outcomes ORDER BY event_date",
-        "quarantine": "SELECT lineage_id, event_date, source_file, source_line, field, reason, row_hmac "
-                      "FROM quarantine ORDER BY source_file, source_line",
-    }
-    for name, query in queries.items():
-        _write_csv(con, query, outputs[name])
-    summary_file = out_dir / "run_summary.json"
-    summary_file.write_text(json.dumps({
-        "lineage_id": run.lineage_id, "processed_at": run.processed_at.isoformat(), "key_id": run.key_id,
-        "totals": report.totals, "consent_null_means": report.consent_null_means,
-        "first_day": kpis.first_day.isoformat(), "last_day": kpis.last_day.isoformat(),
-        "partial_last_day": kpis.partial_last_day,
-        "kpis_by_channel": _channel_totals(con, kpis),
-    }, indent=2) + "\n")
-    outputs["run_summary"] = summary_file
-    return outputs
-
-
-def _write_csv(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
-    cursor = con.execute(query)
-    columns = [d[0] for d in cursor.description or []]
-    rows = cursor.fetchall()
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
-
-
-def _channel_totals(con: duckdb.DuckDBPyConnection, kpis: KpiSummary) -> list[dict[str, Any]]:
-    rows = con.execute(
-        f"""SELECT channel, sum(sessions)::BIGINT, sum(purchases)::BIGINT, round(sum(revenue), 2),
-        round(sum(spend), 2) FROM {kpis.table} GROUP BY channel ORDER BY channel"""
-    ).fetchall()
-    return [{"channel": r[0], "sessions": r[1], "purchases": r[2], "revenue": r[3], "spend": r[4]} for r in rows]
-
-
-def _record_reconciliation(ops: OpsStore, report: GuardReport, run: RunContext) -> None:
-    ops.insert(ops.reconciliation, [
-        {"lineage_id": run.lineage_id, "event_date": d.event_date, "input_rows": d.input_rows,
-         "accepted": d.accepted, "dropped_consent": d.dropped_consent, "quarantined": d.quarantined,
-         "duplicate": d.duplicate}
-        for d in report.days
-    ])
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    head_file.write_text(json.dumps({"lineage_id": recorder.context.lineage_id, **head.to_json()}, indent=2) + "\n")
+    outputs["lineage_head"] = head_file
+    if recorder.emitter.event_file.exists():
+        outputs["openlineage"] = recorder.emitter.event_file
+    return head
 

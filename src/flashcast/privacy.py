@@ -1,4 +1,5 @@
-"""PII patterns shared by the SQL guard and Python-side redaction, and the PII scanner.
+"""PII patterns (shared by the SQL guard, Python-side redaction, the compliance checker and LLM
+containment) and the PII scanner.
 
 The scanner is the test of the guard: it reads every column of every table in every store through
 SQL and every file in an output folder (after URL-decoding), looking for the planted values and for
@@ -16,8 +17,14 @@ from pathlib import Path
 import duckdb
 import sqlalchemy as sa
 
-from flashcast.stages.guard import EMAIL_PATTERN, EMAIL_TOKEN, PHONE_PATTERN, PHONE_TOKEN
+from flashcast.sql import identifier, literal
 
+EMAIL_PATTERN = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
+# International prefix, an area code (bracketed or not), then 3-4 and 4 digits with optional
+# separators: catches 555-123-4567, (555) 123-4567, +1 555.123.4567, +44 20 7946 0958, 5551234567,
+# but not dates (2024-01-15) or short numbers.
+PHONE_PATTERN = r"(\+\d{1,3}[\s.\-]?)?(\(\d{2,4}\)|\d{2,4})[\s.\-]?\d{3,4}[\s.\-]?\d{4}"
+EMAIL_TOKEN, PHONE_TOKEN = "[redacted-email]", "[redacted-phone]"
 EMAIL_RE = re.compile(EMAIL_PATTERN)
 PHONE_RE = re.compile(PHONE_PATTERN)
 
@@ -90,10 +97,10 @@ def scan_duckdb(con: duckdb.DuckDBPyConnection, needles: PiiNeedles, *, catalog:
     ).fetchall()
     for table, column in tables:
         report.columns_scanned += 1
-        value = f'lower(to_json("{column}")::VARCHAR)'
+        value = f"lower(to_json({identifier(column)})::VARCHAR)"
         decoded = f"coalesce(try(url_decode(url_decode(replace({value}, '+', ' ')))), {value})"
         planted, shaped = con.execute(
-            f"""WITH v AS (SELECT DISTINCT {decoded} AS v FROM {catalog}.main."{table}")
+            f"""WITH v AS (SELECT DISTINCT {decoded} AS v FROM {catalog}.main.{identifier(table)})
             SELECT (SELECT count(*) FROM v JOIN _needles n ON contains(v.v, n.needle)),
                    (SELECT count(*) FROM v WHERE regexp_matches(v.v, '{EMAIL_PATTERN}'))"""
         ).fetchall()[0]
@@ -109,7 +116,8 @@ def scan_sql_store(url: str, needles: PiiNeedles, report: ScanReport) -> None:
             for table in inspector.get_table_names():
                 for col in inspector.get_columns(table):
                     report.columns_scanned += 1
-                    values = conn.execute(sa.text(f'SELECT "{col["name"]}" FROM "{table}"')).scalars()
+                    query = f"SELECT {identifier(col['name'])} FROM {identifier(table)}"
+                    values = conn.execute(sa.text(query)).scalars()
                     planted, shaped = _scan_texts((str(v) for v in values if v is not None), needles)
                     _add(report, f"ops.{table}.{col['name']}", planted, shaped)
     finally:
@@ -124,7 +132,7 @@ def scan_files(folder: Path, needles: PiiNeedles, report: ScanReport) -> None:
             con = duckdb.connect()
             sub = ScanReport()
             con.execute("ATTACH ':memory:' AS scanmem")
-            con.execute(f"CREATE TABLE scanmem.main.t AS SELECT * FROM read_parquet('{path}')")
+            con.execute(f"CREATE TABLE scanmem.main.t AS SELECT * FROM read_parquet({literal(path)})")
             scan_duckdb(con, needles, catalog="scanmem", report=sub)
             con.close()
             _add(report, str(path), sum(f.count for f in sub.findings if f.kind == "planted value"),

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flashcast.plan import PlanParts
-from flashcast.stages.guard import GuardReport
-from flashcast.stages.kpis import KpiSummary
+from flashcast.records import AllocationPlan, CreativeLibrary, ForecastPlan, GuardReport, KpiSummary, Segmentation
 
 
 def _money(x: float) -> str:
     return f"${x:,.2f}"
 
 
-def _forecast_lines(parts: PlanParts, files: dict[str, Path]) -> list[str]:
-    f = parts.forecast
+def _forecast_lines(plan: ForecastPlan, files: dict[str, Path]) -> list[str]:
+    f = plan.forecast
     lines = [f"- {n}" for n in f.notes]
     if f.leaderboard:
         lines += [
@@ -28,16 +26,16 @@ def _forecast_lines(parts: PlanParts, files: dict[str, Path]) -> list[str]:
             "",
             f"Full table: [forecast_backtest.csv]({files['forecast_backtest'].name}).",
         ]
-    if len(parts.breakdown):
-        totals = parts.breakdown.groupby("series_id")["point"].sum()
+    if len(plan.breakdown):
+        totals = plan.breakdown.groupby("series_id")["point"].sum()
         lines += ["", f"Per channel and per segment ({len(totals)} series forecast in one parallel call, "
                   f"[forecast_series.csv]({files['forecast_series'].name})): "
                   + ", ".join(f"{sid} {_money(v)}" for sid, v in totals.items())]
     return [*lines, ""] if lines else []
 
 
-def _curve_lines(parts: PlanParts, files: dict[str, Path]) -> list[str]:
-    a, plan = parts.allocation, parts.curves
+def _curve_lines(allocation: AllocationPlan, files: dict[str, Path]) -> list[str]:
+    a, plan = allocation.allocation, allocation.curves
     if plan is None or a.expected_conversions is None:
         return []
     lo, hi = a.expected_interval or (a.expected_conversions, a.expected_conversions)
@@ -64,10 +62,12 @@ def _curve_lines(parts: PlanParts, files: dict[str, Path]) -> list[str]:
 
 
 def write_report(
-    path: Path, *, lineage_id: str, report: GuardReport, kpis: KpiSummary, parts: PlanParts, files: dict[str, Path]
+    path: Path, *, lineage_id: str, guard: GuardReport, kpis: KpiSummary, segments: Segmentation,
+    creatives: CreativeLibrary, forecast: ForecastPlan, allocate: AllocationPlan, files: dict[str, Path]
 ) -> Path:
-    t = report.totals
-    f, a, seg = parts.forecast, parts.allocation, parts.segmentation
+    """report.md: the plan in plain words, linking every other file."""
+    t = guard.totals
+    f, a, seg = forecast.forecast, allocate.allocation, segments
     lines = [
         "# Flashcast plan",
         "",
@@ -95,9 +95,8 @@ def write_report(
         "",
         "## What to say",
         "",
-        f"{len(parts.creatives)} creatives (two per segment and channel): "
-        + ", ".join(f"{n} {light}" for light in ("green", "amber", "red")
-                    if (n := sum(c.light == light for c in parts.creatives)))
+        f"{len(creatives.creatives)} creatives (two per segment and channel): "
+        + ", ".join(f"{n} {light}" for light, n in creatives.lights.items() if n)
         + f". Red copy never enters the payload. Library: [creatives.csv]({files['creatives'].name}).",
         "",
         "## Revenue to expect",
@@ -110,7 +109,7 @@ def write_report(
         "",
         f"Daily values and 50/80/95% bands: [forecast.csv]({files['forecast'].name}).",
         "",
-        *_forecast_lines(parts, files),
+        *_forecast_lines(forecast, files),
         f"## Tomorrow's budget ({_money(a.budget)}, {a.method})",
         "",
         "| channel | yesterday | proposed | change | CPA | why |",
@@ -120,7 +119,7 @@ def write_report(
         "",
         f"Details: [allocation.csv]({files['allocation'].name}).",
         "",
-        *_curve_lines(parts, files),
+        *_curve_lines(allocate, files),
         "## Audit",
         "",
         f"- DSP payload, validated against its JSON Schema: [payload.json]({files['payload'].name})",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from flashcast.errors import StoreBusy
+from flashcast.sql import identifier, literal
 
 
 @contextmanager
@@ -67,15 +68,32 @@ def warehouse_session(
         if read_only and not warehouse.exists():
             raise FileNotFoundError(f"no warehouse at {warehouse}: run the pipeline first")
         mode = " (READ_ONLY)" if read_only else ""
-        con.execute(f"ATTACH '{_sql_path(warehouse)}' AS wh{mode}")
+        con.execute(f"ATTACH {literal(warehouse)} AS wh{mode}")
         try:
             yield "wh"
         finally:
             con.execute("DETACH wh")
 
 
-def _sql_path(path: Path) -> str:
-    return str(path).replace("'", "''")
+def append_to_warehouse(con: duckdb.DuckDBPyConnection, warehouse: Path, tables: Sequence[str], *,
+                        timeout_s: float) -> None:
+    """Append the run's `tables` to the warehouse in one transaction, holding its lock only for the copy.
+    Warehouse tables only grow: a column a newer version adds is added (NULL for older runs)."""
+    with warehouse_session(con, warehouse, timeout_s=timeout_s) as wh:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for table in tables:
+                target = f"{wh}.main.{table}"
+                con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM {table} WITH NO DATA")
+                existing = {r[0] for r in con.execute(f"DESCRIBE {target}").fetchall()}
+                for name, dtype, *_ in con.execute(f"DESCRIBE {table}").fetchall():
+                    if name not in existing:
+                        con.execute(f"ALTER TABLE {target} ADD COLUMN {identifier(name)} {dtype}")
+                con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {table}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
 
 class OpsStore:
@@ -127,6 +145,15 @@ class OpsStore:
         if rows:
             with self.transaction() as conn:
                 conn.execute(table.insert(), rows)
+
+    def record_reconciliation(self, lineage_id: str, days: Sequence[Any]) -> None:
+        """A run's row outcomes per day (DayOutcome records)."""
+        self.insert(self.reconciliation, [
+            {"lineage_id": lineage_id, "event_date": d.event_date, "input_rows": d.input_rows,
+             "accepted": d.accepted, "dropped_consent": d.dropped_consent, "quarantined": d.quarantined,
+             "duplicate": d.duplicate}
+            for d in days
+        ])
 
     def dispose(self) -> None:
         self.engine.dispose()

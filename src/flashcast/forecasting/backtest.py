@@ -1,4 +1,4 @@
-"""Rolling-origin backtests, conformal bands, engine selection and the final forecast.
+"""Rolling-origin backtests, conformal bands and engine selection.
 
 For each engine, origins are cut every `step` days at the end of the history; at each origin the
 engine forecasts `horizon` days from the data before it. Bands are conformal: at a scored origin,
@@ -22,16 +22,15 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from utilsforecast import losses
 
-from flashcast.errors import ForecastError
-from flashcast.forecasting.engines import DEFAULT_ENGINES, Engine, Ensemble, make_engine
+from flashcast.errors import ForecastError, HistoryTooShort
+from flashcast.forecasting.engines import Engine, Ensemble
 
-LEVELS = (50, 80, 95)
+LEVELS: tuple[int, ...] = (50, 80, 95)
 MIN_CALIBRATION = 8
 SPREAD_RATIO = 8.0
 
@@ -92,7 +91,7 @@ def _origin_indices(n: int, spec: BacktestSpec) -> list[int]:
 def run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engine], spec: BacktestSpec) -> Backtest:
     cuts = _origin_indices(len(y), spec)
     if len(cuts) < MIN_CALIBRATION + 1:
-        raise ForecastError(f"history too short for a backtest: {len(y)} days give {len(cuts)} origins")
+        raise HistoryTooShort(f"history too short for a backtest: {len(y)} days give {len(cuts)} origins")
     actual = np.array([y[c : c + spec.horizon] for c in cuts])
     scale = np.array([max(float(np.mean(np.abs(y[7:c] - y[: c - 7]))), 1e-9) for c in cuts])
     spread, floor = np.array([spread_terms(y[:c], spec) for c in cuts]).T
@@ -298,178 +297,3 @@ def select_engine(scores: Sequence[EngineScore]) -> Selection:
                   f"{best.seconds_per_fit / max(s.seconds_per_fit, 1e-6):.0f}x faster")
         return Selection(s.engine, board, reason)
     return Selection(best.engine, board, reason)
-
-
-def engines_for(names: Sequence[str] | None, *, countries: tuple[str, ...] = ()) -> list[Engine]:
-    return [make_engine(n, countries=countries) for n in (names or DEFAULT_ENGINES)]
-
-
-class PreparedSeries(NamedTuple):
-    y: np.ndarray
-    dates: pd.DatetimeIndex
-    filled_days: int  # missing days filled by interpolation
-    dropped_days: int  # days before the last long gap, left out
-
-
-def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = True, max_gap_share: float = 0.1,
-                   max_fill_days: int = 7) -> PreparedSeries:
-    """Sort, check and gap-fill a (ds, y) frame. Rules: runs of up to `max_fill_days` missing dates are
-    inserted and filled by linear interpolation (their count is returned and reported); a longer run
-    (the data did not exist or was broken) is not bridged: the history starts after the last one and
-    the days before it are left out (counted too). More than `max_gap_share` missing in what remains
-    is an error. Duplicate dates, NaN values and (when `nonnegative`) negative values are errors."""
-    if frame.empty:
-        raise ForecastError(f"{series_id}: no data")
-    data = frame[["ds", "y"]].copy()
-    data["ds"] = pd.to_datetime(data["ds"])
-    data = data.sort_values("ds")
-    dup = data["ds"][data["ds"].duplicated()]
-    if len(dup):
-        raise ForecastError(f"{series_id}: duplicate date {dup.iloc[0].date()}")
-    if data["y"].isna().any():
-        raise ForecastError(f"{series_id}: missing value on {data['ds'][data['y'].isna()].iloc[0].date()}")
-    if nonnegative and (data["y"] < 0).any():
-        raise ForecastError(f"{series_id}: negative value on {data['ds'][data['y'] < 0].iloc[0].date()}")
-    long_gaps = np.flatnonzero(data["ds"].diff().dt.days.to_numpy() > max_fill_days + 1)
-    dropped = 0
-    if len(long_gaps):
-        start = data["ds"].iloc[long_gaps[-1]]
-        dropped = int((start - data["ds"].iloc[0]).days)
-        data = data[data["ds"] >= start]
-    full = pd.date_range(data["ds"].iloc[0], data["ds"].iloc[-1], freq="D")
-    filled = data.set_index("ds")["y"].reindex(full)
-    missing = int(filled.isna().sum())
-    if missing > max_gap_share * len(full):
-        raise ForecastError(f"{series_id}: {missing} of {len(full)} days missing (more than {max_gap_share:.0%})")
-    filled = filled.interpolate(method="linear")
-    return PreparedSeries(filled.to_numpy(dtype=float), pd.DatetimeIndex(full), missing, dropped)
-
-
-@dataclass(frozen=True)
-class AutoForecast:
-    series_id: str
-    engine: str
-    dates: tuple[pd.Timestamp, ...]
-    point: np.ndarray
-    bands: dict[int, tuple[np.ndarray, np.ndarray]]
-    selection: Selection
-    filled_days: int
-    fit_seconds: float
-    dropped_days: int = 0
-
-
-def auto_forecast(
-    frame: pd.DataFrame, *, series_id: str, engines: Sequence[str] | None = None, spec: BacktestSpec | None = None,
-    nonnegative: bool = True, countries: tuple[str, ...] = (),
-) -> AutoForecast:
-    """Backtest the engines, pick the best, refit it on all history and band it conformally."""
-    spec = spec or BacktestSpec()
-    y, dates, filled, dropped = prepare_series(frame, series_id=series_id, nonnegative=nonnegative)
-    line_up = engines_for(engines, countries=countries)
-    try:
-        bt = run_backtest(y, dates, line_up, spec)
-    except ForecastError as exc:
-        gap = (f" (the history restarts on {dates[0].date()}, after a gap of more than a week; {dropped} days "
-               f"before it were left out)") if dropped else ""
-        raise ForecastError(f"{series_id}: {exc}{gap}") from exc
-    selection = select_engine(score_engines(bt, spec, nonnegative=nonnegative))
-    engine = next(e for e in line_up if e.alias == selection.winner)
-    start = time.perf_counter()
-    point = engine.point(y, dates, spec.horizon)
-    fit_seconds = time.perf_counter() - start
-    errors = bt.actual - bt.points[selection.winner]
-    # The last backtest origin's horizon ends where the history ends: all origins are observed.
-    _, alphas = origin_bands(errors, bt.spread, bt.floor, spec)
-    recent = slice(-spec.calibration, None)
-    offsets = normalized_offsets(errors[recent], np.maximum(bt.spread[recent], bt.floor[recent]),
-                                 spread_terms(y, spec), spec, alphas)
-    bands = {}
-    for level, (lo, hi) in offsets.items():
-        lower = point + lo
-        bands[level] = (np.maximum(lower, 0.0) if nonnegative else lower, point + hi)
-    if nonnegative:
-        point = np.maximum(point, 0.0)
-    future = tuple(pd.date_range(dates[-1] + pd.Timedelta(days=1), periods=spec.horizon))
-    return AutoForecast(series_id, selection.winner, future, point, bands, selection, filled, fit_seconds, dropped)
-
-
-@dataclass(frozen=True)
-class ManyTask:
-    series_id: str
-    frame: pd.DataFrame
-    engines: tuple[str, ...] | None
-    spec: BacktestSpec
-    nonnegative: bool
-    countries: tuple[str, ...]
-
-
-def _forecast_one(task: ManyTask) -> AutoForecast | str:
-    try:
-        return auto_forecast(task.frame, series_id=task.series_id, engines=task.engines, spec=task.spec,
-                             nonnegative=task.nonnegative, countries=task.countries)
-    except ForecastError as exc:
-        return str(exc)  # one bad series does not sink the others; the caller reports it
-
-
-def forecast_each(
-    frame: pd.DataFrame, *, id_col: str = "series_id", engines: Sequence[str] | None = None,
-    spec: BacktestSpec | None = None, nonnegative: bool = True, countries: tuple[str, ...] = (),
-    workers: int | None = None,
-) -> tuple[list[AutoForecast], list[str]]:
-    """Backtest, select and forecast every series of a long (series_id, ds, y) frame, in parallel
-    across cores. Returns the forecasts and, for series that could not be forecast, the reasons."""
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    spec = spec or BacktestSpec()
-    tasks = [ManyTask(str(sid), group[["ds", "y"]], tuple(engines) if engines else None, spec, nonnegative, countries)
-             for sid, group in frame.groupby(id_col, sort=True)]
-    workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(tasks) == 1:
-        results = [_forecast_one(t) for t in tasks]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_forecast_one, tasks, chunksize=max(1, len(tasks) // (workers * 4))))
-    return [r for r in results if isinstance(r, AutoForecast)], [r for r in results if isinstance(r, str)]
-
-
-def forecast_many(
-    frame: pd.DataFrame, *, id_col: str = "series_id", engines: Sequence[str] | None = None,
-    spec: BacktestSpec | None = None, nonnegative: bool = True, workers: int | None = None,
-) -> pd.DataFrame:
-    """Forecast every series in a long (series_id, ds, y) frame in parallel across cores.
-
-    Returns a tidy frame: series_id, ds, engine, point, lo_50 .. hi_95. Series that cannot be
-    forecast are left out and named in `frame.attrs["skipped"]`.
-    """
-    done, skipped = forecast_each(frame, id_col=id_col, engines=engines, spec=spec, nonnegative=nonnegative,
-                                  workers=workers)
-    out = tidy_all(done)
-    out.attrs["skipped"] = skipped
-    return out
-
-
-def leaderboards(results: Sequence[AutoForecast]) -> pd.DataFrame:
-    """Every series' backtest leaderboard, one row per (series, engine), the winner flagged with why."""
-    rows = []
-    for result in results:
-        for rank, score in enumerate(result.selection.leaderboard, start=1):
-            selected = score.engine == result.engine
-            rows.append({"series_id": result.series_id, "rank": rank, "selected": selected, **score.row(),
-                         "reason": result.selection.reason if selected else ""})
-    return pd.DataFrame(rows)
-
-
-def tidy_all(results: Sequence[AutoForecast]) -> pd.DataFrame:
-    """Many forecasts as one tidy frame (empty, with the key columns, when there are none)."""
-    if not results:
-        return pd.DataFrame(columns=["series_id", "ds", "engine", "point"])
-    return pd.concat([tidy(r) for r in results], ignore_index=True)
-
-
-def tidy(result: AutoForecast) -> pd.DataFrame:
-    out = pd.DataFrame({"series_id": result.series_id, "ds": list(result.dates), "engine": result.engine,
-                        "point": result.point})
-    for level in sorted(result.bands):
-        out[f"lo_{level}"], out[f"hi_{level}"] = result.bands[level]
-    return out

@@ -1,7 +1,8 @@
-"""Forecast engines behind one interface: `point(y, dates, horizon) -> np.ndarray`.
+"""Forecast engines behind one interface, `point(y, dates, horizon) -> np.ndarray`, and their registry.
 
 Engines return point forecasts only; bands come from the backtest (conformal calibration, see
-`flashcast.forecasting.backtest`), so every engine gets honest, nested bands the same way.
+`flashcast.forecasting.backtest`), so every engine gets honest, nested bands the same way. Prophet
+can also draw sample paths (`sample_paths`), which band a history too short for a backtest.
 
     naive7     seasonal naive (same weekday last week): the floor every engine must beat
     linear     dynamic regression: ridge on a piecewise-linear trend, weekday and yearly Fourier
@@ -16,22 +17,24 @@ Engines return point forecasts only; bands come from the backtest (conformal cal
 
 The default line-up is the fast one (naive7, ses, linear, ensemble); the statsforecast searches
 and Prophet are opt-in, because they cost 100-1000x more per fit and rarely win by enough.
+
+Adding an engine: write a class with `alias` and `point`, and add one line to REGISTRY (the
+factory gets the run's EngineOptions). The config, the CLI and the conformance test pick it up.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
-DEFAULT_ENGINES: tuple[str, ...] = ("naive7", "ses", "linear", "ensemble")
-ALL_ENGINES: tuple[str, ...] = (*DEFAULT_ENGINES, "ets", "mstl", "theta", "arima", "prophet")
+from flashcast.errors import ForecastError
 
 
 class Engine(Protocol):
@@ -41,6 +44,23 @@ class Engine(Protocol):
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
         """Point forecasts for the `horizon` days after `dates[-1]`."""
         ...
+
+
+@runtime_checkable
+class SamplingEngine(Engine, Protocol):
+    def sample_paths(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int, n_samples: int,
+                     seed: int) -> np.ndarray:
+        """A (horizon, n_samples) array of simulated future values."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What a run can tell every engine: holiday countries and extra regressors (ds + columns,
+    covering the history and the future)."""
+
+    countries: tuple[str, ...] = ()
+    regressors: pd.DataFrame | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -195,7 +215,7 @@ class StatsForecastEngine:
         if self.alias == "mstl":
             seasons = [7, 365] if n >= 2 * 365 + 14 else [7]
             return MSTL(season_length=seasons, trend_forecaster=AutoETS(model="ZZN"))
-        raise ValueError(f"unknown statsforecast engine {self.alias!r}")
+        raise ForecastError(f"unknown statsforecast engine {self.alias!r}")
 
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
         window = self.window_days if self.alias == "mstl" else self.ets_window_days
@@ -226,17 +246,25 @@ class ProphetEngine:
     regressors: pd.DataFrame | None = field(default=None, compare=False)  # ds + columns, history and future
 
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
-        model, future = self._fit(y, dates, horizon)
+        # Point forecasts only: bands come from the backtest, so skip Prophet's interval sampling.
+        model, future = self._fit(y, dates, horizon, samples=0)
         with _quiet():
             return np.asarray(model.predict(future)["yhat"], dtype=float)
 
-    def _fit(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> tuple[Any, pd.DataFrame]:
+    def sample_paths(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int, n_samples: int,
+                     seed: int) -> np.ndarray:
+        model, future = self._fit(y, dates, horizon, samples=n_samples)
+        np.random.seed(seed)  # Prophet samples with numpy's global generator
+        with _quiet():
+            return np.asarray(model.predictive_samples(future)["yhat"], dtype=float)
+
+    def _fit(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int, *, samples: int
+             ) -> tuple[Any, pd.DataFrame]:
         from prophet import Prophet
 
         years = range(dates[0].year, dates[-1].year + 2)
         holidays_df = holiday_frame(self.countries, years) if self.countries else None
-        # Point forecasts only: bands come from the backtest, so skip Prophet's interval sampling.
-        model = Prophet(holidays=holidays_df, uncertainty_samples=0)
+        model = Prophet(holidays=holidays_df, uncertainty_samples=samples)
         history = pd.DataFrame({"ds": dates, "y": y})
         future = pd.DataFrame({"ds": pd.date_range(dates[-1] + pd.Timedelta(days=1), periods=horizon)})
         if self.regressors is not None:
@@ -261,15 +289,31 @@ class Ensemble:
         return np.asarray(np.mean([m.point(y, dates, horizon) for m in self.members], axis=0))
 
 
-def make_engine(name: str, *, countries: tuple[str, ...] = (), regressors: pd.DataFrame | None = None) -> Engine:
-    if name == "naive7":
-        return SeasonalNaive()
-    if name == "linear":
-        return DynamicRegression(countries=countries, regressors=regressors)
-    if name in ("ses", "ets", "mstl", "arima", "theta"):
-        return StatsForecastEngine(name)
-    if name == "prophet":
-        return ProphetEngine(countries=countries, regressors=regressors)
-    if name == "ensemble":
-        return Ensemble((DynamicRegression(countries=countries, regressors=regressors), StatsForecastEngine("ses")))
-    raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ALL_ENGINES)}")
+EngineFactory = Callable[[EngineOptions], Engine]
+
+# The one list of engines. A new engine is a class above plus one line here.
+REGISTRY: dict[str, EngineFactory] = {
+    "naive7": lambda options: SeasonalNaive(),
+    "linear": lambda options: DynamicRegression(countries=options.countries, regressors=options.regressors),
+    "ses": lambda options: StatsForecastEngine("ses"),
+    "ets": lambda options: StatsForecastEngine("ets"),
+    "mstl": lambda options: StatsForecastEngine("mstl"),
+    "theta": lambda options: StatsForecastEngine("theta"),
+    "arima": lambda options: StatsForecastEngine("arima"),
+    "prophet": lambda options: ProphetEngine(countries=options.countries, regressors=options.regressors),
+    "ensemble": lambda options: Ensemble((REGISTRY["linear"](options), REGISTRY["ses"](options))),
+}
+DEFAULT_ENGINES: tuple[str, ...] = ("naive7", "ses", "linear", "ensemble")
+
+
+def make_engine(name: str, options: EngineOptions | None = None) -> Engine:
+    """The registered engine `name`, built with the run's options."""
+    factory = REGISTRY.get(name)
+    if factory is None:
+        raise ForecastError(f"unknown engine {name!r}; choose from {', '.join(REGISTRY)}")
+    return factory(options or EngineOptions())
+
+
+def make_engines(names: Sequence[str] | None, options: EngineOptions | None = None) -> list[Engine]:
+    """The named line-up (the default one when `names` is empty)."""
+    return [make_engine(n, options) for n in (names or DEFAULT_ENGINES)]

@@ -12,11 +12,9 @@ import duckdb
 import pandas as pd
 
 from flashcast.errors import ForecastError
-from flashcast.forecasting.backtest import AutoForecast, leaderboards, tidy_all
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+from flashcast.forecasting.charts import plot_fan_chart
+from flashcast.forecasting.forecast import Forecast, leaderboards, tidy_all
+from flashcast.sql import identifier
 
 
 def read_series_file(path: Path, *, date_col: str = "ds", value_col: str = "y", series_col: str | None = None,
@@ -42,18 +40,18 @@ def read_series_file(path: Path, *, date_col: str = "ds", value_col: str = "y", 
         if missing:
             shown = ", ".join(c for c in columns if c != "_row")
             raise ForecastError(f"{path}: no column {missing[0]!r} (columns: {shown})")
-        date, value = _quote(date_col), _quote(value_col)
+        date, value = identifier(date_col), identifier(value_col)
         for column, check in ((date_col, f"try_cast({date} AS DATE)"), (value_col, f"try_cast({value} AS DOUBLE)")):
             bad = con.execute(
-                f"SELECT _row, {_quote(column)}::VARCHAR FROM source "
-                f"WHERE {_quote(column)} IS NOT NULL AND {check} IS NULL ORDER BY _row LIMIT 1").fetchall()
+                f"SELECT _row, {identifier(column)}::VARCHAR FROM source "
+                f"WHERE {identifier(column)} IS NOT NULL AND {check} IS NULL ORDER BY _row LIMIT 1").fetchall()
             if bad:
                 expected = "a date" if column == date_col else "a number"
                 raise ForecastError(f"{path}: row {bad[0][0]}: {column} is not {expected}")
         empty = con.execute(f"SELECT min(_row) FROM source WHERE {date} IS NULL").fetchall()[0][0]
         if empty is not None:
             raise ForecastError(f"{path}: row {empty}: {date_col} is empty")
-        series = f"{_quote(series_col)}::VARCHAR" if series_col else "?"
+        series = f"{identifier(series_col)}::VARCHAR" if series_col else "?"
         params = [] if series_col else [default_id or path.stem]
         frame = con.execute(
             f"SELECT {series} AS series_id, {date}::DATE AS ds, {value}::DOUBLE AS y FROM source ORDER BY _row",
@@ -64,20 +62,16 @@ def read_series_file(path: Path, *, date_col: str = "ds", value_col: str = "y", 
     return frame
 
 
-def write_forecast_outputs(results: Sequence[AutoForecast], frame: pd.DataFrame, out: Path, *, charts: int = 12,
+def write_forecast_outputs(results: Sequence[Forecast], out: Path, *, charts: int = 12,
                            ylabel: str = "value") -> dict[str, Path]:
     """forecast.csv (tidy: series_id, ds, engine, point, band bounds), forecast_backtest.csv (every
     series' leaderboard, the winner flagged with why) and a fan chart for each of the first
     `charts` series."""
-    from flashcast.stages.forecast import from_auto, plot_fan_chart
-
     out.mkdir(parents=True, exist_ok=True)
     files = {"forecast": out / "forecast.csv", "forecast_backtest": out / "forecast_backtest.csv"}
     tidy_all(results).to_csv(files["forecast"], index=False, float_format="%.6g")
     leaderboards(results).to_csv(files["forecast_backtest"], index=False)
-    histories = dict(tuple(frame.groupby("series_id")))
     for result in list(results)[:charts]:
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", result.series_id)
-        record = from_auto(result, histories[result.series_id][["ds", "y"]])
-        files[f"fan_chart:{result.series_id}"] = plot_fan_chart(record, out / f"fan_chart_{safe}.png", ylabel=ylabel)
+        files[f"fan_chart:{result.series_id}"] = plot_fan_chart(result, out / f"fan_chart_{safe}.png", ylabel=ylabel)
     return files

@@ -1,27 +1,10 @@
-"""Provider protocol, call records and the errors providers raise."""
+"""The provider protocol and what one call returns. (The errors providers raise live in
+`flashcast.errors`: ProviderError, RetryableProviderError, ProviderFailed.)"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-from flashcast.errors import FlashcastError
-
-
-class ProviderError(FlashcastError):
-    """A provider call failed and should not be retried (bad request, auth, refused content)."""
-
-
-class RetryableProviderError(ProviderError):
-    """Rate limit, server error or timeout: worth another attempt, after `retry_after` seconds if given."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class ProviderFailed(ProviderError):
-    """Every attempt failed (or the run's call/token cap was reached): the caller falls back offline."""
 
 
 @dataclass(frozen=True)

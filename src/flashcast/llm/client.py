@@ -14,8 +14,14 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from flashcast.errors import PrivacyViolation
-from flashcast.llm.base import Completion, Provider, ProviderError, ProviderFailed, RetryableProviderError
+from flashcast.errors import (
+    PrivacyViolation,
+    ProviderError,
+    ProviderFailed,
+    RetryableProviderError,
+    describe_validation_error,
+)
+from flashcast.llm.base import Completion, Provider
 from flashcast.privacy import EMAIL_RE, PHONE_RE, redact_message
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -88,8 +94,7 @@ class StructuredClient:
             try:
                 answer = schema.model_validate_json(completion.text)
             except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
-                                     for e in exc.errors()[:5])
+                problems = describe_validation_error(exc, limit=5)
                 self._log(purpose, ask_prompt, key, "invalid_output", 0.0, completion, detail=problems)
                 ask_prompt = (f"{prompt}\n\nYour previous answer was rejected: {problems}. "
                               "Answer again with JSON that satisfies the schema exactly.")

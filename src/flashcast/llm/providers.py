@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from flashcast.llm.base import Completion, ProviderError, RetryableProviderError
+from flashcast.errors import ProviderError, RetryableProviderError
+from flashcast.llm.base import Completion
 
 
 def _timeout(connect_s: float, read_s: float) -> httpx.Timeout:

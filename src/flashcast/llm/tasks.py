@@ -2,25 +2,22 @@
 
 Prompts hold only aggregates (cluster centroids, segment sizes) and the brand rules; no run id,
 timestamp or other per-run noise, so the cache makes a re-run free. Answers are gated by pydantic
-schemas; copy is then scored by the compliance checker, red variants are regenerated up to a bound,
-and a variant still red is kept out of the payload with its reasons.
+schemas. What to do with an answer (score copy, re-ask for red variants, fall back) is the stages'
+business, not this module's.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from flashcast.config import BrandRules, LLMConfig
+from flashcast.errors import ProviderFailed
 from flashcast.llm.base import Provider
 from flashcast.llm.client import PromptCache, Recorder, StructuredClient
-from flashcast.stages.creatives import Creative, make_creative
-from flashcast.stages.segments import SEGMENTS, SegmentProfile
-
-SegmentName = Literal["Brand Loyalist", "Value Shopper", "Speed Seeker"]
+from flashcast.records import SEGMENTS, SegmentName, SegmentProfile
 
 
 class ClusterLabel(BaseModel):
@@ -65,8 +62,6 @@ def label_clusters(client: StructuredClient, profiles: dict[int, dict[str, float
     answer = client.ask(system=system, prompt=prompt, schema=ClusterLabels, purpose="segments")
     missing = set(profiles) - {label.cluster for label in answer.labels}
     if missing:
-        from flashcast.llm.base import ProviderFailed
-
         raise ProviderFailed(f"segments: no label for cluster(s) {sorted(missing)}")
     return answer
 
@@ -84,29 +79,14 @@ def copy_prompt(brand: BrandRules, segment: SegmentProfile, channel: str) -> tup
     return system, prompt
 
 
-def llm_creatives(client: StructuredClient, brand: BrandRules, profiles: tuple[SegmentProfile, ...],
-                  channels: tuple[str, ...], *, regenerate_red: int, auto_approve_green: bool) -> list[Creative]:
-    """Two scored variants per segment and channel; red ones are re-asked, then kept out with reasons."""
-    library = []
-    for profile in profiles:
-        for channel in channels:
-            system, prompt = copy_prompt(brand, profile, channel)
-            answer = client.ask(system=system, prompt=prompt, schema=CopyVariants, purpose="creatives")
-            for variant_name, variant in zip("AB", answer.variants, strict=True):
-                creative = make_creative(profile.segment, channel, variant_name, variant.headline, variant.body,
-                                         brand=brand, auto_approve_green=auto_approve_green)
-                for _attempt in range(regenerate_red):
-                    if creative.light != "red":
-                        break
-                    reasons = "; ".join(f"{r.field}: {r.message}" for r in creative.reasons if r.light == "red")
-                    retry = client.ask(system=system, prompt=f"{prompt}\nA variant was rejected ({reasons}); "
-                                       "write two new variants that fix it.", schema=CopyVariants,
-                                       purpose="creatives")
-                    creative = make_creative(profile.segment, channel, variant_name, retry.variants[0].headline,
-                                             retry.variants[0].body, brand=brand,
-                                             auto_approve_green=auto_approve_green)
-                library.append(creative)
-    return library
+def ask_copy(client: StructuredClient, brand: BrandRules, segment: SegmentProfile, channel: str, *,
+             rejected: str | None = None) -> CopyVariants:
+    """Two headline/body variants for `segment` on `channel`; `rejected` says why an earlier variant
+    was refused, so the model can fix it."""
+    system, prompt = copy_prompt(brand, segment, channel)
+    if rejected:
+        prompt = f"{prompt}\nA variant was rejected ({rejected}); write two new variants that fix it."
+    return client.ask(system=system, prompt=prompt, schema=CopyVariants, purpose="creatives")
 
 
 def build_client(config: LLMConfig, cache_path: Path, record: Recorder,

@@ -1,4 +1,5 @@
-"""Stage 4: the creative library (two variants per segment and channel) and the compliance checker.
+"""Stage 4: the creative library (two variants per segment and channel, from templates or an LLM)
+and the compliance checker.
 
 The checker returns a traffic light with reasons:
   red    PII (email, phone number), a banned word, or text over the channel's hard length limit
@@ -6,33 +7,41 @@ The checker returns a traffic light with reasons:
          excessive capitals, or repeated punctuation ("!!")
   green  none of the above
 Red creatives are rejected and never enter a payload; amber ones wait for a human (pending);
-green ones are approved when `brand.auto_approve_green` is on.
+green ones are approved when `brand.auto_approve_green` is on. LLM copy that the checker marks red
+is re-asked up to `llm.regenerate_red` times; a variant still red is kept, rejected, with its reasons.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass
 
-from flashcast.config import BrandRules
+import duckdb
+import pandas as pd
+
+from flashcast.config import BrandRules, Settings
+from flashcast.errors import ProviderFailed
+from flashcast.llm.client import StructuredClient
+from flashcast.llm.tasks import ask_copy
 from flashcast.privacy import EMAIL_RE, PHONE_RE
+from flashcast.records import (
+    SEGMENTS,
+    Creative,
+    CreativeLibrary,
+    Light,
+    Reason,
+    RunContext,
+    Segmentation,
+    SegmentProfile,
+    Status,
+    Table,
+)
 
-Light = Literal["green", "amber", "red"]
-Status = Literal["pending", "approved", "rejected"]
 _ORDER: dict[Light, int] = {"green": 0, "amber": 1, "red": 2}
 _CAPS_WORD = re.compile(r"\b[A-Z]{4,}\b")
 _REPEATED_PUNCT = re.compile(r"[!?]{2,}|\.{4,}")
 ACRONYMS = frozenset({"CTV", "USA", "FAQ", "NYC", "HTTP"})  # allowed in capitals
-
-
-@dataclass(frozen=True)
-class Reason:
-    code: str  # pii_email, pii_phone, banned_word, too_long, risky_claim, no_disclaimer, caps, punctuation
-    field: str  # headline | body
-    light: Light
-    message: str
 
 
 @dataclass(frozen=True)
@@ -43,19 +52,6 @@ class ComplianceResult:
     @property
     def passes(self) -> bool:
         return self.light != "red"
-
-
-@dataclass(frozen=True)
-class Creative:
-    creative_id: str
-    segment: str
-    channel: str
-    variant: str
-    headline: str
-    body: str
-    light: Light
-    status: Status
-    reasons: tuple[Reason, ...] = field(default_factory=tuple)
 
 
 def check_copy(headline: str, body: str, *, channel: str, brand: BrandRules) -> ComplianceResult:
@@ -109,6 +105,38 @@ def _style(name: str, text: str) -> list[Reason]:
     if _REPEATED_PUNCT.search(text):
         out.append(Reason("punctuation", name, "amber", "repeated punctuation"))
     return out
+
+
+def run(con: duckdb.DuckDBPyConnection, *, segments: Segmentation, settings: Settings, context: RunContext,
+        llm: StructuredClient | None) -> CreativeLibrary:
+    """The creatives stage: copy from the LLM when one is configured (templates if it fails, saying
+    why), else templates; every variant scored; the library in table `creatives`."""
+    brand, channels = settings.brand, settings.channels.paid_channels
+    fallback = None
+    library = None
+    if llm is not None:
+        try:
+            library = CreativeLibrary(tuple(llm_creatives(
+                llm, brand, segments.profiles, channels, regenerate_red=settings.llm.regenerate_red,
+                auto_approve_green=brand.auto_approve_green)), generator=f"{llm.provider.name}:{llm.provider.model}")
+        except ProviderFailed as exc:
+            fallback = f"LLM copy failed, used the templates: {exc}"
+    if library is None:
+        templates = template_creatives(SEGMENTS, channels, brand=brand, auto_approve_green=brand.auto_approve_green)
+        library = CreativeLibrary(tuple(templates), fallback=fallback)
+    con.register("_creatives_df", creatives_frame(library, context.lineage_id))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {Table.CREATIVES} AS SELECT * FROM _creatives_df")
+    con.unregister("_creatives_df")
+    return library
+
+
+def creatives_frame(library: CreativeLibrary, lineage_id: str) -> pd.DataFrame:
+    """One row per creative, its reasons joined into one column."""
+    return pd.DataFrame([
+        {"lineage_id": lineage_id, **{k: v for k, v in asdict(c).items() if k != "reasons"},
+         "reasons": "; ".join(f"{r.light}: {r.field}: {r.message}" for r in c.reasons)}
+        for c in library.creatives
+    ])
 
 
 # ------------------------------------------------------------------ template generator
@@ -179,3 +207,28 @@ def make_creative(
         "approved" if result.light == "green" and auto_approve_green else "pending")
     digest = hashlib.sha256(f"{segment}|{channel}|{variant}|{headline}|{body}".encode()).hexdigest()[:12]
     return Creative(f"cr-{digest}", segment, channel, variant, headline, body, result.light, status, result.reasons)
+
+
+# ------------------------------------------------------------------ LLM copy
+
+
+def llm_creatives(client: StructuredClient, brand: BrandRules, profiles: tuple[SegmentProfile, ...],
+                  channels: tuple[str, ...], *, regenerate_red: int, auto_approve_green: bool) -> list[Creative]:
+    """Two scored variants per segment and channel; red ones are re-asked, then kept out with reasons."""
+    library = []
+    for profile in profiles:
+        for channel in channels:
+            answer = ask_copy(client, brand, profile, channel)
+            for variant_name, variant in zip("AB", answer.variants, strict=True):
+                creative = make_creative(profile.segment, channel, variant_name, variant.headline, variant.body,
+                                         brand=brand, auto_approve_green=auto_approve_green)
+                for _attempt in range(regenerate_red):
+                    if creative.light != "red":
+                        break
+                    reasons = "; ".join(f"{r.field}: {r.message}" for r in creative.reasons if r.light == "red")
+                    retry = ask_copy(client, brand, profile, channel, rejected=reasons)
+                    creative = make_creative(profile.segment, channel, variant_name, retry.variants[0].headline,
+                                             retry.variants[0].body, brand=brand,
+                                             auto_approve_green=auto_approve_green)
+                library.append(creative)
+    return library

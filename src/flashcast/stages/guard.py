@@ -17,63 +17,22 @@ HMAC of the raw line and of the user, never the line itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-
 import duckdb
 
-from flashcast.config import PrivacyPolicy
+from flashcast.config import PrivacyPolicy, Settings
 from flashcast.errors import ReconciliationError
 from flashcast.keys import PiiKey
-from flashcast.stages.ingest import StagedExport
-
-EMAIL_PATTERN = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
-# International prefix, an area code (bracketed or not), then 3-4 and 4 digits with optional
-# separators: catches 555-123-4567, (555) 123-4567, +1 555.123.4567, +44 20 7946 0958, 5551234567,
-# but not dates (2024-01-15) or short numbers.
-PHONE_PATTERN = r"(\+\d{1,3}[\s.\-]?)?(\(\d{2,4}\)|\d{2,4})[\s.\-]?\d{3,4}[\s.\-]?\d{4}"
-EMAIL_TOKEN, PHONE_TOKEN = "[redacted-email]", "[redacted-phone]"
-OUTCOMES = ("accepted", "dropped_consent", "quarantined", "duplicate")
+from flashcast.privacy import EMAIL_PATTERN, EMAIL_TOKEN, PHONE_PATTERN, PHONE_TOKEN
+from flashcast.records import DayOutcome, GuardReport, RunContext, StagedExport, Table
 
 
-@dataclass(frozen=True)
-class RunContext:
-    """Who is running: stamped on every output row and every lineage entry."""
-
-    lineage_id: str
-    processed_at: datetime
-    key_id: str
-
-
-@dataclass(frozen=True)
-class DayOutcome:
-    event_date: str  # ISO date, or 'unknown' for rows whose date could not be parsed
-    input_rows: int
-    accepted: int
-    dropped_consent: int
-    quarantined: int
-    duplicate: int
-
-    @property
-    def dropped_share(self) -> float:
-        return self.dropped_consent / self.input_rows if self.input_rows else 0.0
-
-
-@dataclass(frozen=True)
-class GuardReport:
-    """Outcome counts per day and in total. `totals` always reconciles (checked when built)."""
-
-    days: tuple[DayOutcome, ...]
-    key_id: str
-    consent_null_means: str
-
-    @property
-    def totals(self) -> dict[str, int]:
-        fields = ("input_rows", *OUTCOMES)
-        return {f: sum(getattr(d, f) for d in self.days) for f in fields}
-
-
-GUARD_TABLES = ("guarded_events", "quarantine", "consent_drops", "duplicates")
+def run(con: duckdb.DuckDBPyConnection, *, ingest: StagedExport, settings: Settings, context: RunContext,
+        key: PiiKey) -> GuardReport:
+    """The guard stage: split the staged rows into the outcome tables and count them per day."""
+    install_privacy_functions(con, key, settings.policy)
+    report = guard_export(con, ingest, policy=settings.policy, run=context)
+    _daily_outcomes_table(con, report, context)
+    return report
 
 
 def install_privacy_functions(con: duckdb.DuckDBPyConnection, key: PiiKey, policy: PrivacyPolicy) -> None:
@@ -116,7 +75,7 @@ def guard_export(
         FROM {src}"""
     )
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE quarantine AS
+        f"""CREATE OR REPLACE TEMP TABLE {Table.QUARANTINE} AS
         SELECT {stamp}, event_date, source_file, source_line,
           split_part(reasons[1], ':', 1) AS field,
           source_file || ' line ' || source_line || ': ' || array_to_string(reasons, '; ') AS reason,
@@ -130,7 +89,7 @@ def guard_export(
         params,
     )
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE consent_drops AS
+        f"""CREATE OR REPLACE TEMP TABLE {Table.CONSENT_DROPS} AS
         SELECT {stamp}, event_date, source_file, source_line, coalesce({consent_col}, 'null') AS consent_value
         FROM _routed WHERE route = 'denied'""",
         params,
@@ -163,7 +122,7 @@ def guard_export(
         ) t USING (source_file, source_line)"""
     )
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE duplicates AS
+        f"""CREATE OR REPLACE TEMP TABLE {Table.DUPLICATES} AS
         SELECT {stamp}, event_date, source_file, source_line,
           CASE WHEN fp_rank > 1 THEN 'exact' ELSE 'transaction' END AS kind,
           CASE WHEN fp_rank > 1 THEN fp_kept_file ELSE txn_kept_file END AS kept_file,
@@ -173,7 +132,7 @@ def guard_export(
         params,
     )
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE guarded_events AS
+        f"""CREATE OR REPLACE TEMP TABLE {Table.GUARDED_EVENTS} AS
         SELECT {stamp}, ? AS key_id,
           event_date, event_timestamp, make_timestamp(event_timestamp) AS event_ts_utc, event_name,
           hmac_hex(user_pseudo_id) AS user_key,
@@ -207,10 +166,23 @@ def guard_export(
     return report
 
 
+def _daily_outcomes_table(con: duckdb.DuckDBPyConnection, report: GuardReport, run: RunContext) -> None:
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {Table.DAILY_OUTCOMES} (lineage_id VARCHAR, event_date VARCHAR,
+        input_rows BIGINT, accepted BIGINT, dropped_consent BIGINT, quarantined BIGINT, duplicate BIGINT,
+        dropped_share DOUBLE)"""
+    )
+    rows = [(run.lineage_id, d.event_date, d.input_rows, d.accepted, d.dropped_consent, d.quarantined,
+             d.duplicate, round(d.dropped_share, 6)) for d in report.days]
+    if rows:
+        con.executemany(f"INSERT INTO {Table.DAILY_OUTCOMES} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
 def _day_outcomes(con: duckdb.DuckDBPyConnection, staged_table: str) -> tuple[DayOutcome, ...]:
     """Count each outcome per day, each from its own table, next to the input count."""
-    sources = [("input_rows", staged_table), ("accepted", "guarded_events"), ("dropped_consent", "consent_drops"),
-               ("quarantined", "quarantine"), ("duplicate", "duplicates")]
+    sources = [("input_rows", staged_table), ("accepted", Table.GUARDED_EVENTS),
+               ("dropped_consent", Table.CONSENT_DROPS), ("quarantined", Table.QUARANTINE),
+               ("duplicate", Table.DUPLICATES)]
     union = " UNION ALL ".join(f"SELECT event_date, '{k}' AS k, count(*) AS n FROM {t} GROUP BY event_date"
                                for k, t in sources)
     columns = ", ".join(f"coalesce(sum(n) FILTER (WHERE k = '{k}'), 0)::BIGINT" for k, _ in sources)

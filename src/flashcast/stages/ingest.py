@@ -14,12 +14,13 @@ formats are validated by one set of rules.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
 from flashcast.errors import ExportNotFound, IngestError
+from flashcast.records import ExportFile, RunInputs, StagedExport, Table
+from flashcast.sql import literal
 
 NDJSON_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
 PARQUET_SUFFIXES = (".parquet",)
@@ -52,26 +53,6 @@ GA4_JSON_STRUCTURE = {
 }
 
 
-@dataclass(frozen=True)
-class ExportFile:
-    path: Path
-    format: str  # 'ndjson' | 'parquet'
-    intraday: bool
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-
-@dataclass(frozen=True)
-class StagedExport:
-    """The staged table's name in the run connection, the files it came from and its row count."""
-
-    table: str
-    files: tuple[ExportFile, ...]
-    input_rows: int
-
-
 def discover_exports(source: Path) -> tuple[ExportFile, ...]:
     """One export file, or every `events_*` / `events_intraday_*` file in a folder, in name order."""
     if not source.exists():
@@ -94,12 +75,8 @@ def discover_exports(source: Path) -> tuple[ExportFile, ...]:
     return tuple(files)
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _lines_sql(file: ExportFile) -> str:
-    path, name, intraday = _quote(str(file.path)), _quote(file.name), "true" if file.intraday else "false"
+    path, name, intraday = literal(str(file.path)), literal(file.name), "true" if file.intraday else "false"
     if file.format == "ndjson":
         # \x1e (record separator) cannot occur unescaped in valid JSON, so each line is one field.
         return (
@@ -114,7 +91,7 @@ def _lines_sql(file: ExportFile) -> str:
 
 
 def _problem(condition: str, field: str, problem: str) -> str:
-    return f"CASE WHEN {condition} THEN {_quote(f'{field}: {problem}')} END"
+    return f"CASE WHEN {condition} THEN {literal(f'{field}: {problem}')} END"
 
 
 def _validation_sql() -> str:
@@ -175,11 +152,16 @@ def _param(key: str, slot: str = "string_value") -> str:
     return f"list_extract(list_filter(r.event_params, lambda p: p.key = '{key}'), 1).value.{slot}"
 
 
-def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, table: str = "staged") -> StagedExport:
+def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs) -> StagedExport:
+    """The ingest stage: every line of the export, validated, in table `staged`."""
+    return stage_export(con, inputs.export)
+
+
+def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, table: str = Table.STAGED) -> StagedExport:
     """Read and validate every row of the export at `source` into temp table `table`."""
     files = discover_exports(source)
     union = "\nUNION ALL\n".join(_lines_sql(f) for f in files)
-    structure = _quote(json.dumps(GA4_JSON_STRUCTURE))
+    structure = literal(json.dumps(GA4_JSON_STRUCTURE))
     sql = f"""
     CREATE OR REPLACE TEMP TABLE {table} AS
     WITH lines AS ({union}),

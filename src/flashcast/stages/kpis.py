@@ -10,36 +10,37 @@ from an intraday export or its latest event is before `PARTIAL_DAY_HOUR` local t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 
 import duckdb
 
-from flashcast.config import ChannelMapping
+from flashcast.config import ChannelMapping, Settings
 from flashcast.errors import IngestError
+from flashcast.records import KpiSummary, RunInputs, Table
+from flashcast.sql import literal
 
 PARTIAL_DAY_HOUR = 22  # a last day whose latest event is earlier than 22:00 local is still filling in
 
 
-@dataclass(frozen=True)
-class KpiSummary:
-    table: str
-    first_day: date
-    last_day: date
-    partial_last_day: bool
-    channels: tuple[str, ...]
+def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings) -> KpiSummary:
+    """The KPI stage: sessions per channel, then daily KPIs per channel with the day's spend."""
+    if inputs.spend is None:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {Table.SPEND} (event_date DATE, channel VARCHAR, spend DOUBLE)")
+    else:
+        load_spend(con, inputs.spend, mapping=settings.channels)
+    return daily_channel_kpis(con, spend=Table.SPEND, mapping=settings.channels, timezone=settings.property_timezone)
 
 
-def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMapping, table: str = "spend") -> int:
+def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMapping,
+               table: str = Table.SPEND) -> int:
     """Read a long spend file (date, channel, spend) into `table`; errors name the file line and field."""
     if not path.exists():
         raise IngestError(f"spend file not found: {path}")
-    quoted = "'" + str(path).replace("'", "''") + "'"
     try:
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _spend_raw AS
-            SELECT ordinality + 1 AS line, * FROM read_csv({quoted}, header=true, all_varchar=true) WITH ORDINALITY"""
+            SELECT ordinality + 1 AS line, * FROM read_csv({literal(path)}, header=true, all_varchar=true)
+            WITH ORDINALITY"""
         )
     except duckdb.Error as exc:
         raise IngestError(f"{path.name}: not a readable CSV: {exc}") from exc
@@ -47,16 +48,16 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
     missing = {"date", "channel", "spend"} - columns
     if missing:
         raise IngestError(f"{path.name}: missing column(s) {sorted(missing)}; expected date, channel, spend")
-    known = "[" + ", ".join("'" + c.replace("'", "''") + "'" for c in mapping.paid_channels) + "]"
     problems = con.execute(
-        f"""SELECT line, problem FROM (
+        """SELECT line, problem FROM (
           SELECT line, CASE
             WHEN TRY_CAST(date AS DATE) IS NULL THEN 'date: not a YYYY-MM-DD date'
-            WHEN NOT list_contains({known}, channel) THEN 'channel: not a paid channel in the config'
+            WHEN NOT list_contains(?::VARCHAR[], channel) THEN 'channel: not a paid channel in the config'
             WHEN TRY_CAST(spend AS DOUBLE) IS NULL THEN 'spend: not a number'
             WHEN TRY_CAST(spend AS DOUBLE) < 0 THEN 'spend: negative'
             WHEN count(*) OVER (PARTITION BY date, channel) > 1 THEN 'date, channel: repeated'
-          END AS problem FROM _spend_raw) WHERE problem IS NOT NULL ORDER BY line LIMIT 5"""
+          END AS problem FROM _spend_raw) WHERE problem IS NOT NULL ORDER BY line LIMIT 5""",
+        [list(mapping.paid_channels)],
     ).fetchall()
     if problems:
         detail = "; ".join(f"line {line}: {problem}" for line, problem in problems)
@@ -78,18 +79,18 @@ def _install_channel_rules(con: duckdb.DuckDBPyConnection, mapping: ChannelMappi
 def daily_channel_kpis(
     con: duckdb.DuckDBPyConnection,
     *,
-    events: str = "guarded_events",
-    spend: str | None = "spend",
+    events: str = Table.GUARDED_EVENTS,
+    spend: str | None = Table.SPEND,
     mapping: ChannelMapping,
     timezone: str,
-    table: str = "daily_kpis",
+    table: str = Table.DAILY_KPIS,
 ) -> KpiSummary:
     """Build `table`: one row per (event_date, channel) on a zero-filled spine, with the lineage stamp."""
     _install_channel_rules(con, mapping)
     first = "first_touch" if mapping.attribution == "first_touch" else "session"
     other = "session" if first == "first_touch" else "first_touch"
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE sessions AS
+        f"""CREATE OR REPLACE TEMP TABLE {Table.SESSIONS} AS
         WITH per_session AS (
           SELECT session_key, any_value(lineage_id) AS lineage_id, any_value(user_key) AS user_key,
             min(event_date) AS event_date,
@@ -140,10 +141,10 @@ def daily_channel_kpis(
           SELECT d::DATE AS event_date, c AS channel
           FROM generate_series(?::DATE, ?::DATE, INTERVAL 1 DAY) g(d), unnest(?::VARCHAR[]) u(c)
         ), sess AS (
-          SELECT event_date, channel, count(*) AS sessions FROM sessions GROUP BY ALL
+          SELECT event_date, channel, count(*) AS sessions FROM {Table.SESSIONS} GROUP BY ALL
         ), buys AS (
           SELECT e.event_date, s.channel, count(*) AS purchases, sum(e.revenue) AS revenue
-          FROM {events} e JOIN sessions s USING (session_key)
+          FROM {events} e JOIN {Table.SESSIONS} s USING (session_key)
           WHERE e.event_name = 'purchase' GROUP BY ALL
         ), stamp AS (SELECT any_value(lineage_id) AS lineage_id FROM {events})
         SELECT stamp.lineage_id, spine.event_date, spine.channel,

@@ -10,7 +10,7 @@ to the budget to the cent, shares add up to one, every allocated channel is know
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +18,17 @@ from typing import Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from flashcast.errors import PayloadInvalid
+from flashcast.errors import PayloadInvalid, describe_validation_error
+from flashcast.lineage import LogHead
+from flashcast.records import (
+    AllocationPlan,
+    CreativeLibrary,
+    ForecastPlan,
+    GuardReport,
+    KpiSummary,
+    RunContext,
+    Segmentation,
+)
 
 SCHEMA_VERSION: Literal["1.1.0"] = "1.1.0"
 SCHEMA_RESOURCE = "payload.schema.json"
@@ -138,6 +148,49 @@ class Payload(_Model):
             raise ValueError(f"creatives: no usable creative for funded channel(s) {sorted(missing)}")
         return self
 
+    def lineage(self) -> dict[str, Any]:
+        return {"schema_version": self.schema_version, "creatives": len(self.creatives),
+                "budget": self.allocations.budget, "anchored_head": self.lineage_head.model_dump()}
+
+
+def run(*, guard: GuardReport, kpis: KpiSummary, segments: Segmentation, creatives: CreativeLibrary,
+        forecast: ForecastPlan, allocate: AllocationPlan, context: RunContext, head: LogHead) -> Payload:
+    """The payload stage: assemble the document for the day after the last complete day's morning,
+    anchored to the lineage head it was built on, and validate it (red creatives are left out)."""
+    f, allocation = forecast.forecast, allocate.allocation
+    days = [{"date": d, "point": float(p), **{f"{k}_{level}": float(f.bands[level][0 if k == "lo" else 1][i])
+                                               for level in (50, 80, 95) for k in ("lo", "hi")}}
+            for i, (d, p) in enumerate(zip(f.dates, f.point, strict=True))]
+    document = {
+        "lineage_id": context.lineage_id,
+        "lineage_head": head.to_json(),
+        "generated_at": datetime.now(UTC),
+        "for_date": kpis.last_complete_day + timedelta(days=2),
+        "reconciliation": guard.totals,
+        "segments": [{"segment": p.segment, "users": p.users, "share": round(p.share, 6)} for p in segments.profiles],
+        "forecast": {"series_id": f.series_id, "engine": f.engine, "horizon_days": len(f.dates),
+                     "total_point": round(sum(float(x) for x in f.point), 2), "days": days},
+        "allocations": {
+            "method": allocation.method, "budget": allocation.budget,
+            "expected_conversions": allocation.expected_conversions,
+            "gain_vs_inverse_cpa": allocation.gain_vs_inverse_cpa,
+            "channels": [{"channel": r.channel, "spend": r.spend, "share": r.share,
+                          "yesterday_spend": r.yesterday_spend, "change": r.change, "bound": r.bound, "why": r.why,
+                          "marginal_cpa": r.marginal_cpa, "expected_conversions": r.expected_conversions}
+                         for r in allocation.rows],
+        },
+        "creatives": [
+            {"creative_id": c.creative_id, "segment": c.segment, "channel": c.channel, "variant": c.variant,
+             "headline": c.headline, "body": c.body, "light": c.light, "status": c.status,
+             "reasons": [r.message for r in c.reasons]}
+            for c in creatives.creatives if c.light != "red" and c.status != "rejected"
+        ],
+    }
+    try:
+        return Payload.model_validate(document)
+    except ValidationError as exc:
+        raise PayloadInvalid(f"payload fails its invariants: {describe_validation_error(exc)}") from exc
+
 
 def model_schema() -> dict[str, Any]:
     """The JSON Schema generated from the model (what the committed file must equal)."""
@@ -163,8 +216,7 @@ def validate_payload(document: dict[str, Any]) -> Payload:
     try:
         return Payload.model_validate(document)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
-        raise PayloadInvalid(f"payload fails its invariants: {problems}") from exc
+        raise PayloadInvalid(f"payload fails its invariants: {describe_validation_error(exc)}") from exc
 
 
 def write_payload(payload: Payload, path: Path) -> Path:

@@ -1,4 +1,5 @@
-"""Stage 3: per-user features in SQL and a rule-based segmenter that says which rule fired.
+"""Stage 3: per-user features in SQL, then segments by rules (default) or k-means, optionally named
+by an LLM (falling back to the offline method when it fails).
 
 Features (per hashed user): recency (days since the last visit, as of the last complete day),
 frequency (sessions), monetary (revenue), orders, average order value, pages per session,
@@ -15,46 +16,65 @@ Rules, first match wins:
   4. Speed Seeker    `quick_sessions`    pages/session <= p30 and duration < median
   5. Brand Loyalist  `frequent_visitor`  sessions > p80(sessions)
   6. Value Shopper   `browsing`          none of the above: browsing without a loyalty or speed signal
+
+k-means: features are log-scaled where they are heavy-tailed (sessions, revenue, duration,
+engagement) and standardized; k is chosen by silhouette (3 to 6) unless configured. Each cluster is
+named by its centroid: the most loyal profile (many sessions, high revenue, recent) becomes Brand
+Loyalist, the quickest (few pages, short sessions) Speed Seeker, the rest Value Shopper; or an LLM
+names them from their average profiles (one call for all clusters, never one per user). Every user
+keeps the reason (its cluster and that cluster's profile); the silhouette is reported.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import date
 
 import duckdb
+import numpy as np
 
-SEGMENTS = ("Brand Loyalist", "Value Shopper", "Speed Seeker")
+from flashcast.config import Settings
+from flashcast.errors import ProviderFailed, SegmentationError
+from flashcast.llm.client import StructuredClient
+from flashcast.llm.tasks import label_clusters
+from flashcast.records import SEGMENTS, KpiSummary, Segmentation, SegmentProfile, Table
 
-
-@dataclass(frozen=True)
-class SegmentProfile:
-    segment: str
-    users: int
-    share: float
-    recency_days: float
-    sessions: float
-    orders: float
-    monetary: float
-    pages_per_session: float
-    session_duration_s: float
+FEATURES = ("recency_days", "sessions", "monetary", "pages_per_session", "session_duration_s", "engagement_s")
+LOG_SCALED = {"sessions", "monetary", "session_duration_s", "engagement_s"}
+ClusterNamer = Callable[[dict[int, dict[str, float]]], dict[int, tuple[str, str]]]
 
 
-@dataclass(frozen=True)
-class Segmentation:
-    table: str  # user_segments: user_key, features, segment, rule, reason
-    profiles: tuple[SegmentProfile, ...]
-    rule_counts: dict[str, int]
-    thresholds: dict[str, float]
+def run(con: duckdb.DuckDBPyConnection, *, kpis: KpiSummary, settings: Settings,
+        llm: StructuredClient | None) -> Segmentation:
+    """The segments stage: features per user, then the configured method (an LLM names k-means
+    clusters when one is configured; if it fails, the offline method runs and says why)."""
+    user_features(con, as_of=kpis.last_complete_day)
+    config = settings.segments
+    fallback = None
+    if llm is not None:
+        client = llm
 
-    @property
-    def users(self) -> int:
-        return sum(p.users for p in self.profiles)
+        def namer(profiles: dict[int, dict[str, float]]) -> dict[int, tuple[str, str]]:
+            labels = label_clusters(client, profiles)
+            return {label.cluster: (label.segment, label.reason) for label in labels.labels}
+
+        try:
+            named = kmeans_segments(con, clusters=config.clusters, seed=config.seed, namer=namer)
+            return replace(named, method="llm-kmeans", llm=f"{client.provider.name}:{client.provider.model}")
+        except ProviderFailed as exc:
+            fallback = f"LLM segment labels failed, used the offline {config.method} method: {exc}"
+    if config.method == "kmeans":
+        result = kmeans_segments(con, clusters=config.clusters, seed=config.seed)
+    else:
+        result = rule_segments(con)
+    llm_name = "offline" if llm is None else f"{llm.provider.name}:{llm.provider.model}"
+    return replace(result, llm=llm_name, fallback=fallback)
 
 
 def user_features(
-    con: duckdb.DuckDBPyConnection, *, as_of: date, events: str = "guarded_events", sessions: str = "sessions",
-    table: str = "user_features",
+    con: duckdb.DuckDBPyConnection, *, as_of: date, events: str = Table.GUARDED_EVENTS,
+    sessions: str = Table.SESSIONS, table: str = Table.USER_FEATURES,
 ) -> str:
     """One row per user_key with RFM and engagement features, stamped with the run's lineage_id."""
     con.execute(
@@ -84,7 +104,7 @@ def user_features(
 
 
 def rule_segments(
-    con: duckdb.DuckDBPyConnection, *, features: str = "user_features", table: str = "user_segments"
+    con: duckdb.DuckDBPyConnection, *, features: str = Table.USER_FEATURES, table: str = Table.USER_SEGMENTS
 ) -> Segmentation:
     """Assign each user a segment by the first matching rule; keep the rule and a readable reason."""
     thresholds_row = con.execute(
@@ -92,7 +112,7 @@ def rule_segments(
                    quantile_cont(session_duration_s, 0.5), count(*) FROM {features}"""
     ).fetchall()[0]
     if not thresholds_row[3]:
-        raise ValueError("no users to segment")
+        raise SegmentationError("no users to segment")
     p80_sessions, p30_pages, p50_duration = (float(x) for x in thresholds_row[:3])
     p80_sessions = max(p80_sessions, 2.0)  # one visit is never "frequent"
     con.execute(
@@ -145,3 +165,84 @@ def segment_profiles(con: duckdb.DuckDBPyConnection, table: str) -> tuple[Segmen
         else:
             profiles.append(SegmentProfile(name, int(r[1]), *(round(float(x), 3) for x in r[2:])))
     return tuple(profiles)
+
+
+# ------------------------------------------------------------------ k-means
+
+
+def _standardized(rows: np.ndarray) -> np.ndarray:
+    x = rows.astype(float).copy()
+    for i, name in enumerate(FEATURES):
+        if name in LOG_SCALED:
+            x[:, i] = np.log1p(np.maximum(x[:, i], 0.0))
+    sd = x.std(axis=0)
+    return np.asarray((x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0))
+
+
+def name_clusters(centroids: np.ndarray) -> list[str]:
+    """Segment name per cluster from standardized centroids (columns in FEATURES order)."""
+    col = {name: i for i, name in enumerate(FEATURES)}
+    loyalty = centroids[:, col["sessions"]] + centroids[:, col["monetary"]] - centroids[:, col["recency_days"]]
+    speed = -centroids[:, col["pages_per_session"]] - centroids[:, col["session_duration_s"]]
+    names = ["Value Shopper"] * len(centroids)
+    loyal = int(np.argmax(loyalty))
+    names[loyal] = "Brand Loyalist"
+    order = [int(i) for i in np.argsort(-speed) if i != loyal]
+    names[order[0]] = "Speed Seeker"
+    for i in range(len(centroids)):  # with more than three clusters, others join the closest profile
+        if names[i] == "Value Shopper" and loyalty[i] > 1.0:
+            names[i] = "Brand Loyalist"
+        elif names[i] == "Value Shopper" and speed[i] > 1.0:
+            names[i] = "Speed Seeker"
+    return names
+
+
+def kmeans_segments(
+    con: duckdb.DuckDBPyConnection, *, features: str = Table.USER_FEATURES, table: str = Table.USER_SEGMENTS,
+    clusters: int = 0, seed: int = 0, namer: ClusterNamer | None = None,
+) -> Segmentation:
+    """Cluster users; name clusters by their centroids, or by `namer` (e.g. an LLM) given each cluster's
+    average profile, which returns (segment, reason) per cluster."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    columns = ", ".join(f"coalesce({c}, 0)" for c in FEATURES)
+    keys_rows = con.execute(f"SELECT user_key, {columns} FROM {features} ORDER BY user_key").fetchall()
+    if len(keys_rows) < 10:
+        raise SegmentationError(f"k-means needs at least 10 users, got {len(keys_rows)}")
+    keys = [r[0] for r in keys_rows]
+    x = _standardized(np.array([r[1:] for r in keys_rows], dtype=float))
+    candidates = [clusters] if clusters else [k for k in (3, 4, 5, 6) if k < len(x)]
+    best: tuple[float, np.ndarray, np.ndarray, int] | None = None
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(x), size=min(len(x), 4000), replace=False)
+    for k in candidates:
+        model = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
+        labels = model.labels_
+        score = float(silhouette_score(x[sample], labels[sample])) if len(set(labels[sample])) > 1 else -1.0
+        if best is None or score > best[0]:
+            best = (score, labels, model.cluster_centers_, k)
+    assert best is not None
+    silhouette, labels, centroids, k = best
+    raw = np.array([r[1:] for r in keys_rows], dtype=float)
+    profile = {c: raw[labels == c].mean(axis=0) for c in range(k)}
+    if namer is not None:
+        named = namer({c: dict(zip(FEATURES, (float(v) for v in profile[c]), strict=True)) for c in range(k)})
+        names = [named[c][0] for c in range(k)]
+        reasons = [f"cluster {c} of {k}: {named[c][1]}" for c in range(k)]
+    else:
+        names = name_clusters(centroids)
+        reasons = [f"cluster {c} of {k}: sessions {profile[c][1]:.1f}, revenue {profile[c][2]:.2f}, "
+                   f"pages/session {profile[c][3]:.1f}, recency {profile[c][0]:.0f} days" for c in range(k)]
+    con.execute("CREATE OR REPLACE TEMP TABLE _kmeans (user_key VARCHAR, cluster INT)")
+    con.executemany("INSERT INTO _kmeans VALUES (?, ?)", list(zip(keys, (int(v) for v in labels), strict=True)))
+    con.execute("CREATE OR REPLACE TEMP TABLE _cluster_names (cluster INT, segment VARCHAR, reason VARCHAR)")
+    con.executemany("INSERT INTO _cluster_names VALUES (?, ?, ?)", [(c, names[c], reasons[c]) for c in range(k)])
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {table} AS
+        SELECT f.*, 'kmeans_c' || m.cluster AS rule, n.segment, n.reason
+        FROM {features} f JOIN _kmeans m USING (user_key) JOIN _cluster_names n USING (cluster)"""
+    )
+    rule_counts = dict(con.execute(f"SELECT rule, count(*) FROM {table} GROUP BY rule ORDER BY rule").fetchall())
+    return Segmentation(table=table, profiles=segment_profiles(con, table), rule_counts=rule_counts,
+                        thresholds={"clusters": float(k), "silhouette": round(silhouette, 4)}, method="kmeans")

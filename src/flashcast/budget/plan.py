@@ -1,4 +1,4 @@
-"""Stage 6, curve method: fit a response curve per channel, then optimize tomorrow's split on them.
+"""Curve allocation: fit a response curve per channel, then optimize tomorrow's split on them.
 
 Guardrails are the same as for inverse CPA (min/max share, caps, max daily change, held
 channels). Each row explains itself: spend vs yesterday, the marginal CPA at the new spend (what
@@ -11,23 +11,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from flashcast.config import AllocationConfig, Guardrails
-from flashcast.stages.allocate import (
-    Allocation,
-    AllocationRow,
-    ChannelBounds,
-    ChannelHistory,
-    allocate_inverse_cpa,
+from flashcast.budget.bounds import (
     channel_bounds,
-    check_feasible,
+    check_channel_bounds,
+    limit_extrapolation,
     resolve_budget,
 )
-from flashcast.stages.optimize import Problem, Solution, budget_for_target_cpa, optimize, round_solution
-from flashcast.stages.response import Array, CurveFit, CurveSet, MeanCurves, fit_response_curve
+from flashcast.budget.curves import Array, CurveFit, CurveSet, MeanCurves, fit_response_curve
+from flashcast.budget.inverse_cpa import allocate_inverse_cpa
+from flashcast.budget.optimizer import Problem, Solution, budget_for_target_cpa, optimize, round_solution
+from flashcast.budget.records import Allocation, AllocationRow, ChannelBounds, ChannelHistory
+from flashcast.config import AllocationConfig, Guardrails
 
 
 @dataclass(frozen=True)
@@ -53,18 +50,6 @@ def fit_channel_curves(series: Sequence[ChannelSeries], config: AllocationConfig
     return {s.channel: fit_response_curve(s.spend, s.outcome if s.demand is None else s.outcome / s.demand,
                                           name=s.channel, n_boot=config.bootstrap_draws, seed=seed + i)
             for i, s in enumerate(series)}
-
-
-def _with_extrapolation_limit(bounds: dict[str, ChannelBounds], series: Sequence[ChannelSeries],
-                              config: AllocationConfig) -> dict[str, ChannelBounds]:
-    out = dict(bounds)
-    for s in series:
-        b = bounds.get(s.channel)
-        seen = float(np.max(s.spend)) if len(s.spend) else 0.0
-        limit = math.floor(seen * config.max_extrapolation * 100) / 100
-        if b is not None and seen > 0 and limit < b.upper and limit >= b.lower:
-            out[s.channel] = ChannelBounds(b.lower, limit, b.lower_rule, "extrapolation")
-    return out
 
 
 def _problem(channels: list[str], curves: CurveSet | MeanCurves, bounds: dict[str, ChannelBounds]) -> Problem:
@@ -111,8 +96,9 @@ def allocate_by_curves(
     channels = [h.channel for h in histories]
     total = resolve_budget(histories, guardrails, budget)
     fits = fits or fit_channel_curves(series, config)
-    bounds = _with_extrapolation_limit(channel_bounds(histories, total, guardrails), series, config)
-    check_feasible(bounds, total)
+    largest = {s.channel: float(np.max(s.spend)) for s in series if len(s.spend)}
+    bounds = limit_extrapolation(channel_bounds(histories, total, guardrails), largest, config.max_extrapolation)
+    check_channel_bounds(bounds, total)
     curves = _curves_for(fits, channels, config)
     problem = _problem(channels, curves, bounds)
     target = config.target_cpa if config.target_cpa is not None else (
@@ -201,62 +187,3 @@ def whatif_sweep(fits: dict[str, CurveFit], channels: list[str], guardrails: Gua
                     "marginal_cpa": round(1.0 / sol.multiplier, 2) if sol.multiplier > 0 else math.inf,
                     **{f"spend_{c}": round(float(x), 2) for c, x in zip(channels, sol.channel_spend, strict=True)}})
     return out
-
-
-def plot_curves(plan: CurvePlan, path: Path) -> Path:
-    """One panel per channel: fitted curve with its 80% draw band, yesterday's and the proposed spend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = {r.channel: r for r in plan.allocation.rows}
-    n = len(rows)
-    cols = 2
-    fig, axes = plt.subplots((n + 1) // cols, cols, figsize=(10, 3.2 * ((n + 1) // cols)), dpi=100, squeeze=False)
-    for ax, (channel, row) in zip(axes.flat, rows.items(), strict=False):
-        fit = plan.fits[channel]
-        top = max(row.upper, row.yesterday_spend, row.spend, 1.0) * 2.0
-        xs = np.linspace(0, top, 200)
-        draws = np.array([d.response(xs) for d in fit.draws])
-        ax.fill_between(xs, np.quantile(draws, 0.1, axis=0), np.quantile(draws, 0.9, axis=0), alpha=0.25,
-                        color="#1f77b4", linewidth=0, label="80% of bootstrap curves")
-        ax.plot(xs, fit.curve.response(xs), color="#1f77b4", label=f"{fit.curve.form} fit")
-        for x, style, label in ((row.yesterday_spend, ":", "yesterday"), (row.spend, "-", "proposed")):
-            ax.axvline(x, color="#d62728", linestyle=style, linewidth=1.2, label=f"{label} {x:,.0f}")
-        ax.set_title(f"{channel}{' (fallback curve)' if fit.fallback else ''}", fontsize=10)
-        ax.set_xlabel("daily spend")
-        ax.set_ylabel("expected per day")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
-    return path
-
-
-def plot_whatif(sweep: list[dict[str, float]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    budgets = [r["budget"] for r in sweep]
-    ax.fill_between(budgets, [r["low"] for r in sweep], [r["high"] for r in sweep], alpha=0.25, color="#2ca02c",
-                    linewidth=0, label="80% interval")
-    ax.plot(budgets, [r["expected"] for r in sweep], marker="o", color="#2ca02c", label="expected per day")
-    for r in sweep:
-        ax.annotate(f"{r['marginal_cpa']:,.0f}/conv", (r["budget"], r["expected"]), fontsize=7,
-                    textcoords="offset points", xytext=(0, 6), ha="center")
-    ax.set_xlabel("total daily budget")
-    ax.set_ylabel("expected conversions per day")
-    ax.set_title("What-if: return on extra budget (labels: marginal cost per conversion)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
-    return path

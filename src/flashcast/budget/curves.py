@@ -14,6 +14,9 @@ whenever the channel gets spend at all; the fit's warnings say which curves need
 
 Fitting grid-searches the decay (adstock is what makes the problem non-convex) and solves the rest
 by bounded least squares at each decay; uncertainty comes from a residual moving-block bootstrap.
+
+The maths of both forms is written once (`saturation`, `marginal_response`) and shared by a single
+curve (`ResponseCurve`) and many curves as arrays (`CurveSet`, what the optimizer takes).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import brentq, least_squares
+
+from flashcast.errors import CurveFitError
 
 Form = Literal["hill", "exponential"]
 Array = NDArray[np.float64]
@@ -59,6 +64,27 @@ def adstock(spend: Array, decay: float) -> Array:
     return np.asarray(lfilter([1.0], [1.0, -decay], np.asarray(spend, dtype=float)))
 
 
+def saturation(a: Array, is_hill: bool | NDArray[np.bool_], k: Array | float, slope: Array | float) -> Array:
+    """sat(a) for a >= 0: Hill a^s / (a^s + k^s) or exponential 1 - exp(-a / k). `is_hill` is one
+    flag for one curve (only that form is computed) or an array of flags for many curves."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        hill = None if is_hill is False else np.where(a > 0, a**slope / (a**slope + k**slope), 0.0)
+        expo = None if is_hill is True else 1.0 - np.exp(-a / k)
+    if hill is None or expo is None:
+        return np.asarray(expo if hill is None else hill)
+    return np.asarray(np.where(is_hill, hill, expo))
+
+
+def marginal_response(x: Array, is_hill: bool | NDArray[np.bool_], beta: Array | float, k: Array | float,
+                      slope: Array | float, scale: Array | float) -> Array:
+    """d/dx of beta * sat(x / scale) (scale = 1 - decay): the curve's own marginal return."""
+    a = np.maximum(x / scale, 1e-12)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        hill = beta * slope * k**slope * a ** (slope - 1) / (a**slope + k**slope) ** 2 / scale
+        expo = beta / (k * scale) * np.exp(-a / k)
+    return np.asarray(np.where(is_hill, hill, expo))
+
+
 @dataclass(frozen=True)
 class ResponseCurve:
     """One fitted (or assumed) curve. `response(x)` is daily conversions at a constant daily spend x."""
@@ -71,11 +97,7 @@ class ResponseCurve:
     intercept: float = 0.0
 
     def saturation(self, a: Array) -> Array:
-        a = np.maximum(np.asarray(a, dtype=float), 0.0)
-        if self.form == "hill":
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return np.asarray(np.where(a > 0, a**self.slope / (a**self.slope + self.k**self.slope), 0.0))
-        return np.asarray(1.0 - np.exp(-a / self.k))
+        return saturation(np.maximum(np.asarray(a, dtype=float), 0.0), self.form == "hill", self.k, self.slope)
 
     def response(self, x: Array | float) -> Array:
         """Steady-state daily conversions from the paid channel (the intercept is not bought by spend)."""
@@ -99,18 +121,7 @@ class ResponseCurve:
 
     def marginal(self, x: Array | float) -> Array:
         """d response / d spend on the concave envelope (what the optimizer equalizes)."""
-        x = np.asarray(x, dtype=float)
-        c = 1.0 - self.decay
-        if self.form == "exponential":
-            return np.asarray(self.beta / (self.k * c) * np.exp(-x / (self.k * c)))
-        a = np.maximum(x / c, 1e-12)
-        s, k = self.slope, self.k
-        deriv = self.beta * s * k**s * a ** (s - 1) / (a**s + k**s) ** 2 / c
-        x_t = self.tangent_spend()
-        if x_t > 0:
-            chord = float(self.response(x_t)) / x_t
-            deriv = np.where(x < x_t, chord, deriv)
-        return np.asarray(deriv)
+        return CurveSet.from_curves(("curve",), [self]).marginal(np.asarray(x, dtype=float))
 
     def envelope_response(self, x: Array | float) -> Array:
         """Response on the concave envelope (equal to `response` where the curve is concave)."""
@@ -185,7 +196,7 @@ def fit_curve_fixed_decay(spend: Array, y: Array, decay: float, forms: tuple[For
         if fitted and (best is None or fitted[1] < best[1]):
             best = fitted
     if best is None:
-        raise ValueError("curve fit failed")
+        raise CurveFitError("curve fit failed")
     return best[0]
 
 
@@ -204,9 +215,9 @@ def fit_response_curve(
     x = np.asarray(spend, dtype=float)
     y = np.asarray(conversions, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"{name}: spend and conversions must be 1-D series of the same length")
+        raise CurveFitError(f"{name}: spend and conversions must be 1-D series of the same length")
     if (x < 0).any() or (y < 0).any():
-        raise ValueError(f"{name}: spend and conversions must be non-negative")
+        raise CurveFitError(f"{name}: spend and conversions must be non-negative")
     active = int((x > 0).sum())
     cv = float(x.std() / x.mean()) if x.mean() > 0 else 0.0
     problems = []
@@ -226,7 +237,7 @@ def fit_response_curve(
             if fitted and (best is None or fitted[1] < best[1]):
                 best = fitted
     if best is None:
-        raise ValueError(f"{name}: curve fit failed")
+        raise CurveFitError(f"{name}: curve fit failed")
     curve = best[0]
     draws = _bootstrap(curve, x, y, n_boot=n_boot, seed=seed, block=block)
     diagnostics = _diagnostics(curve, x, y, cv, active)
@@ -310,20 +321,11 @@ class CurveSet:
 
     def response(self, x: Array) -> Array:
         """Steady-state daily conversions (on the envelope below an S-curve's tangent point)."""
-        a = np.maximum(x, 0.0) / self.scale
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            hill = np.where(a > 0, a**self.slope / (a**self.slope + self.k**self.slope), 0.0)
-            expo = 1.0 - np.exp(-a / self.k)
-        r = self.beta * np.where(self.is_hill, hill, expo)
+        r = self.beta * saturation(np.maximum(x, 0.0) / self.scale, self.is_hill, self.k, self.slope)
         return np.asarray(np.where(x < self.tangent, x * self.chord, r))
 
     def marginal(self, x: Array) -> Array:
-        a = np.maximum(x / self.scale, 1e-12)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            hill = self.beta * self.slope * self.k**self.slope * a ** (self.slope - 1) / (
-                a**self.slope + self.k**self.slope) ** 2 / self.scale
-            expo = self.beta / (self.k * self.scale) * np.exp(-a / self.k)
-        d = np.where(self.is_hill, hill, expo)
+        d = marginal_response(x, self.is_hill, self.beta, self.k, self.slope, self.scale)
         d = np.where(x < self.tangent, self.chord, d)
         return np.asarray(np.nan_to_num(d, nan=0.0, posinf=1e300))
 
@@ -356,12 +358,11 @@ def solve_tangent_numeric(curve: ResponseCurve) -> float:
     """Numeric tangent point of an S-curve: where the chord from the origin meets the raw derivative."""
     if curve.is_concave:
         return 0.0
-    c, s, k = 1.0 - curve.decay, curve.slope, curve.k
+    c = 1.0 - curve.decay
 
     def gap(x: float) -> float:
-        a = x / c
-        derivative = curve.beta * s * k**s * a ** (s - 1) / (a**s + k**s) ** 2 / c
-        return float(curve.response(x)) / x - derivative
+        derivative = marginal_response(np.asarray(x), True, curve.beta, curve.k, curve.slope, c)
+        return float(curve.response(x)) / x - float(derivative)
 
-    upper = k * 50 * c
+    upper = curve.k * 50 * c
     return float(brentq(gap, upper * 1e-4, upper))

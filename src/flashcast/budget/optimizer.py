@@ -21,9 +21,9 @@ from typing import Protocol
 import numpy as np
 from scipy.optimize import brentq
 
+from flashcast.budget.bounds import check_feasible, round_to_cents
+from flashcast.budget.curves import Array
 from flashcast.errors import AllocationInfeasible
-from flashcast.stages.allocate import round_to_cents
-from flashcast.stages.response import Array
 
 Marginal = Callable[[Array], Array]
 
@@ -75,7 +75,6 @@ class Solution:
     expected: float  # sum of line responses at the solution
 
 
-
 def spend_at(marginal: Marginal, lam: float, lower: Array, upper: Array, iterations: int = 60) -> Array:
     """Spend in [lower, upper] where `marginal` (non-increasing) meets `lam`, line by line.
 
@@ -115,23 +114,8 @@ def _solve_lambda(total_at: Callable[[float], float], target: float, lam_lo: flo
 def check_feasible_problem(problem: Problem, budget: float) -> tuple[Array, Array]:
     """Effective channel bounds, or AllocationInfeasible naming what conflicts and by how much."""
     lo, hi = problem.effective_channel_bounds()
-    names = problem.channel_names
-    crossed = [f"{names[c]}: lower {lo[c]:,.2f} > upper {hi[c]:,.2f}"
-               for c in range(len(names)) if lo[c] > hi[c] + 1e-9]
-    if crossed:
-        raise AllocationInfeasible("channel bounds cross: " + "; ".join(crossed), conflicts=tuple(crossed))
-    if lo.sum() > budget + 1e-9:
-        parts = tuple(f"{names[c]} {lo[c]:,.2f}" for c in range(len(names)) if lo[c] > 0)
-        raise AllocationInfeasible(
-            f"lower bounds add to {lo.sum():,.2f}, more than the budget {budget:,.2f} ({', '.join(parts)}); "
-            f"smallest fix: lower them by {lo.sum() - budget:,.2f} in total or raise the budget to that",
-            conflicts=parts, shortfall=round(float(lo.sum() - budget), 2))
-    if hi.sum() < budget - 1e-9:
-        parts = tuple(f"{names[c]} {hi[c]:,.2f}" for c in range(len(names)))
-        raise AllocationInfeasible(
-            f"upper bounds add to {hi.sum():,.2f}, less than the budget {budget:,.2f} ({', '.join(parts)}); "
-            f"smallest fix: raise them by {budget - hi.sum():,.2f} in total or lower the budget to that",
-            conflicts=parts, shortfall=round(float(budget - hi.sum()), 2))
+    check_feasible(problem.channel_names, lo, hi, budget, lower_rules=problem.channel_lower_rule,
+                   upper_rules=problem.channel_upper_rule)
     return lo, hi
 
 

@@ -1,0 +1,139 @@
+"""The day's budget, each channel's bounds from the guardrails, one feasibility check, cent rounding.
+
+Bounds per channel: min/max share of the budget, an absolute cap, the largest move allowed versus
+yesterday (max_daily_change x yesterday's spend, but never less than min_daily_move_share x budget,
+so a paused channel can restart), held channels, and, for fitted curves, how far beyond the largest
+spend ever seen a curve is trusted (`extrapolation`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from flashcast.budget.records import ChannelBounds, ChannelHistory
+from flashcast.config import Guardrails
+from flashcast.errors import AllocationInfeasible
+
+
+def resolve_budget(histories: Sequence[ChannelHistory], guardrails: Guardrails, budget: float | None) -> float:
+    """The day's budget: given, else `guardrails.total_budget`, else yesterday's total spend."""
+    if not histories:
+        raise AllocationInfeasible("no paid channels to allocate")
+    total = budget if budget is not None else guardrails.total_budget
+    if total is None:
+        total = sum(h.yesterday_spend for h in histories)
+        if total <= 0:
+            raise AllocationInfeasible(
+                "no budget: yesterday's spend is zero or missing (no spend file?); pass --spend with daily "
+                "spend per channel or set [guardrails] total_budget")
+    total = round(total, 2)
+    if total <= 0:
+        raise AllocationInfeasible(f"budget must be positive (got {total:,.2f})")
+    return total
+
+
+def channel_bounds(
+    histories: Sequence[ChannelHistory], budget: float, guardrails: Guardrails
+) -> dict[str, ChannelBounds]:
+    """Each channel's [lower, upper] spend, in cents, and the rule behind each side."""
+    out = {}
+    for h in histories:
+        move = max(guardrails.max_daily_change * h.yesterday_spend, guardrails.min_daily_move_share * budget)
+        lowers = [(0.0, "zero"), (guardrails.min_share.get(h.channel, 0.0) * budget, "min_share"),
+                  (h.yesterday_spend - move, "max_daily_change")]
+        uppers = [(guardrails.max_share.get(h.channel, 1.0) * budget, "max_share"),
+                  (h.yesterday_spend + move, "max_daily_change")]
+        if h.channel in guardrails.hold:
+            lowers.append((h.yesterday_spend, "held"))
+            uppers.append((h.yesterday_spend, "held"))
+        if h.channel in guardrails.caps:
+            uppers.append((guardrails.caps[h.channel], "cap"))
+        lo, lo_rule = max(lowers, key=lambda x: x[0])
+        hi, hi_rule = min(uppers, key=lambda x: x[0])
+        out[h.channel] = ChannelBounds(math.ceil(round(lo * 100, 6)) / 100, math.floor(round(hi * 100, 6)) / 100,
+                                       lo_rule, hi_rule)
+    return out
+
+
+def limit_extrapolation(bounds: dict[str, ChannelBounds], largest_spend: dict[str, float],
+                        max_extrapolation: float) -> dict[str, ChannelBounds]:
+    """Cap each channel at `max_extrapolation` x the largest daily spend its curve was fitted on
+    (bound 'extrapolation'), where that is tighter than its other bounds and still feasible."""
+    out = dict(bounds)
+    for channel, seen in largest_spend.items():
+        b = bounds.get(channel)
+        limit = math.floor(seen * max_extrapolation * 100) / 100
+        if b is not None and seen > 0 and limit < b.upper and limit >= b.lower:
+            out[channel] = ChannelBounds(b.lower, limit, b.lower_rule, "extrapolation")
+    return out
+
+
+def check_feasible(names: Sequence[str], lower: np.ndarray, upper: np.ndarray, budget: float, *,
+                   lower_rules: Sequence[str] = (), upper_rules: Sequence[str] = ()) -> None:
+    """Raise AllocationInfeasible naming the bounds that cannot all hold for `budget`, and the
+    smallest change that would make them hold."""
+    def rule(rules: Sequence[str], i: int) -> str:
+        return f" ({rules[i]})" if rules else ""
+
+    crossed = [f"{names[i]}: lower {lower[i]:,.2f}{rule(lower_rules, i)} > upper {upper[i]:,.2f}"
+               f"{rule(upper_rules, i)}; move one of them by {lower[i] - upper[i]:,.2f}"
+               for i in range(len(names)) if lower[i] > upper[i] + 1e-9]
+    if crossed:
+        raise AllocationInfeasible("guardrails cross for " + "; ".join(crossed), conflicts=tuple(crossed))
+    low, high = float(np.sum(lower)), float(np.sum(upper))
+    if low > budget + 1e-9:
+        parts = tuple(f"{names[i]} {lower[i]:,.2f}{rule(lower_rules, i)}" for i in range(len(names)) if lower[i] > 0)
+        raise AllocationInfeasible(
+            f"lower bounds add to {low:,.2f}, more than the budget {budget:,.2f}: " + ", ".join(parts)
+            + f"; raise the budget or lower these bounds by {low - budget:,.2f} in total",
+            conflicts=parts, shortfall=round(low - budget, 2))
+    if high < budget - 1e-9:
+        parts = tuple(f"{names[i]} {upper[i]:,.2f}{rule(upper_rules, i)}" for i in range(len(names)))
+        raise AllocationInfeasible(
+            f"upper bounds add to {high:,.2f}, less than the budget {budget:,.2f}: " + ", ".join(parts)
+            + f"; lower the budget or raise these bounds by {budget - high:,.2f} in total",
+            conflicts=parts, shortfall=round(budget - high, 2))
+
+
+def check_channel_bounds(bounds: dict[str, ChannelBounds], budget: float) -> None:
+    """`check_feasible` on per-channel bounds, naming the rule behind each."""
+    names = list(bounds)
+    check_feasible(names, np.array([bounds[c].lower for c in names]), np.array([bounds[c].upper for c in names]),
+                   budget, lower_rules=[bounds[c].lower_rule for c in names],
+                   upper_rules=[bounds[c].upper_rule for c in names])
+
+
+def round_to_cents(x: np.ndarray, lower: np.ndarray, upper: np.ndarray, total: float) -> list[float]:
+    """Round to cents, keep every bound, and make the cents add up to `total` exactly."""
+    cents = np.floor(np.round(x * 100, 6)).astype(np.int64)
+    lo_c, hi_c = np.round(lower * 100).astype(np.int64), np.round(upper * 100).astype(np.int64)
+    cents = np.clip(cents, lo_c, hi_c)
+    remainder = round(total * 100) - int(cents.sum())
+    order = np.argsort(-(x * 100 - np.floor(np.round(x * 100, 6))), kind="stable")
+    while remainder != 0:
+        step = 1 if remainder > 0 else -1
+        moved = False
+        for i in order if step > 0 else order[::-1]:
+            if (step > 0 and cents[i] < hi_c[i]) or (step < 0 and cents[i] > lo_c[i]):
+                cents[i] += step
+                remainder -= step
+                moved = True
+                if remainder == 0:
+                    break
+        if not moved:
+            raise AllocationInfeasible(f"cannot place {abs(remainder)} cent(s) within the bounds")
+    return [int(c) / 100 for c in cents]
+
+
+def explain_bound(rule: str, *, max_extrapolation: float | None = None) -> str:
+    """What holding a channel at `rule` means, in words."""
+    beyond = f"{max_extrapolation:g}x " if max_extrapolation else "the allowed multiple of "
+    return {
+        "min_share": "held up by its minimum share", "max_share": "held down by its maximum share",
+        "max_daily_change": "limited by the maximum daily change", "cap": "held down by its cap",
+        "zero": "at zero", "held": "held at yesterday's spend",
+        "extrapolation": f"held at {beyond}the most it ever spent (the curve is unproven beyond)",
+    }.get(rule, f"held by {rule}")

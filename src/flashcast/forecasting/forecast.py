@@ -1,0 +1,267 @@
+"""The forecast record and the ways to make one.
+
+* `auto_forecast`: backtest a line-up of engines, pick the best, refit it on all history and band
+  it conformally (the default path; see `backtest`).
+* `sampled_forecast`: one engine's own sample paths, summarized into quantile bands (for a history
+  too short for a backtest).
+* `forecast_each` / `forecast_many`: `auto_forecast` over every series of a long frame, in parallel.
+
+Every band at every level comes from one sample (of errors or of paths), so the 50% band lies
+inside the 80% band inside the 95% band.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from flashcast.errors import ForecastError
+from flashcast.forecasting.backtest import (
+    LEVELS,
+    BacktestSpec,
+    Selection,
+    normalized_offsets,
+    origin_bands,
+    run_backtest,
+    score_engines,
+    select_engine,
+    spread_terms,
+)
+from flashcast.forecasting.engines import EngineOptions, SamplingEngine, make_engines
+from flashcast.forecasting.series import PreparedSeries, prepare_series, validate_history
+
+
+class Band(NamedTuple):
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """A fan chart's data: point forecast plus nested bands, one value per future day, the history it
+    was made from and, for a selected engine, the backtest leaderboard."""
+
+    series_id: str
+    engine: str
+    dates: tuple[date, ...]
+    point: np.ndarray
+    bands: dict[int, Band]
+    history_dates: tuple[date, ...]
+    history: np.ndarray
+    selection: Selection | None = None
+    notes: tuple[str, ...] = ()
+    filled_days: int = 0  # missing days filled by interpolation
+    dropped_days: int = 0  # days before the last long gap, left out
+    fit_seconds: float = 0.0
+
+    def band(self, level: int) -> Band:
+        return self.bands[level]
+
+    @property
+    def leaderboard(self) -> tuple[dict[str, object], ...]:
+        return tuple(s.row() for s in self.selection.leaderboard) if self.selection else ()
+
+    def rounded(self, ndigits: int = 2) -> Forecast:
+        """The same forecast with values rounded (to cents, for money)."""
+        def r(values: np.ndarray) -> np.ndarray:
+            return np.array([round(float(x), ndigits) for x in values])
+
+        return replace(self, point=r(self.point),
+                       bands={level: Band(r(b.lower), r(b.upper)) for level, b in self.bands.items()})
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per day: series_id, date, point, lo/hi per level, engine."""
+        frame = pd.DataFrame({"series_id": self.series_id, "date": self.dates, "point": self.point})
+        for level in sorted(self.bands):
+            frame[f"lo_{level}"], frame[f"hi_{level}"] = self.bands[level]
+        frame["engine"] = self.engine
+        return frame
+
+    def summary(self) -> dict[str, object]:
+        """Totals over the horizon, for the lineage log."""
+        total = sum(float(x) for x in self.point)
+        if not math.isfinite(total):
+            raise ForecastError(f"{self.series_id}: the forecast is not finite")
+        summary: dict[str, object] = {
+            "series_id": self.series_id, "engine": self.engine, "horizon_days": len(self.dates),
+            "start": self.dates[0].isoformat(), "end": self.dates[-1].isoformat(),
+            "total_point": round(total, 2),
+            "last_28_days_actual": round(sum(float(x) for x in self.history[-28:]), 2),
+        }
+        for level in sorted(self.bands):
+            lower, upper = self.bands[level]
+            summary[f"daily_mean_lo_{level}"] = round(sum(float(x) for x in lower) / len(lower), 2)
+            summary[f"daily_mean_hi_{level}"] = round(sum(float(x) for x in upper) / len(upper), 2)
+        return summary
+
+
+def bands_are_nested(forecast: Forecast) -> bool:
+    """True when every narrower band lies inside every wider one and the point inside the narrowest."""
+    ordered = sorted(forecast.bands)
+    for inner, outer in itertools.pairwise(ordered):
+        (i_lo, i_hi), (o_lo, o_hi) = forecast.bands[inner], forecast.bands[outer]
+        if np.any(o_lo > i_lo + 1e-9) or np.any(i_hi > o_hi + 1e-9):
+            return False
+    lo, hi = forecast.bands[ordered[0]]
+    return bool(np.all((lo - 1e-9 <= forecast.point) & (forecast.point <= hi + 1e-9)))
+
+
+def _future(last: pd.Timestamp, horizon: int) -> tuple[date, ...]:
+    return tuple(d.date() for d in pd.date_range(last + pd.Timedelta(days=1), periods=horizon))
+
+
+def _history_notes(series: PreparedSeries) -> tuple[str, ...]:
+    return (((f"{series.filled_days} missing days filled by interpolation",) if series.filled_days else ())
+            + ((f"{series.dropped_days} days before the last gap of more than a week left out",)
+               if series.dropped_days else ()))
+
+
+def auto_forecast(
+    frame: pd.DataFrame, *, series_id: str, engines: Sequence[str] | None = None, spec: BacktestSpec | None = None,
+    nonnegative: bool = True, options: EngineOptions | None = None,
+) -> Forecast:
+    """Backtest the engines, pick the best, refit it on all history and band it conformally.
+    Raises HistoryTooShort when the history gives too few backtest origins."""
+    spec = spec or BacktestSpec()
+    series = prepare_series(frame, series_id=series_id, nonnegative=nonnegative)
+    y, dates = series.y, series.dates
+    line_up = make_engines(engines, options)
+    try:
+        bt = run_backtest(y, dates, line_up, spec)
+    except ForecastError as exc:
+        gap = (f" (the history restarts on {dates[0].date()}, after a gap of more than a week; "
+               f"{series.dropped_days} days before it were left out)") if series.dropped_days else ""
+        raise type(exc)(f"{series_id}: {exc}{gap}") from exc
+    selection = select_engine(score_engines(bt, spec, nonnegative=nonnegative))
+    engine = next(e for e in line_up if e.alias == selection.winner)
+    start = time.perf_counter()
+    point = engine.point(y, dates, spec.horizon)
+    fit_seconds = time.perf_counter() - start
+    errors = bt.actual - bt.points[selection.winner]
+    # The last backtest origin's horizon ends where the history ends: all origins are observed.
+    _, alphas = origin_bands(errors, bt.spread, bt.floor, spec)
+    recent = slice(-spec.calibration, None)
+    offsets = normalized_offsets(errors[recent], np.maximum(bt.spread[recent], bt.floor[recent]),
+                                 spread_terms(y, spec), spec, alphas)
+    bands = {}
+    for level, (lo, hi) in offsets.items():
+        lower = point + lo
+        bands[level] = Band(np.maximum(lower, 0.0) if nonnegative else lower, point + hi)
+    if nonnegative:
+        point = np.maximum(point, 0.0)
+    return Forecast(series_id, selection.winner, _future(dates[-1], spec.horizon), point, bands,
+                    tuple(d.date() for d in dates), y, selection, (selection.reason, *_history_notes(series)),
+                    series.filled_days, series.dropped_days, fit_seconds)
+
+
+def sampled_forecast(
+    frame: pd.DataFrame, *, series_id: str, engine: SamplingEngine, horizon: int = 14,
+    levels: tuple[int, ...] = LEVELS, n_samples: int = 1000, seed: int = 0, nonnegative: bool = True,
+) -> Forecast:
+    """Fit `engine` and summarize one set of its sample paths into nested quantile bands (point: the
+    median path). Needs MIN_HISTORY_DAYS of history, not a backtest's worth."""
+    series = validate_history(frame, series_id=series_id, nonnegative=nonnegative)
+    samples = engine.sample_paths(series.y, series.dates, horizon, n_samples, seed)
+    if nonnegative:
+        samples = np.maximum(samples, 0.0)
+    bands = {}
+    for level in sorted(levels):
+        tail = (100 - level) / 200
+        lower, upper = np.quantile(samples, [tail, 1 - tail], axis=1)
+        bands[level] = Band(lower, upper)
+    return Forecast(series_id, engine.alias, _future(series.dates[-1], horizon), np.median(samples, axis=1), bands,
+                    tuple(d.date() for d in series.dates), series.y, notes=_history_notes(series),
+                    filled_days=series.filled_days, dropped_days=series.dropped_days)
+
+
+@dataclass(frozen=True)
+class _Task:
+    series_id: str
+    frame: pd.DataFrame
+    engines: tuple[str, ...] | None
+    spec: BacktestSpec
+    nonnegative: bool
+    options: EngineOptions = field(default_factory=EngineOptions)
+
+
+def _forecast_one(task: _Task) -> Forecast | str:
+    try:
+        return auto_forecast(task.frame, series_id=task.series_id, engines=task.engines, spec=task.spec,
+                             nonnegative=task.nonnegative, options=task.options)
+    except ForecastError as exc:
+        return str(exc)  # one bad series does not sink the others; the caller reports it
+
+
+def forecast_each(
+    frame: pd.DataFrame, *, id_col: str = "series_id", engines: Sequence[str] | None = None,
+    spec: BacktestSpec | None = None, nonnegative: bool = True, options: EngineOptions | None = None,
+    workers: int | None = None,
+) -> tuple[list[Forecast], list[str]]:
+    """Backtest, select and forecast every series of a long (series_id, ds, y) frame, in parallel
+    across cores. Returns the forecasts and, for series that could not be forecast, the reasons."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    spec = spec or BacktestSpec()
+    tasks = [_Task(str(sid), group[["ds", "y"]], tuple(engines) if engines else None, spec, nonnegative,
+                   options or EngineOptions())
+             for sid, group in frame.groupby(id_col, sort=True)]
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(tasks) == 1:
+        results = [_forecast_one(t) for t in tasks]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_forecast_one, tasks, chunksize=max(1, len(tasks) // (workers * 4))))
+    return [r for r in results if isinstance(r, Forecast)], [r for r in results if isinstance(r, str)]
+
+
+def forecast_many(
+    frame: pd.DataFrame, *, id_col: str = "series_id", engines: Sequence[str] | None = None,
+    spec: BacktestSpec | None = None, nonnegative: bool = True, workers: int | None = None,
+) -> pd.DataFrame:
+    """Forecast every series in a long (series_id, ds, y) frame in parallel across cores.
+
+    Returns a tidy frame: series_id, ds, engine, point, lo_50 .. hi_95. Series that cannot be
+    forecast are left out and named in `frame.attrs["skipped"]`.
+    """
+    done, skipped = forecast_each(frame, id_col=id_col, engines=engines, spec=spec, nonnegative=nonnegative,
+                                  workers=workers)
+    out = tidy_all(done)
+    out.attrs["skipped"] = skipped
+    return out
+
+
+def leaderboards(results: Sequence[Forecast]) -> pd.DataFrame:
+    """Every series' backtest leaderboard, one row per (series, engine), the winner flagged with why."""
+    rows = []
+    for result in results:
+        if result.selection is None:
+            continue
+        for rank, score in enumerate(result.selection.leaderboard, start=1):
+            selected = score.engine == result.engine
+            rows.append({"series_id": result.series_id, "rank": rank, "selected": selected, **score.row(),
+                         "reason": result.selection.reason if selected else ""})
+    return pd.DataFrame(rows)
+
+
+def tidy_all(results: Sequence[Forecast]) -> pd.DataFrame:
+    """Many forecasts as one tidy frame (empty, with the key columns, when there are none)."""
+    if not results:
+        return pd.DataFrame(columns=["series_id", "ds", "engine", "point"])
+    return pd.concat([tidy(r) for r in results], ignore_index=True)
+
+
+def tidy(result: Forecast) -> pd.DataFrame:
+    out = pd.DataFrame({"series_id": result.series_id, "ds": list(result.dates), "engine": result.engine,
+                        "point": result.point})
+    for level in sorted(result.bands):
+        out[f"lo_{level}"], out[f"hi_{level}"] = result.bands[level]
+    return out

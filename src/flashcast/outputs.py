@@ -1,0 +1,144 @@
+"""Every file a run writes to its output folder, from the stages' records and the run's tables.
+
+Each writer names what it needs (see `flashcast.wiring`): the output folder, the run connection,
+the run context and the records of the stages it reports on, and returns the files it wrote by
+name. The report comes last: it links every other file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from flashcast.budget.charts import plot_curves, plot_whatif
+from flashcast.forecasting.charts import plot_fan_chart
+from flashcast.records import (
+    AllocationPlan,
+    CreativeLibrary,
+    ForecastPlan,
+    GuardReport,
+    KpiSummary,
+    RunContext,
+    Segmentation,
+    Table,
+)
+from flashcast.report import write_report
+from flashcast.stages.allocate import allocation_frame
+from flashcast.stages.creatives import creatives_frame
+from flashcast.stages.payload import Payload, write_payload
+from flashcast.wiring import call
+
+
+def write_frame(frame: pd.DataFrame, path: Path) -> Path:
+    frame.to_csv(path, index=False, lineterminator="\n")
+    return path
+
+
+def write_query(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> Path:
+    """A query's result as CSV, streamed from the run connection."""
+    cursor = con.execute(query)
+    columns = [d[0] for d in cursor.description or []]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns)
+        while batch := cursor.fetchmany(10_000):
+            writer.writerows(batch)
+    return path
+
+
+def guard_files(con: duckdb.DuckDBPyConnection, out_dir: Path, context: RunContext, guard: GuardReport,
+                kpis: KpiSummary) -> dict[str, Path]:
+    """daily_kpis.csv, reconciliation.csv, quarantine.csv and run_summary.json."""
+    files = {
+        "daily_kpis": write_query(con, f"SELECT * FROM {kpis.table} ORDER BY event_date, channel",
+                                  out_dir / "daily_kpis.csv"),
+        "reconciliation": write_query(con, f"SELECT * FROM {Table.DAILY_OUTCOMES} ORDER BY event_date",
+                                      out_dir / "reconciliation.csv"),
+        "quarantine": write_query(con, "SELECT lineage_id, event_date, source_file, source_line, field, reason, "
+                                       f"row_hmac FROM {Table.QUARANTINE} ORDER BY source_file, source_line",
+                                  out_dir / "quarantine.csv"),
+    }
+    by_channel = con.execute(
+        f"""SELECT channel, sum(sessions)::BIGINT, sum(purchases)::BIGINT, round(sum(revenue), 2),
+        round(sum(spend), 2) FROM {kpis.table} GROUP BY channel ORDER BY channel"""
+    ).fetchall()
+    summary = {
+        "lineage_id": context.lineage_id, "processed_at": context.processed_at.isoformat(),
+        "key_id": context.key_id, "totals": guard.totals, "consent_null_means": guard.consent_null_means,
+        "first_day": kpis.first_day.isoformat(), "last_day": kpis.last_day.isoformat(),
+        "partial_last_day": kpis.partial_last_day,
+        "kpis_by_channel": [{"channel": r[0], "sessions": r[1], "purchases": r[2], "revenue": r[3], "spend": r[4]}
+                            for r in by_channel],
+    }
+    files["run_summary"] = out_dir / "run_summary.json"
+    files["run_summary"].write_text(json.dumps(summary, indent=2) + "\n")
+    return files
+
+
+def segment_files(con: duckdb.DuckDBPyConnection, out_dir: Path, segments: Segmentation) -> dict[str, Path]:
+    query = (f"SELECT lineage_id, user_key, segment, rule, reason, recency_days, sessions, orders, monetary, "
+             f"avg_order_value, pages_per_session, session_duration_s, engagement_s, coupon_share "
+             f"FROM {segments.table} ORDER BY user_key")
+    return {"segments": write_query(con, query, out_dir / "segments.csv")}
+
+
+def creative_files(out_dir: Path, context: RunContext, creatives: CreativeLibrary) -> dict[str, Path]:
+    return {"creatives": write_frame(creatives_frame(creatives, context.lineage_id), out_dir / "creatives.csv")}
+
+
+def forecast_files(out_dir: Path, context: RunContext, forecast: ForecastPlan) -> dict[str, Path]:
+    """forecast.csv (total revenue), forecast_series.csv (every channel and segment), the backtest's
+    leaderboard and the fan chart."""
+    total = forecast.forecast.to_frame()
+    total.insert(0, "lineage_id", context.lineage_id)
+    return {
+        "forecast": write_frame(total, out_dir / "forecast.csv"),
+        "forecast_series": write_frame(forecast.breakdown.assign(lineage_id=context.lineage_id),
+                                       out_dir / "forecast_series.csv"),
+        "forecast_backtest": write_frame(pd.DataFrame(list(forecast.forecast.leaderboard)),
+                                         out_dir / "forecast_backtest.csv"),
+        "fan_chart": plot_fan_chart(forecast.forecast, out_dir / "fan_chart.png"),
+    }
+
+
+def allocation_files(out_dir: Path, context: RunContext, allocate: AllocationPlan) -> dict[str, Path]:
+    """allocation.csv and, for the curve method, the curves, the what-if sweep and its chart."""
+    files = {"allocation": write_frame(allocation_frame(allocate.allocation, context.lineage_id),
+                                       out_dir / "allocation.csv")}
+    if allocate.curves is not None:
+        files["response_curves"] = plot_curves(allocate.curves, out_dir / "response_curves.png")
+        files["whatif"] = write_frame(pd.DataFrame(allocate.curves.whatif), out_dir / "whatif.csv")
+        files["whatif_chart"] = plot_whatif(allocate.curves.whatif, out_dir / "whatif.png")
+    return files
+
+
+def payload_files(out_dir: Path, payload: Payload) -> dict[str, Path]:
+    return {"payload": write_payload(payload, out_dir / "payload.json")}
+
+
+WRITERS: tuple[Callable[..., dict[str, Path]], ...] = (
+    guard_files, segment_files, creative_files, forecast_files, allocation_files, payload_files,
+)
+
+
+def report_file(out_dir: Path, context: RunContext, guard: GuardReport, kpis: KpiSummary, segments: Segmentation,
+                creatives: CreativeLibrary, forecast: ForecastPlan, allocate: AllocationPlan,
+                files: dict[str, Path]) -> dict[str, Path]:
+    return {"report": write_report(out_dir / "report.md", lineage_id=context.lineage_id, guard=guard, kpis=kpis,
+                                   segments=segments, creatives=creatives, forecast=forecast, allocate=allocate,
+                                   files=files)}
+
+
+def write_outputs(values: Mapping[str, Any]) -> dict[str, Path]:
+    """Every writer's files, then report.md linking them. `values` holds `out_dir`, `con`, `context`
+    and the stages' records by stage name."""
+    files: dict[str, Path] = {}
+    for writer in WRITERS:
+        files |= call(writer, values)
+    return files | call(report_file, {**values, "files": files})
