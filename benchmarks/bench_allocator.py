@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
+from flashcast.budget.curves import CurveSet, ResponseCurve, demand_index, fit_response_curve
+from flashcast.budget.inverse_cpa import allocate_inverse_cpa
+from flashcast.budget.optimizer import Problem, optimize
+from flashcast.budget.plan import ChannelSeries, allocate_by_curves, fit_channel_curves
+from flashcast.budget.records import ChannelHistory
 from flashcast.config import AllocationConfig, Guardrails
 from flashcast.simulate.generator import _channel_truths, _demand, _flighted_spend
 from flashcast.simulate.response import ChannelTruth, saturation
-from flashcast.stages.allocate import ChannelHistory, allocate_inverse_cpa
-from flashcast.stages.allocate_curves import ChannelSeries, allocate_by_curves, fit_channel_curves
-from flashcast.stages.optimize import Problem, optimize
-from flashcast.stages.response import CurveSet, ResponseCurve, demand_index, fit_response_curve
 
 DAYS = 365
 LOOSE = Guardrails(min_share={}, max_share={}, max_daily_change=100.0, min_daily_move_share=1.0)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from flashcast.config import Settings
 from flashcast.keys import PiiKey
+from flashcast.records import RunContext
 from flashcast.simulate import SimulationSpec, simulate
-from flashcast.stages.guard import RunContext, guard_export, install_privacy_functions
+from flashcast.stages.guard import guard_export, install_privacy_functions
 from flashcast.stages.ingest import stage_export
 from flashcast.stages.kpis import daily_channel_kpis, load_spend
 from flashcast.store import transform_connection

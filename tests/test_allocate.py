@@ -9,14 +9,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from flashcast.budget.bounds import channel_bounds
+from flashcast.budget.inverse_cpa import allocate_inverse_cpa, project_onto_bounds
+from flashcast.budget.records import ChannelHistory
 from flashcast.config import Guardrails
 from flashcast.errors import AllocationInfeasible
-from flashcast.stages.allocate import (
-    ChannelHistory,
-    allocate_inverse_cpa,
-    channel_bounds,
-    project_onto_bounds,
-)
 
 CHANNELS = ("Display", "CTV", "PPC", "Email")
 HISTORY = [ChannelHistory("Display", 100, 2800, 40), ChannelHistory("CTV", 150, 4200, 20),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from flashcast.config import BrandRules, ChannelCopyLimits
+from flashcast.records import SEGMENTS
 from flashcast.stages.creatives import check_copy, make_creative, template_creatives
-from flashcast.stages.segments import SEGMENTS
 
 BRAND = BrandRules()
 OK_BODY = "Fresh picks for the season. Terms apply."

@@ -1,4 +1,5 @@
-"""Stage 5: Prophet fan chart with nested bands, and refusals for bad series."""
+"""Forecast records: Prophet's sample bands (short histories), the fan chart, the series validator,
+the stage's fallback and the record an auto forecast makes."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flashcast.config import ForecastConfig
 from flashcast.errors import ForecastError
-from flashcast.stages.forecast import Forecast, bands_are_nested, forecast_series, plot_fan_chart, validate_history
+from flashcast.forecasting.charts import plot_fan_chart
+from flashcast.forecasting.engines import ProphetEngine
+from flashcast.forecasting.forecast import Forecast, bands_are_nested, sampled_forecast
+from flashcast.forecasting.series import validate_history
+from flashcast.stages.forecast import revenue_forecast
 
 
-def _series(days: int = 420, seed: int = 0) -> pd.DataFrame:
+def _series(days: int = 800, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     t = np.arange(days)
     y = 1000 + 150 * np.sin(2 * np.pi * t / 7) + 200 * np.sin(2 * np.pi * t / 365.25) + rng.normal(0, 60, days)
@@ -21,40 +27,40 @@ def _series(days: int = 420, seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def prophet_forecast() -> Forecast:
-    return forecast_series(_series(), series_id="revenue_total", horizon=14, n_samples=500)
+    return sampled_forecast(_series(), series_id="revenue_total", engine=ProphetEngine(), horizon=14, n_samples=500)
 
 
 def test_bands_are_nested_and_ordered(prophet_forecast: Forecast) -> None:
     f = prophet_forecast
     assert f.engine == "prophet" and len(f.dates) == 14 and len(f.point) == 14
-    assert [b.level for b in f.bands] == [50, 80, 95]
+    assert sorted(f.bands) == [50, 80, 95]
     assert bands_are_nested(f)
-    widths = [np.mean(np.array(b.upper) - np.array(b.lower)) for b in f.bands]
+    widths = [np.mean(f.bands[level].upper - f.bands[level].lower) for level in (50, 80, 95)]
     assert widths[0] < widths[1] < widths[2]
 
 
 def test_forecast_tracks_the_series(prophet_forecast: Forecast) -> None:
     f = prophet_forecast
-    t = np.arange(420, 434)
+    t = np.arange(800, 814)
     truth = 1000 + 150 * np.sin(2 * np.pi * t / 7) + 200 * np.sin(2 * np.pi * t / 365.25)
     assert np.mean(np.abs(np.array(f.point) - truth)) < 80  # noise sd is 60
     inside = np.mean((truth >= np.array(f.band(95).lower)) & (truth <= np.array(f.band(95).upper)))
     assert inside >= 0.85
-    assert f.dates[0] == pd.Timestamp("2025-01-01").date() + pd.Timedelta(days=420)
+    assert f.dates[0] == pd.Timestamp("2025-01-01").date() + pd.Timedelta(days=800)
 
 
 def test_nesting_check_can_fail(prophet_forecast: Forecast) -> None:
     from dataclasses import replace
 
-    b50, b80, b95 = prophet_forecast.bands
-    crossed = replace(b50, upper=tuple(x + 10_000 for x in b50.upper))
-    assert not bands_are_nested(replace(prophet_forecast, bands=(crossed, b80, b95)))
+    bands = dict(prophet_forecast.bands)
+    bands[50] = bands[50]._replace(upper=bands[50].upper + 10_000)
+    assert not bands_are_nested(replace(prophet_forecast, bands=bands))
 
 
 def test_revenue_is_never_negative() -> None:
     low = _series(120)
     low["y"] = np.clip(low["y"] - 1000, 0, None)
-    f = forecast_series(low, series_id="low", horizon=14, n_samples=300)
+    f = sampled_forecast(low, series_id="low", engine=ProphetEngine(), horizon=14, n_samples=300)
     assert min(f.band(95).lower) >= 0 and bands_are_nested(f)
 
 
@@ -82,20 +88,44 @@ def test_bad_series_are_refused(mutate, message: str) -> None:  # type: ignore[n
 def test_a_missing_day_is_filled_by_the_documented_rule() -> None:
     series = _series(120)
     clean = validate_history(series.drop(index=50), series_id="revenue_total")
-    assert len(clean) == 120
-    assert clean["y"].iloc[50] == pytest.approx((series["y"].iloc[49] + series["y"].iloc[51]) / 2)
+    assert len(clean.y) == 120 and clean.filled_days == 1
+    assert clean.y[50] == pytest.approx((series["y"].iloc[49] + series["y"].iloc[51]) / 2)
 
 
-def test_an_auto_forecast_becomes_the_stage_record() -> None:
-    from flashcast.forecasting.backtest import BacktestSpec, auto_forecast
-    from flashcast.stages.forecast import from_auto
+def test_an_auto_forecast_carries_its_leaderboard_and_is_rounded_to_cents() -> None:
+    from flashcast.forecasting.backtest import BacktestSpec
+    from flashcast.forecasting.forecast import auto_forecast
 
     history = _series(300)
     auto = auto_forecast(history, series_id="revenue_total", engines=["naive7", "linear"],
                          spec=BacktestSpec(step=7, origins=20, calibration=20))
-    f = from_auto(auto, history)
-    assert f.engine == auto.engine and bands_are_nested(f)
-    assert [row["engine"] for row in f.leaderboard] == [s.engine for s in auto.selection.leaderboard]
-    assert f.notes[0].startswith(auto.engine) and "lowest mean MASE" in f.notes[0]
-    assert f.to_frame().columns.tolist() == ["series_id", "date", "point", "lo_50", "hi_50", "lo_80", "hi_80",
-                                             "lo_95", "hi_95", "engine"]
+    assert auto.selection is not None and bands_are_nested(auto)
+    assert [row["engine"] for row in auto.leaderboard] == [s.engine for s in auto.selection.leaderboard]
+    assert auto.notes[0].startswith(auto.engine) and "lowest mean MASE" in auto.notes[0]
+    cents = auto.rounded(2)
+    assert all(round(x, 2) == x for x in cents.point) and bands_are_nested(cents)
+    assert cents.to_frame().columns.tolist() == ["series_id", "date", "point", "lo_50", "hi_50", "lo_80", "hi_80",
+                                                 "lo_95", "hi_95", "engine"]
+
+
+def test_a_history_too_short_to_backtest_is_banded_by_prophet_with_the_configured_holidays(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flashcast.stages import forecast as stage
+
+    built: list[ProphetEngine] = []
+
+    def spy(**kwargs: object) -> ProphetEngine:
+        built.append(ProphetEngine(**kwargs))  # type: ignore[arg-type]
+        return built[-1]
+
+    monkeypatch.setattr(stage, "ProphetEngine", spy)
+    f = revenue_forecast(_series(60), ForecastConfig(holiday_countries=("US",)))
+    assert [e.countries for e in built] == [("US",)]
+    assert f.engine == "prophet" and bands_are_nested(f) and f.selection is None
+    assert "too short for a backtest" in f.notes[0] and "used Prophet without selection" in f.notes[0]
+
+
+def test_a_named_engine_is_banded_like_the_selected_ones() -> None:
+    f = revenue_forecast(_series(300), ForecastConfig(engine="naive7"))
+    assert f.engine == "naive7" and f.selection is not None and bands_are_nested(f)
+    assert [s.engine for s in f.selection.leaderboard] == ["naive7"]

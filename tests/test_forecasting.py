@@ -7,15 +7,10 @@ import pandas as pd
 import pytest
 
 from flashcast.errors import ForecastError
-from flashcast.forecasting.backtest import (
-    BacktestSpec,
-    auto_forecast,
-    engines_for,
-    forecast_many,
-    prepare_series,
-    run_backtest,
-    score_engines,
-)
+from flashcast.forecasting.backtest import BacktestSpec, run_backtest, score_engines
+from flashcast.forecasting.engines import make_engines
+from flashcast.forecasting.forecast import auto_forecast, forecast_many
+from flashcast.forecasting.series import prepare_series
 
 WEEKLY = np.array([1.0, 0.9, 0.95, 1.0, 1.1, 1.3, 1.2])
 SMALL = BacktestSpec(step=7, origins=30, calibration=30)
@@ -30,23 +25,9 @@ def _seasonal_noise(n: int, seed: int, sd: float = 8.0) -> np.ndarray:
     return 100 * np.resize(WEEKLY, n) + rng.normal(0, sd, n)
 
 
-@pytest.mark.parametrize("engine", ["naive7", "ses", "linear", "ets", "mstl", "theta", "ensemble", "arima", "prophet"])
-def test_bands_are_nested_for_every_engine(engine: str) -> None:
-    n = 420 if engine not in ("arima", "prophet") else 300
-    spec = SMALL if engine not in ("arima", "prophet") else BacktestSpec(step=14, origins=10, calibration=10)
-    result = auto_forecast(_frame(_seasonal_noise(n, 1)), series_id=engine, engines=[engine], spec=spec)
-    assert result.engine == engine and len(result.point) == 14
-    lo50, hi50 = result.bands[50]
-    lo80, hi80 = result.bands[80]
-    lo95, hi95 = result.bands[95]
-    assert np.all(lo95 <= lo80 + 1e-9) and np.all(lo80 <= lo50 + 1e-9)
-    assert np.all(hi50 <= hi80 + 1e-9) and np.all(hi80 <= hi95 + 1e-9)
-    assert np.all(lo50 <= result.point + 1e-9) and np.all(result.point <= hi50 + 1e-9)
-
-
 def _coverage(y: np.ndarray, engines: list[str], spec: BacktestSpec) -> dict[int, float]:
     values, dates, _, _ = prepare_series(_frame(y), series_id="s")
-    scores = score_engines(run_backtest(values, dates, engines_for(engines), spec), spec, nonnegative=True)
+    scores = score_engines(run_backtest(values, dates, make_engines(engines), spec), spec, nonnegative=True)
     return scores[0].coverage
 
 

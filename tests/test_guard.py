@@ -15,9 +15,10 @@ from conftest import REAL_GA4, TEST_KEY, ga4_row, write_lines
 from flashcast.config import PrivacyPolicy
 from flashcast.errors import ReconciliationError
 from flashcast.keys import PiiKey
+from flashcast.records import GuardReport, RunContext
 from flashcast.simulate import SimulationResult
 from flashcast.stages import guard as guard_module
-from flashcast.stages.guard import GuardReport, RunContext, guard_export, install_privacy_functions
+from flashcast.stages.guard import guard_export, install_privacy_functions
 from flashcast.stages.ingest import stage_export
 
 KEY = PiiKey(TEST_KEY.encode())

@@ -13,8 +13,9 @@ from conftest import TEST_KEY, ga4_row, write_lines
 from flashcast.config import ChannelMapping, ChannelRule, PrivacyPolicy
 from flashcast.errors import IngestError
 from flashcast.keys import PiiKey
+from flashcast.records import RunContext
 from flashcast.simulate import SimulationResult
-from flashcast.stages.guard import RunContext, guard_export, install_privacy_functions
+from flashcast.stages.guard import guard_export, install_privacy_functions
 from flashcast.stages.ingest import stage_export
 from flashcast.stages.kpis import daily_channel_kpis, load_spend
 

@@ -10,8 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from conftest import StandIn
-from flashcast.errors import PrivacyViolation
-from flashcast.llm.base import ProviderFailed
+from flashcast.errors import PrivacyViolation, ProviderFailed
 from flashcast.llm.client import PromptCache, RetryPolicy, StructuredClient
 from flashcast.llm.providers import AnthropicProvider, OpenAIProvider
 

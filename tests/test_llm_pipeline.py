@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from flashcast.config import LLMConfig, Settings, StoreConfig
+from flashcast.errors import RetryableProviderError
 from flashcast.keys import PiiKey
 from flashcast.lineage import LineageLog
-from flashcast.llm.base import Completion, RetryableProviderError
-from flashcast.pipeline import RunInputs, run_pipeline
+from flashcast.llm.base import Completion
+from flashcast.pipeline import run_pipeline
 from flashcast.privacy import PiiNeedles
+from flashcast.records import RunInputs
 from flashcast.simulate import SimulationResult
 from flashcast.store import OpsStore
 
@@ -63,7 +65,7 @@ def test_llm_run_sends_no_pii_records_every_call_and_reuses_its_cache(
         assert "http" not in lowered and first.lineage_id not in prompt
     cluster_calls = [p for p in provider.prompts if "Cluster centroids" in p]
     assert len(cluster_calls) == 1, "segments are labelled in one call, never one per user"
-    assert {c.headline for c in first.plan.creatives} == {"Hello there", "New in"}
+    assert {c.headline for c in first.creatives.creatives} == {"Hello there", "New in"}
     log = LineageLog(OpsStore(settings.store.ops_database_url))
     calls = [e for e in log.entries(first.lineage_id) if e["kind"] == "llm_call"]
     assert len(calls) == len(provider.prompts)
@@ -89,7 +91,7 @@ def test_a_failing_provider_falls_back_offline_and_says_so(
     assert stages["segments"]["method"] == "rules"
     assert "LLM copy failed, used the templates" in stages["creatives"]["fallback"]
     assert stages["creatives"]["generator"] == "templates"
-    assert len(result.plan.creatives) == 24
+    assert len(result.creatives.creatives) == 24
 
 
 def test_the_real_sdk_against_a_failing_server_falls_back(
@@ -128,8 +130,8 @@ class RedThenGreen(CapturingProvider):
 def test_red_copy_is_regenerated_then_kept_out_with_reasons() -> None:
     from flashcast.config import BrandRules
     from flashcast.llm.client import PromptCache, StructuredClient
-    from flashcast.llm.tasks import llm_creatives
-    from flashcast.stages.segments import SegmentProfile
+    from flashcast.records import SegmentProfile
+    from flashcast.stages.creatives import llm_creatives
 
     profile = (SegmentProfile("Value Shopper", 10, 1.0, 5.0, 2.0, 0.1, 5.0, 2.0, 30.0),)
     fixed = RedThenGreen(red_answers=1)

@@ -8,12 +8,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
+from flashcast.budget.curves import CurveSet, ResponseCurve
+from flashcast.budget.optimizer import Problem, budget_for_target_cpa, kkt_violations, optimize, round_solution
+from flashcast.budget.plan import ChannelSeries, allocate_by_curves
+from flashcast.budget.records import ChannelHistory
 from flashcast.config import AllocationConfig, Guardrails
 from flashcast.errors import AllocationInfeasible
-from flashcast.stages.allocate import ChannelHistory
-from flashcast.stages.allocate_curves import ChannelSeries, allocate_by_curves
-from flashcast.stages.optimize import Problem, budget_for_target_cpa, kkt_violations, optimize, round_solution
-from flashcast.stages.response import CurveSet, ResponseCurve
 
 CHANNELS = ("Display", "CTV", "PPC", "Email")
 

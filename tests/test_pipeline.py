@@ -19,8 +19,9 @@ from flashcast.config import Settings, StoreConfig
 from flashcast.errors import StageError
 from flashcast.keys import PiiKey
 from flashcast.lineage import LineageLog, read_head_file, run_anchors
-from flashcast.pipeline import PERSISTED_TABLES, RunInputs, run_pipeline
+from flashcast.pipeline import KEPT_TABLES, run_pipeline
 from flashcast.privacy import PiiNeedles, ScanReport, scan_duckdb, scan_files, scan_sql_store
+from flashcast.records import RunInputs
 from flashcast.simulate import SimulationResult
 from flashcast.store import OpsStore, transform_connection, warehouse_session
 
@@ -44,7 +45,7 @@ def test_cli_run_writes_stamped_reconciled_outputs(finished_run: FinishedRun) ->
     settings = Settings(store=StoreConfig(home=config.parent / "home"))
     con = transform_connection()
     with warehouse_session(con, settings.store.warehouse_path, timeout_s=10, read_only=True):
-        for table in PERSISTED_TABLES:
+        for table in KEPT_TABLES:
             stamps = con.execute(f"SELECT DISTINCT lineage_id FROM wh.main.{table}").fetchall()
             assert stamps in ([(lineage_id,)], []), table
         accepted = con.execute("SELECT count(*) FROM wh.main.guarded_events").fetchall()[0][0]
@@ -58,6 +59,15 @@ def test_cli_run_writes_stamped_reconciled_outputs(finished_run: FinishedRun) ->
     LineageLog(ops).verify([head, *run_anchors(ops)])
     entries = LineageLog(ops).entries(lineage_id)
     assert entries[0]["kind"] == "run_started" and entries[-1]["kind"] == "run_completed"
+    # The hook brackets every stage: started with the rows it reads, completed with the rows it wrote.
+    kinds = [(e["kind"], e["body"].get("stage")) for e in entries[1:-1]]
+    names = ["ingest", "guard", "kpis", "segments", "creatives", "forecast", "allocate", "payload"]
+    assert kinds == [(k, n) for n in names for k in ("stage_started", "stage_completed")]
+    guard_started, guard_done = entries[3]["body"], entries[4]["body"]
+    totals = summary["totals"]
+    assert guard_started["reads"] == {"staged": totals["input_rows"]}
+    assert guard_done["writes"]["guarded_events"] == totals["accepted"]
+    assert guard_done["writes"]["quarantine"] == totals["quarantined"] and guard_done["seconds"] >= 0
     events = [json.loads(line) for line in (out / "openlineage.jsonl").read_text().splitlines()]
     assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
     assert {e["run"]["runId"] for e in events} == {lineage_id}
@@ -166,7 +176,7 @@ def test_two_runs_at_once_both_land(tmp_path: Path, small_sim: SimulationResult)
     ops = OpsStore(settings.store.ops_database_url)
     heads = [read_head_file(tmp_path / f"out-{fmt}" / "lineage_head.json") for fmt in ("ndjson", "parquet")]
     report = LineageLog(ops).verify([*heads, *run_anchors(ops)])
-    assert report.entries == 2 * 10  # run_started, 8 stage entries, run_completed
+    assert report.entries == 2 * 18  # run_started, 8 stages started and completed, run_completed
     con = transform_connection()
     with warehouse_session(con, settings.store.warehouse_path, timeout_s=10, read_only=True):
         runs = con.execute("SELECT count(DISTINCT lineage_id) FROM wh.main.guarded_events").fetchall()[0][0]

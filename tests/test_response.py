@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flashcast.stages.response import (
+from flashcast.budget.curves import (
     ResponseCurve,
     adstock,
     demand_index,
     fit_response_curve,
     solve_tangent_numeric,
 )
+from flashcast.errors import CurveFitError
 
 
 def _flighted(rng: np.random.Generator, n: int, base: float) -> np.ndarray:
@@ -87,5 +88,5 @@ def test_demand_index_recovers_a_weekly_pattern() -> None:
     [(np.ones(5), np.ones(4), "same length"), (-np.ones(5), np.ones(5), "non-negative")],
 )
 def test_bad_series_are_refused(spend: np.ndarray, conversions: np.ndarray, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(CurveFitError, match=message):
         fit_response_curve(spend, conversions, name="PPC")

@@ -8,7 +8,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from flashcast.stages.segments import SEGMENTS, rule_segments, user_features
+from flashcast.errors import SegmentationError
+from flashcast.records import SEGMENTS
+from flashcast.stages.segments import rule_segments, user_features
 
 
 def _tables(con: duckdb.DuckDBPyConnection, sessions: list[tuple], purchases: list[tuple]) -> None:
@@ -72,12 +74,12 @@ def test_thresholds_come_from_the_population_not_constants(con: duckdb.DuckDBPyC
 def test_no_users_is_refused(con: duckdb.DuckDBPyConnection) -> None:
     _tables(con, [], [])
     user_features(con, as_of=date(2026, 3, 10))
-    with pytest.raises(ValueError, match="no users"):
+    with pytest.raises(SegmentationError, match="no users"):
         rule_segments(con)
 
 
 def test_kmeans_finds_and_names_planted_groups(con: duckdb.DuckDBPyConnection) -> None:
-    from flashcast.stages.clusters import kmeans_segments
+    from flashcast.stages.segments import kmeans_segments
 
     rng = np.random.default_rng(0)
     rows = []

@@ -1,33 +1,62 @@
-"""Flashcast: a governed forecast & optimize pipeline for marketing teams."""
+"""Flashcast: a governed forecast & optimize pipeline for marketing teams.
+
+The public API: settings, the pipeline's one function with its inputs and result, and the error
+tree. Libraries with their own API: `flashcast.forecasting`, `flashcast.budget`, `flashcast.llm`.
+"""
 
 from flashcast.config import Settings, load_settings
 from flashcast.errors import (
+    AllocationError,
+    AllocationInfeasible,
     ConfigError,
+    CurveFitError,
     ExportNotFound,
     FlashcastError,
+    ForecastError,
+    HistoryTooShort,
     IngestError,
     LineageError,
     LineageTampered,
+    PayloadInvalid,
     PrivacyViolation,
+    ProviderError,
+    ProviderFailed,
     ReconciliationError,
+    RetryableProviderError,
+    SegmentationError,
     StageError,
     StoreBusy,
 )
+from flashcast.pipeline import RunResult, run_pipeline
+from flashcast.records import RunInputs
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllocationError",
+    "AllocationInfeasible",
     "ConfigError",
+    "CurveFitError",
     "ExportNotFound",
     "FlashcastError",
+    "ForecastError",
+    "HistoryTooShort",
     "IngestError",
     "LineageError",
     "LineageTampered",
+    "PayloadInvalid",
     "PrivacyViolation",
+    "ProviderError",
+    "ProviderFailed",
     "ReconciliationError",
+    "RetryableProviderError",
+    "RunInputs",
+    "RunResult",
+    "SegmentationError",
     "Settings",
     "StageError",
     "StoreBusy",
     "__version__",
     "load_settings",
+    "run_pipeline",
 ]

@@ -180,7 +180,7 @@ def run_pipeline(
                                   "key": key, "llm": llm, "out_dir": out_dir}
         for stage in STAGES:
             step = stage.name
-            values[stage.name] = _run_stage(stage, values, hooks, recorder)
+            values[stage.name] = _run_stage(stage, values, hooks, head=recorder.log.head)
         step = "outputs"
         outputs = write_outputs(values)
         step = "persist"
@@ -199,22 +199,24 @@ def run_pipeline(
     return RunResult(context.lineage_id, out_dir, records, head, outputs)
 
 
-def _run_stage(stage: Stage, values: dict[str, Any], hooks: list[StageHook], recorder: RunRecorder) -> Any:
+def _run_stage(stage: Stage, values: dict[str, Any], hooks: list[StageHook], *,
+               head: Callable[[], LogHead]) -> Any:
+    """One stage between its hooks, its declared tables checked before and after."""
     con: duckdb.DuckDBPyConnection = values["con"]
     before = _tables(con)
-    absent = [t for t in stage.reads if t not in before]
+    absent = [str(t) for t in stage.reads if t not in before]
     if absent:
         raise StageError(stage.name, TypeError(f"tables {absent} are missing: no earlier stage wrote them"))
     for hook in hooks:
         hook.before_stage(stage.name, {t: before[t] for t in stage.reads})
     if "head" in parameters(stage.run):  # the log's head as the stage starts, for anchoring
-        values["head"] = recorder.log.head()
+        values["head"] = head()
     start = time.perf_counter()
     record = call(stage.run, values)
     seconds = time.perf_counter() - start
     after = _tables(con)
     undeclared = sorted(set(after) - set(before) - set(stage.writes))
-    unwritten = [t for t in stage.writes if t not in after]
+    unwritten = [str(t) for t in stage.writes if t not in after]
     if undeclared or unwritten:
         raise StageError(stage.name, TypeError(
             f"tables written do not match the declaration: undeclared {undeclared}, declared but absent {unwritten}"))

@@ -121,7 +121,8 @@ class ResponseCurve:
 
     def marginal(self, x: Array | float) -> Array:
         """d response / d spend on the concave envelope (what the optimizer equalizes)."""
-        return CurveSet.from_curves(("curve",), [self]).marginal(np.asarray(x, dtype=float))
+        x = np.asarray(x, dtype=float)
+        return CurveSet.from_curves(("curve",), [self]).marginal(x.reshape(-1)).reshape(x.shape)
 
     def envelope_response(self, x: Array | float) -> Array:
         """Response on the concave envelope (equal to `response` where the curve is concave)."""
