@@ -24,15 +24,10 @@ import numpy as np
 import pandas as pd
 
 from flashcast.errors import ForecastError
-from flashcast.forecasting.backtest import (
-    BacktestSpec,
-    engines_for,
-    forecast_many,
-    prepare_series,
-    run_backtest,
-    score_engines,
-    select_engine,
-)
+from flashcast.forecasting.backtest import BacktestSpec, run_backtest, score_engines, select_engine
+from flashcast.forecasting.engines import make_engines
+from flashcast.forecasting.forecast import forecast_many
+from flashcast.forecasting.series import prepare_series
 
 SHARED_FORECASTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "forecast"
 DATA = Path(os.environ.get("FLASHCAST_FORECAST_DATA", SHARED_FORECASTS))
@@ -108,7 +103,7 @@ def compile_once() -> float:
     start = time.perf_counter()
     y = 100 + 10 * np.resize([1.0, 0.9, 1.1, 1.0, 1.2, 0.8, 1.0], 120)
     dates = pd.date_range("2024-01-01", periods=120)
-    for engine in engines_for(None):
+    for engine in make_engines(None):
         engine.point(y, dates, 14)
     return time.perf_counter() - start
 
@@ -116,7 +111,7 @@ def compile_once() -> float:
 def main() -> None:
     spec = BacktestSpec()
     print(f"horizon {spec.horizon}, origins every {spec.step} days, {spec.origins} scored origins per series "
-          f"(bands calibrated only on earlier origins); line-up {', '.join(e.alias for e in engines_for(None))}")
+          f"(bands calibrated only on earlier origins); line-up {', '.join(e.alias for e in make_engines(None))}")
     print(f"one-off numba compilation of the statsforecast models: {compile_once():.1f} s (not in the figures below)")
     header = (f"{'series':<22} {'days':>5} | {'Prophet MASE':>12} {'cov80':>6} {'cov95':>6} {'s/fit':>6} | "
               f"{'Flashcast':<9} {'MASE':>6} {'cov80':>6} {'cov95':>6} {'s/fit':>7} {'speedup':>7} | selection s")
@@ -130,7 +125,7 @@ def main() -> None:
             print(f"{name}: skipped: {exc}")
             continue
         start = time.perf_counter()
-        bt = run_backtest(y, dates, engines_for(None), spec)
+        bt = run_backtest(y, dates, make_engines(None), spec)
         selection = select_engine(score_engines(bt, spec, nonnegative=nonnegative))
         backtest_seconds = time.perf_counter() - start
         best = selection.winner_score
