@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from flashcast.config import LLMConfig, Settings, StoreConfig
 from flashcast.errors import RetryableProviderError
 from flashcast.keys import PiiKey
@@ -50,6 +52,7 @@ def _settings(tmp_path: Path) -> Settings:
                     llm=LLMConfig(provider="openai", model="stand-in"))
 
 
+@pytest.mark.slow
 def test_llm_run_sends_no_pii_records_every_call_and_reuses_its_cache(
     tmp_path: Path, small_sim: SimulationResult, small_truth: dict, pii_key: PiiKey
 ) -> None:
@@ -79,6 +82,7 @@ def test_llm_run_sends_no_pii_records_every_call_and_reuses_its_cache(
     assert hits and all(e["body"]["outcome"] == "cache_hit" for e in hits)
 
 
+@pytest.mark.slow
 def test_a_failing_provider_falls_back_offline_and_says_so(
     tmp_path: Path, small_sim: SimulationResult, pii_key: PiiKey
 ) -> None:
@@ -94,6 +98,7 @@ def test_a_failing_provider_falls_back_offline_and_says_so(
     assert len(result.creatives.creatives) == 24
 
 
+@pytest.mark.slow
 def test_the_real_sdk_against_a_failing_server_falls_back(
     tmp_path: Path, small_sim: SimulationResult, pii_key: PiiKey, stand_in: Any
 ) -> None:

@@ -59,6 +59,7 @@ def _slsqp(problem: Problem, budget: float, *starts: np.ndarray) -> float:
     return best
 
 
+@pytest.mark.slow
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(problems())
 def test_optimum_satisfies_kkt_and_matches_slsqp(case: tuple[Problem, float]) -> None:
@@ -131,6 +132,7 @@ def test_curve_allocation_respects_guardrails_and_explains_itself() -> None:
     assert marginal == sorted(marginal), "diminishing returns: the marginal CPA rises with budget"
 
 
+@pytest.mark.slow
 def test_mean_and_quantile_objectives_run_on_the_draws() -> None:
     histories, series = _histories_and_series(1)
     loose = Guardrails(min_share={}, max_share={}, max_daily_change=10.0)

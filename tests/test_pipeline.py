@@ -159,6 +159,7 @@ def test_a_failing_stage_is_named_and_recorded(tmp_path: Path, pii_key: PiiKey) 
     assert events[-1]["eventType"] == "FAIL"
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_both_land(tmp_path: Path, small_sim: SimulationResult) -> None:
     config = write_config(tmp_path, tmp_path / "home")
     env = {**os.environ, "FLASHCAST_PII_KEY": TEST_KEY}
