@@ -189,7 +189,7 @@ def run_pipeline(
         head = _complete(recorder, values, outputs, settings)
     except BaseException as exc:
         recorder.failed(step, exc)
-        if isinstance(exc, FlashcastError | duckdb.Error | OSError):
+        if isinstance(exc, FlashcastError | duckdb.Error | OSError) and not isinstance(exc, StageError):
             raise StageError(step, exc) from exc
         raise
     finally:
