@@ -185,3 +185,22 @@ def test_two_runs_at_once_both_land(tmp_path: Path, small_sim: SimulationResult)
     with ops.engine.connect() as conn:
         per_run = conn.execute(sa.text("SELECT lineage_id, sum(input_rows) FROM reconciliation GROUP BY 1")).all()
     assert len(per_run) == 2
+
+
+def test_an_allocation_failure_keeps_the_rest_of_the_run(finished_run: FinishedRun, tmp_path: Path,
+                                                          pii_key: PiiKey) -> None:
+    config = write_config(tmp_path, tmp_path / "home", extra='[guardrails]\nhold = ["CTV"]\ncaps = {CTV = 1.0}')
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", "--export", str(finished_run.sim.export_dirs["ndjson"]), "--spend",
+                                      str(finished_run.sim.spend_file), "--out", str(out), "-c", str(config)])
+    assert result.exit_code == 1
+    assert "failed allocate: AllocationInfeasible: guardrails cross for CTV" in " ".join(result.output.split())
+    for name in ("daily_kpis.csv", "segments.csv", "forecast.csv", "fan_chart.png", "reconciliation.csv"):
+        assert (out / name).stat().st_size > 0, name
+    assert not (out / "payload.json").exists() and not (out / "allocation.csv").exists()
+    assert "**The allocation failed**: AllocationInfeasible" in (out / "report.md").read_text()
+    ops = OpsStore(Settings(store=StoreConfig(home=tmp_path / "home")).store.ops_database_url)
+    with ops.engine.connect() as conn:
+        status, summary = conn.execute(sa.select(ops.runs.c.status, ops.runs.c.summary)).one()
+    assert status == "partial" and summary["problems"][0].startswith("allocate: AllocationInfeasible")
+    LineageLog(ops).verify([read_head_file(out / "lineage_head.json")])

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -178,17 +179,22 @@ def _print_summary(result: RunResult) -> None:
     console.print(f"Creatives: {len(result.creatives.creatives)} ({lights['green']} green, {lights['amber']} amber, "
                   f"{lights['red']} red; red never ships).")
     allocation = result.allocation.allocation
-    table = Table(title=f"Tomorrow's budget: ${allocation.budget:,.2f} ({allocation.method})")
-    for column in ("channel", "yesterday", "proposed", "change", "CPA", "held by"):
-        table.add_column(column, justify="left" if column in ("channel", "held by") else "right")
-    for r in allocation.rows:
-        table.add_row(r.channel, f"${r.yesterday_spend:,.2f}", f"${r.spend:,.2f}", f"{r.change:+,.2f}",
-                      "-" if r.cpa is None else f"${r.cpa:,.2f}", r.bound or "")
-    console.print(table)
+    if allocation is not None:
+        table = Table(title=f"Tomorrow's budget: ${allocation.budget:,.2f} ({allocation.method})")
+        for column in ("channel", "yesterday", "proposed", "change", "CPA", "held by"):
+            table.add_column(column, justify="left" if column in ("channel", "held by") else "right")
+        for r in allocation.rows:
+            table.add_row(r.channel, f"${r.yesterday_spend:,.2f}", f"${r.spend:,.2f}", f"{r.change:+,.2f}",
+                          "-" if r.cpa is None else f"${r.cpa:,.2f}", r.bound or "")
+        console.print(table)
     console.print(f"Lineage head: entry {result.head.seq} {result.head.entry_hash[:16]}...")
     console.print(f"Read [bold]{result.outputs['report']}[/bold] first; all files:")
     for name, path in sorted(result.outputs.items()):
         console.print(f"  {name:<16} {path}")
+    for problem in result.problems:
+        console.print(f"[red]failed[/red] {escape(problem)}; everything else was written", highlight=False)
+    if result.problems:
+        raise typer.Exit(1)
 
 
 @app.command()

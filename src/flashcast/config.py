@@ -117,7 +117,7 @@ class ChannelMapping(_Frozen):
 class Guardrails(_Frozen):
     """Spend guardrails for the allocator (stage 6)."""
 
-    total_budget: float | None = None  # None: keep yesterday's total
+    total_budget: float | None = Field(default=None, gt=0)  # None: keep yesterday's total
     min_share: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(PAID_CHANNELS, 0.02))
     max_share: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(PAID_CHANNELS, 0.6))
     max_daily_change: float = 0.25  # fraction of yesterday's spend a channel may move in one day
@@ -126,7 +126,16 @@ class Guardrails(_Frozen):
     min_daily_move_share: float = 0.05
     caps: dict[str, float] = Field(default_factory=dict)  # absolute daily maximum per channel
     hold: tuple[str, ...] = ()  # channels kept at yesterday's spend
-    lookback_days: int = 28
+    lookback_days: int = Field(default=28, ge=1)
+
+    @model_validator(mode="after")
+    def _shares_can_hold(self) -> Guardrails:
+        crossed = sorted(c for c, low in self.min_share.items() if low > self.max_share.get(c, 1.0))
+        if crossed:
+            raise ValueError(f"min_share is above max_share for {crossed}")
+        if sum(self.min_share.values()) > 1.0 + 1e-9:
+            raise ValueError(f"min_share adds to {sum(self.min_share.values()):.0%} of the budget, more than all of it")
+        return self
 
     @field_validator("max_daily_change", "min_daily_move_share")
     @classmethod
@@ -298,6 +307,18 @@ class Settings(_Frozen):
     llm: LLMConfig = LLMConfig()
     brand: BrandRules = BrandRules()
     lineage: LineageConfig = LineageConfig()
+
+    @model_validator(mode="after")
+    def _guardrails_name_paid_channels(self) -> Settings:
+        rails, paid = self.guardrails, self.channels.paid_channels
+        named = {*rails.min_share, *rails.max_share, *rails.caps, *rails.hold}
+        unknown = sorted(named - set(paid))
+        if unknown:
+            raise ValueError(f"guardrails name channels that are not paid channels: {unknown} (paid: {list(paid)})")
+        room = sum(rails.max_share.get(c, 1.0) for c in paid)
+        if room < 1.0 - 1e-9:
+            raise ValueError(f"max_share of the paid channels adds to {room:.0%}: they cannot hold the whole budget")
+        return self
 
     @field_validator("property_timezone")
     @classmethod

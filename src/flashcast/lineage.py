@@ -287,11 +287,15 @@ class RunRecorder:
             pass
 
     def completed(self, outputs: Mapping[str, Path], *, totals: dict[str, int], summary: dict[str, Any],
-                  datasets: Sequence[DatasetRef]) -> LogHead:
-        """run_completed with a digest of every output file; the head is recorded with the run as an anchor."""
+                  datasets: Sequence[DatasetRef], problems: Sequence[str] = ()) -> LogHead:
+        """run_completed with a digest of every output file; the head is recorded with the run as an
+        anchor. A run where a stage failed softly (`problems`) is 'partial'."""
         digests = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in sorted(outputs.items())}
-        head = self._append("run_completed", {"outputs": digests, "totals": totals})
-        self._finish("completed", summary={"totals": totals, "lineage_head": head.to_json(), **summary})
+        head = self._append("run_completed", {"outputs": digests, "totals": totals,
+                                              **({"problems": list(problems)} if problems else {})})
+        self._finish("partial" if problems else "completed",
+                     summary={"totals": totals, "lineage_head": head.to_json(), **summary,
+                              **({"problems": list(problems)} if problems else {})})
         self.emitter.emit("COMPLETE", run_id=self.context.lineage_id, job=job_name(self.job), inputs=[],
                           outputs=datasets)
         return head

@@ -26,6 +26,7 @@ from flashcast.records import (
     KpiSummary,
     RunContext,
     Segmentation,
+    Skipped,
     Table,
 )
 from flashcast.report import write_report
@@ -109,6 +110,8 @@ def forecast_files(out_dir: Path, context: RunContext, forecast: ForecastPlan) -
 
 def allocation_files(out_dir: Path, context: RunContext, allocate: AllocationPlan) -> dict[str, Path]:
     """allocation.csv and, for the curve method, the curves, the what-if sweep and its chart."""
+    if allocate.allocation is None:
+        return {}
     files = {"allocation": write_frame(allocation_frame(allocate.allocation, context.lineage_id),
                                        out_dir / "allocation.csv")}
     if allocate.curves is not None:
@@ -118,7 +121,9 @@ def allocation_files(out_dir: Path, context: RunContext, allocate: AllocationPla
     return files
 
 
-def payload_files(out_dir: Path, payload: Payload) -> dict[str, Path]:
+def payload_files(out_dir: Path, payload: Payload | Skipped) -> dict[str, Path]:
+    if isinstance(payload, Skipped):
+        return {}
     return {"payload": write_payload(payload, out_dir / "payload.json")}
 
 

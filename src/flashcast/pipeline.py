@@ -40,6 +40,7 @@ from flashcast.records import (
     RunContext,
     RunInputs,
     Segmentation,
+    Skipped,
     Table,
 )
 from flashcast.stages import allocate, creatives, forecast, guard, ingest, kpis, payload, segments
@@ -130,6 +131,11 @@ class RunResult:
     outputs: dict[str, Path] = field(default_factory=dict)
 
     @property
+    def problems(self) -> list[str]:
+        """What failed softly (the rest of the run stands): '<stage>: <error>' per stage."""
+        return _problems(self.records)
+
+    @property
     def guard(self) -> GuardReport:
         return self.records["guard"]
 
@@ -154,8 +160,13 @@ class RunResult:
         return self.records["allocate"]
 
     @property
-    def payload(self) -> Payload:
+    def payload(self) -> Payload | Skipped:
         return self.records["payload"]
+
+
+def _problems(records: Mapping[str, Any]) -> list[str]:
+    return [f"{name}: {failure}" for name, record in records.items()
+            if (failure := getattr(record, "failure", None))]
 
 
 def run_pipeline(
@@ -248,7 +259,7 @@ def _complete(recorder: RunRecorder, values: dict[str, Any], outputs: dict[str, 
     kpi_summary: KpiSummary = values["kpis"]
     warehouse = settings.store.warehouse_path.resolve()
     head = recorder.completed(
-        outputs, totals=values["guard"].totals,
+        outputs, totals=values["guard"].totals, problems=_problems(values),
         summary={"out_dir": str(out_dir.resolve()), "first_day": kpi_summary.first_day.isoformat(),
                  "last_day": kpi_summary.last_day.isoformat()},
         datasets=[DatasetRef(f"duckdb://{warehouse}", t) for t in KEPT_TABLES])

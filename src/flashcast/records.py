@@ -242,15 +242,29 @@ class ForecastPlan:
 
 @dataclass(frozen=True)
 class AllocationPlan:
-    """Tomorrow's split, and (curve method) the fitted curves and what-if sweep behind it."""
+    """Tomorrow's split, and (curve method) the fitted curves and what-if sweep behind it; or, when
+    the budget could not be allocated, why (the rest of the run still stands)."""
 
-    allocation: Allocation
+    allocation: Allocation | None
     curves: CurvePlan | None = None
+    failure: str | None = None
 
     def lineage(self) -> dict[str, Any]:
         a, fits = self.allocation, {} if self.curves is None else self.curves.fits
+        if a is None:
+            return {"failure": self.failure}
         return {"method": a.method, "budget": a.budget, "spend": a.spends,
                 "bounds": {r.channel: r.bound for r in a.rows}, "expected": a.expected_conversions,
                 "gain_vs_inverse_cpa": a.gain_vs_inverse_cpa, "notes": list(a.notes),
                 "curves": {c: {"form": f.curve.form, "decay": f.curve.decay, "slope": round(f.curve.slope, 4),
                                "r2": f.diagnostics.r2, "fallback": f.fallback} for c, f in fits.items()}}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A stage that could not run because an earlier stage failed softly (its record says why)."""
+
+    reason: str
+
+    def lineage(self) -> dict[str, Any]:
+        return {"skipped": self.reason}

@@ -34,9 +34,30 @@ def _forecast_lines(plan: ForecastPlan, files: dict[str, Path]) -> list[str]:
     return [*lines, ""] if lines else []
 
 
+def _budget_lines(allocation: AllocationPlan, files: dict[str, Path]) -> list[str]:
+    a = allocation.allocation
+    if a is None:
+        return ["## Tomorrow's budget: not allocated", "",
+                f"**The allocation failed**: {allocation.failure}", "",
+                "Everything else in this folder stands; no DSP payload was written. Fix the guardrails (or the "
+                "budget) and run again.", ""]
+    return [
+        f"## Tomorrow's budget ({_money(a.budget)}, {a.method})",
+        "",
+        "| channel | yesterday | proposed | change | CPA | why |",
+        "|---|---:|---:|---:|---:|---|",
+        *[f"| {r.channel} | {_money(r.yesterday_spend)} | {_money(r.spend)} | {r.change:+,.2f} | "
+          f"{'-' if r.cpa is None else _money(r.cpa)} | {r.why} |" for r in a.rows],
+        "",
+        f"Details: [allocation.csv]({files['allocation'].name}).",
+        "",
+        *_curve_lines(allocation, files),
+    ]
+
+
 def _curve_lines(allocation: AllocationPlan, files: dict[str, Path]) -> list[str]:
     a, plan = allocation.allocation, allocation.curves
-    if plan is None or a.expected_conversions is None:
+    if a is None or plan is None or a.expected_conversions is None:
         return []
     lo, hi = a.expected_interval or (a.expected_conversions, a.expected_conversions)
     lines = [
@@ -67,7 +88,7 @@ def write_report(
 ) -> Path:
     """report.md: the plan in plain words, linking every other file."""
     t = guard.totals
-    f, a, seg = forecast.forecast, allocate.allocation, segments
+    f, seg = forecast.forecast, segments
     lines = [
         "# Flashcast plan",
         "",
@@ -110,19 +131,11 @@ def write_report(
         f"Daily values and 50/80/95% bands: [forecast.csv]({files['forecast'].name}).",
         "",
         *_forecast_lines(forecast, files),
-        f"## Tomorrow's budget ({_money(a.budget)}, {a.method})",
-        "",
-        "| channel | yesterday | proposed | change | CPA | why |",
-        "|---|---:|---:|---:|---:|---|",
-        *[f"| {r.channel} | {_money(r.yesterday_spend)} | {_money(r.spend)} | {r.change:+,.2f} | "
-          f"{'-' if r.cpa is None else _money(r.cpa)} | {r.why} |" for r in a.rows],
-        "",
-        f"Details: [allocation.csv]({files['allocation'].name}).",
-        "",
-        *_curve_lines(allocate, files),
+        *_budget_lines(allocate, files),
         "## Audit",
         "",
-        f"- DSP payload, validated against its JSON Schema: [payload.json]({files['payload'].name})",
+        (f"- DSP payload, validated against its JSON Schema: [payload.json]({files['payload'].name})"
+         if "payload" in files else "- No DSP payload: the budget was not allocated"),
         f"- Daily KPIs per channel: [daily_kpis.csv]({files['daily_kpis'].name})",
         "- Lineage head: [lineage_head.json](lineage_head.json); verify with "
         "`flashcast lineage verify --head out/lineage_head.json`",

@@ -4,12 +4,19 @@ Bounds per channel: min/max share of the budget, an absolute cap, the largest mo
 yesterday (max_daily_change x yesterday's spend, but never less than min_daily_move_share x budget,
 so a paused channel can restart), held channels, and, for fitted curves, how far beyond the largest
 spend ever seen a curve is trusted (`extrapolation`).
+
+When the budget differs from yesterday's total, the daily moves are measured from yesterday's split
+scaled to today's budget, so a bigger or smaller budget never makes the daily-change guardrail
+infeasible. A share guardrail that yesterday's split already breaks is a path to move along, not a
+wall: the channel moves toward it as fast as the other guardrails allow, and the plan says so.
+Curves' extrapolation limits give way too before the budget would become unplaceable.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -35,17 +42,27 @@ def resolve_budget(histories: Sequence[ChannelHistory], guardrails: Guardrails, 
     return total
 
 
+def reference_spend(histories: Sequence[ChannelHistory], budget: float) -> dict[str, float]:
+    """Yesterday's split scaled to today's budget: what the daily moves are measured from."""
+    total = sum(h.yesterday_spend for h in histories)
+    scale = budget / total if total > 0 and abs(budget - total) >= 0.005 else 1.0  # the budget rounds to cents
+    return {h.channel: h.yesterday_spend * scale for h in histories}
+
+
 def channel_bounds(
     histories: Sequence[ChannelHistory], budget: float, guardrails: Guardrails
 ) -> dict[str, ChannelBounds]:
-    """Each channel's [lower, upper] spend, in cents, and the rule behind each side."""
+    """Each channel's [lower, upper] spend, in cents, and the rule behind each side, exactly as the
+    guardrails say (see `feasible_bounds` for the bounds the allocators use)."""
+    reference = reference_spend(histories, budget)
     out = {}
     for h in histories:
-        move = max(guardrails.max_daily_change * h.yesterday_spend, guardrails.min_daily_move_share * budget)
+        ref = reference[h.channel]
+        move = max(guardrails.max_daily_change * ref, guardrails.min_daily_move_share * budget)
         lowers = [(0.0, "zero"), (guardrails.min_share.get(h.channel, 0.0) * budget, "min_share"),
-                  (h.yesterday_spend - move, "max_daily_change")]
+                  (ref - move, "max_daily_change")]
         uppers = [(guardrails.max_share.get(h.channel, 1.0) * budget, "max_share"),
-                  (h.yesterday_spend + move, "max_daily_change")]
+                  (ref + move, "max_daily_change")]
         if h.channel in guardrails.hold:
             lowers.append((h.yesterday_spend, "held"))
             uppers.append((h.yesterday_spend, "held"))
@@ -53,22 +70,82 @@ def channel_bounds(
             uppers.append((guardrails.caps[h.channel], "cap"))
         lo, lo_rule = max(lowers, key=lambda x: x[0])
         hi, hi_rule = min(uppers, key=lambda x: x[0])
-        out[h.channel] = ChannelBounds(math.ceil(round(lo * 100, 6)) / 100, math.floor(round(hi * 100, 6)) / 100,
-                                       lo_rule, hi_rule)
+        if lo_rule == "max_daily_change" and lo > hi and hi_rule in ("cap", "held"):
+            lo, lo_rule = hi, hi_rule  # an absolute limit wins over the pace of a move
+        out[h.channel] = ChannelBounds(_up_to_cent(lo), _down_to_cent(hi), lo_rule, hi_rule)
+    return out
+
+
+def _up_to_cent(x: float) -> float:
+    return math.ceil(round(x * 100, 6)) / 100
+
+
+def _down_to_cent(x: float) -> float:
+    return math.floor(round(x * 100, 6)) / 100
+
+
+def feasible_bounds(histories: Sequence[ChannelHistory], budget: float, guardrails: Guardrails
+                    ) -> tuple[dict[str, ChannelBounds], list[str]]:
+    """`channel_bounds`, with share guardrails that yesterday's split already breaks turned into a
+    path: such a channel moves toward its share as fast as its daily change allows, and further
+    only as far as the budget needs. Returns the bounds and a note per relaxed guardrail."""
+    bounds = channel_bounds(histories, budget, guardrails)
+    reference = reference_spend(histories, budget)
+    broken_max = {c for c, b in bounds.items() if b.upper_rule == "max_share" and reference[c] > b.upper + 0.005}
+    broken_min = {c for c, b in bounds.items() if b.lower_rule == "min_share" and reference[c] < b.lower - 0.005}
+    out = dict(bounds)
+    for c in broken_max:  # never force a faster move than the daily change allows (caps still hold)
+        out[c] = replace(out[c], upper=min(max(out[c].upper, out[c].lower), guardrails.caps.get(c, math.inf)))
+    for c in broken_min:
+        out[c] = replace(out[c], lower=min(out[c].lower, out[c].upper))
+    out = _spread_upper(out, {c: min(reference[c], guardrails.caps.get(c, math.inf)) for c in broken_max}, budget)
+    excess = sum(b.lower for b in out.values()) - budget
+    room = {c: max(out[c].lower - reference[c], 0.0) for c in broken_min}
+    if excess > 1e-9 and sum(room.values()) > 0:
+        share = min(excess / sum(room.values()), 1.0)
+        for c, r in room.items():
+            out[c] = replace(out[c], lower=_down_to_cent(out[c].lower - r * share))
+    notes = []
+    for c in sorted(broken_max | broken_min):
+        b, ref_share = out[c], reference[c] / budget
+        if c in broken_max and b.upper > bounds[c].upper:
+            notes.append(f"{c} spent {ref_share:.1%} of the budget yesterday, above its maximum share "
+                         f"{guardrails.max_share[c]:.0%}: allowed up to {b.upper / budget:.1%} today, moving toward it")
+        if c in broken_min and b.lower < bounds[c].lower:
+            notes.append(f"{c} spent {ref_share:.1%} of the budget yesterday, below its minimum share "
+                         f"{guardrails.min_share[c]:.0%}: at least {b.lower / budget:.1%} today, moving toward it")
+    return out, notes
+
+
+def _spread_upper(bounds: dict[str, ChannelBounds], ceilings: dict[str, float], budget: float
+                  ) -> dict[str, ChannelBounds]:
+    """Raise the uppers of `ceilings`' channels toward those ceilings, in proportion to their room,
+    just enough for the uppers to hold the budget (no more)."""
+    shortfall = budget - sum(b.upper for b in bounds.values())
+    room = {c: max(ceilings[c] - bounds[c].upper, 0.0) for c in ceilings}
+    total_room = sum(room.values())
+    if shortfall <= 1e-9 or total_room <= 0:
+        return bounds
+    share = min(shortfall / total_room, 1.0)
+    out = dict(bounds)
+    for c, r in room.items():
+        out[c] = replace(out[c], upper=min(_up_to_cent(out[c].upper + r * share), _down_to_cent(ceilings[c])))
     return out
 
 
 def limit_extrapolation(bounds: dict[str, ChannelBounds], largest_spend: dict[str, float],
-                        max_extrapolation: float) -> dict[str, ChannelBounds]:
+                        max_extrapolation: float, budget: float) -> dict[str, ChannelBounds]:
     """Cap each channel at `max_extrapolation` x the largest daily spend its curve was fitted on
-    (bound 'extrapolation'), where that is tighter than its other bounds and still feasible."""
+    (bound 'extrapolation'), where that is tighter than its other bounds and still feasible. The
+    caps give way (in proportion) where they would leave less room than the budget needs."""
     out = dict(bounds)
     for channel, seen in largest_spend.items():
         b = bounds.get(channel)
         limit = math.floor(seen * max_extrapolation * 100) / 100
         if b is not None and seen > 0 and limit < b.upper and limit >= b.lower:
             out[channel] = ChannelBounds(b.lower, limit, b.lower_rule, "extrapolation")
-    return out
+    limited = {c: bounds[c].upper for c, b in out.items() if b.upper_rule == "extrapolation"}
+    return _spread_upper(out, limited, budget)
 
 
 def check_feasible(names: Sequence[str], lower: np.ndarray, upper: np.ndarray, budget: float, *,

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from flashcast.budget.bounds import (
-    channel_bounds,
     check_channel_bounds,
     explain_bound,
+    feasible_bounds,
     resolve_budget,
     round_to_cents,
 )
@@ -87,7 +87,7 @@ def allocate_inverse_cpa(
         yesterday = np.array([h.yesterday_spend for h in histories])
         even = np.full(len(histories), total / len(histories))
         target = total * yesterday / yesterday.sum() if yesterday.sum() > 0 else even
-    bounds = channel_bounds(histories, total, guardrails)
+    bounds, notes = feasible_bounds(histories, total, guardrails)
     check_channel_bounds(bounds, total)
     lower = np.array([bounds[h.channel].lower for h in histories])
     upper = np.array([bounds[h.channel].upper for h in histories])
@@ -106,7 +106,7 @@ def allocate_inverse_cpa(
             share=round(spend / total, 6), change=round(spend - h.yesterday_spend, 2),
             lower=b.lower, upper=b.upper, bound=bound, why=_why(h, cpa, float(t), spend, b, bound, days),
         ))
-    return Allocation("inverse_cpa", total, tuple(rows))
+    return Allocation("inverse_cpa", total, tuple(rows), notes=tuple(notes))
 
 
 def _why(h: ChannelHistory, cpa: float | None, target: float, spend: float, b: ChannelBounds, bound: str | None,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from flashcast.budget.bounds import (
-    channel_bounds,
     check_channel_bounds,
+    feasible_bounds,
     limit_extrapolation,
     resolve_budget,
 )
@@ -97,14 +97,15 @@ def allocate_by_curves(
     total = resolve_budget(histories, guardrails, budget)
     fits = fits or fit_channel_curves(series, config)
     largest = {s.channel: float(np.max(s.spend)) for s in series if len(s.spend)}
-    bounds = limit_extrapolation(channel_bounds(histories, total, guardrails), largest, config.max_extrapolation)
+    bounds, path_notes = feasible_bounds(histories, total, guardrails)
+    bounds = limit_extrapolation(bounds, largest, config.max_extrapolation, total)
     check_channel_bounds(bounds, total)
     curves = _curves_for(fits, channels, config)
     problem = _problem(channels, curves, bounds)
     target = config.target_cpa if config.target_cpa is not None else (
         1.0 / config.target_roas if config.target_roas is not None else None)
     spend_total = total
-    notes = [w for c in channels for w in fits[c].warnings]
+    notes = [*path_notes, *(w for c in channels for w in fits[c].warnings)]
     if target is not None:
         spend_total, solution = budget_for_target_cpa(problem, total, target)
         if spend_total < total:

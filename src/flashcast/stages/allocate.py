@@ -18,6 +18,7 @@ from flashcast.budget.inverse_cpa import allocate_inverse_cpa
 from flashcast.budget.plan import ChannelSeries, allocate_by_curves
 from flashcast.budget.records import Allocation, ChannelHistory
 from flashcast.config import Settings
+from flashcast.errors import AllocationError
 from flashcast.records import AllocationPlan, KpiSummary, RunContext, Table
 
 
@@ -25,16 +26,30 @@ def run(con: duckdb.DuckDBPyConnection, *, kpis: KpiSummary, settings: Settings,
         context: RunContext) -> AllocationPlan:
     """The allocation stage: the configured method on the KPI history; the split in table `allocations`."""
     histories = channel_histories(con, kpis, settings)
-    if settings.allocation.method == "inverse_cpa":
-        plan = AllocationPlan(allocate_inverse_cpa(histories, settings.guardrails))
-    else:
-        curves = allocate_by_curves(histories, channel_series(con, kpis, settings), settings.guardrails,
-                                    settings.allocation)
-        plan = AllocationPlan(curves.allocation, curves)
-    con.register("_allocations_df", allocation_frame(plan.allocation, context.lineage_id))
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {Table.ALLOCATIONS} AS SELECT * FROM _allocations_df")
-    con.unregister("_allocations_df")
+    try:
+        if settings.allocation.method == "inverse_cpa":
+            plan = AllocationPlan(allocate_inverse_cpa(histories, settings.guardrails))
+        else:
+            curves = allocate_by_curves(histories, channel_series(con, kpis, settings), settings.guardrails,
+                                        settings.allocation)
+            plan = AllocationPlan(curves.allocation, curves)
+    except AllocationError as exc:  # the governed data, segments and forecast still stand
+        plan = AllocationPlan(None, failure=f"{type(exc).__name__}: {exc}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {Table.ALLOCATIONS} ({ALLOCATION_COLUMNS})")
+    if plan.allocation is not None:
+        con.register("_allocations_df", allocation_frame(plan.allocation, context.lineage_id))
+        con.execute(f"INSERT INTO {Table.ALLOCATIONS} BY NAME SELECT * FROM _allocations_df")
+        con.unregister("_allocations_df")
     return plan
+
+
+ALLOCATION_COLUMNS = ", ".join([
+    "lineage_id VARCHAR", "method VARCHAR", "channel VARCHAR",
+    *(f"{name} DOUBLE" for name in ("yesterday_spend", "lookback_spend", "conversions", "cpa", "raw_weight",
+                                    "target_spend", "spend", "share", "change", "lower", "upper")),
+    "bound VARCHAR", "why VARCHAR",
+    *(f"{name} DOUBLE" for name in ("marginal_cpa", "expected_conversions", "expected_low", "expected_high")),
+])
 
 
 def allocation_frame(allocation: Allocation, lineage_id: str) -> pd.DataFrame:

@@ -28,6 +28,7 @@ from flashcast.records import (
     KpiSummary,
     RunContext,
     Segmentation,
+    Skipped,
 )
 
 SCHEMA_VERSION: Literal["1.1.0"] = "1.1.0"
@@ -154,10 +155,13 @@ class Payload(_Model):
 
 
 def run(*, guard: GuardReport, kpis: KpiSummary, segments: Segmentation, creatives: CreativeLibrary,
-        forecast: ForecastPlan, allocate: AllocationPlan, context: RunContext, head: LogHead) -> Payload:
+        forecast: ForecastPlan, allocate: AllocationPlan, context: RunContext, head: LogHead) -> Payload | Skipped:
     """The payload stage: assemble the document for the day after the last complete day's morning,
-    anchored to the lineage head it was built on, and validate it (red creatives are left out)."""
+    anchored to the lineage head it was built on, and validate it (red creatives are left out).
+    Without an allocation there is nothing to push: skipped, saying why."""
     f, allocation = forecast.forecast, allocate.allocation
+    if allocation is None:
+        return Skipped(f"no payload: the budget could not be allocated ({allocate.failure})")
     days = [{"date": d, "point": float(p), **{f"{k}_{level}": float(f.bands[level][0 if k == "lo" else 1][i])
                                                for level in (50, 80, 95) for k in ("lo", "hi")}}
             for i, (d, p) in enumerate(zip(f.dates, f.point, strict=True))]
