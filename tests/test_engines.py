@@ -65,3 +65,27 @@ def test_sampling_engines_band_a_short_history_from_their_own_paths(name: str) -
     assert result.engine == name and bands_are_nested(result) and result.selection is None
     widths = [float(np.mean(result.bands[level].upper - result.bands[level].lower)) for level in (50, 80, 95)]
     assert 0 < widths[0] < widths[1] < widths[2]
+
+
+@pytest.mark.parametrize("name", SELECTED)
+def test_a_series_falling_to_zero_keeps_bands_nested_above_zero_around_the_point(name: str) -> None:
+    """Trend engines extrapolate a falling series below zero: clipping must keep the nesting and the
+    point inside its narrowest band (a channel that was switched off looks like this)."""
+    rng = np.random.default_rng(5)
+    y = np.maximum(np.linspace(60, -20, 180) + rng.normal(0, 4, 180), 0.0)
+    result = auto_forecast(_frame(y), series_id=name, engines=[name], spec=QUICK)
+    assert bands_are_nested(result) and np.all(result.point >= 0)
+    assert all((band >= 0).all() for pair in result.bands.values() for band in pair)
+
+
+def test_nested_bands_hold_the_point_when_clipping_or_a_biased_engine_would_not() -> None:
+    from flashcast.forecasting.backtest import nested_bands
+
+    point = np.array([-5.0, 10.0])
+    offsets = {50: (np.array([-1.0, 2.0]), np.array([1.0, 4.0])),  # day 2: every error positive (biased low)
+               80: (np.array([-3.0, 1.0]), np.array([3.0, 6.0])),
+               95: (np.array([-9.0, 0.5]), np.array([9.0, 9.0]))}
+    clipped, bands = nested_bands(point, offsets, nonnegative=True)
+    assert clipped.tolist() == [0.0, 10.0]
+    assert bands[50][0].tolist() == [0.0, 10.0] and bands[50][1].tolist() == [0.0, 14.0]
+    assert bands[95][0].tolist() == [0.0, 10.0] and bands[95][1].tolist() == [4.0, 19.0]

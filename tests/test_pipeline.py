@@ -204,3 +204,14 @@ def test_an_allocation_failure_keeps_the_rest_of_the_run(finished_run: FinishedR
         status, summary = conn.execute(sa.select(ops.runs.c.status, ops.runs.c.summary)).one()
     assert status == "partial" and summary["problems"][0].startswith("allocate: AllocationInfeasible")
     LineageLog(ops).verify([read_head_file(out / "lineage_head.json")])
+
+
+def test_every_forecast_row_of_a_run_is_nested_non_negative_and_holds_its_point(finished_run: FinishedRun) -> None:
+    import pandas as pd
+
+    for name in ("forecast.csv", "forecast_series.csv"):
+        f = pd.read_csv(finished_run.out / name)
+        chain = ["lo_95", "lo_80", "lo_50", "point", "hi_50", "hi_80", "hi_95"]
+        for inner, outer in zip(chain, chain[1:], strict=False):
+            assert (f[inner] <= f[outer] + 1e-9).all(), (name, inner, outer)
+        assert (f["lo_95"] >= 0).all(), name

@@ -206,6 +206,23 @@ def normalized_offsets(errors: np.ndarray, spreads: np.ndarray, now: tuple[float
     return {level: (lo * scale, hi * scale) for level, (lo, hi) in adaptive_offsets(scores, spec, alphas).items()}
 
 
+def nested_bands(point: np.ndarray, offsets: dict[int, tuple[np.ndarray, np.ndarray]], *, nonnegative: bool
+                 ) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """The point and its bands (point + offsets), as delivered: for a series that cannot go below
+    zero everything is clipped at zero, and then the narrowest band is widened to hold the point and
+    every wider band to hold the narrower ones, so clipping never breaks the nesting."""
+    floor = 0.0 if nonnegative else -np.inf
+    clipped = np.maximum(point, floor)
+    bands = {}
+    inner_lo, inner_hi = clipped, clipped
+    for level in sorted(offsets):  # narrow to wide
+        lo_off, hi_off = offsets[level]
+        inner_lo = np.minimum(np.maximum(point + lo_off, floor), inner_lo)
+        inner_hi = np.maximum(np.maximum(point + hi_off, floor), inner_hi)
+        bands[level] = (inner_lo, inner_hi)
+    return clipped, bands
+
+
 def score_engines(bt: Backtest, spec: BacktestSpec, *, nonnegative: bool) -> list[EngineScore]:
     """Conformal bands at each scored origin, then utilsforecast metrics for all engines at once."""
     n = len(bt.origins)
@@ -226,13 +243,13 @@ def score_engines(bt: Backtest, spec: BacktestSpec, *, nonnegative: bool) -> lis
     })
     columns = {}
     for engine in engines:
-        point = bt.points[engine][rows]
-        columns[engine] = point.ravel()
-        for level in LEVELS:
-            lo = np.array([banded[engine][k][level][0] for k in rows])
-            hi = np.array([banded[engine][k][level][1] for k in rows])
-            columns[f"{engine}-lo-{level}"] = (np.maximum(point + lo, 0.0) if nonnegative else point + lo).ravel()
-            columns[f"{engine}-hi-{level}"] = (point + hi).ravel()
+        offsets = {level: (np.array([banded[engine][k][level][0] for k in rows]),
+                           np.array([banded[engine][k][level][1] for k in rows])) for level in LEVELS}
+        point, bands = nested_bands(bt.points[engine][rows], offsets, nonnegative=nonnegative)
+        columns[engine] = point.ravel()  # scored as delivered: clipped, with its bands
+        for level, (lo, hi) in bands.items():
+            columns[f"{engine}-lo-{level}"] = lo.ravel()
+            columns[f"{engine}-hi-{level}"] = hi.ravel()
     frame = pd.concat([frame, pd.DataFrame(columns)], axis=1)
     scale = pd.Series(bt.scale[rows], index=origins.strftime("%Y-%m-%d"))
     return sorted(_metrics(engines, frame, scale, bt.seconds), key=lambda s: s.mase)

@@ -28,6 +28,7 @@ from flashcast.forecasting.backtest import (
     LEVELS,
     BacktestSpec,
     Selection,
+    nested_bands,
     normalized_offsets,
     origin_bands,
     run_backtest,
@@ -151,12 +152,8 @@ def auto_forecast(
     recent = slice(-spec.calibration, None)
     offsets = normalized_offsets(errors[recent], np.maximum(bt.spread[recent], bt.floor[recent]),
                                  spread_terms(y, spec), spec, alphas)
-    bands = {}
-    for level, (lo, hi) in offsets.items():
-        lower = point + lo
-        bands[level] = Band(np.maximum(lower, 0.0) if nonnegative else lower, point + hi)
-    if nonnegative:
-        point = np.maximum(point, 0.0)
+    point, banded = nested_bands(point, offsets, nonnegative=nonnegative)
+    bands = {level: Band(lo, hi) for level, (lo, hi) in banded.items()}
     return Forecast(series_id, selection.winner, _future(dates[-1], spec.horizon), point, bands,
                     tuple(d.date() for d in dates), y, selection, (selection.reason, *_history_notes(series)),
                     series.filled_days, series.dropped_days, fit_seconds)
