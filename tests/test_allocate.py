@@ -64,9 +64,9 @@ def test_lower_bounds_over_the_budget_are_named() -> None:
     with pytest.raises(AllocationInfeasible) as info:
         allocate_inverse_cpa(HISTORY, rails, budget=400.0)
     message = str(info.value)
-    assert "lower bounds add to 458.00, more than the budget 400.00" in message
-    assert "Display 100.00 (held)" in message and "by 58.00" in message
-    assert info.value.shortfall == 58.0
+    assert "lower bounds add to 450.00, more than the budget 400.00" in message
+    assert "Display 100.00 (held)" in message and "by 50.00" in message
+    assert info.value.shortfall == 50.0
 
 
 def test_crossing_bounds_are_named() -> None:
@@ -132,7 +132,7 @@ def problems(draw: st.DrawFn) -> tuple[list[ChannelHistory], Guardrails, float]:
 def test_every_bound_holds_and_the_sum_is_exact(problem: tuple[list[ChannelHistory], Guardrails, float]) -> None:
     histories, rails, budget = problem
     bounds, _notes = feasible_bounds(histories, budget, rails)
-    reference = reference_spend(histories, budget)
+    reference = reference_spend(histories, budget, rails.hold)
     feasible = all(b.lower <= b.upper for b in bounds.values()) and (
         sum(b.lower for b in bounds.values()) <= budget + 1e-9 <= sum(b.upper for b in bounds.values()) + 2e-9)
     if not feasible:

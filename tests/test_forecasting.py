@@ -211,3 +211,16 @@ def test_linear_engine_carries_a_recent_level_shift_into_the_horizon() -> None:
     with_ar = DynamicRegression().point(y, dates, 14)
     without = DynamicRegression(ar_order=0).point(y, dates, 14)
     assert with_ar[:3].mean() - without[:3].mean() > 30
+
+
+def test_the_horizon_total_has_its_own_calibrated_band_narrower_than_summed_daily_bounds() -> None:
+    y = _seasonal_noise(760, 16)
+    hits, ratios = [], []
+    for cut in range(560, 746, 5):
+        f = auto_forecast(_frame(y[:cut]), series_id="s", engines=["ses"], spec=SMALL)
+        lo, hi = f.total_bands[80]
+        hits.append(lo <= y[cut:cut + 14].sum() <= hi)
+        assert lo <= f.total <= hi
+        ratios.append((hi - lo) / float(np.sum(f.bands[80].upper - f.bands[80].lower)))
+    assert 0.65 <= np.mean(hits) <= 0.95
+    assert np.mean(ratios) < 0.6  # daily errors partly cancel over 14 days: summing bounds overstates the range

@@ -130,6 +130,10 @@ def test_curve_allocation_respects_guardrails_and_explains_itself() -> None:
     assert expected == sorted(expected), "more budget never buys fewer expected conversions"
     marginal = [r["marginal_cpa"] for r in plan.whatif]
     assert marginal == sorted(marginal), "diminishing returns: the marginal CPA rises with budget"
+    today = next(r for r in plan.whatif if r["multiplier"] == 1.0)  # the plan itself, one figure for one budget
+    assert today["budget"] == a.budget and today["expected"] == a.expected_conversions
+    assert (today["low"], today["high"]) == a.expected_interval
+    assert {c: today[f"spend_{c}"] for c in spends} == spends
 
 
 @pytest.mark.slow

@@ -42,11 +42,14 @@ def resolve_budget(histories: Sequence[ChannelHistory], guardrails: Guardrails, 
     return total
 
 
-def reference_spend(histories: Sequence[ChannelHistory], budget: float) -> dict[str, float]:
-    """Yesterday's split scaled to today's budget: what the daily moves are measured from."""
-    total = sum(h.yesterday_spend for h in histories)
-    scale = budget / total if total > 0 and abs(budget - total) >= 0.005 else 1.0  # the budget rounds to cents
-    return {h.channel: h.yesterday_spend * scale for h in histories}
+def reference_spend(histories: Sequence[ChannelHistory], budget: float, held: Sequence[str] = ()
+                    ) -> dict[str, float]:
+    """Yesterday's split scaled to today's budget (held channels keep yesterday's spend, the others
+    share the rest): what the daily moves are measured from."""
+    fixed = sum(h.yesterday_spend for h in histories if h.channel in held)
+    total = sum(h.yesterday_spend for h in histories) - fixed
+    scale = (budget - fixed) / total if total > 0 and abs(budget - fixed - total) >= 0.005 else 1.0  # cents
+    return {h.channel: h.yesterday_spend * (1.0 if h.channel in held else max(scale, 0.0)) for h in histories}
 
 
 def channel_bounds(
@@ -54,18 +57,19 @@ def channel_bounds(
 ) -> dict[str, ChannelBounds]:
     """Each channel's [lower, upper] spend, in cents, and the rule behind each side, exactly as the
     guardrails say (see `feasible_bounds` for the bounds the allocators use)."""
-    reference = reference_spend(histories, budget)
+    reference = reference_spend(histories, budget, guardrails.hold)
     out = {}
     for h in histories:
         ref = reference[h.channel]
         move = max(guardrails.max_daily_change * ref, guardrails.min_daily_move_share * budget)
-        lowers = [(0.0, "zero"), (guardrails.min_share.get(h.channel, 0.0) * budget, "min_share"),
-                  (ref - move, "max_daily_change")]
-        uppers = [(guardrails.max_share.get(h.channel, 1.0) * budget, "max_share"),
-                  (ref + move, "max_daily_change")]
-        if h.channel in guardrails.hold:
+        lowers = [(0.0, "zero"), (guardrails.min_share.get(h.channel, 0.0) * budget, "min_share")]
+        uppers = [(guardrails.max_share.get(h.channel, 1.0) * budget, "max_share")]
+        if h.channel in guardrails.hold:  # exactly yesterday's spend: no move to pace
             lowers.append((h.yesterday_spend, "held"))
             uppers.append((h.yesterday_spend, "held"))
+        else:
+            lowers.append((ref - move, "max_daily_change"))
+            uppers.append((ref + move, "max_daily_change"))
         if h.channel in guardrails.caps:
             uppers.append((guardrails.caps[h.channel], "cap"))
         lo, lo_rule = max(lowers, key=lambda x: x[0])
@@ -90,7 +94,7 @@ def feasible_bounds(histories: Sequence[ChannelHistory], budget: float, guardrai
     path: such a channel moves toward its share as fast as its daily change allows, and further
     only as far as the budget needs. Returns the bounds and a note per relaxed guardrail."""
     bounds = channel_bounds(histories, budget, guardrails)
-    reference = reference_spend(histories, budget)
+    reference = reference_spend(histories, budget, guardrails.hold)
     broken_max = {c for c, b in bounds.items() if b.upper_rule == "max_share" and reference[c] > b.upper + 0.005}
     broken_min = {c for c, b in bounds.items() if b.lower_rule == "min_share" and reference[c] < b.lower - 0.005}
     out = dict(bounds)

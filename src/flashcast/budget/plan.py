@@ -25,6 +25,7 @@ from flashcast.budget.inverse_cpa import allocate_inverse_cpa
 from flashcast.budget.optimizer import Problem, Solution, budget_for_target_cpa, optimize, round_solution
 from flashcast.budget.records import Allocation, AllocationRow, ChannelBounds, ChannelHistory
 from flashcast.config import AllocationConfig, Guardrails
+from flashcast.errors import AllocationInfeasible
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,8 @@ def allocate_by_curves(
     total = resolve_budget(histories, guardrails, budget)
     fits = fits or fit_channel_curves(series, config)
     largest = {s.channel: float(np.max(s.spend)) for s in series if len(s.spend)}
-    bounds, path_notes = feasible_bounds(histories, total, guardrails)
-    bounds = limit_extrapolation(bounds, largest, config.max_extrapolation, total)
-    check_channel_bounds(bounds, total)
-    curves = _curves_for(fits, channels, config)
-    problem = _problem(channels, curves, bounds)
+    bounds, path_notes = _bounds(histories, largest, guardrails, config, total)
+    problem = _problem(channels, _curves_for(fits, channels, config), bounds)
     target = config.target_cpa if config.target_cpa is not None else (
         1.0 / config.target_roas if config.target_roas is not None else None)
     spend_total = total
@@ -113,23 +111,39 @@ def allocate_by_curves(
                          f"{'CPA' if config.target_cpa else 'ROAS'}")
     solution = round_solution(problem, optimize(problem, spend_total), spend_total)
     point = CurveSet.from_curves(channels, [fits[c].curve for c in channels])
-    spends = dict(zip(channels, (float(x) for x in solution.channel_spend), strict=True))
-    expected = float(point.response(solution.channel_spend).sum())
+    expected, interval = _expected(fits, point, channels, solution)
     yesterday = np.array([h.yesterday_spend for h in histories])
     scaled_yesterday = yesterday * (spend_total / yesterday.sum()) if yesterday.sum() > 0 else yesterday
     inverse = allocate_inverse_cpa(histories, guardrails, budget=total)
     inverse_spend = np.array([inverse.spends[c] for c in channels])
-    totals = draws_total(fits, spends)
     rows = _rows(histories, fits, bounds, solution, point, config)
     allocation = Allocation(
         method=f"curves/{config.objective}", budget=spend_total, rows=tuple(rows),
-        expected_conversions=round(expected, 3),
-        expected_interval=(round(float(np.quantile(totals, 0.1)), 3), round(float(np.quantile(totals, 0.9)), 3)),
+        expected_conversions=expected, expected_interval=interval,
         gain_vs_yesterday=round(expected - float(point.response(scaled_yesterday).sum()), 3),
         gain_vs_inverse_cpa=round(expected - float(point.response(inverse_spend).sum()), 3),
         notes=tuple(notes),
     )
-    return CurvePlan(allocation, fits, whatif_sweep(fits, channels, guardrails, total, config))
+    return CurvePlan(allocation, fits, whatif_sweep(histories, fits, largest, guardrails, config, total))
+
+
+def _bounds(histories: Sequence[ChannelHistory], largest: dict[str, float], guardrails: Guardrails,
+            config: AllocationConfig, budget: float) -> tuple[dict[str, ChannelBounds], list[str]]:
+    """The guardrails' bounds at `budget` (shares already broken as paths), curves' extrapolation limits."""
+    bounds, notes = feasible_bounds(histories, budget, guardrails)
+    bounds = limit_extrapolation(bounds, largest, config.max_extrapolation, budget)
+    check_channel_bounds(bounds, budget)
+    return bounds, notes
+
+
+def _expected(fits: dict[str, CurveFit], point: CurveSet, channels: list[str], solution: Solution
+              ) -> tuple[float, tuple[float, float]]:
+    """Expected outcome on the fitted curves at the (rounded) spends, and its 80% interval over the
+    bootstrap draws: one way for the plan and every what-if row."""
+    spends = dict(zip(channels, (float(x) for x in solution.channel_spend), strict=True))
+    totals = draws_total(fits, spends)
+    return (round(float(point.response(solution.channel_spend).sum()), 3),
+            (round(float(np.quantile(totals, 0.1)), 3), round(float(np.quantile(totals, 0.9)), 3)))
 
 
 def _rows(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], bounds: dict[str, ChannelBounds],
@@ -167,24 +181,24 @@ def _rows(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], bounds
     return rows
 
 
-def whatif_sweep(fits: dict[str, CurveFit], channels: list[str], guardrails: Guardrails, budget: float,
-                 config: AllocationConfig) -> list[dict[str, float]]:
-    """Expected outcome (with an 80% interval) at several total budgets, share guardrails only:
-    where does extra money stop paying?"""
+def whatif_sweep(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], largest: dict[str, float],
+                 guardrails: Guardrails, config: AllocationConfig, budget: float) -> list[dict[str, float]]:
+    """Expected outcome (with an 80% interval) at several total budgets, each allocated as the plan
+    is (every guardrail, yesterday's split scaled to that budget): where does extra money stop
+    paying? At 1x the row is the plan itself (unless a target CPA/ROAS spends less)."""
+    channels = [h.channel for h in histories]
     point = CurveSet.from_curves(channels, [fits[c].curve for c in channels])
     out = []
     for mult in config.whatif_multipliers:
         b = round(budget * mult, 2)
-        lower = np.array([guardrails.min_share.get(c, 0.0) * b for c in channels])
-        upper = np.array([min(guardrails.max_share.get(c, 1.0) * b, guardrails.caps.get(c, math.inf))
-                          for c in channels])
-        if lower.sum() > b or upper.sum() < b:
-            continue
-        problem = Problem(point, np.arange(len(channels)), lower, upper, tuple(channels), lower, upper)
-        sol = optimize(problem, b)
-        totals = draws_total(fits, dict(zip(channels, (float(x) for x in sol.channel_spend), strict=True)))
-        out.append({"budget": b, "multiplier": mult, "expected": round(sol.expected, 3),
-                    "low": round(float(np.quantile(totals, 0.1)), 3), "high": round(float(np.quantile(totals, 0.9)), 3),
+        try:
+            bounds, _ = _bounds(histories, largest, guardrails, config, b)
+        except AllocationInfeasible:
+            continue  # this budget cannot be placed within the guardrails: no row
+        problem = _problem(channels, _curves_for(fits, channels, config), bounds)
+        sol = round_solution(problem, optimize(problem, b), b)
+        expected, (low, high) = _expected(fits, point, channels, sol)
+        out.append({"budget": b, "multiplier": mult, "expected": expected, "low": low, "high": high,
                     "marginal_cpa": round(1.0 / sol.multiplier, 2) if sol.multiplier > 0 else math.inf,
                     **{f"spend_{c}": round(float(x), 2) for c, x in zip(channels, sol.channel_spend, strict=True)}})
     return out

@@ -62,6 +62,13 @@ class Forecast:
     filled_days: int = 0  # missing days filled by interpolation
     dropped_days: int = 0  # days before the last long gap, left out
     fit_seconds: float = 0.0
+    # Bands for the horizon's total (not the sum of daily bounds, which overstates its range):
+    # conformal on the backtest's errors of whole-horizon totals, or quantiles of summed sample paths.
+    total_bands: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return sum(float(x) for x in self.point)
 
     def band(self, level: int) -> Band:
         return self.bands[level]
@@ -76,7 +83,9 @@ class Forecast:
             return np.array([round(float(x), ndigits) for x in values])
 
         return replace(self, point=r(self.point),
-                       bands={level: Band(r(b.lower), r(b.upper)) for level, b in self.bands.items()})
+                       bands={level: Band(r(b.lower), r(b.upper)) for level, b in self.bands.items()},
+                       total_bands={level: (round(lo, ndigits), round(hi, ndigits))
+                                    for level, (lo, hi) in self.total_bands.items()})
 
     def to_frame(self) -> pd.DataFrame:
         """One row per day: series_id, date, point, lo/hi per level, engine."""
@@ -101,6 +110,8 @@ class Forecast:
             lower, upper = self.bands[level]
             summary[f"daily_mean_lo_{level}"] = round(sum(float(x) for x in lower) / len(lower), 2)
             summary[f"daily_mean_hi_{level}"] = round(sum(float(x) for x in upper) / len(upper), 2)
+        for level, (lo, hi) in sorted(self.total_bands.items()):
+            summary[f"total_lo_{level}"], summary[f"total_hi_{level}"] = round(lo, 2), round(hi, 2)
         return summary
 
 
@@ -154,9 +165,16 @@ def auto_forecast(
                                  spread_terms(y, spec), spec, alphas)
     point, banded = nested_bands(point, offsets, nonnegative=nonnegative)
     bands = {level: Band(lo, hi) for level, (lo, hi) in banded.items()}
+    # The horizon's total: the same conformal recipe on each origin's error of the whole total.
+    nominal = {level: (100 - level) / 100 for level in LEVELS}
+    total_offsets = normalized_offsets(errors[recent].sum(axis=1, keepdims=True),
+                                       np.maximum(bt.spread[recent], bt.floor[recent]), spread_terms(y, spec), spec,
+                                       nominal)
+    _, totals = nested_bands(np.array([point.sum()]), total_offsets, nonnegative=nonnegative)
     return Forecast(series_id, selection.winner, _future(dates[-1], spec.horizon), point, bands,
                     tuple(d.date() for d in dates), y, selection, (selection.reason, *_history_notes(series)),
-                    series.filled_days, series.dropped_days, fit_seconds)
+                    series.filled_days, series.dropped_days, fit_seconds,
+                    {level: (float(lo[0]), float(hi[0])) for level, (lo, hi) in totals.items()})
 
 
 def sampled_forecast(
@@ -169,14 +187,17 @@ def sampled_forecast(
     samples = engine.sample_paths(series.y, series.dates, horizon, n_samples, seed)
     if nonnegative:
         samples = np.maximum(samples, 0.0)
-    bands = {}
+    bands, totals = {}, {}
+    path_totals = samples.sum(axis=0)
     for level in sorted(levels):
         tail = (100 - level) / 200
         lower, upper = np.quantile(samples, [tail, 1 - tail], axis=1)
         bands[level] = Band(lower, upper)
+        total_lo, total_hi = np.quantile(path_totals, [tail, 1 - tail])
+        totals[level] = (float(total_lo), float(total_hi))
     return Forecast(series_id, engine.alias, _future(series.dates[-1], horizon), np.median(samples, axis=1), bands,
                     tuple(d.date() for d in series.dates), series.y, notes=_history_notes(series),
-                    filled_days=series.filled_days, dropped_days=series.dropped_days)
+                    filled_days=series.filled_days, dropped_days=series.dropped_days, total_bands=totals)
 
 
 @dataclass(frozen=True)
