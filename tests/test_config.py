@@ -56,7 +56,8 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("[guardrails]\nmin_share = {PPC = 0.5}\nmax_share = {PPC = 0.4}", r"min_share is above max_share for \['PPC'\]"),
+        ("[guardrails]\nmin_share = {PPC = 0.5}\nmax_share = {PPC = 0.4}",
+         r"min_share is above max_share for \['PPC'\]"),
         ("[guardrails]\nmin_share = {PPC = 0.5, CTV = 0.6}", "min_share adds to 110%"),
         ("[guardrails]\ntotal_budget = 0", "total_budget: Input should be greater than 0"),
         ("[guardrails]\nmax_share = {PPC = 0.2, CTV = 0.2, Display = 0.2, Email = 0.2}", "adds to 80%"),

@@ -53,13 +53,14 @@ def test_red_outranks_amber() -> None:
         r.code for r in result.reasons}
 
 
-def test_status_follows_the_light() -> None:
+def test_status_follows_the_light_and_a_person_approves_by_default() -> None:
     green = make_creative("Value Shopper", "PPC", "A", "Spring picks", OK_BODY, brand=BRAND)
     amber = make_creative("Value Shopper", "PPC", "A", "Best picks", OK_BODY, brand=BRAND)
     red = make_creative("Value Shopper", "PPC", "A", "Cheap picks", OK_BODY, brand=BRAND)
-    assert (green.status, amber.status, red.status) == ("approved", "pending", "rejected")
-    manual = make_creative("Value Shopper", "PPC", "A", "Spring picks", OK_BODY, brand=BRAND, auto_approve_green=False)
-    assert manual.status == "pending"
+    assert (green.status, amber.status, red.status) == ("pending", "pending", "rejected")
+    auto = make_creative("Value Shopper", "PPC", "A", "Spring picks", OK_BODY, brand=BRAND, auto_approve_green=True)
+    assert auto.status == "approved"
+    assert not BrandRules().auto_approve_green
 
 
 def test_template_library_fits_every_channel() -> None:
@@ -74,6 +75,10 @@ def test_template_library_fits_every_channel() -> None:
     for c in library:
         pairs[(c.segment, c.channel)].add(c.headline)
     assert all(len(h) == 2 for h in pairs.values()), "two different variants per segment and channel"
+    for segment in SEGMENTS:  # each channel speaks its own way: no copy repeats across channels
+        copies = [(c.headline, c.body) for c in library if c.segment == segment]
+        assert len(copies) == len(set(copies)), segment
+    assert len({c.headline for c in library}) == len(library)
 
 
 def test_a_brand_the_templates_cannot_fit_gets_red_rejected_copy() -> None:

@@ -15,7 +15,7 @@ from flashcast.lineage import LineageLog
 from flashcast.llm.base import Completion
 from flashcast.pipeline import run_pipeline
 from flashcast.privacy import PiiNeedles
-from flashcast.records import RunInputs
+from flashcast.records import SEGMENTS, RunInputs
 from flashcast.simulate import SimulationResult
 from flashcast.store import OpsStore
 
@@ -95,7 +95,7 @@ def test_a_failing_provider_falls_back_offline_and_says_so(
     assert stages["segments"]["method"] == "rules"
     assert "LLM copy failed, used the templates" in stages["creatives"]["fallback"]
     assert stages["creatives"]["generator"] == "templates"
-    assert len(result.creatives.creatives) == 24
+    assert len(result.creatives.creatives) == len(SEGMENTS) * 4 * 2
 
 
 @pytest.mark.slow

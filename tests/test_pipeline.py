@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -212,6 +213,6 @@ def test_every_forecast_row_of_a_run_is_nested_non_negative_and_holds_its_point(
     for name in ("forecast.csv", "forecast_series.csv"):
         f = pd.read_csv(finished_run.out / name)
         chain = ["lo_95", "lo_80", "lo_50", "point", "hi_50", "hi_80", "hi_95"]
-        for inner, outer in zip(chain, chain[1:], strict=False):
+        for inner, outer in itertools.pairwise(chain):
             assert (f[inner] <= f[outer] + 1e-9).all(), (name, inner, outer)
         assert (f["lo_95"] >= 0).all(), name

@@ -274,7 +274,9 @@ class BrandRules(_Frozen):
         "guaranteed", "guarantee", "best", "#1", "number one", "risk-free", "cure", "100%", "free",
     )
     disclaimer: str = "Terms apply."
-    auto_approve_green: bool = True  # green copy is approved; amber waits for a person; red is rejected
+    # Off by default: a person approves every creative. On, green copy is approved without one; amber
+    # always waits for a person; red is rejected.
+    auto_approve_green: bool = False
     limits: dict[str, ChannelCopyLimits] = Field(default_factory=_default_limits)
 
 

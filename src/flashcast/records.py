@@ -141,7 +141,7 @@ class KpiSummary:
 
 # ------------------------------------------------------------------ segments
 
-SegmentName = Literal["Brand Loyalist", "Value Shopper", "Speed Seeker"]
+SegmentName = Literal["Brand Loyalist", "Value Shopper", "Speed Seeker", "New Customer", "Browser"]
 SEGMENTS: tuple[SegmentName, ...] = get_args(SegmentName)
 
 

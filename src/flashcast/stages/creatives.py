@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tomllib
 from dataclasses import asdict, dataclass
+from functools import cache
+from importlib import resources
 
 import duckdb
 import pandas as pd
@@ -141,31 +144,12 @@ def creatives_frame(library: CreativeLibrary, lineage_id: str) -> pd.DataFrame:
 
 # ------------------------------------------------------------------ template generator
 
-# Per segment: (headline, body) candidates from the most to the least descriptive; the generator
-# takes the first two that fit each channel's limits. {brand} and {tone} come from the brand rules.
-TEMPLATES: dict[str, list[tuple[str, str]]] = {
-    "Brand Loyalist": [
-        ("Thanks for coming back", "Your favourites from {brand} are waiting, with early access for regulars."),
-        ("New in, just for you", "Regulars see the new collection first. Clear picks, {tone} service."),
-        ("Welcome back", "Early access for regulars at {brand}."),
-        ("Back for more?", "New picks for regulars at {brand}."),
-        ("Hi again", "New picks for regulars."),
-    ],
-    "Value Shopper": [
-        ("More for your money", "Seasonal savings at {brand}: compare prices and pick what fits your budget."),
-        ("Smart savings this week", "Good value on everyday picks from {brand}. See this week's offers."),
-        ("Save on favourites", "This week's offers at {brand}."),
-        ("Weekly offers", "Save on picks at {brand}."),
-        ("Save today", "This week's offers."),
-    ],
-    "Speed Seeker": [
-        ("Checkout in a minute", "Find it fast at {brand}: one-page checkout and quick delivery options."),
-        ("Find it. Get it.", "Quick search, fast checkout and tracked delivery from {brand}."),
-        ("Fast checkout", "Quick checkout at {brand}."),
-        ("Quick picks", "Fast checkout at {brand}."),
-        ("Get it fast", "Fast checkout."),
-    ],
-}
+@cache
+def copy_templates() -> dict[str, dict[str, list[tuple[str, str]]]]:
+    """The template copy (`templates/ad_copy.toml`): segment -> channel (or `any`) -> (headline, body)."""
+    text = resources.files("flashcast.templates").joinpath("ad_copy.toml").read_text(encoding="utf-8")
+    return {segment: {channel: [(h, b) for h, b in pairs] for channel, pairs in by_channel.items()}
+            for segment, by_channel in tomllib.loads(text).items()}
 
 
 def _fill(template: str, brand: BrandRules) -> str:
@@ -177,7 +161,7 @@ def _with_disclaimer(body: str, brand: BrandRules) -> str:
 
 
 def template_creatives(
-    segments: tuple[str, ...], channels: tuple[str, ...], *, brand: BrandRules, auto_approve_green: bool = True
+    segments: tuple[str, ...], channels: tuple[str, ...], *, brand: BrandRules, auto_approve_green: bool = False
 ) -> list[Creative]:
     """Two variants per segment and channel from the templates, each scored by `check_copy`."""
     library = []
@@ -192,7 +176,9 @@ def template_creatives(
 
 def _fitting_pairs(segment: str, channel: str, brand: BrandRules) -> list[tuple[str, str]]:
     limits = brand.limits.get(channel)
-    candidates = [(_fill(h, brand), _with_disclaimer(_fill(b, brand), brand)) for h, b in TEMPLATES[segment]]
+    by_channel = copy_templates()[segment]
+    pairs = by_channel.get(channel, by_channel["Display"]) + by_channel["any"]
+    candidates = [(_fill(h, brand), _with_disclaimer(_fill(b, brand), brand)) for h, b in pairs]
     fitting = [c for c in candidates if limits is None or (len(c[0]) <= limits.headline and len(c[1]) <= limits.body)]
     # If nothing fits (a very long disclaimer, say), keep the shortest two: the checker marks them red.
     return (fitting or sorted(candidates, key=lambda c: len(c[0]) + len(c[1])))[:2]
@@ -200,7 +186,7 @@ def _fitting_pairs(segment: str, channel: str, brand: BrandRules) -> list[tuple[
 
 def make_creative(
     segment: str, channel: str, variant: str, headline: str, body: str, *, brand: BrandRules,
-    auto_approve_green: bool = True,
+    auto_approve_green: bool = False,
 ) -> Creative:
     result = check_copy(headline, body, channel=channel, brand=brand)
     status: Status = "rejected" if result.light == "red" else (

@@ -9,18 +9,20 @@ adapt to any shop's scale instead of hard-coding one shop's numbers. Comparisons
 percentile are strict where ties are common (sessions, durations), so a population where most
 users share one value does not land wholesale in one segment.
 
-Rules, first match wins:
+Rules, first match wins; each segment is named for what its rule found:
   1. Brand Loyalist  `repeat_buyer`      orders >= 2
   2. Brand Loyalist  `frequent_buyer`    orders >= 1 and sessions > p80(sessions) (p80 at least 2)
   3. Value Shopper   `coupon_buyer`      half or more of orders used a coupon
   4. Speed Seeker    `quick_sessions`    pages/session <= p30 and duration < median
-  5. Brand Loyalist  `frequent_visitor`  sessions > p80(sessions)
-  6. Value Shopper   `browsing`          none of the above: browsing without a loyalty or speed signal
+  5. New Customer    `first_purchase`    one order, none of the above
+  6. Brand Loyalist  `frequent_visitor`  sessions > p80(sessions), no order yet
+  7. Browser         `browsing`          none of the above: no order and no loyalty or speed signal
 
 k-means: features are log-scaled where they are heavy-tailed (sessions, revenue, duration,
 engagement) and standardized; k is chosen by silhouette (3 to 6) unless configured. Each cluster is
 named by its centroid: the most loyal profile (many sessions, high revenue, recent) becomes Brand
-Loyalist, the quickest (few pages, short sessions) Speed Seeker, the rest Value Shopper; or an LLM
+Loyalist, the quickest (few pages, short sessions) Speed Seeker, a cluster whose orders mostly used
+coupons Value Shopper, the rest Browser; or an LLM
 names them from their average profiles (one call for all clusters, never one per user). Every user
 keeps the reason (its cluster and that cluster's profile); the silhouette is reported.
 """
@@ -120,21 +122,25 @@ def rule_segments(
         SELECT *, CASE rule
             WHEN 'repeat_buyer' THEN 'Brand Loyalist' WHEN 'frequent_buyer' THEN 'Brand Loyalist'
             WHEN 'frequent_visitor' THEN 'Brand Loyalist' WHEN 'quick_sessions' THEN 'Speed Seeker'
-            ELSE 'Value Shopper' END AS segment,
+            WHEN 'coupon_buyer' THEN 'Value Shopper' WHEN 'first_purchase' THEN 'New Customer'
+            ELSE 'Browser' END AS segment,
           CASE rule
             WHEN 'repeat_buyer' THEN orders || ' orders (>= 2)'
             WHEN 'frequent_buyer' THEN 'bought, and ' || sessions || ' sessions > p80 ' || $1
             WHEN 'coupon_buyer' THEN round(coupon_share * 100) || '% of orders used a coupon'
             WHEN 'quick_sessions' THEN pages_per_session || ' pages/session <= p30 ' || round($2, 2)
                  || ' and ' || session_duration_s || ' s < median ' || round($3, 1)
-            WHEN 'frequent_visitor' THEN sessions || ' sessions > p80 ' || $1
-            ELSE 'no loyalty or speed signal' END AS reason
+            WHEN 'first_purchase' THEN 'one order so far, no coupon'
+            WHEN 'frequent_visitor' THEN sessions || ' sessions > p80 ' || $1 || ', no order yet'
+            ELSE 'no order yet; ' || sessions || ' session(s), ' || round(pages_per_session, 1)
+                 || ' pages/session: no loyalty or speed signal' END AS reason
         FROM (
           SELECT *, CASE
             WHEN orders >= 2 THEN 'repeat_buyer'
             WHEN orders >= 1 AND sessions > $1 THEN 'frequent_buyer'
             WHEN orders >= 1 AND coupon_share >= 0.5 THEN 'coupon_buyer'
             WHEN pages_per_session <= $2 AND session_duration_s < $3 THEN 'quick_sessions'
+            WHEN orders >= 1 THEN 'first_purchase'
             WHEN sessions > $1 THEN 'frequent_visitor'
             ELSE 'browsing' END AS rule
           FROM {features}
@@ -179,20 +185,26 @@ def _standardized(rows: np.ndarray) -> np.ndarray:
     return np.asarray((x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0))
 
 
-def name_clusters(centroids: np.ndarray) -> list[str]:
-    """Segment name per cluster from standardized centroids (columns in FEATURES order)."""
+def name_clusters(centroids: np.ndarray, coupon_share: np.ndarray | None = None) -> list[str]:
+    """Segment name per cluster from standardized centroids (columns in FEATURES order) and, when
+    given, each cluster's mean share of orders that used a coupon."""
     col = {name: i for i, name in enumerate(FEATURES)}
     loyalty = centroids[:, col["sessions"]] + centroids[:, col["monetary"]] - centroids[:, col["recency_days"]]
     speed = -centroids[:, col["pages_per_session"]] - centroids[:, col["session_duration_s"]]
-    names = ["Value Shopper"] * len(centroids)
+    names = ["Browser"] * len(centroids)
     loyal = int(np.argmax(loyalty))
     names[loyal] = "Brand Loyalist"
     order = [int(i) for i in np.argsort(-speed) if i != loyal]
     names[order[0]] = "Speed Seeker"
-    for i in range(len(centroids)):  # with more than three clusters, others join the closest profile
-        if names[i] == "Value Shopper" and loyalty[i] > 1.0:
+    if coupon_share is not None:
+        rest = [i for i in range(len(centroids)) if names[i] == "Browser"]
+        value = max(rest, key=lambda i: coupon_share[i], default=None)
+        if value is not None and coupon_share[value] >= 0.3:
+            names[value] = "Value Shopper"
+    for i in range(len(centroids)):  # with more clusters, others join the closest profile
+        if names[i] == "Browser" and loyalty[i] > 1.0:
             names[i] = "Brand Loyalist"
-        elif names[i] == "Value Shopper" and speed[i] > 1.0:
+        elif names[i] == "Browser" and speed[i] > 1.0:
             names[i] = "Speed Seeker"
     return names
 
@@ -207,11 +219,13 @@ def kmeans_segments(
     from sklearn.metrics import silhouette_score
 
     columns = ", ".join(f"coalesce({c}, 0)" for c in FEATURES)
-    keys_rows = con.execute(f"SELECT user_key, {columns} FROM {features} ORDER BY user_key").fetchall()
+    keys_rows = con.execute(
+        f"SELECT user_key, {columns}, coalesce(coupon_share, 0) FROM {features} ORDER BY user_key").fetchall()
     if len(keys_rows) < 10:
         raise SegmentationError(f"k-means needs at least 10 users, got {len(keys_rows)}")
     keys = [r[0] for r in keys_rows]
-    x = _standardized(np.array([r[1:] for r in keys_rows], dtype=float))
+    coupons = np.array([r[-1] for r in keys_rows], dtype=float)
+    x = _standardized(np.array([r[1:-1] for r in keys_rows], dtype=float))
     candidates = [clusters] if clusters else [k for k in (3, 4, 5, 6) if k < len(x)]
     best: tuple[float, np.ndarray, np.ndarray, int] | None = None
     rng = np.random.default_rng(seed)
@@ -224,14 +238,14 @@ def kmeans_segments(
             best = (score, labels, model.cluster_centers_, k)
     assert best is not None
     silhouette, labels, centroids, k = best
-    raw = np.array([r[1:] for r in keys_rows], dtype=float)
+    raw = np.array([r[1:-1] for r in keys_rows], dtype=float)
     profile = {c: raw[labels == c].mean(axis=0) for c in range(k)}
     if namer is not None:
         named = namer({c: dict(zip(FEATURES, (float(v) for v in profile[c]), strict=True)) for c in range(k)})
         names = [named[c][0] for c in range(k)]
         reasons = [f"cluster {c} of {k}: {named[c][1]}" for c in range(k)]
     else:
-        names = name_clusters(centroids)
+        names = name_clusters(centroids, np.array([coupons[labels == c].mean() for c in range(k)]))
         reasons = [f"cluster {c} of {k}: sessions {profile[c][1]:.1f}, revenue {profile[c][2]:.2f}, "
                    f"pages/session {profile[c][3]:.1f}, recency {profile[c][0]:.0f} days" for c in range(k)]
     con.execute("CREATE OR REPLACE TEMP TABLE _kmeans (user_key VARCHAR, cluster INT)")
