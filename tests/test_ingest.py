@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -99,3 +100,57 @@ def test_missing_or_empty_export_is_a_clear_error(tmp_path: Path, con: duckdb.Du
         stage_export(con, tmp_path / "empty")
     with pytest.raises(IngestError, match="unknown export format"):
         stage_export(con, write_lines(tmp_path / "events.csv", ["a,b"]))
+
+
+def test_an_empty_file_is_listed_and_its_day_reconciled(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    from datetime import date
+
+    from flashcast.config import PrivacyPolicy
+    from flashcast.keys import PiiKey
+    from flashcast.records import RunContext
+    from flashcast.stages.guard import guard_export, install_privacy_functions
+
+    write_lines(tmp_path / "events_20260301.json", [json.dumps(ga4_row())])
+    (tmp_path / "events_20260302.json").write_text("")
+    staged = stage_export(con, tmp_path)
+    assert staged.warnings == ("events_20260302.json is empty: its day has no events (spend for that day still "
+                               "counts)",)
+    files = con.execute("SELECT source_file, file_date, input_rows FROM files ORDER BY 1").fetchall()
+    assert files == [("events_20260301.json", date(2026, 3, 1), 1), ("events_20260302.json", date(2026, 3, 2), 0)]
+    key = PiiKey(b"test-key-0123456789abcdef")
+    install_privacy_functions(con, key, PrivacyPolicy())
+    report = guard_export(con, staged, policy=PrivacyPolicy(), run=RunContext("run", datetime.now(UTC), key.key_id))
+    assert [(d.event_date, d.input_rows) for d in report.days] == [("2026-03-01", 1), ("2026-03-02", 0)]
+
+
+def test_a_row_far_from_its_files_date_is_quarantined_not_stretching_the_spine(
+        tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    lines = [json.dumps(ga4_row(event_date="20260815", event_timestamp="1786795200000000")),
+             json.dumps(ga4_row(event_date="20250101", event_timestamp="1735725600000000")),
+             json.dumps(ga4_row(event_date="20260816", event_timestamp="1786881600000000"))]  # one day later: kept
+    staged = stage_export(con, write_lines(tmp_path / "events_20260815.json", lines))
+    assert _problems(con) == {2: ["event_date: more than 1 day(s) from the date in its file's name"]}
+    assert staged.warnings == ("1 row(s) of events_20260815.json are dated more than 1 day(s) from the date in "
+                               "its name: quarantined",)
+    con.execute("DROP TABLE staged")
+    stage_export(con, tmp_path / "events_20260815.json", max_days_from_file_date=0)
+    assert set(_problems(con)) == {2, 3}
+
+
+def test_a_binary_file_is_named_in_one_line_without_its_bytes(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    write_lines(tmp_path / "events_20260301.json", [json.dumps(ga4_row())])
+    garbage = bytes(range(128, 256)) * 40
+    (tmp_path / "events_20260302.json").write_bytes(b"\n" + garbage)
+    with pytest.raises(IngestError) as info:
+        stage_export(con, tmp_path)
+    message = str(info.value)
+    assert message.startswith("events_20260302.json: line 2: not UTF-8 text") and "\n" not in message
+    assert "CSV" not in message and len(message) < 200
+
+
+def test_a_50_mb_line_is_quarantined_and_its_neighbours_kept(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    huge = json.dumps(ga4_row(event_name="x" * (50 * 2**20)))
+    staged = stage_export(con, write_lines(tmp_path / "events_20260301.json",
+                                           [json.dumps(ga4_row()), huge, json.dumps(ga4_row())]))
+    assert staged.input_rows == 3
+    assert _problems(con)[2][0].startswith("(line): longer than 4 M characters")

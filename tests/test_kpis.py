@@ -47,7 +47,7 @@ def test_spine_is_zero_filled_and_channels_follow_the_rules(tmp_path: Path) -> N
         _session_row("20260303", base + 2 * day + 5, 3, "organic"),
     ]
     con = duckdb.connect()
-    _guarded(con, write_lines(tmp_path / "events_20260301.json", lines))
+    _guarded(con, write_lines(tmp_path / "events_march.json", lines))  # three days in one file: no date in its name
     kpis = daily_channel_kpis(con, spend=None, mapping=ChannelMapping(), timezone="UTC")
     rows = con.execute("SELECT event_date::VARCHAR, channel, sessions, purchases, revenue FROM daily_kpis").fetchall()
     assert len(rows) == 3 * 5  # 3 days (one with no data) x 5 channels

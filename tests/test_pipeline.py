@@ -66,7 +66,7 @@ def test_cli_run_writes_stamped_reconciled_outputs(finished_run: FinishedRun) ->
     assert kinds == [(k, n) for n in names for k in ("stage_started", "stage_completed")]
     guard_started, guard_done = entries[3]["body"], entries[4]["body"]
     totals = summary["totals"]
-    assert guard_started["reads"] == {"staged": totals["input_rows"]}
+    assert guard_started["reads"] == {"staged": totals["input_rows"], "files": 150}
     assert guard_done["writes"]["guarded_events"] == totals["accepted"]
     assert guard_done["writes"]["quarantine"] == totals["quarantined"] and guard_done["seconds"] >= 0
     events = [json.loads(line) for line in (out / "openlineage.jsonl").read_text().splitlines()]

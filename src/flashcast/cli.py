@@ -27,6 +27,7 @@ from flashcast.errors import ConfigError, FlashcastError, describe_validation_er
 from flashcast.keys import load_pii_key
 from flashcast.pipeline import RunResult, run_pipeline
 from flashcast.records import RunInputs
+from flashcast.report import attention_items, format_money
 
 app = typer.Typer(help="Flashcast: governed forecast & optimize for marketing teams.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -113,7 +114,7 @@ def run(
         key = load_pii_key(settings.policy, settings.pii_key_file)
         result = _run_with_progress(lambda progress: run_pipeline(
             settings, RunInputs(export, spend), out, key=key, progress=progress))
-    _print_summary(result)
+    _print_summary(result, settings.currency)
 
 
 @app.command()
@@ -148,7 +149,7 @@ def demo(
         console.print(f"simulated {sim.rows_by_format['ndjson']:,} GA4 events over {days} days into {sim_dir}")
         result = _run_with_progress(lambda progress: run_pipeline(
             settings, RunInputs(sim.export_dirs["ndjson"], sim.spend_file), out, key=key, progress=progress))
-    _print_summary(result)
+    _print_summary(result, settings.currency)
 
 
 def _run_with_progress(call: Callable[[Callable[[str], None]], RunResult]) -> RunResult:
@@ -162,38 +163,47 @@ def _run_with_progress(call: Callable[[Callable[[str], None]], RunResult]) -> Ru
         return call(progress)
 
 
-def _print_summary(result: RunResult) -> None:
+def _print_summary(result: RunResult, currency: str) -> None:
+    """The plan in a screenful; what needs attention last, where it is seen."""
     totals, k = result.guard.totals, result.kpis
-    console.print(f"\n[bold]Flashcast plan[/bold]  run {result.lineage_id}")
+
+    def money(value: float) -> str:
+        return format_money(value, currency)
+
+    console.print(f"\n[bold]Flashcast plan[/bold]  run {result.lineage_id}", highlight=False)
     console.print(
         f"Data {k.first_day} to {k.last_day}{' (last day partial)' if k.partial_last_day else ''}: "
         f"{totals['input_rows']:,} rows in, {totals['accepted']:,} accepted, {totals['dropped_consent']:,} dropped "
-        f"for consent, {totals['quarantined']:,} quarantined, {totals['duplicate']:,} duplicates.")
+        f"for consent, {totals['quarantined']:,} quarantined, {totals['duplicate']:,} duplicates.", highlight=False)
     console.print("Customers: " + ", ".join(
-        f"{p.segment} {p.users:,} ({p.share:.0%})" for p in result.segments.profiles))
+        f"{p.segment} {p.users:,} ({p.share:.0%})" for p in result.segments.profiles), highlight=False)
     f = result.forecast.forecast
-    console.print(
-        f"Revenue, next {len(f.dates)} days: ${sum(f.point):,.0f} expected "
-        f"(80% band ${sum(f.band(80).lower):,.0f} to ${sum(f.band(80).upper):,.0f}, {f.engine}).")
-    lights = result.creatives.lights
-    console.print(f"Creatives: {len(result.creatives.creatives)} ({lights['green']} green, {lights['amber']} amber, "
-                  f"{lights['red']} red; red never ships).")
+    band = (f" (80% interval for the total {money(f.total_bands[80][0])} to {money(f.total_bands[80][1])})"
+            if 80 in f.total_bands else "")
+    console.print(f"Revenue, next {len(f.dates)} days: {money(f.total)} expected{band}, {f.engine}.",
+                  highlight=False)
+    lights, library = result.creatives.lights, result.creatives.creatives
+    console.print(f"Creatives: {len(library)} ({lights['green']} green, {lights['amber']} amber, {lights['red']} red; "
+                  f"{sum(c.status == 'approved' for c in library)} approved; red never ships).", highlight=False)
     allocation = result.allocation.allocation
     if allocation is not None:
-        table = Table(title=f"Tomorrow's budget: ${allocation.budget:,.2f} ({allocation.method})")
+        table = Table(title=f"Tomorrow's budget: {money(allocation.budget)} ({allocation.method})")
         for column in ("channel", "yesterday", "proposed", "change", "CPA", "held by"):
             table.add_column(column, justify="left" if column in ("channel", "held by") else "right")
         for r in allocation.rows:
-            table.add_row(r.channel, f"${r.yesterday_spend:,.2f}", f"${r.spend:,.2f}", f"{r.change:+,.2f}",
-                          "-" if r.cpa is None else f"${r.cpa:,.2f}", r.bound or "")
+            table.add_row(r.channel, money(r.yesterday_spend), money(r.spend), f"{r.change:+,.2f}",
+                          "-" if r.cpa is None else money(r.cpa), r.bound or "")
         console.print(table)
     console.print(f"Lineage head: entry {result.head.seq} {result.head.entry_hash[:16]}...")
-    console.print(f"Read [bold]{result.outputs['report']}[/bold] first; all files:")
+    console.print(f"Read [bold]{escape(str(result.outputs['report']))}[/bold] first; all files:")
     for name, path in sorted(result.outputs.items()):
-        console.print(f"  {name:<16} {path}")
-    for problem in result.problems:
-        console.print(f"[red]failed[/red] {escape(problem)}; everything else was written", highlight=False)
+        console.print(f"  {name:<17} {escape(str(path))}", highlight=False)
+    for item in attention_items(ingest=result.ingest, segments=result.segments, creatives=result.creatives,
+                                allocate=result.allocation):
+        console.print(f"[yellow]attention[/yellow] {escape(item)}", highlight=False)
     if result.problems:
+        console.print("[red]failed[/red] " + escape("; ".join(result.problems)) + "; everything else was written",
+                      highlight=False)
         raise typer.Exit(1)
 
 

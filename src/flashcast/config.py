@@ -43,6 +43,13 @@ class StoreConfig(_Frozen):
         return self.ops_url or f"sqlite:///{self.home / 'ops.sqlite'}"
 
 
+class IngestConfig(_Frozen):
+    """Stage 1. GA4 writes each day's events to events_YYYYMMDD; a row dated further than this from
+    the date in its file's name is quarantined (a clock or export problem, not a real event)."""
+
+    max_days_from_file_date: int = Field(default=1, ge=0)
+
+
 class PrivacyPolicy(_Frozen):
     """How the guard treats identifiers, consent and free text."""
 
@@ -299,7 +306,11 @@ class Settings(_Frozen):
     """Everything a run needs besides its inputs."""
 
     property_timezone: str = "UTC"
+    # ISO 4217 code of the money in the inputs: the GA4 property's currency (purchase_revenue) and
+    # the spend file's. Every report, chart and CSV says it.
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     store: StoreConfig = StoreConfig()
+    ingest: IngestConfig = IngestConfig()
     policy: PrivacyPolicy = PrivacyPolicy()
     channels: ChannelMapping = ChannelMapping()
     guardrails: Guardrails = Guardrails()

@@ -17,6 +17,7 @@ import duckdb
 import pandas as pd
 
 from flashcast.budget.charts import plot_curves, plot_whatif
+from flashcast.config import Settings
 from flashcast.forecasting.charts import plot_fan_chart
 from flashcast.records import (
     AllocationPlan,
@@ -27,6 +28,7 @@ from flashcast.records import (
     RunContext,
     Segmentation,
     Skipped,
+    StagedExport,
     Table,
 )
 from flashcast.report import write_report
@@ -41,9 +43,9 @@ def write_frame(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def write_query(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> Path:
+def write_query(con: duckdb.DuckDBPyConnection, query: str, path: Path, params: list[Any] | None = None) -> Path:
     """A query's result as CSV, streamed from the run connection."""
-    cursor = con.execute(query)
+    cursor = con.execute(query, params or [])
     columns = [d[0] for d in cursor.description or []]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
@@ -53,12 +55,26 @@ def write_query(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> Path:
     return path
 
 
-def guard_files(con: duckdb.DuckDBPyConnection, out_dir: Path, context: RunContext, guard: GuardReport,
-                kpis: KpiSummary) -> dict[str, Path]:
-    """daily_kpis.csv, reconciliation.csv, quarantine.csv and run_summary.json."""
+OUTCOME_TABLES = (("accepted", Table.GUARDED_EVENTS), ("dropped_consent", Table.CONSENT_DROPS),
+                  ("quarantined", Table.QUARANTINE), ("duplicate", Table.DUPLICATES))
+
+
+def _files_query() -> str:
+    """Every export file with its rows and their outcomes (an empty file too: all zeros)."""
+    picks = ", ".join(f"coalesce({name}.n, 0) AS {name}" for name, _ in OUTCOME_TABLES)
+    joins = " ".join(f"LEFT JOIN (SELECT source_file, count(*) AS n FROM {table} GROUP BY source_file) {name} "
+                     "USING (source_file)" for name, table in OUTCOME_TABLES)
+    return (f"SELECT source_file, f.file_date, f.format, f.intraday, f.input_rows, {picks} "
+            f"FROM {Table.FILES} f {joins} ORDER BY source_file")
+
+
+def guard_files(con: duckdb.DuckDBPyConnection, out_dir: Path, context: RunContext, settings: Settings,
+                guard: GuardReport, kpis: KpiSummary) -> dict[str, Path]:
+    """daily_kpis.csv, reconciliation.csv (per day), files.csv (per file), quarantine.csv, run_summary.json."""
     files = {
-        "daily_kpis": write_query(con, f"SELECT * FROM {kpis.table} ORDER BY event_date, channel",
-                                  out_dir / "daily_kpis.csv"),
+        "daily_kpis": write_query(con, f"SELECT *, ? AS currency FROM {kpis.table} ORDER BY event_date, channel",
+                                  out_dir / "daily_kpis.csv", [settings.currency]),
+        "files": write_query(con, _files_query(), out_dir / "files.csv"),
         "reconciliation": write_query(con, f"SELECT * FROM {Table.DAILY_OUTCOMES} ORDER BY event_date",
                                       out_dir / "reconciliation.csv"),
         "quarantine": write_query(con, "SELECT lineage_id, event_date, source_file, source_line, field, reason, "
@@ -73,7 +89,7 @@ def guard_files(con: duckdb.DuckDBPyConnection, out_dir: Path, context: RunConte
         "lineage_id": context.lineage_id, "processed_at": context.processed_at.isoformat(),
         "key_id": context.key_id, "totals": guard.totals, "consent_null_means": guard.consent_null_means,
         "first_day": kpis.first_day.isoformat(), "last_day": kpis.last_day.isoformat(),
-        "partial_last_day": kpis.partial_last_day,
+        "partial_last_day": kpis.partial_last_day, "currency": settings.currency,
         "kpis_by_channel": [{"channel": r[0], "sessions": r[1], "purchases": r[2], "revenue": r[3], "spend": r[4]}
                             for r in by_channel],
     }
@@ -93,31 +109,36 @@ def creative_files(out_dir: Path, context: RunContext, creatives: CreativeLibrar
     return {"creatives": write_frame(creatives_frame(creatives, context.lineage_id), out_dir / "creatives.csv")}
 
 
-def forecast_files(out_dir: Path, context: RunContext, forecast: ForecastPlan) -> dict[str, Path]:
+def forecast_files(out_dir: Path, context: RunContext, settings: Settings, forecast: ForecastPlan
+                   ) -> dict[str, Path]:
     """forecast.csv (total revenue), forecast_series.csv (every channel and segment), the backtest's
     leaderboard and the fan chart."""
-    total = forecast.forecast.to_frame()
+    f, currency = forecast.forecast, settings.currency
+    total = f.to_frame().assign(currency=currency)
     total.insert(0, "lineage_id", context.lineage_id)
     return {
         "forecast": write_frame(total, out_dir / "forecast.csv"),
-        "forecast_series": write_frame(forecast.breakdown.assign(lineage_id=context.lineage_id),
+        "forecast_series": write_frame(forecast.breakdown.assign(lineage_id=context.lineage_id, currency=currency),
                                        out_dir / "forecast_series.csv"),
-        "forecast_backtest": write_frame(pd.DataFrame(list(forecast.forecast.leaderboard)),
-                                         out_dir / "forecast_backtest.csv"),
-        "fan_chart": plot_fan_chart(forecast.forecast, out_dir / "fan_chart.png"),
+        "forecast_backtest": write_frame(pd.DataFrame(list(f.leaderboard)), out_dir / "forecast_backtest.csv"),
+        "fan_chart": plot_fan_chart(f, out_dir / "fan_chart.png", ylabel=f"revenue ({currency})",
+                                    title=f"Total daily revenue: {len(f.dates)}-day forecast ({f.engine})"),
     }
 
 
-def allocation_files(out_dir: Path, context: RunContext, allocate: AllocationPlan) -> dict[str, Path]:
+def allocation_files(out_dir: Path, context: RunContext, settings: Settings, allocate: AllocationPlan
+                     ) -> dict[str, Path]:
     """allocation.csv and, for the curve method, the curves, the what-if sweep and its chart."""
     if allocate.allocation is None:
         return {}
-    files = {"allocation": write_frame(allocation_frame(allocate.allocation, context.lineage_id),
-                                       out_dir / "allocation.csv")}
+    currency = settings.currency
+    files = {"allocation": write_frame(allocation_frame(allocate.allocation, context.lineage_id)
+                                       .assign(currency=currency), out_dir / "allocation.csv")}
     if allocate.curves is not None:
-        files["response_curves"] = plot_curves(allocate.curves, out_dir / "response_curves.png")
-        files["whatif"] = write_frame(pd.DataFrame(allocate.curves.whatif), out_dir / "whatif.csv")
-        files["whatif_chart"] = plot_whatif(allocate.curves.whatif, out_dir / "whatif.png")
+        files["response_curves"] = plot_curves(allocate.curves, out_dir / "response_curves.png", currency=currency)
+        files["whatif"] = write_frame(pd.DataFrame(allocate.curves.whatif).assign(currency=currency),
+                                      out_dir / "whatif.csv")
+        files["whatif_chart"] = plot_whatif(allocate.curves.whatif, out_dir / "whatif.png", currency=currency)
     return files
 
 
@@ -132,12 +153,12 @@ WRITERS: tuple[Callable[..., dict[str, Path]], ...] = (
 )
 
 
-def report_file(out_dir: Path, context: RunContext, guard: GuardReport, kpis: KpiSummary, segments: Segmentation,
-                creatives: CreativeLibrary, forecast: ForecastPlan, allocate: AllocationPlan,
-                files: dict[str, Path]) -> dict[str, Path]:
-    return {"report": write_report(out_dir / "report.md", lineage_id=context.lineage_id, guard=guard, kpis=kpis,
-                                   segments=segments, creatives=creatives, forecast=forecast, allocate=allocate,
-                                   files=files)}
+def report_file(out_dir: Path, context: RunContext, settings: Settings, ingest: StagedExport, guard: GuardReport,
+                kpis: KpiSummary, segments: Segmentation, creatives: CreativeLibrary, forecast: ForecastPlan,
+                allocate: AllocationPlan, files: dict[str, Path]) -> dict[str, Path]:
+    return {"report": write_report(out_dir / "report.md", lineage_id=context.lineage_id, currency=settings.currency,
+                                   ingest=ingest, guard=guard, kpis=kpis, segments=segments, creatives=creatives,
+                                   forecast=forecast, allocate=allocate, files=files)}
 
 
 def write_outputs(values: Mapping[str, Any]) -> dict[str, Path]:

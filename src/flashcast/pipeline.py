@@ -41,6 +41,7 @@ from flashcast.records import (
     RunInputs,
     Segmentation,
     Skipped,
+    StagedExport,
     Table,
 )
 from flashcast.stages import allocate, creatives, forecast, guard, ingest, kpis, payload, segments
@@ -66,8 +67,8 @@ class Stage:
 
 T = Table
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", ingest.run, writes=(T.STAGED,)),
-    Stage("guard", guard.run, reads=(T.STAGED,),
+    Stage("ingest", ingest.run, writes=(T.STAGED, T.FILES), keeps=(T.FILES,)),
+    Stage("guard", guard.run, reads=(T.STAGED, T.FILES),
           writes=(T.GUARDED_EVENTS, T.QUARANTINE, T.CONSENT_DROPS, T.DUPLICATES, T.DAILY_OUTCOMES),
           keeps=(T.GUARDED_EVENTS, T.QUARANTINE, T.CONSENT_DROPS, T.DUPLICATES, T.DAILY_OUTCOMES)),
     Stage("kpis", kpis.run, reads=(T.GUARDED_EVENTS,), writes=(T.SPEND, T.SESSIONS, T.DAILY_KPIS),
@@ -134,6 +135,10 @@ class RunResult:
     def problems(self) -> list[str]:
         """What failed softly (the rest of the run stands): '<stage>: <error>' per stage."""
         return _problems(self.records)
+
+    @property
+    def ingest(self) -> StagedExport:
+        return self.records["ingest"]
 
     @property
     def guard(self) -> GuardReport:

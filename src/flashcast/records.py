@@ -26,6 +26,7 @@ class Table(StrEnum):
     read and write (see `pipeline.STAGES`); the pipeline checks both."""
 
     STAGED = "staged"  # every input line, validated; raw values, never leaves the run
+    FILES = "files"  # every export file read, with its rows
     GUARDED_EVENTS = "guarded_events"
     QUARANTINE = "quarantine"
     CONSENT_DROPS = "consent_drops"
@@ -65,6 +66,7 @@ class ExportFile:
     path: Path
     format: str  # 'ndjson' | 'parquet'
     intraday: bool
+    file_date: date | None = None  # the date in the file's name (events_YYYYMMDD), if any
 
     @property
     def name(self) -> str:
@@ -78,9 +80,11 @@ class StagedExport:
     table: str
     files: tuple[ExportFile, ...]
     input_rows: int
+    warnings: tuple[str, ...] = ()  # empty files, rows far from their file's date
 
     def lineage(self) -> dict[str, Any]:
-        return {"files": [f.name for f in self.files], "input_rows": self.input_rows}
+        return {"files": [f.name for f in self.files], "input_rows": self.input_rows,
+                **({"warnings": list(self.warnings)} if self.warnings else {})}
 
 
 # ------------------------------------------------------------------ guard

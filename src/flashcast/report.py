@@ -1,19 +1,148 @@
-"""The run's human-readable report (Markdown), linking every file it produced."""
+"""The run's human-readable report (Markdown): the plan in plain words, linking every file it produced.
+
+What needs a person's attention comes first (a stage that failed softly, an LLM that fell back to
+the offline method, inputs that look wrong); then the data, the customers, the copy, the revenue
+forecast and tomorrow's budget. Money is shown in the configured currency.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from flashcast.records import AllocationPlan, CreativeLibrary, ForecastPlan, GuardReport, KpiSummary, Segmentation
+from flashcast.records import (
+    AllocationPlan,
+    CreativeLibrary,
+    ForecastPlan,
+    GuardReport,
+    KpiSummary,
+    Segmentation,
+    StagedExport,
+)
+
+Money = Callable[[float], str]
+SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "AUD": "A$", "CAD": "C$"}
 
 
-def _money(x: float) -> str:
-    return f"${x:,.2f}"
+def format_money(value: float, currency: str) -> str:
+    """1,217.37 with the currency's symbol when it has a well-known one, else its ISO code."""
+    symbol = SYMBOLS.get(currency)
+    return f"{symbol}{value:,.2f}" if symbol else f"{value:,.2f} {currency}"
 
 
-def _forecast_lines(plan: ForecastPlan, files: dict[str, Path]) -> list[str]:
+def attention_items(*, ingest: StagedExport | None = None, segments: Segmentation, creatives: CreativeLibrary,
+                    allocate: AllocationPlan) -> list[str]:
+    """What a person should look at before trusting the plan, one sentence each."""
+    items = []
+    if ingest is not None:
+        items += list(ingest.warnings)
+    if allocate.failure:
+        items.append(f"The budget could not be allocated: {allocate.failure}. No DSP payload was written.")
+    for fallback in (segments.fallback, creatives.fallback):
+        if fallback:
+            items.append(fallback)
+    pending = sum(c.status == "pending" for c in creatives.creatives)
+    if pending:
+        items.append(f"{pending} creatives wait for a person's approval before they can be pushed.")
+    return items
+
+
+def write_report(
+    path: Path, *, lineage_id: str, currency: str, guard: GuardReport, kpis: KpiSummary, segments: Segmentation,
+    creatives: CreativeLibrary, forecast: ForecastPlan, allocate: AllocationPlan, files: dict[str, Path],
+    ingest: StagedExport | None = None,
+) -> Path:
+    """report.md: the plan in plain words, linking every other file."""
+    def money(value: float) -> str:
+        return format_money(value, currency)
+
+    attention = attention_items(ingest=ingest, segments=segments, creatives=creatives, allocate=allocate)
+    lines = [
+        "# Flashcast plan",
+        "",
+        f"Run `{lineage_id}`, data {kpis.first_day} to {kpis.last_day}"
+        + (" (last day partial, left out of the forecast and the allocation)" if kpis.partial_last_day else "")
+        + f". Money in {currency}.",
+        "",
+        *(["## Needs attention", "", *[f"- {item}" for item in attention], ""] if attention else []),
+        *_data_lines(guard, files),
+        *_segment_lines(segments, files),
+        *_creative_lines(creatives, files),
+        *_forecast_lines(forecast, files, money),
+        *_budget_lines(allocate, files, money),
+        "## Audit",
+        "",
+        (f"- DSP payload, validated against its JSON Schema: [payload.json]({files['payload'].name})"
+         if "payload" in files else "- No DSP payload: the budget was not allocated"),
+        f"- Daily KPIs per channel: [daily_kpis.csv]({files['daily_kpis'].name})",
+        "- Lineage head: [lineage_head.json](lineage_head.json); verify with "
+        "`flashcast lineage verify --head out/lineage_head.json`",
+        "- OpenLineage events: [openlineage.jsonl](openlineage.jsonl)",
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _data_lines(guard: GuardReport, files: dict[str, Path]) -> list[str]:
+    t = guard.totals
+    return [
+        "## Data accounted for",
+        "",
+        f"{t['input_rows']:,} GA4 rows in: {t['accepted']:,} accepted, {t['dropped_consent']:,} dropped for consent, "
+        f"{t['quarantined']:,} quarantined, {t['duplicate']:,} duplicates. Per day: "
+        f"[reconciliation.csv]({files['reconciliation'].name}); per file: [files.csv]({files['files'].name}); "
+        f"quarantined rows with reasons: [quarantine.csv]({files['quarantine'].name}).",
+        "",
+    ]
+
+
+def _segment_lines(seg: Segmentation, files: dict[str, Path]) -> list[str]:
+    return [
+        "## Who the customers are",
+        "",
+        "| segment | users | share | sessions | orders | revenue/user | pages/session |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *[f"| {p.segment} | {p.users:,} | {p.share:.0%} | {p.sessions:.1f} | {p.orders:.2f} | {p.monetary:,.2f} "
+          f"| {p.pages_per_session:.1f} |" for p in seg.profiles],
+        "",
+        ("k-means clusters (silhouette {:.2f}): ".format(seg.thresholds["silhouette"])
+         if "silhouette" in seg.thresholds else "Rules that fired: ")
+        + ", ".join(f"{k} {v:,}" for k, v in seg.rule_counts.items())
+        + f". Per user, with the rule and why: [segments.csv]({files['segments'].name}).",
+        "",
+    ]
+
+
+def _creative_lines(library: CreativeLibrary, files: dict[str, Path]) -> list[str]:
+    statuses = {s: sum(c.status == s for c in library.creatives) for s in ("approved", "pending", "rejected")}
+    return [
+        "## What to say",
+        "",
+        f"{len(library.creatives)} creatives (two per segment and channel, from {library.generator}): "
+        + ", ".join(f"{n} {light}" for light, n in library.lights.items() if n)
+        + "; " + ", ".join(f"{n} {status}" for status, n in statuses.items() if n)
+        + f". Red copy never enters the payload. Library: [creatives.csv]({files['creatives'].name}).",
+        "",
+    ]
+
+
+def _forecast_lines(plan: ForecastPlan, files: dict[str, Path], fmt: Money) -> list[str]:
     f = plan.forecast
-    lines = [f"- {n}" for n in f.notes]
+    total = (f"; 80% interval for the {len(f.dates)}-day total {fmt(f.total_bands[80][0])} to "
+             f"{fmt(f.total_bands[80][1])}" if 80 in f.total_bands else "")
+    lines = [
+        "## Revenue to expect",
+        "",
+        f"Next {len(f.dates)} days ({f.dates[0]} to {f.dates[-1]}), {f.engine}: {fmt(f.total)} expected{total}. "
+        f"Last 28 complete days: {fmt(sum(float(x) for x in f.history[-28:]))}.",
+        "",
+        f"![fan chart]({files['fan_chart'].name})",
+        "",
+        f"Daily values and nested 50/80/95% bands: [forecast.csv]({files['forecast'].name}).",
+        "",
+        *[f"- {n}" for n in f.notes],
+    ]
     if f.leaderboard:
         lines += [
             "",
@@ -30,117 +159,49 @@ def _forecast_lines(plan: ForecastPlan, files: dict[str, Path]) -> list[str]:
         totals = plan.breakdown.groupby("series_id")["point"].sum()
         lines += ["", f"Per channel and per segment ({len(totals)} series forecast in one parallel call, "
                   f"[forecast_series.csv]({files['forecast_series'].name})): "
-                  + ", ".join(f"{sid} {_money(v)}" for sid, v in totals.items())]
-    return [*lines, ""] if lines else []
+                  + ", ".join(f"{sid} {fmt(v)}" for sid, v in totals.items())]
+    return [*lines, ""]
 
 
-def _budget_lines(allocation: AllocationPlan, files: dict[str, Path]) -> list[str]:
+def _budget_lines(allocation: AllocationPlan, files: dict[str, Path], fmt: Money) -> list[str]:
     a = allocation.allocation
     if a is None:
         return ["## Tomorrow's budget: not allocated", "",
                 f"**The allocation failed**: {allocation.failure}", "",
                 "Everything else in this folder stands; no DSP payload was written. Fix the guardrails (or the "
                 "budget) and run again.", ""]
-    return [
-        f"## Tomorrow's budget ({_money(a.budget)}, {a.method})",
+    lines = [
+        f"## Tomorrow's budget ({fmt(a.budget)}, {a.method})",
         "",
         "| channel | yesterday | proposed | change | CPA | why |",
         "|---|---:|---:|---:|---:|---|",
-        *[f"| {r.channel} | {_money(r.yesterday_spend)} | {_money(r.spend)} | {r.change:+,.2f} | "
-          f"{'-' if r.cpa is None else _money(r.cpa)} | {r.why} |" for r in a.rows],
+        *[f"| {r.channel} | {fmt(r.yesterday_spend)} | {fmt(r.spend)} | {r.change:+,.2f} | "
+          f"{'-' if r.cpa is None else fmt(r.cpa)} | {r.why} |" for r in a.rows],
         "",
         f"Details: [allocation.csv]({files['allocation'].name}).",
         "",
-        *_curve_lines(allocation, files),
     ]
-
-
-def _curve_lines(allocation: AllocationPlan, files: dict[str, Path]) -> list[str]:
-    a, plan = allocation.allocation, allocation.curves
-    if a is None or plan is None or a.expected_conversions is None:
-        return []
-    lo, hi = a.expected_interval or (a.expected_conversions, a.expected_conversions)
-    lines = [
-        f"Expected from paid channels tomorrow: {a.expected_conversions:,.2f} conversions (80% interval "
-        f"{lo:,.2f} to {hi:,.2f}); {a.gain_vs_yesterday:+,.2f} versus keeping yesterday's split and "
-        f"{a.gain_vs_inverse_cpa:+,.2f} versus inverse CPA, on the fitted curves.",
-        "",
-        f"![response curves]({files['response_curves'].name})",
-        "",
-        "What if the budget changed (share guardrails only; where extra money stops paying):",
-        "",
-        "| budget | expected conversions | 80% interval | marginal cost per conversion |",
-        "|---:|---:|---:|---:|",
-        *[f"| {_money(r['budget'])} | {r['expected']:,.2f} | {r['low']:,.2f} to {r['high']:,.2f} | "
-          f"{_money(r['marginal_cpa'])} |" for r in plan.whatif],
-        "",
-        f"![what-if]({files['whatif_chart'].name}) Data: [whatif.csv]({files['whatif'].name}).",
-        "",
-    ]
+    plan = allocation.curves
+    if plan is not None and a.expected_conversions is not None:
+        lo, hi = a.expected_interval or (a.expected_conversions, a.expected_conversions)
+        lines += [
+            f"Expected from paid channels tomorrow: {a.expected_conversions:,.2f} conversions (80% interval "
+            f"{lo:,.2f} to {hi:,.2f}); {a.gain_vs_yesterday:+,.2f} versus keeping yesterday's split and "
+            f"{a.gain_vs_inverse_cpa:+,.2f} versus inverse CPA, on the fitted curves.",
+            "",
+            f"![response curves]({files['response_curves'].name})",
+            "",
+            "What if the budget changed (each budget allocated like this plan: every guardrail, yesterday's "
+            "split scaled to it; the 1x row is the plan above). Where does extra money stop paying?",
+            "",
+            "| budget | expected conversions | 80% interval | marginal cost per conversion |",
+            "|---:|---:|---:|---:|",
+            *[f"| {fmt(r['budget'])} | {r['expected']:,.2f} | {r['low']:,.2f} to {r['high']:,.2f} | "
+              f"{fmt(r['marginal_cpa'])} |" for r in plan.whatif],
+            "",
+            f"![what-if]({files['whatif_chart'].name}) Data: [whatif.csv]({files['whatif'].name}).",
+            "",
+        ]
     if a.notes:
-        lines += ["Notes from the curve fits:", "", *[f"- {n}" for n in a.notes], ""]
+        lines += ["Notes on the allocation:", "", *[f"- {n}" for n in a.notes], ""]
     return lines
-
-
-def write_report(
-    path: Path, *, lineage_id: str, guard: GuardReport, kpis: KpiSummary, segments: Segmentation,
-    creatives: CreativeLibrary, forecast: ForecastPlan, allocate: AllocationPlan, files: dict[str, Path]
-) -> Path:
-    """report.md: the plan in plain words, linking every other file."""
-    t = guard.totals
-    f, seg = forecast.forecast, segments
-    lines = [
-        "# Flashcast plan",
-        "",
-        f"Run `{lineage_id}`, data {kpis.first_day} to {kpis.last_day}"
-        + (" (last day partial, left out of the forecast and the allocation)." if kpis.partial_last_day else "."),
-        "",
-        "## Data accounted for",
-        "",
-        f"{t['input_rows']:,} GA4 rows in: {t['accepted']:,} accepted, {t['dropped_consent']:,} dropped for consent, "
-        f"{t['quarantined']:,} quarantined, {t['duplicate']:,} duplicates. Per day: "
-        f"[reconciliation.csv]({files['reconciliation'].name}); quarantined rows with reasons: "
-        f"[quarantine.csv]({files['quarantine'].name}).",
-        "",
-        "## Who the customers are",
-        "",
-        "| segment | users | share | sessions | orders | revenue/user | pages/session |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        *[f"| {p.segment} | {p.users:,} | {p.share:.0%} | {p.sessions:.1f} | {p.orders:.2f} | {_money(p.monetary)} "
-          f"| {p.pages_per_session:.1f} |" for p in seg.profiles],
-        "",
-        ("k-means clusters (silhouette {:.2f}): ".format(seg.thresholds["silhouette"])
-         if "silhouette" in seg.thresholds else "Rules that fired: ")
-        + ", ".join(f"{k} {v:,}" for k, v in seg.rule_counts.items())
-        + f". Per user: [segments.csv]({files['segments'].name}).",
-        "",
-        "## What to say",
-        "",
-        f"{len(creatives.creatives)} creatives (two per segment and channel): "
-        + ", ".join(f"{n} {light}" for light, n in creatives.lights.items() if n)
-        + f". Red copy never enters the payload. Library: [creatives.csv]({files['creatives'].name}).",
-        "",
-        "## Revenue to expect",
-        "",
-        f"Next {len(f.dates)} days ({f.dates[0]} to {f.dates[-1]}), {f.engine}: {_money(sum(f.point))} expected "
-        f"(point forecast), {_money(sum(f.band(80).lower))} to {_money(sum(f.band(80).upper))} summing the daily "
-        f"80% bounds. Last 28 complete days: {_money(sum(f.history[-28:]))}.",
-        "",
-        f"![fan chart]({files['fan_chart'].name})",
-        "",
-        f"Daily values and 50/80/95% bands: [forecast.csv]({files['forecast'].name}).",
-        "",
-        *_forecast_lines(forecast, files),
-        *_budget_lines(allocate, files),
-        "## Audit",
-        "",
-        (f"- DSP payload, validated against its JSON Schema: [payload.json]({files['payload'].name})"
-         if "payload" in files else "- No DSP payload: the budget was not allocated"),
-        f"- Daily KPIs per channel: [daily_kpis.csv]({files['daily_kpis'].name})",
-        "- Lineage head: [lineage_head.json](lineage_head.json); verify with "
-        "`flashcast lineage verify --head out/lineage_head.json`",
-        "- OpenLineage events: [openlineage.jsonl](openlineage.jsonl)",
-        "",
-    ]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path

@@ -10,7 +10,7 @@ from flashcast.budget.plan import CurvePlan
 from flashcast.charts import chart
 
 
-def plot_curves(plan: CurvePlan, path: Path) -> Path:
+def plot_curves(plan: CurvePlan, path: Path, *, currency: str = "USD") -> Path:
     """One panel per channel: fitted curve with its 80% draw band, yesterday's and the proposed spend."""
     rows = {r.channel: r for r in plan.allocation.rows}
     n, cols = len(rows), 2
@@ -26,7 +26,7 @@ def plot_curves(plan: CurvePlan, path: Path) -> Path:
             for x, style, label in ((row.yesterday_spend, ":", "yesterday"), (row.spend, "-", "proposed")):
                 ax.axvline(x, color="#d62728", linestyle=style, linewidth=1.2, label=f"{label} {x:,.0f}")
             ax.set_title(f"{channel}{' (fallback curve)' if fit.fallback else ''}", fontsize=10)
-            ax.set_xlabel("daily spend")
+            ax.set_xlabel(f"daily spend ({currency})")
             ax.set_ylabel("expected per day")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
@@ -35,7 +35,7 @@ def plot_curves(plan: CurvePlan, path: Path) -> Path:
     return path
 
 
-def plot_whatif(sweep: list[dict[str, float]], path: Path) -> Path:
+def plot_whatif(sweep: list[dict[str, float]], path: Path, *, currency: str = "USD") -> Path:
     """Expected outcome with its 80% interval across total budgets, labelled with marginal cost."""
     with chart(path, figsize=(7, 4), dpi=100) as (_, ax):
         budgets = [r["budget"] for r in sweep]
@@ -45,7 +45,7 @@ def plot_whatif(sweep: list[dict[str, float]], path: Path) -> Path:
         for r in sweep:
             ax.annotate(f"{r['marginal_cpa']:,.0f}/conv", (r["budget"], r["expected"]), fontsize=7,
                         textcoords="offset points", xytext=(0, 6), ha="center")
-        ax.set_xlabel("total daily budget")
+        ax.set_xlabel(f"total daily budget ({currency})")
         ax.set_ylabel("expected conversions per day")
         ax.set_title("What-if: return on extra budget (labels: marginal cost per conversion)")
         ax.grid(alpha=0.3)

@@ -185,6 +185,8 @@ def _day_outcomes(con: duckdb.DuckDBPyConnection, staged_table: str) -> tuple[Da
                ("duplicate", Table.DUPLICATES)]
     union = " UNION ALL ".join(f"SELECT event_date, '{k}' AS k, count(*) AS n FROM {t} GROUP BY event_date"
                                for k, t in sources)
+    # Every file's day is listed, an empty file's day with zeros, so no day vanishes silently.
+    union += f" UNION ALL SELECT DISTINCT file_date, 'input_rows', 0 FROM {Table.FILES} WHERE file_date IS NOT NULL"
     columns = ", ".join(f"coalesce(sum(n) FILTER (WHERE k = '{k}'), 0)::BIGINT" for k, _ in sources)
     rows = con.execute(
         f"SELECT coalesce(event_date::VARCHAR, 'unknown'), {columns} FROM ({union}) "

@@ -14,16 +14,21 @@ formats are validated by one set of rules.
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
 
+from flashcast.config import Settings
 from flashcast.errors import ExportNotFound, IngestError
-from flashcast.records import ExportFile, RunInputs, StagedExport, Table
+from flashcast.records import ExportFile, RunContext, RunInputs, StagedExport, Table
 from flashcast.sql import literal
 
 NDJSON_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
 PARQUET_SUFFIXES = (".parquet",)
+MAX_LINE_BYTES = 128 * 2**20  # longer lines stop the reader: the file is named in a clean error
+MAX_EVENT_CHARS = 4 * 2**20  # no GA4 event is this long: a longer line is quarantined
 # Microsecond timestamps between 2000-01-01 and 2100-01-01: anything else is seconds/ms or garbage.
 MIN_MICROS, MAX_MICROS = 946_684_800_000_000, 4_102_444_800_000_000
 
@@ -69,7 +74,12 @@ def discover_exports(source: Path) -> tuple[ExportFile, ...]:
             raise IngestError(f"{path.name}: unknown export format (expected .json/.ndjson[.gz] or .parquet)")
         else:
             continue
-        files.append(ExportFile(path, fmt, name.startswith("events_intraday_")))
+        day = re.search(r"events_(?:intraday_)?(\d{8})", name)
+        try:
+            file_date = datetime.strptime(day.group(1), "%Y%m%d").date() if day else None
+        except ValueError:
+            file_date = None
+        files.append(ExportFile(path, fmt, name.startswith("events_intraday_"), file_date))
     if not files:
         raise ExportNotFound(f"no events_* export files (.json, .ndjson, .parquet) in {source}")
     return tuple(files)
@@ -77,15 +87,18 @@ def discover_exports(source: Path) -> tuple[ExportFile, ...]:
 
 def _lines_sql(file: ExportFile) -> str:
     path, name, intraday = literal(str(file.path)), literal(file.name), "true" if file.intraday else "false"
+    day = f"DATE {literal(file.file_date.isoformat())}" if file.file_date else "NULL::DATE"
+    columns = f"{name} AS source_file, {day} AS file_date, {intraday} AS intraday"
     if file.format == "ndjson":
         # \x1e (record separator) cannot occur unescaped in valid JSON, so each line is one field.
         return (
-            f"SELECT {name} AS source_file, ordinality::BIGINT AS source_line, {intraday} AS intraday, line "
+            f"SELECT {columns}, ordinality::BIGINT AS source_line, line "
             f"FROM read_csv({path}, columns={{'line': 'VARCHAR'}}, delim='\\x1e', quote='', escape='', "
-            "header=false, auto_detect=false, strict_mode=false, new_line='\\n') WITH ORDINALITY"
+            f"header=false, auto_detect=false, strict_mode=false, new_line='\\n', max_line_size={MAX_LINE_BYTES}) "
+            "WITH ORDINALITY"
         )
     return (
-        f"SELECT {name} AS source_file, (file_row_number + 1)::BIGINT AS source_line, {intraday} AS intraday, "
+        f"SELECT {columns}, (file_row_number + 1)::BIGINT AS source_line, "
         f"to_json(t)::VARCHAR AS line FROM read_parquet({path}, file_row_number=true) t"
     )
 
@@ -94,7 +107,7 @@ def _problem(condition: str, field: str, problem: str) -> str:
     return f"CASE WHEN {condition} THEN {literal(f'{field}: {problem}')} END"
 
 
-def _validation_sql() -> str:
+def _validation_sql(max_days_from_file_date: int) -> str:
     """SQL list of the row's problems, each 'field: problem'. Empty list: the row is valid."""
     r = "r"
     money = [
@@ -102,8 +115,11 @@ def _validation_sql() -> str:
         ("ecommerce.purchase_revenue", f"{r}.ecommerce.purchase_revenue"),
         ("ecommerce.purchase_revenue_in_usd", f"{r}.ecommerce.purchase_revenue_in_usd"),
     ]
+    days = max_days_from_file_date
     checks = [
         _problem("blank", "(line)", "empty line"),
+        _problem(f"length(line) > {MAX_EVENT_CHARS}", "(line)",
+                 f"longer than {MAX_EVENT_CHARS // 2**20} M characters: not one event"),
         _problem("NOT blank AND NOT is_json", "(line)", "not valid JSON"),
         _problem("is_json AND top_type <> 'OBJECT'", "(line)", "not a JSON object"),
         _problem(f"{r} IS NOT NULL AND {r}.event_date IS NULL", "event_date", "missing"),
@@ -112,6 +128,8 @@ def _validation_sql() -> str:
             f"OR try_strptime({r}.event_date, '%Y%m%d') IS NULL)",
             "event_date", "not a YYYYMMDD date",
         ),
+        _problem(f"abs(date_diff('day', file_date, try_strptime({r}.event_date, '%Y%m%d')::DATE)) > {days}",
+                 "event_date", f"more than {days} day(s) from the date in its file's name"),
         _problem(f"{r} IS NOT NULL AND {r}.event_timestamp IS NULL", "event_timestamp", "missing"),
         _problem(
             f"{r}.event_timestamp IS NOT NULL AND TRY_CAST({r}.event_timestamp AS BIGINT) IS NULL",
@@ -152,13 +170,18 @@ def _param(key: str, slot: str = "string_value") -> str:
     return f"list_extract(list_filter(r.event_params, lambda p: p.key = '{key}'), 1).value.{slot}"
 
 
-def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs) -> StagedExport:
-    """The ingest stage: every line of the export, validated, in table `staged`."""
-    return stage_export(con, inputs.export)
+def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings, context: RunContext
+        ) -> StagedExport:
+    """The ingest stage: every line of the export, validated, in table `staged`; every file, with its
+    row count, in table `files`."""
+    return stage_export(con, inputs.export, max_days_from_file_date=settings.ingest.max_days_from_file_date,
+                        lineage_id=context.lineage_id)
 
 
-def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, table: str = Table.STAGED) -> StagedExport:
-    """Read and validate every row of the export at `source` into temp table `table`."""
+def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, table: str = Table.STAGED,
+                 max_days_from_file_date: int = 1, lineage_id: str | None = None) -> StagedExport:
+    """Read and validate every row of the export at `source` into temp table `table`, and list the
+    files in table `files`. A file DuckDB cannot read at all is an IngestError naming it."""
     files = discover_exports(source)
     union = "\nUNION ALL\n".join(_lines_sql(f) for f in files)
     structure = literal(json.dumps(GA4_JSON_STRUCTURE))
@@ -180,9 +203,9 @@ def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, table: str = T
         CASE WHEN top_type = 'OBJECT' THEN json_type(line, ['$.event_params']) END AS types
       FROM parsed
     ),
-    checked AS (SELECT *, {_validation_sql()} AS problems FROM typed)
+    checked AS (SELECT *, {_validation_sql(max_days_from_file_date)} AS problems FROM typed)
     SELECT
-      source_file, source_line, intraday,
+      source_file, source_line, file_date, intraday,
       problems,
       len(problems) = 0 AS valid,
       -- the raw line stays only for fingerprinting quarantined rows; it never leaves this connection
@@ -230,6 +253,52 @@ def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, table: str = T
     try:
         con.execute(sql)
     except duckdb.Error as exc:
-        raise IngestError(f"could not read the export at {source}: {exc}") from exc
-    rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-    return StagedExport(table=table, files=files, input_rows=int(rows))
+        raise _unreadable(con, files, exc) from exc
+    return StagedExport(table=table, files=files, input_rows=_file_table(con, files, table, lineage_id),
+                        warnings=_warnings(con, table, max_days_from_file_date))
+
+
+def _unreadable(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], exc: duckdb.Error) -> IngestError:
+    """Name the file (and line) DuckDB could not read, and why, without quoting its content (DuckDB's
+    message carries the offending line)."""
+    for file in files:
+        try:
+            con.execute(f"SELECT count(*) FROM ({_lines_sql(file)})").fetchall()
+        except duckdb.Error as file_exc:
+            text = str(file_exc)
+            line = re.search(r"on Line: (\d+)", text)
+            where = f"{file.name}: line {line.group(1)}" if line else file.name
+            for marker, why in (("unicode", "not UTF-8 text (a binary or mis-encoded file?)"),
+                                ("line size", f"a line longer than {MAX_LINE_BYTES // 2**20} MB"),
+                                ("gzip", "not a complete gzip file"), ("GZIP", "not a complete gzip file"),
+                                ("arquet", "not a readable Parquet file")):
+                if marker in text:
+                    return IngestError(f"{where}: {why}; move it out of the export folder or fix it")
+            return IngestError(f"{where}: cannot be read as a GA4 {file.format} export ({type(file_exc).__name__})")
+    return IngestError(f"the export could not be read ({type(exc).__name__})")
+
+
+def _file_table(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], staged: str,
+                lineage_id: str | None) -> int:
+    """Table `files`: every export file (empty ones too) with its format, date and rows; returns the rows."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {Table.FILES} (lineage_id VARCHAR, source_file VARCHAR, "
+                "file_date DATE, format VARCHAR, intraday BOOLEAN, input_rows BIGINT)")
+    con.executemany(f"INSERT INTO {Table.FILES} VALUES (?, ?, ?, ?, ?, 0)",
+                    [(lineage_id, f.name, f.file_date, f.format, f.intraday) for f in files])
+    con.execute(f"""UPDATE {Table.FILES} f SET input_rows = c.n
+        FROM (SELECT source_file, count(*) AS n FROM {staged} GROUP BY source_file) c
+        WHERE c.source_file = f.source_file""")
+    return int(con.execute(f"SELECT coalesce(sum(input_rows), 0) FROM {Table.FILES}").fetchall()[0][0])
+
+
+def _warnings(con: duckdb.DuckDBPyConnection, staged: str, max_days: int) -> tuple[str, ...]:
+    """Files and rows a person should know about: empty files, rows dated far from their file."""
+    empty = [r[0] for r in con.execute(
+        f"SELECT source_file FROM {Table.FILES} WHERE input_rows = 0 ORDER BY source_file").fetchall()]
+    far = con.execute(
+        f"""SELECT source_file, count(*) FROM {staged}
+        WHERE list_contains(list_transform(problems, lambda p: starts_with(p, 'event_date: more than')), true)
+        GROUP BY source_file ORDER BY source_file""").fetchall()
+    return (*(f"{name} is empty: its day has no events (spend for that day still counts)" for name in empty),
+            *(f"{n:,} row(s) of {name} are dated more than {max_days} day(s) from the date in its name: quarantined"
+              for name, n in far))

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from flashcast.config import Settings
 from flashcast.errors import PayloadInvalid, describe_validation_error
 from flashcast.lineage import LogHead
 from flashcast.records import (
@@ -155,7 +156,8 @@ class Payload(_Model):
 
 
 def run(*, guard: GuardReport, kpis: KpiSummary, segments: Segmentation, creatives: CreativeLibrary,
-        forecast: ForecastPlan, allocate: AllocationPlan, context: RunContext, head: LogHead) -> Payload | Skipped:
+        forecast: ForecastPlan, allocate: AllocationPlan, context: RunContext, head: LogHead,
+        settings: Settings) -> Payload | Skipped:
     """The payload stage: assemble the document for the day after the last complete day's morning,
     anchored to the lineage head it was built on, and validate it (red creatives are left out).
     Without an allocation there is nothing to push: skipped, saying why."""
@@ -175,7 +177,7 @@ def run(*, guard: GuardReport, kpis: KpiSummary, segments: Segmentation, creativ
         "forecast": {"series_id": f.series_id, "engine": f.engine, "horizon_days": len(f.dates),
                      "total_point": round(sum(float(x) for x in f.point), 2), "days": days},
         "allocations": {
-            "method": allocation.method, "budget": allocation.budget,
+            "method": allocation.method, "currency": settings.currency, "budget": allocation.budget,
             "expected_conversions": allocation.expected_conversions,
             "gain_vs_inverse_cpa": allocation.gain_vs_inverse_cpa,
             "channels": [{"channel": r.channel, "spend": r.spend, "share": r.share,
