@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -224,3 +226,48 @@ def test_the_horizon_total_has_its_own_calibrated_band_narrower_than_summed_dail
         ratios.append((hi - lo) / float(np.sum(f.bands[80].upper - f.bands[80].lower)))
     assert 0.65 <= np.mean(hits) <= 0.95
     assert np.mean(ratios) < 0.6  # daily errors partly cancel over 14 days: summing bounds overstates the range
+
+
+_MANY_SLOW_SERIES = """
+import numpy as np, pandas as pd, sys
+from flashcast.forecasting.forecast import forecast_many
+frames = [pd.DataFrame({"ds": pd.date_range("2024-01-01", periods=400), "y": np.random.default_rng(s).gamma(5, 20, 400),
+                        "series_id": f"s{s}"}) for s in range(400)]
+print("started", flush=True)
+forecast_many(pd.concat(frames), engines=["ets"], workers=2)
+"""
+
+
+def _children(pid: int) -> set[int]:
+    from pathlib import Path
+
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_forecast_workers_die_with_a_killed_parent() -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", _MANY_SLOW_SERIES], stdout=subprocess.PIPE)
+    assert parent.stdout is not None and parent.stdout.readline().strip() == b"started"
+    deadline = time.monotonic() + 60
+    while len(workers := _children(parent.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(workers) >= 2, "the pool started its workers"
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    parent.stdout.close()
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{w}") for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [w for w in workers if os.path.exists(f"/proc/{w}")], "no orphaned worker waits on a dead parent"

@@ -156,7 +156,7 @@ def test_a_failing_stage_is_named_and_recorded(tmp_path: Path, pii_key: PiiKey) 
     ops = OpsStore(settings.store.ops_database_url)
     kinds = [e["kind"] for e in LineageLog(ops).entries()]
     assert kinds[-1] == "run_failed"
-    events = [json.loads(x) for x in (tmp_path / "out" / "openlineage.jsonl").read_text().splitlines()]
+    events = [json.loads(x) for x in (tmp_path / "out.failed" / "openlineage.jsonl").read_text().splitlines()]
     assert events[-1]["eventType"] == "FAIL"
 
 
@@ -216,3 +216,66 @@ def test_every_forecast_row_of_a_run_is_nested_non_negative_and_holds_its_point(
         for inner, outer in itertools.pairwise(chain):
             assert (f[inner] <= f[outer] + 1e-9).all(), (name, inner, outer)
         assert (f["lo_95"] >= 0).all(), name
+
+
+_KILL_DURING_OUTPUTS = """
+import os, signal, sys
+from flashcast import outputs
+real = outputs.write_frame
+def write_then_die(frame, path):
+    real(frame, path)
+    os.kill(os.getpid(), signal.SIGKILL)  # mid-way through writing the outputs
+outputs.write_frame = write_then_die
+from flashcast.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_while_writing_outputs_leaves_the_last_finished_run_and_marks_the_run_abandoned(
+        finished_run: FinishedRun, tmp_path: Path) -> None:
+    run = finished_run.copy_to(tmp_path)
+    before = {p.name: p.read_bytes() for p in run.out.iterdir()}
+    env = {**os.environ, "FLASHCAST_PII_KEY": TEST_KEY}
+    killed = subprocess.run([sys.executable, "-c", _KILL_DURING_OUTPUTS, "run", "--export",
+                             str(run.sim.export_dirs["ndjson"]), "--spend", str(run.sim.spend_file), "--out",
+                             str(run.out), "-c", str(run.config)], env=env, capture_output=True, timeout=300)
+    assert killed.returncode == -9
+    assert {p.name: p.read_bytes() for p in run.out.iterdir()} == before, "out/ is still exactly the last run"
+    assert list(tmp_path.glob(".out.*.partial")), "the killed run's half-written folder is beside it"
+    listing = CliRunner().invoke(app, ["runs", "-c", str(run.config)])
+    assert listing.exit_code == 0 and "abandoned" in listing.output
+    ops = OpsStore(run.settings.store.ops_database_url)
+    with ops.engine.connect() as conn:
+        statuses = sorted(conn.execute(sa.select(ops.runs.c.status)).scalars())
+    assert statuses == ["abandoned", "completed"]
+
+
+def test_a_failure_while_writing_outputs_keeps_the_last_run_and_flags_it(
+        finished_run: FinishedRun, tmp_path: Path, pii_key: PiiKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flashcast import outputs
+
+    run = finished_run.copy_to(tmp_path)
+    before = {p.name: p.read_bytes() for p in run.out.iterdir()}
+    real = outputs.write_frame
+
+    def fail_on_forecast(frame: object, path: Path) -> Path:
+        if path.name == "forecast.csv":
+            raise OSError(28, "No space left on device", str(path))
+        return real(frame, path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(outputs, "write_frame", fail_on_forecast)
+    with pytest.raises(StageError, match="stage outputs: OSError") as info:
+        run_pipeline(run.settings, RunInputs(run.sim.export_dirs["ndjson"], run.sim.spend_file), run.out,
+                     key=pii_key)
+    assert str(tmp_path / "out.failed") in str(info.value)
+    after = {p.name: p.read_bytes() for p in run.out.iterdir()}
+    notice = after.pop("LAST_RUN_FAILED.md").decode()
+    assert after == before and "failed" in notice and "outputs" in notice
+    assert (tmp_path / "out.failed" / "FAILED.md").exists()
+    assert not list(tmp_path.glob(".out.*")), "nothing half-written is left behind"
+    # The next successful run replaces the folder whole: the notice and the failed copy go.
+    monkeypatch.setattr(outputs, "write_frame", real)
+    run_pipeline(run.settings, RunInputs(run.sim.export_dirs["ndjson"], run.sim.spend_file), run.out, key=pii_key)
+    assert not (run.out / "LAST_RUN_FAILED.md").exists() and not (tmp_path / "out.failed").exists()
+    assert json.loads((run.out / "run_summary.json").read_text())["lineage_id"] != finished_run.summary["lineage_id"]

@@ -1,12 +1,14 @@
 """The `flashcast` command: thin adapters over `flashcast.pipeline` and friends.
 
-Every command loads Settings, calls one library function and prints. A FlashcastError becomes
-exit code 1 with `ClassName: message`.
+Every command loads Settings, calls one library function and prints. Every failure is one line on
+stderr: a FlashcastError or an OS error exits 1 with `ClassName: message`; anything else is a bug,
+exit 2 with its type and FLASHCAST_DEBUG=1 to see the traceback. Nothing printed is read as markup.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,27 +25,51 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flashcast.config import Settings, load_settings
-from flashcast.errors import ConfigError, FlashcastError, describe_validation_error
+from flashcast.errors import ConfigError, FlashcastError, LineageError, describe_validation_error
 from flashcast.keys import load_pii_key
+from flashcast.llm.tasks import check_provider
 from flashcast.pipeline import RunResult, run_pipeline
+from flashcast.privacy import redact_message
 from flashcast.records import RunInputs
 from flashcast.report import attention_items, format_money
 
 app = typer.Typer(help="Flashcast: governed forecast & optimize for marketing teams.", no_args_is_help=True,
+                  rich_markup_mode=None,
                   pretty_exceptions_enable=False)
 lineage_app = typer.Typer(help="Inspect and verify the tamper-evident lineage log.", no_args_is_help=True)
 privacy_app = typer.Typer(help="Privacy checks.", no_args_is_help=True)
 app.add_typer(lineage_app, name="lineage")
 app.add_typer(privacy_app, name="privacy")
 console = Console()
+err_console = Console(stderr=True)
+_top_config: list[Path | None] = [None]  # `flashcast -c FILE <command>`: the command's default config
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="flashcast.toml to use.")]
 LlmOption = Annotated[str | None, typer.Option(
     "--llm", help="LLM for segment labels and copy: offline, openai:MODEL or anthropic:MODEL (overrides [llm]).")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from flashcast import __version__
+
+        console.print(f"flashcast {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _top(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Flashcast: governed forecast & optimize for marketing teams. -c/--config here applies to the
+    command that follows (a command's own -c wins)."""
+    _top_config[0] = config
+
+
 def _settings(config: Path | None, llm: str | None = None) -> Settings:
-    settings = load_settings(config)
+    settings = load_settings(config or _top_config[0])
     if llm:
         provider, _, model = llm.partition(":")
         data = settings.model_dump()
@@ -55,13 +81,33 @@ def _settings(config: Path | None, llm: str | None = None) -> Settings:
     return settings
 
 
+def _fail(kind: str, message: str, code: int) -> typer.Exit:
+    err_console.print(f"[red]{escape(kind)}[/red]: {escape(redact_message(message))}", highlight=False,
+                      soft_wrap=True)
+    return typer.Exit(code)
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
     try:
         yield
     except FlashcastError as exc:
-        console.print(f"[red]{type(exc).__name__}[/red]: {exc}", highlight=False)
-        raise typer.Exit(1) from exc
+        raise _fail(type(exc).__name__, str(exc), 1) from exc
+    except OSError as exc:
+        raise _fail(type(exc).__name__, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 1) from exc
+    except KeyboardInterrupt as exc:
+        raise _fail("Interrupted", "stopped; the output folder still holds the last finished run", 130) from exc
+    except Exception as exc:
+        if os.environ.get("FLASHCAST_DEBUG"):
+            raise
+        raise _fail("InternalError", f"{type(exc).__name__}: {str(exc)[:300]} (a bug in Flashcast; "
+                    "FLASHCAST_DEBUG=1 shows the traceback)", 2) from exc
+
+
+def _output_folder(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder (it is created if missing)")
+    return out
 
 
 @app.command()
@@ -111,9 +157,10 @@ def run(
     """
     with _errors():
         settings = _settings(config, llm)
+        check_provider(settings.llm)
         key = load_pii_key(settings.policy, settings.pii_key_file)
-        result = _run_with_progress(lambda progress: run_pipeline(
-            settings, RunInputs(export, spend), out, key=key, progress=progress))
+        result = _run_with_progress(RunInputs(export, spend), lambda inputs, progress: run_pipeline(
+            settings, inputs, _output_folder(out), key=key, progress=progress))
     _print_summary(result, settings.currency)
 
 
@@ -127,40 +174,47 @@ def demo(
     config: ConfigOption = None,
 ) -> None:
     """Simulate a GA4 export, then run the whole pipeline on it (what `make demo` does)."""
-    from flashcast.simulate import SimulationSpec
-    from flashcast.simulate import simulate as run_simulation
+    from flashcast.simulate import SimulationSpec, simulate_once
 
     with _errors():
         settings = _settings(config)
+        out = _output_folder(out)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             key = load_pii_key(settings.policy, settings.pii_key_file, create_if_missing=True)
         for warning in caught:
-            console.print(f"[yellow]warning[/yellow]: {warning.message}")
+            console.print(f"[yellow]warning[/yellow]: {escape(str(warning.message))}", highlight=False)
         sim_dir = settings.store.home / "demo-export"
-        with console.status("simulating GA4 export..."):
-            sim = run_simulation(
-                SimulationSpec(days=days, users=users, seed=seed, end_date=date.today(), formats=("ndjson",),
-                               sessions_per_day=sessions_per_day,
-                               timezone=settings.property_timezone if settings.property_timezone != "UTC"
-                               else "America/New_York"),
-                sim_dir,
-            )
-        console.print(f"simulated {sim.rows_by_format['ndjson']:,} GA4 events over {days} days into {sim_dir}")
-        result = _run_with_progress(lambda progress: run_pipeline(
-            settings, RunInputs(sim.export_dirs["ndjson"], sim.spend_file), out, key=key, progress=progress))
+        spec = SimulationSpec(days=days, users=users, seed=seed, end_date=date.today(), formats=("ndjson",),
+                              sessions_per_day=sessions_per_day,
+                              timezone=settings.property_timezone if settings.property_timezone != "UTC"
+                              else "America/New_York")
+        with console.status("simulating GA4 export...") as status:
+            sim, reused = simulate_once(spec, sim_dir, progress=lambda message: status.update(escape(message)))
+        console.print(f"{'reused the' if reused else 'simulated'} {sim.rows_by_format['ndjson']:,} GA4 events over "
+                      f"{days} days in {escape(str(sim_dir))}", highlight=False)
+        result = _run_with_progress(RunInputs(sim.export_dirs["ndjson"], sim.spend_file),
+                                    lambda inputs, progress: run_pipeline(settings, inputs, out, key=key,
+                                                                          progress=progress))
     _print_summary(result, settings.currency)
 
 
-def _run_with_progress(call: Callable[[Callable[[str], None]], RunResult]) -> RunResult:
+def _run_with_progress(inputs: RunInputs, call: Callable[[RunInputs, Callable[[str], None]], RunResult]
+                       ) -> RunResult:
+    """Run with a live line: the files about to be read, then each stage and what the last one did."""
+    from flashcast.stages.ingest import discover_exports
+
+    found = discover_exports(inputs.export)
+    size = sum(f.path.stat().st_size for f in found)
+    console.print(f"reading {len(found):,} export file(s), {size / 2**20:,.1f} MB", highlight=False)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   transient=True) as bar:
         task = bar.add_task("starting", total=None)
 
-        def progress(stage: str) -> None:
-            bar.update(task, description=f"stage: {stage}")
+        def progress(message: str) -> None:
+            bar.update(task, description=escape(message))
 
-        return call(progress)
+        return call(inputs, progress)
 
 
 def _print_summary(result: RunResult, currency: str) -> None:
@@ -266,6 +320,37 @@ def forecast(
         raise typer.Exit(1)
 
 
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option(help="How many of the latest runs.")] = 20,
+    config: ConfigOption = None,
+) -> None:
+    """List the latest runs and their state (running, completed, partial, failed, abandoned).
+
+    A run left 'running' by a process that is gone (killed, crashed) is marked 'abandoned' here.
+    Example: flashcast runs --limit 5
+    """
+    import sqlalchemy as sa
+
+    from flashcast.store import OpsStore
+
+    with _errors():
+        ops = OpsStore(_settings(config).store.ops_database_url)
+        ops.mark_abandoned()
+        r = ops.runs
+        with ops.engine.connect() as conn:
+            rows = conn.execute(sa.select(r.c.lineage_id, r.c.status, r.c.started_at, r.c.finished_at, r.c.error)
+                                .order_by(r.c.started_at.desc()).limit(limit)).all()
+        ops.dispose()
+    table = Table(title=f"Latest {len(rows)} run(s)")
+    for column in ("run", "status", "started", "finished", "error"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.lineage_id, row.status, row.started_at[:19], (row.finished_at or "")[:19],
+                      escape((row.error or "")[:80]))
+    console.print(table)
+
+
 @lineage_app.command("verify")
 def lineage_verify(
     head: Annotated[list[Path] | None, typer.Option(help="Head file(s) written by runs (out/lineage_head.json).")]
@@ -296,7 +381,10 @@ def lineage_show(
 
     with _errors():
         ops = OpsStore(_settings(config).store.ops_database_url)
-        for entry in LineageLog(ops).entries(lineage_id):
+        entries = LineageLog(ops).entries(lineage_id)
+        if not entries:
+            raise LineageError(f"no lineage entries for run {lineage_id}" if lineage_id else "the lineage log is empty")
+        for entry in entries:
             sys.stdout.write(json.dumps(entry, sort_keys=True) + "\n")
 
 

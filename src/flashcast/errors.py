@@ -124,12 +124,18 @@ class ProviderFailed(ProviderError):
 
 
 class StageError(FlashcastError):
-    """A pipeline stage failed; the message starts with the stage name."""
+    """A pipeline stage failed; the message starts with the stage name. `where` is the folder holding
+    the failed run's files, once it is known."""
 
-    def __init__(self, stage: str, cause: BaseException) -> None:
+    def __init__(self, stage: str, cause: BaseException, *, where: Any = None) -> None:
         super().__init__(f"stage {stage}: {type(cause).__name__}: {cause}")
         self.stage = stage
         self.cause = cause
+        self.where = where
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} (the failed run's files: {self.where})" if self.where else text
 
 
 def describe_validation_error(exc: Any, *, limit: int = 10) -> str:

@@ -28,7 +28,7 @@ from flashcast.config import LineageConfig
 from flashcast.errors import LineageError, LineageTampered
 from flashcast.privacy import redact_message
 from flashcast.records import RunContext
-from flashcast.store import OpsStore
+from flashcast.store import OpsStore, this_process
 
 GENESIS_HASH = "0" * 64
 PRODUCER = "https://github.com/flashcast/flashcast"
@@ -159,8 +159,17 @@ def run_anchors(store: OpsStore) -> list[LogHead]:
 
 
 def read_head_file(path: Path) -> LogHead:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return LogHead(int(data["seq"]), str(data["entry_hash"]))
+    """An anchor written by a run (out/lineage_head.json); LineageError naming the file if unusable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        head = LogHead(int(data["seq"]), str(data["entry_hash"]))
+    except FileNotFoundError as exc:
+        raise LineageError(f"{path}: no such head file") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise LineageError(f"{path}: not a lineage head file (JSON with seq and entry_hash)") from exc
+    if head.seq < 0 or len(head.entry_hash) != 64:
+        raise LineageError(f"{path}: not a lineage head file (seq or entry_hash out of shape)")
+    return head
 
 
 @dataclass(frozen=True)
@@ -257,15 +266,19 @@ class RunRecorder:
         with self.ops.transaction() as conn:
             conn.execute(self.ops.runs.insert().values(
                 lineage_id=run.lineage_id, job=self.job, status="running", started_at=run.processed_at.isoformat(),
-                config_digest=self.digest, key_id=run.key_id))
+                config_digest=self.digest, key_id=run.key_id, heartbeat_at=utc_now(), **this_process()))
         self._append("run_started", {"job": self.job, "processed_at": run.processed_at.isoformat(),
                                      "config_digest": self.digest, "key_id": run.key_id,
                                      "inputs": [r.name for r in self.inputs]})
         self.emitter.emit("START", run_id=run.lineage_id, job=job_name(self.job), inputs=self.inputs)
 
     def before_stage(self, stage: str, reads: Mapping[str, int]) -> None:
-        """The tables the stage is about to read, with their row counts."""
+        """The tables the stage is about to read, with their row counts; the run shows it is alive."""
         self._append("stage_started", {"stage": stage, "reads": dict(reads)})
+        runs = self.ops.runs
+        with self.ops.transaction() as conn:
+            conn.execute(runs.update().where(runs.c.lineage_id == self.context.lineage_id)
+                         .values(heartbeat_at=utc_now()))
 
     def after_stage(self, stage: str, record: Any, writes: Mapping[str, int], seconds: float) -> None:
         """What the stage produced (its record's `lineage()`), the tables it wrote and how long it took."""

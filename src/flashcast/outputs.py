@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pandas as pd
 
 from flashcast.budget.charts import plot_curves, plot_whatif
 from flashcast.config import Settings
+from flashcast.errors import ConfigError
 from flashcast.forecasting.charts import plot_fan_chart
 from flashcast.records import (
     AllocationPlan,
@@ -168,3 +170,75 @@ def write_outputs(values: Mapping[str, Any]) -> dict[str, Path]:
     for writer in WRITERS:
         files |= call(writer, values)
     return files | call(report_file, {**values, "files": files})
+
+
+# ------------------------------------------------------------------ one finished run per folder
+
+def staging_folder(out_dir: Path, lineage_id: str) -> Path:
+    """A fresh sibling of `out_dir` the run writes into; swapped in whole when the run finishes, so
+    `out_dir` always holds exactly one finished run. Partial folders of runs that are no longer
+    running (killed) are removed first."""
+    out_dir = out_dir.resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} is a file, not an output folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.{lineage_id}.partial"
+    staging.mkdir()
+    return staging
+
+
+def remove_stale_staging(out_dir: Path, running: set[str]) -> None:
+    """Delete partial folders next to `out_dir` left by runs that are not running any more."""
+    out_dir = out_dir.resolve()
+    for partial in out_dir.parent.glob(f".{out_dir.name}.*.partial"):
+        if partial.name.removeprefix(f".{out_dir.name}.").removesuffix(".partial") not in running:
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def publish(staging: Path, out_dir: Path) -> None:
+    """Put `staging` in the place of `out_dir` in one step (the previous run's folder and any failure
+    notice go with it), atomically where the system allows."""
+    out_dir = out_dir.resolve()
+    if out_dir.exists() and _exchange(staging, out_dir):
+        shutil.rmtree(staging)  # now the previous run's folder
+    else:
+        old = out_dir.parent / f".{out_dir.name}.{staging.name}.old"
+        if out_dir.exists():
+            out_dir.rename(old)
+        staging.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(failed_folder(out_dir), ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import sys
+
+    if sys.platform != "linux":
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return int(renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange)) == 0
+
+
+def failed_folder(out_dir: Path) -> Path:
+    return out_dir.resolve().parent / f"{out_dir.resolve().name}.failed"
+
+
+def keep_failed(staging: Path, out_dir: Path, *, lineage_id: str, step: str, message: str) -> Path:
+    """After a failure: the failed run's files (its OpenLineage events, whatever it wrote) move to
+    `<out>.failed/` with FAILED.md, and `<out>/LAST_RUN_FAILED.md` flags the finished run still there."""
+    target = failed_folder(out_dir)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    note = (f"# Run {lineage_id} failed\n\nAt step `{step}`: {message}\n\n"
+            "Nothing of this run was published; the output folder still holds the last finished run.\n")
+    (target / "FAILED.md").write_text(note, encoding="utf-8")
+    if out_dir.is_dir():
+        (out_dir / "LAST_RUN_FAILED.md").write_text(
+            note + f"\nThe failed run's files: {target}\n", encoding="utf-8")
+    return target

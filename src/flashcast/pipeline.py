@@ -30,7 +30,8 @@ from flashcast.keys import PiiKey
 from flashcast.lineage import DatasetRef, LogHead, OpenLineageEmitter, RunRecorder, new_lineage_id
 from flashcast.llm.base import Provider
 from flashcast.llm.tasks import build_client
-from flashcast.outputs import write_outputs
+from flashcast.outputs import keep_failed, publish, remove_stale_staging, staging_folder, write_outputs
+from flashcast.privacy import redact_message
 from flashcast.records import (
     AllocationPlan,
     CreativeLibrary,
@@ -114,7 +115,8 @@ class ProgressHook:
     progress: Progress
 
     def before_stage(self, stage: str, reads: Mapping[str, int]) -> None:
-        self.progress(stage)
+        rows = ", ".join(f"{n:,} {table} rows" for table, n in reads.items() if table != Table.FILES)
+        self.progress(f"{stage}: {rows}" if rows else stage)
 
     def after_stage(self, stage: str, record: Any, writes: Mapping[str, int], seconds: float) -> None:
         pass
@@ -179,12 +181,19 @@ def run_pipeline(
     llm_provider: Provider | None = None,
 ) -> RunResult:
     """Every stage on `inputs`, stamped with one lineage_id; outputs in `out_dir`, guarded tables in the
-    warehouse, the run and its lineage in the ops store. `llm_provider` overrides the configured one."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    warehouse, the run and its lineage in the ops store. `llm_provider` overrides the configured one.
+
+    The outputs are written to a staging folder next to `out_dir` and swapped in whole at the end, so
+    `out_dir` always holds exactly one finished run; a failed run's files go to `<out_dir>.failed/`
+    and `out_dir` gets a LAST_RUN_FAILED.md note. Runs left 'running' by a killed process are marked
+    'abandoned' first."""
     ops = OpsStore(settings.store.ops_database_url)
+    ops.mark_abandoned()
+    remove_stale_staging(out_dir, ops.running())
     context = RunContext(new_lineage_id(), datetime.now(UTC), key.key_id)
+    staging = staging_folder(out_dir, context.lineage_id)
     recorder = RunRecorder(ops, context, job=JOB, config_digest=settings.digest(),
-                           emitter=OpenLineageEmitter(settings.lineage, out_dir))
+                           emitter=OpenLineageEmitter(settings.lineage, staging))
     hooks: list[StageHook] = [recorder, ProgressHook(progress or (lambda _stage: None))]
     recorder.started(_input_refs(inputs))
     con = transform_connection()
@@ -193,7 +202,7 @@ def run_pipeline(
         llm = build_client(settings.llm, settings.store.home / "llm_cache.sqlite", record=recorder.llm_call,
                            provider=llm_provider)
         values: dict[str, Any] = {"con": con, "settings": settings, "inputs": inputs, "context": context,
-                                  "key": key, "llm": llm, "out_dir": out_dir}
+                                  "key": key, "llm": llm, "out_dir": staging}
         for stage in STAGES:
             step = stage.name
             values[stage.name] = _run_stage(stage, values, hooks, head=recorder.log.head)
@@ -202,17 +211,24 @@ def run_pipeline(
         step = "persist"
         append_to_warehouse(con, settings.store.warehouse_path, KEPT_TABLES, timeout_s=settings.store.lock_timeout_s)
         ops.record_reconciliation(context.lineage_id, values["guard"].days)
-        head = _complete(recorder, values, outputs, settings)
+        step = "publish"
+        head = _complete(recorder, values, outputs, settings, out_dir)
+        publish(staging, out_dir)
     except BaseException as exc:
         recorder.failed(step, exc)
+        failed = keep_failed(staging, out_dir, lineage_id=context.lineage_id, step=step,
+                             message=redact_message(f"{type(exc).__name__}: {exc}")[:2000])
         if isinstance(exc, FlashcastError | duckdb.Error | OSError) and not isinstance(exc, StageError):
-            raise StageError(step, exc) from exc
+            raise StageError(step, exc, where=failed) from exc
+        if isinstance(exc, StageError):
+            exc.where = failed
         raise
     finally:
         con.close()
         ops.dispose()
     records = {stage.name: values[stage.name] for stage in STAGES}
-    return RunResult(context.lineage_id, out_dir, records, head, outputs)
+    final = {name: out_dir / path.relative_to(staging) for name, path in outputs.items()}
+    return RunResult(context.lineage_id, out_dir, records, head, final)
 
 
 def _run_stage(stage: Stage, values: dict[str, Any], hooks: list[StageHook], *,
@@ -258,14 +274,15 @@ def _input_refs(inputs: RunInputs) -> list[DatasetRef]:
     return refs
 
 
-def _complete(recorder: RunRecorder, values: dict[str, Any], outputs: dict[str, Path], settings: Settings) -> LogHead:
+def _complete(recorder: RunRecorder, values: dict[str, Any], outputs: dict[str, Path], settings: Settings,
+              final_out: Path) -> LogHead:
     """run_completed, then the head file (an anchor kept outside the log) and the OpenLineage event file."""
     out_dir: Path = values["out_dir"]
     kpi_summary: KpiSummary = values["kpis"]
     warehouse = settings.store.warehouse_path.resolve()
     head = recorder.completed(
         outputs, totals=values["guard"].totals, problems=_problems(values),
-        summary={"out_dir": str(out_dir.resolve()), "first_day": kpi_summary.first_day.isoformat(),
+        summary={"out_dir": str(final_out.resolve()), "first_day": kpi_summary.first_day.isoformat(),
                  "last_day": kpi_summary.last_day.isoformat()},
         datasets=[DatasetRef(f"duckdb://{warehouse}", t) for t in KEPT_TABLES])
     head_file = out_dir / "lineage_head.json"

@@ -12,9 +12,12 @@
 from __future__ import annotations
 
 import fcntl
+import os
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +117,11 @@ class OpsStore:
             sa.Column("key_id", sa.String(32)),
             sa.Column("summary", sa.JSON),
             sa.Column("error", sa.Text),
+            # Who runs it and when it last showed life: a run whose process is gone is 'abandoned'.
+            sa.Column("host", sa.String(255)),
+            sa.Column("pid", sa.Integer),
+            sa.Column("process_start", sa.String(32)),
+            sa.Column("heartbeat_at", sa.String(32)),
         )
         self.reconciliation = sa.Table(
             "reconciliation", self.metadata,
@@ -135,6 +143,7 @@ class OpsStore:
         # cannot both decide a table is missing.
         with self.engine.begin() as conn:
             self.metadata.create_all(conn)
+            _add_missing_columns(conn, self.metadata)
 
     @contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
@@ -157,6 +166,63 @@ class OpsStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    def mark_abandoned(self, *, lease_s: float = 6 * 3600) -> list[str]:
+        """Runs still 'running' whose process is gone (same host: pid and start time no longer match;
+        other hosts: no heartbeat for `lease_s`) become 'abandoned'. Returns their lineage ids."""
+        now = datetime.now(UTC)
+        runs = self.runs
+        with self.transaction() as conn:
+            rows = conn.execute(sa.select(runs.c.lineage_id, runs.c.host, runs.c.pid, runs.c.process_start,
+                                          runs.c.heartbeat_at, runs.c.started_at)
+                                .where(runs.c.status == "running")).all()
+            gone = [r.lineage_id for r in rows if not _alive(r, now, lease_s)]
+            if gone:
+                conn.execute(runs.update().where(runs.c.lineage_id.in_(gone)).values(
+                    status="abandoned", finished_at=now.isoformat(),
+                    error="the run's process ended without finishing (killed or crashed)"))
+        return gone
+
+    def running(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(self.runs.c.lineage_id).where(self.runs.c.status == "running"))
+                       .scalars())
+
+
+def this_process() -> dict[str, Any]:
+    """Host, pid and the process's start time (so a reused pid is not mistaken for the run)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_start(os.getpid())}
+
+
+def _process_start(pid: int) -> str | None:
+    try:  # Linux: field 22 of /proc/<pid>/stat, clock ticks since boot (the name may hold spaces)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(row: Any, now: datetime, lease_s: float) -> bool:
+    if row.host == socket.gethostname() and row.pid:
+        try:
+            os.kill(int(row.pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # someone else's live process
+        return row.process_start is None or _process_start(int(row.pid)) == row.process_start
+    seen = row.heartbeat_at or row.started_at
+    return (now - datetime.fromisoformat(seen)).total_seconds() < lease_s
+
+
+def _add_missing_columns(conn: sa.Connection, metadata: sa.MetaData) -> None:
+    """Ops stores made by an older version get the columns a newer one added (NULL for old rows)."""
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        existing = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in existing:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def _make_engine(url: str) -> Engine:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -218,6 +219,21 @@ def _forecast_one(task: _Task) -> Forecast | str:
         return str(exc)  # one bad series does not sink the others; the caller reports it
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker ends when the process that started it ends, even by kill -9 (which runs no cleanup):
+    otherwise it waits on its task pipe, holding its memory, with nobody to answer."""
+    import signal
+    import sys
+
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
 def forecast_each(
     frame: pd.DataFrame, *, id_col: str = "series_id", engines: Sequence[str] | None = None,
     spec: BacktestSpec | None = None, nonnegative: bool = True, options: EngineOptions | None = None,
@@ -225,7 +241,6 @@ def forecast_each(
 ) -> tuple[list[Forecast], list[str]]:
     """Backtest, select and forecast every series of a long (series_id, ds, y) frame, in parallel
     across cores. Returns the forecasts and, for series that could not be forecast, the reasons."""
-    import os
     from concurrent.futures import ProcessPoolExecutor
 
     spec = spec or BacktestSpec()
@@ -236,7 +251,7 @@ def forecast_each(
     if workers == 1 or len(tasks) == 1:
         results = [_forecast_one(t) for t in tasks]
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
             results = list(pool.map(_forecast_one, tasks, chunksize=max(1, len(tasks) // (workers * 4))))
     return [r for r in results if isinstance(r, Forecast)], [r for r in results if isinstance(r, str)]
 

@@ -8,13 +8,15 @@ business, not this module's.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from flashcast.config import BrandRules, LLMConfig
-from flashcast.errors import ProviderFailed
+from flashcast.errors import ConfigError, ProviderFailed
 from flashcast.llm.base import Provider
 from flashcast.llm.client import PromptCache, Recorder, StructuredClient
 from flashcast.records import SEGMENTS, SegmentName, SegmentProfile
@@ -39,8 +41,24 @@ class CopyVariants(BaseModel):
     variants: list[CopyVariant] = Field(min_length=2, max_length=2)
 
 
+SDKS = {"openai": ("openai", "OPENAI_API_KEY"), "anthropic": ("anthropic", "ANTHROPIC_API_KEY")}
+
+
+def check_provider(config: LLMConfig) -> None:
+    """Refuse, before any data is read, a provider that cannot work here: its SDK (an optional extra)
+    not installed, or no API key (an OpenAI-compatible server at `base_url` may need none)."""
+    if config.provider == "offline":
+        return
+    module, key_env = SDKS[config.provider]
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"LLM provider {config.provider!r} needs its SDK: pip install 'flashcast[{module}]'")
+    if not os.environ.get(key_env) and not (config.provider == "openai" and config.base_url):
+        raise ConfigError(f"LLM provider {config.provider!r} needs an API key: set ${key_env}")
+
+
 def make_provider(config: LLMConfig) -> Provider | None:
     """The configured provider, or None for the offline rules and templates."""
+    check_provider(config)
     from flashcast.llm.providers import AnthropicProvider, OpenAIProvider
 
     if config.provider == "openai":

@@ -14,7 +14,8 @@ import csv
 import json
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -117,8 +118,11 @@ class _Plant:
     transaction_duplicates: Counter[str] = field(default_factory=Counter)
 
 
-def simulate(spec: SimulationSpec, out_dir: Path) -> SimulationResult:
-    """Write `ndjson/` and/or `parquet/` export folders, `spend.csv` and `truth.json` under `out_dir`."""
+def simulate(spec: SimulationSpec, out_dir: Path, *, progress: Callable[[str], None] | None = None
+             ) -> SimulationResult:
+    """Write `ndjson/` and/or `parquet/` export folders, `spend.csv` and `truth.json` under `out_dir`.
+    `progress` hears how far it is (days simulated and events so far, then the files written)."""
+    say = progress or (lambda _message: None)
     rng = np.random.default_rng(spec.seed)
     tz = ZoneInfo(spec.timezone)
     dates = [spec.end_date - timedelta(days=spec.days - 1 - i) for i in range(spec.days)]
@@ -144,6 +148,9 @@ def simulate(spec: SimulationSpec, out_dir: Path) -> SimulationResult:
         rows.sort(key=lambda r: (r["event_timestamp"], r["event_name"]))
         for row in rows:
             rows_by_day.setdefault(row["event_date"], []).append(row)
+        if day_index % 10 == 9 or day_index == len(dates) - 1:
+            say(f"simulated {day_index + 1:,} of {len(dates):,} days, "
+                f"{sum(len(v) for v in rows_by_day.values()):,} events")
     last_key = spec.end_date.strftime("%Y%m%d")
     cutoff = _to_micros(datetime.combine(spec.end_date, datetime.min.time()).replace(hour=14), tz)
     rows_by_day = {k: v for k, v in rows_by_day.items() if k <= last_key}
@@ -155,6 +162,7 @@ def simulate(spec: SimulationSpec, out_dir: Path) -> SimulationResult:
     export_dirs: dict[str, Path] = {}
     rows_by_format: dict[str, int] = {}
     for fmt in spec.formats:
+        say(f"writing {len(rows_by_day):,} {fmt} export files")
         export_dirs[fmt] = out_dir / fmt
         rows_by_format[fmt] = _write_exports(fmt, export_dirs[fmt], rows_by_day, last_key)
     spend_file = out_dir / "spend.csv"
@@ -522,6 +530,8 @@ def _plant_malformed(
 
 def _write_exports(fmt: str, folder: Path, rows_by_day: dict[str, list[dict[str, Any]]], last_key: str) -> int:
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("events_*"):  # an earlier simulation's days must not mix with this one's
+        stale.unlink()
     written = 0
     for key in sorted(rows_by_day):
         stem = f"events_intraday_{key}" if key == last_key else f"events_{key}"
@@ -637,3 +647,22 @@ def _truth(
                         "user_pseudo_ids": sorted(u.pseudo_id for u in users if u.sessions)},
         "user_types": dict(sorted(Counter(u.kind for u in users if u.sessions).items())),
     }
+
+
+def simulate_once(spec: SimulationSpec, out_dir: Path, *, progress: Callable[[str], None] | None = None
+                  ) -> tuple[SimulationResult, bool]:
+    """`simulate`, unless `out_dir` already holds a finished simulation of the same spec: then that
+    one, unchanged (the same arguments give the same files). Returns the result and whether it was
+    reused. `spec.json` is written last, so an interrupted simulation is never reused."""
+    stamp = out_dir / "spec.json"
+    wanted = json.dumps(asdict(spec), sort_keys=True, default=str)
+    truth_file = out_dir / "truth.json"
+    if stamp.exists() and stamp.read_text(encoding="utf-8") == wanted and truth_file.exists():
+        rows = json.loads(truth_file.read_text(encoding="utf-8"))["rows"]
+        dirs = {fmt: out_dir / fmt for fmt in spec.formats}
+        if all(d.is_dir() for d in dirs.values()):
+            return SimulationResult(out_dir, dirs, out_dir / "spend.csv", truth_file, dict(rows)), True
+    stamp.unlink(missing_ok=True)
+    result = simulate(spec, out_dir, progress=progress)
+    stamp.write_text(wanted, encoding="utf-8")
+    return result, False
