@@ -22,6 +22,8 @@ def test_the_example_config_loads_and_matches_the_defaults() -> None:
     assert example.forecast == defaults.forecast
     assert example.segments == defaults.segments
     assert example.llm == defaults.llm
+    assert example.brand == defaults.brand and example.ingest == defaults.ingest
+    assert example.lineage == defaults.lineage and example.currency == defaults.currency
 
 
 @pytest.mark.parametrize(
@@ -69,3 +71,33 @@ def test_guardrail_mistakes_are_refused_when_the_config_is_read(tmp_path: Path, 
     path.write_text(toml)
     with pytest.raises(ConfigError, match=message):
         load_settings(path)
+
+
+def _field_paths(model: type, prefix: str = "") -> set[str]:
+    from pydantic import BaseModel
+
+    paths = set()
+    for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            paths |= _field_paths(kind, f"{prefix}{name}.")
+        else:
+            paths.add(prefix + name)
+    return paths
+
+
+def test_the_annotated_example_names_every_setting() -> None:
+    import re
+
+    section, named = "", set()
+    for line in (ROOT / "flashcast.toml").read_text().splitlines():
+        header = re.match(r"^#?\s*\[\[?([a-z_.]+)\]\]?", line)
+        if header:
+            named.add(header.group(1))  # [[channels.rules]] shows channels.rules
+            section = header.group(1).split(".")[0] + "."
+            continue
+        key = re.match(r"^#?\s*([a-z_]+)\s*=", line)
+        if key:
+            named.add(section + key.group(1) if section else key.group(1))
+    missing = _field_paths(Settings) - named
+    assert not missing, f"flashcast.toml does not show {sorted(missing)}"

@@ -118,3 +118,21 @@ def test_paid_sessions_really_depend_on_spend(small_sim: SimulationResult, small
 def test_adstock_carries_over() -> None:
     out = adstock(np.array([100.0, 0.0, 0.0]), 0.5)
     assert out.tolist() == [100.0, 50.0, 25.0]
+
+
+def test_an_unchanged_simulation_is_reused_and_a_changed_one_replaces_every_file(tmp_path: Path) -> None:
+    from datetime import date
+
+    from flashcast.simulate import SimulationSpec, simulate_once
+
+    spec = SimulationSpec(days=12, users=50, seed=2, end_date=date(2026, 2, 12), formats=("ndjson",))
+    first, reused = simulate_once(spec, tmp_path / "sim")
+    assert not reused
+    stamps = {p.name: p.stat().st_mtime_ns for p in first.export_dirs["ndjson"].iterdir()}
+    again, reused = simulate_once(spec, tmp_path / "sim")
+    assert reused and again.rows_by_format == first.rows_by_format
+    assert {p.name: p.stat().st_mtime_ns for p in again.export_dirs["ndjson"].iterdir()} == stamps
+    shorter, reused = simulate_once(SimulationSpec(days=5, users=50, seed=2, end_date=date(2026, 2, 13),
+                                                   formats=("ndjson",)), tmp_path / "sim")
+    names = sorted(p.name for p in shorter.export_dirs["ndjson"].iterdir())
+    assert not reused and len(names) == 5 and names[-1] == "events_intraday_20260213.json"

@@ -38,6 +38,8 @@ app = typer.Typer(help="Flashcast: governed forecast & optimize for marketing te
                   pretty_exceptions_enable=False)
 lineage_app = typer.Typer(help="Inspect and verify the tamper-evident lineage log.", no_args_is_help=True)
 privacy_app = typer.Typer(help="Privacy checks.", no_args_is_help=True)
+keys_app = typer.Typer(help="Keys: the PII hashing key.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 app.add_typer(lineage_app, name="lineage")
 app.add_typer(privacy_app, name="privacy")
 console = Console()
@@ -158,9 +160,10 @@ def run(
     with _errors():
         settings = _settings(config, llm)
         check_provider(settings.llm)
+        out = _output_folder(out)
         key = load_pii_key(settings.policy, settings.pii_key_file)
         result = _run_with_progress(RunInputs(export, spend), lambda inputs, progress: run_pipeline(
-            settings, inputs, _output_folder(out), key=key, progress=progress))
+            settings, inputs, out, key=key, progress=progress))
     _print_summary(result, settings.currency)
 
 
@@ -287,6 +290,7 @@ def forecast(
 
     with _errors():
         settings = _settings(config)
+        out = _output_folder(out)
         try:
             options = ForecastConfig.model_validate({
                 **settings.forecast.model_dump(), **({"horizon": horizon} if horizon else {}),
@@ -349,6 +353,22 @@ def runs(
         table.add_row(row.lineage_id, row.status, row.started_at[:19], (row.finished_at or "")[:19],
                       escape((row.error or "")[:80]))
     console.print(table)
+
+
+@keys_app.command("pii")
+def keys_pii(config: ConfigOption = None) -> None:
+    """Create the PII hashing key (a local file, private to you) if there is none; print its key id.
+
+    $FLASHCAST_PII_KEY wins over the file when set. Keep the key: identifiers hashed with another key
+    do not match earlier runs'. Example: flashcast keys pii
+    """
+    from flashcast.keys import create_pii_key
+
+    with _errors():
+        settings = _settings(config)
+        key, where, created = create_pii_key(settings.policy, settings.pii_key_file)
+    console.print(f"{'created' if created else 'using'} the PII key in {escape(where)}: key id {key.key_id}",
+                  highlight=False)
 
 
 @lineage_app.command("verify")

@@ -35,6 +35,17 @@ class PiiKey:
         return f"PiiKey(key_id={self.key_id})"
 
 
+def create_pii_key(policy: PrivacyPolicy, key_file: Path) -> tuple[PiiKey, str, bool]:
+    """The key in force, where it comes from, and whether it was just created (as `key_file`, 0600)."""
+    if os.environ.get(policy.key_env):
+        return load_pii_key(policy, key_file), f"${policy.key_env}", False
+    existed = key_file.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # creating it is what was asked for
+        key = load_pii_key(policy, key_file, create_if_missing=True)
+    return key, str(key_file), not existed
+
+
 def load_pii_key(policy: PrivacyPolicy, key_file: Path, *, create_if_missing: bool = False) -> PiiKey:
     """Key from `$FLASHCAST_PII_KEY` (policy.key_env); else from `key_file`; else create it (demo only)."""
     from_env = os.environ.get(policy.key_env)
@@ -45,7 +56,7 @@ def load_pii_key(policy: PrivacyPolicy, key_file: Path, *, create_if_missing: bo
     if key_file.exists():
         return PiiKey(key_file.read_text(encoding="ascii").strip().encode())
     if not create_if_missing:
-        raise ConfigError(f"no PII key: set ${policy.key_env} or create {key_file}")
+        raise ConfigError(f"no PII key: set ${policy.key_env} or run `flashcast keys pii` to create {key_file}")
     key_file.parent.mkdir(parents=True, exist_ok=True)
     key_file.write_text(secrets.token_hex(32) + "\n", encoding="ascii")
     key_file.chmod(0o600)

@@ -1,0 +1,111 @@
+"""The command line as a newcomer meets it: one clean line for every mistake, never a traceback."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import FinishedRun, write_config
+from flashcast import __version__
+from flashcast.cli import app
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def _one_clean_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert "Traceback" not in output
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_version() -> None:
+    assert _run("--version") == (0, f"flashcast {__version__}\n")
+
+
+def test_a_config_given_before_the_command_applies_to_it(finished_run: FinishedRun) -> None:
+    code, output = _run("-c", str(finished_run.config), "lineage", "show", "--lineage-id",
+                        finished_run.summary["lineage_id"])
+    assert code == 0 and json.loads(output.splitlines()[0])["kind"] == "run_started"
+
+
+def test_an_unknown_run_id_is_an_error(finished_run: FinishedRun) -> None:
+    code, output = _run("lineage", "show", "--lineage-id", "no-such-run", "-c", str(finished_run.config))
+    assert code == 1 and _one_clean_line(output) == "LineageError: no lineage entries for run no-such-run"
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (None, "no such head file"), ("not json", "not a lineage head file"), ('{"seq": 3}', "not a lineage head file"),
+])
+def test_a_missing_or_corrupt_head_file_is_named(finished_run: FinishedRun, tmp_path: Path, content: str | None,
+                                                 expected: str) -> None:
+    head = tmp_path / "lineage_head.json"
+    if content is not None:
+        head.write_text(content)
+    code, output = _run("lineage", "verify", "--head", str(head), "-c", str(finished_run.config))
+    line = _one_clean_line(output)
+    assert code == 1 and line.startswith("LineageError: ") and str(head) in line and expected in line
+
+
+def test_out_pointing_at_a_file_is_refused_before_reading(finished_run: FinishedRun, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASHCAST_PII_KEY", "a-test-key-of-enough-length")
+    target = tmp_path / "report.txt"
+    target.write_text("mine")
+    code, output = _run("run", "--export", str(finished_run.sim.export_dirs["ndjson"]), "--out", str(target),
+                        "-c", str(write_config(tmp_path, tmp_path / "home")))
+    assert code == 1 and "is a file" in _one_clean_line(output) and target.read_text() == "mine"
+
+
+def test_an_llm_without_its_sdk_or_key_is_refused_before_reading(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write_config(tmp_path, tmp_path / "home")
+    monkeypatch.setenv("FLASHCAST_PII_KEY", "a-test-key-of-enough-length")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    args = ("run", "--export", str(tmp_path / "nowhere"), "--llm", "openai:gpt-4o-mini", "-c", str(config))
+    code, output = _run(*args)
+    assert code == 1 and _one_clean_line(output) == ("ConfigError: LLM provider 'openai' needs an API key: set "
+                                                     "$OPENAI_API_KEY")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openai" else real(name, *a))
+    code, output = _run(*args)
+    assert code == 1 and _one_clean_line(output) == ("ConfigError: LLM provider 'openai' needs its SDK: pip install "
+                                                     "'flashcast[openai]'")
+
+
+def test_brackets_in_help_and_errors_are_printed_not_eaten(tmp_path: Path) -> None:
+    code, output = _run("run", "--help")
+    assert code == 0 and "(overrides [llm])" in " ".join(output.split())
+    config = tmp_path / "flashcast.toml"
+    config.write_text("[guardrails]\ncaps = {Facebook = 1}\n")
+    code, output = _run("runs", "-c", str(config))
+    assert code == 1 and "['Facebook']" in _one_clean_line(output)
+
+
+def test_keys_pii_creates_the_key_once_and_reports_its_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLASHCAST_PII_KEY", raising=False)
+    config = write_config(tmp_path, tmp_path / "home")
+    code, first = _run("keys", "pii", "-c", str(config))
+    key_file = tmp_path / "home" / "pii.key"
+    assert code == 0 and first.startswith("created the PII key in") and key_file.stat().st_mode & 0o777 == 0o600
+    code, again = _run("keys", "pii", "-c", str(config))
+    assert code == 0 and again.startswith("using") and first.split()[-1] == again.split()[-1]
+
+
+def test_an_unexpected_error_is_one_line_naming_it_a_bug(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from flashcast import cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(cli, "load_settings", broken)
+    code, output = _run("runs")
+    line = _one_clean_line(output)
+    assert code == 2 and line.startswith("InternalError: ZeroDivisionError") and "FLASHCAST_DEBUG=1" in line
