@@ -66,6 +66,20 @@ def test_redaction_catches_each_form(con: duckdb.DuckDBPyConnection, raw: str, l
     assert "[redacted-" in redacted
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("https://s.example.com/?first_name=Jane&utm_source=x", "https://s.example.com/?first_name=[redacted]&utm_source=x"),
+        ("https://s.example.com/p?Address=1%20Main%20St#top", "https://s.example.com/p?Address=[redacted]#top"),
+        ("https://s.example.com/?zip=10001&name=", "https://s.example.com/?zip=[redacted]&name="),
+        ("https://s.example.com/?email=jane@example.com", "https://s.example.com/?email=[redacted-email]"),
+    ],
+)
+def test_values_of_personal_query_keys_are_redacted(con: duckdb.DuckDBPyConnection, raw: str, expected: str) -> None:
+    install_privacy_functions(con, KEY, PrivacyPolicy())
+    assert con.execute("SELECT redact_text(?)", [raw]).fetchall()[0][0] == expected
+
+
 def test_redaction_keeps_ordinary_text(con: duckdb.DuckDBPyConnection) -> None:
     install_privacy_functions(con, KEY, PrivacyPolicy())
     text = "https://s.example.com/sale?utm_source=google&date=2024-01-15&sku=12345678"

@@ -21,20 +21,15 @@ from flashcast.errors import StageError
 from flashcast.keys import PiiKey
 from flashcast.lineage import LineageLog, read_head_file, run_anchors
 from flashcast.pipeline import KEPT_TABLES, run_pipeline
-from flashcast.privacy import PiiNeedles, ScanReport, scan_duckdb, scan_files, scan_sql_store
+from flashcast.privacy import PiiNeedles, ScanReport, scan_run
 from flashcast.records import RunInputs
 from flashcast.simulate import SimulationResult
 from flashcast.store import OpsStore, transform_connection, warehouse_session
 
 
-def _scan(settings: Settings, out: Path, needles: PiiNeedles) -> ScanReport:
-    report = ScanReport()
-    con = transform_connection()
-    with warehouse_session(con, settings.store.warehouse_path, timeout_s=10, read_only=True) as wh:
-        scan_duckdb(con, needles, catalog=wh, report=report)
-    scan_sql_store(settings.store.ops_database_url, needles, report)
-    scan_files(out, needles, report)
-    return report
+def _scan(settings: Settings, out: Path, needles: PiiNeedles | None) -> ScanReport:
+    return scan_run(warehouse=settings.store.warehouse_path, ops_url=settings.store.ops_database_url,
+                    folders=[out], needles=needles)
 
 
 def test_cli_run_writes_stamped_reconciled_outputs(finished_run: FinishedRun) -> None:
@@ -109,9 +104,12 @@ def test_no_planted_pii_reaches_any_store_or_output(finished_run: FinishedRun) -
     config, out = finished_run.config, finished_run.out
     needles = PiiNeedles.from_truth(finished_run.truth)
     assert len(needles.emails) > 10 and len(needles.phones) > 5 and len(needles.identifiers) > 100
-    report = _scan(Settings(store=StoreConfig(home=config.parent / "home")), out, needles)
-    assert report.columns_scanned > 50 and report.files_scanned >= 6
+    settings = Settings(store=StoreConfig(home=config.parent / "home"))
+    report = _scan(settings, out, needles)
+    assert report.columns_scanned > 50 and report.files_scanned >= 6 and report.values_scanned > 50_000
     assert report.clean, report.findings
+    patterns_only = _scan(settings, out, None)  # what a real export gets: no truth, only what PII looks like
+    assert patterns_only.clean, patterns_only.findings
 
 
 def test_the_scan_catches_a_planted_leak(finished_run: FinishedRun, tmp_path: Path) -> None:
@@ -127,6 +125,16 @@ def test_the_scan_catches_a_planted_leak(finished_run: FinishedRun, tmp_path: Pa
     where = {f.where for f in report.findings}
     assert str(out / "notes.txt") in where
     assert "wh.leak.note" in where
+    # Without the truth, the same leaks and others are found by their shape.
+    con = duckdb.connect(str(settings.store.warehouse_path))
+    con.execute("CREATE TABLE leak_ids AS SELECT '1234567890.1712345678' AS user_key")
+    con.close()
+    (out / "urls.txt").write_text("https://shop.example.com/?utm_source=x&first_name=Jane\n")
+    found = {(f.where, f.kind) for f in _scan(settings, out, None).findings}
+    assert {(str(out / "notes.txt"), "email-shaped text"), ("wh.leak.note", "phone-shaped text"),
+            ("wh.leak_ids.user_key", "identifier that is not an HMAC"),
+            ("wh.leak_ids.user_key", "client-id-shaped text"),
+            (str(out / "urls.txt"), "personal URL query value")} <= found
 
 
 def test_cli_lineage_verify_fails_on_tampering(finished_run: FinishedRun, tmp_path: Path) -> None:

@@ -410,28 +410,38 @@ def lineage_show(
 
 @privacy_app.command("scan")
 def privacy_scan(
-    truth: Annotated[Path, typer.Option(help="truth.json from `flashcast simulate` (the planted values).")],
-    out: Annotated[Path, typer.Option(help="Output folder to scan.")] = Path("out"),
+    out: Annotated[list[Path] | None, typer.Option(help="Output folder(s) to scan (default: out).")] = None,
+    truth: Annotated[Path | None, typer.Option(
+        help="truth.json from `flashcast simulate`: also look for the exact planted values.")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Scan the warehouse, the ops store and an output folder for planted PII. Exit 1 on any finding."""
-    from flashcast.privacy import PiiNeedles, ScanReport, scan_duckdb, scan_files, scan_sql_store
-    from flashcast.store import transform_connection, warehouse_session
+    """Scan the warehouse, the ops store and output folders for personal data. Exit 1 on any finding.
+
+    Without --truth it looks for what PII looks like: email addresses, phone numbers written with
+    separators, GA4 client ids, personal URL query values (email=, phone=, name=...), and identifier
+    columns holding anything but an HMAC. Findings say where and what, never the value.
+    Example: flashcast privacy scan --out out
+    """
+    import time
+
+    from flashcast.privacy import PiiNeedles, scan_run
 
     with _errors():
         settings = _settings(config)
-        needles = PiiNeedles.from_truth(json.loads(truth.read_text()))
-        report = ScanReport()
-        con = transform_connection()
-        with warehouse_session(con, settings.store.warehouse_path, timeout_s=settings.store.lock_timeout_s,
-                               read_only=True) as wh:
-            scan_duckdb(con, needles, catalog=wh, report=report)
-        scan_sql_store(settings.store.ops_database_url, needles, report)
-        scan_files(out, needles, report)
+        needles = None
+        if truth is not None:
+            try:
+                needles = PiiNeedles.from_truth(json.loads(truth.read_text(encoding="utf-8")))
+            except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
+                raise ConfigError(f"--truth {truth}: not a truth.json written by `flashcast simulate`") from exc
+        start = time.perf_counter()
+        report = scan_run(warehouse=settings.store.warehouse_path, ops_url=settings.store.ops_database_url,
+                          folders=out or [Path("out")], needles=needles, lock_timeout_s=settings.store.lock_timeout_s)
     for finding in report.findings:
-        console.print(f"[red]{finding.kind}[/red] x{finding.count} in {finding.where}")
-    console.print(f"scanned {report.columns_scanned} columns and {report.files_scanned} files: "
-                  + ("[green]clean[/green]" if report.clean else "[red]PII found[/red]"))
+        console.print(f"[red]{escape(finding.kind)}[/red] x{finding.count} in {escape(finding.where)}", highlight=False)
+    console.print(f"scanned {report.values_scanned:,} values in {report.columns_scanned} columns and "
+                  f"{report.files_scanned} files in {time.perf_counter() - start:.1f} s: "
+                  + ("[green]clean[/green]" if report.clean else "[red]PII found[/red]"), highlight=False)
     if not report.clean:
         raise typer.Exit(1)
 

@@ -60,6 +60,7 @@ class PrivacyPolicy(_Frozen):
     consent_null_means: Literal["granted", "denied"] = "granted"
     redact_emails: bool = True
     redact_phones: bool = True
+    redact_personal_query_values: bool = True  # URL query values of email=, phone=, name=, address=, zip=...
     key_env: str = "FLASHCAST_PII_KEY"
     key_file: Path | None = None  # default: <store.home>/pii.key, created by the demo with a warning
 

@@ -22,7 +22,7 @@ import duckdb
 from flashcast.config import PrivacyPolicy, Settings
 from flashcast.errors import ReconciliationError
 from flashcast.keys import PiiKey
-from flashcast.privacy import EMAIL_PATTERN, EMAIL_TOKEN, PHONE_PATTERN, PHONE_TOKEN
+from flashcast.privacy import EMAIL_PATTERN, EMAIL_TOKEN, PHONE_PATTERN, PHONE_TOKEN, PII_QUERY_KEYS, REDACTED_TOKEN
 from flashcast.records import DayOutcome, GuardReport, RunContext, StagedExport, Table
 
 
@@ -51,6 +51,10 @@ def install_privacy_functions(con: duckdb.DuckDBPyConnection, key: PiiKey, polic
         text = f"regexp_replace({text}, '{EMAIL_PATTERN}', '{EMAIL_TOKEN}', 'g')"
     if policy.redact_phones:
         text = f"regexp_replace({text}, '{PHONE_PATTERN}', '{PHONE_TOKEN}', 'g')"
+    if policy.redact_personal_query_values:
+        # name=, address=, zip=...: values not already redacted above
+        keys = "|".join(PII_QUERY_KEYS)
+        text = f"regexp_replace({text}, '(?i)([?&](?:{keys})=)[^&#\\[][^&#]*', '\\1{REDACTED_TOKEN}', 'g')"
     con.execute(f"CREATE OR REPLACE TEMP MACRO redact_text(s) AS CASE WHEN s IS NULL THEN NULL ELSE {text} END")
 
 
