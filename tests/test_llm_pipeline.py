@@ -96,6 +96,8 @@ def test_a_failing_provider_falls_back_offline_and_says_so(
     assert "LLM copy failed, used the templates" in stages["creatives"]["fallback"]
     assert stages["creatives"]["generator"] == "templates"
     assert len(result.creatives.creatives) == len(SEGMENTS) * 4 * 2
+    attention = (tmp_path / "out" / "report.md").read_text().split("## Needs attention")[1].split("##")[0]
+    assert "LLM segment labels failed" in attention and "LLM copy failed, used the templates" in attention
 
 
 @pytest.mark.slow

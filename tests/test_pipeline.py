@@ -287,3 +287,14 @@ def test_a_failure_while_writing_outputs_keeps_the_last_run_and_flags_it(
     run_pipeline(run.settings, RunInputs(run.sim.export_dirs["ndjson"], run.sim.spend_file), run.out, key=pii_key)
     assert not (run.out / "LAST_RUN_FAILED.md").exists() and not (tmp_path / "out.failed").exists()
     assert json.loads((run.out / "run_summary.json").read_text())["lineage_id"] != finished_run.summary["lineage_id"]
+
+
+def test_money_says_its_currency_everywhere(finished_run: FinishedRun) -> None:
+    import pandas as pd
+
+    out = finished_run.out
+    for name in ("daily_kpis.csv", "forecast.csv", "forecast_series.csv", "allocation.csv", "whatif.csv"):
+        assert set(pd.read_csv(out / name)["currency"]) == {"USD"}, name
+    assert "Money in USD." in (out / "report.md").read_text()
+    assert json.loads((out / "payload.json").read_text())["allocations"]["currency"] == "USD"
+    assert finished_run.summary["currency"] == "USD"
