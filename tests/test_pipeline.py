@@ -196,6 +196,7 @@ def test_two_runs_at_once_both_land(tmp_path: Path, small_sim: SimulationResult)
     assert len(per_run) == 2
 
 
+@pytest.mark.slow
 def test_an_allocation_failure_keeps_the_rest_of_the_run(finished_run: FinishedRun, tmp_path: Path,
                                                           pii_key: PiiKey) -> None:
     config = write_config(tmp_path, tmp_path / "home", extra='[guardrails]\nhold = ["CTV"]\ncaps = {CTV = 1.0}')
@@ -259,6 +260,7 @@ def test_kill_9_while_writing_outputs_leaves_the_last_finished_run_and_marks_the
     assert statuses == ["abandoned", "completed"]
 
 
+@pytest.mark.slow
 def test_a_failure_while_writing_outputs_keeps_the_last_run_and_flags_it(
         finished_run: FinishedRun, tmp_path: Path, pii_key: PiiKey, monkeypatch: pytest.MonkeyPatch) -> None:
     from flashcast import outputs

@@ -8,8 +8,9 @@ tables a stage reads and writes are declared here and checked; after the last st
 written, the kept tables are appended to the warehouse under its lock and the run is completed.
 A failure is recorded (redacted) and raised as StageError naming the step.
 
-Adding a stage: a module in `stages/` with a `run` function and a record in `records.py` with a
-`lineage()` method, one line in STAGES, and (if it writes files) a writer in `outputs.py`.
+Adding a stage (3 places): a module in `stages/` with a `run` function returning a record with a
+`lineage()` method (defined in the module; in `records.py` once other stages read it), one line in
+STAGES, and (if it writes files) a writer in `outputs.py`.
 """
 
 from __future__ import annotations
