@@ -140,5 +140,5 @@ class StageError(FlashcastError):
 
 def describe_validation_error(exc: Any, *, limit: int = 10) -> str:
     """A pydantic ValidationError as 'field.path: message; ...' (the input values are never quoted)."""
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg'].removeprefix('Value error, ')}"
                      for err in exc.errors()[:limit])
