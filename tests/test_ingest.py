@@ -154,3 +154,19 @@ def test_a_50_mb_line_is_quarantined_and_its_neighbours_kept(tmp_path: Path, con
                                            [json.dumps(ga4_row()), huge, json.dumps(ga4_row())]))
     assert staged.input_rows == 3
     assert _problems(con)[2][0].startswith("(line): longer than 4 M characters")
+
+
+def test_every_row_carries_the_line_it_came_from(small_sim: SimulationResult, con: duckdb.DuckDBPyConnection) -> None:
+    """Clean files are read by DuckDB's parallel JSON reader and numbered afterwards; files with a
+    bad line are read line by line. Either way a row's file and line point at its text."""
+    folder = small_sim.export_dirs["ndjson"]
+    staged = stage_export(con, folder)
+    lines = {f.name: f.read_text().splitlines() for f in folder.iterdir()}
+    assert staged.input_rows == sum(len(v) for v in lines.values())
+    rows = con.execute("""SELECT source_file, source_line, event_timestamp, event_name, user_pseudo_id
+                          FROM staged WHERE valid""").fetchall()
+    assert len(rows) > 5000
+    for name, line, timestamp, event, user in rows:
+        text = json.loads(lines[name][line - 1])
+        expected = (int(text["event_timestamp"]), text["event_name"], text.get("user_pseudo_id"))
+        assert expected == (timestamp, event, user)

@@ -347,11 +347,14 @@ def runs(
                                 .order_by(r.c.started_at.desc()).limit(limit)).all()
         ops.dispose()
     table = Table(title=f"Latest {len(rows)} run(s)")
-    for column in ("run", "status", "started", "finished"):
+    table.add_column("run", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    for column in ("started", "finished"):
         table.add_column(column, no_wrap=True)
     table.add_column("error", overflow="fold")
     for row in rows:
-        table.add_row(row.lineage_id, row.status, row.started_at[:19], (row.finished_at or "")[:19],
+        table.add_row(row.lineage_id, row.status, row.started_at[:16].replace("T", " "),
+                      (row.finished_at or "")[:16].replace("T", " "),
                       escape((row.error or "")[:80]))
     console.print(table)
 

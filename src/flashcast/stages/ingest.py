@@ -46,7 +46,6 @@ GA4_JSON_STRUCTURE = {
     "stream_id": "VARCHAR",
     "platform": "VARCHAR",
     "privacy_info": {"analytics_storage": "VARCHAR", "ads_storage": "VARCHAR"},
-    "user_properties": [{"key": "VARCHAR", "value": _VALUE}],
     "device": {"category": "VARCHAR", "operating_system": "VARCHAR"},
     "geo": {"country": "VARCHAR"},
     "traffic_source": {"name": "VARCHAR", "medium": "VARCHAR", "source": "VARCHAR"},
@@ -86,21 +85,10 @@ def discover_exports(source: Path) -> tuple[ExportFile, ...]:
 
 
 def _lines_sql(file: ExportFile) -> str:
-    path, name, intraday = literal(str(file.path)), literal(file.name), "true" if file.intraday else "false"
-    day = f"DATE {literal(file.file_date.isoformat())}" if file.file_date else "NULL::DATE"
-    columns = f"{name} AS source_file, {day} AS file_date, {intraday} AS intraday"
-    if file.format == "ndjson":
-        # \x1e (record separator) cannot occur unescaped in valid JSON, so each line is one field.
-        return (
-            f"SELECT {columns}, ordinality::BIGINT AS source_line, line "
-            f"FROM read_csv({path}, columns={{'line': 'VARCHAR'}}, delim='\\x1e', quote='', escape='', "
-            f"header=false, auto_detect=false, strict_mode=false, new_line='\\n', max_line_size={MAX_LINE_BYTES}) "
-            "WITH ORDINALITY"
-        )
-    return (
-        f"SELECT {columns}, (file_row_number + 1)::BIGINT AS source_line, "
-        f"to_json(t)::VARCHAR AS line FROM read_parquet({path}, file_row_number=true) t"
-    )
+    """Every line of an NDJSON file as a row, with its file and line number."""
+    return (f"SELECT {literal(file.name)} AS source_file, {_date_sql(file)} AS file_date, "
+            f"{str(file.intraday).lower()} AS intraday, ordinality::BIGINT AS source_line, line "
+            f"FROM {_read_lines_sql(file)} WITH ORDINALITY")
 
 
 def _problem(condition: str, field: str, problem: str) -> str:
@@ -109,12 +97,10 @@ def _problem(condition: str, field: str, problem: str) -> str:
 
 def _validation_sql(max_days_from_file_date: int) -> str:
     """SQL list of the row's problems, each 'field: problem'. Empty list: the row is valid."""
-    r = "r"
-    money = [
-        ("event_value_in_usd", f"{r}.event_value_in_usd"),
-        ("ecommerce.purchase_revenue", f"{r}.ecommerce.purchase_revenue"),
-        ("ecommerce.purchase_revenue_in_usd", f"{r}.ecommerce.purchase_revenue_in_usd"),
-    ]
+    money = [("event_value_in_usd", "event_value_in_usd"),
+             ("ecommerce.purchase_revenue", "ecommerce.purchase_revenue"),
+             ("ecommerce.purchase_revenue_in_usd", "ecommerce.purchase_revenue_in_usd")]
+    obj = "top_type = 'OBJECT'"
     days = max_days_from_file_date
     checks = [
         _problem("blank", "(line)", "empty line"),
@@ -122,41 +108,41 @@ def _validation_sql(max_days_from_file_date: int) -> str:
                  f"longer than {MAX_EVENT_CHARS // 2**20} M characters: not one event"),
         _problem("NOT blank AND NOT is_json", "(line)", "not valid JSON"),
         _problem("is_json AND top_type <> 'OBJECT'", "(line)", "not a JSON object"),
-        _problem(f"{r} IS NOT NULL AND {r}.event_date IS NULL", "event_date", "missing"),
+        _problem(f"{obj} AND event_date IS NULL", "event_date", "missing"),
         _problem(
-            f"{r}.event_date IS NOT NULL AND (NOT regexp_full_match({r}.event_date, '\\d{{8}}') "
-            f"OR try_strptime({r}.event_date, '%Y%m%d') IS NULL)",
+            "event_date IS NOT NULL AND (NOT regexp_full_match(event_date, '\\d{8}') "
+            "OR try_strptime(event_date, '%Y%m%d') IS NULL)",
             "event_date", "not a YYYYMMDD date",
         ),
-        _problem(f"abs(date_diff('day', file_date, try_strptime({r}.event_date, '%Y%m%d')::DATE)) > {days}",
+        _problem(f"abs(date_diff('day', file_date, try_strptime(event_date, '%Y%m%d')::DATE)) > {days}",
                  "event_date", f"more than {days} day(s) from the date in its file's name"),
-        _problem(f"{r} IS NOT NULL AND {r}.event_timestamp IS NULL", "event_timestamp", "missing"),
+        _problem(f"{obj} AND event_timestamp IS NULL", "event_timestamp", "missing"),
         _problem(
-            f"{r}.event_timestamp IS NOT NULL AND TRY_CAST({r}.event_timestamp AS BIGINT) IS NULL",
+            "event_timestamp IS NOT NULL AND TRY_CAST(event_timestamp AS BIGINT) IS NULL",
             "event_timestamp", "not an INT64",
         ),
         _problem(
-            f"TRY_CAST({r}.event_timestamp AS BIGINT) NOT BETWEEN {MIN_MICROS} AND {MAX_MICROS}",
+            f"TRY_CAST(event_timestamp AS BIGINT) NOT BETWEEN {MIN_MICROS} AND {MAX_MICROS}",
             "event_timestamp", "not microseconds since the epoch (2000-2100)",
         ),
-        _problem(f"{r} IS NOT NULL AND coalesce(trim({r}.event_name), '') = ''", "event_name", "missing"),
+        _problem(f"{obj} AND coalesce(trim(event_name), '') = ''", "event_name", "missing"),
         _problem("types[1] IS NOT NULL AND types[1] NOT IN ('ARRAY', 'NULL')", "event_params", "not an array"),
         _problem(
-            f"list_bool_or(list_transform({r}.event_params, lambda p: p.value.int_value IS NOT NULL "
+            "list_bool_or(list_transform(event_params, lambda p: p.value.int_value IS NOT NULL "
             "AND TRY_CAST(p.value.int_value AS BIGINT) IS NULL))",
             "event_params.value.int_value", "not an INT64",
         ),
         _problem(
-            f"list_bool_or(list_transform({r}.event_params, lambda p: TRY_CAST(coalesce(p.value.double_value, "
+            "list_bool_or(list_transform(event_params, lambda p: TRY_CAST(coalesce(p.value.double_value, "
             "p.value.float_value, '0') AS DOUBLE) IS NULL))",
             "event_params.value.double_value", "not a number",
         ),
         _problem(
-            f"coalesce({r}.privacy_info.analytics_storage, 'Yes') NOT IN ('Yes', 'No')",
+            "coalesce(privacy_info.analytics_storage, 'Yes') NOT IN ('Yes', 'No')",
             "privacy_info.analytics_storage", "not 'Yes', 'No' or NULL",
         ),
         _problem(
-            f"coalesce({r}.privacy_info.ads_storage, 'Yes') NOT IN ('Yes', 'No')",
+            "coalesce(privacy_info.ads_storage, 'Yes') NOT IN ('Yes', 'No')",
             "privacy_info.ads_storage", "not 'Yes', 'No' or NULL",
         ),
     ]
@@ -167,7 +153,7 @@ def _validation_sql(max_days_from_file_date: int) -> str:
 
 
 def _param(key: str, slot: str = "string_value") -> str:
-    return f"list_extract(list_filter(r.event_params, lambda p: p.key = '{key}'), 1).value.{slot}"
+    return f"list_extract(list_filter(event_params, lambda p: p.key = '{key}'), 1).value.{slot}"
 
 
 def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings, context: RunContext
@@ -181,81 +167,202 @@ def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings
 def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, table: str = Table.STAGED,
                  max_days_from_file_date: int = 1, lineage_id: str | None = None) -> StagedExport:
     """Read and validate every row of the export at `source` into temp table `table`, and list the
-    files in table `files`. A file DuckDB cannot read at all is an IngestError naming it."""
+    files in table `files`. A file DuckDB cannot read at all is an IngestError naming it.
+
+    Three readers feed one set of checks: clean NDJSON files go through DuckDB's native JSON reader
+    (`read_json`, the fast path); NDJSON files with a line it would skip or choke on (blank, not an
+    object, over-long, malformed) are read line by line, so every line is a row with its problems;
+    Parquet files are read by column and cast to the same types."""
     files = discover_exports(source)
-    union = "\nUNION ALL\n".join(_lines_sql(f) for f in files)
+    ndjson = [f for f in files if f.format == "ndjson"]
+    parquet = [f for f in files if f.format == "parquet"]
+    stats = _line_stats(con, ndjson, check_json=False)
+    fast = [f for f in ndjson if stats[f.name][0] > 0 and stats[f.name][1] <= MAX_EVENT_CHARS]
+    checked = False
+    while True:
+        slow = [f for f in ndjson if f not in fast]
+        try:
+            _create_staged(con, table, fast, slow, parquet, stats, max_days_from_file_date)
+        except duckdb.Error as exc:
+            if not checked and fast:  # find the files with lines the reader refuses, read those line by line
+                checked, odd = True, _line_stats(con, fast, check_json=True)
+                fast = [f for f in fast if not odd[f.name][2]]
+                continue
+            named = [f for f in fast if str(f.path) in str(exc)]
+            if not named:
+                raise _unreadable(con, files, exc) from exc
+            fast = [f for f in fast if f not in named]
+            continue
+        read = dict(con.execute(f"SELECT source_file, count(*) FROM {table} GROUP BY source_file").fetchall())
+        short = [f for f in fast if read.get(f.name, 0) != stats[f.name][0]]  # the reader skipped a line
+        if not short:
+            break
+        fast = [f for f in fast if f not in short]
+    return StagedExport(table=table, files=files, input_rows=_file_table(con, files, table, lineage_id),
+                        warnings=_warnings(con, table, max_days_from_file_date))
+
+
+def _create_staged(con: duckdb.DuckDBPyConnection, table: str, fast: list[ExportFile], slow: list[ExportFile],
+                   parquet: list[ExportFile], stats: dict[str, tuple[int, int, int]], max_days: int) -> None:
+    """The fast rows first (their line numbers come from their place in the table), then the slow and
+    Parquet rows, all through the same checks."""
+    sources = [*([_fast_rows_sql(fast)] if fast else []), *(_slow_rows_sql(f) for f in slow),
+               *([_parquet_rows_sql(con, parquet)] if parquet else [])]
+    con.execute(f"DROP TABLE IF EXISTS {table}")
+    for i, source in enumerate(sources):
+        con.execute(f"""{"CREATE TEMP TABLE " + table + " AS" if i == 0 else "INSERT INTO " + table + " BY NAME"}
+        WITH checked AS (SELECT *, {_validation_sql(max_days)} AS problems FROM ({source}))
+        SELECT
+          source_file, source_line, file_date, intraday,
+          problems,
+          len(problems) = 0 AS valid,
+          -- text to fingerprint a quarantined row by (its line, or its fields as read); never leaves the run
+          CASE WHEN len(problems) > 0 THEN coalesce(line, to_json(struct_pack({_FIELDS}))::VARCHAR) END AS raw_line,
+          {_columns_sql()}
+        FROM checked""")
+    if fast:
+        # With insertion order preserved, the fast rows sit in the table in file order from rowid 0,
+        # one per line: a row's line is its rowid less the lines of the files before it (numbering in
+        # the reader itself, WITH ORDINALITY, costs the scan its parallelism: measured 2x slower).
+        names, starts, before = [], [], 0
+        for f in fast:
+            names.append(literal(f.name))
+            starts.append(str(before))
+            before += stats[f.name][0]
+        con.execute(f"""UPDATE {table} SET source_line = rowid + 1 - ([{", ".join(starts)}])[
+            list_position([{", ".join(names)}], source_file)] WHERE rowid < {before}""")
+
+
+def _line_stats(con: duckdb.DuckDBPyConnection, files: list[ExportFile], *, check_json: bool
+                ) -> dict[str, tuple[int, int, int]]:
+    """Per NDJSON file, in one pass over the text: its lines, its longest line and (`check_json`)
+    its lines that DuckDB's JSON reader would skip or choke on (blank, not valid JSON, not an object)."""
+    if not files:
+        return {}
+    union = " UNION ALL ".join(f"SELECT {literal(f.name)} AS name, line FROM {_read_lines_sql(f)}" for f in files)
+    odd = ("count(*) FILTER (WHERE line IS NULL OR NOT starts_with(ltrim(line), '{') OR NOT json_valid(line))"
+           if check_json else "0")
+    try:
+        rows = con.execute(
+            f"SELECT name, count(*), coalesce(max(length(line)), 0), {odd} FROM ({union}) GROUP BY name").fetchall()
+    except duckdb.Error as exc:
+        raise _unreadable(con, tuple(files), exc) from exc
+    found = {name: (int(lines), int(longest), int(odd)) for name, lines, longest, odd in rows}
+    return {f.name: found.get(f.name, (0, 0, 0)) for f in files}
+
+
+def _read_lines_sql(file: ExportFile) -> str:
+    # \x1e (record separator) cannot occur unescaped in valid JSON, so each line is one field.
+    return (f"read_csv({literal(file.path)}, columns={{'line': 'VARCHAR'}}, delim='\\x1e', "
+            f"quote='', escape='', header=false, auto_detect=false, strict_mode=false, new_line='\\n', "
+            f"max_line_size={MAX_LINE_BYTES})")
+
+
+def _fast_rows_sql(files: list[ExportFile]) -> str:
+    """The clean NDJSON files through DuckDB's JSON reader, in one parallel scan that keeps file and
+    row order (no join: a file's name and date are looked up by its position in the list; line
+    numbers are set afterwards, see `_create_staged`)."""
+    def listed(values: list[str]) -> str:
+        return "[" + ", ".join(values) + "]"
+
+    paths = listed([literal(f.path) for f in files])
+    i = f"list_position({paths}, raw.filename)"
+    return f"""SELECT {listed([literal(f.name) for f in files])}[{i}] AS source_file,
+        {listed([_date_sql(f) for f in files])}[{i}] AS file_date,
+        {listed([str(f.intraday).lower() for f in files])}[{i}] AS intraday, NULL::BIGINT AS source_line,
+        NULL::VARCHAR AS line, false AS blank, true AS is_json, 'OBJECT' AS top_type,
+        {", ".join(f"raw.{k}" for k in GA4_JSON_STRUCTURE)},
+        [CASE WHEN raw.event_params IS NULL THEN 'NULL' ELSE 'ARRAY' END] AS types
+      FROM read_json({paths}, format='newline_delimited', filename=true, maximum_object_size={MAX_LINE_BYTES},
+                     columns={_JSON_COLUMNS}) raw"""
+
+
+def _slow_rows_sql(file: ExportFile) -> str:
+    """One row per line, however broken, with what the checks need to name its problems."""
     structure = literal(json.dumps(GA4_JSON_STRUCTURE))
-    sql = f"""
-    CREATE OR REPLACE TEMP TABLE {table} AS
-    WITH lines AS ({union}),
-    -- MATERIALIZED: the JSON checks below are referenced many times, and an inlined CTE would
-    -- re-run them per reference (measured: 1.7x slower on NDJSON).
-    parsed AS MATERIALIZED (
-      SELECT *,
-        line IS NULL OR trim(line) = '' AS blank,
-        coalesce(json_valid(line), false) AS is_json,
-        CASE WHEN json_valid(line) THEN json_type(line) END AS top_type
-      FROM lines
-    ),
-    typed AS (
-      SELECT *,
-        CASE WHEN top_type = 'OBJECT' THEN from_json(line, {structure}) END AS r,
+    return f"""SELECT *,
+        unnest(CASE WHEN top_type = 'OBJECT' THEN from_json(line, {structure}) END),
         CASE WHEN top_type = 'OBJECT' THEN json_type(line, ['$.event_params']) END AS types
-      FROM parsed
-    ),
-    checked AS (SELECT *, {_validation_sql(max_days_from_file_date)} AS problems FROM typed)
-    SELECT
-      source_file, source_line, file_date, intraday,
-      problems,
-      len(problems) = 0 AS valid,
-      -- the raw line stays only for fingerprinting quarantined rows; it never leaves this connection
-      line AS raw_line,
-      try_strptime(r.event_date, '%Y%m%d')::DATE AS event_date,
-      TRY_CAST(r.event_timestamp AS BIGINT) AS event_timestamp,
-      r.event_name AS event_name,
-      r.user_pseudo_id AS user_pseudo_id,
-      r.user_id AS user_id,
-      r.stream_id AS stream_id,
-      r.platform AS platform,
-      r.privacy_info.analytics_storage AS analytics_storage,
-      r.privacy_info.ads_storage AS ads_storage,
+      FROM (SELECT *, line IS NULL OR trim(line) = '' AS blank, coalesce(json_valid(line), false) AS is_json,
+              CASE WHEN json_valid(line) THEN json_type(line) END AS top_type
+            FROM ({_lines_sql(file)}))"""
+
+
+def _parquet_rows_sql(con: duckdb.DuckDBPyConnection, files: list[ExportFile]) -> str:
+    """Parquet rows cast by column (and by name inside structs) to the NDJSON reader's types; a
+    column a file lacks is NULL."""
+    paths = "[" + ", ".join(literal(f.path) for f in files) + "]"
+    scan = f"read_parquet({paths}, union_by_name=true, filename=true, file_row_number=true)"
+    present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
+    fields = ", ".join(f"{('p.' + k) if k in present else 'NULL'}::{_duck_type(v)} AS {k}"
+                       for k, v in GA4_JSON_STRUCTURE.items())
+    meta = ", ".join(f"({literal(f.path)}, {literal(f.name)}, {_date_sql(f)}, {str(f.intraday).lower()})"
+                     for f in files)
+    return f"""SELECT meta.name AS source_file, meta.file_date, meta.intraday,
+        (p.file_row_number + 1)::BIGINT AS source_line, NULL::VARCHAR AS line, false AS blank, true AS is_json,
+        'OBJECT' AS top_type, {fields},
+        [CASE WHEN p.event_params IS NULL THEN 'NULL' ELSE 'ARRAY' END] AS types
+      FROM {scan} p JOIN (VALUES {meta}) meta(path, name, file_date, intraday) ON meta.path = p.filename"""
+
+
+def _date_sql(file: ExportFile) -> str:
+    return f"DATE {literal(file.file_date.isoformat())}" if file.file_date else "NULL::DATE"
+
+
+def _duck_type(structure: object) -> str:
+    """GA4_JSON_STRUCTURE's JSON-structure notation as a DuckDB type."""
+    if isinstance(structure, str):
+        return structure
+    if isinstance(structure, list):
+        return _duck_type(structure[0]) + "[]"
+    assert isinstance(structure, dict)
+    return "STRUCT(" + ", ".join(f"{k} {_duck_type(v)}" for k, v in structure.items()) + ")"
+
+
+_FIELDS = ", ".join(f"{k} := {k}" for k in GA4_JSON_STRUCTURE)
+_JSON_COLUMNS = "{" + ", ".join(f"{literal(k)}: {literal(_duck_type(v))}" for k, v in GA4_JSON_STRUCTURE.items()) + "}"
+
+
+def _columns_sql() -> str:
+    """The staged columns, from the GA4 fields as read."""
+    return f"""try_strptime(event_date, '%Y%m%d')::DATE AS event_date,
+      TRY_CAST(event_timestamp AS BIGINT) AS event_timestamp,
+      event_name AS event_name,
+      user_pseudo_id AS user_pseudo_id,
+      user_id AS user_id,
+      stream_id AS stream_id,
+      platform AS platform,
+      privacy_info.analytics_storage AS analytics_storage,
+      privacy_info.ads_storage AS ads_storage,
       TRY_CAST({_param('ga_session_id', 'int_value')} AS BIGINT) AS ga_session_id,
       TRY_CAST({_param('ga_session_number', 'int_value')} AS BIGINT) AS ga_session_number,
       TRY_CAST({_param('engagement_time_msec', 'int_value')} AS BIGINT) AS engagement_time_msec,
       {_param('page_location')} AS page_location,
       {_param('page_referrer')} AS page_referrer,
       {_param('search_term')} AS search_term,
-      list_transform(r.event_params, lambda p: {{
+      list_transform(event_params, lambda p: {{
         'key': p.key,
         'string_value': p.value.string_value,
         'int_value': TRY_CAST(p.value.int_value AS BIGINT),
         'double_value': TRY_CAST(coalesce(p.value.double_value, p.value.float_value) AS DOUBLE)
       }}) AS params,
       coalesce(
-        TRY_CAST(r.ecommerce.purchase_revenue AS DOUBLE),
-        TRY_CAST(r.event_value_in_usd AS DOUBLE),
+        TRY_CAST(ecommerce.purchase_revenue AS DOUBLE),
+        TRY_CAST(event_value_in_usd AS DOUBLE),
         TRY_CAST(coalesce({_param('value', 'double_value')}, {_param('value', 'int_value')}) AS DOUBLE)
       ) AS revenue,
-      nullif(coalesce(r.ecommerce.transaction_id, {_param('transaction_id')}), '(not set)') AS transaction_id,
-      coalesce(r.session_traffic_source_last_click.manual_campaign.source,
-               r.collected_traffic_source.manual_source, {_param('source')}) AS session_source,
-      coalesce(r.session_traffic_source_last_click.manual_campaign.medium,
-               r.collected_traffic_source.manual_medium, {_param('medium')}) AS session_medium,
-      coalesce(r.session_traffic_source_last_click.manual_campaign.campaign_name,
-               r.collected_traffic_source.manual_campaign_name, {_param('campaign')}) AS session_campaign,
-      r.traffic_source.source AS first_touch_source,
-      r.traffic_source.medium AS first_touch_medium,
-      r.traffic_source.name AS first_touch_campaign,
-      r.device.category AS device_category,
-      r.geo.country AS country
-    FROM checked
-    """
-    try:
-        con.execute(sql)
-    except duckdb.Error as exc:
-        raise _unreadable(con, files, exc) from exc
-    return StagedExport(table=table, files=files, input_rows=_file_table(con, files, table, lineage_id),
-                        warnings=_warnings(con, table, max_days_from_file_date))
+      nullif(coalesce(ecommerce.transaction_id, {_param('transaction_id')}), '(not set)') AS transaction_id,
+      coalesce(session_traffic_source_last_click.manual_campaign.source,
+               collected_traffic_source.manual_source, {_param('source')}) AS session_source,
+      coalesce(session_traffic_source_last_click.manual_campaign.medium,
+               collected_traffic_source.manual_medium, {_param('medium')}) AS session_medium,
+      coalesce(session_traffic_source_last_click.manual_campaign.campaign_name,
+               collected_traffic_source.manual_campaign_name, {_param('campaign')}) AS session_campaign,
+      traffic_source.source AS first_touch_source,
+      traffic_source.medium AS first_touch_medium,
+      traffic_source.name AS first_touch_campaign,
+      device.category AS device_category,
+      geo.country AS country"""
 
 
 def _unreadable(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], exc: duckdb.Error) -> IngestError:
