@@ -27,10 +27,23 @@ from flashcast.errors import (
     StageError,
     StoreBusy,
 )
-from flashcast.pipeline import RunResult, run_pipeline
 from flashcast.records import RunInputs
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # The pipeline pulls in every stage and library (seconds of imports): load it on first use, so
+    # `import flashcast.stages.guard` or the CLI's --help stay quick.
+    if name in ("run_pipeline", "RunResult"):
+        from flashcast import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'flashcast' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 __all__ = [
     "AllocationError",

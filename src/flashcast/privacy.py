@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import sqlalchemy as sa
 
 from flashcast.sql import identifier, literal
 
@@ -133,6 +132,8 @@ class PiiScanner:
 
     def add_sql_store(self, url: str) -> None:
         """Every column of every table of an SQLAlchemy database (the ops store)."""
+        import sqlalchemy as sa
+
         engine = sa.create_engine(url)
         try:
             inspector = sa.inspect(engine)

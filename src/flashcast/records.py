@@ -11,14 +11,16 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-import pandas as pd
-
-from flashcast.budget.plan import CurvePlan
-from flashcast.budget.records import Allocation
-from flashcast.forecasting.forecast import Forecast
 from flashcast.privacy import redact_message
+
+if TYPE_CHECKING:  # the libraries' records, for annotations only: importing them costs a second
+    import pandas as pd
+
+    from flashcast.budget.plan import CurvePlan
+    from flashcast.budget.records import Allocation
+    from flashcast.forecasting.forecast import Forecast
 
 
 class Table(StrEnum):
@@ -232,7 +234,7 @@ class ForecastPlan:
     """Total revenue's forecast (the fan chart), and every channel's and segment's in one tidy frame."""
 
     forecast: Forecast
-    breakdown: pd.DataFrame = field(default_factory=pd.DataFrame)  # series_id, ds, engine, point, bands
+    breakdown: pd.DataFrame  # series_id, ds, engine, point, bands
     skipped: tuple[str, ...] = ()  # breakdown series that could not be forecast, and why
 
     def lineage(self) -> dict[str, Any]:
