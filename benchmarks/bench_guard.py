@@ -1,8 +1,12 @@
-"""Ingest + guard + daily KPIs throughput on simulated GA4 exports (NDJSON and Parquet)."""
+"""Ingest + guard + daily KPIs throughput on simulated GA4 exports (NDJSON and Parquet), side by side
+with DuckDB's own parse floor and a plain Python loop on the same files (../shared/bench/guard_floor.py,
+each measurement in its own process with its peak memory)."""
 
 from __future__ import annotations
 
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, date, datetime
@@ -17,13 +21,16 @@ from flashcast.stages.ingest import stage_export
 from flashcast.stages.kpis import daily_channel_kpis, load_spend
 from flashcast.store import transform_connection
 
+FLOOR = Path(__file__).resolve().parents[2] / "shared" / "bench" / "guard_floor.py"
+
 
 def main() -> None:
     settings = Settings(property_timezone="America/New_York")
     key = PiiKey(b"benchmark-key-0123456789")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        sim = simulate(SimulationSpec(days=120, users=4000, seed=5, end_date=date(2026, 6, 30)), Path(tmp))
+        sim = simulate(SimulationSpec(days=400, users=20000, sessions_per_day=150, seed=5,
+                                      end_date=date(2026, 6, 30)), Path(tmp))
         print(f"simulate: {sum(sim.rows_by_format.values()):,} rows (both formats) in {time.perf_counter() - t0:.1f} s")
         for fmt, folder in sim.export_dirs.items():
             con = transform_connection()
@@ -41,5 +48,12 @@ def main() -> None:
             print(f"{fmt:8s} {rows:>9,} rows  ingest {t_ingest:5.2f} s  guard {t_guard:5.2f} s  "
                   f"total {total:5.2f} s  = {rows / total:,.0f} rows/s  (accepted {report.totals['accepted']:,})")
             con.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS: {peak:,.0f} MiB")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS (this process, both formats): {peak:,.0f} MiB")
+        if FLOOR.exists():
+            for fmt, folder in sim.export_dirs.items():
+                print(f"--- {fmt}: the same files against DuckDB's floor and a Python loop ({FLOOR.name}; the "
+                      "project figure includes its imports)")
+                subprocess.run([sys.executable, str(FLOOR), str(folder), "--python-rows", "100000"], check=False)
+        else:
+            print(f"({FLOOR} not found: floor comparison skipped)")
