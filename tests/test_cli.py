@@ -109,3 +109,21 @@ def test_an_unexpected_error_is_one_line_naming_it_a_bug(monkeypatch: pytest.Mon
     code, output = _run("runs")
     line = _one_clean_line(output)
     assert code == 2 and line.startswith("InternalError: ZeroDivisionError") and "FLASHCAST_DEBUG=1" in line
+
+
+def test_ingest_runs_only_the_governed_data_path(finished_run: FinishedRun, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import duckdb
+
+    monkeypatch.setenv("FLASHCAST_PII_KEY", "flashcast-test-key-0123456789abcdef")
+    config, out = write_config(tmp_path, tmp_path / "home"), tmp_path / "out"
+    code, output = _run("ingest", "--export", str(finished_run.sim.export_dirs["ndjson"]), "--spend",
+                        str(finished_run.sim.spend_file), "--out", str(out), "-c", str(config))
+    assert code == 0, output
+    assert f"{finished_run.summary['totals']['input_rows']:,} rows from 150 file(s)" in output and "rows/s" in output
+    assert sorted(p.name for p in out.iterdir()) == ["daily_kpis.csv", "files.csv", "lineage_head.json",
+                                                     "openlineage.jsonl", "quarantine.csv", "reconciliation.csv",
+                                                     "run_summary.json"]
+    with duckdb.connect(str(tmp_path / "home" / "warehouse.duckdb"), read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    assert {"guarded_events", "daily_kpis", "files"} <= tables and "user_segments" not in tables

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from flashcast.cli import app
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-COMMANDS = [["simulate"], ["run"], ["demo"], ["runs"], ["forecast"], ["keys", "pii"], ["lineage", "verify"],
+COMMANDS = [["simulate"], ["run"], ["ingest"], ["demo"], ["runs"], ["forecast"], ["keys", "pii"], ["lineage", "verify"],
             ["lineage", "show"], ["privacy", "scan"]]
 
 

@@ -37,7 +37,7 @@ from flashcast.report import write_report
 from flashcast.stages.allocate import allocation_frame
 from flashcast.stages.creatives import creatives_frame
 from flashcast.stages.payload import Payload, write_payload
-from flashcast.wiring import call
+from flashcast.wiring import call, missing_inputs
 
 
 def write_frame(frame: pd.DataFrame, path: Path) -> Path:
@@ -165,11 +165,14 @@ def report_file(out_dir: Path, context: RunContext, settings: Settings, ingest: 
 
 def write_outputs(values: Mapping[str, Any]) -> dict[str, Path]:
     """Every writer's files, then report.md linking them. `values` holds `out_dir`, `con`, `context`
-    and the stages' records by stage name."""
+    and the stages' records by stage name; a writer whose stages did not run (`flashcast ingest`
+    runs only the governed data path) is left out, and so is the report."""
     files: dict[str, Path] = {}
     for writer in WRITERS:
-        files |= call(writer, values)
-    return files | call(report_file, {**values, "files": files})
+        if not missing_inputs(writer, values):
+            files |= call(writer, values)
+    full = {**values, "files": files}
+    return files | (call(report_file, full) if not missing_inputs(report_file, full) else {})
 
 
 # ------------------------------------------------------------------ one finished run per folder

@@ -177,9 +177,12 @@ def _problems(records: Mapping[str, Any]) -> list[str]:
             if (failure := getattr(record, "failure", None))]
 
 
+GOVERNED_DATA = "kpis"  # the last stage of the governed data path (ingest, guard, daily KPIs)
+
+
 def run_pipeline(
     settings: Settings, inputs: RunInputs, out_dir: Path, *, key: PiiKey, progress: Progress | None = None,
-    llm_provider: Provider | None = None,
+    llm_provider: Provider | None = None, through: str | None = None, job: str = JOB,
 ) -> RunResult:
     """Every stage on `inputs`, stamped with one lineage_id; outputs in `out_dir`, guarded tables in the
     warehouse, the run and its lineage in the ops store. `llm_provider` overrides the configured one.
@@ -187,13 +190,16 @@ def run_pipeline(
     The outputs are written to a staging folder next to `out_dir` and swapped in whole at the end, so
     `out_dir` always holds exactly one finished run; a failed run's files go to `<out_dir>.failed/`
     and `out_dir` gets a LAST_RUN_FAILED.md note. Runs left 'running' by a killed process are marked
-    'abandoned' first."""
+    'abandoned' first. `through` stops after that stage (`GOVERNED_DATA`: `flashcast ingest`)."""
+    names = [s.name for s in STAGES]
+    stages = STAGES[: names.index(through) + 1] if through else STAGES
+    kept = tuple(t for t in KEPT_TABLES if any(t in s.keeps for s in stages))
     ops = OpsStore(settings.store.ops_database_url)
     ops.mark_abandoned()
     remove_stale_staging(out_dir, ops.running())
     context = RunContext(new_lineage_id(), datetime.now(UTC), key.key_id)
     staging = staging_folder(out_dir, context.lineage_id)
-    recorder = RunRecorder(ops, context, job=JOB, config_digest=settings.digest(),
+    recorder = RunRecorder(ops, context, job=job, config_digest=settings.digest(),
                            emitter=OpenLineageEmitter(settings.lineage, staging))
     hooks: list[StageHook] = [recorder, ProgressHook(progress or (lambda _stage: None))]
     recorder.started(_input_refs(inputs))
@@ -204,16 +210,16 @@ def run_pipeline(
                            provider=llm_provider)
         values: dict[str, Any] = {"con": con, "settings": settings, "inputs": inputs, "context": context,
                                   "key": key, "llm": llm, "out_dir": staging}
-        for stage in STAGES:
+        for stage in stages:
             step = stage.name
             values[stage.name] = _run_stage(stage, values, hooks, head=recorder.log.head)
         step = "outputs"
         outputs = write_outputs(values)
         step = "persist"
-        append_to_warehouse(con, settings.store.warehouse_path, KEPT_TABLES, timeout_s=settings.store.lock_timeout_s)
+        append_to_warehouse(con, settings.store.warehouse_path, kept, timeout_s=settings.store.lock_timeout_s)
         ops.record_reconciliation(context.lineage_id, values["guard"].days)
         step = "publish"
-        head = _complete(recorder, values, outputs, settings, out_dir)
+        head = _complete(recorder, values, outputs, settings, out_dir, kept)
         publish(staging, out_dir)
     except BaseException as exc:
         recorder.failed(step, exc)
@@ -227,7 +233,7 @@ def run_pipeline(
     finally:
         con.close()
         ops.dispose()
-    records = {stage.name: values[stage.name] for stage in STAGES}
+    records = {stage.name: values[stage.name] for stage in stages}
     final = {name: out_dir / path.relative_to(staging) for name, path in outputs.items()}
     return RunResult(context.lineage_id, out_dir, records, head, final)
 
@@ -276,7 +282,7 @@ def _input_refs(inputs: RunInputs) -> list[DatasetRef]:
 
 
 def _complete(recorder: RunRecorder, values: dict[str, Any], outputs: dict[str, Path], settings: Settings,
-              final_out: Path) -> LogHead:
+              final_out: Path, kept: tuple[Table, ...]) -> LogHead:
     """run_completed, then the head file (an anchor kept outside the log) and the OpenLineage event file."""
     out_dir: Path = values["out_dir"]
     kpi_summary: KpiSummary = values["kpis"]
@@ -285,7 +291,7 @@ def _complete(recorder: RunRecorder, values: dict[str, Any], outputs: dict[str, 
         outputs, totals=values["guard"].totals, problems=_problems(values),
         summary={"out_dir": str(final_out.resolve()), "first_day": kpi_summary.first_day.isoformat(),
                  "last_day": kpi_summary.last_day.isoformat()},
-        datasets=[DatasetRef(f"duckdb://{warehouse}", t) for t in KEPT_TABLES])
+        datasets=[DatasetRef(f"duckdb://{warehouse}", t) for t in kept])
     head_file = out_dir / "lineage_head.json"
     head_file.write_text(json.dumps({"lineage_id": recorder.context.lineage_id, **head.to_json()}, indent=2) + "\n")
     outputs["lineage_head"] = head_file
