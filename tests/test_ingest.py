@@ -8,6 +8,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import REAL_GA4, ga4_row, write_lines
 from flashcast.errors import ExportNotFound, IngestError
@@ -170,3 +172,58 @@ def test_every_row_carries_the_line_it_came_from(small_sim: SimulationResult, co
         text = json.loads(lines[name][line - 1])
         expected = (int(text["event_timestamp"]), text["event_name"], text.get("user_pseudo_id"))
         assert expected == (timestamp, event, user)
+
+
+def test_a_run_connection_keeps_within_its_memory_limit_and_spills_where_told(tmp_path: Path) -> None:
+    from flashcast.store import transform_connection
+
+    con = transform_connection(memory_limit="300MB", temp_directory=tmp_path / "spill")
+    limit, spill = con.execute("SELECT current_setting('memory_limit'), current_setting('temp_directory')").fetchone()
+    assert limit.replace(" ", "") in ("300.0MB", "286.1MiB") and spill == str(tmp_path / "spill")
+    con.close()
+
+
+_LINE_KINDS = st.sampled_from(["ok", "truncated", "blank", "not_object", "nested_timestamp", "bad_date", "huge"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(_LINE_KINDS, min_size=0, max_size=12), min_size=1, max_size=4))
+def test_no_line_is_ever_lost_whatever_the_reader_meets(tmp_path_factory: pytest.TempPathFactory,
+                                                        files: list[list[str]]) -> None:
+    """Any mix of good and broken lines, in any number of files (some empty): every line is exactly
+    one staged row, and the guard's outcomes add up per day."""
+    from flashcast.config import PrivacyPolicy
+    from flashcast.keys import PiiKey
+    from flashcast.records import RunContext
+    from flashcast.stages.guard import guard_export, install_privacy_functions
+    from flashcast.store import transform_connection
+
+    folder = tmp_path_factory.mktemp("export")
+    render = {
+        "ok": lambda i: json.dumps(ga4_row(event_date=day_key, event_timestamp=str(1772370000000000 + i))),
+        "truncated": lambda i: json.dumps(ga4_row())[:40],
+        "blank": lambda i: "",
+        "not_object": lambda i: "[1, 2, 3]",
+        "nested_timestamp": lambda i: json.dumps(ga4_row(event_timestamp=[[1], {"a": 2}])),
+        "bad_date": lambda i: json.dumps(ga4_row(event_date="2026-3-1")),
+        "huge": lambda i: json.dumps(ga4_row(event_name="x" * (5 * 2**20))),
+    }
+    total = 0
+    for day, kinds in enumerate(files):
+        day_key = f"2026030{day + 1}"
+        lines = [render[kind](i) for i, kind in enumerate(kinds)]
+        (folder / f"events_2026030{day + 1}.json").write_text("".join(line + "\n" for line in lines))
+        total += len(lines)
+    con = transform_connection()
+    staged = stage_export(con, folder)
+    assert staged.input_rows == total
+    numbered = con.execute("SELECT source_file, source_line FROM staged ORDER BY 1, 2").fetchall()
+    expected = sorted((f"events_2026030{d + 1}.json", n + 1) for d, kinds in enumerate(files) for n in range(len(kinds)))
+    assert numbered == expected
+    key = PiiKey(b"hypothesis-key-0123456789")
+    install_privacy_functions(con, key, PrivacyPolicy())
+    report = guard_export(con, staged, policy=PrivacyPolicy(), run=RunContext("run", datetime.now(UTC), key.key_id))
+    assert report.totals["input_rows"] == total  # checked per day inside guard_export as well
+    ok = sum(k.count("ok") for k in files)
+    assert report.totals["accepted"] + report.totals["duplicate"] == ok
+    con.close()

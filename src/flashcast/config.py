@@ -33,6 +33,14 @@ class StoreConfig(_Frozen):
     warehouse: Path | None = None  # default: <home>/warehouse.duckdb
     ops_url: str | None = None  # default: sqlite:///<home>/ops.sqlite (WAL); PostgreSQL URLs work too
     lock_timeout_s: float = 600.0
+    # DuckDB's working memory for a run (e.g. "4GB"; default: DuckDB's, 80% of RAM) and where it
+    # spills what does not fit (default: <home>/tmp).
+    memory_limit: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+    temp_directory: Path | None = None
+
+    @property
+    def spill_path(self) -> Path:
+        return self.temp_directory or self.home / "tmp"
 
     @property
     def warehouse_path(self) -> Path:

@@ -203,7 +203,7 @@ def run_pipeline(
                            emitter=OpenLineageEmitter(settings.lineage, staging))
     hooks: list[StageHook] = [recorder, ProgressHook(progress or (lambda _stage: None))]
     recorder.started(_input_refs(inputs))
-    con = transform_connection()
+    con = transform_connection(memory_limit=settings.store.memory_limit, temp_directory=settings.store.spill_path)
     step = "start"
     try:
         llm = build_client(settings.llm, settings.store.home / "llm_cache.sqlite", record=recorder.llm_call,

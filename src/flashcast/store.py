@@ -51,11 +51,18 @@ def file_lock(path: Path, *, timeout_s: float, shared: bool = False) -> Iterator
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def transform_connection(*, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """A private in-memory DuckDB connection for a run's set-based transforms (spills to temp files)."""
+def transform_connection(*, threads: int | None = None, memory_limit: str | None = None,
+                         temp_directory: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """A private in-memory DuckDB connection for a run's set-based transforms, within `memory_limit`,
+    spilling to `temp_directory` what does not fit."""
     con = duckdb.connect(":memory:")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
+    if memory_limit:
+        con.execute(f"SET memory_limit = {literal(memory_limit)}")
+    if temp_directory:
+        temp_directory.mkdir(parents=True, exist_ok=True)
+        con.execute(f"SET temp_directory = {literal(temp_directory)}")
     con.execute("SET preserve_insertion_order = true")
     return con
 
