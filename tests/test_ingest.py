@@ -218,7 +218,8 @@ def test_no_line_is_ever_lost_whatever_the_reader_meets(tmp_path_factory: pytest
     staged = stage_export(con, folder)
     assert staged.input_rows == total
     numbered = con.execute("SELECT source_file, source_line FROM staged ORDER BY 1, 2").fetchall()
-    expected = sorted((f"events_2026030{d + 1}.json", n + 1) for d, kinds in enumerate(files) for n in range(len(kinds)))
+    expected = sorted((f"events_2026030{d + 1}.json", n + 1) for d, kinds in enumerate(files)
+                      for n in range(len(kinds)))
     assert numbered == expected
     key = PiiKey(b"hypothesis-key-0123456789")
     install_privacy_functions(con, key, PrivacyPolicy())
