@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
@@ -177,3 +177,62 @@ def test_many_lines_report_per_channel() -> None:
     assert kkt_violations(problem, solution) == []
     for c in range(4):
         assert solution.channel_spend[c] == pytest.approx(solution.line_spend[channel == c].sum())
+
+
+@st.composite
+def s_curve_problems(draw: st.DrawFn) -> tuple[Problem, float]:
+    """Two or three lines mixing S-curves (Hill slope up to 3), concave curves, tangent points above
+    the budget and tight caps: small enough to solve by brute force."""
+    n = draw(st.integers(2, 3))
+    budget = draw(st.floats(50, 3000))
+    curves = []
+    for _ in range(n):
+        decay = draw(st.floats(0.0, 0.6))
+        k = draw(st.floats(20, 4000))
+        if draw(st.integers(0, 3)) == 0:
+            curves.append(ResponseCurve("exponential", draw(st.floats(1, 60)), k, 1.0, decay))
+        else:
+            curves.append(ResponseCurve("hill", draw(st.floats(1, 60)), k, draw(st.floats(0.5, 3.0)), decay))
+    upper = np.array([draw(st.floats(0.1, 1.0)) * budget if draw(st.booleans()) else budget for _ in range(n)])
+    assume(upper.sum() >= budget)
+    problem = Problem(CurveSet.from_curves([f"l{i}" for i in range(n)], curves), np.arange(n), np.zeros(n), upper,
+                      tuple(f"c{i}" for i in range(n)), np.zeros(n), upper)
+    return problem, budget
+
+
+def _brute_force(problem: Problem, budget: float, steps: int) -> float:
+    """The best true response over a grid of splits of the budget."""
+    upper = problem.line_upper
+    grids = [np.linspace(0.0, min(budget, u), steps) for u in upper[:-1]]
+    mesh = np.meshgrid(*grids, indexing="ij")
+    head = np.stack([m.ravel() for m in mesh], axis=1)
+    last = budget - head.sum(axis=1)
+    ok = (last >= -1e-9) & (last <= upper[-1] + 1e-9)
+    x = np.column_stack([head[ok], np.clip(last[ok], 0, upper[-1])])
+    values = np.array([problem.curves.curve_response(row).sum() for row in x])
+    return float(values.max())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(s_curve_problems())
+def test_s_curves_are_solved_as_well_as_brute_force(case: tuple[Problem, float]) -> None:
+    problem, budget = case
+    solution = optimize(problem, budget)
+    assert solution.line_spend.sum() == pytest.approx(budget, rel=1e-9, abs=1e-6)
+    assert np.all(solution.line_spend <= problem.line_upper + 1e-7) and np.all(solution.line_spend >= -1e-9)
+    true = float(problem.curves.curve_response(solution.line_spend).sum())
+    assert solution.expected == pytest.approx(true)
+    best = _brute_force(problem, budget, 2001 if len(problem.line_lower) == 2 else 201)
+    assert true >= best * (1 - 1e-3) - 1e-9
+
+
+def test_an_s_curve_whose_tangent_is_above_the_budget_no_longer_takes_the_leftover() -> None:
+    """The bug the issue describes: the envelope's flat part made the multiplier search dump the
+    budget on an S-shaped line that buys almost nothing below its tangent point."""
+    s_curve = ResponseCurve("hill", beta=40.0, k=5000.0, slope=2.5)  # tangent far above the budget
+    concave = ResponseCurve("exponential", beta=10.0, k=300.0)
+    problem = Problem(CurveSet.from_curves(["s", "c"], [s_curve, concave]), np.arange(2), np.zeros(2),
+                      np.array([1000.0, 1000.0]), ("s", "c"), np.zeros(2), np.array([1000.0, 1000.0]))
+    solution = optimize(problem, 1000.0)
+    assert solution.line_spend[1] == pytest.approx(1000.0)
+    assert solution.expected == pytest.approx(_brute_force(problem, 1000.0, 4001), rel=1e-6)

@@ -320,10 +320,19 @@ class CurveSet:
         return CurveSet(names, self.is_hill[idx], self.beta[idx], self.k[idx],
                         self.slope[idx], self.scale[idx], self.tangent[idx], self.chord[idx])
 
+    def curve_response(self, x: Array) -> Array:
+        """Steady-state daily conversions on the curves themselves (what spend really buys)."""
+        return np.asarray(self.beta * saturation(np.maximum(x, 0.0) / self.scale, self.is_hill, self.k, self.slope))
+
     def response(self, x: Array) -> Array:
-        """Steady-state daily conversions (on the envelope below an S-curve's tangent point)."""
-        r = self.beta * saturation(np.maximum(x, 0.0) / self.scale, self.is_hill, self.k, self.slope)
-        return np.asarray(np.where(x < self.tangent, x * self.chord, r))
+        """Steady-state daily conversions on the concave envelope (below an S-curve's tangent point the
+        chord from the origin): what the multiplier search works on."""
+        return np.asarray(np.where(x < self.tangent, x * self.chord, self.curve_response(x)))
+
+    def curve_marginal(self, x: Array) -> Array:
+        """d curve_response / d spend (the curve's own slope, below the tangent point too)."""
+        d = marginal_response(x, self.is_hill, self.beta, self.k, self.slope, self.scale)
+        return np.asarray(np.nan_to_num(d, nan=0.0, posinf=1e300))
 
     def marginal(self, x: Array) -> Array:
         d = marginal_response(x, self.is_hill, self.beta, self.k, self.slope, self.scale)
@@ -347,6 +356,12 @@ class MeanCurves:
 
     def subset(self, idx: np.ndarray) -> MeanCurves:
         return MeanCurves(tuple(d.subset(idx) for d in self.draws))
+
+    def curve_response(self, x: Array) -> Array:
+        return np.asarray(np.mean([d.curve_response(x) for d in self.draws], axis=0))
+
+    def curve_marginal(self, x: Array) -> Array:
+        return np.asarray(np.mean([d.curve_marginal(x) for d in self.draws], axis=0))
 
     def response(self, x: Array) -> Array:
         return np.asarray(np.mean([d.response(x) for d in self.draws], axis=0))

@@ -14,8 +14,9 @@ result. 100,000 lines solve in seconds.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -33,6 +34,10 @@ class Curves(Protocol):
 
     @property
     def tangent(self) -> Array: ...
+
+    def curve_response(self, x: Array) -> Array: ...
+
+    def curve_marginal(self, x: Array) -> Array: ...
 
     def response(self, x: Array) -> Array: ...
 
@@ -119,8 +124,100 @@ def check_feasible_problem(problem: Problem, budget: float) -> tuple[Array, Arra
     return lo, hi
 
 
+MAX_ENUMERATED = 6  # S-shaped lines whose on/off states are all tried (2^6 = 64 concave solves)
+MAX_POLISHED = 40  # problems up to this many lines get a local nonlinear polish on the true curves
+
+
 def optimize(problem: Problem, budget: float) -> Solution:
-    """Maximize total response for `budget` under line and channel bounds (concave curves)."""
+    """Maximize total response for `budget` under line and channel bounds, exactly for concave curves
+    and for up to MAX_ENUMERATED S-shaped lines, by local search beyond.
+
+    An S-curve is convex on its foot (below its tangent point) and concave above it, so at an optimum
+    each S-shaped line is either at its lower bound ("off"), at its upper bound when that is still on
+    the foot, or above its tangent point ("on", where it is concave). The relaxed problem on the
+    concave envelope can land on the foot's flat chord, half-spending a line; so every on/off state
+    of the S-shaped lines is solved as a concave problem and the state that buys the most on the true
+    curves wins."""
+    relaxed = _optimize_envelope(problem, budget)
+    tangent = np.asarray(problem.curves.tangent, dtype=float)
+    footed = np.where(tangent > problem.line_lower + 1e-9)[0]
+    if not len(footed):
+        return relaxed
+    best = _best_state(problem, budget, relaxed, footed, tangent)
+    # With a concave line beside it, the best point can also lie on an S-curve's foot (at most one
+    # line there): a local solver on the true curves, started from the best state, finds it.
+    return _polish(problem, budget, best) if len(problem.line_lower) <= MAX_POLISHED else best
+
+
+def _best_state(problem: Problem, budget: float, relaxed: Solution, footed: np.ndarray, tangent: Array
+                ) -> Solution:
+    best, best_value = relaxed, float(problem.curves.curve_response(relaxed.line_spend).sum())
+
+    def solve(state: dict[int, bool]) -> None:
+        nonlocal best, best_value
+        lower, upper = problem.line_lower.copy(), problem.line_upper.copy()
+        for i, on in state.items():
+            if not on:
+                upper[i] = lower[i]
+            elif tangent[i] < upper[i]:
+                lower[i] = max(lower[i], tangent[i])
+            else:
+                lower[i] = upper[i]  # the whole range is foot: its best "on" is the top of it
+        try:
+            candidate = _optimize_envelope(replace(problem, line_lower=lower, line_upper=upper), budget)
+        except AllocationInfeasible:
+            return
+        value = float(problem.curves.curve_response(candidate.line_spend).sum())
+        if value > best_value + 1e-12:
+            best, best_value = candidate, value
+
+    lines = [int(i) for i in footed]
+    if len(lines) <= MAX_ENUMERATED:
+        for states in itertools.product((False, True), repeat=len(lines)):
+            solve(dict(zip(lines, states, strict=True)))
+    else:  # local search from the relaxed solution: flip one line at a time while it pays
+        state = {i: bool(relaxed.line_spend[i] >= tangent[i] / 2) for i in lines}
+        for _ in range(3):
+            improved = False
+            for i in lines:
+                before = best_value
+                solve({**state, i: not state[i]})
+                if best_value > before:
+                    state[i], improved = not state[i], True
+            if not improved:
+                break
+    return replace(best, expected=best_value)
+
+
+def _polish(problem: Problem, budget: float, start: Solution) -> Solution:
+    """SLSQP on the true curves from `start`, within every bound; kept only when feasible and better."""
+    from scipy.optimize import minimize
+
+    curves, chan, n_ch = problem.curves, problem.line_channel, problem.n_channels
+    eff_lo, eff_hi = problem.effective_channel_bounds()
+    member = np.array([(chan == c).astype(float) for c in range(n_ch)])
+    constraints = [{"type": "eq", "fun": lambda x: np.array([x.sum() - budget]),
+                    "jac": lambda x: np.ones((1, len(x)))},
+                   {"type": "ineq", "fun": lambda x: np.concatenate([member @ x - eff_lo, eff_hi - member @ x]),
+                    "jac": lambda x: np.vstack([member, -member])}]
+    scale = max(float(curves.curve_response(start.line_spend).sum()), 1e-12)
+    result = minimize(lambda x: -float(curves.curve_response(x).sum()) / scale, start.line_spend,
+                      jac=lambda x: -curves.curve_marginal(x) / scale, method="SLSQP",
+                      bounds=list(zip(problem.line_lower, problem.line_upper, strict=True)),
+                      constraints=constraints, options={"ftol": 1e-12, "maxiter": 200})
+    x = np.clip(result.x, problem.line_lower, problem.line_upper)
+    totals = member @ x
+    feasible = (abs(float(x.sum()) - budget) <= 1e-6 and bool(np.all(totals >= eff_lo - 1e-6))
+                and bool(np.all(totals <= eff_hi + 1e-6)))
+    value = float(curves.curve_response(x).sum())
+    if not feasible or value <= start.expected * (1 + 1e-12) + 1e-15:
+        return start
+    x[int(np.argmax(np.minimum(x - problem.line_lower, problem.line_upper - x)))] += budget - float(x.sum())
+    return replace(start, line_spend=x, channel_spend=member @ x, expected=float(curves.curve_response(x).sum()))
+
+
+def _optimize_envelope(problem: Problem, budget: float) -> Solution:
+    """Maximize total response on the curves' concave envelope (exact: equal marginal returns)."""
     eff_lo, eff_hi = check_feasible_problem(problem, budget)
     m = problem.curves.marginal
     lines_lo, lines_hi, chan = problem.line_lower, problem.line_upper, problem.line_channel
@@ -154,16 +251,26 @@ def optimize(problem: Problem, budget: float) -> Solution:
             bound[c] = problem.channel_lower_rule[c] if problem.channel_lower_rule else "lower"
         else:
             bound[c] = problem.channel_upper_rule[c] if problem.channel_upper_rule else "upper"
+    unbound = np.array([bound[c] is None for c in chan])
+    # On an S-curve's flat chord any spend is as good as any other, so the total jumps across the
+    # multiplier: the lines on the flat part at this multiplier take what is left, up to their room.
+    residue = budget - float(x.sum())
+    if abs(residue) > 1e-7:
+        flat = np.where(unbound & (np.abs(m(x) - lam) <= 1e-6 * max(lam, 1e-12))
+                        & (problem.curves.tangent > lines_lo))[0]
+        room = (lines_hi - x)[flat] if residue > 0 else (x - lines_lo)[flat]
+        if len(flat) and room.sum() > 0:
+            x[flat] += np.sign(residue) * room * min(abs(residue) / float(room.sum()), 1.0)
+            residue = budget - float(x.sum())
     # The multiplier is found to floating precision: put the last residue on one interior line of an
     # unbound channel (a shift of ~1e-9 that changes no marginal measurably).
-    residue = budget - float(x.sum())
-    movable = np.where((x > lines_lo) & (x < lines_hi) & np.array([bound[c] is None for c in chan]))[0]
+    movable = np.where((x > lines_lo) & (x < lines_hi) & unbound)[0]
     if residue != 0 and len(movable):
         # The line deepest inside its bounds: a tiny shift there changes its marginal least.
         depth = np.minimum(x - lines_lo, lines_hi - x)[movable]
         j = movable[int(np.argmax(depth))]
         x[j] = float(np.clip(x[j] + residue, lines_lo[j], lines_hi[j]))
-    expected = float(problem.curves.response(x).sum())
+    expected = float(problem.curves.curve_response(x).sum())
     totals = np.asarray(np.bincount(chan, x, minlength=n_ch), dtype=float)
     return Solution(x, totals, lam, channel_lam, tuple(bound), expected)
 
@@ -200,16 +307,27 @@ def round_solution(problem: Problem, solution: Solution, budget: float) -> Solut
             lo_l = np.ceil(np.round(problem.line_lower[idx] * 100, 6)) / 100
             hi_l = np.floor(np.round(problem.line_upper[idx] * 100, 6)) / 100
             lines[idx] = round_to_cents(solution.line_spend[idx], lo_l, hi_l, float(channels[c]))
-    expected = float(problem.curves.response(lines).sum())
+    expected = float(problem.curves.curve_response(lines).sum())
     return Solution(lines, channels, solution.multiplier, solution.channel_multiplier, solution.channel_bound,
                     expected)
 
 
 def kkt_violations(problem: Problem, solution: Solution, *, rtol: float = 1e-4) -> list[str]:
-    """Empty when every line satisfies the KKT conditions at its channel's multiplier."""
+    """Empty when every line satisfies the KKT conditions at its channel's multiplier. An S-shaped
+    line off, on its foot or at its tangent point is left out: its state was chosen by comparing
+    solutions, which is the optimality condition there (the problem is not concave)."""
     problems = []
     d = problem.curves.marginal(solution.line_spend)
+    # An interior line is right when its marginal crosses the multiplier within a nano-unit of
+    # spend: a Hill curve with slope < 1 has an infinite marginal at zero, so its optimum can sit at
+    # 1e-11 where the marginal moves by percent per 1e-11.
+    step = 1e-9 * np.maximum(1.0, np.where(np.isfinite(problem.line_upper), problem.line_upper, solution.line_spend))
+    d_right = problem.curves.marginal(np.minimum(solution.line_spend + step, problem.line_upper))
+    d_left = problem.curves.marginal(np.maximum(solution.line_spend - step, problem.line_lower))
+    tangent = problem.curves.tangent
     for i, (x, lo, hi) in enumerate(zip(solution.line_spend, problem.line_lower, problem.line_upper, strict=True)):
+        if tangent[i] > lo + 1e-9 and x <= tangent[i] * (1 + 1e-9) + 1e-9:
+            continue
         lam = solution.channel_multiplier[problem.line_channel[i]]
         tol = rtol * max(lam, 1e-12) + 1e-12
         # The solver puts bound lines exactly on their bound; anything else is interior (a line with
@@ -220,7 +338,7 @@ def kkt_violations(problem: Problem, solution: Solution, *, rtol: float = 1e-4) 
         elif x >= hi - 1e-12:
             if d[i] < lam - tol:
                 problems.append(f"line {i} at its upper bound but its marginal {d[i]:.6g} < {lam:.6g}")
-        elif abs(d[i] - lam) > tol and not (x < problem.curves.tangent[i]):
+        elif (d_right[i] > lam + tol or d_left[i] < lam - tol) and not (x < problem.curves.tangent[i]):
             problems.append(f"line {i} interior but its marginal {d[i]:.6g} != {lam:.6g}")
     return problems
 

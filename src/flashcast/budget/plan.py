@@ -120,8 +120,8 @@ def allocate_by_curves(
     allocation = Allocation(
         method=f"curves/{config.objective}", budget=spend_total, rows=tuple(rows),
         expected_conversions=expected, expected_interval=interval,
-        gain_vs_yesterday=round(expected - float(point.response(scaled_yesterday).sum()), 3),
-        gain_vs_inverse_cpa=round(expected - float(point.response(inverse_spend).sum()), 3),
+        gain_vs_yesterday=round(expected - float(point.curve_response(scaled_yesterday).sum()), 3),
+        gain_vs_inverse_cpa=round(expected - float(point.curve_response(inverse_spend).sum()), 3),
         notes=tuple(notes),
     )
     return CurvePlan(allocation, fits, whatif_sweep(histories, fits, largest, guardrails, config, total))
@@ -142,15 +142,15 @@ def _expected(fits: dict[str, CurveFit], point: CurveSet, channels: list[str], s
     bootstrap draws: one way for the plan and every what-if row."""
     spends = dict(zip(channels, (float(x) for x in solution.channel_spend), strict=True))
     totals = draws_total(fits, spends)
-    return (round(float(point.response(solution.channel_spend).sum()), 3),
+    return (round(float(point.curve_response(solution.channel_spend).sum()), 3),
             (round(float(np.quantile(totals, 0.1)), 3), round(float(np.quantile(totals, 0.9)), 3)))
 
 
 def _rows(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], bounds: dict[str, ChannelBounds],
           solution: Solution, point: CurveSet, config: AllocationConfig) -> list[AllocationRow]:
     rows = []
-    marginal = point.marginal(solution.channel_spend)
-    response = point.response(solution.channel_spend)
+    marginal = point.curve_marginal(solution.channel_spend)
+    response = point.curve_response(solution.channel_spend)
     unit = "conversion" if config.kpi == "conversions" else "unit of revenue"
     for i, h in enumerate(histories):
         x = float(solution.channel_spend[i])
