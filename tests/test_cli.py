@@ -120,10 +120,25 @@ def test_ingest_runs_only_the_governed_data_path(finished_run: FinishedRun, tmp_
     code, output = _run("ingest", "--export", str(finished_run.sim.export_dirs["ndjson"]), "--spend",
                         str(finished_run.sim.spend_file), "--out", str(out), "-c", str(config))
     assert code == 0, output
-    assert f"{finished_run.summary['totals']['input_rows']:,} rows from 150 file(s)" in output and "rows/s" in output
+    rows = finished_run.summary['totals']['input_rows']
+    assert f"read {rows:,} rows from 150 file(s) (150 new)" in output and "rows/s" in output
+    assert f"history: {rows:,} rows (0 file(s) reused" in output
     assert sorted(p.name for p in out.iterdir()) == ["daily_kpis.csv", "files.csv", "lineage_head.json",
                                                      "openlineage.jsonl", "quarantine.csv", "reconciliation.csv",
                                                      "run_summary.json"]
     with duckdb.connect(str(tmp_path / "home" / "warehouse.duckdb"), read_only=True) as con:
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     assert {"guarded_events", "daily_kpis", "files"} <= tables and "user_segments" not in tables
+    # The next morning: nothing new, so the latest 3 days; a backfill of two chosen days besides.
+    code, output = _run("ingest", "--export", str(finished_run.sim.export_dirs["ndjson"]), "--out", str(out),
+                        "--rebuild", "2026-03-01:2026-03-02", "-c", str(config))
+    assert code == 0, output
+    assert "from 5 file(s) (3 look-back, 2 rebuild)" in output
+    assert f"history: {rows:,} rows (145 file(s) reused" in output
+    code, output = _run("ingest", "--export", str(out), "--rebuild", "2026-03-40", "-c", str(config))
+    assert code == 1 and "ConfigError: --rebuild: expected FROM[:TO] as YYYY-MM-DD dates" in output
+    code, output = _run("prune", "--keep-days", "30", "-c", str(config))
+    assert code == 0 and "pruned " in output and "guarded_events" in output, output
+    with duckdb.connect(str(tmp_path / "home" / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT date_diff('day', min(event_date), max(event_date)) FROM guarded_events"
+                           ).fetchall()[0][0] <= 30

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from flashcast.cli import app
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-COMMANDS = [["simulate"], ["run"], ["ingest"], ["demo"], ["runs"], ["forecast"], ["keys", "pii"], ["lineage", "verify"],
-            ["lineage", "show"], ["privacy", "scan"]]
+COMMANDS = [["simulate"], ["run"], ["ingest"], ["prune"], ["demo"], ["runs"], ["forecast"], ["keys", "pii"],
+            ["lineage", "verify"], ["lineage", "show"], ["privacy", "scan"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

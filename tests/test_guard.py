@@ -116,8 +116,8 @@ def test_outcomes_match_what_the_simulator_planted(small_sim: SimulationResult, 
     assert kinds["transaction"] == (planted["transaction_duplicates"].get("Yes", 0)
                                     + planted["transaction_duplicates"].get("null", 0))
     assert totals["input_rows"] == sum(totals[k] for k in ("accepted", "dropped_consent", "quarantined", "duplicate"))
-    # Each transaction_id appears once among accepted purchases.
-    assert con.execute("SELECT count(*) - count(DISTINCT transaction_id) FROM guarded_events "
+    # Each transaction (by its key) appears once among accepted purchases.
+    assert con.execute("SELECT count(*) - count(DISTINCT transaction_key) FROM guarded_events "
                        "WHERE event_name = 'purchase'").fetchall()[0][0] == 0
 
 
@@ -160,9 +160,9 @@ def test_a_row_lost_between_tables_fails_the_run(
     """Reconciliation is checked on every run: make one accepted row vanish and the guard refuses."""
     original = guard_module._day_outcomes
 
-    def lossy(con: duckdb.DuckDBPyConnection, staged_table: str):  # type: ignore[no-untyped-def]
+    def lossy(con: duckdb.DuckDBPyConnection, staged_table: str, *stored: str | None):  # type: ignore[no-untyped-def]
         con.execute("DELETE FROM guarded_events WHERE rowid = (SELECT min(rowid) FROM guarded_events)")
-        return original(con, staged_table)
+        return original(con, staged_table, *stored)
 
     monkeypatch.setattr(guard_module, "_day_outcomes", lossy)
     with pytest.raises(ReconciliationError, match="do not add up"):

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -47,6 +47,9 @@ err_console = Console(stderr=True)
 _top_config: list[Path | None] = [None]  # `flashcast -c FILE <command>`: the command's default config
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="flashcast.toml to use.")]
+RebuildOption = Annotated[str | None, typer.Option(
+    "--rebuild", metavar="FROM[:TO]",
+    help="Read these days' export files again even if unchanged (YYYY-MM-DD, inclusive); their rows are replaced.")]
 LlmOption = Annotated[str | None, typer.Option(
     "--llm", help="LLM for segment labels and copy: offline, openai:MODEL or anthropic:MODEL (overrides [llm]).")]
 
@@ -81,6 +84,27 @@ def _settings(config: Path | None, llm: str | None = None) -> Settings:
         except ValidationError as exc:
             raise ConfigError(f"--llm {llm}: {describe_validation_error(exc)}") from exc
     return settings
+
+
+def _days(value: str | None) -> tuple[date, date] | None:
+    """FROM[:TO] as two dates (a ConfigError naming the option when it is not one)."""
+    if value is None:
+        return None
+    first, _, last = value.partition(":")
+    try:
+        days = date.fromisoformat(first.strip()), date.fromisoformat((last or first).strip())
+    except ValueError:
+        raise ConfigError("--rebuild: expected FROM[:TO] as YYYY-MM-DD dates") from None
+    if days[1] < days[0]:
+        raise ConfigError("--rebuild: TO is before FROM")
+    return days
+
+
+def _reasons(reasons: Mapping[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for reason in reasons.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    return ", ".join(f"{n:,} {reason}" for reason, n in sorted(counts.items())) or "none"
 
 
 def _fail(kind: str, message: str, code: int) -> typer.Exit:
@@ -152,8 +176,10 @@ def run(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
     config: ConfigOption = None,
     llm: LlmOption = None,
+    rebuild: RebuildOption = None,
 ) -> None:
-    """Run the pipeline on a GA4 export and write the outputs.
+    """Run the pipeline on a GA4 export and write the outputs. Export files the warehouse already
+    holds unchanged are not read again (except the latest days; see [ingest] in flashcast.toml).
 
     Example: flashcast run --export data/sim/ndjson --spend data/sim/spend.csv --out out
     """
@@ -162,7 +188,7 @@ def run(
         check_provider(settings.llm)
         out = _output_folder(out)
         key = load_pii_key(settings.policy, settings.pii_key_file)
-        result = _run_with_progress(RunInputs(export, spend), lambda inputs, progress: run_pipeline(
+        result = _run_with_progress(RunInputs(export, spend, _days(rebuild)), lambda inputs, progress: run_pipeline(
             settings, inputs, out, key=key, progress=progress))
     _print_summary(result, settings.currency)
 
@@ -173,9 +199,11 @@ def ingest(
     spend: Annotated[Path | None, typer.Option(help="Daily spend CSV (date, channel, spend).")] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
     config: ConfigOption = None,
+    rebuild: RebuildOption = None,
 ) -> None:
     """Run only the governed data path (ingest, guard, daily KPIs) into the warehouse; print rows,
-    rows per second and peak memory. `flashcast run` runs the same path, then the plan.
+    rows per second and peak memory. `flashcast run` runs the same path, then the plan. With
+    --rebuild, the files of those days are read again (a backfill).
 
     Example: flashcast ingest --export data/sim/ndjson --spend data/sim/spend.csv --out out
     """
@@ -189,17 +217,19 @@ def ingest(
         out = _output_folder(out)
         key = load_pii_key(settings.policy, settings.pii_key_file)
         start = time.perf_counter()
-        result = _run_with_progress(RunInputs(export, spend), lambda inputs, progress: run_pipeline(
+        result = _run_with_progress(RunInputs(export, spend, _days(rebuild)), lambda inputs, progress: run_pipeline(
             settings, inputs, out, key=key, progress=progress, through=GOVERNED_DATA, job="ingest"))
         seconds = time.perf_counter() - start
-    totals, k = result.guard.totals, result.kpis
+    totals, k, staged = result.guard.totals, result.kpis, result.ingest
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    console.print(f"ingested run {result.lineage_id}: {totals['input_rows']:,} rows from {len(result.ingest.files):,} "
-                  f"file(s) in {seconds:.1f} s = {totals['input_rows'] / max(seconds, 1e-9):,.0f} rows/s, peak "
-                  f"memory {peak:,.0f} MiB", highlight=False)
-    console.print(f"{totals['accepted']:,} accepted, {totals['dropped_consent']:,} dropped for consent, "
+    console.print(f"ingested run {result.lineage_id}: read {staged.input_rows:,} rows from {len(staged.files):,} "
+                  f"file(s) ({_reasons(staged.reasons)}) in {seconds:.1f} s = "
+                  f"{staged.input_rows / max(seconds, 1e-9):,.0f} rows/s, peak memory {peak:,.0f} MiB", highlight=False,
+                  soft_wrap=True)
+    console.print(f"history: {totals['input_rows']:,} rows ({len(staged.reused_files):,} file(s) reused from the "
+                  f"warehouse): {totals['accepted']:,} accepted, {totals['dropped_consent']:,} dropped for consent, "
                   f"{totals['quarantined']:,} quarantined, {totals['duplicate']:,} duplicates; days {k.first_day} to "
-                  f"{k.last_day}", highlight=False)
+                  f"{k.last_day}", highlight=False, soft_wrap=True)
     for item in result.ingest.warnings:
         console.print(f"[yellow]attention[/yellow] {escape(item)}", highlight=False)
     for name, path in sorted(result.outputs.items()):
@@ -361,6 +391,38 @@ def forecast(
                   f"{sum(k.startswith('fan_chart') for k in files)} fan chart(s) in {out}")
     if not done:
         raise typer.Exit(1)
+
+
+@app.command()
+def prune(
+    keep_days: Annotated[int, typer.Option(min=0, help="Keep guarded rows of this many days before the newest.")],
+    config: ConfigOption = None,
+) -> None:
+    """Remove guarded rows (events, quarantine, consent drops, duplicates, sessions) dated more than
+    KEEP_DAYS before the warehouse's newest day; the lineage log records what was removed. Decisions
+    (segments, creatives, allocations) are kept. `[store] retention_days` does the same after each run.
+
+    Example: flashcast prune --keep-days 400
+    """
+    from flashcast.history import prune as prune_warehouse
+    from flashcast.lineage import LineageLog, new_lineage_id
+    from flashcast.store import OpsStore, transform_connection
+
+    with _errors():
+        settings = _settings(config)
+        if not settings.store.warehouse_path.exists():
+            raise ConfigError(f"no warehouse at {settings.store.warehouse_path}: nothing to prune")
+        con = transform_connection()
+        try:
+            pruned = prune_warehouse(con, settings.store.warehouse_path, keep_days=keep_days,
+                                     timeout_s=settings.store.lock_timeout_s)
+        finally:
+            con.close()
+        ops = OpsStore(settings.store.ops_database_url)
+        LineageLog(ops).append("warehouse_pruned", new_lineage_id(), {"keep_days": keep_days, "rows": pruned})
+        ops.dispose()
+    console.print(f"pruned {sum(pruned.values()):,} row(s) dated more than {keep_days:,} day(s) before the newest: "
+                  + (", ".join(f"{table} {n:,}" for table, n in pruned.items()) or "nothing stored"), highlight=False)
 
 
 @app.command()

@@ -37,6 +37,9 @@ class StoreConfig(_Frozen):
     # spills what does not fit (default: <home>/tmp).
     memory_limit: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
     temp_directory: Path | None = None
+    # Guarded rows (events, quarantine, consent drops, duplicates, sessions) dated more than this many
+    # days before the newest day are removed from the warehouse after each run (0: keep everything).
+    retention_days: int = Field(default=0, ge=0)
 
     @property
     def spill_path(self) -> Path:
@@ -56,6 +59,12 @@ class IngestConfig(_Frozen):
     the date in its file's name is quarantined (a clock or export problem, not a real event)."""
 
     max_days_from_file_date: int = Field(default=1, ge=0)
+    # Runs are incremental: an export file the warehouse already holds unchanged (same name, size and
+    # content hash) is not read again, except the files of the latest `look_back_days` days, which
+    # GA4 rewrites (late events; the daily table replacing the intraday one). false: every run
+    # re-reads every file.
+    incremental: bool = True
+    look_back_days: int = Field(default=3, ge=0)
 
 
 class PrivacyPolicy(_Frozen):

@@ -5,7 +5,8 @@ in its module that takes records of earlier stages and the run's context by para
 `flashcast.wiring`) and returns one record. Around every stage the hooks run: the lineage recorder
 writes stage_started / stage_completed entries and the progress callback reports the stage. The
 tables a stage reads and writes are declared here and checked; after the last stage the outputs are
-written, the kept tables are appended to the warehouse under its lock and the run is completed.
+written, the kept tables go to the warehouse under its lock (guarded rows replace those of the files
+read again, decisions are appended: see `flashcast.history`) and the run is completed.
 A failure is recorded (redacted) and raised as StageError naming the step.
 
 Adding a stage (3 places): a module in `stages/` with a `run` function returning a record with a
@@ -27,6 +28,7 @@ import duckdb
 
 from flashcast.config import Settings
 from flashcast.errors import FlashcastError, StageError
+from flashcast.history import persist_run
 from flashcast.keys import PiiKey
 from flashcast.lineage import DatasetRef, LogHead, OpenLineageEmitter, RunRecorder, new_lineage_id
 from flashcast.llm.base import Provider
@@ -48,7 +50,7 @@ from flashcast.records import (
 )
 from flashcast.stages import allocate, creatives, forecast, guard, ingest, kpis, payload, segments
 from flashcast.stages.payload import Payload
-from flashcast.store import OpsStore, append_to_warehouse, transform_connection
+from flashcast.store import OpsStore, transform_connection
 from flashcast.wiring import call, missing_inputs, parameters
 
 JOB = "run"
@@ -216,7 +218,11 @@ def run_pipeline(
         step = "outputs"
         outputs = write_outputs(values)
         step = "persist"
-        append_to_warehouse(con, settings.store.warehouse_path, kept, timeout_s=settings.store.lock_timeout_s)
+        pruned = persist_run(con, settings.store.warehouse_path, kept, timeout_s=settings.store.lock_timeout_s,
+                             retention_days=settings.store.retention_days)
+        if pruned:
+            recorder.log.append("warehouse_pruned", context.lineage_id,
+                                {"keep_days": settings.store.retention_days, "rows": pruned})
         ops.record_reconciliation(context.lineage_id, values["guard"].days)
         step = "publish"
         head = _complete(recorder, values, outputs, settings, out_dir, kept)

@@ -7,6 +7,7 @@ changes an earlier one's result.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -49,6 +50,7 @@ class RunInputs:
 
     export: Path
     spend: Path | None = None
+    rebuild: tuple[date, date] | None = None  # days read again even if their files are unchanged
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,17 @@ class StagedExport:
     files: tuple[ExportFile, ...]
     input_rows: int
     warnings: tuple[str, ...] = ()  # empty files, rows far from their file's date
+    # Incremental runs: why each file was read (new, changed, look-back...), and the stored files
+    # whose guarded rows were reused instead.
+    reasons: Mapping[str, str] = field(default_factory=dict)
+    reused_files: tuple[str, ...] = ()
 
     def lineage(self) -> dict[str, Any]:
+        read: dict[str, int] = {}
+        for reason in self.reasons.values():
+            read[reason] = read.get(reason, 0) + 1
         return {"files": [f.name for f in self.files], "input_rows": self.input_rows,
+                **({"read_because": read, "reused_files": len(self.reused_files)} if self.reasons else {}),
                 **({"warnings": list(self.warnings)} if self.warnings else {})}
 
 

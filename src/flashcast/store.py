@@ -27,7 +27,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from flashcast.errors import StoreBusy
-from flashcast.sql import identifier, literal
+from flashcast.sql import literal
 
 
 @contextmanager
@@ -83,27 +83,6 @@ def warehouse_session(
             yield "wh"
         finally:
             con.execute("DETACH wh")
-
-
-def append_to_warehouse(con: duckdb.DuckDBPyConnection, warehouse: Path, tables: Sequence[str], *,
-                        timeout_s: float) -> None:
-    """Append the run's `tables` to the warehouse in one transaction, holding its lock only for the copy.
-    Warehouse tables only grow: a column a newer version adds is added (NULL for older runs)."""
-    with warehouse_session(con, warehouse, timeout_s=timeout_s) as wh:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            for table in tables:
-                target = f"{wh}.main.{table}"
-                con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM {table} WITH NO DATA")
-                existing = {r[0] for r in con.execute(f"DESCRIBE {target}").fetchall()}
-                for name, dtype, *_ in con.execute(f"DESCRIBE {table}").fetchall():
-                    if name not in existing:
-                        con.execute(f"ALTER TABLE {target} ADD COLUMN {identifier(name)} {dtype}")
-                con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {table}")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
 
 class OpsStore:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -320,6 +320,18 @@ class CurveSet:
         return CurveSet(names, self.is_hill[idx], self.beta[idx], self.k[idx],
                         self.slope[idx], self.scale[idx], self.tangent[idx], self.chord[idx])
 
+    def within(self, upper: Array) -> CurveSet:
+        """The concave envelopes of the curves cut at `upper`: an S-curve whose tangent point lies above
+        its line's bound is all foot there, and its envelope is the chord to the bound (the chord to
+        the tangent point would promise returns the line cannot reach)."""
+        over = self.tangent > upper
+        if not over.any():
+            return self
+        tangent = np.where(over, upper, self.tangent)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            chord = np.where(over, np.where(tangent > 0, self.curve_response(tangent) / tangent, 0.0), self.chord)
+        return replace(self, tangent=tangent, chord=chord)
+
     def curve_response(self, x: Array) -> Array:
         """Steady-state daily conversions on the curves themselves (what spend really buys)."""
         return np.asarray(self.beta * saturation(np.maximum(x, 0.0) / self.scale, self.is_hill, self.k, self.slope))
@@ -356,6 +368,9 @@ class MeanCurves:
 
     def subset(self, idx: np.ndarray) -> MeanCurves:
         return MeanCurves(tuple(d.subset(idx) for d in self.draws))
+
+    def within(self, upper: Array) -> MeanCurves:
+        return MeanCurves(tuple(d.within(upper) for d in self.draws))
 
     def curve_response(self, x: Array) -> Array:
         return np.asarray(np.mean([d.curve_response(x) for d in self.draws], axis=0))

@@ -35,6 +35,8 @@ class Curves(Protocol):
     @property
     def tangent(self) -> Array: ...
 
+    def within(self, upper: Array) -> Curves: ...
+
     def curve_response(self, x: Array) -> Array: ...
 
     def curve_marginal(self, x: Array) -> Array: ...
@@ -126,6 +128,7 @@ def check_feasible_problem(problem: Problem, budget: float) -> tuple[Array, Arra
 
 MAX_ENUMERATED = 6  # S-shaped lines whose on/off states are all tried (2^6 = 64 concave solves)
 MAX_POLISHED = 40  # problems up to this many lines get a local nonlinear polish on the true curves
+POLISH_STARTS = 3  # ... started from this many of the best on/off states
 
 
 def optimize(problem: Problem, budget: float) -> Solution:
@@ -138,20 +141,52 @@ def optimize(problem: Problem, budget: float) -> Solution:
     concave envelope can land on the foot's flat chord, half-spending a line; so every on/off state
     of the S-shaped lines is solved as a concave problem and the state that buys the most on the true
     curves wins."""
+    problem = replace(problem, curves=problem.curves.within(problem.line_upper))
     relaxed = _optimize_envelope(problem, budget)
     tangent = np.asarray(problem.curves.tangent, dtype=float)
     footed = np.where(tangent > problem.line_lower + 1e-9)[0]
     if not len(footed):
         return relaxed
-    best = _best_state(problem, budget, relaxed, footed, tangent)
+    states = _best_states(problem, budget, relaxed, footed, tangent)
+    if len(problem.line_lower) > MAX_POLISHED:
+        return states[0]
     # With a concave line beside it, the best point can also lie on an S-curve's foot (at most one
-    # line there): a local solver on the true curves, started from the best state, finds it.
-    return _polish(problem, budget, best) if len(problem.line_lower) <= MAX_POLISHED else best
+    # line there): a local solver on the true curves finds it, started from the best few states
+    # (from one alone it can stay at a vertex where the foot's marginal is ~0).
+    starts = states[:POLISH_STARTS] + _residual_starts(problem, budget, footed, tangent)[:POLISH_STARTS]
+    polished = [_polish(problem, budget, start) for start in starts]
+    return max(polished, key=lambda solution: solution.expected)
 
 
-def _best_state(problem: Problem, budget: float, relaxed: Solution, footed: np.ndarray, tangent: Array
-                ) -> Solution:
+def _residual_starts(problem: Problem, budget: float, footed: np.ndarray, tangent: Array) -> list[Solution]:
+    """Starts with one S-shaped line part-way up its foot (the others solved around it), best first:
+    an optimum can hold one line there, taking what the concave lines leave, where its rising
+    marginal meets theirs; a local solver reaches it only from nearby."""
+    starts = []
+    for i in footed:
+        top = min(float(problem.line_upper[i]), float(tangent[i]))
+        best: Solution | None = None
+        for share in (1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6):
+            fixed = problem.line_lower[i] + share * (top - problem.line_lower[i])
+            lower, upper = problem.line_lower.copy(), problem.line_upper.copy()
+            lower[i] = upper[i] = fixed
+            try:
+                candidate = _optimize_envelope(replace(problem, line_lower=lower, line_upper=upper), budget)
+            except AllocationInfeasible:
+                continue
+            candidate = replace(candidate, expected=float(problem.curves.curve_response(candidate.line_spend).sum()))
+            if best is None or candidate.expected > best.expected:
+                best = candidate
+        if best is not None:
+            starts.append(best)
+    return sorted(starts, key=lambda solution: -solution.expected)
+
+
+def _best_states(problem: Problem, budget: float, relaxed: Solution, footed: np.ndarray, tangent: Array
+                 ) -> list[Solution]:
+    """Solutions of the on/off states tried, best first (on the true curves)."""
     best, best_value = relaxed, float(problem.curves.curve_response(relaxed.line_spend).sum())
+    found = [replace(relaxed, expected=best_value)]
 
     def solve(state: dict[int, bool]) -> None:
         nonlocal best, best_value
@@ -168,6 +203,7 @@ def _best_state(problem: Problem, budget: float, relaxed: Solution, footed: np.n
         except AllocationInfeasible:
             return
         value = float(problem.curves.curve_response(candidate.line_spend).sum())
+        found.append(replace(candidate, expected=value))
         if value > best_value + 1e-12:
             best, best_value = candidate, value
 
@@ -186,7 +222,7 @@ def _best_state(problem: Problem, budget: float, relaxed: Solution, footed: np.n
                     state[i], improved = not state[i], True
             if not improved:
                 break
-    return replace(best, expected=best_value)
+    return sorted(found, key=lambda solution: -solution.expected)
 
 
 def _polish(problem: Problem, budget: float, start: Solution) -> Solution:

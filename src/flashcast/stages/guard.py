@@ -21,6 +21,7 @@ import duckdb
 
 from flashcast.config import PrivacyPolicy, Settings
 from flashcast.errors import ReconciliationError
+from flashcast.history import OUTCOME_TABLES, merge_reused
 from flashcast.keys import PiiKey
 from flashcast.privacy import EMAIL_PATTERN, EMAIL_TOKEN, PHONE_PATTERN, PHONE_TOKEN, PII_QUERY_KEYS, REDACTED_TOKEN
 from flashcast.records import DayOutcome, GuardReport, RunContext, StagedExport, Table
@@ -30,9 +31,17 @@ def run(con: duckdb.DuckDBPyConnection, *, ingest: StagedExport, settings: Setti
         key: PiiKey) -> GuardReport:
     """The guard stage: split the staged rows into the outcome tables and count them per day."""
     install_privacy_functions(con, key, settings.policy)
-    report = guard_export(con, ingest, policy=settings.policy, run=context)
+    prior = f"_stored_{Table.GUARDED_EVENTS}"
+    has_prior = _has_column(con, prior, "transaction_key")
+    report = guard_export(con, ingest, policy=settings.policy, run=context, prior_events=prior if has_prior else None,
+                          stored_prefix="_stored_")
     _daily_outcomes_table(con, report, context)
     return report
+
+
+def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ?",
+                            [table, column]).fetchall()[0][0])
 
 
 def install_privacy_functions(con: duckdb.DuckDBPyConnection, key: PiiKey, policy: PrivacyPolicy) -> None:
@@ -62,9 +71,15 @@ def install_privacy_functions(con: duckdb.DuckDBPyConnection, key: PiiKey, polic
 
 
 def guard_export(
-    con: duckdb.DuckDBPyConnection, staged: StagedExport, *, policy: PrivacyPolicy, run: RunContext
+    con: duckdb.DuckDBPyConnection, staged: StagedExport, *, policy: PrivacyPolicy, run: RunContext,
+    prior_events: str | None = None, stored_prefix: str | None = None,
 ) -> GuardReport:
-    """Split the staged rows into the four outcome tables and reconcile the counts per day."""
+    """Split the staged rows into the four outcome tables and reconcile the counts per day.
+
+    `prior_events`: guarded events of earlier runs; a purchase whose transaction (by its keyed
+    `transaction_key`, never the raw id) is among them is a duplicate. `stored_prefix`: the reused
+    stored rows (`<prefix><table>`, see `flashcast.history`) are appended to the outcome tables
+    before the days are counted, so the run's tables and reconciliation cover the whole history."""
     consent_col = policy.consent_field
     null_granted = "true" if policy.consent_null_means == "granted" else "false"
     stamp = "?::VARCHAR AS lineage_id, ?::TIMESTAMPTZ AS processed_at"
@@ -105,11 +120,12 @@ def guard_export(
     # joins over the full rows (raw line, params) cost several times more.
     con.execute(
         """CREATE OR REPLACE TEMP TABLE _candidates AS
-        SELECT source_file, source_line, event_date, event_name, event_timestamp, transaction_id, fingerprint,
+        SELECT source_file, source_line, event_date, event_name, event_timestamp, transaction_key, fingerprint,
           row_number() OVER w AS fp_rank,
           first_value(source_file) OVER w AS fp_kept_file, first_value(source_line) OVER w AS fp_kept_line
         FROM (
-          SELECT source_file, source_line, event_date, event_name, event_timestamp, transaction_id,
+          SELECT source_file, source_line, event_date, event_name, event_timestamp,
+            CASE WHEN event_name = 'purchase' THEN hmac_hex(transaction_id) END AS transaction_key,
             -- within the run only, to rank copies: the stored fingerprint of a duplicate is an HMAC
             hash(event_date, stream_id, user_pseudo_id, ga_session_id, event_name, event_timestamp,
                  list_sort(params)) AS fingerprint
@@ -117,15 +133,24 @@ def guard_export(
         )
         WINDOW w AS (PARTITION BY fingerprint ORDER BY source_file, source_line)"""
     )
+    # A transaction already stored by an earlier run wins over this run's copies (cross-day dedup).
+    prior = (f"""UNION ALL SELECT source_file, source_line, transaction_key, event_timestamp, true
+          FROM {prior_events} WHERE event_name = 'purchase' AND transaction_key IS NOT NULL"""
+             if prior_events else "")
     con.execute(
-        """CREATE OR REPLACE TEMP TABLE _ranked AS
+        f"""CREATE OR REPLACE TEMP TABLE _ranked AS
         SELECT c.*, t.txn_rank, t.txn_kept_file, t.txn_kept_line
         FROM _candidates c LEFT JOIN (
-          SELECT source_file, source_line, row_number() OVER w AS txn_rank,
-            first_value(source_file) OVER w AS txn_kept_file, first_value(source_line) OVER w AS txn_kept_line
-          FROM _candidates
-          WHERE fp_rank = 1 AND event_name = 'purchase' AND transaction_id IS NOT NULL
-          WINDOW w AS (PARTITION BY transaction_id ORDER BY event_timestamp, source_file, source_line)
+          SELECT * FROM (
+            SELECT source_file, source_line, stored, row_number() OVER w AS txn_rank,
+              first_value(source_file) OVER w AS txn_kept_file, first_value(source_line) OVER w AS txn_kept_line
+            FROM (
+              SELECT source_file, source_line, transaction_key, event_timestamp, false AS stored
+              FROM _candidates WHERE fp_rank = 1 AND event_name = 'purchase' AND transaction_key IS NOT NULL
+              {prior}
+            )
+            WINDOW w AS (PARTITION BY transaction_key ORDER BY stored DESC, event_timestamp, source_file, source_line)
+          ) WHERE NOT stored
         ) t USING (source_file, source_line)"""
     )
     con.execute(
@@ -155,7 +180,7 @@ def guard_export(
           list_transform(params, lambda p: {{'key': p.key, 'string_value': redact_text(p.string_value),
                                             'int_value': p.int_value, 'double_value': p.double_value}}) AS params,
           CASE WHEN event_name = 'purchase' THEN coalesce(revenue, 0) ELSE revenue END AS revenue,
-          transaction_id,
+          k.transaction_key,
           redact_text(session_source) AS session_source, redact_text(session_medium) AS session_medium,
           redact_text(session_campaign) AS session_campaign,
           redact_text(first_touch_source) AS first_touch_source, redact_text(first_touch_medium) AS first_touch_medium,
@@ -163,13 +188,17 @@ def guard_export(
           device_category, country, platform, stream_id,
           {consent_col} AS consent_value, intraday, source_file, source_line
         FROM _routed r
-        JOIN (SELECT source_file, source_line FROM _ranked WHERE fp_rank = 1 AND coalesce(txn_rank, 1) = 1)
-          k USING (source_file, source_line)
+        JOIN (SELECT source_file, source_line, transaction_key FROM _ranked
+              WHERE fp_rank = 1 AND coalesce(txn_rank, 1) = 1) k USING (source_file, source_line)
         WHERE r.route = 'candidate'""",
         [*params, run.key_id],
     )
+    stored = stored_prefix is not None and _has_column(con, f"{stored_prefix}{Table.GUARDED_EVENTS}", "source_file")
+    if stored:
+        merge_reused(con, OUTCOME_TABLES)
     report = GuardReport(
-        days=_day_outcomes(con, src), key_id=run.key_id, consent_null_means=policy.consent_null_means
+        days=_day_outcomes(con, src, stored_prefix if stored else None), key_id=run.key_id,
+        consent_null_means=policy.consent_null_means,
     )
     _check_reconciliation(report)
     return report
@@ -187,16 +216,20 @@ def _daily_outcomes_table(con: duckdb.DuckDBPyConnection, report: GuardReport, r
         con.executemany(f"INSERT INTO {Table.DAILY_OUTCOMES} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
-def _day_outcomes(con: duckdb.DuckDBPyConnection, staged_table: str) -> tuple[DayOutcome, ...]:
-    """Count each outcome per day, each from its own table, next to the input count."""
+def _day_outcomes(con: duckdb.DuckDBPyConnection, staged_table: str, stored_prefix: str | None = None
+                  ) -> tuple[DayOutcome, ...]:
+    """Count each outcome per day, each from its own table, next to the input count (the staged rows,
+    plus the reused stored rows, each of which had its outcome when it was read)."""
     sources = [("input_rows", staged_table), ("accepted", Table.GUARDED_EVENTS),
                ("dropped_consent", Table.CONSENT_DROPS), ("quarantined", Table.QUARANTINE),
                ("duplicate", Table.DUPLICATES)]
+    if stored_prefix is not None:
+        sources += [("input_rows", f"{stored_prefix}{t}") for t in OUTCOME_TABLES]
     union = " UNION ALL ".join(f"SELECT event_date, '{k}' AS k, count(*) AS n FROM {t} GROUP BY event_date"
                                for k, t in sources)
     # Every file's day is listed, an empty file's day with zeros, so no day vanishes silently.
     union += f" UNION ALL SELECT DISTINCT file_date, 'input_rows', 0 FROM {Table.FILES} WHERE file_date IS NOT NULL"
-    columns = ", ".join(f"coalesce(sum(n) FILTER (WHERE k = '{k}'), 0)::BIGINT" for k, _ in sources)
+    columns = ", ".join(f"coalesce(sum(n) FILTER (WHERE k = '{k}'), 0)::BIGINT" for k in dict(sources))
     rows = con.execute(
         f"SELECT coalesce(event_date::VARCHAR, 'unknown'), {columns} FROM ({union}) "
         "GROUP BY event_date ORDER BY event_date NULLS LAST"

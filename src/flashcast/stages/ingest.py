@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import duckdb
 
 from flashcast.config import Settings
 from flashcast.errors import ExportNotFound, IngestError
+from flashcast.history import READ_FILES, FileSelection, merge_reused, read_history, select_files
 from flashcast.records import ExportFile, RunContext, RunInputs, StagedExport, Table
 from flashcast.sql import literal
 
@@ -158,22 +161,52 @@ def _param(key: str, slot: str = "string_value") -> str:
 
 def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings, context: RunContext
         ) -> StagedExport:
-    """The ingest stage: every line of the export, validated, in table `staged`; every file, with its
-    row count, in table `files`."""
-    return stage_export(con, inputs.export, max_days_from_file_date=settings.ingest.max_days_from_file_date,
-                        lineage_id=context.lineage_id)
+    """The ingest stage: every line of the files this run must read (see `flashcast.history`),
+    validated, in table `staged`; every file the history holds, with its rows, in table `files`.
+    The stored rows of the files not read wait in `_stored_<table>` for the guard."""
+    files = discover_exports(inputs.export)
+    ingest = settings.ingest
+    selection = read_history(
+        con, settings.store.warehouse_path, timeout_s=settings.store.lock_timeout_s,
+        choose=lambda stored: select_files(files, stored, incremental=ingest.incremental,
+                                           look_back_days=ingest.look_back_days, rebuild=inputs.rebuild))
+    staged = stage_export(con, inputs.export, files=selection.read,
+                          max_days_from_file_date=ingest.max_days_from_file_date, lineage_id=context.lineage_id)
+    _register(con, selection, staged.table)
+    merge_reused(con, [Table.FILES])
+    return replace(staged, reasons=selection.reasons, reused_files=selection.reused)
 
 
-def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, table: str = Table.STAGED,
-                 max_days_from_file_date: int = 1, lineage_id: str | None = None) -> StagedExport:
-    """Read and validate every row of the export at `source` into temp table `table`, and list the
-    files in table `files`. A file DuckDB cannot read at all is an IngestError naming it.
+def _register(con: duckdb.DuckDBPyConnection, selection: FileSelection, staged: str) -> None:
+    """Each file read gets its size, modification time, content hash and newest day in `files`
+    (what the next run recognizes it by); their names go to `_read_files`."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {READ_FILES} (name VARCHAR)")
+    if selection.read:
+        con.executemany(f"INSERT INTO {READ_FILES} VALUES (?)", [(f.name,) for f in selection.read])
+    for column, kind in (("size_bytes", "BIGINT"), ("modified_ns", "BIGINT"), ("content_hash", "VARCHAR"),
+                         ("last_day", "DATE")):
+        con.execute(f"ALTER TABLE {Table.FILES} ADD COLUMN {column} {kind}")
+    if selection.identities:
+        con.executemany(
+            f"UPDATE {Table.FILES} SET size_bytes = ?, modified_ns = ?, content_hash = ? WHERE source_file = ?",
+            [(i.size_bytes, i.modified_ns, i.content_hash, name) for name, i in selection.identities.items()])
+    con.execute(f"""UPDATE {Table.FILES} f SET last_day = d.last_day
+        FROM (SELECT source_file, max(event_date) AS last_day FROM {staged} GROUP BY source_file) d
+        WHERE d.source_file = f.source_file""")
+
+
+def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, files: Sequence[ExportFile] | None = None,
+                 table: str = Table.STAGED, max_days_from_file_date: int = 1, lineage_id: str | None = None
+                 ) -> StagedExport:
+    """Read and validate every row of the export at `source` (or only its `files`) into temp table
+    `table`, and list the files in table `files`. A file DuckDB cannot read at all is an IngestError
+    naming it.
 
     Three readers feed one set of checks: clean NDJSON files go through DuckDB's native JSON reader
     (`read_json`, the fast path); NDJSON files with a line it would skip or choke on (blank, not an
     object, over-long, malformed) are read line by line, so every line is a row with its problems;
     Parquet files are read by column and cast to the same types."""
-    files = discover_exports(source)
+    files = tuple(files) if files is not None else discover_exports(source)
     ndjson = [f for f in files if f.format == "ndjson"]
     parquet = [f for f in files if f.format == "parquet"]
     stats = _line_stats(con, ndjson, check_json=False)

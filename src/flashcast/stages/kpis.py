@@ -16,19 +16,21 @@ import duckdb
 
 from flashcast.config import ChannelMapping, Settings
 from flashcast.errors import IngestError
-from flashcast.records import KpiSummary, RunInputs, Table
+from flashcast.records import KpiSummary, RunContext, RunInputs, Table
 from flashcast.sql import literal
 
 PARTIAL_DAY_HOUR = 22  # a last day whose latest event is earlier than 22:00 local is still filling in
 
 
-def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings) -> KpiSummary:
+def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings, context: RunContext
+        ) -> KpiSummary:
     """The KPI stage: sessions per channel, then daily KPIs per channel with the day's spend."""
     if inputs.spend is None:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {Table.SPEND} (event_date DATE, channel VARCHAR, spend DOUBLE)")
     else:
         load_spend(con, inputs.spend, mapping=settings.channels)
-    return daily_channel_kpis(con, spend=Table.SPEND, mapping=settings.channels, timezone=settings.property_timezone)
+    return daily_channel_kpis(con, spend=Table.SPEND, mapping=settings.channels, timezone=settings.property_timezone,
+                              lineage_id=context.lineage_id)
 
 
 def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMapping,
@@ -84,6 +86,7 @@ def daily_channel_kpis(
     mapping: ChannelMapping,
     timezone: str,
     table: str = Table.DAILY_KPIS,
+    lineage_id: str | None = None,
 ) -> KpiSummary:
     """Build `table`: one row per (event_date, channel) on a zero-filled spine, with the lineage stamp."""
     _install_channel_rules(con, mapping)
@@ -146,7 +149,7 @@ def daily_channel_kpis(
           SELECT e.event_date, s.channel, count(*) AS purchases, sum(e.revenue) AS revenue
           FROM {events} e JOIN {Table.SESSIONS} s USING (session_key)
           WHERE e.event_name = 'purchase' GROUP BY ALL
-        ), stamp AS (SELECT any_value(lineage_id) AS lineage_id FROM {events})
+        ), stamp AS (SELECT coalesce(?, any_value(lineage_id)) AS lineage_id FROM {events})
         SELECT stamp.lineage_id, spine.event_date, spine.channel,
           coalesce(sess.sessions, 0)::BIGINT AS sessions,
           coalesce(buys.purchases, 0)::BIGINT AS purchases,
@@ -158,6 +161,6 @@ def daily_channel_kpis(
         LEFT JOIN buys USING (event_date, channel)
         {spend_join}
         ORDER BY spine.event_date, spine.channel""",
-        [first_day, last_day, channels, last_day, partial],
+        [first_day, last_day, channels, lineage_id, last_day, partial],
     )
     return KpiSummary(table, first_day, last_day, partial, tuple(channels))

@@ -1,0 +1,275 @@
+"""The warehouse as the governed history: which export files it holds, which files a run must read,
+and how a run's rows replace the ones they supersede.
+
+A run reads only the export files the warehouse does not hold unchanged (by name, size and content
+hash), the files of the latest `look_back_days` days (GA4 rewrites recent days: late hits, the
+daily table replacing the intraday one), every file sharing a date with one of those, and the days
+a user asks to rebuild. The guarded rows of every other file are taken from the warehouse, so the
+run's connection still holds the whole history for the stages after the guard.
+
+How the warehouse keeps each table:
+
+* by file (`BY_FILE`): rows carry their `source_file`; a file read again replaces its rows.
+* by day (`BY_DAY`): sessions, recomputed from events; rows from the day before the earliest day
+  read on are replaced.
+* whole (`WHOLE`): daily KPIs and daily outcomes, small and recomputed every run over the whole
+  history (a corrected spend file changes old days too).
+* everything else (segments, creatives, allocations: decisions) is appended, one copy per run.
+
+Files no longer in the export folder keep their rows: the warehouse is the history, and `prune`
+(or `[store] retention_days`) is how rows leave it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+
+from flashcast.records import ExportFile, Table
+from flashcast.sql import identifier, literal
+from flashcast.store import warehouse_session
+
+BY_FILE: tuple[Table, ...] = (Table.FILES, Table.GUARDED_EVENTS, Table.QUARANTINE, Table.CONSENT_DROPS,
+                              Table.DUPLICATES)
+OUTCOME_TABLES: tuple[Table, ...] = (Table.GUARDED_EVENTS, Table.QUARANTINE, Table.CONSENT_DROPS, Table.DUPLICATES)
+BY_DAY: tuple[Table, ...] = (Table.SESSIONS,)
+WHOLE: tuple[Table, ...] = (Table.DAILY_KPIS, Table.DAILY_OUTCOMES)
+PRUNED: tuple[Table, ...] = (*OUTCOME_TABLES, Table.SESSIONS)
+READ_FILES = "_read_files"  # the names of the files this run reads, in the run's connection
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file the warehouse holds rows of, as it was when read."""
+
+    name: str
+    size_bytes: int
+    modified_ns: int
+    content_hash: str
+    file_date: date | None
+    last_day: date | None  # the newest event_date among its rows
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    size_bytes: int
+    modified_ns: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class FileSelection:
+    """Which of the export's files a run reads (and why), and which stored files it reuses."""
+
+    read: tuple[ExportFile, ...]
+    reasons: dict[str, str]  # file name -> new | changed | look-back | rebuild | latest | same day | every run
+    reused: tuple[str, ...]
+    identities: dict[str, FileIdentity] = field(default_factory=dict)
+
+
+def file_identity(path: Path, stored: StoredFile | None) -> FileIdentity:
+    """Size, modification time and SHA-256 of a file; the hash is taken from the warehouse when
+    size and modification time match what was stored (as make and git do), so unchanged files
+    are not read to be recognized."""
+    stat = path.stat()
+    if stored is not None and stored.size_bytes == stat.st_size and stored.modified_ns == stat.st_mtime_ns:
+        return FileIdentity(stat.st_size, stat.st_mtime_ns, stored.content_hash)
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return FileIdentity(stat.st_size, stat.st_mtime_ns, digest)
+
+
+def select_files(files: Sequence[ExportFile], stored: dict[str, StoredFile], *, incremental: bool,
+                 look_back_days: int, rebuild: tuple[date, date] | None = None) -> FileSelection:
+    """The files a run must read (see the module docstring) and the stored files whose rows it reuses."""
+    identities = {f.name: file_identity(f.path, stored.get(f.name)) for f in files}
+    reasons: dict[str, str] = {}
+    for f in files:
+        before = stored.get(f.name)
+        if not incremental:
+            reasons[f.name] = "every run"
+        elif before is None:
+            reasons[f.name] = "new"
+        elif before.content_hash != identities[f.name].content_hash:
+            reasons[f.name] = "changed"
+    day_of = {f.name: f.file_date or (stored[f.name].last_day if f.name in stored else None) for f in files}
+    known = [d for d in day_of.values() if d is not None]
+    if known and look_back_days > 0:
+        first_recent = max(known) - timedelta(days=look_back_days - 1)
+        for f in files:
+            day = day_of[f.name]
+            if f.name not in reasons and (day is None or day >= first_recent):
+                reasons[f.name] = "look-back"
+    if rebuild is not None:
+        for f in files:
+            day = day_of[f.name]
+            if f.name not in reasons and day is not None and rebuild[0] <= day <= rebuild[1]:
+                reasons[f.name] = "rebuild"
+    if not reasons and files:  # nothing new: the newest file is read, so a run always has rows of its own
+        reasons[max(files, key=lambda f: (day_of[f.name] or date.min, f.name)).name] = "latest"
+    # A day is read whole: files sharing a date with a file read are read too (intraday and daily).
+    read_days = {day_of[n] for n in reasons if day_of[n] is not None}
+    for f in files:
+        if f.name not in reasons and day_of[f.name] in read_days:
+            reasons[f.name] = "same day"
+    read = tuple(f for f in files if f.name in reasons)
+    reused = tuple(sorted(name for name in stored if name not in reasons))
+    return FileSelection(read, reasons, reused, {n: identities[n] for n in reasons})
+
+
+def read_history(con: duckdb.DuckDBPyConnection, warehouse: Path, *, timeout_s: float,
+                 choose: Callable[[dict[str, StoredFile]], FileSelection]) -> FileSelection:
+    """Under the warehouse's shared lock: the stored files, the run's choice among them, and the
+    rows of every reused file copied into `_stored_<table>` (one consistent snapshot)."""
+    if not warehouse.exists():
+        selection = choose({})
+        _create_empty_stored(con)
+        return selection
+    with warehouse_session(con, warehouse, timeout_s=timeout_s, read_only=True) as wh:
+        stored = _stored_files(con, wh)
+        selection = choose(stored)
+        con.execute("CREATE OR REPLACE TEMP TABLE _reused (name VARCHAR)")
+        if selection.reused:
+            con.executemany("INSERT INTO _reused VALUES (?)", [(n,) for n in selection.reused])
+        present = _tables(con, wh)
+        for table in OUTCOME_TABLES:
+            if table in present and stored:
+                con.execute(f"""CREATE OR REPLACE TEMP TABLE _stored_{table} AS
+                    SELECT * FROM {wh}.main.{table} WHERE source_file IN (SELECT name FROM _reused)""")
+            else:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE _stored_{table} (source_file VARCHAR, event_date DATE)")
+        if stored:
+            con.execute(f"""CREATE OR REPLACE TEMP TABLE _stored_{Table.FILES} AS
+                SELECT * FROM {wh}.main.{Table.FILES} WHERE source_file IN (SELECT name FROM _reused)""")
+        else:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _stored_{Table.FILES} (source_file VARCHAR)")
+    return selection
+
+
+def _create_empty_stored(con: duckdb.DuckDBPyConnection) -> None:
+    for table in (*OUTCOME_TABLES, Table.FILES):
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _stored_{table} (source_file VARCHAR, event_date DATE)"
+                    if table != Table.FILES else f"CREATE OR REPLACE TEMP TABLE _stored_{table} (source_file VARCHAR)")
+
+
+def _tables(con: duckdb.DuckDBPyConnection, catalog: str) -> set[str]:
+    return {r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [catalog]).fetchall()}
+
+
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    return [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
+
+
+def _stored_files(con: duckdb.DuckDBPyConnection, wh: str) -> dict[str, StoredFile]:
+    """The registry; empty for a warehouse written before runs were incremental (no content hashes),
+    whose rows the next run then replaces."""
+    if Table.FILES not in _tables(con, wh) or "content_hash" not in _columns(con, f"{wh}.main.{Table.FILES}"):
+        return {}
+    rows = con.execute(f"""SELECT source_file, size_bytes, modified_ns, content_hash, file_date, last_day
+        FROM {wh}.main.{Table.FILES} WHERE content_hash IS NOT NULL""").fetchall()
+    return {r[0]: StoredFile(r[0], int(r[1]), int(r[2]), str(r[3]), r[4], r[5]) for r in rows}
+
+
+def merge_reused(con: duckdb.DuckDBPyConnection, tables: Iterable[Table]) -> None:
+    """Append the reused stored rows to the run's tables (columns a table lacks on either side are
+    left out or NULL, so a warehouse written by an older version still merges)."""
+    for table in tables:
+        stored = f"_stored_{table}"
+        have = set(_columns(con, table))
+        common = [c for c in _columns(con, stored) if c in have]
+        if not common or not con.execute(f"SELECT count(*) FROM {stored}").fetchall()[0][0]:
+            continue
+        names = ", ".join(identifier(c) for c in common)
+        con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {stored}")
+
+
+def persist_run(con: duckdb.DuckDBPyConnection, warehouse: Path, tables: Sequence[Table], *, timeout_s: float,
+                retention_days: int = 0) -> dict[str, int]:
+    """Write the run's kept tables to the warehouse in one transaction under its lock (see the module
+    docstring for how each is kept), then prune by `retention_days`. Returns rows pruned per table."""
+    read_files = f"(SELECT name FROM {READ_FILES})"
+    with warehouse_session(con, warehouse, timeout_s=timeout_s) as wh:
+        legacy = _registry_is_legacy(con, wh)  # a new warehouse, or one whose runs appended whole copies
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for table in tables:
+                target = f"{wh}.main.{table}"
+                _create_or_widen(con, table, target)
+                if table in BY_FILE:
+                    where = "" if legacy else f" WHERE source_file IN {read_files}"
+                    con.execute(f"DELETE FROM {target}{where}")
+                    con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {table} "
+                                f"WHERE source_file IN {read_files}")
+                elif table in BY_DAY:
+                    since = _first_day_read(con)
+                    if since is None:
+                        continue
+                    where = "TRUE" if legacy else f"event_date >= {literal(since.isoformat())}::DATE - 1"
+                    con.execute(f"DELETE FROM {target} WHERE {where}")
+                    con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {table} WHERE {where}")
+                elif table in WHOLE:
+                    con.execute(f"DELETE FROM {target}")
+                    con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {table}")
+                else:
+                    con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {table}")
+            pruned = _prune(con, wh, retention_days) if retention_days else {}
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return pruned
+
+
+def prune(con: duckdb.DuckDBPyConnection, warehouse: Path, *, keep_days: int, timeout_s: float) -> dict[str, int]:
+    """Remove guarded rows dated more than `keep_days` before the warehouse's newest day."""
+    with warehouse_session(con, warehouse, timeout_s=timeout_s) as wh:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            pruned = _prune(con, wh, keep_days)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return pruned
+
+
+def _prune(con: duckdb.DuckDBPyConnection, wh: str, keep_days: int) -> dict[str, int]:
+    present = _tables(con, wh)
+    if Table.GUARDED_EVENTS not in present:
+        return {}
+    newest = con.execute(f"SELECT max(event_date) FROM {wh}.main.{Table.GUARDED_EVENTS}").fetchall()[0][0]
+    if newest is None:
+        return {}
+    cutoff = newest - timedelta(days=keep_days)
+    pruned = {}
+    for table in PRUNED:
+        if table in present:
+            pruned[str(table)] = int(con.execute(
+                f"DELETE FROM {wh}.main.{table} WHERE event_date < ?", [cutoff]).fetchall()[0][0])
+    return pruned
+
+
+def _registry_is_legacy(con: duckdb.DuckDBPyConnection, wh: str) -> bool:
+    return Table.FILES not in _tables(con, wh) or "content_hash" not in _columns(con, f"{wh}.main.{Table.FILES}")
+
+
+def _first_day_read(con: duckdb.DuckDBPyConnection) -> date | None:
+    day = con.execute(f"SELECT min(event_date) FROM {Table.GUARDED_EVENTS} "
+                      f"WHERE source_file IN (SELECT name FROM {READ_FILES})").fetchall()[0][0]
+    return day if isinstance(day, date) else None
+
+
+def _create_or_widen(con: duckdb.DuckDBPyConnection, table: str, target: str) -> None:
+    """The warehouse table, created like the run's; a column a newer version adds is added (NULL for
+    older rows)."""
+    con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM {table} WITH NO DATA")
+    existing = set(_columns(con, target))
+    for name, dtype, *_ in con.execute(f"DESCRIBE {table}").fetchall():
+        if name not in existing:
+            con.execute(f"ALTER TABLE {target} ADD COLUMN {identifier(name)} {dtype}")

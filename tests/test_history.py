@@ -1,0 +1,191 @@
+"""Incremental runs: files already held are not read again, a run's rows replace what they supersede,
+transactions are deduplicated across runs, and the history equals a run over everything at once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from conftest import ga4_row, write_lines
+from flashcast.config import IngestConfig, Settings, StoreConfig
+from flashcast.keys import PiiKey
+from flashcast.lineage import LineageLog
+from flashcast.pipeline import GOVERNED_DATA, RunResult, run_pipeline
+from flashcast.records import RunInputs
+from flashcast.simulate import SimulationResult
+from flashcast.store import OpsStore
+
+# Columns that differ between runs by design (who processed a row, when).
+RUN_COLUMNS = ("lineage_id", "processed_at")
+
+
+def _settings(home: Path, **ingest: object) -> Settings:
+    return Settings(property_timezone="America/New_York", store=StoreConfig(home=home),
+                    ingest=IngestConfig(**ingest))  # type: ignore[arg-type]
+
+
+def _ingest(settings: Settings, export: Path, key: PiiKey, out: Path, spend: Path | None = None,
+            rebuild: tuple[date, date] | None = None) -> RunResult:
+    return run_pipeline(settings, RunInputs(export, spend, rebuild), out, key=key, through=GOVERNED_DATA, job="ingest")
+
+
+def _rows(home: Path, table: str) -> list[tuple]:
+    """A warehouse table's rows without the per-run columns, sorted (a multiset to compare)."""
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall() if r[0] not in RUN_COLUMNS]
+        listed = ", ".join(f'"{c}"' for c in columns)
+        return sorted(con.execute(f"SELECT {listed} FROM {table}").fetchall(), key=repr)
+
+
+def _count(home: Path, sql: str) -> int:
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        return int(con.execute(sql).fetchall()[0][0])
+
+
+@pytest.fixture
+def export(small_sim: SimulationResult, tmp_path: Path) -> Path:
+    folder = tmp_path / "export"
+    shutil.copytree(small_sim.export_dirs["ndjson"], folder)
+    return folder
+
+
+def test_a_new_day_reads_only_new_and_recent_files_and_the_history_equals_a_full_run(
+    export: Path, small_sim: SimulationResult, tmp_path: Path, pii_key: PiiKey
+) -> None:
+    files = sorted(export.iterdir())
+    held_back = tmp_path / "later"
+    held_back.mkdir()
+    for path in files[-2:]:  # the last two days arrive later
+        shutil.move(path, held_back / path.name)
+    daily = _settings(tmp_path / "daily")
+    first = _ingest(daily, export, pii_key, tmp_path / "out1", small_sim.spend_file)
+    assert set(first.ingest.reasons.values()) == {"new"} and len(first.ingest.reasons) == len(files) - 2
+    for path in held_back.iterdir():
+        shutil.move(path, export / path.name)
+    second = _ingest(daily, export, pii_key, tmp_path / "out2", small_sim.spend_file)
+    reasons = second.ingest.reasons
+    assert {n for n, r in reasons.items() if r == "new"} == {p.name for p in files[-2:]}
+    assert {n for n, r in reasons.items() if r == "look-back"} == {files[-3].name}  # 3 days back from the newest
+    assert len(second.ingest.reused_files) == len(files) - 3
+    assert second.ingest.input_rows < first.ingest.input_rows / 5  # proportional to the days read
+
+    full = _settings(tmp_path / "full")
+    at_once = _ingest(full, export, pii_key, tmp_path / "out3", small_sim.spend_file)
+    assert second.guard.totals == at_once.guard.totals
+    assert second.guard.days == at_once.guard.days
+    for table in ("guarded_events", "quarantine", "consent_drops", "duplicates", "daily_kpis", "sessions"):
+        assert _rows(tmp_path / "daily", table) == _rows(tmp_path / "full", table), table
+    # The run's outputs cover the whole history, not just the files read.
+    def without_run(path: Path) -> list[str]:
+        return [line.split(",", 1)[1] for line in path.read_text().splitlines()]
+
+    assert without_run(tmp_path / "out2" / "reconciliation.csv") == without_run(
+        tmp_path / "out3" / "reconciliation.csv")
+
+
+def test_a_rerun_with_nothing_new_stores_the_history_once(export: Path, tmp_path: Path, pii_key: PiiKey) -> None:
+    settings = _settings(tmp_path / "home")
+    first = _ingest(settings, export, pii_key, tmp_path / "out")
+    events = _count(tmp_path / "home", "SELECT count(*) FROM guarded_events")
+    second = _ingest(settings, export, pii_key, tmp_path / "out")
+    assert set(second.ingest.reasons.values()) == {"look-back"} and len(second.ingest.reasons) == 3
+    assert _count(tmp_path / "home", "SELECT count(*) FROM guarded_events") == events
+    assert _count(tmp_path / "home", "SELECT count(*) FROM files") == len(first.ingest.files)
+    assert _count(tmp_path / "home", "SELECT count(*) FROM daily_kpis") == len(
+        (tmp_path / "out" / "daily_kpis.csv").read_text().splitlines()) - 1
+    assert second.guard.totals == first.guard.totals
+    # Rows of files not read keep the run that read them; the files read carry the new run.
+    assert _count(tmp_path / "home", f"SELECT count(DISTINCT lineage_id) FROM guarded_events "
+                                      f"WHERE lineage_id IN ('{first.lineage_id}', '{second.lineage_id}')") == 2
+
+
+def test_a_changed_file_is_read_again_and_replaces_its_rows(export: Path, tmp_path: Path, pii_key: PiiKey) -> None:
+    settings = _settings(tmp_path / "home", look_back_days=1)
+    first = _ingest(settings, export, pii_key, tmp_path / "out")
+    old_file = sorted(export.iterdir())[5]
+    lines = old_file.read_text().splitlines(keepends=True)
+    old_file.write_text("".join(lines[:-10]))  # GA4 rewrote the day: ten rows fewer
+    second = _ingest(settings, export, pii_key, tmp_path / "out")
+    assert second.ingest.reasons[old_file.name] == "changed"
+    assert second.guard.totals["input_rows"] == first.guard.totals["input_rows"] - 10
+    home = tmp_path / "home"
+    stored = sum(_count(home, f"SELECT count(*) FROM {t} WHERE source_file = '{old_file.name}'")
+                 for t in ("guarded_events", "quarantine", "consent_drops", "duplicates"))
+    assert stored == len(lines) - 10
+    assert _count(home, f"SELECT input_rows FROM files WHERE source_file = '{old_file.name}'") == len(lines) - 10
+
+
+def test_a_transaction_stored_by_an_earlier_run_is_a_duplicate(tmp_path: Path, pii_key: PiiKey) -> None:
+    def purchase(day: date, ts: int, user: str) -> str:
+        return json.dumps(ga4_row(
+            event_date=day.strftime("%Y%m%d"), event_timestamp=str(ts), event_name="purchase", user_pseudo_id=user,
+            ecommerce={"purchase_revenue": "40.0", "transaction_id": "T-77"}))
+
+    day1, day2 = date(2026, 3, 1), date(2026, 3, 2)
+    export = tmp_path / "export"
+    write_lines(export / "events_20260301.json", [purchase(day1, 1772370000000000, "1.1")])
+    settings = _settings(tmp_path / "home", look_back_days=1)
+    _ingest(settings, export, pii_key, tmp_path / "out")
+    write_lines(export / "events_20260302.json", [purchase(day2, 1772456400000000, "2.2")])  # re-sent a day later
+    second = _ingest(settings, export, pii_key, tmp_path / "out")
+    assert second.ingest.reasons == {"events_20260302.json": "new"}
+    assert second.guard.totals == {"input_rows": 2, "accepted": 1, "dropped_consent": 0, "quarantined": 0,
+                                   "duplicate": 1}
+    with duckdb.connect(str(tmp_path / "home" / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT source_file, kind, kept_file FROM duplicates").fetchall() == [
+            ("events_20260302.json", "transaction", "events_20260301.json")]
+        # The stored key is an HMAC, never the transaction id itself.
+        keys = [r[0] for r in con.execute("SELECT transaction_key FROM guarded_events").fetchall()]
+    assert len(keys) == 1 and keys[0] != "T-77" and len(keys[0]) == 64
+
+
+def test_rebuild_reads_chosen_days_again_and_full_mode_reads_everything(
+    export: Path, tmp_path: Path, pii_key: PiiKey
+) -> None:
+    settings = _settings(tmp_path / "home", look_back_days=0)
+    first = _ingest(settings, export, pii_key, tmp_path / "out")
+    days = sorted(f.file_date for f in first.ingest.files if f.file_date)
+    rebuilt = _ingest(settings, export, pii_key, tmp_path / "out", rebuild=(days[3], days[4]))
+    chosen = {f.name for f in first.ingest.files if f.file_date in (days[3], days[4])}
+    assert {n for n, r in rebuilt.ingest.reasons.items() if r in ("rebuild", "same day")} == chosen
+    assert rebuilt.guard.totals == first.guard.totals
+    everything = _ingest(_settings(tmp_path / "home", incremental=False), export, pii_key, tmp_path / "out")
+    assert set(everything.ingest.reasons.values()) == {"every run"}
+    assert everything.guard.totals == first.guard.totals
+
+
+def test_retention_prunes_old_rows_and_the_log_records_it(export: Path, tmp_path: Path, pii_key: PiiKey) -> None:
+    settings = _settings(tmp_path / "home").model_copy(update={"store": StoreConfig(home=tmp_path / "home",
+                                                                                    retention_days=10)})
+    result = _ingest(settings, export, pii_key, tmp_path / "out")
+    home = tmp_path / "home"
+    newest = result.kpis.last_day
+    for table in ("guarded_events", "consent_drops", "sessions"):
+        oldest = _count(home, f"SELECT date_diff('day', min(event_date), DATE '{newest}') FROM {table}")
+        assert oldest <= 10, table
+    ops = OpsStore(settings.store.ops_database_url)
+    entries = [e for e in LineageLog(ops).entries(result.lineage_id) if e["kind"] == "warehouse_pruned"]
+    ops.dispose()
+    assert entries and entries[0]["body"]["keep_days"] == 10 and entries[0]["body"]["rows"]["guarded_events"] > 0
+    # The next run does not bring the pruned rows back from unchanged files.
+    _ingest(settings, export, pii_key, tmp_path / "out")
+    cutoff = newest - timedelta(days=10)
+    assert _count(home, f"SELECT count(*) FROM guarded_events WHERE event_date < DATE '{cutoff}'") == 0
+
+
+def test_a_warehouse_of_appended_copies_is_replaced_not_added_to(export: Path, tmp_path: Path, pii_key: PiiKey) -> None:
+    settings = _settings(tmp_path / "home")
+    _ingest(settings, export, pii_key, tmp_path / "out")
+    home = tmp_path / "home"
+    events = _count(home, "SELECT count(*) FROM guarded_events")
+    with duckdb.connect(str(home / "warehouse.duckdb")) as con:  # what an older version left: copies per run
+        con.execute("INSERT INTO guarded_events SELECT * FROM guarded_events")
+        con.execute("ALTER TABLE files DROP COLUMN content_hash")
+    again = _ingest(settings, export, pii_key, tmp_path / "out")
+    assert set(again.ingest.reasons.values()) == {"new"}
+    assert _count(home, "SELECT count(*) FROM guarded_events") == events
