@@ -209,7 +209,7 @@ def _brute_force(problem: Problem, budget: float, steps: int) -> float:
     last = budget - head.sum(axis=1)
     ok = (last >= -1e-9) & (last <= upper[-1] + 1e-9)
     x = np.column_stack([head[ok], np.clip(last[ok], 0, upper[-1])])
-    values = np.array([problem.curves.curve_response(row).sum() for row in x])
+    values = problem.curves.curve_response(x).sum(axis=1)  # rows of splits, broadcast over lines
     return float(values.max())
 
 

@@ -320,6 +320,10 @@ class CurveSet:
         return CurveSet(names, self.is_hill[idx], self.beta[idx], self.k[idx],
                         self.slope[idx], self.scale[idx], self.tangent[idx], self.chord[idx])
 
+    @property
+    def draw_count(self) -> int:
+        return 1
+
     def within(self, upper: Array) -> CurveSet:
         """The concave envelopes of the curves cut at `upper`: an S-curve whose tangent point lies above
         its line's bound is all foot there, and its envelope is the chord to the bound (the chord to
@@ -368,6 +372,10 @@ class MeanCurves:
 
     def subset(self, idx: np.ndarray) -> MeanCurves:
         return MeanCurves(tuple(d.subset(idx) for d in self.draws))
+
+    @property
+    def draw_count(self) -> int:
+        return len(self.draws)
 
     def within(self, upper: Array) -> MeanCurves:
         return MeanCurves(tuple(d.within(upper) for d in self.draws))

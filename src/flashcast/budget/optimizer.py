@@ -37,6 +37,9 @@ class Curves(Protocol):
 
     def within(self, upper: Array) -> Curves: ...
 
+    @property
+    def draw_count(self) -> int: ...
+
     def curve_response(self, x: Array) -> Array: ...
 
     def curve_marginal(self, x: Array) -> Array: ...
@@ -147,15 +150,26 @@ def optimize(problem: Problem, budget: float) -> Solution:
     footed = np.where(tangent > problem.line_lower + 1e-9)[0]
     if not len(footed):
         return relaxed
-    states = _best_states(problem, budget, relaxed, footed, tangent)
+    # Averaged draws (objective "mean") cost a draw count per evaluation: their states are searched
+    # locally and polished from the best only.
+    thorough = problem.curves.draw_count == 1
+    states = _best_states(problem, budget, relaxed, footed, tangent,
+                          enumerate_up_to=MAX_ENUMERATED if thorough else 0)
     if len(problem.line_lower) > MAX_POLISHED:
         return states[0]
     # With a concave line beside it, the best point can also lie on an S-curve's foot (at most one
     # line there): a local solver on the true curves finds it, started from the best few states
     # (from one alone it can stay at a vertex where the foot's marginal is ~0).
-    starts = states[:POLISH_STARTS] + _residual_starts(problem, budget, footed, tangent)[:POLISH_STARTS]
+    starts = states[:POLISH_STARTS] if thorough else states[:1]
+    if thorough:
+        starts += _residual_starts(problem, budget, footed, tangent)[:POLISH_STARTS]
     polished = [_polish(problem, budget, start) for start in starts]
     return max(polished, key=lambda solution: solution.expected)
+
+
+def _places(solution: Solution, budget: float) -> bool:
+    """Whether a candidate spends exactly the budget (a state's solve can fail to, near a jump)."""
+    return abs(float(solution.line_spend.sum()) - budget) <= 1e-6 * max(1.0, budget)
 
 
 def _residual_starts(problem: Problem, budget: float, footed: np.ndarray, tangent: Array) -> list[Solution]:
@@ -174,6 +188,8 @@ def _residual_starts(problem: Problem, budget: float, footed: np.ndarray, tangen
                 candidate = _optimize_envelope(replace(problem, line_lower=lower, line_upper=upper), budget)
             except AllocationInfeasible:
                 continue
+            if not _places(candidate, budget):
+                continue
             candidate = replace(candidate, expected=float(problem.curves.curve_response(candidate.line_spend).sum()))
             if best is None or candidate.expected > best.expected:
                 best = candidate
@@ -182,8 +198,8 @@ def _residual_starts(problem: Problem, budget: float, footed: np.ndarray, tangen
     return sorted(starts, key=lambda solution: -solution.expected)
 
 
-def _best_states(problem: Problem, budget: float, relaxed: Solution, footed: np.ndarray, tangent: Array
-                 ) -> list[Solution]:
+def _best_states(problem: Problem, budget: float, relaxed: Solution, footed: np.ndarray, tangent: Array, *,
+                 enumerate_up_to: int = MAX_ENUMERATED) -> list[Solution]:
     """Solutions of the on/off states tried, best first (on the true curves)."""
     best, best_value = relaxed, float(problem.curves.curve_response(relaxed.line_spend).sum())
     found = [replace(relaxed, expected=best_value)]
@@ -202,13 +218,15 @@ def _best_states(problem: Problem, budget: float, relaxed: Solution, footed: np.
             candidate = _optimize_envelope(replace(problem, line_lower=lower, line_upper=upper), budget)
         except AllocationInfeasible:
             return
+        if not _places(candidate, budget):
+            return
         value = float(problem.curves.curve_response(candidate.line_spend).sum())
         found.append(replace(candidate, expected=value))
         if value > best_value + 1e-12:
             best, best_value = candidate, value
 
     lines = [int(i) for i in footed]
-    if len(lines) <= MAX_ENUMERATED:
+    if len(lines) <= enumerate_up_to:
         for states in itertools.product((False, True), repeat=len(lines)):
             solve(dict(zip(lines, states, strict=True)))
     else:  # local search from the relaxed solution: flip one line at a time while it pays
@@ -292,8 +310,10 @@ def _optimize_envelope(problem: Problem, budget: float) -> Solution:
     # multiplier: the lines on the flat part at this multiplier take what is left, up to their room.
     residue = budget - float(x.sum())
     if abs(residue) > 1e-7:
-        flat = np.where(unbound & (np.abs(m(x) - lam) <= 1e-6 * max(lam, 1e-12))
-                        & (problem.curves.tangent > lines_lo))[0]
+        tangent = problem.curves.tangent
+        on_chord = (tangent > lines_lo) & (x <= tangent * (1 + 1e-12))  # the top of a foot is on it too
+        chord = m(np.minimum(x, tangent * (1 - 1e-9)))
+        flat = np.where(unbound & on_chord & (np.abs(chord - lam) <= 1e-6 * max(lam, 1e-12)))[0]
         room = (lines_hi - x)[flat] if residue > 0 else (x - lines_lo)[flat]
         if len(flat) and room.sum() > 0:
             x[flat] += np.sign(residue) * room * min(abs(residue) / float(room.sum()), 1.0)
