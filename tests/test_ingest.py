@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from conftest import REAL_GA4, ga4_row, write_lines
 from flashcast.errors import ExportNotFound, IngestError
 from flashcast.simulate import SimulationResult
-from flashcast.stages.ingest import discover_exports, stage_export
+from flashcast.stages.ingest import MAX_NOT_UTF8_SHARE, discover_exports, stage_export
 
 
 def _problems(con: duckdb.DuckDBPyConnection) -> dict[int, list[str]]:
@@ -150,6 +150,17 @@ def test_a_binary_file_is_named_in_one_line_without_its_bytes(tmp_path: Path, co
     assert "CSV" not in message and len(message) < 200
 
 
+def test_a_gzip_cut_short_is_named_in_one_line(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    import gzip
+
+    whole = gzip.compress("".join(json.dumps(ga4_row(event_timestamp=str(1772370000000000 + i))) + "\n"
+                                  for i in range(2000)).encode())
+    write_lines(tmp_path / "export" / "events_20260301.json", [json.dumps(ga4_row())])
+    (tmp_path / "export" / "events_20260302.json.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(IngestError, match=r"^events_20260302\.json\.gz.*not a complete gzip file"):
+        stage_export(con, tmp_path / "export")
+
+
 def test_a_50_mb_line_is_quarantined_and_its_neighbours_kept(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
     huge = json.dumps(ga4_row(event_name="x" * (50 * 2**20)))
     staged = stage_export(con, write_lines(tmp_path / "events_20260301.json",
@@ -183,15 +194,19 @@ def test_a_run_connection_keeps_within_its_memory_limit_and_spills_where_told(tm
     con.close()
 
 
-_LINE_KINDS = st.sampled_from(["ok", "truncated", "blank", "not_object", "nested_timestamp", "bad_date", "huge"])
+_LINE_KINDS = st.sampled_from(["ok", "truncated", "blank", "not_object", "nested_timestamp", "bad_date", "huge",
+                               "not_utf8"])
+_NOT_UTF8 = "@@not-utf8@@"  # replaced by bytes that are not UTF-8 when the file is written
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.lists(_LINE_KINDS, min_size=0, max_size=12), min_size=1, max_size=4))
 def test_no_line_is_ever_lost_whatever_the_reader_meets(tmp_path_factory: pytest.TempPathFactory,
                                                         files: list[list[str]]) -> None:
-    """Any mix of good and broken lines, in any number of files (some empty): every line is exactly
-    one staged row, and the guard's outcomes add up per day."""
+    """Any mix of good and broken lines (truncated, blank, not objects, nested where scalars belong,
+    5 MB, not UTF-8), in any number of files (some empty): every line is exactly one staged row, and
+    the guard's outcomes add up per day. (A file mostly not UTF-8 is refused, named: see the binary
+    file test.)"""
     from flashcast.config import PrivacyPolicy
     from flashcast.keys import PiiKey
     from flashcast.records import RunContext
@@ -207,14 +222,22 @@ def test_no_line_is_ever_lost_whatever_the_reader_meets(tmp_path_factory: pytest
         "nested_timestamp": lambda i: json.dumps(ga4_row(event_timestamp=[[1], {"a": 2}])),
         "bad_date": lambda i: json.dumps(ga4_row(event_date="2026-3-1")),
         "huge": lambda i: json.dumps(ga4_row(event_name="x" * (5 * 2**20))),
+        "not_utf8": lambda i: json.dumps(ga4_row(event_date=day_key, user_pseudo_id=_NOT_UTF8)),
     }
     total = 0
     for day, kinds in enumerate(files):
         day_key = f"2026030{day + 1}"
         lines = [render[kind](i) for i, kind in enumerate(kinds)]
-        (folder / f"events_2026030{day + 1}.json").write_text("".join(line + "\n" for line in lines))
+        text = "".join(line + "\n" for line in lines).encode().replace(_NOT_UTF8.encode(), b"\xff\xfe\x80")
+        (folder / f"events_2026030{day + 1}.json").write_bytes(text)
         total += len(lines)
     con = transform_connection()
+    refused = [d for d, kinds in enumerate(files)
+               if kinds.count("not_utf8") > max(1, MAX_NOT_UTF8_SHARE * (len(kinds) + 1))]
+    if refused:  # mostly not UTF-8: not a text export; refused, named, no content quoted
+        with pytest.raises(IngestError, match=r"events_2026030\d\.json: line \d+: not UTF-8 text"):
+            stage_export(con, folder)
+        return
     staged = stage_export(con, folder)
     assert staged.input_rows == total
     numbered = con.execute("SELECT source_file, source_line FROM staged ORDER BY 1, 2").fetchall()

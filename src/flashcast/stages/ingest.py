@@ -13,8 +13,10 @@ formats are validated by one set of rules.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -32,6 +34,11 @@ NDJSON_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jso
 PARQUET_SUFFIXES = (".parquet",)
 MAX_LINE_BYTES = 128 * 2**20  # longer lines stop the reader: the file is named in a clean error
 MAX_EVENT_CHARS = 4 * 2**20  # no GA4 event is this long: a longer line is quarantined
+# A line that is not UTF-8 is read as this text (in a private copy of its file) and quarantined; a
+# file with more such lines than MAX_NOT_UTF8_SHARE, or a line with more such bytes (or a NUL), is
+# no text export at all and is refused.
+NOT_UTF8_LINE = "\x1fflashcast: line not UTF-8\x1f"
+MAX_NOT_UTF8_SHARE = 0.1
 # Microsecond timestamps between 2000-01-01 and 2100-01-01: anything else is seconds/ms or garbage.
 MIN_MICROS, MAX_MICROS = 946_684_800_000_000, 4_102_444_800_000_000
 
@@ -109,7 +116,8 @@ def _validation_sql(max_days_from_file_date: int) -> str:
         _problem("blank", "(line)", "empty line"),
         _problem(f"length(line) > {MAX_EVENT_CHARS}", "(line)",
                  f"longer than {MAX_EVENT_CHARS // 2**20} M characters: not one event"),
-        _problem("NOT blank AND NOT is_json", "(line)", "not valid JSON"),
+        _problem(f"line = {literal(NOT_UTF8_LINE)}", "(line)", "not UTF-8 text"),
+        _problem(f"NOT blank AND NOT is_json AND line <> {literal(NOT_UTF8_LINE)}", "(line)", "not valid JSON"),
         _problem("is_json AND top_type <> 'OBJECT'", "(line)", "not a JSON object"),
         _problem(f"{obj} AND event_date IS NULL", "event_date", "missing"),
         _problem(
@@ -207,9 +215,20 @@ def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, files: Sequenc
     object, over-long, malformed) are read line by line, so every line is a row with its problems;
     Parquet files are read by column and cast to the same types."""
     files = tuple(files) if files is not None else discover_exports(source)
+    with tempfile.TemporaryDirectory(prefix="flashcast-utf8-") as scratch:
+        return _stage_files(con, files, table, max_days_from_file_date, lineage_id, Path(scratch))
+
+
+def _stage_files(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], table: str,
+                 max_days_from_file_date: int, lineage_id: str | None, scratch: Path) -> StagedExport:
     ndjson = [f for f in files if f.format == "ndjson"]
     parquet = [f for f in files if f.format == "parquet"]
-    stats = _line_stats(con, ndjson, check_json=False)
+    while True:
+        try:
+            stats = _line_stats(con, ndjson, check_json=False)
+            break
+        except _NotUtf8 as exc:  # a line that is not UTF-8: its file is read from a marked copy
+            ndjson = _copy_not_utf8(con, ndjson, scratch, exc.error)
     fast = [f for f in ndjson if stats[f.name][0] > 0 and stats[f.name][1] <= MAX_EVENT_CHARS]
     checked = False
     while True:
@@ -233,6 +252,53 @@ def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, files: Sequenc
         fast = [f for f in fast if f not in short]
     return StagedExport(table=table, files=files, input_rows=_file_table(con, files, table, lineage_id),
                         warnings=_warnings(con, table, max_days_from_file_date))
+
+
+def _copy_not_utf8(con: duckdb.DuckDBPyConnection, files: list[ExportFile], scratch: Path, exc: duckdb.Error
+                   ) -> list[ExportFile]:
+    """The NDJSON files with a line that is not UTF-8 are copied, each such line replaced by
+    NOT_UTF8_LINE (so it is quarantined, numbered where it was), and read from the copy. A file
+    mostly not UTF-8 (binary, another encoding) is refused, named."""
+    originals = [f for f in files if not f.path.is_relative_to(scratch)]  # a copy is never copied again
+    named = [f for f in originals if str(f.path) in str(exc)]
+    broken = named or [f for f in originals if not _is_utf8(f.path)]
+    if not broken:
+        raise _unreadable(con, tuple(files), exc) from exc
+    copies = {}
+    for file in broken:
+        with (gzip.open if file.name.lower().endswith(".gz") else open)(file.path, "rb") as handle:
+            lines = handle.read().split(b"\n")
+        bad, binary = 0, False
+        for i, line in enumerate(lines):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                # A mis-encoded event is JSON text with a few odd bytes; a binary line is mostly odd bytes.
+                binary = binary or b"\x00" in line or sum(b >= 0x80 for b in line) > MAX_NOT_UTF8_SHARE * len(line)
+                lines[i], bad = NOT_UTF8_LINE.encode(), bad + 1
+        if binary or bad > max(1, MAX_NOT_UTF8_SHARE * len(lines)):
+            raise _unreadable(con, (file,), exc) from exc
+        copy = scratch / file.name  # the same name: rows carry it as their source_file
+        with (gzip.open if copy.name.lower().endswith(".gz") else open)(copy, "wb") as handle:
+            handle.write(b"\n".join(lines))
+        copies[file.name] = replace(file, path=copy)
+    return [copies.get(f.name, f) for f in files]
+
+
+class _NotUtf8(Exception):
+    def __init__(self, error: duckdb.Error) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _is_utf8(path: Path) -> bool:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        try:
+            handle.read().decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return True
 
 
 def _create_staged(con: duckdb.DuckDBPyConnection, table: str, fast: list[ExportFile], slow: list[ExportFile],
@@ -279,6 +345,8 @@ def _line_stats(con: duckdb.DuckDBPyConnection, files: list[ExportFile], *, chec
         rows = con.execute(
             f"SELECT name, count(*), coalesce(max(length(line)), 0), {odd} FROM ({union}) GROUP BY name").fetchall()
     except duckdb.Error as exc:
+        if "unicode" in str(exc).lower():
+            raise _NotUtf8(exc) from exc
         raise _unreadable(con, tuple(files), exc) from exc
     found = {name: (int(lines), int(longest), int(odd)) for name, lines, longest, odd in rows}
     return {f.name: found.get(f.name, (0, 0, 0)) for f in files}
