@@ -31,7 +31,7 @@ from pathlib import Path
 import duckdb
 
 from flashcast.records import ExportFile, Table
-from flashcast.sql import identifier, literal
+from flashcast.sql import identifier, insert_rows, literal
 from flashcast.store import warehouse_session
 
 BY_FILE: tuple[Table, ...] = (Table.FILES, Table.GUARDED_EVENTS, Table.QUARANTINE, Table.CONSENT_DROPS,
@@ -135,7 +135,7 @@ def read_history(con: duckdb.DuckDBPyConnection, warehouse: Path, *, timeout_s: 
         selection = choose(stored)
         con.execute("CREATE OR REPLACE TEMP TABLE _reused (name VARCHAR)")
         if selection.reused:
-            con.executemany("INSERT INTO _reused VALUES (?)", [(n,) for n in selection.reused])
+            insert_rows(con, "_reused", [(n,) for n in selection.reused])
         present = _tables(con, wh)
         for table in OUTCOME_TABLES:
             if table in present and stored:

@@ -3,7 +3,11 @@ JSON structures, identifiers). Everything else is passed as a parameter."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
+
+import duckdb
 
 
 def literal(value: str | Path) -> str:
@@ -14,3 +18,11 @@ def literal(value: str | Path) -> str:
 def identifier(name: str) -> str:
     """A quoted SQL identifier, inner double quotes doubled."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Iterable[Sequence[Any]]) -> None:
+    """Insert `rows` (tuples in the table's column order) in one statement: each column is bound as a
+    list and unnested (DuckDB's executemany runs one statement per row: 1 ms each)."""
+    columns = list(zip(*rows, strict=True))
+    if columns:
+        con.execute(f"INSERT INTO {table} SELECT {', '.join('unnest(?)' for _ in columns)}", [list(c) for c in columns])

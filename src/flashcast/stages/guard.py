@@ -25,6 +25,7 @@ from flashcast.history import OUTCOME_TABLES, merge_reused
 from flashcast.keys import PiiKey
 from flashcast.privacy import EMAIL_PATTERN, EMAIL_TOKEN, PHONE_PATTERN, PHONE_TOKEN, PII_QUERY_KEYS, REDACTED_TOKEN
 from flashcast.records import DayOutcome, GuardReport, RunContext, StagedExport, Table
+from flashcast.sql import insert_rows
 
 
 def run(con: duckdb.DuckDBPyConnection, *, ingest: StagedExport, settings: Settings, context: RunContext,
@@ -213,7 +214,7 @@ def _daily_outcomes_table(con: duckdb.DuckDBPyConnection, report: GuardReport, r
     rows = [(run.lineage_id, d.event_date, d.input_rows, d.accepted, d.dropped_consent, d.quarantined,
              d.duplicate, round(d.dropped_share, 6)) for d in report.days]
     if rows:
-        con.executemany(f"INSERT INTO {Table.DAILY_OUTCOMES} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        insert_rows(con, Table.DAILY_OUTCOMES, rows)
 
 
 def _day_outcomes(con: duckdb.DuckDBPyConnection, staged_table: str, stored_prefix: str | None = None

@@ -28,7 +28,7 @@ from flashcast.config import Settings
 from flashcast.errors import ExportNotFound, IngestError
 from flashcast.history import READ_FILES, FileSelection, merge_reused, read_history, select_files
 from flashcast.records import ExportFile, RunContext, RunInputs, StagedExport, Table
-from flashcast.sql import literal
+from flashcast.sql import insert_rows, literal
 
 NDJSON_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
 PARQUET_SUFFIXES = (".parquet",)
@@ -190,14 +190,16 @@ def _register(con: duckdb.DuckDBPyConnection, selection: FileSelection, staged: 
     (what the next run recognizes it by); their names go to `_read_files`."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE {READ_FILES} (name VARCHAR)")
     if selection.read:
-        con.executemany(f"INSERT INTO {READ_FILES} VALUES (?)", [(f.name,) for f in selection.read])
+        insert_rows(con, READ_FILES, [(f.name,) for f in selection.read])
     for column, kind in (("size_bytes", "BIGINT"), ("modified_ns", "BIGINT"), ("content_hash", "VARCHAR"),
                          ("last_day", "DATE")):
         con.execute(f"ALTER TABLE {Table.FILES} ADD COLUMN {column} {kind}")
-    if selection.identities:
-        con.executemany(
-            f"UPDATE {Table.FILES} SET size_bytes = ?, modified_ns = ?, content_hash = ? WHERE source_file = ?",
-            [(i.size_bytes, i.modified_ns, i.content_hash, name) for name, i in selection.identities.items()])
+    con.execute("CREATE OR REPLACE TEMP TABLE _identities (name VARCHAR, size_bytes BIGINT, modified_ns BIGINT, "
+                "content_hash VARCHAR)")
+    insert_rows(con, "_identities", [(name, i.size_bytes, i.modified_ns, i.content_hash)
+                                     for name, i in selection.identities.items()])
+    con.execute(f"""UPDATE {Table.FILES} f SET size_bytes = i.size_bytes, modified_ns = i.modified_ns,
+        content_hash = i.content_hash FROM _identities i WHERE i.name = f.source_file""")
     con.execute(f"""UPDATE {Table.FILES} f SET last_day = d.last_day
         FROM (SELECT source_file, max(event_date) AS last_day FROM {staged} GROUP BY source_file) d
         WHERE d.source_file = f.source_file""")
@@ -491,8 +493,7 @@ def _file_table(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], s
     """Table `files`: every export file (empty ones too) with its format, date and rows; returns the rows."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE {Table.FILES} (lineage_id VARCHAR, source_file VARCHAR, "
                 "file_date DATE, format VARCHAR, intraday BOOLEAN, input_rows BIGINT)")
-    con.executemany(f"INSERT INTO {Table.FILES} VALUES (?, ?, ?, ?, ?, 0)",
-                    [(lineage_id, f.name, f.file_date, f.format, f.intraday) for f in files])
+    insert_rows(con, Table.FILES, [(lineage_id, f.name, f.file_date, f.format, f.intraday, 0) for f in files])
     con.execute(f"""UPDATE {Table.FILES} f SET input_rows = c.n
         FROM (SELECT source_file, count(*) AS n FROM {staged} GROUP BY source_file) c
         WHERE c.source_file = f.source_file""")

@@ -17,7 +17,7 @@ import duckdb
 from flashcast.config import ChannelMapping, Settings
 from flashcast.errors import IngestError
 from flashcast.records import KpiSummary, RunContext, RunInputs, Table
-from flashcast.sql import literal
+from flashcast.sql import insert_rows, literal
 
 PARTIAL_DAY_HOUR = 22  # a last day whose latest event is earlier than 22:00 local is still filling in
 
@@ -75,7 +75,7 @@ def _install_channel_rules(con: duckdb.DuckDBPyConnection, mapping: ChannelMappi
     con.execute("CREATE OR REPLACE TEMP TABLE _channel_rules (priority INT, channel VARCHAR, src VARCHAR, med VARCHAR)")
     rows = [(i, r.channel, "(?i)" + r.source, "(?i)" + r.medium) for i, r in enumerate(mapping.rules)]
     if rows:
-        con.executemany("INSERT INTO _channel_rules VALUES (?, ?, ?, ?)", rows)
+        insert_rows(con, "_channel_rules", rows)
 
 
 def daily_channel_kpis(

@@ -41,6 +41,7 @@ from flashcast.errors import ProviderFailed, SegmentationError
 from flashcast.llm.client import StructuredClient
 from flashcast.llm.tasks import label_clusters
 from flashcast.records import SEGMENTS, KpiSummary, Segmentation, SegmentProfile, Table
+from flashcast.sql import insert_rows
 
 FEATURES = ("recency_days", "sessions", "monetary", "pages_per_session", "session_duration_s", "engagement_s")
 LOG_SCALED = {"sessions", "monetary", "session_duration_s", "engagement_s"}
@@ -249,9 +250,9 @@ def kmeans_segments(
         reasons = [f"cluster {c} of {k}: sessions {profile[c][1]:.1f}, revenue {profile[c][2]:.2f}, "
                    f"pages/session {profile[c][3]:.1f}, recency {profile[c][0]:.0f} days" for c in range(k)]
     con.execute("CREATE OR REPLACE TEMP TABLE _kmeans (user_key VARCHAR, cluster INT)")
-    con.executemany("INSERT INTO _kmeans VALUES (?, ?)", list(zip(keys, (int(v) for v in labels), strict=True)))
+    insert_rows(con, "_kmeans", list(zip(keys, (int(v) for v in labels), strict=True)))
     con.execute("CREATE OR REPLACE TEMP TABLE _cluster_names (cluster INT, segment VARCHAR, reason VARCHAR)")
-    con.executemany("INSERT INTO _cluster_names VALUES (?, ?, ?)", [(c, names[c], reasons[c]) for c in range(k)])
+    insert_rows(con, "_cluster_names", [(c, names[c], reasons[c]) for c in range(k)])
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {table} AS
         SELECT f.*, 'kmeans_c' || m.cluster AS rule, n.segment, n.reason
