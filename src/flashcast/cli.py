@@ -278,7 +278,8 @@ def _run_with_progress(inputs: RunInputs, call: Callable[[RunInputs, Callable[[s
 
     found = discover_exports(inputs.export)
     size = sum(f.path.stat().st_size for f in found)
-    console.print(f"reading {len(found):,} export file(s), {size / 2**20:,.1f} MB", highlight=False)
+    console.print(f"export: {len(found):,} file(s), {size / 2**20:,.1f} MB (files the warehouse holds unchanged "
+                  "are not read again)", highlight=False)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   transient=True) as bar:
         task = bar.add_task("starting", total=None)
@@ -301,6 +302,10 @@ def _print_summary(result: RunResult, currency: str) -> None:
         f"Data {k.first_day} to {k.last_day}{' (last day partial)' if k.partial_last_day else ''}: "
         f"{totals['input_rows']:,} rows in, {totals['accepted']:,} accepted, {totals['dropped_consent']:,} dropped "
         f"for consent, {totals['quarantined']:,} quarantined, {totals['duplicate']:,} duplicates.", highlight=False)
+    staged = result.ingest
+    console.print(f"Read this run: {staged.input_rows:,} rows from {len(staged.files):,} file(s) "
+                  f"({_reasons(staged.reasons)}); {len(staged.reused_files):,} file(s) reused from the warehouse.",
+                  highlight=False)
     console.print("Customers: " + ", ".join(
         f"{p.segment} {p.users:,} ({p.share:.0%})" for p in result.segments.profiles), highlight=False)
     f = result.forecast.forecast
