@@ -167,9 +167,17 @@ def optimize(problem: Problem, budget: float) -> Solution:
     return max(polished, key=lambda solution: solution.expected)
 
 
-def _places(solution: Solution, budget: float) -> bool:
-    """Whether a candidate spends exactly the budget (a state's solve can fail to, near a jump)."""
-    return abs(float(solution.line_spend.sum()) - budget) <= 1e-6 * max(1.0, budget)
+def _solve_within(problem: Problem, budget: float, lower: Array, upper: Array) -> Solution | None:
+    """The envelope solution with the lines held within `lower`..`upper`, valued on the true curves;
+    None when those bounds cannot place the budget (or the solve does not spend it exactly, as can
+    happen near a jump)."""
+    try:
+        solution = _optimize_envelope(replace(problem, line_lower=lower, line_upper=upper), budget)
+    except AllocationInfeasible:
+        return None
+    if abs(float(solution.line_spend.sum()) - budget) > 1e-6 * max(1.0, budget):
+        return None
+    return replace(solution, expected=float(problem.curves.curve_response(solution.line_spend).sum()))
 
 
 def _residual_starts(problem: Problem, budget: float, footed: np.ndarray, tangent: Array) -> list[Solution]:
@@ -184,14 +192,8 @@ def _residual_starts(problem: Problem, budget: float, footed: np.ndarray, tangen
             fixed = problem.line_lower[i] + share * (top - problem.line_lower[i])
             lower, upper = problem.line_lower.copy(), problem.line_upper.copy()
             lower[i] = upper[i] = fixed
-            try:
-                candidate = _optimize_envelope(replace(problem, line_lower=lower, line_upper=upper), budget)
-            except AllocationInfeasible:
-                continue
-            if not _places(candidate, budget):
-                continue
-            candidate = replace(candidate, expected=float(problem.curves.curve_response(candidate.line_spend).sum()))
-            if best is None or candidate.expected > best.expected:
+            candidate = _solve_within(problem, budget, lower, upper)
+            if candidate is not None and (best is None or candidate.expected > best.expected):
                 best = candidate
         if best is not None:
             starts.append(best)
@@ -201,11 +203,11 @@ def _residual_starts(problem: Problem, budget: float, footed: np.ndarray, tangen
 def _best_states(problem: Problem, budget: float, relaxed: Solution, footed: np.ndarray, tangent: Array, *,
                  enumerate_up_to: int = MAX_ENUMERATED) -> list[Solution]:
     """Solutions of the on/off states tried, best first (on the true curves)."""
-    best, best_value = relaxed, float(problem.curves.curve_response(relaxed.line_spend).sum())
+    best_value = float(problem.curves.curve_response(relaxed.line_spend).sum())
     found = [replace(relaxed, expected=best_value)]
 
     def solve(state: dict[int, bool]) -> None:
-        nonlocal best, best_value
+        nonlocal best_value
         lower, upper = problem.line_lower.copy(), problem.line_upper.copy()
         for i, on in state.items():
             if not on:
@@ -214,16 +216,10 @@ def _best_states(problem: Problem, budget: float, relaxed: Solution, footed: np.
                 lower[i] = max(lower[i], tangent[i])
             else:
                 lower[i] = upper[i]  # the whole range is foot: its best "on" is the top of it
-        try:
-            candidate = _optimize_envelope(replace(problem, line_lower=lower, line_upper=upper), budget)
-        except AllocationInfeasible:
-            return
-        if not _places(candidate, budget):
-            return
-        value = float(problem.curves.curve_response(candidate.line_spend).sum())
-        found.append(replace(candidate, expected=value))
-        if value > best_value + 1e-12:
-            best, best_value = candidate, value
+        candidate = _solve_within(problem, budget, lower, upper)
+        if candidate is not None:
+            found.append(candidate)
+            best_value = max(best_value, candidate.expected)
 
     lines = [int(i) for i in footed]
     if len(lines) <= enumerate_up_to:
