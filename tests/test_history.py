@@ -189,3 +189,19 @@ def test_a_warehouse_of_appended_copies_is_replaced_not_added_to(export: Path, t
     again = _ingest(settings, export, pii_key, tmp_path / "out")
     assert set(again.ingest.reasons.values()) == {"new"}
     assert _count(home, "SELECT count(*) FROM guarded_events") == events
+
+
+def test_another_export_replaces_the_history_not_mixes_with_it(export: Path, tmp_path: Path, pii_key: PiiKey) -> None:
+    settings = _settings(tmp_path / "home")
+    _ingest(settings, export, pii_key, tmp_path / "out")
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in sorted(export.iterdir())[-10:]:  # another property's (or seed's) export: fewer days
+        shutil.copy(path, other / path.name)
+    second = _ingest(settings, other, pii_key, tmp_path / "out")
+    assert set(second.ingest.reasons.values()) == {"new"} and not second.ingest.reused_files
+    assert any("held the history of another export" in w for w in second.ingest.warnings)
+    home = tmp_path / "home"
+    assert _count(home, "SELECT count(DISTINCT source_file) FROM guarded_events") == 10
+    assert _count(home, "SELECT count(*) FROM files") == 10
+    assert second.guard.totals["input_rows"] == sum(len(p.read_text().splitlines()) for p in other.iterdir())

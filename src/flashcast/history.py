@@ -122,16 +122,19 @@ def select_files(files: Sequence[ExportFile], stored: dict[str, StoredFile], *, 
     return FileSelection(read, reasons, reused, {n: identities[n] for n in reasons})
 
 
-def read_history(con: duckdb.DuckDBPyConnection, warehouse: Path, *, timeout_s: float,
-                 choose: Callable[[dict[str, StoredFile]], FileSelection]) -> FileSelection:
+def read_history(con: duckdb.DuckDBPyConnection, warehouse: Path, *, export_root: str, timeout_s: float,
+                 choose: Callable[[dict[str, StoredFile]], FileSelection]) -> tuple[FileSelection, str | None]:
     """Under the warehouse's shared lock: the stored files, the run's choice among them, and the
-    rows of every reused file copied into `_stored_<table>` (one consistent snapshot)."""
+    rows of every reused file copied into `_stored_<table>` (one consistent snapshot). A warehouse
+    holds the history of one export (file or folder): when it holds another's, nothing is reused
+    and the other export's root is returned (the run then replaces that history)."""
     if not warehouse.exists():
         selection = choose({})
         _create_empty_stored(con)
-        return selection
+        return selection, None
     with warehouse_session(con, warehouse, timeout_s=timeout_s, read_only=True) as wh:
-        stored = _stored_files(con, wh)
+        other = _other_root(con, wh, export_root)
+        stored = {} if other else _stored_files(con, wh)
         selection = choose(stored)
         con.execute("CREATE OR REPLACE TEMP TABLE _reused (name VARCHAR)")
         if selection.reused:
@@ -148,7 +151,16 @@ def read_history(con: duckdb.DuckDBPyConnection, warehouse: Path, *, timeout_s: 
                 SELECT * FROM {wh}.main.{Table.FILES} WHERE source_file IN (SELECT name FROM _reused)""")
         else:
             con.execute(f"CREATE OR REPLACE TEMP TABLE _stored_{Table.FILES} (source_file VARCHAR)")
-    return selection
+    return selection, other
+
+
+def _other_root(con: duckdb.DuckDBPyConnection, wh: str, export_root: str) -> str | None:
+    """The export the warehouse's history came from, when it is not `export_root`."""
+    if _registry_is_legacy(con, wh) or "export_root" not in _columns(con, f"{wh}.main.{Table.FILES}"):
+        return None
+    roots = [r[0] for r in con.execute(f"SELECT DISTINCT export_root FROM {wh}.main.{Table.FILES}").fetchall()]
+    others = [str(r) for r in roots if r != export_root]
+    return others[0] if others else None
 
 
 def _create_empty_stored(con: duckdb.DuckDBPyConnection) -> None:
@@ -195,7 +207,12 @@ def persist_run(con: duckdb.DuckDBPyConnection, warehouse: Path, tables: Sequenc
     docstring for how each is kept), then prune by `retention_days`. Returns rows pruned per table."""
     read_files = f"(SELECT name FROM {READ_FILES})"
     with warehouse_session(con, warehouse, timeout_s=timeout_s) as wh:
-        legacy = _registry_is_legacy(con, wh)  # a new warehouse, or one whose runs appended whole copies
+        # A new warehouse, one whose runs appended whole copies, or one holding another export's history.
+        legacy = _registry_is_legacy(con, wh) or bool(
+            "export_root" in _columns(con, f"{wh}.main.{Table.FILES}") and con.execute(
+                f"""SELECT count(*) FROM {wh}.main.{Table.FILES}
+                WHERE export_root IS DISTINCT FROM (SELECT any_value(export_root) FROM {Table.FILES})"""
+            ).fetchall()[0][0])
         con.execute("BEGIN TRANSACTION")
         try:
             for table in tables:

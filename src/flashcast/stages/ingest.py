@@ -174,26 +174,33 @@ def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings
     The stored rows of the files not read wait in `_stored_<table>` for the guard."""
     files = discover_exports(inputs.export)
     ingest = settings.ingest
-    selection = read_history(
-        con, settings.store.warehouse_path, timeout_s=settings.store.lock_timeout_s,
+    root = str(inputs.export.resolve())
+    selection, other = read_history(
+        con, settings.store.warehouse_path, export_root=root, timeout_s=settings.store.lock_timeout_s,
         choose=lambda stored: select_files(files, stored, incremental=ingest.incremental,
                                            look_back_days=ingest.look_back_days, rebuild=inputs.rebuild))
     staged = stage_export(con, inputs.export, files=selection.read,
                           max_days_from_file_date=ingest.max_days_from_file_date, lineage_id=context.lineage_id)
-    _register(con, selection, staged.table)
+    _register(con, selection, staged.table, root)
     merge_reused(con, [Table.FILES])
-    return replace(staged, reasons=selection.reasons, reused_files=selection.reused)
+    warnings = staged.warnings
+    if other:
+        warnings = (f"the warehouse held the history of another export ({other}): this run replaces it "
+                    "(one warehouse keeps one export's history; give each its own [store] home)", *warnings)
+    return replace(staged, reasons=selection.reasons, reused_files=selection.reused, warnings=warnings)
 
 
-def _register(con: duckdb.DuckDBPyConnection, selection: FileSelection, staged: str) -> None:
-    """Each file read gets its size, modification time, content hash and newest day in `files`
-    (what the next run recognizes it by); their names go to `_read_files`."""
+def _register(con: duckdb.DuckDBPyConnection, selection: FileSelection, staged: str, root: str) -> None:
+    """Each file read gets its export's root, size, modification time, content hash and newest day
+    in `files` (what the next run recognizes it by); their names go to `_read_files`."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE {READ_FILES} (name VARCHAR)")
     if selection.read:
         insert_rows(con, READ_FILES, [(f.name,) for f in selection.read])
     for column, kind in (("size_bytes", "BIGINT"), ("modified_ns", "BIGINT"), ("content_hash", "VARCHAR"),
                          ("last_day", "DATE")):
         con.execute(f"ALTER TABLE {Table.FILES} ADD COLUMN {column} {kind}")
+    con.execute(f"ALTER TABLE {Table.FILES} ADD COLUMN export_root VARCHAR")
+    con.execute(f"UPDATE {Table.FILES} SET export_root = ?", [root])
     con.execute("CREATE OR REPLACE TEMP TABLE _identities (name VARCHAR, size_bytes BIGINT, modified_ns BIGINT, "
                 "content_hash VARCHAR)")
     insert_rows(con, "_identities", [(name, i.size_bytes, i.modified_ns, i.content_hash)
