@@ -172,8 +172,12 @@ def test_retention_prunes_old_rows_and_the_log_records_it(export: Path, tmp_path
     entries = [e for e in LineageLog(ops).entries(result.lineage_id) if e["kind"] == "warehouse_pruned"]
     ops.dispose()
     assert entries and entries[0]["body"]["keep_days"] == 10 and entries[0]["body"]["rows"]["guarded_events"] > 0
-    # The next run does not bring the pruned rows back from unchanged files.
+    # The next run does not bring the pruned rows back from unchanged files, and every file's rows
+    # still add up to its outcomes.
     _ingest(settings, export, pii_key, tmp_path / "out")
+    for line in (tmp_path / "out" / "files.csv").read_text().splitlines()[1:]:
+        counts = [int(v) for v in line.split(",")[4:9]]
+        assert counts[0] == sum(counts[1:]), line
     cutoff = newest - timedelta(days=10)
     assert _count(home, f"SELECT count(*) FROM guarded_events WHERE event_date < DATE '{cutoff}'") == 0
 

@@ -264,6 +264,13 @@ def _prune(con: duckdb.DuckDBPyConnection, wh: str, keep_days: int) -> dict[str,
     if newest is None:
         return {}
     cutoff = newest - timedelta(days=keep_days)
+    outcome_tables = [t for t in OUTCOME_TABLES if t in present]
+    if Table.FILES in present and outcome_tables:  # a file's input_rows keeps matching its stored rows
+        pruned_rows = " UNION ALL ".join(
+            f"SELECT source_file FROM {wh}.main.{t} WHERE event_date < $cutoff" for t in outcome_tables)
+        con.execute(f"""UPDATE {wh}.main.{Table.FILES} f SET input_rows = f.input_rows - p.n
+            FROM (SELECT source_file, count(*) AS n FROM ({pruned_rows}) GROUP BY source_file) p
+            WHERE p.source_file = f.source_file""", {"cutoff": cutoff})
     pruned = {}
     for table in PRUNED:
         if table in present:
