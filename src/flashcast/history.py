@@ -17,7 +17,8 @@ How the warehouse keeps each table:
 * everything else (segments, creatives, allocations: decisions) is appended, one copy per run.
 
 Files no longer in the export folder keep their rows: the warehouse is the history, and `prune`
-(or `[store] retention_days`) is how rows leave it.
+(or `[store] retention_days`) is how rows leave it. A warehouse keeps one export's history (its
+`export_root`): a run on another export replaces it rather than mixing the two.
 """
 
 from __future__ import annotations
