@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -82,7 +81,7 @@ def incremental(folder: Path, spend: Path, settings: Settings, key: PiiKey, tmp:
     t_backfill, backfill = ingest()
     os.link(files[-1], export / files[-1].name)
     t_daily, daily = ingest()
-    read = ", ".join(f"{n} {r}" for r, n in sorted(Counter(daily.ingest.reasons.values()).items()))
+    read = ", ".join(f"{n} {r}" for r, n in daily.ingest.read_counts.items())
     print(f"incremental (ndjson, flashcast ingest in-process): backfill of {len(files) - 1} files, "
           f"{backfill.ingest.input_rows:,} rows: {t_backfill:.1f} s; next day, one new file: read "
           f"{len(daily.ingest.reasons)} files ({read}), {daily.ingest.input_rows:,} rows, "

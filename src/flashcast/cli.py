@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -30,7 +30,7 @@ from flashcast.keys import load_pii_key
 from flashcast.llm.tasks import check_provider
 from flashcast.pipeline import RunResult, run_pipeline
 from flashcast.privacy import redact_message
-from flashcast.records import RunInputs
+from flashcast.records import RunInputs, StagedExport
 from flashcast.report import attention_items, format_money
 
 app = typer.Typer(help="Flashcast: governed forecast & optimize for marketing teams.", no_args_is_help=True,
@@ -100,11 +100,8 @@ def _days(value: str | None) -> tuple[date, date] | None:
     return days
 
 
-def _reasons(reasons: Mapping[str, str]) -> str:
-    counts: dict[str, int] = {}
-    for reason in reasons.values():
-        counts[reason] = counts.get(reason, 0) + 1
-    return ", ".join(f"{n:,} {reason}" for reason, n in sorted(counts.items())) or "none"
+def _reasons(staged: StagedExport) -> str:
+    return ", ".join(f"{n:,} {reason}" for reason, n in staged.read_counts.items()) or "none"
 
 
 def _fail(kind: str, message: str, code: int) -> typer.Exit:
@@ -223,7 +220,7 @@ def ingest(
     totals, k, staged = result.guard.totals, result.kpis, result.ingest
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     console.print(f"ingested run {result.lineage_id}: read {staged.input_rows:,} rows from {len(staged.files):,} "
-                  f"file(s) ({_reasons(staged.reasons)}) in {seconds:.1f} s = "
+                  f"file(s) ({_reasons(staged)}) in {seconds:.1f} s = "
                   f"{staged.input_rows / max(seconds, 1e-9):,.0f} rows/s, peak memory {peak:,.0f} MiB", highlight=False,
                   soft_wrap=True)
     console.print(f"history: {totals['input_rows']:,} rows ({len(staged.reused_files):,} file(s) reused from the "
@@ -304,7 +301,7 @@ def _print_summary(result: RunResult, currency: str) -> None:
         f"for consent, {totals['quarantined']:,} quarantined, {totals['duplicate']:,} duplicates.", highlight=False)
     staged = result.ingest
     console.print(f"Read this run: {staged.input_rows:,} rows from {len(staged.files):,} file(s) "
-                  f"({_reasons(staged.reasons)}); {len(staged.reused_files):,} file(s) reused from the warehouse.",
+                  f"({_reasons(staged)}); {len(staged.reused_files):,} file(s) reused from the warehouse.",
                   highlight=False)
     console.print("Customers: " + ", ".join(
         f"{p.segment} {p.users:,} ({p.share:.0%})" for p in result.segments.profiles), highlight=False)

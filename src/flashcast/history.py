@@ -24,7 +24,8 @@ Files no longer in the export folder keep their rows: the warehouse is the histo
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -131,7 +132,8 @@ def read_history(con: duckdb.DuckDBPyConnection, warehouse: Path, *, export_root
     and the other export's root is returned (the run then replaces that history)."""
     if not warehouse.exists():
         selection = choose({})
-        _create_empty_stored(con)
+        for table in (*OUTCOME_TABLES, Table.FILES):
+            _create_empty_stored(con, table)
         return selection, None
     with warehouse_session(con, warehouse, timeout_s=timeout_s, read_only=True) as wh:
         other = _other_root(con, wh, export_root)
@@ -141,17 +143,12 @@ def read_history(con: duckdb.DuckDBPyConnection, warehouse: Path, *, export_root
         if selection.reused:
             insert_rows(con, "_reused", [(n,) for n in selection.reused])
         present = _tables(con, wh)
-        for table in OUTCOME_TABLES:
+        for table in (*OUTCOME_TABLES, Table.FILES):
             if table in present and stored:
                 con.execute(f"""CREATE OR REPLACE TEMP TABLE _stored_{table} AS
                     SELECT * FROM {wh}.main.{table} WHERE source_file IN (SELECT name FROM _reused)""")
             else:
-                con.execute(f"CREATE OR REPLACE TEMP TABLE _stored_{table} (source_file VARCHAR, event_date DATE)")
-        if stored:
-            con.execute(f"""CREATE OR REPLACE TEMP TABLE _stored_{Table.FILES} AS
-                SELECT * FROM {wh}.main.{Table.FILES} WHERE source_file IN (SELECT name FROM _reused)""")
-        else:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _stored_{Table.FILES} (source_file VARCHAR)")
+                _create_empty_stored(con, table)
     return selection, other
 
 
@@ -160,14 +157,14 @@ def _other_root(con: duckdb.DuckDBPyConnection, wh: str, export_root: str) -> st
     if _registry_is_legacy(con, wh) or "export_root" not in _columns(con, f"{wh}.main.{Table.FILES}"):
         return None
     roots = [r[0] for r in con.execute(f"SELECT DISTINCT export_root FROM {wh}.main.{Table.FILES}").fetchall()]
-    others = [str(r) for r in roots if r != export_root]
+    others = [str(r) for r in roots if r != export_root]  # a NULL root (written before roots were kept) too
     return others[0] if others else None
 
 
-def _create_empty_stored(con: duckdb.DuckDBPyConnection) -> None:
-    for table in (*OUTCOME_TABLES, Table.FILES):
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _stored_{table} (source_file VARCHAR, event_date DATE)"
-                    if table != Table.FILES else f"CREATE OR REPLACE TEMP TABLE _stored_{table} (source_file VARCHAR)")
+def _create_empty_stored(con: duckdb.DuckDBPyConnection, table: Table) -> None:
+    """No stored rows of `table` to reuse (the guard checks `_stored_guarded_events` for its columns)."""
+    dated = ", event_date DATE" if table != Table.FILES else ""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _stored_{table} (source_file VARCHAR{dated})")
 
 
 def _tables(con: duckdb.DuckDBPyConnection, catalog: str) -> set[str]:
@@ -182,7 +179,7 @@ def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
 def _stored_files(con: duckdb.DuckDBPyConnection, wh: str) -> dict[str, StoredFile]:
     """The registry; empty for a warehouse written before runs were incremental (no content hashes),
     whose rows the next run then replaces."""
-    if Table.FILES not in _tables(con, wh) or "content_hash" not in _columns(con, f"{wh}.main.{Table.FILES}"):
+    if _registry_is_legacy(con, wh):
         return {}
     rows = con.execute(f"""SELECT source_file, size_bytes, modified_ns, content_hash, file_date, last_day
         FROM {wh}.main.{Table.FILES} WHERE content_hash IS NOT NULL""").fetchall()
@@ -209,13 +206,9 @@ def persist_run(con: duckdb.DuckDBPyConnection, warehouse: Path, tables: Sequenc
     read_files = f"(SELECT name FROM {READ_FILES})"
     with warehouse_session(con, warehouse, timeout_s=timeout_s) as wh:
         # A new warehouse, one whose runs appended whole copies, or one holding another export's history.
-        legacy = _registry_is_legacy(con, wh) or bool(
-            "export_root" in _columns(con, f"{wh}.main.{Table.FILES}") and con.execute(
-                f"""SELECT count(*) FROM {wh}.main.{Table.FILES}
-                WHERE export_root IS DISTINCT FROM (SELECT any_value(export_root) FROM {Table.FILES})"""
-            ).fetchall()[0][0])
-        con.execute("BEGIN TRANSACTION")
-        try:
+        root = con.execute(f"SELECT any_value(export_root) FROM {Table.FILES}").fetchall()[0][0]
+        legacy = _registry_is_legacy(con, wh) or _other_root(con, wh, root) is not None
+        with _transaction(con):
             for table in tables:
                 target = f"{wh}.main.{table}"
                 _create_or_widen(con, table, target)
@@ -237,24 +230,24 @@ def persist_run(con: duckdb.DuckDBPyConnection, warehouse: Path, tables: Sequenc
                 else:
                     con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {table}")
             pruned = _prune(con, wh, retention_days) if retention_days else {}
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
     return pruned
 
 
 def prune(con: duckdb.DuckDBPyConnection, warehouse: Path, *, keep_days: int, timeout_s: float) -> dict[str, int]:
     """Remove guarded rows dated more than `keep_days` before the warehouse's newest day."""
-    with warehouse_session(con, warehouse, timeout_s=timeout_s) as wh:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            pruned = _prune(con, wh, keep_days)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    return pruned
+    with warehouse_session(con, warehouse, timeout_s=timeout_s) as wh, _transaction(con):
+        return _prune(con, wh, keep_days)
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 def _prune(con: duckdb.DuckDBPyConnection, wh: str, keep_days: int) -> dict[str, int]:

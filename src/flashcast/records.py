@@ -90,12 +90,17 @@ class StagedExport:
     reasons: Mapping[str, str] = field(default_factory=dict)
     reused_files: tuple[str, ...] = ()
 
+    @property
+    def read_counts(self) -> dict[str, int]:
+        """How many files were read for each reason, by reason."""
+        counts: dict[str, int] = {}
+        for reason in sorted(self.reasons.values()):
+            counts[reason] = counts.get(reason, 0) + 1
+        return counts
+
     def lineage(self) -> dict[str, Any]:
-        read: dict[str, int] = {}
-        for reason in self.reasons.values():
-            read[reason] = read.get(reason, 0) + 1
         return {"files": [f.name for f in self.files], "input_rows": self.input_rows,
-                **({"read_because": read, "reused_files": len(self.reused_files)} if self.reasons else {}),
+                **({"read_because": self.read_counts, "reused_files": len(self.reused_files)} if self.reasons else {}),
                 **({"warnings": list(self.warnings)} if self.warnings else {})}
 
 

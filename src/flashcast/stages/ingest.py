@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import IO, Literal, cast
 
 import duckdb
 
@@ -275,7 +276,7 @@ def _copy_not_utf8(con: duckdb.DuckDBPyConnection, files: list[ExportFile], scra
         raise _unreadable(con, tuple(files), exc) from exc
     copies = {}
     for file in broken:
-        with (gzip.open if file.name.lower().endswith(".gz") else open)(file.path, "rb") as handle:
+        with _open_bytes(file.path, "rb") as handle:
             lines = handle.read().split(b"\n")
         bad, binary = 0, False
         for i, line in enumerate(lines):
@@ -288,7 +289,7 @@ def _copy_not_utf8(con: duckdb.DuckDBPyConnection, files: list[ExportFile], scra
         if binary or bad > max(1, MAX_NOT_UTF8_SHARE * len(lines)):
             raise _unreadable(con, (file,), exc) from exc
         copy = scratch / file.name  # the same name: rows carry it as their source_file
-        with (gzip.open if copy.name.lower().endswith(".gz") else open)(copy, "wb") as handle:
+        with _open_bytes(copy, "wb") as handle:
             handle.write(b"\n".join(lines))
         copies[file.name] = replace(file, path=copy)
     return [copies.get(f.name, f) for f in files]
@@ -300,9 +301,13 @@ class _NotUtf8(Exception):
         self.error = error
 
 
+def _open_bytes(path: Path, mode: Literal["rb", "wb"]) -> IO[bytes]:
+    """A file's bytes, through gzip when its name ends in .gz (as DuckDB's readers decide)."""
+    return cast(IO[bytes], gzip.open(path, mode)) if path.name.lower().endswith(".gz") else path.open(mode)
+
+
 def _is_utf8(path: Path) -> bool:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as handle:
+    with _open_bytes(path, "rb") as handle:
         try:
             handle.read().decode("utf-8")
         except UnicodeDecodeError:
