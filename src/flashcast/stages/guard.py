@@ -166,14 +166,21 @@ def guard_export(
         FROM _ranked d JOIN _routed r USING (source_file, source_line) WHERE fp_rank > 1 OR txn_rank > 1""",
         params,
     )
+    # Each distinct identifier is keyed once and joined back (HMAC per row costs 3x more: an
+    # export repeats a user's id on every event of every session).
+    keyed_user_id = "user_id" in policy.identifier_fields
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _id_keys AS SELECT v, hmac_hex(v) AS k FROM (
+          SELECT user_pseudo_id AS v FROM _routed WHERE route = 'candidate'
+          UNION SELECT {_SESSION_ID} FROM _routed r WHERE route = 'candidate'
+          {"UNION SELECT user_id FROM _routed WHERE route = 'candidate'" if keyed_user_id else ""}
+        ) WHERE v IS NOT NULL"""
+    )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {Table.GUARDED_EVENTS} AS
         SELECT {stamp}, ? AS key_id,
           event_date, event_timestamp, make_timestamp(event_timestamp) AS event_ts_utc, event_name,
-          hmac_hex(user_pseudo_id) AS user_key,
-          {"hmac_hex(user_id)" if "user_id" in policy.identifier_fields else "NULL::VARCHAR"} AS user_id_key,
-          hmac_hex(user_pseudo_id || ':' || coalesce(ga_session_id::VARCHAR, 'day:' || event_date::VARCHAR))
-            AS session_key,
+          uk.k AS user_key, {"ik.k" if keyed_user_id else "NULL::VARCHAR"} AS user_id_key, sk.k AS session_key,
           ga_session_number, engagement_time_msec,
           redact_text(page_location) AS page_location,
           redact_text(page_referrer) AS page_referrer,
@@ -191,6 +198,9 @@ def guard_export(
         FROM _routed r
         JOIN (SELECT source_file, source_line, transaction_key FROM _ranked
               WHERE fp_rank = 1 AND coalesce(txn_rank, 1) = 1) k USING (source_file, source_line)
+        LEFT JOIN _id_keys uk ON uk.v = r.user_pseudo_id
+        {"LEFT JOIN _id_keys ik ON ik.v = r.user_id" if keyed_user_id else ""}
+        LEFT JOIN _id_keys sk ON sk.v = {_SESSION_ID}
         WHERE r.route = 'candidate'""",
         [*params, run.key_id],
     )
@@ -203,6 +213,10 @@ def guard_export(
     )
     _check_reconciliation(report)
     return report
+
+
+# The text a session is keyed by: its user and GA4 session id (or the day, when GA4 gave none).
+_SESSION_ID = "r.user_pseudo_id || ':' || coalesce(r.ga_session_id::VARCHAR, 'day:' || r.event_date::VARCHAR)"
 
 
 def _daily_outcomes_table(con: duckdb.DuckDBPyConnection, report: GuardReport, run: RunContext) -> None:

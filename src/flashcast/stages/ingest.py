@@ -239,7 +239,7 @@ def _stage_files(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], 
             break
         except _NotUtf8 as exc:  # a line that is not UTF-8: its file is read from a marked copy
             ndjson = _copy_not_utf8(con, ndjson, scratch, exc.error)
-    fast = [f for f in ndjson if stats[f.name][0] > 0 and stats[f.name][1] <= MAX_EVENT_CHARS]
+    fast = [f for f in ndjson if stats[f.name][0] > 0 and stats[f.name][1] <= MAX_EVENT_CHARS and not stats[f.name][2]]
     checked = False
     while True:
         slow = [f for f in ndjson if f not in fast]
@@ -348,13 +348,17 @@ def _create_staged(con: duckdb.DuckDBPyConnection, table: str, fast: list[Export
 
 def _line_stats(con: duckdb.DuckDBPyConnection, files: list[ExportFile], *, check_json: bool
                 ) -> dict[str, tuple[int, int, int]]:
-    """Per NDJSON file, in one pass over the text: its lines, its longest line and (`check_json`)
-    its lines that DuckDB's JSON reader would skip or choke on (blank, not valid JSON, not an object)."""
+    """Per NDJSON file, in one pass over the text: its lines, its longest line and its lines that
+    DuckDB's JSON reader would skip or choke on: blank or not framed as an object (cheap, always), or
+    (`check_json`) not valid JSON."""
     if not files:
         return {}
     union = " UNION ALL ".join(f"SELECT {literal(f.name)} AS name, line FROM {_read_lines_sql(f)}" for f in files)
-    odd = ("count(*) FILTER (WHERE line IS NULL OR NOT starts_with(ltrim(line), '{') OR NOT json_valid(line))"
-           if check_json else "0")
+    # Trimming copies the line, so only a line that does not start and end with a brace is trimmed
+    # (CASE evaluates a branch only for the rows that reach it; OR would trim every line: 8x slower).
+    framed = "CASE WHEN json_valid(line) THEN 0 ELSE 1 END" if check_json else "0"
+    odd = (f"sum(CASE WHEN starts_with(line, '{{') AND ends_with(line, '}}') THEN {framed} WHEN line IS NULL THEN 1 "
+           f"WHEN starts_with(ltrim(line), '{{') AND ends_with(rtrim(line, ' \t\r'), '}}') THEN {framed} ELSE 1 END)")
     try:
         rows = con.execute(
             f"SELECT name, count(*), coalesce(max(length(line)), 0), {odd} FROM ({union}) GROUP BY name").fetchall()
