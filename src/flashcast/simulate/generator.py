@@ -1,18 +1,18 @@
 """Write realistic GA4 BigQuery export files, a spend file and the ground truth behind them.
 
-The simulation runs in three steps: draw the daily world (demand, flighted spend, expected
-sessions per channel) with numpy; realise sessions and their events per day; then serialise as
-BigQuery exports them (NDJSON with INT64 values as strings, and Parquet), planting the defects
-real exports have: PII in identifiers and URLs, consent-denied rows, malformed rows, exact
-duplicates and purchases re-sent with the same transaction_id. Everything draws from one seeded
-generator in a fixed order, so the same arguments give byte-identical files.
+The simulation draws the daily world (demand, flighted spend, expected sessions per channel), then
+day by day realises sessions and their events as numpy arrays and writes them as BigQuery exports
+them (NDJSON with INT64 values as strings, and Parquet), planting the defects real exports have:
+PII in identifiers and URLs, consent-denied rows, malformed rows, exact duplicates and purchases
+re-sent with the same transaction_id. Everything draws from one seeded generator in a fixed order,
+so the same arguments give byte-identical files.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import random
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flashcast.simulate.parquet_schema import GA4_ARROW_SCHEMA, INT64_PATHS
+from flashcast.simulate.parquet_schema import GA4_ARROW_SCHEMA
 from flashcast.simulate.people import FIRST_NAMES, LAST_NAMES, PAGES, PRODUCTS
 from flashcast.simulate.response import ChannelTruth, CurveForm
 
@@ -91,18 +94,23 @@ class SimulationResult:
 
 
 @dataclass
-class _User:
-    pseudo_id: str
-    kind: str
-    consent: str | None
-    email: str
-    phone: str
-    user_id: str | None
-    first_touch: tuple[str, str, str] | None = None
-    first_ts: int | None = None
-    sessions: int = 0
-    country: tuple[str, str, str, str] = ("North America", "Northern America", "United States", "New York")
-    device: tuple[str, str, str] = ("desktop", "Windows", "Chrome")
+class _Users:
+    """Every simulated visitor, one array element each, plus what their sessions so far have set."""
+
+    pseudo_id: np.ndarray  # str
+    kind: np.ndarray  # index into USER_TYPES
+    consent: np.ndarray  # index into CONSENTS
+    email: list[str]
+    phone: list[str]
+    user_id: np.ndarray  # str or None (not logged in)
+    country: np.ndarray  # index into COUNTRIES
+    device: np.ndarray  # index into DEVICES
+    sessions: np.ndarray  # sessions so far
+    first_ts: np.ndarray  # first session's start (micros), -1 before it
+    first_utm: np.ndarray  # first session's UTM (index into UTM_ROWS), -1 before it
+
+    def __len__(self) -> int:
+        return len(self.kind)
 
 
 @dataclass
@@ -116,12 +124,43 @@ class _Plant:
     # duplicate or as dropped for consent depends on the consent rule in force.
     exact_duplicates: Counter[str] = field(default_factory=Counter)
     transaction_duplicates: Counter[str] = field(default_factory=Counter)
+    malformed: list[str] = field(default_factory=list)
+
+
+CONSENTS: tuple[str | None, ...] = ("Yes", "No", None)
+COUNTRIES = (("North America", "Northern America", "United States", "New York"),
+             ("North America", "Northern America", "United States", "California"),
+             ("Europe", "Western Europe", "Germany", "Berlin"),
+             ("Europe", "Northern Europe", "United Kingdom", "England"),
+             ("North America", "Northern America", "Canada", "Ontario"))
+DEVICES = (("desktop", "Windows", "Chrome"), ("mobile", "iOS", "Safari"), ("mobile", "Android", "Chrome"),
+           ("tablet", "iOS", "Safari"))
+CHANNELS: tuple[str, ...] = (*PAID, "Organic")
+# Every channel's UTM tags in one table; a session holds an index into it.
+UTM_ROWS: tuple[tuple[str, str, str], ...] = tuple(utm for c in CHANNELS for utm in UTM[c])
+UTM_FIRST = np.cumsum([0] + [len(UTM[c]) for c in CHANNELS])[:-1]
+UTM_COUNT = np.array([len(UTM[c]) for c in CHANNELS])
+EVENT_NAMES = ("first_visit", "session_start", "page_view", "view_search_results", "user_engagement",
+               "add_to_cart", "begin_checkout", "purchase")
+(FIRST_VISIT, SESSION_START, PAGE_VIEW, SEARCH, ENGAGEMENT, ADD_TO_CART, BEGIN_CHECKOUT,
+ PURCHASE) = range(len(EVENT_NAMES))
+_NAME_ORDER = np.argsort(np.argsort(np.array(EVENT_NAMES)))  # a name's place in alphabetical order
+# By user type (USER_TYPES order): pages are `extra + geometric(p)`, dwell seconds uniform(low, high).
+PAGES_P, PAGES_EXTRA = np.array([0.4, 0.45, 0.7]), np.array([1, 0, 0])
+DWELL_LOW, DWELL_HIGH = np.array([20.0, 15.0, 5.0]), np.array([70.0, 50.0, 25.0])
+AOV_MULT = np.array([1.5, 0.55, 0.9])
+LEAK_FORMS = ("url_email_plain", "url_email_encoded", "url_email_mixed_case", "url_phone_formatted_encoded",
+              "url_phone_dashes", "url_phone_dots")
 
 
 def simulate(spec: SimulationSpec, out_dir: Path, *, progress: Callable[[str], None] | None = None
              ) -> SimulationResult:
     """Write `ndjson/` and/or `parquet/` export folders, `spend.csv` and `truth.json` under `out_dir`.
-    `progress` hears how far it is (days simulated and events so far, then the files written)."""
+    `progress` hears how far it is (days simulated and events so far).
+
+    Vectorized by day: each day's sessions and events are drawn as numpy arrays and become one Arrow
+    table, written at once (Parquet by pyarrow, NDJSON by DuckDB's JSON writer), so memory holds a
+    day, not the export."""
     say = progress or (lambda _message: None)
     rng = np.random.default_rng(spec.seed)
     tz = ZoneInfo(spec.timezone)
@@ -134,41 +173,44 @@ def simulate(spec: SimulationSpec, out_dir: Path, *, progress: Callable[[str], N
     expected["Organic"] = daily_sessions * SESSION_SHARE["Organic"] * demand
     users = _users(rng, spec.users)
     plant = _Plant()
-    rnd = random.Random(int(rng.integers(2**63)))  # fast scalar draws for per-event noise
-    rows_by_day: dict[str, list[dict[str, Any]]] = {}
-    txn_counter = 0
-    for day_index, day in enumerate(dates):
-        rows: list[dict[str, Any]] = []
-        is_promo = day in promo_days
-        for channel in (*PAID, "Organic"):
-            n_sessions = int(rng.poisson(expected[channel][day_index]))
-            for _ in range(n_sessions):
-                user = users[_pick_user(rng, len(users))]
-                txn_counter = _session_events(rng, rows, user, channel, day, tz, is_promo, txn_counter, plant, rnd)
-        rows.sort(key=lambda r: (r["event_timestamp"], r["event_name"]))
-        for row in rows:
-            rows_by_day.setdefault(row["event_date"], []).append(row)
-        if day_index % 10 == 9 or day_index == len(dates) - 1:
-            say(f"simulated {day_index + 1:,} of {len(dates):,} days, "
-                f"{sum(len(v) for v in rows_by_day.values()):,} events")
+    malformed_days = _malformed_days(rng, spec)
     last_key = spec.end_date.strftime("%Y%m%d")
     cutoff = _to_micros(datetime.combine(spec.end_date, datetime.min.time()).replace(hour=14), tz)
-    rows_by_day = {k: v for k, v in rows_by_day.items() if k <= last_key}
-    rows_by_day[last_key] = [r for r in rows_by_day.get(last_key, []) if r["event_timestamp"] < cutoff]
-    malformed = _plant_malformed(rng, rows_by_day, spec)
-    _plant_duplicates(rng, rows_by_day, plant)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    export_dirs: dict[str, Path] = {}
-    rows_by_format: dict[str, int] = {}
-    for fmt in spec.formats:
-        say(f"writing {len(rows_by_day):,} {fmt} export files")
-        export_dirs[fmt] = out_dir / fmt
-        rows_by_format[fmt] = _write_exports(fmt, export_dirs[fmt], rows_by_day, last_key)
+    export_dirs = {fmt: out_dir / fmt for fmt in spec.formats}
+    for folder in export_dirs.values():
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("events_*"):  # an earlier simulation's days must not mix with this one's
+            stale.unlink()
+    rows_by_format = dict.fromkeys(spec.formats, 0)
+    rows_per_day: dict[str, int] = {}
+    writer = duckdb.connect()
+    carry = pa.Table.from_pylist([], schema=GA4_ARROW_SCHEMA)  # events past midnight, for the next day
+    txn_counter = 0
+    events_so_far = 0
+    for day_index, day in enumerate(dates):
+        counts = [int(rng.poisson(expected[c][day_index])) for c in CHANNELS]
+        table, txn_counter = _day_events(rng, users, counts, day, tz, day in promo_days, txn_counter, plant)
+        key = day.strftime("%Y%m%d")
+        dated = table.column("event_date")
+        own = pa.concat_tables([carry, table.filter(pc.equal(dated, key))])
+        carry = table.filter(pc.not_equal(dated, key))
+        if key == last_key:
+            own = own.filter(pc.less(own.column("event_timestamp"), cutoff))
+        rows, kinds = _plant_defects(rng, own, malformed_days.get(day_index, []), plant)
+        rows_per_day[key] = rows.num_rows
+        events_so_far += rows.num_rows
+        stem = f"events_intraday_{key}" if key == last_key else f"events_{key}"
+        for fmt, folder in export_dirs.items():
+            rows_by_format[fmt] += _write_day(fmt, folder / stem, rows, kinds, writer)
+        if day_index % 10 == 9 or day_index == len(dates) - 1:
+            say(f"simulated {day_index + 1:,} of {len(dates):,} days, {events_so_far:,} events")
+    writer.close()
     spend_file = out_dir / "spend.csv"
     _write_spend(spend_file, dates, spend)
     truth_file = out_dir / "truth.json"
-    truth = _truth(spec, dates, demand, promo_days, channels, users, plant, malformed, rows_by_format, rows_by_day)
+    truth = _truth(spec, dates, demand, promo_days, channels, users, plant, rows_by_format, rows_per_day)
     truth_file.write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return SimulationResult(out_dir, export_dirs, spend_file, truth_file, rows_by_format)
 
@@ -230,243 +272,341 @@ def _flighted_spend(rng: np.random.Generator, truth: ChannelTruth, n_days: int) 
     return np.round(spend, 2)
 
 
-def _users(rng: np.random.Generator, n: int) -> list[_User]:
-    # Users are picked with a skew towards low indices (`_pick_user`), so sorting loyalists towards
+def _users(rng: np.random.Generator, n: int) -> _Users:
+    # Users are picked with a skew towards low indices (`_pick_users`), so sorting loyalists towards
     # the front (with noise) makes them the frequent visitors they are.
     drawn = rng.choice(len(USER_TYPES), size=n, p=[0.2, 0.45, 0.35])
     kinds = drawn[np.argsort(np.where(drawn == 0, 0.0, 0.6) + rng.random(n), kind="stable")]
     consent = rng.choice(3, size=n, p=[0.7, 0.15, 0.15])
-    users = []
-    for i in range(n):
-        first = FIRST_NAMES[int(rng.integers(len(FIRST_NAMES)))]
-        last = LAST_NAMES[int(rng.integers(len(LAST_NAMES)))]
-        email = f"{first}.{last}{i}@example.com"
-        phone = f"555{int(rng.integers(200, 999)):03d}{int(rng.integers(0, 9999)):04d}"
-        logged_in = rng.random() < 0.35
-        email_as_id = logged_in and rng.random() < 0.3
-        user_id = None
-        if logged_in:
-            user_id = _mixed_case(email, rng) if email_as_id else f"cust-{100000 + i}"
-        user = _User(
-            pseudo_id=f"{int(rng.integers(10**8, 10**9))}.{int(rng.integers(1_600_000_000, 1_700_000_000))}",
-            kind=USER_TYPES[int(kinds[i])],
-            consent=("Yes", "No", None)[int(consent[i])],
-            email=email,
-            phone=phone,
-            user_id=user_id,
-        )
-        user.country = [
-            ("North America", "Northern America", "United States", "New York"),
-            ("North America", "Northern America", "United States", "California"),
-            ("Europe", "Western Europe", "Germany", "Berlin"),
-            ("Europe", "Northern Europe", "United Kingdom", "England"),
-            ("North America", "Northern America", "Canada", "Ontario"),
-        ][int(rng.integers(5))]
-        user.device = [("desktop", "Windows", "Chrome"), ("mobile", "iOS", "Safari"),
-                       ("mobile", "Android", "Chrome"), ("tablet", "iOS", "Safari")][int(rng.integers(4))]
-        users.append(user)
-    return users
+    first = rng.integers(len(FIRST_NAMES), size=n)
+    last = rng.integers(len(LAST_NAMES), size=n)
+    area, line = rng.integers(200, 999, size=n), rng.integers(0, 9999, size=n)
+    logged_in = rng.random(n) < 0.35
+    email_as_id = logged_in & (rng.random(n) < 0.3)
+    title_case = rng.random(n) < 0.5
+    client, since = rng.integers(10**8, 10**9, size=n), rng.integers(1_600_000_000, 1_700_000_000, size=n)
+    emails = [f"{FIRST_NAMES[f]}.{LAST_NAMES[la]}{i}@example.com" for i, (f, la) in enumerate(zip(first, last,
+                                                                                                   strict=True))]
+    user_ids = np.full(n, None, dtype=object)
+    for i in np.flatnonzero(logged_in):
+        user_ids[i] = _mixed_case(emails[i], bool(title_case[i])) if email_as_id[i] else f"cust-{100000 + i}"
+    return _Users(
+        pseudo_id=np.array([f"{c}.{s}" for c, s in zip(client, since, strict=True)], dtype=object),
+        kind=kinds, consent=consent, email=emails,
+        phone=[f"555{a:03d}{b:04d}" for a, b in zip(area, line, strict=True)],
+        user_id=user_ids, country=rng.integers(len(COUNTRIES), size=n), device=rng.integers(len(DEVICES), size=n),
+        sessions=np.zeros(n, dtype=np.int64), first_ts=np.full(n, -1, dtype=np.int64),
+        first_utm=np.full(n, -1, dtype=np.int64),
+    )
 
 
-def _pick_user(rng: np.random.Generator, n: int) -> int:
-    # A skewed pick: low indices come back often, giving repeat visitors next to one-off ones.
-    return min(int(n * rng.beta(0.6, 1.4)), n - 1)
-
-
-def _mixed_case(email: str, rng: np.random.Generator) -> str:
+def _mixed_case(email: str, title: bool) -> str:
     local, domain = email.split("@")
-    return f"{local.title()}@{domain.capitalize()}" if rng.random() < 0.5 else email.upper()
+    return f"{local.title()}@{domain.capitalize()}" if title else email.upper()
 
 
 # ---------------------------------------------------------------- sessions and events
 
-def _session_events(
-    rng: np.random.Generator, rows: list[dict[str, Any]], user: _User, channel: str, day: date,
-    tz: ZoneInfo, is_promo: bool, txn_counter: int, plant: _Plant, rnd: random.Random,
-) -> int:
-    utm = UTM[channel][int(rng.integers(len(UTM[channel])))]
-    hour = float(np.clip(rng.normal(14.5, 4.5), 0, 23.9))
-    start_local = datetime.combine(day, datetime.min.time()) + timedelta(hours=hour)
-    ts = _to_micros(start_local, tz)
-    user.sessions += 1
-    session_id = ts // 1_000_000
-    first_visit = user.first_ts is None
-    if first_visit:
-        user.first_ts, user.first_touch = ts, utm
-    if user.kind == "Speed Seeker":
-        pages, dwell = int(rng.geometric(0.7)), rng.uniform(5, 25)
-    elif user.kind == "Brand Loyalist":
-        pages, dwell = 1 + int(rng.geometric(0.4)), rng.uniform(20, 70)
-    else:
-        pages, dwell = int(rng.geometric(0.45)), rng.uniform(15, 50)
-    conv_mult = {"Brand Loyalist": 1.8, "Value Shopper": 2.2 if is_promo else 0.6, "Speed Seeker": 1.0}[user.kind]
-    converts = rng.random() < CONVERSION_RATE[channel] * conv_mult
-    ctx = _EventContext(user, utm, session_id, day, tz)
-    names = (["first_visit"] if first_visit else []) + ["session_start"] + ["page_view"] * pages
-    if rng.random() < 0.15:
-        names.append("view_search_results")
-    names.append("user_engagement")
-    if converts:
-        names += ["add_to_cart", "begin_checkout", "purchase"]
-    clock = ts
-    for index, name in enumerate(names):
-        clock += int(rng.uniform(0.2, 1.0) * dwell * 1_000_000) if index else 0
-        extra: dict[str, Any] = {}
-        page = PAGES[int(rng.integers(len(PAGES)))]
-        location = f"{HOST}{page}"
-        if name in ("session_start", "page_view") and index <= 2:
-            location += f"?utm_source={utm[0]}&utm_medium={utm[1]}&utm_campaign={utm[2]}"
-        if name == "page_view" and user.user_id is not None and rng.random() < 0.04:
-            location = _leaky_url(rng, location, user, plant)
-        extra["page_location"] = location
-        if name == "view_search_results":
-            term = PRODUCTS[int(rng.integers(len(PRODUCTS)))][1].lower()
-            if user.user_id is not None and rng.random() < 0.2:
-                term = user.email  # people type their address into the search box
-                plant.pii_forms["search_term_email"] += 1
-                plant.emails.add(user.email.lower())
-            extra["search_term"] = term
-        if name == "user_engagement":
-            extra["engagement_time_msec"] = int(dwell * pages * 1000 * rng.uniform(0.6, 1.2))
-        if name == "purchase":
-            txn_counter += 1
-            extra["purchase"] = _purchase(rng, user, txn_counter, is_promo)
-        rows.append(ctx.row(name, clock, extra, rnd))
-    if user.user_id is not None and "@" in user.user_id:
-        plant.pii_forms["user_id_email"] += 1
-        plant.emails.add(user.user_id.lower())
-    return txn_counter
+def _day_events(rng: np.random.Generator, users: _Users, counts: list[int], day: date, tz: ZoneInfo,
+                is_promo: bool, txn_counter: int, plant: _Plant) -> tuple[pa.Table, int]:
+    """One day's sessions (`counts` per channel) and their events, sorted by time and name, as one
+    Arrow table in the export schema. Users' session counts and first touches are updated."""
+    channel = np.repeat(np.arange(len(CHANNELS)), counts)
+    n = len(channel)
+    # A skewed pick: low indices come back often, giving repeat visitors next to one-off ones.
+    user = np.minimum((len(users) * rng.beta(0.6, 1.4, size=n)).astype(np.int64), len(users) - 1)
+    utm = UTM_FIRST[channel] + rng.integers(0, UTM_COUNT[channel])
+    hour = np.clip(rng.normal(14.5, 4.5, size=n), 0, 23.9)
+    start = _local_micros(day, hour, tz)
+    session_id = start // 1_000_000
+    # Sessions count per user in the order drawn; a user's first session ever is a first visit.
+    order = np.argsort(user, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    sorted_user = user[order]
+    group_start = np.flatnonzero(np.r_[True, sorted_user[1:] != sorted_user[:-1]]) if n else np.array([], int)
+    rank[order] = np.arange(n) - np.repeat(group_start, np.diff(np.r_[group_start, n]))
+    session_number = users.sessions[user] + rank + 1
+    first_visit = (users.first_ts[user] < 0) & (rank == 0)
+    users.first_ts[user[first_visit]] = start[first_visit]
+    users.first_utm[user[first_visit]] = utm[first_visit]
+    users.sessions += np.bincount(user, minlength=len(users))
+    kind = users.kind[user]
+    pages = PAGES_EXTRA[kind] + rng.geometric(PAGES_P[kind])
+    dwell = rng.uniform(DWELL_LOW[kind], DWELL_HIGH[kind])
+    conv_mult = np.array([1.8, 2.2 if is_promo else 0.6, 1.0])[kind]
+    rate = np.array([CONVERSION_RATE[c] for c in CHANNELS])[channel]
+    converts = rng.random(n) < rate * conv_mult
+    searches = rng.random(n) < 0.15
+    has_user_id = np.array([u is not None for u in users.user_id[user]], dtype=bool)
+    email_ids = np.array([u is not None and "@" in u for u in users.user_id[user]], dtype=bool)
+    plant.pii_forms["user_id_email"] += int(email_ids.sum())
+    plant.emails.update(str(u).lower() for u in users.user_id[user[email_ids]])
+
+    # Events: [first_visit] session_start page_view*pages [view_search_results] user_engagement
+    # [add_to_cart begin_checkout purchase].
+    per_session = first_visit + 1 + pages + searches + 1 + 3 * converts
+    s = np.repeat(np.arange(n), per_session)  # each event's session
+    offsets = np.r_[0, np.cumsum(per_session)[:-1]].astype(np.int64)
+    index = np.arange(len(s)) - offsets[s]  # place in its session
+    after = index - first_visit[s]  # place after the first_visit event
+    ps, ss = pages[s], searches[s]
+    name = np.select(
+        [first_visit[s] & (index == 0), after == 0, after <= ps, ss & (after == ps + 1), after == ps + 1 + ss],
+        [FIRST_VISIT, SESSION_START, PAGE_VIEW, SEARCH, ENGAGEMENT],
+        ADD_TO_CART + (after - ps - 2 - ss))
+    step = (rng.uniform(0.2, 1.0, size=len(s)) * dwell[s] * 1_000_000).astype(np.int64)
+    step[index == 0] = 0
+    walked = np.cumsum(step)
+    clock = start[s] + walked - walked[offsets[s]]
+    e_user, e_utm = user[s], utm[s]
+
+    page = rng.integers(len(PAGES), size=len(s))
+    tagged = np.isin(name, (SESSION_START, PAGE_VIEW)) & (index <= 2)
+    location = np.char.add(np.array([HOST + p for p in PAGES], dtype=object)[page].astype(str),
+                           np.where(tagged, _UTM_QUERY[e_utm], ""))
+    locations: np.ndarray = location.astype(object)
+    leak = (name == PAGE_VIEW) & has_user_id[s] & (rng.random(len(s)) < 0.04)
+    leak_form = rng.integers(len(LEAK_FORMS), size=len(s))
+    for i in np.flatnonzero(leak):
+        locations[i] = _leaky_url(str(locations[i]), LEAK_FORMS[leak_form[i]], users, int(e_user[i]), plant)
+    term_product = rng.integers(len(PRODUCTS), size=len(s))
+    term_email = has_user_id[s] & (rng.random(len(s)) < 0.2)
+    search = name == SEARCH
+    terms = np.full(len(s), None, dtype=object)
+    for i in np.flatnonzero(search):
+        if term_email[i]:  # people type their address into the search box
+            terms[i] = users.email[e_user[i]]
+            plant.pii_forms["search_term_email"] += 1
+            plant.emails.add(users.email[e_user[i]].lower())
+        else:
+            terms[i] = PRODUCTS[term_product[i]][1].lower()
+    engagement = np.where(name == ENGAGEMENT,
+                          (dwell[s] * ps * 1000 * rng.uniform(0.6, 1.2, size=len(s))).astype(np.int64), 0)
+    purchase = name == PURCHASE
+    purchases, txn_counter = _purchases(rng, users.kind[e_user[purchase]], is_promo, txn_counter)
+    consented = CONSENTS_ARRAY[users.consent[e_user]] != "No"
+    table = _event_table(
+        name=name, clock=clock, e_user=e_user, e_utm=e_utm, users=users, consented=consented,
+        session_id=session_id[s], session_number=session_number[s], locations=locations, terms=terms,
+        engagement=engagement, purchase=purchase, purchases=purchases, tz=tz,
+        bundle=rng.integers(1, 2**31, size=len(s)), server_offset=rng.integers(100, 900_000, size=len(s)))
+    return table.take(np.lexsort((_NAME_ORDER[name], clock))), txn_counter
 
 
-def _leaky_url(rng: np.random.Generator, location: str, user: _User, plant: _Plant) -> str:
+CONSENTS_ARRAY = np.array(CONSENTS, dtype=object)
+_UTM_QUERY = np.array([f"?utm_source={a}&utm_medium={b}&utm_campaign={c}" for a, b, c in UTM_ROWS])
+
+
+def _local_micros(day: date, hours: np.ndarray, tz: ZoneInfo) -> np.ndarray:
+    """Epoch microseconds of `day` at local `hours` in `tz` (a time skipped by a DST change moves
+    forward, a repeated one takes its first occurrence)."""
+    local = pd.Timestamp(day) + pd.to_timedelta(hours, unit="h")
+    stamped = pd.DatetimeIndex(local).tz_localize(tz, ambiguous=np.ones(len(hours), dtype=bool),
+                                                  nonexistent="shift_forward")
+    return np.asarray(stamped.as_unit("us").asi8, dtype=np.int64)
+
+
+def _leaky_url(location: str, form: str, users: _Users, user: int, plant: _Plant) -> str:
     sep = "&" if "?" in location else "?"
-    p = user.phone
-    forms = {
-        "url_email_plain": f"email={user.email}",
-        "url_email_encoded": f"email={user.email.replace('@', '%40')}",
-        "url_email_mixed_case": f"Contact={user.email.upper()}",
+    email, p = users.email[user], users.phone[user]
+    leaked = {
+        "url_email_plain": f"email={email}",
+        "url_email_encoded": f"email={email.replace('@', '%40')}",
+        "url_email_mixed_case": f"Contact={email.upper()}",
         "url_phone_formatted_encoded": f"phone=%2B1%20({p[:3]})%20{p[3:6]}-{p[6:]}",
         "url_phone_dashes": f"tel={p[:3]}-{p[3:6]}-{p[6:]}",
         "url_phone_dots": f"mobile={p[:3]}.{p[3:6]}.{p[6:]}",
-    }
-    form = list(forms)[int(rng.integers(len(forms)))]
+    }[form]
     plant.pii_forms[form] += 1
     if "email" in form:
-        plant.emails.add(user.email.lower())
+        plant.emails.add(email.lower())
     else:
         plant.phones.add(p)
-    return f"{location}{sep}{forms[form]}"
+    return f"{location}{sep}{leaked}"
 
 
-def _purchase(rng: np.random.Generator, user: _User, txn: int, is_promo: bool) -> dict[str, Any]:
-    aov_mult = {"Brand Loyalist": 1.5, "Value Shopper": 0.55, "Speed Seeker": 0.9}[user.kind]
-    n_items = 1 + int(rng.poisson(0.7))
-    items: list[dict[str, Any]] = []
-    for _ in range(n_items):
-        item_id, name, price = PRODUCTS[int(rng.integers(len(PRODUCTS)))]
-        unit = round(price * aov_mult * (0.8 if is_promo else 1.0), 2)
-        qty = 1 + int(rng.poisson(0.3))
-        items.append({"item_id": item_id, "item_name": name, "price": unit, "quantity": qty,
-                      "item_revenue": round(unit * qty, 2)})
-    revenue = round(sum(float(i["item_revenue"]) for i in items), 2)
-    return {"transaction_id": f"T{txn:08d}", "items": items, "revenue": revenue,
-            "coupon": "PROMO20" if is_promo and user.kind == "Value Shopper" else None}
+@dataclass(frozen=True)
+class _Purchase:
+    transaction_id: str
+    revenue: float
+    coupon: str | None
+    items: list[dict[str, Any]]
 
 
-@dataclass
-class _EventContext:
-    user: _User
-    utm: tuple[str, str, str]
-    session_id: int
-    day: date
-    tz: ZoneInfo
-    date_key: str = ""
-    next_midnight: int = 0
-
-    def __post_init__(self) -> None:
-        self._enter_day(self.day)
-
-    def _enter_day(self, day: date) -> None:
-        self.day = day
-        self.date_key = day.strftime("%Y%m%d")
-        self.next_midnight = _to_micros(datetime.combine(day + timedelta(days=1), datetime.min.time()), self.tz)
-
-    def row(self, name: str, ts: int, extra: dict[str, Any], rnd: random.Random) -> dict[str, Any]:
-        user, consented = self.user, self.user.consent != "No"
-        if ts >= self.next_midnight:  # sessions that run past midnight land on the next event_date
-            self._enter_day(self.day + timedelta(days=1))
-        params: list[tuple[str, Any]] = [("page_location", extra["page_location"]),
-                                         ("page_title", "Shop"), ("engaged_session_event", 1)]
-        if consented:
-            params += [("ga_session_id", self.session_id), ("ga_session_number", user.sessions)]
-        if name in ("session_start", "page_view"):
-            params += [("source", self.utm[0]), ("medium", self.utm[1]), ("campaign", self.utm[2])]
-        for key in ("search_term", "engagement_time_msec"):
-            if key in extra:
-                params.append((key, extra[key]))
-        purchase = extra.get("purchase")
-        if purchase:
-            params += [("transaction_id", purchase["transaction_id"]), ("currency", "USD"),
-                       ("value", purchase["revenue"])]
-            if purchase["coupon"]:
-                params.append(("coupon", purchase["coupon"]))
-        country = user.country
-        campaign = {"campaign_id": None, "campaign_name": self.utm[2], "source": self.utm[0],
-                    "medium": self.utm[1], "term": None, "content": None, "source_platform": None,
-                    "creative_format": None, "marketing_tactic": None}
-        first = user.first_touch or self.utm
-        return {
-            "event_date": self.date_key,
-            "event_timestamp": ts,
-            "event_name": name,
-            "event_params": [_param(k, v) for k, v in params],
-            "event_previous_timestamp": None,
-            "event_value_in_usd": purchase["revenue"] if purchase else None,
-            "event_bundle_sequence_id": rnd.randrange(1, 2**31),
-            "event_server_timestamp_offset": rnd.randrange(100, 900_000),
-            "user_id": user.user_id if consented else None,
-            "user_pseudo_id": user.pseudo_id if consented else None,
-            "privacy_info": {"analytics_storage": user.consent, "ads_storage": user.consent,
-                             "uses_transient_token": "No"},
-            "user_properties": [],
-            "user_first_touch_timestamp": user.first_ts if consented else None,
-            "user_ltv": {"revenue": 0.0, "currency": "USD"} if consented else None,
-            "device": {"category": user.device[0], "operating_system": user.device[1], "language": "en-us",
-                       "web_info": {"browser": user.device[2], "browser_version": "120.0", "hostname": HOST[8:]}},
-            "geo": {"continent": country[0], "sub_continent": country[1], "country": country[2],
-                    "region": country[3], "city": "(not set)", "metro": "(not set)"},
-            "traffic_source": {"name": first[2], "medium": first[1], "source": first[0]},
-            "stream_id": STREAM_ID,
-            "platform": "WEB",
-            "ecommerce": _ecommerce(purchase),
-            "items": [{**item, "price_in_usd": item["price"], "item_revenue_in_usd": item["item_revenue"],
-                       "coupon": purchase["coupon"]} for item in purchase["items"]] if purchase else [],
-            "collected_traffic_source": {"manual_campaign_name": self.utm[2], "manual_source": self.utm[0],
-                                         "manual_medium": self.utm[1]} if name == "session_start" else None,
-            "is_active_user": True,
-            "session_traffic_source_last_click": {"manual_campaign": campaign},
-        }
+def _purchases(rng: np.random.Generator, kinds: np.ndarray, is_promo: bool, txn_counter: int
+               ) -> tuple[list[_Purchase], int]:
+    out = []
+    for kind in kinds:
+        txn_counter += 1
+        n_items = 1 + int(rng.poisson(0.7))
+        items: list[dict[str, Any]] = []
+        coupon = "PROMO20" if is_promo and USER_TYPES[kind] == "Value Shopper" else None
+        for product, qty in zip(rng.integers(len(PRODUCTS), size=n_items), 1 + rng.poisson(0.3, size=n_items),
+                                strict=True):
+            item_id, item_name, price = PRODUCTS[product]
+            unit = round(price * AOV_MULT[kind] * (0.8 if is_promo else 1.0), 2)
+            revenue = round(unit * int(qty), 2)
+            items.append({"item_id": item_id, "item_name": item_name, "price": unit, "quantity": int(qty),
+                          "item_revenue": revenue, "price_in_usd": unit, "item_revenue_in_usd": revenue,
+                          "coupon": coupon})
+        out.append(_Purchase(f"T{txn_counter:08d}", round(sum(i["item_revenue"] for i in items), 2), coupon, items))
+    return out, txn_counter
 
 
-def _param(key: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, int):
-        return {"key": key, "value": {"string_value": None, "int_value": int(value), "float_value": None,
-                                      "double_value": None}}
-    if isinstance(value, float):
-        return {"key": key, "value": {"string_value": None, "int_value": None, "float_value": None,
-                                      "double_value": value}}
-    return {"key": key, "value": {"string_value": value, "int_value": None, "float_value": None,
-                                  "double_value": None}}
+def _event_table(*, name: np.ndarray, clock: np.ndarray, e_user: np.ndarray, e_utm: np.ndarray, users: _Users,
+                 consented: np.ndarray, session_id: np.ndarray, session_number: np.ndarray, locations: np.ndarray,
+                 terms: np.ndarray, engagement: np.ndarray, purchase: np.ndarray, purchases: list[_Purchase],
+                 tz: ZoneInfo, bundle: np.ndarray, server_offset: np.ndarray) -> pa.Table:
+    """The events as columns of the export schema, built from arrays (no row dicts)."""
+    n = len(name)
+    revenue = np.full(n, np.nan)
+    revenue[purchase] = [p.revenue for p in purchases]
+    has_revenue = ~np.isnan(revenue)
+    utm = np.array(UTM_ROWS, dtype=object)
+    first_utm = np.where(users.first_utm[e_user] >= 0, users.first_utm[e_user], e_utm)
+    local_day = pd.DatetimeIndex(pd.to_datetime(clock, unit="us", utc=True)).tz_convert(tz).strftime("%Y%m%d")
+    consent = CONSENTS_ARRAY[users.consent[e_user]]
+    device = np.array(DEVICES, dtype=object)[users.device[e_user]]
+    geo = np.array(COUNTRIES, dtype=object)[users.country[e_user]]
+    session_started = name == SESSION_START
+    null = pa.nulls(n, pa.string())
+    columns = {
+        "event_date": pa.array(np.asarray(local_day, dtype=object), pa.string()),
+        "event_timestamp": pa.array(clock, pa.int64()),
+        "event_name": pa.array(np.array(EVENT_NAMES, dtype=object)[name], pa.string()),
+        "event_params": _params(name, consented, session_id, session_number, locations, terms, engagement,
+                                e_utm, purchase, purchases),
+        "event_previous_timestamp": pa.nulls(n, pa.int64()),
+        "event_value_in_usd": pa.array(revenue, pa.float64(), mask=~has_revenue),
+        "event_bundle_sequence_id": pa.array(bundle, pa.int64()),
+        "event_server_timestamp_offset": pa.array(server_offset, pa.int64()),
+        "user_id": pa.array(np.where(consented, users.user_id[e_user], None), pa.string()),
+        "user_pseudo_id": pa.array(np.where(consented, users.pseudo_id[e_user], None), pa.string()),
+        "privacy_info": _struct({"analytics_storage": pa.array(consent, pa.string()),
+                                 "ads_storage": pa.array(consent, pa.string()),
+                                 "uses_transient_token": pa.array(["No"] * n, pa.string())}),
+        "user_properties": pa.array([[]] * n, GA4_ARROW_SCHEMA.field("user_properties").type),
+        "user_first_touch_timestamp": pa.array(users.first_ts[e_user], pa.int64(), mask=~consented),
+        "user_ltv": _struct({"revenue": pa.array(np.zeros(n), pa.float64()),
+                             "currency": pa.array(["USD"] * n, pa.string())}, mask=~consented),
+        "device": _struct({"category": _strings(device, 0), "operating_system": _strings(device, 1),
+                           "language": pa.array(["en-us"] * n, pa.string()),
+                           "web_info": _struct({"browser": _strings(device, 2),
+                                                "browser_version": pa.array(["120.0"] * n, pa.string()),
+                                                "hostname": pa.array([HOST[8:]] * n, pa.string())})}),
+        "geo": _struct({"continent": _strings(geo, 0), "sub_continent": _strings(geo, 1),
+                        "country": _strings(geo, 2), "region": _strings(geo, 3),
+                        "city": pa.array(["(not set)"] * n, pa.string()),
+                        "metro": pa.array(["(not set)"] * n, pa.string())}),
+        "traffic_source": _struct({"name": _strings(utm[first_utm], 2), "medium": _strings(utm[first_utm], 1),
+                                   "source": _strings(utm[first_utm], 0)}),
+        "stream_id": pa.array([STREAM_ID] * n, pa.string()),
+        "platform": pa.array(["WEB"] * n, pa.string()),
+        "ecommerce": _ecommerce(purchase, purchases),
+        "items": _items(purchase, purchases),
+        "collected_traffic_source": _struct({"manual_campaign_name": _strings(utm[e_utm], 2),
+                                             "manual_source": _strings(utm[e_utm], 0),
+                                             "manual_medium": _strings(utm[e_utm], 1)}, mask=~session_started),
+        "is_active_user": pa.array(np.ones(n, dtype=bool), pa.bool_()),
+        "session_traffic_source_last_click": _struct({"manual_campaign": _struct({
+            "campaign_id": null, "campaign_name": _strings(utm[e_utm], 2), "source": _strings(utm[e_utm], 0),
+            "medium": _strings(utm[e_utm], 1), "term": null, "content": null, "source_platform": null,
+            "creative_format": null, "marketing_tactic": null})}),
+    }
+    return pa.Table.from_arrays([columns[f.name].cast(f.type) for f in GA4_ARROW_SCHEMA], schema=GA4_ARROW_SCHEMA)
 
 
-def _ecommerce(purchase: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not purchase:
-        return None
-    quantity = sum(i["quantity"] for i in purchase["items"])
-    return {"total_item_quantity": quantity, "purchase_revenue_in_usd": purchase["revenue"],
-            "purchase_revenue": purchase["revenue"], "refund_value_in_usd": None, "refund_value": None,
-            "shipping_value_in_usd": 0.0, "shipping_value": 0.0, "tax_value_in_usd": 0.0, "tax_value": 0.0,
-            "unique_items": len(purchase["items"]), "transaction_id": purchase["transaction_id"]}
+def _strings(rows: np.ndarray, position: int) -> pa.Array:
+    """Field `position` of an object array of tuples, as strings."""
+    return pa.array([row[position] for row in rows], pa.string())
+
+
+def _struct(fields: dict[str, pa.Array], mask: np.ndarray | None = None) -> pa.StructArray:
+    return pa.StructArray.from_arrays(list(fields.values()), names=list(fields),
+                                      mask=pa.array(mask, pa.bool_()) if mask is not None else None)
+
+
+def _params(name: np.ndarray, consented: np.ndarray, session_id: np.ndarray, session_number: np.ndarray,
+            locations: np.ndarray, terms: np.ndarray, engagement: np.ndarray, utm: np.ndarray,
+            purchase: np.ndarray, purchases: list[_Purchase]) -> pa.ListArray:
+    """event_params in the export's order, built in long form (event, place, key, value) and sorted."""
+    n = len(name)
+    every, tagged = np.arange(n), np.flatnonzero(np.isin(name, (SESSION_START, PAGE_VIEW)))
+    bought = np.flatnonzero(purchase)
+    with_coupon = bought[[p.coupon is not None for p in purchases]] if len(bought) else bought
+    utm_rows = np.array(UTM_ROWS, dtype=object)
+    pieces: list[tuple[np.ndarray, str, Any]] = [  # (events, key, values: str/int/float array or constant)
+        (every, "page_location", locations),
+        (every, "page_title", "Shop"),
+        (every, "engaged_session_event", 1),
+        (np.flatnonzero(consented), "ga_session_id", session_id[consented]),
+        (np.flatnonzero(consented), "ga_session_number", session_number[consented]),
+        (tagged, "source", np.array([r[0] for r in utm_rows[utm[tagged]]], dtype=object)),
+        (tagged, "medium", np.array([r[1] for r in utm_rows[utm[tagged]]], dtype=object)),
+        (tagged, "campaign", np.array([r[2] for r in utm_rows[utm[tagged]]], dtype=object)),
+        (np.flatnonzero(name == SEARCH), "search_term", terms[name == SEARCH]),
+        (np.flatnonzero(name == ENGAGEMENT), "engagement_time_msec", engagement[name == ENGAGEMENT]),
+        (bought, "transaction_id", np.array([p.transaction_id for p in purchases], dtype=object)),
+        (bought, "currency", "USD"),
+        (bought, "value", np.array([p.revenue for p in purchases], dtype=float)),
+        (with_coupon, "coupon", np.array([p.coupon for p in purchases if p.coupon], dtype=object)),
+    ]
+    events, places, keys, strings, ints, has_int, doubles = [], [], [], [], [], [], []
+    for rank, (where, key, given) in enumerate(pieces):
+        k = len(where)
+        values = np.full(k, given, dtype=object if isinstance(given, str) else type(given)) if np.isscalar(given) \
+            else np.asarray(given)
+        is_str, is_int = values.dtype == object, np.issubdtype(values.dtype, np.integer)
+        events.append(where)
+        places.append(np.full(k, rank))
+        keys.append(np.full(k, key, dtype=object))
+        strings.append(values if is_str else np.full(k, None, dtype=object))
+        ints.append(values.astype(np.int64) if is_int else np.zeros(k, dtype=np.int64))
+        has_int.append(np.full(k, is_int))
+        doubles.append(values.astype(np.float64) if not is_str and not is_int else np.full(k, np.nan))
+    event = np.concatenate(events)
+    order = np.lexsort((np.concatenate(places), event))
+    double_values = np.concatenate(doubles)[order]
+    value = _struct({
+        "string_value": pa.array(np.concatenate(strings)[order], pa.string()),
+        "int_value": pa.array(np.concatenate(ints)[order], pa.int64(), mask=~np.concatenate(has_int)[order]),
+        "float_value": pa.nulls(len(order), pa.float64()),
+        "double_value": pa.array(double_values, pa.float64(), mask=np.isnan(double_values)),
+    })
+    entries = _struct({"key": pa.array(np.concatenate(keys)[order], pa.string()), "value": value})
+    offsets = np.r_[0, np.cumsum(np.bincount(event, minlength=n))].astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), entries)
+
+
+def _ecommerce(purchase: np.ndarray, purchases: list[_Purchase]) -> pa.StructArray:
+    n = len(purchase)
+    at = np.flatnonzero(purchase)
+
+    def column(values: list[Any], kind: pa.DataType) -> pa.Array:
+        full = np.full(n, None, dtype=object)
+        full[at] = values
+        return pa.array(full, kind)
+
+    revenue = [p.revenue for p in purchases]
+    zero = [0.0] * len(purchases)
+    none = [None] * len(purchases)
+    return _struct({
+        "total_item_quantity": column([sum(i["quantity"] for i in p.items) for p in purchases], pa.int64()),
+        "purchase_revenue_in_usd": column(revenue, pa.float64()), "purchase_revenue": column(revenue, pa.float64()),
+        "refund_value_in_usd": column(none, pa.float64()), "refund_value": column(none, pa.float64()),
+        "shipping_value_in_usd": column(zero, pa.float64()), "shipping_value": column(zero, pa.float64()),
+        "tax_value_in_usd": column(zero, pa.float64()), "tax_value": column(zero, pa.float64()),
+        "unique_items": column([len(p.items) for p in purchases], pa.int64()),
+        "transaction_id": column([p.transaction_id for p in purchases], pa.string()),
+    }, mask=~purchase)
+
+
+def _items(purchase: np.ndarray, purchases: list[_Purchase]) -> pa.ListArray:
+    counts = np.zeros(len(purchase), dtype=np.int64)
+    counts[purchase] = [len(p.items) for p in purchases]
+    kind = GA4_ARROW_SCHEMA.field("items").type
+    flat = pa.array([item for p in purchases for item in p.items], kind.value_type)
+    return pa.ListArray.from_arrays(pa.array(np.r_[0, np.cumsum(counts)], pa.int32()), flat)
 
 
 def _to_micros(local: datetime, tz: ZoneInfo) -> int:
@@ -475,100 +615,62 @@ def _to_micros(local: datetime, tz: ZoneInfo) -> int:
 
 # ---------------------------------------------------------------- defects
 
-def _plant_duplicates(rng: np.random.Generator, rows_by_day: dict[str, list[dict[str, Any]]], plant: _Plant) -> None:
-    for key in sorted(rows_by_day):
-        rows = rows_by_day[key]
-        out: list[dict[str, Any]] = []
-        for row in rows:
-            out.append(row)
-            if "_malformed" in row:
-                continue  # keep defects separate so each planted row has one expected outcome
-            consent = row["privacy_info"]["analytics_storage"] or "null"
-            if rng.random() < 0.004:  # the export repeats an event verbatim
-                out.append(row)
-                plant.exact_duplicates[consent] += 1
-            if row["event_name"] == "purchase" and rng.random() < 0.04:  # thank-you page reloaded
-                resent = json.loads(json.dumps(row))
-                resent["event_timestamp"] = row["event_timestamp"] + int(rng.integers(2, 90)) * 1_000_000
-                resent["event_bundle_sequence_id"] = int(rng.integers(1, 2**31))
-                out.append(resent)
-                plant.transaction_duplicates[consent] += 1
-        rows_by_day[key] = out
-
-
-def _plant_malformed(
-    rng: np.random.Generator, rows_by_day: dict[str, list[dict[str, Any]]], spec: SimulationSpec
-) -> list[dict[str, Any]]:
-    """Mark rows to corrupt at write time. Returns the plan: day, row index, kind."""
+def _malformed_days(rng: np.random.Generator, spec: SimulationSpec) -> dict[int, list[str]]:
+    """Which day gets which malformed rows: kinds in turn, days at random."""
     count = spec.malformed_rows if spec.malformed_rows is not None else max(6, spec.days // 15)
-    keys = sorted(rows_by_day)
-    plan: list[dict[str, Any]] = []
-    taken: set[tuple[str, int]] = set()
-    purchases = [(k, i) for k in keys for i, r in enumerate(rows_by_day[k]) if r["event_name"] == "purchase"]
-    for n in range(count):
-        kind = MALFORMED_KINDS[n % len(MALFORMED_KINDS)]
-        for _try in range(100):
-            if kind == "negative_revenue" and purchases:
-                key, index = purchases[int(rng.integers(len(purchases)))]
-            else:
-                key = keys[int(rng.integers(len(keys)))]
-                if not rows_by_day[key]:
-                    continue
-                index = int(rng.integers(len(rows_by_day[key])))
-            if (key, index) not in taken:
-                break
-        taken.add((key, index))
-        row = rows_by_day[key][index]
-        corrupt = dict(row)
-        corrupt["_malformed"] = kind
-        rows_by_day[key][index] = corrupt
-        plan.append({"file_day": key, "kind": kind})
-    return plan
+    days: dict[int, list[str]] = {}
+    for n, day in enumerate(rng.integers(spec.days, size=count)):
+        days.setdefault(int(day), []).append(MALFORMED_KINDS[n % len(MALFORMED_KINDS)])
+    return days
 
 
-# ---------------------------------------------------------------- writers
-
-def _write_exports(fmt: str, folder: Path, rows_by_day: dict[str, list[dict[str, Any]]], last_key: str) -> int:
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("events_*"):  # an earlier simulation's days must not mix with this one's
-        stale.unlink()
-    written = 0
-    for key in sorted(rows_by_day):
-        stem = f"events_intraday_{key}" if key == last_key else f"events_{key}"
-        rows = rows_by_day[key]
-        if fmt == "ndjson":
-            lines = [_ndjson_line(row) for row in rows]
-            (folder / f"{stem}.json").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-            written += len(lines)
-        else:
-            records = [r for r in (_parquet_record(row) for row in rows) if r is not None]
-            table = pa.Table.from_pylist(records, schema=GA4_ARROW_SCHEMA)
-            pq.write_table(table, folder / f"{stem}.parquet", compression="zstd")
-            written += len(records)
-    return written
-
-
-def _ndjson_line(row: dict[str, Any]) -> str:
-    kind = row.get("_malformed")
-    clean = {k: v for k, v in row.items() if k != "_malformed"}
-    clean = _corrupt(clean, kind) if kind else clean
-    text = json.dumps(_int64_as_string(clean), separators=(",", ":"))
-    return text[: len(text) // 2] if kind == "truncated_json" else text
-
-
-def _parquet_record(row: dict[str, Any]) -> dict[str, Any] | None:
-    kind = row.get("_malformed")
-    if kind in NDJSON_ONLY_KINDS:
-        return None  # a typed Parquet column cannot hold these defects
-    clean = {k: v for k, v in row.items() if k != "_malformed"}
-    return _corrupt(clean, kind) if kind else clean
+def _plant_defects(rng: np.random.Generator, rows: pa.Table, malformed: list[str], plant: _Plant
+                   ) -> tuple[pa.Table, np.ndarray]:
+    """Corrupt a day's planned malformed rows, then repeat some rows verbatim (the export's own
+    duplicates) and re-send some purchases (a reloaded thank-you page). Returns the rows and each
+    row's malformed kind ('' for none)."""
+    n = rows.num_rows
+    kinds = np.full(n, "", dtype=object)
+    if malformed and n:
+        names = rows.column("event_name").to_numpy(zero_copy_only=False)
+        purchases = np.flatnonzero(names == "purchase")
+        taken: set[int] = set()
+        for kind in malformed[:n]:
+            pool = purchases if kind == "negative_revenue" and len(purchases) else np.arange(n)
+            free = [int(i) for i in pool if int(i) not in taken] or [int(i) for i in range(n) if i not in taken]
+            index = free[int(rng.integers(len(free)))]
+            taken.add(index)
+            kinds[index] = kind
+            plant.malformed.append(kind)
+            if kind not in NDJSON_ONLY_KINDS:  # the others are written as text (see _write_day)
+                fixed = pa.Table.from_pylist([_corrupt(rows.slice(index, 1).to_pylist()[0], kind)],
+                                             schema=GA4_ARROW_SCHEMA)
+                rows = pa.concat_tables([rows.slice(0, index), fixed, rows.slice(index + 1)])
+    consent = pc.struct_field(rows.column("privacy_info"), "analytics_storage").to_numpy(zero_copy_only=False)
+    is_purchase = rows.column("event_name").to_numpy(zero_copy_only=False) == "purchase"
+    clean = kinds == ""
+    exact = clean & (rng.random(n) < 0.004)
+    resend = clean & is_purchase & (rng.random(n) < 0.04)
+    delay, new_bundle = rng.integers(2, 90, size=n) * 1_000_000, rng.integers(1, 2**31, size=n)
+    for mask, counter in ((exact, plant.exact_duplicates), (resend, plant.transaction_duplicates)):
+        counter.update("null" if c is None else str(c) for c in consent[mask])
+    # Each copy follows its row: the row, its verbatim copy, its re-sent purchase.
+    copies = 1 + exact.astype(np.int64) + resend
+    source = np.repeat(np.arange(n), copies)
+    place = np.arange(len(source)) - np.repeat(np.r_[0, np.cumsum(copies)[:-1]], copies)
+    resent = resend[source] & (place == copies[source] - 1)
+    out = rows.take(source)
+    timestamps = out.column("event_timestamp").to_numpy() + np.where(resent, delay[source], 0)
+    bundles = np.where(resent, new_bundle[source], out.column("event_bundle_sequence_id").to_numpy())
+    out = out.set_column(out.schema.get_field_index("event_timestamp"), "event_timestamp", pa.array(timestamps))
+    out = out.set_column(out.schema.get_field_index("event_bundle_sequence_id"), "event_bundle_sequence_id",
+                         pa.array(bundles))
+    return out, kinds[source]
 
 
 def _corrupt(row: dict[str, Any], kind: str) -> dict[str, Any]:
     row = json.loads(json.dumps(row))
-    if kind == "timestamp_not_integer":
-        row["event_timestamp"] = "2024-05-01T10:00:00Z"
-    elif kind == "timestamp_milliseconds":
+    if kind == "timestamp_milliseconds":
         row["event_timestamp"] = row["event_timestamp"] // 1000
     elif kind == "missing_event_name":
         row["event_name"] = None
@@ -582,29 +684,45 @@ def _corrupt(row: dict[str, Any], kind: str) -> dict[str, Any]:
     return row
 
 
-_TOP_INT64 = tuple(p for p in INT64_PATHS if "." not in p)
+# ---------------------------------------------------------------- writers
+
+def _write_day(fmt: str, stem: Path, rows: pa.Table, kinds: np.ndarray, writer: duckdb.DuckDBPyConnection) -> int:
+    """One export file; returns its rows. NDJSON has BigQuery's INT64-as-string and the text-only
+    defects; Parquet leaves out the rows those defects hit (a typed column cannot hold them)."""
+    text_only = np.isin(kinds, list(NDJSON_ONLY_KINDS))
+    if fmt == "parquet":
+        kept = rows.filter(pa.array(~text_only))
+        pq.write_table(kept, stem.with_suffix(".parquet"), compression="zstd")
+        return kept.num_rows
+    path = stem.with_suffix(".json")
+    writer.register("_day", rows.cast(_JSON_SCHEMA))
+    writer.execute(f"COPY _day TO '{path}' (FORMAT json)")
+    writer.unregister("_day")
+    if text_only.any():
+        lines = path.read_text(encoding="utf-8").split("\n")
+        for index in np.flatnonzero(text_only):
+            line = lines[index]
+            if kinds[index] == "timestamp_not_integer":
+                lines[index] = re.sub(r'"event_timestamp":"\d+"', '"event_timestamp":"2024-05-01T10:00:00Z"', line,
+                                      count=1)
+            else:  # truncated_json
+                lines[index] = line[: len(line) // 2]
+        path.write_text("\n".join(lines), encoding="utf-8")
+    return rows.num_rows
 
 
-def _int64_as_string(row: dict[str, Any]) -> dict[str, Any]:
-    """BigQuery's JSON export writes INT64 as strings; do the same for every INT64 path we write."""
-    out = dict(row)
-    for key in _TOP_INT64:
-        if isinstance(out.get(key), int):
-            out[key] = str(out[key])
-    out["event_params"] = [_param_as_string(p) for p in row["event_params"]]
-    if row.get("ecommerce"):
-        out["ecommerce"] = {k: str(v) if k in ("total_item_quantity", "unique_items") and isinstance(v, int) else v
-                            for k, v in row["ecommerce"].items()}
-    if row.get("items"):
-        out["items"] = [{**item, "quantity": str(item["quantity"])} for item in row["items"]]
-    return out
+def _json_type(kind: pa.DataType) -> pa.DataType:
+    """BigQuery's JSON export writes INT64 as strings."""
+    if pa.types.is_int64(kind):
+        return pa.string()
+    if pa.types.is_struct(kind):
+        return pa.struct([pa.field(f.name, _json_type(f.type)) for f in kind])
+    if pa.types.is_list(kind):
+        return pa.list_(_json_type(kind.value_type))
+    return kind
 
 
-def _param_as_string(param: dict[str, Any]) -> dict[str, Any]:
-    value = param["value"]
-    if isinstance(value.get("int_value"), int):
-        return {"key": param["key"], "value": {**value, "int_value": str(value["int_value"])}}
-    return param
+_JSON_SCHEMA = pa.schema([pa.field(f.name, _json_type(f.type)) for f in GA4_ARROW_SCHEMA])
 
 
 def _write_spend(path: Path, dates: list[date], spend: dict[str, np.ndarray]) -> None:
@@ -618,10 +736,11 @@ def _write_spend(path: Path, dates: list[date], spend: dict[str, np.ndarray]) ->
 
 def _truth(
     spec: SimulationSpec, dates: list[date], demand: np.ndarray, promo_days: set[date],
-    channels: list[ChannelTruth], users: list[_User], plant: _Plant, malformed: list[dict[str, Any]],
-    rows_by_format: dict[str, int], rows_by_day: dict[str, list[dict[str, Any]]],
+    channels: list[ChannelTruth], users: _Users, plant: _Plant, rows_by_format: dict[str, int],
+    rows_per_day: dict[str, int],
 ) -> dict[str, Any]:
-    kinds = Counter(m["kind"] for m in malformed)
+    kinds = Counter(plant.malformed)
+    visited = users.sessions > 0
     return {
         "spec": {"days": spec.days, "users": spec.users, "seed": spec.seed, "end_date": spec.end_date.isoformat(),
                  "timezone": spec.timezone},
@@ -631,7 +750,7 @@ def _truth(
                    "promo_days": sorted(d.isoformat() for d in promo_days)},
         "partial_last_day": spec.end_date.isoformat(),
         "rows": rows_by_format,
-        "rows_per_day": {k: len(v) for k, v in sorted(rows_by_day.items())},
+        "rows_per_day": dict(sorted(rows_per_day.items())),
         "planted": {
             "malformed": dict(sorted(kinds.items())),
             "malformed_by_format": {
@@ -644,8 +763,8 @@ def _truth(
         },
         # Raw PII planted in the export, so tests can prove none of it gets past the guard.
         "pii_needles": {"emails": sorted(plant.emails), "phones": sorted(plant.phones),
-                        "user_pseudo_ids": sorted(u.pseudo_id for u in users if u.sessions)},
-        "user_types": dict(sorted(Counter(u.kind for u in users if u.sessions).items())),
+                        "user_pseudo_ids": sorted(str(u) for u in users.pseudo_id[visited])},
+        "user_types": dict(sorted(Counter(USER_TYPES[k] for k in users.kind[visited]).items())),
     }
 
 
