@@ -388,7 +388,7 @@ def _day_events(rng: np.random.Generator, users: _Users, counts: list[int], day:
     table = _event_table(
         name=name, clock=clock, e_user=e_user, e_utm=e_utm, users=users, consented=consented,
         session_id=session_id[s], session_number=session_number[s], locations=locations, terms=terms,
-        engagement=engagement, purchase=purchase, purchases=purchases, tz=tz,
+        engagement=engagement, purchase=purchase, purchases=purchases, day=day, tz=tz,
         bundle=rng.integers(1, 2**31, size=len(s)), server_offset=rng.integers(100, 900_000, size=len(s)))
     return table.take(np.lexsort((_NAME_ORDER[name], clock))), txn_counter
 
@@ -456,22 +456,19 @@ def _purchases(rng: np.random.Generator, kinds: np.ndarray, is_promo: bool, txn_
 def _event_table(*, name: np.ndarray, clock: np.ndarray, e_user: np.ndarray, e_utm: np.ndarray, users: _Users,
                  consented: np.ndarray, session_id: np.ndarray, session_number: np.ndarray, locations: np.ndarray,
                  terms: np.ndarray, engagement: np.ndarray, purchase: np.ndarray, purchases: list[_Purchase],
-                 tz: ZoneInfo, bundle: np.ndarray, server_offset: np.ndarray) -> pa.Table:
+                 day: date, tz: ZoneInfo, bundle: np.ndarray, server_offset: np.ndarray) -> pa.Table:
     """The events as columns of the export schema, built from arrays (no row dicts)."""
     n = len(name)
     revenue = np.full(n, np.nan)
     revenue[purchase] = [p.revenue for p in purchases]
     has_revenue = ~np.isnan(revenue)
-    utm = np.array(UTM_ROWS, dtype=object)
     first_utm = np.where(users.first_utm[e_user] >= 0, users.first_utm[e_user], e_utm)
-    local_day = pd.DatetimeIndex(pd.to_datetime(clock, unit="us", utc=True)).tz_convert(tz).strftime("%Y%m%d")
     consent = CONSENTS_ARRAY[users.consent[e_user]]
-    device = np.array(DEVICES, dtype=object)[users.device[e_user]]
-    geo = np.array(COUNTRIES, dtype=object)[users.country[e_user]]
+    device, geo = users.device[e_user], users.country[e_user]
     session_started = name == SESSION_START
     null = pa.nulls(n, pa.string())
     columns = {
-        "event_date": pa.array(np.asarray(local_day, dtype=object), pa.string()),
+        "event_date": _event_dates(clock, day, tz),
         "event_timestamp": pa.array(clock, pa.int64()),
         "event_name": pa.array(np.array(EVENT_NAMES, dtype=object)[name], pa.string()),
         "event_params": _params(name, consented, session_id, session_number, locations, terms, engagement,
@@ -489,36 +486,44 @@ def _event_table(*, name: np.ndarray, clock: np.ndarray, e_user: np.ndarray, e_u
         "user_first_touch_timestamp": pa.array(users.first_ts[e_user], pa.int64(), mask=~consented),
         "user_ltv": _struct({"revenue": pa.array(np.zeros(n), pa.float64()),
                              "currency": pa.array(["USD"] * n, pa.string())}, mask=~consented),
-        "device": _struct({"category": _strings(device, 0), "operating_system": _strings(device, 1),
+        "device": _struct({"category": _pick(DEVICES, 0, device), "operating_system": _pick(DEVICES, 1, device),
                            "language": pa.array(["en-us"] * n, pa.string()),
-                           "web_info": _struct({"browser": _strings(device, 2),
+                           "web_info": _struct({"browser": _pick(DEVICES, 2, device),
                                                 "browser_version": pa.array(["120.0"] * n, pa.string()),
                                                 "hostname": pa.array([HOST[8:]] * n, pa.string())})}),
-        "geo": _struct({"continent": _strings(geo, 0), "sub_continent": _strings(geo, 1),
-                        "country": _strings(geo, 2), "region": _strings(geo, 3),
+        "geo": _struct({"continent": _pick(COUNTRIES, 0, geo), "sub_continent": _pick(COUNTRIES, 1, geo),
+                        "country": _pick(COUNTRIES, 2, geo), "region": _pick(COUNTRIES, 3, geo),
                         "city": pa.array(["(not set)"] * n, pa.string()),
                         "metro": pa.array(["(not set)"] * n, pa.string())}),
-        "traffic_source": _struct({"name": _strings(utm[first_utm], 2), "medium": _strings(utm[first_utm], 1),
-                                   "source": _strings(utm[first_utm], 0)}),
+        "traffic_source": _struct({"name": _pick(UTM_ROWS, 2, first_utm), "medium": _pick(UTM_ROWS, 1, first_utm),
+                                   "source": _pick(UTM_ROWS, 0, first_utm)}),
         "stream_id": pa.array([STREAM_ID] * n, pa.string()),
         "platform": pa.array(["WEB"] * n, pa.string()),
         "ecommerce": _ecommerce(purchase, purchases),
         "items": _items(purchase, purchases),
-        "collected_traffic_source": _struct({"manual_campaign_name": _strings(utm[e_utm], 2),
-                                             "manual_source": _strings(utm[e_utm], 0),
-                                             "manual_medium": _strings(utm[e_utm], 1)}, mask=~session_started),
+        "collected_traffic_source": _struct({"manual_campaign_name": _pick(UTM_ROWS, 2, e_utm),
+                                             "manual_source": _pick(UTM_ROWS, 0, e_utm),
+                                             "manual_medium": _pick(UTM_ROWS, 1, e_utm)}, mask=~session_started),
         "is_active_user": pa.array(np.ones(n, dtype=bool), pa.bool_()),
         "session_traffic_source_last_click": _struct({"manual_campaign": _struct({
-            "campaign_id": null, "campaign_name": _strings(utm[e_utm], 2), "source": _strings(utm[e_utm], 0),
-            "medium": _strings(utm[e_utm], 1), "term": null, "content": null, "source_platform": null,
+            "campaign_id": null, "campaign_name": _pick(UTM_ROWS, 2, e_utm), "source": _pick(UTM_ROWS, 0, e_utm),
+            "medium": _pick(UTM_ROWS, 1, e_utm), "term": null, "content": null, "source_platform": null,
             "creative_format": null, "marketing_tactic": null})}),
     }
     return pa.Table.from_arrays([columns[f.name].cast(f.type) for f in GA4_ARROW_SCHEMA], schema=GA4_ARROW_SCHEMA)
 
 
-def _strings(rows: np.ndarray, position: int) -> pa.Array:
-    """Field `position` of an object array of tuples, as strings."""
-    return pa.array([row[position] for row in rows], pa.string())
+def _pick(rows: tuple[tuple[str, ...], ...], position: int, index: np.ndarray) -> pa.Array:
+    """Field `position` of `rows[index]`, for each index, as strings."""
+    return pa.array([row[position] for row in rows], pa.string()).take(pa.array(index))
+
+
+def _event_dates(clock: np.ndarray, day: date, tz: ZoneInfo) -> pa.Array:
+    """Each event's local date (YYYYMMDD): a session that runs past midnight moves to the next day."""
+    later = [day + timedelta(days=k) for k in range(4)]
+    midnights = [_to_micros(datetime.combine(d, datetime.min.time()), tz) for d in later[1:]]
+    keys = pa.array([d.strftime("%Y%m%d") for d in later], pa.string())
+    return keys.take(pa.array(np.searchsorted(midnights, clock, side="right")))
 
 
 def _struct(fields: dict[str, pa.Array], mask: np.ndarray | None = None) -> pa.StructArray:
