@@ -150,6 +150,33 @@ def test_a_binary_file_is_named_in_one_line_without_its_bytes(tmp_path: Path, co
     assert "CSV" not in message and len(message) < 200
 
 
+def test_a_copy_made_for_bad_utf8_lives_in_the_spill_folder_and_a_killed_runs_copy_is_removed(
+        tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    """The copy of a file with a line that is not UTF-8 holds raw export lines: it lives in the run's
+    spill folder, is gone when the stage ends, and one left by a killed run (its pid gone) is removed
+    by the next run, while a live run's copy is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    export = tmp_path / "export"
+    write_lines(export / "events_20260301.json", [json.dumps(ga4_row()), json.dumps(ga4_row(user_pseudo_id="X"))])
+    path = export / "events_20260301.json"
+    path.write_bytes(path.read_bytes().replace(b'"X"', b'"\xff"'))
+    spill = tmp_path / "spill"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = spill / f"flashcast-utf8-{int(dead.stdout)}-abc"
+    live = spill / f"flashcast-utf8-{os.getpid()}-def"
+    for folder in (orphan, live):
+        folder.mkdir(parents=True)
+        (folder / "events_20260301.json").write_text("raw line\n")
+    staged = stage_export(con, export, scratch=spill)
+    assert staged.input_rows == 2
+    assert _problems(con)[2] == ["(line): not UTF-8 text"]
+    assert not orphan.exists() and live.exists()
+    assert sorted(p.name for p in spill.iterdir()) == [live.name]  # this run's copy is gone too
+
+
 def test_a_gzip_cut_short_is_named_in_one_line(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
     import gzip
 

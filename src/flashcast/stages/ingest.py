@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
@@ -181,7 +183,8 @@ def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings
         choose=lambda stored: select_files(files, stored, incremental=ingest.incremental,
                                            look_back_days=ingest.look_back_days, rebuild=inputs.rebuild))
     staged = stage_export(con, inputs.export, files=selection.read,
-                          max_days_from_file_date=ingest.max_days_from_file_date, lineage_id=context.lineage_id)
+                          max_days_from_file_date=ingest.max_days_from_file_date, lineage_id=context.lineage_id,
+                          scratch=settings.store.spill_path)
     _register(con, selection, staged.table, root)
     merge_reused(con, [Table.FILES])
     warnings = staged.warnings
@@ -214,8 +217,8 @@ def _register(con: duckdb.DuckDBPyConnection, selection: FileSelection, staged: 
 
 
 def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, files: Sequence[ExportFile] | None = None,
-                 table: str = Table.STAGED, max_days_from_file_date: int = 1, lineage_id: str | None = None
-                 ) -> StagedExport:
+                 table: str = Table.STAGED, max_days_from_file_date: int = 1, lineage_id: str | None = None,
+                 scratch: Path | None = None) -> StagedExport:
     """Read and validate every row of the export at `source` (or only its `files`) into temp table
     `table`, and list the files in table `files`. A file DuckDB cannot read at all is an IngestError
     naming it.
@@ -223,10 +226,38 @@ def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, files: Sequenc
     Three readers feed one set of checks: clean NDJSON files go through DuckDB's native JSON reader
     (`read_json`, the fast path); NDJSON files with a line it would skip or choke on (blank, not an
     object, over-long, malformed) are read line by line, so every line is a row with its problems;
-    Parquet files are read by column and cast to the same types."""
+    Parquet files are read by column and cast to the same types.
+
+    A file with lines that are not UTF-8 is read from a copy in a private folder under `scratch`
+    (the run's spill folder; the system's temp folder when None), removed when done; a folder left
+    by a killed run is removed by the next one."""
     files = tuple(files) if files is not None else discover_exports(source)
-    with tempfile.TemporaryDirectory(prefix="flashcast-utf8-") as scratch:
-        return _stage_files(con, files, table, max_days_from_file_date, lineage_id, Path(scratch))
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+        _remove_orphan_copies(scratch)
+    with tempfile.TemporaryDirectory(prefix=f"{_COPY_PREFIX}{os.getpid()}-", dir=scratch) as folder:
+        return _stage_files(con, files, table, max_days_from_file_date, lineage_id, Path(folder))
+
+
+_COPY_PREFIX = "flashcast-utf8-"
+
+
+def _remove_orphan_copies(scratch: Path) -> None:
+    """Copy folders whose run (by the pid in their name) is gone: they hold raw export lines."""
+    for folder in scratch.glob(f"{_COPY_PREFIX}*"):
+        pid = folder.name[len(_COPY_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _stage_files(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], table: str,
