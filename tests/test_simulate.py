@@ -136,3 +136,18 @@ def test_an_unchanged_simulation_is_reused_and_a_changed_one_replaces_every_file
                                                    formats=("ndjson",)), tmp_path / "sim")
     names = sorted(p.name for p in shorter.export_dirs["ndjson"].iterdir())
     assert not reused and len(names) == 5 and names[-1] == "events_intraday_20260213.json"
+
+
+def test_gzipped_ndjson_holds_the_same_lines_as_plain_ndjson(tmp_path: Path) -> None:
+    import gzip
+    from datetime import date
+
+    from flashcast.simulate import SimulationSpec, simulate
+
+    spec = SimulationSpec(days=8, users=60, seed=4, end_date=date(2026, 3, 8), formats=("ndjson", "ndjson.gz"))
+    result = simulate(spec, tmp_path)
+    plain, packed = _files(result.export_dirs["ndjson"]), _files(result.export_dirs["ndjson.gz"])
+    assert result.export_dirs["ndjson.gz"].name == "ndjson_gz"
+    assert [name + ".gz" for name in plain] == list(packed)
+    assert all(gzip.decompress(packed[name + ".gz"]) == text for name, text in plain.items())
+    assert result.rows_by_format["ndjson"] == result.rows_by_format["ndjson.gz"]

@@ -143,7 +143,8 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed: same arguments, byte-identical files.")] = 7,
     end_date: Annotated[str, typer.Option(help="Last (partial, intraday) export day, YYYY-MM-DD.")] = "2026-11-23",
     timezone: Annotated[str, typer.Option(help="The GA4 property's time zone.")] = "America/New_York",
-    fmt: Annotated[str, typer.Option("--format", help="ndjson, parquet or both.")] = "both",
+    fmt: Annotated[str, typer.Option("--format", help="ndjson, ndjson.gz, parquet or both (ndjson and parquet).")
+                   ] = "both",
 ) -> None:
     """Write simulated GA4 export files with known ground truth.
 
@@ -160,7 +161,8 @@ def simulate(
         except ValueError as exc:
             console.print(f"[red]ValueError[/red]: {exc}")
             raise typer.Exit(2) from exc
-        result = run_simulation(spec, out)
+        with console.status("simulating") as status:
+            result = run_simulation(spec, out, progress=lambda message: status.update(escape(message)))
     for name, count in result.rows_by_format.items():
         console.print(f"wrote {count:,} {name} rows to {result.export_dirs[name]}")
     console.print(f"spend: {result.spend_file}\ntruth: {result.truth_file}")

@@ -11,6 +11,7 @@ so the same arguments give byte-identical files.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import re
 from collections import Counter
@@ -53,6 +54,8 @@ MALFORMED_KINDS = (
     "missing_event_name", "negative_revenue", "bad_event_date",
 )
 NDJSON_ONLY_KINDS = frozenset({"truncated_json", "timestamp_not_integer"})
+# Written to the folder of the same name (ndjson.gz: ndjson_gz/, files events_*.json.gz).
+FORMATS = ("ndjson", "ndjson.gz", "parquet")
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,9 @@ class SimulationSpec:
             raise ValueError("days must be at least 2")
         if self.users < 10:
             raise ValueError("users must be at least 10")
-        unknown = set(self.formats) - {"ndjson", "parquet"}
+        unknown = set(self.formats) - set(FORMATS)
         if unknown or not self.formats:
-            raise ValueError(f"formats must be a non-empty subset of ndjson, parquet (got {self.formats})")
+            raise ValueError(f"formats must be a non-empty subset of {', '.join(FORMATS)} (got {self.formats})")
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ def simulate(spec: SimulationSpec, out_dir: Path, *, progress: Callable[[str], N
     cutoff = _to_micros(datetime.combine(spec.end_date, datetime.min.time()).replace(hour=14), tz)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    export_dirs = {fmt: out_dir / fmt for fmt in spec.formats}
+    export_dirs = {fmt: out_dir / fmt.replace(".", "_") for fmt in spec.formats}
     for folder in export_dirs.values():
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("events_*"):  # an earlier simulation's days must not mix with this one's
@@ -699,12 +702,14 @@ def _write_day(fmt: str, stem: Path, rows: pa.Table, kinds: np.ndarray, writer: 
         kept = rows.filter(pa.array(~text_only))
         pq.write_table(kept, stem.with_suffix(".parquet"), compression="zstd")
         return kept.num_rows
-    path = stem.with_suffix(".json")
+    gz = fmt == "ndjson.gz"
+    path = stem.with_name(stem.name + (".json.gz" if gz else ".json"))
     writer.register("_day", rows.cast(_JSON_SCHEMA))
-    writer.execute(f"COPY _day TO '{path}' (FORMAT json)")
+    writer.execute(f"COPY _day TO '{path}' (FORMAT json{', COMPRESSION gzip' if gz else ''})")
     writer.unregister("_day")
     if text_only.any():
-        lines = path.read_text(encoding="utf-8").split("\n")
+        with gzip.open(path, "rt", encoding="utf-8") if gz else path.open(encoding="utf-8") as handle:
+            lines = handle.read().split("\n")
         for index in np.flatnonzero(text_only):
             line = lines[index]
             if kinds[index] == "timestamp_not_integer":
@@ -712,7 +717,8 @@ def _write_day(fmt: str, stem: Path, rows: pa.Table, kinds: np.ndarray, writer: 
                                       count=1)
             else:  # truncated_json
                 lines[index] = line[: len(line) // 2]
-        path.write_text("\n".join(lines), encoding="utf-8")
+        with gzip.open(path, "wt", encoding="utf-8") if gz else path.open("w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines))
     return rows.num_rows
 
 
@@ -759,7 +765,7 @@ def _truth(
         "planted": {
             "malformed": dict(sorted(kinds.items())),
             "malformed_by_format": {
-                fmt: sum(n for k, n in kinds.items() if fmt == "ndjson" or k not in NDJSON_ONLY_KINDS)
+                fmt: sum(n for k, n in kinds.items() if fmt != "parquet" or k not in NDJSON_ONLY_KINDS)
                 for fmt in spec.formats
             },
             "exact_duplicates": dict(sorted(plant.exact_duplicates.items())),
