@@ -166,13 +166,13 @@ def guard_export(
         FROM _ranked d JOIN _routed r USING (source_file, source_line) WHERE fp_rank > 1 OR txn_rank > 1""",
         params,
     )
-    # Each distinct identifier is keyed once and joined back (HMAC per row costs 3x more: an
-    # export repeats a user's id on every event of every session).
+    # Each distinct user id is keyed once and joined back (HMAC per row costs 3x more: an export
+    # repeats a user's id on every event of every session). Sessions are keyed per row: their
+    # table would be a sixth of the events, too big a hash table to hold within memory_limit.
     keyed_user_id = "user_id" in policy.identifier_fields
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _id_keys AS SELECT v, hmac_hex(v) AS k FROM (
           SELECT user_pseudo_id AS v FROM _routed WHERE route = 'candidate'
-          UNION SELECT {_SESSION_ID} FROM _routed r WHERE route = 'candidate'
           {"UNION SELECT user_id FROM _routed WHERE route = 'candidate'" if keyed_user_id else ""}
         ) WHERE v IS NOT NULL"""
     )
@@ -180,7 +180,8 @@ def guard_export(
         f"""CREATE OR REPLACE TEMP TABLE {Table.GUARDED_EVENTS} AS
         SELECT {stamp}, ? AS key_id,
           event_date, event_timestamp, make_timestamp(event_timestamp) AS event_ts_utc, event_name,
-          uk.k AS user_key, {"ik.k" if keyed_user_id else "NULL::VARCHAR"} AS user_id_key, sk.k AS session_key,
+          uk.k AS user_key, {"ik.k" if keyed_user_id else "NULL::VARCHAR"} AS user_id_key,
+          hmac_hex({_SESSION_ID}) AS session_key,
           ga_session_number, engagement_time_msec,
           redact_text(page_location) AS page_location,
           redact_text(page_referrer) AS page_referrer,
@@ -188,7 +189,7 @@ def guard_export(
           list_transform(params, lambda p: {{'key': p.key, 'string_value': redact_text(p.string_value),
                                             'int_value': p.int_value, 'double_value': p.double_value}}) AS params,
           CASE WHEN event_name = 'purchase' THEN coalesce(revenue, 0) ELSE revenue END AS revenue,
-          k.transaction_key,
+          CASE WHEN event_name = 'purchase' THEN hmac_hex(transaction_id) END AS transaction_key,
           redact_text(session_source) AS session_source, redact_text(session_medium) AS session_medium,
           redact_text(session_campaign) AS session_campaign,
           redact_text(first_touch_source) AS first_touch_source, redact_text(first_touch_medium) AS first_touch_medium,
@@ -196,12 +197,11 @@ def guard_export(
           device_category, country, platform, stream_id,
           {consent_col} AS consent_value, intraday, source_file, source_line
         FROM _routed r
-        JOIN (SELECT source_file, source_line, transaction_key FROM _ranked
-              WHERE fp_rank = 1 AND coalesce(txn_rank, 1) = 1) k USING (source_file, source_line)
         LEFT JOIN _id_keys uk ON uk.v = r.user_pseudo_id
         {"LEFT JOIN _id_keys ik ON ik.v = r.user_id" if keyed_user_id else ""}
-        LEFT JOIN _id_keys sk ON sk.v = {_SESSION_ID}
-        WHERE r.route = 'candidate'""",
+        -- the candidates less this run's duplicates (few): an anti-join, not a join of every row
+        WHERE r.route = 'candidate' AND NOT EXISTS (
+          SELECT 1 FROM {Table.DUPLICATES} d WHERE d.source_file = r.source_file AND d.source_line = r.source_line)""",
         [*params, run.key_id],
     )
     stored = stored_prefix is not None and _has_column(con, f"{stored_prefix}{Table.GUARDED_EVENTS}", "source_file")
