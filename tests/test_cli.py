@@ -111,6 +111,20 @@ def test_an_unexpected_error_is_one_line_naming_it_a_bug(monkeypatch: pytest.Mon
     assert code == 2 and line.startswith("InternalError: ZeroDivisionError") and "FLASHCAST_DEBUG=1" in line
 
 
+def test_running_out_of_memory_is_one_line_naming_the_setting_not_a_file(
+        finished_run: FinishedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASHCAST_PII_KEY", "flashcast-test-key-0123456789abcdef")
+    config = write_config(tmp_path, tmp_path / "home")
+    config.write_text(config.read_text() + 'memory_limit = "1MB"\n')
+    code, output = _run("ingest", "--export", str(finished_run.sim.export_dirs["ndjson"]), "--out",
+                        str(tmp_path / "out"), "-c", str(config))
+    lines = [line for line in output.splitlines() if line.strip()]
+    line = lines[-1]  # after the export's description, the error and nothing more
+    assert code == 1 and "Traceback" not in output, output
+    assert line.startswith("StageError: stage ingest: OutOfMemoryException") and "StageError" not in lines[-2]
+    assert "raise [store] memory_limit" in line and "events_" not in line
+
+
 def test_ingest_runs_only_the_governed_data_path(finished_run: FinishedRun, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import duckdb

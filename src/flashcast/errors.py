@@ -128,7 +128,12 @@ class StageError(FlashcastError):
     the failed run's files, once it is known."""
 
     def __init__(self, stage: str, cause: BaseException, *, where: Any = None) -> None:
-        super().__init__(f"stage {stage}: {type(cause).__name__}: {cause}")
+        # One line: DuckDB appends paragraphs of advice (and sometimes the query) to its first line.
+        lines = str(cause).strip().splitlines()
+        text = lines[0] if lines else ""
+        if type(cause).__name__ == "OutOfMemoryException":
+            text += "; raise [store] memory_limit or free memory (what fits spills to [store] temp_directory)"
+        super().__init__(f"stage {stage}: {type(cause).__name__}: {text}")
         self.stage = stage
         self.cause = cause
         self.where = where

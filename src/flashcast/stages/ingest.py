@@ -517,11 +517,15 @@ def _columns_sql() -> str:
 
 def _unreadable(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], exc: duckdb.Error) -> IngestError:
     """Name the file (and line) DuckDB could not read, and why, without quoting its content (DuckDB's
-    message carries the offending line)."""
+    message carries the offending line). Running out of memory is no fault of a file: raised as is."""
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        raise exc
     for file in files:
         try:
             con.execute(f"SELECT count(*) FROM ({_lines_sql(file)})").fetchall()
         except duckdb.Error as file_exc:
+            if isinstance(file_exc, duckdb.OutOfMemoryException):
+                raise
             text = str(file_exc)
             line = re.search(r"on Line: (\d+)", text)
             where = f"{file.name}: line {line.group(1)}" if line else file.name
