@@ -53,6 +53,7 @@ def main() -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS (this process, both formats): {peak:,.0f} MiB")
         incremental(sim.export_dirs["ndjson"], sim.spend_file, settings, key, Path(tmp))
+        scale(Path(tmp))
         if FLOOR.exists():
             for fmt, folder in sim.export_dirs.items():
                 print(f"--- {fmt}: the same files against DuckDB's floor and a Python loop ({FLOOR.name}; the "
@@ -87,3 +88,46 @@ def incremental(folder: Path, spend: Path, settings: Settings, key: PiiKey, tmp:
           f"{len(daily.ingest.reasons)} files ({read}), {daily.ingest.input_rows:,} rows, "
           f"{len(daily.ingest.reused_files)} reused: {t_daily:.1f} s "
           f"(history {daily.guard.totals['input_rows']:,} rows; {t_daily / t_backfill:.1%} of the backfill)")
+
+
+# Sessions a day for about 1M and 10M events over 400 days (about 6 events a session).
+SCALES = {"1M": 400, "10M": 4000}
+CACHE = Path(os.environ.get("FLASHCAST_BENCH_CACHE", Path.home() / ".cache" / "flashcast-bench"))
+
+
+def scale(tmp: Path) -> None:
+    """`flashcast ingest` as a user runs it (its own process, [store] memory_limit = "1GB") on 1M and
+    10M simulated events as Parquet, and 1M as gzipped NDJSON: time, rows/s, peak RSS, and how time
+    grows from 1M to 10M. Simulations are cached in FLASHCAST_BENCH_CACHE (same spec, same files)."""
+    from flashcast.simulate import simulate_once
+
+    seconds: dict[str, float] = {}
+    rows_of: dict[str, int] = {}
+    for label, fmt in (("1M", "parquet"), ("10M", "parquet"), ("1M", "ndjson.gz")):
+        start = time.perf_counter()
+        spec = SimulationSpec(days=400, users=20 * SCALES[label] * 2, sessions_per_day=SCALES[label], seed=17,
+                              end_date=date(2026, 6, 30), formats=(fmt,))
+        sim, reused = simulate_once(spec, CACHE / f"{label}-{fmt}")
+        made = "reused" if reused else f"simulated in {time.perf_counter() - start:.0f} s"
+        home = tmp / f"scale-{label}-{fmt}"
+        home.mkdir()
+        config = home / "flashcast.toml"
+        config.write_text(f'property_timezone = "America/New_York"\n[store]\nhome = "{home}"\nmemory_limit = "1GB"\n')
+        measure = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+                   "code = subprocess.run(sys.argv[1:], capture_output=True).returncode; "
+                   "print(code, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        cli = [str(Path(sys.executable).with_name("flashcast")), "ingest", "-c", str(config), "--export",
+               str(sim.export_dirs[fmt]), "--spend", str(sim.spend_file), "--out", str(home / "out")]
+        env = {**os.environ, "FLASHCAST_PII_KEY": "benchmark-key-0123456789abcdef"}
+        done = subprocess.run([sys.executable, "-c", measure, *cli], capture_output=True, text=True, env=env)
+        code, took, rss_kib = done.stdout.split()
+        rows = sim.rows_by_format[fmt]
+        seconds[f"{label} {fmt}"], rows_of[f"{label} {fmt}"] = float(took), rows
+        status = "" if code == "0" else f"  FAILED (exit {code})"
+        print(f"scale: {fmt:9s} {rows:>10,} rows ({made}): flashcast ingest {float(took):6.1f} s = "
+              f"{rows / float(took):,.0f} rows/s, peak RSS {int(rss_kib) / 1024:,.0f} MiB "
+              f"(memory_limit 1GB){status}", flush=True)
+        if label == "10M":
+            ratio = seconds["10M parquet"] / seconds["1M parquet"]
+            print(f"scale: 1M -> 10M Parquet events: x{rows / rows_of['1M parquet']:.1f} the rows took "
+                  f"x{ratio:.1f} the time (linear would be the same factor)")
