@@ -177,6 +177,24 @@ def test_a_copy_made_for_bad_utf8_lives_in_the_spill_folder_and_a_killed_runs_co
     assert sorted(p.name for p in spill.iterdir()) == [live.name]  # this run's copy is gone too
 
 
+def test_gzipped_files_are_read_within_a_modest_memory_limit(tmp_path: Path) -> None:
+    """A .gz file's size is unknown to the line reader, which by default buffers 16 of its longest
+    possible lines (2 GB a thread): with many files and memory_limit 512 MB that was out of memory."""
+    import gzip
+
+    from flashcast.store import transform_connection
+
+    for day in range(1, 21):
+        rows = [json.dumps(ga4_row(event_date=f"202603{day:02d}", event_timestamp=str(1772370000000000 + i)))
+                for i in range(50)] + ["not json"]
+        (tmp_path / f"events_202603{day:02d}.json.gz").write_bytes(gzip.compress("\n".join(rows).encode()))
+    con = transform_connection(memory_limit="512MB")
+    staged = stage_export(con, tmp_path)
+    assert staged.input_rows == 20 * 51
+    assert sum(p == ["(line): not valid JSON"] for p in _problems(con).values()) >= 1
+    con.close()
+
+
 def test_a_gzip_cut_short_is_named_in_one_line(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
     import gzip
 
