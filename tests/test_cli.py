@@ -156,3 +156,12 @@ def test_ingest_runs_only_the_governed_data_path(finished_run: FinishedRun, tmp_
     with duckdb.connect(str(tmp_path / "home" / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT date_diff('day', min(event_date), max(event_date)) FROM guarded_events"
                            ).fetchall()[0][0] <= 30
+
+
+@pytest.mark.parametrize(("option", "says"), [(["--format", "csv"], "formats must be"),
+                                              (["--days", "1"], "days must be at least 2"),
+                                              (["--sessions-per-day", "0"], "sessions_per_day must be more than 0")])
+def test_a_bad_simulate_option_is_one_line_naming_it(tmp_path: Path, option: list[str], says: str) -> None:
+    code, output = _run("simulate", "--users", "100", "--out", str(tmp_path), *option)
+    assert code == 1
+    assert _one_clean_line(output).startswith(f"ConfigError: simulate: {says}")

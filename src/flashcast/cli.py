@@ -159,8 +159,7 @@ def simulate(
             spec = SimulationSpec(days=days, users=users, seed=seed, end_date=date.fromisoformat(end_date),
                                   timezone=timezone, formats=formats, sessions_per_day=sessions_per_day)
         except ValueError as exc:
-            console.print(f"[red]ValueError[/red]: {exc}")
-            raise typer.Exit(2) from exc
+            raise ConfigError(f"simulate: {exc}") from exc
         with console.status("simulating") as status:
             result = run_simulation(spec, out, progress=lambda message: status.update(escape(message)))
     for name, count in result.rows_by_format.items():

@@ -82,6 +82,8 @@ class SimulationSpec:
             raise ValueError("days must be at least 2")
         if self.users < 10:
             raise ValueError("users must be at least 10")
+        if self.sessions_per_day is not None and not self.sessions_per_day > 0:
+            raise ValueError("sessions_per_day must be more than 0")
         unknown = set(self.formats) - set(FORMATS)
         if unknown or not self.formats:
             raise ValueError(f"formats must be a non-empty subset of {', '.join(FORMATS)} (got {self.formats})")
