@@ -28,7 +28,7 @@ import pandas as pd
 from utilsforecast import losses
 
 from flashcast.errors import ForecastError, HistoryTooShort
-from flashcast.forecasting.engines import Engine, Ensemble
+from flashcast.forecasting.engines import Engine, Ensemble, relative_cost
 
 LEVELS: tuple[int, ...] = (50, 80, 95)
 MIN_CALIBRATION = 8
@@ -289,9 +289,10 @@ class Selection:
 
 
 def select_engine(scores: Sequence[EngineScore]) -> Selection:
-    """Lowest mean MASE wins, except that a much cheaper engine (10x faster or more) takes its place
-    when its MASE is within one standard error of the paired per-origin differences: backtest noise
-    cannot tell them apart, and the cheaper one scales to many series."""
+    """Lowest mean MASE wins, except that a much cheaper engine (a tenth of the typical cost per fit
+    or less, `engines.RELATIVE_COST`) takes its place when its MASE is within one standard error of
+    the paired per-origin differences: backtest noise cannot tell them apart, and the cheaper one
+    scales to many series. Costs are declared, not timed, so the choice is the same under any load."""
     if not scores:
         raise ForecastError("no engine produced a scored backtest")
     board = tuple(sorted(scores, key=lambda s: s.mase))
@@ -301,16 +302,17 @@ def select_engine(scores: Sequence[EngineScore]) -> Selection:
         reason += f" (next: {board[1].engine} {board[1].mase:.3f})"
     cheaper = []
     for s in board[1:]:
-        if s.seconds_per_fit * 10 > best.seconds_per_fit or len(s.per_origin_mase) != len(best.per_origin_mase):
+        if relative_cost(s.engine) * 10 > relative_cost(best.engine) or len(s.per_origin_mase) != len(
+                best.per_origin_mase):
             continue
         diff = np.array(s.per_origin_mase) - np.array(best.per_origin_mase)
         se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
         if float(diff.mean()) <= se:
             cheaper.append((s, float(diff.mean()), se))
     if cheaper:
-        s, mean_diff, se = min(cheaper, key=lambda c: c[0].seconds_per_fit)
+        s, mean_diff, se = min(cheaper, key=lambda c: (relative_cost(c[0].engine), c[0].engine))
         reason = (f"{s.engine}: MASE {s.mase:.3f} is within one standard error of the best ({best.engine} "
-                  f"{best.mase:.3f}; difference {mean_diff:+.3f} +/- {se:.3f}) and it fits "
-                  f"{best.seconds_per_fit / max(s.seconds_per_fit, 1e-6):.0f}x faster")
+                  f"{best.mase:.3f}; difference {mean_diff:+.3f} +/- {se:.3f}) and it typically fits "
+                  f"{relative_cost(best.engine) / relative_cost(s.engine):.0f}x faster")
         return Selection(s.engine, board, reason)
     return Selection(best.engine, board, reason)
