@@ -38,7 +38,7 @@ app = typer.Typer(help="Flashcast: governed forecast & optimize for marketing te
                   pretty_exceptions_enable=False)
 lineage_app = typer.Typer(help="Inspect and verify the tamper-evident lineage log.", no_args_is_help=True)
 privacy_app = typer.Typer(help="Privacy checks.", no_args_is_help=True)
-keys_app = typer.Typer(help="Keys: the PII hashing key.", no_args_is_help=True)
+keys_app = typer.Typer(help="Keys: the PII hashing key and the API's keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(lineage_app, name="lineage")
 app.add_typer(privacy_app, name="privacy")
@@ -477,6 +477,81 @@ def keys_pii(config: ConfigOption = None) -> None:
         key, where, created = create_pii_key(settings.policy, settings.pii_key_file)
     console.print(f"{'created' if created else 'using'} the PII key in {escape(where)}: key id {key.key_id}",
                   highlight=False)
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="viewer, approver, operator or admin.")],
+    config: ConfigOption = None,
+) -> None:
+    """Create an API key and print it, once: only its hash is stored.
+
+    Roles: viewer reads; approver also decides on creatives; operator also runs and pushes; admin
+    does everything and manages keys. Example: flashcast keys create --role viewer
+    """
+    from flashcast.access import create_key
+    from flashcast.store import OpsStore
+
+    with _errors():
+        ops = OpsStore(_settings(config).store.ops_database_url)
+        key, secret = create_key(ops, role, by="cli")
+        ops.dispose()
+    console.print(f"created {key.role} key {key.key_id}; it is shown this once:", highlight=False)
+    sys.stdout.write(secret + "\n")
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOption = None) -> None:
+    """List API keys: id, role, created, revoked (never a key)."""
+    from flashcast.access import list_keys
+    from flashcast.store import OpsStore
+
+    with _errors():
+        ops = OpsStore(_settings(config).store.ops_database_url)
+        keys = list_keys(ops)
+        ops.dispose()
+    table = Table(title=f"{len(keys)} API key(s)")
+    for column in ("key id", "role", "created", "revoked"):
+        table.add_column(column, no_wrap=True)
+    for key in keys:
+        table.add_row(key.key_id, key.role, key.created_at[:16].replace("T", " "),
+                      (key.revoked_at or "")[:16].replace("T", " "))
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (from `flashcast keys list`).")],
+                config: ConfigOption = None) -> None:
+    """Revoke an API key; the lineage log records it."""
+    from flashcast.access import revoke_key
+    from flashcast.store import OpsStore
+
+    with _errors():
+        ops = OpsStore(_settings(config).store.ops_database_url)
+        done = revoke_key(ops, key_id, by="cli")
+        ops.dispose()
+        if not done:
+            raise ConfigError(f"no live API key {key_id}")
+    console.print(f"revoked {key_id}", highlight=False)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the REST API (OpenAPI at /docs). Create a key first: flashcast keys create --role viewer.
+
+    Example: flashcast serve --host 127.0.0.1 --port 8000
+    """
+    import uvicorn
+
+    from flashcast.api import create_app
+
+    with _errors():
+        application = create_app(_settings(config))
+    uvicorn.run(application, host=host, port=port, log_level="info")
 
 
 @lineage_app.command("verify")

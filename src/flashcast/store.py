@@ -129,6 +129,14 @@ class OpsStore:
             sa.Column("entry", sa.Text, nullable=False),  # canonical JSON, hashed as stored
             sa.Column("entry_hash", sa.String(64), nullable=False, unique=True),
         )
+        self.api_keys = sa.Table(  # see flashcast.access: the hash of each key, never the key
+            "api_keys", self.metadata,
+            sa.Column("key_id", sa.String(32), primary_key=True),
+            sa.Column("role", sa.String(16), nullable=False),
+            sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+            sa.Column("created_at", sa.String(32), nullable=False),
+            sa.Column("revoked_at", sa.String(32)),
+        )
         # Inside one (IMMEDIATE, on SQLite) transaction, so two processes creating a fresh store
         # cannot both decide a table is missing.
         with self.engine.begin() as conn:

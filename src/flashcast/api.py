@@ -1,0 +1,322 @@
+"""The REST API: FastAPI over the same stores and libraries as the CLI (`flashcast serve`).
+
+Every endpoint but /health and /ready needs an API key (`Authorization: Bearer <key>` or
+`X-API-Key: <key>`, see `flashcast.access`): none or an unknown one is 401, a role without the
+right is 403. Errors are JSON `{"detail": ...}` and never carry a stack trace or an input value: a
+422 names the field and what is wrong with it, a body over `max_body_bytes` is 413, anything
+unexpected is a bare 500. OpenAPI at /openapi.json, the interactive docs at /docs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import asdict
+from datetime import date
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from flashcast import __version__
+from flashcast.access import Action, ApiKey, authenticate, create_key, list_keys, revoke_key
+from flashcast.budget.inverse_cpa import allocate_inverse_cpa
+from flashcast.budget.plan import ChannelSeries, allocate_by_curves
+from flashcast.budget.records import ChannelHistory
+from flashcast.config import ForecastConfig, Guardrails, Settings
+from flashcast.errors import FlashcastError, LineageError
+from flashcast.forecasting.engines import REGISTRY
+from flashcast.lineage import LineageLog, run_anchors
+from flashcast.stages.forecast import revenue_forecast
+from flashcast.store import OpsStore
+
+MAX_BODY_BYTES = 1_000_000  # a year of daily series for a dozen channels is ~100 KB
+log = logging.getLogger("flashcast.api")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SeriesIn(_Body):
+    """A daily series: one value per date, ascending or not, no date twice."""
+
+    dates: list[date] = Field(min_length=1, max_length=5000)
+    values: list[float] = Field(min_length=1, max_length=5000)
+
+    @model_validator(mode="after")
+    def _aligned(self) -> SeriesIn:
+        if len(self.dates) != len(self.values):
+            raise ValueError(f"dates has {len(self.dates)} items and values {len(self.values)}: one value per date")
+        if len(set(self.dates)) != len(self.dates):
+            raise ValueError("dates: a date appears twice")
+        if not all(np.isfinite(self.values)):
+            raise ValueError("values: every value must be a finite number")
+        if min(self.dates) < date(1900, 1, 1) or max(self.dates) > date(2200, 12, 31):
+            raise ValueError("dates: every date must be between 1900-01-01 and 2200-12-31")
+        return self
+
+
+class ForecastIn(SeriesIn):
+    horizon: int = Field(default=14, ge=1, le=90)
+    engines: list[str] | None = Field(default=None, min_length=1, max_length=10,
+                                      description="The line-up to backtest (default: the config's).")
+
+    @field_validator("engines")
+    @classmethod
+    def _known(cls, value: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(value or ()) - set(REGISTRY))
+        if unknown:
+            raise ValueError(f"unknown engine(s); choose from {', '.join(REGISTRY)}")
+        return value
+
+
+class ChannelIn(_Body):
+    channel: str = Field(min_length=1, max_length=64)
+    spend: list[float] = Field(min_length=1, max_length=5000, description="Daily spend, oldest first.")
+    outcome: list[float] = Field(min_length=1, max_length=5000, description="Daily conversions (or revenue).")
+
+    @model_validator(mode="after")
+    def _aligned(self) -> ChannelIn:
+        if len(self.spend) != len(self.outcome):
+            raise ValueError(f"spend has {len(self.spend)} days and outcome {len(self.outcome)}: the same days")
+        if any(not np.isfinite(v) or v < 0 for v in (*self.spend, *self.outcome)):
+            raise ValueError("spend and outcome must be finite and not negative")
+        return self
+
+
+class AllocateIn(_Body):
+    """Daily spend and outcome per paid channel (the same days for each, the last one is yesterday),
+    with guardrails; the answer is tomorrow's spend per channel."""
+
+    channels: list[ChannelIn] = Field(min_length=1, max_length=50)
+    guardrails: Guardrails = Field(default_factory=Guardrails)
+    method: Literal["curves", "inverse_cpa"] = "curves"
+
+    @model_validator(mode="after")
+    def _same_days(self) -> AllocateIn:
+        if len({len(c.spend) for c in self.channels}) > 1:
+            raise ValueError("channels: every channel needs the same number of days")
+        if len({c.channel for c in self.channels}) != len(self.channels):
+            raise ValueError("channels: a channel appears twice")
+        return self
+
+
+class NewKeyIn(_Body):
+    role: Literal["viewer", "approver", "operator", "admin"]
+
+
+def _caller(request: Request) -> ApiKey:
+    header = request.headers.get("authorization", "")
+    secret = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+    key = authenticate(request.app.state.ops, secret) if secret else None
+    if key is None:
+        raise HTTPException(401, "an API key is required (Authorization: Bearer <key>)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return key
+
+
+def _allowed(action: Action) -> Callable[[ApiKey], ApiKey]:
+    def check(key: Annotated[ApiKey, Depends(_caller)]) -> ApiKey:
+        if not key.may(action):
+            raise HTTPException(403, f"role {key.role} may not {action}")
+        return key
+    return check
+
+
+Reader = Annotated[ApiKey, Depends(_allowed("read"))]
+Admin = Annotated[ApiKey, Depends(_allowed("admin"))]
+
+
+def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The API over `settings`' stores. One ops store (a pooled engine) for the app's life."""
+    ops = OpsStore(settings.store.ops_database_url)
+    app = FastAPI(title="Flashcast", version=__version__,
+                  description="Governed forecast & optimize: runs, lineage, forecasts, allocations.")
+    app.state.ops = ops
+    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
+    _error_handlers(app)
+
+    @app.get("/health", tags=["service"])
+    def health() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/ready", tags=["service"], responses={503: {"description": "a store is not reachable"}})
+    def ready() -> JSONResponse:
+        """The ops store answers a query and the warehouse file (when there is one) can be opened."""
+        checks: dict[str, str] = {}
+        try:
+            with ops.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            checks["ops_store"] = "ok"
+        except sa.exc.SQLAlchemyError as exc:
+            checks["ops_store"] = type(exc).__name__
+        warehouse = settings.store.warehouse_path
+        checks["warehouse"] = "ok" if not warehouse.exists() or warehouse.is_file() else "not a file"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/runs", tags=["runs"])
+    def runs(_: Reader, limit: Annotated[int, Query(ge=1, le=500)] = 20) -> list[dict[str, Any]]:
+        """The latest runs, newest first; a run whose process is gone shows as abandoned."""
+        ops.mark_abandoned()
+        r = ops.runs
+        with ops.engine.connect() as conn:
+            rows = conn.execute(sa.select(r.c.lineage_id, r.c.job, r.c.status, r.c.started_at, r.c.finished_at,
+                                          r.c.error).order_by(r.c.started_at.desc()).limit(limit)).all()
+        return [dict(row._mapping) for row in rows]
+
+    @app.get("/runs/{lineage_id}", tags=["runs"], responses={404: {"description": "no such run"}})
+    def run(lineage_id: str, _: Reader) -> dict[str, Any]:
+        """One run: its state, summary and reconciliation per day."""
+        r, rec = ops.runs, ops.reconciliation
+        with ops.engine.connect() as conn:
+            row = conn.execute(sa.select(r).where(r.c.lineage_id == lineage_id)).first()
+            if row is None:
+                raise HTTPException(404, "no run with this lineage_id")
+            days = conn.execute(sa.select(rec).where(rec.c.lineage_id == lineage_id)
+                                .order_by(rec.c.event_date)).all()
+        run = {k: v for k, v in row._mapping.items() if k not in ("host", "pid", "process_start")}
+        return {**run, "reconciliation": [{k: v for k, v in d._mapping.items() if k != "lineage_id"} for d in days]}
+
+    @app.get("/lineage/verify", tags=["lineage"])
+    def lineage_verify(_: Reader) -> dict[str, Any]:
+        """Verify the whole hash chain and the heads recorded with finished runs."""
+        try:
+            report = LineageLog(ops).verify(run_anchors(ops))
+        except LineageError as exc:
+            return {"ok": False, "problem": str(exc)}
+        return {"ok": True, "entries": report.entries, "head": report.head.to_json(),
+                "anchors_checked": report.anchors_checked}
+
+    @app.get("/lineage/{lineage_id}", tags=["lineage"], responses={404: {"description": "no entries"}})
+    def lineage(lineage_id: str, _: Reader) -> list[dict[str, Any]]:
+        """A run's lineage entries, oldest first."""
+        entries = LineageLog(ops).entries(lineage_id)
+        if not entries:
+            raise HTTPException(404, "no lineage entries for this lineage_id")
+        return entries
+
+    @app.post("/forecast", tags=["forecast"])
+    def forecast(body: ForecastIn, _: Reader) -> dict[str, Any]:
+        """Forecast a posted daily series with the pipeline's engines, selection and conformal bands."""
+        config = settings.forecast.model_copy(update={"horizon": body.horizon})
+        if body.engines is not None:
+            config = ForecastConfig.model_validate({**config.model_dump(), "engines": tuple(body.engines)})
+        history = pd.DataFrame({"ds": pd.to_datetime(body.dates), "y": body.values}).sort_values("ds")
+        result = revenue_forecast(history, config)
+        frame = result.to_frame().drop(columns=["series_id", "engine"])
+        frame["date"] = [d.isoformat() for d in result.dates]
+        return {"engine": result.engine, "summary": result.summary(), "notes": list(result.notes),
+                "leaderboard": list(result.leaderboard), "days": frame.to_dict(orient="records")}
+
+    @app.post("/allocate", tags=["allocate"])
+    def allocate(body: AllocateIn, _: Reader) -> dict[str, Any]:
+        """Tomorrow's spend per channel from posted history, within the posted guardrails: each
+        channel's reason and the guardrail that binds it."""
+        guard = body.guardrails
+        window = guard.lookback_days
+        histories = [ChannelHistory(c.channel, c.spend[-1], float(sum(c.spend[-window:])),
+                                    float(sum(c.outcome[-window:]))) for c in body.channels]
+        if body.method == "inverse_cpa":
+            allocation = allocate_inverse_cpa(histories, guard)
+        else:
+            series = [ChannelSeries(c.channel, np.array(c.spend), np.array(c.outcome), None) for c in body.channels]
+            allocation = allocate_by_curves(histories, series, guard, settings.allocation).allocation
+        rows = [asdict(r) for r in allocation.rows]
+        return {"method": allocation.method, "budget": allocation.budget, "channels": rows,
+                "binding": {r["channel"]: r["bound"] for r in rows if r["bound"]}}
+
+    @app.get("/keys", tags=["keys"])
+    def keys(_: Admin) -> list[dict[str, Any]]:
+        """Every key (live and revoked): id, role, dates. Never a secret."""
+        return [asdict(k) for k in list_keys(ops)]
+
+    @app.post("/keys", tags=["keys"], status_code=201)
+    def new_key(body: NewKeyIn, who: Admin) -> dict[str, Any]:
+        """A new key; its secret is in this response only."""
+        key, secret = create_key(ops, body.role, by=who.key_id)
+        return {**asdict(key), "key": secret}
+
+    @app.delete("/keys/{key_id}", tags=["keys"], responses={404: {"description": "no live key with this id"}})
+    def delete_key(key_id: str, who: Admin) -> dict[str, Any]:
+        """Revoke a key (recorded in the lineage log with who did it)."""
+        if not revoke_key(ops, key_id, by=who.key_id):
+            raise HTTPException(404, "no live key with this id")
+        return {"key_id": key_id, "revoked": True}
+
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the input; ours names the field and the problem only.
+        problems = [{"field": ".".join(str(p) for p in e["loc"] if p != "body") or "(body)",
+                     "problem": str(e["msg"]).removeprefix("Value error, ")} for e in exc.errors()]
+        return JSONResponse({"detail": problems}, status_code=422)
+
+    @app.exception_handler(FlashcastError)
+    async def refused(_request: Request, exc: FlashcastError) -> JSONResponse:
+        # What the libraries refuse (too short a history, infeasible guardrails) is the caller's to fix.
+        return JSONResponse({"detail": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"},
+                            status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected %s in a request", type(exc).__name__)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+
+
+class _BodyLimit:
+    """Refuse a request body over `max_bytes` with 413: by its Content-Length, or (chunked, no
+    length) by reading it first, at most `max_bytes` of it, and replaying it to the app."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
+                       send: Callable[[Message], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                await _too_large(send, self.max_bytes)
+                return
+            await self.app(scope, receive, send)
+            return
+        messages, seen = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                await _too_large(send, self.max_bytes)
+                return
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        pending = iter(messages)
+
+        async def replay() -> Message:
+            return next(pending, None) or await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(send: Callable[[Message], Awaitable[None]], limit: int) -> None:
+    body = JSONResponse({"detail": f"request body over {limit:,} bytes"}, status_code=413).body
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

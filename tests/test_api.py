@@ -1,0 +1,226 @@
+"""The REST API: roles on every endpoint, errors that name fields but never echo values, body
+limits, and the stateless forecast and allocate endpoints computing what the pipeline computes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from flashcast.access import ROLES, create_key
+from flashcast.api import create_app
+from flashcast.config import Settings, StoreConfig
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    settings = Settings(store=StoreConfig(home=tmp_path / "home"))
+    app = create_app(settings, max_body_bytes=100_000)
+    keys = {role: create_key(app.state.ops, role, by="test")[1] for role in ROLES}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client, keys
+
+
+def _auth(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def _series(days: int = 200, seed: int = 0) -> dict[str, list]:
+    rng = np.random.default_rng(seed)
+    start = date(2026, 1, 1)
+    t = np.arange(days)
+    values = 100 + 0.2 * t + 15 * np.sin(2 * np.pi * t / 7) + rng.normal(0, 3, days)
+    return {"dates": [(start + timedelta(days=int(i))).isoformat() for i in t], "values": [float(v) for v in values]}
+
+
+def _channels(days: int = 90) -> list[dict]:
+    rng = np.random.default_rng(3)
+    out = []
+    for name, scale, half in (("Search", 400.0, 300.0), ("Video", 300.0, 500.0), ("Social", 200.0, 150.0)):
+        spend = scale * rng.uniform(0.3, 1.7, days)
+        outcome = 40 * spend / (spend + half) + rng.normal(0, 0.5, days)
+        out.append({"channel": name, "spend": [round(float(x), 2) for x in spend],
+                    "outcome": [max(0.0, round(float(y), 2)) for y in outcome]})
+    return out
+
+
+ENDPOINTS = [  # method, path, body, action needed
+    ("get", "/runs", None, "read"),
+    ("get", "/runs/nope", None, "read"),
+    ("get", "/lineage/verify", None, "read"),
+    ("get", "/lineage/nope", None, "read"),
+    ("post", "/forecast", _series(), "read"),
+    ("post", "/allocate", {"channels": _channels(), "guardrails": {"min_share": {}, "max_share": {}}}, "read"),
+    ("get", "/keys", None, "admin"),
+    ("post", "/keys", {"role": "viewer"}, "admin"),
+    ("delete", "/keys/key_000000000000", None, "admin"),
+]
+MAY = {"read": set(ROLES), "admin": {"admin"}}
+
+
+@pytest.mark.parametrize(("method", "path", "body", "action"), ENDPOINTS, ids=[f"{m} {p}" for m, p, *_ in ENDPOINTS])
+def test_every_endpoint_needs_a_key_and_the_right_role(served: tuple[TestClient, dict[str, str]], method: str,
+                                                       path: str, body: dict | None, action: str) -> None:
+    client, keys = served
+    send = getattr(client, method)
+    kwargs = {"json": body} if body is not None else {}
+    assert send(path, **kwargs).status_code == 401
+    assert send(path, headers=_auth("fck_not-a-key"), **kwargs).status_code == 401
+    for role, secret in keys.items():
+        status = send(path, headers=_auth(secret), **kwargs).status_code
+        if role in MAY[action]:
+            assert status in (200, 201, 404), (role, status)  # 404: the ids above do not exist
+        else:
+            assert status == 403, (role, status)
+    assert send(path, headers={"X-API-Key": keys["admin"]}, **kwargs).status_code != 401
+
+
+def test_health_and_readiness_need_no_key(served: tuple[TestClient, dict[str, str]]) -> None:
+    client, _ = served
+    assert client.get("/health").json()["status"] == "ok"
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"ops_store": "ok", "warehouse": "ok"}
+    assert "/allocate" in client.get("/openapi.json").json()["paths"]
+
+
+def test_a_bad_body_names_the_field_and_never_echoes_a_value(served: tuple[TestClient, dict[str, str]]) -> None:
+    client, keys = served
+    body = _series(30)
+    body["values"][3] = "jane.doe@example.com"
+    response = client.post("/forecast", json=body, headers=_auth(keys["viewer"]))
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["field"] == "values.3"
+    assert "jane.doe" not in response.text and "Traceback" not in response.text
+    uneven = {**_series(30), "values": [1.0] * 29}
+    problem = client.post("/forecast", json=uneven, headers=_auth(keys["viewer"])).json()["detail"][0]["problem"]
+    assert "one value per date" in problem
+    unknown = client.post("/forecast", json={**_series(30), "surprise": 1}, headers=_auth(keys["viewer"]))
+    assert unknown.status_code == 422 and unknown.json()["detail"][0]["field"] == "surprise"
+    assert client.get("/runs?limit=0", headers=_auth(keys["viewer"])).status_code == 422
+
+
+def test_an_oversized_body_is_refused_with_413(served: tuple[TestClient, dict[str, str]]) -> None:
+    client, keys = served
+    big = json.dumps(_series(5000)).encode()
+    assert len(big) > 100_000
+    response = client.post("/forecast", content=big, headers={**_auth(keys["viewer"]),
+                                                              "content-type": "application/json"})
+    assert response.status_code == 413 and "over 100,000 bytes" in response.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for start in range(0, len(big), 50_000):
+            yield big[start:start + 50_000]
+
+    chunked = client.post("/forecast", content=chunks(), headers={**_auth(keys["viewer"]),
+                                                                 "content-type": "application/json"})
+    assert chunked.status_code == 413
+
+
+def test_the_forecast_endpoint_gives_the_pipelines_forecast(served: tuple[TestClient, dict[str, str]]) -> None:
+    import pandas as pd
+
+    from flashcast.stages.forecast import revenue_forecast
+
+    client, keys = served
+    body = {**_series(), "horizon": 10}
+    answer = client.post("/forecast", json=body, headers=_auth(keys["viewer"])).json()
+    history = pd.DataFrame({"ds": pd.to_datetime(body["dates"]), "y": body["values"]})
+    direct = revenue_forecast(history, Settings().forecast.model_copy(update={"horizon": 10}))
+    assert answer["engine"] == direct.engine
+    assert [d["point"] for d in answer["days"]] == [float(x) for x in direct.point]
+    days = answer["days"]
+    assert len(days) == 10 and days[0]["date"] == "2026-07-20"
+    assert all(d["lo_95"] <= d["lo_80"] <= d["lo_50"] <= d["point"] <= d["hi_50"] <= d["hi_80"] <= d["hi_95"]
+               for d in days)
+    short = client.post("/forecast", json=_series(5), headers=_auth(keys["viewer"]))
+    assert short.status_code in (200, 422) and "Traceback" not in short.text
+
+
+def test_the_allocate_endpoint_splits_within_the_guardrails(served: tuple[TestClient, dict[str, str]]) -> None:
+    client, keys = served
+    channels = _channels()
+    guardrails = {"min_share": {}, "max_share": {"Search": 0.5}, "max_daily_change": 0.3, "total_budget": 900.0}
+    answer = client.post("/allocate", json={"channels": channels, "guardrails": guardrails},
+                         headers=_auth(keys["viewer"])).json()
+    spend = {r["channel"]: r["spend"] for r in answer["channels"]}
+    assert answer["method"].startswith("curves") and set(spend) == {"Search", "Video", "Social"}
+    assert sum(spend.values()) == pytest.approx(900.0, abs=0.011)
+    yesterday = {c["channel"]: c["spend"][-1] for c in channels}
+    for row in answer["channels"]:
+        assert row["lower"] - 0.005 <= row["spend"] <= row["upper"] + 0.005
+        assert row["why"]
+    assert spend["Search"] <= 450.0 + 0.01
+    assert all(answer["binding"][c] == r["bound"] for r in answer["channels"] if r["bound"] for c in [r["channel"]])
+    assert all(abs(spend[c] - yesterday[c]) <= 0.3 * yesterday[c] + 0.05 * 900 + 0.01 for c in spend)
+    crossed = client.post("/allocate", json={"channels": channels, "guardrails": {"min_share": {"Search": 0.9},
+                                                                                "max_share": {"Search": 0.5}}},
+                          headers=_auth(keys["viewer"]))
+    assert crossed.status_code == 422 and "min_share is above max_share" in crossed.text
+
+
+def test_keys_are_stored_hashed_and_changes_are_logged_with_who(served: tuple[TestClient, dict[str, str]],
+                                                                  tmp_path: Path) -> None:
+    client, keys = served
+    made = client.post("/keys", json={"role": "approver"}, headers=_auth(keys["admin"]))
+    assert made.status_code == 201
+    secret, key_id = made.json()["key"], made.json()["key_id"]
+    assert client.get("/runs", headers=_auth(secret)).status_code == 200
+    listed = client.get("/keys", headers=_auth(keys["admin"])).text
+    assert key_id in listed and secret not in listed and "fck_" not in listed
+    assert client.delete(f"/keys/{key_id}", headers=_auth(keys["admin"])).status_code == 200
+    assert client.get("/runs", headers=_auth(secret)).status_code == 401
+    with sqlite3.connect(tmp_path / "home" / "ops.sqlite") as db:
+        dump = "\n".join(db.iterdump())
+        entries = [json.loads(e) for (e,) in db.execute("SELECT entry FROM lineage_log ORDER BY seq")]
+    assert all(s not in dump for s in (*keys.values(), secret))
+    admin_id = next(e["body"]["key_id"] for e in entries if e["kind"] == "api_key_created"
+                    and e["body"]["role"] == "admin")
+    assert [(e["kind"], e["body"]["by"]) for e in entries[-2:]] == [("api_key_created", admin_id),
+                                                                    ("api_key_revoked", admin_id)]
+    verify = client.get("/lineage/verify", headers=_auth(keys["viewer"])).json()
+    assert verify["ok"] and verify["entries"] == len(entries)
+
+
+def test_flashcast_serve_answers_on_loopback_with_a_key_made_by_the_cli(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from conftest import write_config
+
+    config = write_config(tmp_path, tmp_path / "home")
+    cli = [sys.executable, "-c", "from flashcast.cli import main; main()"]
+    made = subprocess.run([*cli, "keys", "create", "--role", "viewer", "-c", str(config)], capture_output=True,
+                          text=True, check=True)
+    secret = made.stdout.strip().splitlines()[-1]
+    assert secret.startswith("fck_") and "viewer key key_" in made.stdout
+    listed = subprocess.run([*cli, "keys", "list", "-c", str(config)], capture_output=True, text=True, check=True)
+    assert "viewer" in listed.stdout and secret not in listed.stdout
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([*cli, "serve", "--port", str(port), "-c", str(config)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert httpx.get(f"{base}/runs", timeout=5).status_code == 401
+        assert httpx.get(f"{base}/runs", headers=_auth(secret), timeout=5).json() == []
+        assert httpx.get(f"{base}/openapi.json", timeout=5).json()["info"]["title"] == "Flashcast"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
