@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from conftest import FinishedRun
 from flashcast.access import ROLES, create_key
 from flashcast.api import create_app
 from flashcast.config import Settings, StoreConfig
@@ -57,11 +58,13 @@ ENDPOINTS = [  # method, path, body, action needed
     ("get", "/lineage/nope", None, "read"),
     ("post", "/forecast", _series(), "read"),
     ("post", "/allocate", {"channels": _channels(), "guardrails": {"min_share": {}, "max_share": {}}}, "read"),
+    ("get", "/creatives", None, "read"),
+    ("post", "/creatives/cr-nope/decision", {"decision": "reject", "comment": "off-brand"}, "approve"),
     ("get", "/keys", None, "admin"),
     ("post", "/keys", {"role": "viewer"}, "admin"),
     ("delete", "/keys/key_000000000000", None, "admin"),
 ]
-MAY = {"read": set(ROLES), "admin": {"admin"}}
+MAY = {"read": set(ROLES), "approve": {"approver", "admin"}, "admin": {"admin"}}
 
 
 @pytest.mark.parametrize(("method", "path", "body", "action"), ENDPOINTS, ids=[f"{m} {p}" for m, p, *_ in ENDPOINTS])
@@ -224,3 +227,41 @@ def test_flashcast_serve_answers_on_loopback_with_a_key_made_by_the_cli(tmp_path
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_person_approves_or_rejects_creatives_and_red_needs_an_override(finished_run: FinishedRun,
+                                                                          tmp_path: Path) -> None:
+    import duckdb
+
+    run = finished_run.copy_to(tmp_path)  # its own warehouse and ops store: decisions change them
+    with duckdb.connect(str(run.settings.store.warehouse_path)) as con:  # one red creative, as a checker finds
+        con.execute("""INSERT INTO creatives SELECT * REPLACE ('cr-red0000000' AS creative_id, 'red' AS light,
+            'rejected' AS status, 'red: body: an email address' AS reasons)
+            FROM creatives WHERE lineage_id = (SELECT max(lineage_id) FROM creatives) LIMIT 1""")
+    app = create_app(run.settings)
+    keys = {role: create_key(app.state.ops, role, by="test")[1] for role in ROLES}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        library = client.get("/creatives", headers=_auth(keys["viewer"])).json()
+        assert len(library) > 10 and {"light", "status", "reasons", "headline"} <= set(library[0])
+        pending = next(c for c in library if c["status"] == "pending")
+        url = f"/creatives/{pending['creative_id']}/decision"
+        body = {"decision": "approve", "comment": "fine; questions to jane.doe@example.com"}
+        assert client.post(url, json=body, headers=_auth(keys["viewer"])).status_code == 403
+        assert client.post(url, json=body, headers=_auth(keys["operator"])).status_code == 403
+        decided = client.post(url, json=body, headers=_auth(keys["approver"]))
+        assert decided.status_code == 200 and "jane.doe" not in decided.text
+        after = {c["creative_id"]: c for c in client.get("/creatives", headers=_auth(keys["viewer"])).json()}
+        assert after[pending["creative_id"]]["status"] == "approved"
+        red = "/creatives/cr-red0000000/decision"
+        refused = client.post(red, json={"decision": "approve", "comment": "ok"}, headers=_auth(keys["approver"]))
+        assert refused.status_code == 409 and "override_reason" in refused.text
+        overridden = client.post(red, json={"decision": "approve", "comment": "ok", "override_reason": "legal signed"},
+                                 headers=_auth(keys["approver"]))
+        assert overridden.status_code == 200
+        assert client.post("/creatives/cr-nope/decision", json=body, headers=_auth(keys["approver"])).status_code == 404
+        approver_id = next(k["key_id"] for k in client.get("/keys", headers=_auth(keys["admin"])).json()
+                           if k["role"] == "approver")
+        entries = [e for e in client.get(f"/lineage/{library[0]['lineage_id']}", headers=_auth(keys["viewer"])).json()
+                   if e["kind"] == "creative_decided"]
+    assert [(e["body"]["by"], e["body"]["light"], e["body"]["override"]) for e in entries] == [
+        (approver_id, pending["light"], False), (approver_id, "red", True)]

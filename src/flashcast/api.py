@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from flashcast import __version__
 from flashcast.access import Action, ApiKey, authenticate, create_key, list_keys, revoke_key
+from flashcast.approvals import DecisionRefused, decide, latest_creatives
 from flashcast.budget.inverse_cpa import allocate_inverse_cpa
 from flashcast.budget.plan import ChannelSeries, allocate_by_curves
 from flashcast.budget.records import ChannelHistory
@@ -107,6 +108,13 @@ class AllocateIn(_Body):
         return self
 
 
+class DecisionIn(_Body):
+    decision: Literal["approve", "reject"]
+    comment: str = Field(min_length=1, max_length=2000)
+    override_reason: str | None = Field(default=None, max_length=2000,
+                                        description="Required to approve a red creative; recorded in the lineage.")
+
+
 class NewKeyIn(_Body):
     role: Literal["viewer", "approver", "operator", "admin"]
 
@@ -130,6 +138,7 @@ def _allowed(action: Action) -> Callable[[ApiKey], ApiKey]:
 
 
 Reader = Annotated[ApiKey, Depends(_allowed("read"))]
+Approver = Annotated[ApiKey, Depends(_allowed("approve"))]
 Admin = Annotated[ApiKey, Depends(_allowed("admin"))]
 
 
@@ -232,6 +241,30 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
         rows = [asdict(r) for r in allocation.rows]
         return {"method": allocation.method, "budget": allocation.budget, "channels": rows,
                 "binding": {r["channel"]: r["bound"] for r in rows if r["bound"]}}
+
+    def library() -> list[dict[str, Any]]:
+        return latest_creatives(settings.store.warehouse_path, ops, timeout_s=settings.store.lock_timeout_s)
+
+    @app.get("/creatives", tags=["creatives"])
+    def creatives(_: Reader) -> list[dict[str, Any]]:
+        """The latest run's creatives: traffic light, the checker's reasons, status after decisions."""
+        return library()
+
+    @app.post("/creatives/{creative_id}/decision", tags=["creatives"],
+              responses={404: {"description": "not in the latest library"},
+                         409: {"description": "a red creative approved without an override reason"}})
+    def decide_creative(creative_id: str, body: DecisionIn, who: Approver) -> dict[str, Any]:
+        """Approve or reject a creative with a comment; a red one needs an override reason to be
+        approved. Recorded with the deciding key's id in the lineage log."""
+        creative = next((c for c in library() if c["creative_id"] == creative_id), None)
+        if creative is None:
+            raise HTTPException(404, "no creative with this id in the latest run's library")
+        try:
+            record = decide(ops, creative, "approved" if body.decision == "approve" else "rejected",
+                            comment=body.comment, override_reason=body.override_reason, by=who.key_id)
+        except DecisionRefused as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return asdict(record)
 
     @app.get("/keys", tags=["keys"])
     def keys(_: Admin) -> list[dict[str, Any]]:

@@ -137,6 +137,16 @@ class OpsStore:
             sa.Column("created_at", sa.String(32), nullable=False),
             sa.Column("revoked_at", sa.String(32)),
         )
+        self.creative_decisions = sa.Table(  # see flashcast.approvals: the latest per creative counts
+            "creative_decisions", self.metadata,
+            sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("creative_id", sa.String(32), nullable=False, index=True),
+            sa.Column("decision", sa.String(16), nullable=False),
+            sa.Column("comment", sa.Text, nullable=False),
+            sa.Column("override_reason", sa.Text),
+            sa.Column("key_id", sa.String(32), nullable=False),
+            sa.Column("decided_at", sa.String(32), nullable=False),
+        )
         # Inside one (IMMEDIATE, on SQLite) transaction, so two processes creating a fresh store
         # cannot both decide a table is missing.
         with self.engine.begin() as conn:
