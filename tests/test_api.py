@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import FinishedRun
-from flashcast.access import ROLES, create_key
+from flashcast.access import ROLES, create_key, list_keys
 from flashcast.api import create_app
 from flashcast.config import Settings, StoreConfig
 
@@ -53,6 +53,7 @@ def _channels(days: int = 90) -> list[dict]:
 
 ENDPOINTS = [  # method, path, body, action needed
     ("get", "/runs", None, "read"),
+    ("post", "/runs", None, "operate"),
     ("get", "/runs/nope", None, "read"),
     ("get", "/lineage/verify", None, "read"),
     ("get", "/lineage/nope", None, "read"),
@@ -64,7 +65,7 @@ ENDPOINTS = [  # method, path, body, action needed
     ("post", "/keys", {"role": "viewer"}, "admin"),
     ("delete", "/keys/key_000000000000", None, "admin"),
 ]
-MAY = {"read": set(ROLES), "approve": {"approver", "admin"}, "admin": {"admin"}}
+MAY = {"read": set(ROLES), "approve": {"approver", "admin"}, "operate": {"operator", "admin"}, "admin": {"admin"}}
 
 
 @pytest.mark.parametrize(("method", "path", "body", "action"), ENDPOINTS, ids=[f"{m} {p}" for m, p, *_ in ENDPOINTS])
@@ -78,7 +79,7 @@ def test_every_endpoint_needs_a_key_and_the_right_role(served: tuple[TestClient,
     for role, secret in keys.items():
         status = send(path, headers=_auth(secret), **kwargs).status_code
         if role in MAY[action]:
-            assert status in (200, 201, 404), (role, status)  # 404: the ids above do not exist
+            assert status in (200, 201, 404, 409), (role, status)  # 404: no such id; 409: no [source]
         else:
             assert status == 403, (role, status)
     assert send(path, headers={"X-API-Key": keys["admin"]}, **kwargs).status_code != 401
@@ -265,3 +266,35 @@ def test_a_person_approves_or_rejects_creatives_and_red_needs_an_override(finish
                    if e["kind"] == "creative_decided"]
     assert [(e["body"]["by"], e["body"]["light"], e["body"]["override"]) for e in entries] == [
         (approver_id, pending["light"], False), (approver_id, "red", True)]
+
+
+def test_an_operator_starts_a_run_on_the_configured_source_and_follows_it(
+        finished_run: FinishedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from conftest import TEST_KEY
+    from flashcast.config import SourceConfig
+
+    monkeypatch.setenv("FLASHCAST_PII_KEY", TEST_KEY)
+    run = finished_run.copy_to(tmp_path)
+    source = SourceConfig(export=finished_run.sim.export_dirs["ndjson"], spend=finished_run.sim.spend_file,
+                          out=tmp_path / "api-out")
+    app = create_app(run.settings.model_copy(update={"source": source}))
+    keys = {role: create_key(app.state.ops, role, by="test")[1] for role in ROLES}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        started = client.post("/runs", headers=_auth(keys["operator"]))
+        assert started.status_code == 202
+        lineage_id = started.json()["lineage_id"]
+        assert client.post("/runs", headers=_auth(keys["operator"])).status_code == 409  # one at a time
+        deadline = time.monotonic() + 300
+        while (state := client.get(f"/runs/{lineage_id}", headers=_auth(keys["viewer"])).json())["status"] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert state["status"] == "completed", state.get("error")
+        assert state["job"] == "api" and state["stage"] == "payload" and state["reconciliation"]
+        assert all(d["input_rows"] == d["accepted"] + d["dropped_consent"] + d["quarantined"] + d["duplicate"]
+                   for d in state["reconciliation"])
+        assert (tmp_path / "api-out" / "report.md").exists()
+        entries = client.get(f"/lineage/{lineage_id}", headers=_auth(keys["viewer"])).json()
+    operator_id = next(k.key_id for k in list_keys(app.state.ops) if k.role == "operator")
+    assert entries[0]["kind"] == "run_requested" and entries[0]["body"] == {"by": operator_id}

@@ -10,6 +10,7 @@ unexpected is a bare 500. OpenAPI at /openapi.json, the interactive docs at /doc
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict
 from datetime import date
@@ -32,7 +33,10 @@ from flashcast.budget.records import ChannelHistory
 from flashcast.config import ForecastConfig, Guardrails, Settings
 from flashcast.errors import FlashcastError, LineageError
 from flashcast.forecasting.engines import REGISTRY
-from flashcast.lineage import LineageLog, run_anchors
+from flashcast.keys import load_pii_key
+from flashcast.lineage import LineageLog, new_lineage_id, run_anchors
+from flashcast.pipeline import run_pipeline
+from flashcast.records import RunInputs
 from flashcast.stages.forecast import revenue_forecast
 from flashcast.store import OpsStore
 
@@ -139,6 +143,7 @@ def _allowed(action: Action) -> Callable[[ApiKey], ApiKey]:
 
 Reader = Annotated[ApiKey, Depends(_allowed("read"))]
 Approver = Annotated[ApiKey, Depends(_allowed("approve"))]
+Operator = Annotated[ApiKey, Depends(_allowed("operate"))]
 Admin = Annotated[ApiKey, Depends(_allowed("admin"))]
 
 
@@ -181,6 +186,33 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
                                           r.c.error).order_by(r.c.started_at.desc()).limit(limit)).all()
         return [dict(row._mapping) for row in rows]
 
+    running: dict[str, threading.Thread] = {}
+
+    @app.post("/runs", tags=["runs"], status_code=202,
+              responses={409: {"description": "no [source] export configured, or this server's run is running"}})
+    def start_run(who: Operator) -> dict[str, Any]:
+        """Start a run on the configured `[source]` (export, spend, out) in the background; follow it
+        at /runs/{lineage_id}. One at a time per server; runs from elsewhere queue at the warehouse."""
+        if settings.source.export is None:
+            raise HTTPException(409, "no [source] export in the config: set it to run from the API")
+        if any(t.is_alive() for t in running.values()):
+            raise HTTPException(409, "a run started by this server is still running")
+        key = load_pii_key(settings.policy, settings.pii_key_file)
+        lineage_id = new_lineage_id()
+        LineageLog(ops).append("run_requested", lineage_id, {"by": who.key_id})
+        inputs = RunInputs(settings.source.export, settings.source.spend)
+
+        def work() -> None:
+            try:
+                run_pipeline(settings, inputs, settings.source.out, key=key, lineage_id=lineage_id, job="api")
+            except FlashcastError as exc:  # recorded with the run (status failed); nothing to raise to
+                log.warning("run %s failed: %s", lineage_id, type(exc).__name__)
+
+        running.clear()
+        running[lineage_id] = threading.Thread(target=work, name=f"run-{lineage_id}", daemon=True)
+        running[lineage_id].start()
+        return {"lineage_id": lineage_id, "status": "started"}
+
     @app.get("/runs/{lineage_id}", tags=["runs"], responses={404: {"description": "no such run"}})
     def run(lineage_id: str, _: Reader) -> dict[str, Any]:
         """One run: its state, summary and reconciliation per day."""
@@ -192,7 +224,9 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
             days = conn.execute(sa.select(rec).where(rec.c.lineage_id == lineage_id)
                                 .order_by(rec.c.event_date)).all()
         run = {k: v for k, v in row._mapping.items() if k not in ("host", "pid", "process_start")}
-        return {**run, "reconciliation": [{k: v for k, v in d._mapping.items() if k != "lineage_id"} for d in days]}
+        stages = [e["body"]["stage"] for e in LineageLog(ops).entries(lineage_id) if e["kind"] == "stage_started"]
+        return {**run, "stage": stages[-1] if stages else None, "stages_started": len(stages),
+                "reconciliation": [{k: v for k, v in d._mapping.items() if k != "lineage_id"} for d in days]}
 
     @app.get("/lineage/verify", tags=["lineage"])
     def lineage_verify(_: Reader) -> dict[str, Any]:

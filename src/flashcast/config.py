@@ -54,6 +54,15 @@ class StoreConfig(_Frozen):
         return self.ops_url or f"sqlite:///{self.home / 'ops.sqlite'}"
 
 
+class SourceConfig(_Frozen):
+    """What a run started by the service (API, schedule) reads and where it writes; the CLI's
+    --export, --spend and --out say it per command."""
+
+    export: Path | None = None  # a GA4 events_* file or folder
+    spend: Path | None = None  # daily spend CSV (date, channel, spend)
+    out: Path = Path("out")
+
+
 class IngestConfig(_Frozen):
     """Stage 1. GA4 writes each day's events to events_YYYYMMDD; a row dated further than this from
     the date in its file's name is quarantined (a clock or export problem, not a real event)."""
@@ -328,6 +337,7 @@ class Settings(_Frozen):
     # the spend file's. Every report, chart and CSV says it.
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     store: StoreConfig = StoreConfig()
+    source: SourceConfig = SourceConfig()
     ingest: IngestConfig = IngestConfig()
     policy: PrivacyPolicy = PrivacyPolicy()
     channels: ChannelMapping = ChannelMapping()

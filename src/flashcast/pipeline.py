@@ -184,7 +184,7 @@ GOVERNED_DATA = "kpis"  # the last stage of the governed data path (ingest, guar
 
 def run_pipeline(
     settings: Settings, inputs: RunInputs, out_dir: Path, *, key: PiiKey, progress: Progress | None = None,
-    llm_provider: Provider | None = None, through: str | None = None, job: str = JOB,
+    llm_provider: Provider | None = None, through: str | None = None, job: str = JOB, lineage_id: str | None = None,
 ) -> RunResult:
     """Every stage on `inputs`, stamped with one lineage_id; outputs in `out_dir`, guarded tables in the
     warehouse, the run and its lineage in the ops store. `llm_provider` overrides the configured one.
@@ -192,14 +192,15 @@ def run_pipeline(
     The outputs are written to a staging folder next to `out_dir` and swapped in whole at the end, so
     `out_dir` always holds exactly one finished run; a failed run's files go to `<out_dir>.failed/`
     and `out_dir` gets a LAST_RUN_FAILED.md note. Runs left 'running' by a killed process are marked
-    'abandoned' first. `through` stops after that stage (`GOVERNED_DATA`: `flashcast ingest`)."""
+    'abandoned' first. `through` stops after that stage (`GOVERNED_DATA`: `flashcast ingest`).
+    `lineage_id`: the run's id when the caller must know it before the run starts (the API)."""
     names = [s.name for s in STAGES]
     stages = STAGES[: names.index(through) + 1] if through else STAGES
     kept = tuple(t for t in KEPT_TABLES if any(t in s.keeps for s in stages))
     ops = OpsStore(settings.store.ops_database_url)
     ops.mark_abandoned()
     remove_stale_staging(out_dir, ops.running())
-    context = RunContext(new_lineage_id(), datetime.now(UTC), key.key_id)
+    context = RunContext(lineage_id or new_lineage_id(), datetime.now(UTC), key.key_id)
     staging = staging_folder(out_dir, context.lineage_id)
     recorder = RunRecorder(ops, context, job=job, config_digest=settings.digest(),
                            emitter=OpenLineageEmitter(settings.lineage, staging))
