@@ -33,7 +33,7 @@ from flashcast.budget.records import ChannelHistory
 from flashcast.config import ForecastConfig, Guardrails, Settings
 from flashcast.errors import FlashcastError, LineageError
 from flashcast.forecasting.engines import REGISTRY
-from flashcast.keys import load_pii_key
+from flashcast.keys import PiiKey, load_pii_key
 from flashcast.lineage import LineageLog, new_lineage_id, run_anchors
 from flashcast.pipeline import run_pipeline
 from flashcast.records import RunInputs
@@ -163,7 +163,7 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
 
     @app.get("/ready", tags=["service"], responses={503: {"description": "a store is not reachable"}})
     def ready() -> JSONResponse:
-        """The ops store answers a query and the warehouse file (when there is one) can be opened."""
+        """The ops store answers a query, and the warehouse path is a file (or not made yet)."""
         checks: dict[str, str] = {}
         try:
             with ops.engine.connect() as conn:
@@ -187,6 +187,13 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
         return [dict(row._mapping) for row in rows]
 
     running: dict[str, threading.Thread] = {}
+    starting = threading.Lock()  # two requests at once must not both start a run
+
+    def run_in_background(inputs: RunInputs, key: PiiKey, lineage_id: str) -> None:
+        try:
+            run_pipeline(settings, inputs, settings.source.out, key=key, lineage_id=lineage_id, job="api")
+        except FlashcastError as exc:  # recorded with the run (status failed); nobody to raise it to
+            log.warning("run %s failed: %s", lineage_id, type(exc).__name__)
 
     @app.post("/runs", tags=["runs"], status_code=202,
               responses={409: {"description": "no [source] export configured, or this server's run is running"}})
@@ -195,22 +202,17 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
         at /runs/{lineage_id}. One at a time per server; runs from elsewhere queue at the warehouse."""
         if settings.source.export is None:
             raise HTTPException(409, "no [source] export in the config: set it to run from the API")
-        if any(t.is_alive() for t in running.values()):
-            raise HTTPException(409, "a run started by this server is still running")
         key = load_pii_key(settings.policy, settings.pii_key_file)
-        lineage_id = new_lineage_id()
-        LineageLog(ops).append("run_requested", lineage_id, {"by": who.key_id})
         inputs = RunInputs(settings.source.export, settings.source.spend)
-
-        def work() -> None:
-            try:
-                run_pipeline(settings, inputs, settings.source.out, key=key, lineage_id=lineage_id, job="api")
-            except FlashcastError as exc:  # recorded with the run (status failed); nothing to raise to
-                log.warning("run %s failed: %s", lineage_id, type(exc).__name__)
-
-        running.clear()
-        running[lineage_id] = threading.Thread(target=work, name=f"run-{lineage_id}", daemon=True)
-        running[lineage_id].start()
+        with starting:
+            if any(t.is_alive() for t in running.values()):
+                raise HTTPException(409, "a run started by this server is still running")
+            lineage_id = new_lineage_id()
+            LineageLog(ops).append("run_requested", lineage_id, {"by": who.key_id})
+            running.clear()
+            running[lineage_id] = threading.Thread(target=run_in_background, args=(inputs, key, lineage_id),
+                                                   name=f"run-{lineage_id}", daemon=True)
+            running[lineage_id].start()
         return {"lineage_id": lineage_id, "status": "started"}
 
     @app.get("/runs/{lineage_id}", tags=["runs"], responses={404: {"description": "no such run"}})
