@@ -282,6 +282,13 @@ def test_an_operator_starts_a_run_on_the_configured_source_and_follows_it(
     app = create_app(run.settings.model_copy(update={"source": source}))
     keys = {role: create_key(app.state.ops, role, by="test")[1] for role in ROLES}
     with TestClient(app, raise_server_exceptions=False) as client:
+        # A person's decisions before the run: they hold for the same copy in the run's library.
+        library = client.get("/creatives", headers=_auth(keys["viewer"])).json()
+        pending = [c for c in library if c["status"] == "pending"]
+        approved, rejected = pending[0]["creative_id"], pending[1]["creative_id"]
+        for creative_id, decision in ((approved, "approve"), (rejected, "reject")):
+            assert client.post(f"/creatives/{creative_id}/decision", json={"decision": decision, "comment": "seen"},
+                               headers=_auth(keys["approver"])).status_code == 200
         started = client.post("/runs", headers=_auth(keys["operator"]))
         assert started.status_code == 202
         lineage_id = started.json()["lineage_id"]
@@ -295,6 +302,25 @@ def test_an_operator_starts_a_run_on_the_configured_source_and_follows_it(
         assert all(d["input_rows"] == d["accepted"] + d["dropped_consent"] + d["quarantined"] + d["duplicate"]
                    for d in state["reconciliation"])
         assert (tmp_path / "api-out" / "report.md").exists()
+        payload = json.loads((tmp_path / "api-out" / "payload.json").read_text())
+        statuses = {c["creative_id"]: c["status"] for c in payload["creatives"]}
+        assert statuses[approved] == "approved" and rejected not in statuses
+        assert sum(s == "pending" for s in statuses.values()) == len(pending) - 2
         entries = client.get(f"/lineage/{lineage_id}", headers=_auth(keys["viewer"])).json()
     operator_id = next(k.key_id for k in list_keys(app.state.ops) if k.role == "operator")
     assert entries[0]["kind"] == "run_requested" and entries[0]["body"] == {"by": operator_id}
+
+
+def test_starting_a_run_without_a_source_or_a_pii_key_says_what_the_server_lacks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flashcast.config import SourceConfig
+
+    monkeypatch.delenv("FLASHCAST_PII_KEY", raising=False)
+    settings = Settings(store=StoreConfig(home=tmp_path / "home"))
+    for source, says in ((SourceConfig(), "no [source] export"), (SourceConfig(export=tmp_path), "ConfigError")):
+        app = create_app(settings.model_copy(update={"source": source}))
+        secret = create_key(app.state.ops, "operator", by="test")[1]
+        with TestClient(app, raise_server_exceptions=False) as client:
+            answer = client.post("/runs", headers=_auth(secret))
+        assert answer.status_code == 409 and says in answer.json()["detail"]
+        app.state.ops.dispose()

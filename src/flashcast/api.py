@@ -31,7 +31,7 @@ from flashcast.budget.inverse_cpa import allocate_inverse_cpa
 from flashcast.budget.plan import ChannelSeries, allocate_by_curves
 from flashcast.budget.records import ChannelHistory
 from flashcast.config import ForecastConfig, Guardrails, Settings
-from flashcast.errors import FlashcastError, LineageError
+from flashcast.errors import ConfigError, FlashcastError, LineageError
 from flashcast.forecasting.engines import REGISTRY
 from flashcast.keys import PiiKey, load_pii_key
 from flashcast.lineage import LineageLog, new_lineage_id, run_anchors
@@ -196,13 +196,17 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
             log.warning("run %s failed: %s", lineage_id, type(exc).__name__)
 
     @app.post("/runs", tags=["runs"], status_code=202,
-              responses={409: {"description": "no [source] export configured, or this server's run is running"}})
+              responses={409: {"description": "no [source] export or PII key configured, or this server's run "
+                                              "is running"}})
     def start_run(who: Operator) -> dict[str, Any]:
         """Start a run on the configured `[source]` (export, spend, out) in the background; follow it
         at /runs/{lineage_id}. One at a time per server; runs from elsewhere queue at the warehouse."""
         if settings.source.export is None:
             raise HTTPException(409, "no [source] export in the config: set it to run from the API")
-        key = load_pii_key(settings.policy, settings.pii_key_file)
+        try:
+            key = load_pii_key(settings.policy, settings.pii_key_file)
+        except ConfigError as exc:  # the server's setup, not the request, is missing something
+            raise HTTPException(409, f"ConfigError: {exc}") from exc
         inputs = RunInputs(settings.source.export, settings.source.spend)
         with starting:
             if any(t.is_alive() for t in running.values()):

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import duckdb
 
+from flashcast.approvals import latest_decisions
 from flashcast.config import Settings
 from flashcast.errors import FlashcastError, StageError
 from flashcast.history import persist_run
@@ -200,7 +201,8 @@ def run_pipeline(
     ops = OpsStore(settings.store.ops_database_url)
     ops.mark_abandoned()
     remove_stale_staging(out_dir, ops.running())
-    context = RunContext(lineage_id or new_lineage_id(), datetime.now(UTC), key.key_id)
+    decided = {i: d.decision for i, d in latest_decisions(ops).items()}
+    context = RunContext(lineage_id or new_lineage_id(), datetime.now(UTC), key.key_id, decided)
     staging = staging_folder(out_dir, context.lineage_id)
     recorder = RunRecorder(ops, context, job=job, config_digest=settings.digest(),
                            emitter=OpenLineageEmitter(settings.lineage, staging))

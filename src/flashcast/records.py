@@ -60,6 +60,9 @@ class RunContext:
     lineage_id: str
     processed_at: datetime
     key_id: str
+    # People's latest decisions on creatives (creative id -> 'approved' / 'rejected'), read from the
+    # ops store when the run starts; ids are content hashes, so a decision holds for the same copy.
+    creative_decisions: Mapping[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ ingest

@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from importlib import resources
+from typing import cast
 
 import duckdb
 import pandas as pd
@@ -127,6 +128,10 @@ def run(con: duckdb.DuckDBPyConnection, *, segments: Segmentation, settings: Set
     if library is None:
         templates = template_creatives(SEGMENTS, channels, brand=brand, auto_approve_green=brand.auto_approve_green)
         library = CreativeLibrary(tuple(templates), fallback=fallback)
+    if context.creative_decisions:  # a person's decision on the same copy outranks the default status
+        library = replace(library, creatives=tuple(
+            replace(c, status=cast(Status, context.creative_decisions.get(c.creative_id, c.status)))
+            for c in library.creatives))
     con.register("_creatives_df", creatives_frame(library, context.lineage_id))
     con.execute(f"CREATE OR REPLACE TEMP TABLE {Table.CREATIVES} AS SELECT * FROM _creatives_df")
     con.unregister("_creatives_df")
