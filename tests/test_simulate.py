@@ -151,3 +151,15 @@ def test_gzipped_ndjson_holds_the_same_lines_as_plain_ndjson(tmp_path: Path) -> 
     assert [name + ".gz" for name in plain] == list(packed)
     assert all(gzip.decompress(packed[name + ".gz"]) == text for name, text in plain.items())
     assert result.rows_by_format["ndjson"] == result.rows_by_format["ndjson.gz"]
+
+
+def test_days_without_a_session_still_get_their_file(tmp_path: Path) -> None:
+    from datetime import date
+
+    from flashcast.simulate import SimulationSpec, simulate
+
+    spec = SimulationSpec(days=10, users=20, seed=1, end_date=date(2026, 3, 10), sessions_per_day=0.3)
+    result = simulate(spec, tmp_path)
+    files = sorted(result.export_dirs["ndjson"].iterdir())
+    assert len(files) == 10 and any(f.stat().st_size == 0 for f in files)
+    assert sum(len(f.read_text().splitlines()) for f in files) == result.rows_by_format["ndjson"]

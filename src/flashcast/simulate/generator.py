@@ -351,7 +351,7 @@ def _day_events(rng: np.random.Generator, users: _Users, counts: list[int], day:
     # [add_to_cart begin_checkout purchase].
     per_session = first_visit + 1 + pages + searches + 1 + 3 * converts
     s = np.repeat(np.arange(n), per_session)  # each event's session
-    offsets = np.r_[0, np.cumsum(per_session)[:-1]].astype(np.int64)
+    offsets = (np.cumsum(per_session) - per_session).astype(np.int64)
     index = np.arange(len(s)) - offsets[s]  # place in its session
     after = index - first_visit[s]  # place after the first_visit event
     ps, ss = pages[s], searches[s]
@@ -667,7 +667,7 @@ def _plant_defects(rng: np.random.Generator, rows: pa.Table, malformed: list[str
     # Each copy follows its row: the row, its verbatim copy, its re-sent purchase.
     copies = 1 + exact.astype(np.int64) + resend
     source = np.repeat(np.arange(n), copies)
-    place = np.arange(len(source)) - np.repeat(np.r_[0, np.cumsum(copies)[:-1]], copies)
+    place = np.arange(len(source)) - np.repeat(np.cumsum(copies) - copies, copies)
     resent = resend[source] & (place == copies[source] - 1)
     out = rows.take(source)
     timestamps = out.column("event_timestamp").to_numpy() + np.where(resent, delay[source], 0)
