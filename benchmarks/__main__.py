@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_allocator, bench_forecast, bench_guard
+from benchmarks import bench_allocator, bench_api, bench_forecast, bench_guard
 
-BENCHES = {"guard": bench_guard.main, "allocator": bench_allocator.main, "forecast": bench_forecast.main}
+BENCHES = {"guard": bench_guard.main, "allocator": bench_allocator.main, "forecast": bench_forecast.main,
+           "api": bench_api.main}
 
 
 def main(argv: list[str]) -> None:
