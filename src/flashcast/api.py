@@ -179,12 +179,7 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
     @app.get("/runs", tags=["runs"])
     def runs(_: Reader, limit: Annotated[int, Query(ge=1, le=500)] = 20) -> list[dict[str, Any]]:
         """The latest runs, newest first; a run whose process is gone shows as abandoned."""
-        ops.mark_abandoned()
-        r = ops.runs
-        with ops.engine.connect() as conn:
-            rows = conn.execute(sa.select(r.c.lineage_id, r.c.job, r.c.status, r.c.started_at, r.c.finished_at,
-                                          r.c.error).order_by(r.c.started_at.desc()).limit(limit)).all()
-        return [dict(row._mapping) for row in rows]
+        return ops.latest_runs(limit)
 
     running: dict[str, threading.Thread] = {}
     starting = threading.Lock()  # two requests at once must not both start a run

@@ -104,6 +104,11 @@ def _reasons(staged: StagedExport) -> str:
     return ", ".join(f"{n:,} {reason}" for reason, n in staged.read_counts.items()) or "none"
 
 
+def _minute(timestamp: str | None) -> str:
+    """An ISO timestamp to the minute, for tables ('' for none)."""
+    return (timestamp or "")[:16].replace("T", " ")
+
+
 def _fail(kind: str, message: str, code: int) -> typer.Exit:
     err_console.print(f"[red]{escape(kind)}[/red]: {escape(redact_message(message))}", highlight=False,
                       soft_wrap=True)
@@ -438,17 +443,11 @@ def runs(
     A run left 'running' by a process that is gone (killed, crashed) is marked 'abandoned' here.
     Example: flashcast runs --limit 5
     """
-    import sqlalchemy as sa
-
     from flashcast.store import OpsStore
 
     with _errors():
         ops = OpsStore(_settings(config).store.ops_database_url)
-        ops.mark_abandoned()
-        r = ops.runs
-        with ops.engine.connect() as conn:
-            rows = conn.execute(sa.select(r.c.lineage_id, r.c.status, r.c.started_at, r.c.finished_at, r.c.error)
-                                .order_by(r.c.started_at.desc()).limit(limit)).all()
+        rows = ops.latest_runs(limit)
         ops.dispose()
     table = Table(title=f"Latest {len(rows)} run(s)")
     table.add_column("run", overflow="fold")
@@ -457,9 +456,8 @@ def runs(
         table.add_column(column, no_wrap=True)
     table.add_column("error", overflow="fold")
     for row in rows:
-        table.add_row(row.lineage_id, row.status, row.started_at[:16].replace("T", " "),
-                      (row.finished_at or "")[:16].replace("T", " "),
-                      escape((row.error or "")[:80]))
+        table.add_row(row["lineage_id"], row["status"], _minute(row["started_at"]), _minute(row["finished_at"]),
+                      escape((row["error"] or "")[:80]))
     console.print(table)
 
 
@@ -514,8 +512,7 @@ def keys_list(config: ConfigOption = None) -> None:
     for column in ("key id", "role", "created", "revoked"):
         table.add_column(column, no_wrap=True)
     for key in keys:
-        table.add_row(key.key_id, key.role, key.created_at[:16].replace("T", " "),
-                      (key.revoked_at or "")[:16].replace("T", " "))
+        table.add_row(key.key_id, key.role, _minute(key.created_at), _minute(key.revoked_at))
     console.print(table)
 
 

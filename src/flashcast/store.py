@@ -191,6 +191,15 @@ class OpsStore:
                     error="the run's process ended without finishing (killed or crashed)"))
         return gone
 
+    def latest_runs(self, limit: int) -> list[dict[str, Any]]:
+        """The latest runs, newest first (runs whose process is gone marked abandoned first)."""
+        self.mark_abandoned()
+        r = self.runs
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(r.c.lineage_id, r.c.job, r.c.status, r.c.started_at, r.c.finished_at,
+                                          r.c.error).order_by(r.c.started_at.desc()).limit(limit)).all()
+        return [dict(row._mapping) for row in rows]
+
     def running(self) -> set[str]:
         with self.engine.connect() as conn:
             return set(conn.execute(sa.select(self.runs.c.lineage_id).where(self.runs.c.status == "running"))
@@ -209,14 +218,21 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (someone else's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 def _alive(row: Any, now: datetime, lease_s: float) -> bool:
     if row.host == socket.gethostname() and row.pid:
-        try:
-            os.kill(int(row.pid), 0)
-        except ProcessLookupError:
+        if not pid_alive(int(row.pid)):
             return False
-        except PermissionError:
-            return True  # someone else's live process
         return row.process_start is None or _process_start(int(row.pid)) == row.process_start
     seen = row.heartbeat_at or row.started_at
     return (now - datetime.fromisoformat(seen)).total_seconds() < lease_s

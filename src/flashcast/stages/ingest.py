@@ -32,6 +32,7 @@ from flashcast.errors import ExportNotFound, IngestError
 from flashcast.history import READ_FILES, FileSelection, merge_reused, read_history, select_files
 from flashcast.records import ExportFile, RunContext, RunInputs, StagedExport, Table
 from flashcast.sql import insert_rows, literal
+from flashcast.store import pid_alive
 
 NDJSON_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
 PARQUET_SUFFIXES = (".parquet",)
@@ -246,18 +247,8 @@ def _remove_orphan_copies(scratch: Path) -> None:
     """Copy folders whose run (by the pid in their name) is gone: they hold raw export lines."""
     for folder in scratch.glob(f"{_COPY_PREFIX}*"):
         pid = folder.name[len(_COPY_PREFIX):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _stage_files(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], table: str,
