@@ -294,7 +294,10 @@ def test_an_operator_starts_a_run_on_the_configured_source_and_follows_it(
         lineage_id = started.json()["lineage_id"]
         assert client.post("/runs", headers=_auth(keys["operator"])).status_code == 409  # one at a time
         deadline = time.monotonic() + 300
-        while (state := client.get(f"/runs/{lineage_id}", headers=_auth(keys["viewer"])).json())["status"] == "running":
+        first = client.get(f"/runs/{lineage_id}", headers=_auth(keys["viewer"])).json()
+        assert first["status"] in ("requested", "running")  # known at once, even before its thread records it
+        while (state := client.get(f"/runs/{lineage_id}", headers=_auth(keys["viewer"])).json())["status"] in (
+                "requested", "running"):
             assert time.monotonic() < deadline
             time.sleep(0.5)
         assert state["status"] == "completed", state.get("error")

@@ -220,12 +220,17 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
         r, rec = ops.runs, ops.reconciliation
         with ops.engine.connect() as conn:
             row = conn.execute(sa.select(r).where(r.c.lineage_id == lineage_id)).first()
-            if row is None:
-                raise HTTPException(404, "no run with this lineage_id")
             days = conn.execute(sa.select(rec).where(rec.c.lineage_id == lineage_id)
                                 .order_by(rec.c.event_date)).all()
+        entries = LineageLog(ops).entries(lineage_id)
+        if row is None:
+            # Accepted by POST /runs, its thread not yet recorded the start: requested, not unknown.
+            if any(e["kind"] == "run_requested" for e in entries):
+                return {"lineage_id": lineage_id, "status": "requested", "stage": None, "stages_started": 0,
+                        "reconciliation": []}
+            raise HTTPException(404, "no run with this lineage_id")
         run = {k: v for k, v in row._mapping.items() if k not in ("host", "pid", "process_start")}
-        stages = [e["body"]["stage"] for e in LineageLog(ops).entries(lineage_id) if e["kind"] == "stage_started"]
+        stages = [e["body"]["stage"] for e in entries if e["kind"] == "stage_started"]
         return {**run, "stage": stages[-1] if stages else None, "stages_started": len(stages),
                 "reconciliation": [{k: v for k, v in d._mapping.items() if k != "lineage_id"} for d in days]}
 
