@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(BIN)/flashcast demo --out out
 
 test: $(DEV_STAMP)
+	scripts/test-services
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import shutil
+import socket
+import subprocess
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -183,3 +189,76 @@ def stand_in() -> Iterator[tuple[str, StandIn]]:
     yield f"http://127.0.0.1:{server.server_address[1]}", state
     server.shutdown()
     server.server_close()
+
+
+# ------------------------------------------------------------------ a real PostgreSQL server
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test whose service is missing; under CI=true a missing service fails the run instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: a skipped service test fails the run)")
+    pytest.skip(reason)
+
+
+def _postgres_bin() -> Path | None:
+    for candidate in [shutil.which("initdb"), *sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)]:
+        if candidate:
+            return Path(candidate).resolve().parent
+    return None
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    socket_dir: Path
+    port: int
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@/{database}?host={self.socket_dir}&port={self.port}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster on a Unix socket (Debian's postgresql package; `make test`
+    installs it). As root, the server runs as the `postgres` user, which initdb requires."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        skip_or_fail("PostgreSQL is not installed (Debian package postgresql; make test installs it)")
+    assert bindir is not None
+    root = Path(tempfile.mkdtemp(prefix="flashcast-pg-"))
+    data, sockets = root / "data", root / "sock"
+    sockets.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+        shutil.chown(sockets, "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    options = f"-k {sockets} -p {port} -c listen_addresses='' -c fsync=off"
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l", str(root / "log"),
+                    "start"], check=True, capture_output=True)
+    try:
+        yield PostgresServer(sockets, port)
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ops_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty operational store: a SQLite file, or a fresh database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ops.sqlite'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    import sqlalchemy as sa
+
+    name = f"flashcast_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return server.url(name)

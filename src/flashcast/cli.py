@@ -119,6 +119,8 @@ def _fail(kind: str, message: str, code: int) -> typer.Exit:
 def _errors() -> Iterator[None]:
     try:
         yield
+    except typer.Exit:
+        raise  # an exit code chosen on purpose
     except FlashcastError as exc:
         raise _fail(type(exc).__name__, str(exc), 1) from exc
     except OSError as exc:
@@ -624,6 +626,101 @@ def privacy_scan(
                   + ("[green]clean[/green]" if report.clean else "[red]PII found[/red]"), highlight=False)
     if not report.clean:
         raise typer.Exit(1)
+
+
+EXIT_HELD = 3  # `push`/`rebalance`: the plan waits for a person's approval
+EXIT_UNDELIVERED = 4  # an order is still pending (will be retried) or a platform refused it
+
+
+@app.command()
+def push(
+    lineage_id: Annotated[str | None, typer.Argument(help="The run to push (default: the latest).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Push a run's approved plan to the ad platforms ([delivery] in flashcast.toml), exactly once.
+
+    Each platform's order is committed to the outbox, then POSTed with an Idempotency-Key and a
+    signature (secret from FLASHCAST_DSP_SECRET). Orders left pending by an earlier push are sent too.
+    Exit 0: every order delivered; 3: held, a funded line item has no approved creative; 4: an order is
+    still pending (retried next time) or a platform refused it. Example: flashcast push
+    """
+    from flashcast.delivery import latest_payload_id
+    from flashcast.delivery import push as push_payload
+    from flashcast.errors import PayloadNotFound, PushHeld
+    from flashcast.store import OpsStore
+
+    with _errors():
+        settings = _settings(config)
+        ops = OpsStore(settings.store.ops_database_url)
+        try:
+            lineage_id = lineage_id or latest_payload_id(ops)
+            if lineage_id is None:
+                raise PayloadNotFound("no payload yet: run the pipeline first")
+            try:
+                orders = push_payload(ops, settings, lineage_id, by="cli")
+            except PushHeld as exc:
+                raise _fail("PushHeld", f"{exc} (approve with the API or dashboard, then push again)", EXIT_HELD) \
+                    from exc
+        finally:
+            ops.dispose()
+    _print_deliveries(orders)
+    if any(o.state != "delivered" for o in orders):
+        raise typer.Exit(EXIT_UNDELIVERED)
+
+
+@app.command()
+def deliveries(
+    lineage_id: Annotated[str | None, typer.Argument(help="Only this run's orders.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Every pushed order and its delivery attempts. Example: flashcast deliveries"""
+    from flashcast.delivery import deliveries as list_deliveries
+    from flashcast.store import OpsStore
+
+    with _errors():
+        ops = OpsStore(_settings(config).store.ops_database_url)
+        try:
+            orders = list_deliveries(ops, lineage_id)
+        finally:
+            ops.dispose()
+    _print_deliveries(orders)
+
+
+def _print_deliveries(orders: list[Any]) -> None:
+    table = Table("lineage_id", "platform", "version", "state", "attempts", "last", "finished")
+    for o in orders:
+        last = o.attempts[-1] if o.attempts else None
+        table.add_row(o.lineage_id, o.platform, str(o.version), o.state, str(len(o.attempts)),
+                      (last.detail or "") if last else "", _minute(o.finished_at))
+    console.print(table if orders else "no orders pushed yet", highlight=False)
+
+
+@app.command("dsp-standin")
+def dsp_standin(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 9100,
+    db: Annotated[Path, typer.Option(help="SQLite file where it records what it received.")] = Path(
+        ".flashcast/standin_dsp.sqlite"),
+    secret_env: Annotated[str, typer.Option(help="Environment variable holding the signing secret.")] =
+        "FLASHCAST_DSP_SECRET",
+) -> None:
+    """Serve a stand-in ad platform on loopback: verifies signatures, applies each Idempotency-Key once.
+
+    For trying `flashcast push` end to end without a real platform. Example: flashcast dsp-standin
+    """
+    import time
+
+    from flashcast.standin import StandInDsp, serve_standin
+
+    with _errors():
+        secret = os.environ.get(secret_env)
+        if not secret:
+            raise ConfigError(f"set {secret_env} to the signing secret")
+        dsp = StandInDsp(db, secret.encode())
+        with serve_standin(dsp, port=port) as url:
+            console.print(f"stand-in platform at {url}/<platform>/orders, recording to {db}; Ctrl-C stops",
+                          highlight=False)
+            while True:
+                time.sleep(3600)
 
 
 def main(argv: list[str] | None = None) -> Any:

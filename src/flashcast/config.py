@@ -1,6 +1,7 @@
 """The one configuration model, loaded from `flashcast.toml`.
 
-Sections: [store], [policy], [channels], [guardrails], [brand], [lineage]. Every field has a
+Sections: [store], [source], [ingest], [policy], [channels], [guardrails], [allocation], [forecast],
+[segments], [llm], [brand], [lineage], [delivery], [email], [schedule]. Every field has a
 documented default so an empty file is a valid config; `flashcast.toml` in the repository root is
 the annotated example.
 """
@@ -329,9 +330,90 @@ class LineageConfig(_Frozen):
         return self
 
 
+class PlatformConfig(_Frozen):
+    """An ad platform the plan is pushed to: which paid channels it buys, in whose terms (`kind`:
+    display DSP line items, CTV line items, search ad groups) and where its orders are POSTed."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    kind: Literal["display", "ctv", "search"]
+    channels: tuple[str, ...] = Field(min_length=1)
+    endpoint: str | None = Field(default=None, pattern=r"^https?://")  # None: the order is built, never sent
+
+
+def _default_platforms() -> tuple[PlatformConfig, ...]:
+    return (PlatformConfig(name="display", kind="display", channels=("Display",)),
+            PlatformConfig(name="ctv", kind="ctv", channels=("CTV",)),
+            PlatformConfig(name="search", kind="search", channels=("PPC",)))
+
+
+class DeliveryConfig(_Frozen):
+    """Pushing the approved plan to the platforms (see flashcast.delivery): each order is committed to
+    an outbox first, then POSTed with an Idempotency-Key and an HMAC-SHA256 signature."""
+
+    platforms: tuple[PlatformConfig, ...] = Field(default_factory=_default_platforms)
+    secret_env: str = "FLASHCAST_DSP_SECRET"  # the signing secret's environment variable
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1, le=50)  # per push; a later push or rebalance tries again
+    backoff_s: float = Field(default=1.0, ge=0)  # first retry's wait, doubled each time, with jitter
+    max_backoff_s: float = Field(default=60.0, ge=0)  # also caps a platform's Retry-After
+    flight_days: int = Field(default=1, ge=1, le=31)  # a daily rebalance buys one day
+    pacing: Literal["even", "asap"] = "even"
+    # false: every plan waits for a person's push. true: `flashcast rebalance` pushes on its own when
+    # every funded line item has an approved creative (with brand.auto_approve_green, green copy is).
+    auto_push: bool = False
+
+    @model_validator(mode="after")
+    def _unique_platforms(self) -> DeliveryConfig:
+        names = [p.name for p in self.platforms]
+        channels = [c for p in self.platforms for c in p.channels]
+        if len(set(names)) != len(names):
+            raise ValueError("platform names must be unique")
+        if len(set(channels)) != len(channels):
+            raise ValueError("a channel may be bought on one platform only")
+        return self
+
+
+class EmailConfig(_Frozen):
+    """The allocator summary sent to the marketing lead after each rebalance (none when `to` is empty)."""
+
+    to: tuple[str, ...] = ()
+    sender: str = "flashcast@localhost"
+    host: str = "localhost"
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "ssl", "none"] = "starttls"
+    username: str | None = None
+    password_env: str = "FLASHCAST_SMTP_PASSWORD"
+    ca_file: Path | None = None  # a private CA for the SMTP server's certificate; default: the system's
+    timeout_s: float = Field(default=30.0, gt=0)
+    dashboard_url: str = "http://127.0.0.1:8000"  # where the links in the email point
+
+
+class ScheduleConfig(_Frozen):
+    """`flashcast serve` runs a rebalance on this cron schedule (five fields, in property_timezone),
+    e.g. "30 6 * * *" for 06:30 every day; None: no schedule (use cron or a systemd timer)."""
+
+    rebalance: str | None = None
+
+    @field_validator("rebalance")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(value)
+            except ValueError as exc:
+                raise ValueError(f"not a five-field cron expression: {exc}") from exc
+        return value
+
+
 class Settings(_Frozen):
     """Everything a run needs besides its inputs."""
 
+    # "sandbox": every push goes to the built-in stand-in DSP (never to a configured endpoint), and
+    # every payload, order and email says SANDBOX. For trying Flashcast safely.
+    mode: Literal["live", "sandbox"] = "live"
     property_timezone: str = "UTC"
     # ISO 4217 code of the money in the inputs: the GA4 property's currency (purchase_revenue) and
     # the spend file's. Every report, chart and CSV says it.
@@ -348,6 +430,9 @@ class Settings(_Frozen):
     llm: LLMConfig = LLMConfig()
     brand: BrandRules = BrandRules()
     lineage: LineageConfig = LineageConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    email: EmailConfig = EmailConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     @model_validator(mode="after")
     def _guardrails_name_paid_channels(self) -> Settings:
@@ -356,6 +441,9 @@ class Settings(_Frozen):
         unknown = sorted(named - set(paid))
         if unknown:
             raise ValueError(f"guardrails name channels that are not paid channels: {unknown} (paid: {list(paid)})")
+        bought = sorted({c for p in self.delivery.platforms for c in p.channels} - set(paid))
+        if bought:
+            raise ValueError(f"delivery.platforms buy channels that are not paid channels: {bought}")
         room = sum(rails.max_share.get(c, 1.0) for c in paid)
         if room < 1.0 - 1e-9:
             raise ValueError(f"max_share of the paid channels adds to {room:.0%}: they cannot hold the whole budget")

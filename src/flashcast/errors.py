@@ -107,6 +107,22 @@ class PayloadInvalid(FlashcastError):
     """The DSP payload fails its JSON Schema or its invariants; the message lists the problems."""
 
 
+class DeliveryError(FlashcastError):
+    """Pushing a payload to the ad platforms."""
+
+
+class PayloadNotFound(DeliveryError):
+    """No stored payload with this lineage id (the run made none, or it is unknown)."""
+
+
+class PushHeld(DeliveryError):
+    """A funded line item has no approved creative yet: the plan waits for a person."""
+
+
+class DeliveryRefused(DeliveryError):
+    """The push cannot be made as configured (no signing secret, an endpoint missing)."""
+
+
 class ProviderError(FlashcastError):
     """An LLM provider call failed and should not be retried (bad request, auth, refused content)."""
 

@@ -28,6 +28,7 @@ import duckdb
 
 from flashcast.approvals import latest_decisions
 from flashcast.config import Settings
+from flashcast.delivery import record_payload
 from flashcast.errors import FlashcastError, StageError
 from flashcast.history import persist_run
 from flashcast.keys import PiiKey
@@ -83,7 +84,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("creatives", creatives.run, writes=(T.CREATIVES,), keeps=(T.CREATIVES,)),
     Stage("forecast", forecast.run, reads=(T.DAILY_KPIS, T.GUARDED_EVENTS, T.USER_SEGMENTS)),
     Stage("allocate", allocate.run, reads=(T.DAILY_KPIS,), writes=(T.ALLOCATIONS,), keeps=(T.ALLOCATIONS,)),
-    Stage("payload", payload.run),
+    Stage("payload", payload.run, reads=(T.USER_SEGMENTS, T.GUARDED_EVENTS)),
 )
 # What every stage may ask for besides earlier stages' records.
 CONTEXT = ("con", "settings", "inputs", "context", "key", "llm", "head")
@@ -227,6 +228,8 @@ def run_pipeline(
             recorder.log.append("warehouse_pruned", context.lineage_id,
                                 {"keep_days": settings.store.retention_days, "rows": pruned})
         ops.record_reconciliation(context.lineage_id, values["guard"].days)
+        if isinstance(values.get("payload"), Payload):
+            record_payload(ops, json.loads(values["payload"].model_dump_json()))
         step = "publish"
         head = _complete(recorder, values, outputs, settings, out_dir, kept)
         publish(staging, out_dir)

@@ -147,6 +147,43 @@ class OpsStore:
             sa.Column("key_id", sa.String(32), nullable=False),
             sa.Column("decided_at", sa.String(32), nullable=False),
         )
+        self.payloads = sa.Table(  # each run's payload document, what a push reads
+            "payloads", self.metadata,
+            sa.Column("lineage_id", sa.String(36), primary_key=True),
+            sa.Column("schema_version", sa.String(16), nullable=False),
+            sa.Column("for_date", sa.String(10), nullable=False),
+            sa.Column("created_at", sa.String(32), nullable=False),
+            sa.Column("document", sa.Text, nullable=False),
+        )
+        self.outbox = sa.Table(  # see flashcast.delivery: an order is committed here before any send
+            "outbox", self.metadata,
+            sa.Column("outbox_id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("lineage_id", sa.String(36), nullable=False, index=True),
+            sa.Column("platform", sa.String(32), nullable=False),
+            sa.Column("version", sa.Integer, nullable=False),
+            sa.Column("idempotency_key", sa.String(128), nullable=False, unique=True),
+            sa.Column("endpoint", sa.Text, nullable=False),
+            sa.Column("body", sa.Text, nullable=False),
+            sa.Column("body_sha256", sa.String(64), nullable=False),
+            sa.Column("state", sa.String(16), nullable=False),  # pending | delivered | failed
+            sa.Column("requested_by", sa.String(32), nullable=False),
+            sa.Column("created_at", sa.String(32), nullable=False),
+            sa.Column("finished_at", sa.String(32)),
+            sa.Column("claimed_by", sa.String(300)),  # a sender's process_token and lease (unix seconds):
+            sa.Column("claimed_until", sa.Float),  # two never send one order at once
+            sa.UniqueConstraint("lineage_id", "platform", "version"),
+        )
+        self.delivery_attempts = sa.Table(
+            "delivery_attempts", self.metadata,
+            sa.Column("attempt_id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("outbox_id", sa.Integer, nullable=False, index=True),
+            sa.Column("attempt", sa.Integer, nullable=False),
+            sa.Column("started_at", sa.String(32), nullable=False),
+            sa.Column("seconds", sa.Float, nullable=False),
+            sa.Column("outcome", sa.String(16), nullable=False),  # delivered | retry | rejected
+            sa.Column("http_status", sa.Integer),
+            sa.Column("detail", sa.Text),
+        )
         # Inside one (IMMEDIATE, on SQLite) transaction, so two processes creating a fresh store
         # cannot both decide a table is missing.
         with self.engine.begin() as conn:
@@ -209,6 +246,22 @@ class OpsStore:
 def this_process() -> dict[str, Any]:
     """Host, pid and the process's start time (so a reused pid is not mistaken for the run)."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_start(os.getpid())}
+
+
+def process_token() -> str:
+    """This process as one string: host, pid, start time."""
+    me = this_process()
+    return f"{me['host']}|{me['pid']}|{me['process_start']}"
+
+
+def token_alive(token: str | None) -> bool:
+    """Whether the process a `process_token` names may still run (another host's: assumed so)."""
+    if not token:
+        return False
+    host, pid, start = token.split("|")
+    if host != socket.gethostname():
+        return True
+    return pid_alive(int(pid)) and (start == "None" or _process_start(int(pid)) == start)
 
 
 def _process_start(pid: int) -> str | None:

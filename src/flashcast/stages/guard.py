@@ -195,7 +195,7 @@ def guard_export(
           redact_text(first_touch_source) AS first_touch_source, redact_text(first_touch_medium) AS first_touch_medium,
           redact_text(first_touch_campaign) AS first_touch_campaign,
           device_category, country, platform, stream_id,
-          {consent_col} AS consent_value, intraday, source_file, source_line
+          {consent_col} AS consent_value, ads_storage AS ads_consent, intraday, source_file, source_line
         FROM _routed r
         LEFT JOIN _id_keys uk ON uk.v = r.user_pseudo_id
         {"LEFT JOIN _id_keys ik ON ik.v = r.user_id" if keyed_user_id else ""}
