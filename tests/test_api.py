@@ -4,7 +4,6 @@ limits, and the stateless forecast and allocate endpoints computing what the pip
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -20,8 +19,9 @@ from flashcast.config import Settings, StoreConfig
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
-    settings = Settings(store=StoreConfig(home=tmp_path / "home"))
+def served(tmp_path: Path, ops_url: str) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    """The app on an empty store: SQLite, and a real PostgreSQL server."""
+    settings = Settings(store=StoreConfig(home=tmp_path / "home", ops_url=ops_url))
     app = create_app(settings, max_body_bytes=100_000)
     keys = {role: create_key(app.state.ops, role, by="test")[1] for role in ROLES}
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -61,6 +61,11 @@ ENDPOINTS = [  # method, path, body, action needed
     ("post", "/allocate", {"channels": _channels(), "guardrails": {"min_share": {}, "max_share": {}}}, "read"),
     ("get", "/creatives", None, "read"),
     ("post", "/creatives/cr-nope/decision", {"decision": "reject", "comment": "off-brand"}, "approve"),
+    ("get", "/forecast/latest", None, "read"),
+    ("get", "/payloads/latest", None, "read"),
+    ("post", "/payloads/nope/push", None, "operate"),
+    ("get", "/payloads/nope/deliveries", None, "read"),
+    ("post", "/rebalance", None, "operate"),
     ("get", "/keys", None, "admin"),
     ("post", "/keys", {"role": "viewer"}, "admin"),
     ("delete", "/keys/key_000000000000", None, "admin"),
@@ -168,8 +173,9 @@ def test_the_allocate_endpoint_splits_within_the_guardrails(served: tuple[TestCl
     assert crossed.status_code == 422 and "min_share is above max_share" in crossed.text
 
 
-def test_keys_are_stored_hashed_and_changes_are_logged_with_who(served: tuple[TestClient, dict[str, str]],
-                                                                  tmp_path: Path) -> None:
+def test_keys_are_stored_hashed_and_changes_are_logged_with_who(served: tuple[TestClient, dict[str, str]]) -> None:
+    import sqlalchemy as sa
+
     client, keys = served
     made = client.post("/keys", json={"role": "approver"}, headers=_auth(keys["admin"]))
     assert made.status_code == 201
@@ -179,9 +185,11 @@ def test_keys_are_stored_hashed_and_changes_are_logged_with_who(served: tuple[Te
     assert key_id in listed and secret not in listed and "fck_" not in listed
     assert client.delete(f"/keys/{key_id}", headers=_auth(keys["admin"])).status_code == 200
     assert client.get("/runs", headers=_auth(secret)).status_code == 401
-    with sqlite3.connect(tmp_path / "home" / "ops.sqlite") as db:
-        dump = "\n".join(db.iterdump())
-        entries = [json.loads(e) for (e,) in db.execute("SELECT entry FROM lineage_log ORDER BY seq")]
+    ops = client.app.state.ops  # type: ignore[attr-defined]
+    with ops.engine.connect() as conn:
+        dump = "\n".join(str(tuple(row)) for table in ops.metadata.sorted_tables
+                         for row in conn.execute(sa.select(table)))
+        entries = [json.loads(e) for e in conn.execute(sa.text("SELECT entry FROM lineage_log ORDER BY seq")).scalars()]
     assert all(s not in dump for s in (*keys.values(), secret))
     admin_id = next(e["body"]["key_id"] for e in entries if e["kind"] == "api_key_created"
                     and e["body"]["role"] == "admin")
@@ -327,3 +335,43 @@ def test_starting_a_run_without_a_source_or_a_pii_key_says_what_the_server_lacks
             answer = client.post("/runs", headers=_auth(secret))
         assert answer.status_code == 409 and says in answer.json()["detail"]
         app.state.ops.dispose()
+
+
+def test_an_operator_pushes_a_payload_and_follows_its_delivery(tmp_path: Path, ops_url: str) -> None:
+    """Sandbox mode: the orders go to the built-in stand-in platform; the API shows each attempt."""
+    import time
+
+    from delivery_helpers import stored_payload
+
+    settings = Settings(mode="sandbox", store=StoreConfig(home=tmp_path / "home", ops_url=ops_url))
+    app = create_app(settings)
+    keys = {role: create_key(app.state.ops, role, by="test")[1] for role in ROLES}
+    held = stored_payload(app.state.ops, settings, status="pending", sandbox=True)
+    ready = stored_payload(app.state.ops, settings, sandbox=True)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        latest = client.get("/payloads/latest", headers=_auth(keys["viewer"])).json()
+        assert latest["lineage_id"] == ready["lineage_id"] and latest["orders"] and latest["sandbox"] is True
+        forecast = client.get("/forecast/latest", headers=_auth(keys["viewer"])).json()
+        assert forecast["lineage_id"] == ready["lineage_id"] and "lo_80" in forecast["days"][0]
+        refused = client.post(f"/payloads/{held['lineage_id']}/push", headers=_auth(keys["operator"]))
+        assert refused.status_code == 409 and "PushHeld" in refused.json()["detail"]
+        assert client.post(f"/payloads/{ready['lineage_id']}/push", headers=_auth(keys["viewer"])).status_code == 403
+        pushed = client.post(f"/payloads/{ready['lineage_id']}/push", headers=_auth(keys["operator"]))
+        assert pushed.status_code == 202 and len(pushed.json()["orders"]) == 3
+        deadline = time.monotonic() + 30
+        while True:
+            orders = client.get(f"/payloads/{ready['lineage_id']}/deliveries", headers=_auth(keys["viewer"])).json()
+            if {o["state"] for o in orders} == {"delivered"}:
+                break
+            assert time.monotonic() < deadline, orders
+            time.sleep(0.1)
+        assert all(o["attempts"][-1]["outcome"] == "delivered" for o in orders)
+        again = client.post(f"/payloads/{ready['lineage_id']}/push", headers=_auth(keys["operator"])).json()
+        assert [o["version"] for o in again["orders"]] == [1, 1, 1]  # pushing again adds nothing
+        assert client.get("/payloads/nope", headers=_auth(keys["viewer"])).status_code == 404
+        entries = client.get(f"/lineage/{ready['lineage_id']}", headers=_auth(keys["viewer"])).json()
+    operator_id = next(k.key_id for k in list_keys(app.state.ops) if k.role == "operator")
+    requested = [e for e in entries if e["kind"] == "push_requested"]
+    assert len(requested) == 1 and requested[0]["body"]["by"] == operator_id and requested[0]["body"]["sandbox"]
+    assert sum(e["kind"] == "payload_delivered" for e in entries) == 3
+    app.state.ops.dispose()

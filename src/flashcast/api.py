@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import date
 from typing import Annotated, Any, Literal
@@ -19,6 +20,8 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,11 +34,13 @@ from flashcast.budget.inverse_cpa import allocate_inverse_cpa
 from flashcast.budget.plan import ChannelSeries, allocate_by_curves
 from flashcast.budget.records import ChannelHistory
 from flashcast.config import ForecastConfig, Guardrails, Settings
-from flashcast.errors import ConfigError, FlashcastError, LineageError
+from flashcast.delivery import deliver, deliveries, latest_payload_id, load_payload, request_push
+from flashcast.errors import ConfigError, DeliveryRefused, FlashcastError, LineageError, PayloadNotFound, PushHeld
 from flashcast.forecasting.engines import REGISTRY
 from flashcast.keys import PiiKey, load_pii_key
 from flashcast.lineage import LineageLog, new_lineage_id, run_anchors
 from flashcast.pipeline import run_pipeline
+from flashcast.rebalance import rebalance
 from flashcast.records import RunInputs
 from flashcast.stages.forecast import revenue_forecast
 from flashcast.store import OpsStore
@@ -150,8 +155,18 @@ Admin = Annotated[ApiKey, Depends(_allowed("admin"))]
 def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The API over `settings`' stores. One ops store (a pooled engine) for the app's life."""
     ops = OpsStore(settings.store.ops_database_url)
-    app = FastAPI(title="Flashcast", version=__version__,
-                  description="Governed forecast & optimize: runs, lineage, forecasts, allocations.")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler = _schedule(settings, app)
+        try:
+            yield
+        finally:
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)
+
+    app = FastAPI(title="Flashcast", version=__version__, lifespan=lifespan,
+                  description="Governed forecast & optimize: runs, lineage, forecasts, allocations, pushes.")
     app.state.ops = ops
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
     _error_handlers(app)
@@ -190,29 +205,52 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
         except FlashcastError as exc:  # recorded with the run (status failed); nobody to raise it to
             log.warning("run %s failed: %s", lineage_id, type(exc).__name__)
 
-    @app.post("/runs", tags=["runs"], status_code=202,
-              responses={409: {"description": "no [source] export or PII key configured, or this server's run "
-                                              "is running"}})
-    def start_run(who: Operator) -> dict[str, Any]:
-        """Start a run on the configured `[source]` (export, spend, out) in the background; follow it
-        at /runs/{lineage_id}. One at a time per server; runs from elsewhere queue at the warehouse."""
+    def rebalance_in_background(key: PiiKey, lineage_id: str, by: str) -> None:
+        try:
+            result = rebalance(settings, key=key, by=by, lineage_id=lineage_id)
+            log.info("rebalance %s: %s", lineage_id, result.outcome)
+        except FlashcastError as exc:
+            log.warning("rebalance %s failed: %s", lineage_id, type(exc).__name__)
+
+    def start(kind: str, by: str) -> str:
+        """Start a run or a rebalance on [source] in a thread: one at a time per server."""
         if settings.source.export is None:
             raise HTTPException(409, "no [source] export in the config: set it to run from the API")
         try:
             key = load_pii_key(settings.policy, settings.pii_key_file)
         except ConfigError as exc:  # the server's setup, not the request, is missing something
             raise HTTPException(409, f"ConfigError: {exc}") from exc
-        inputs = RunInputs(settings.source.export, settings.source.spend)
         with starting:
             if any(t.is_alive() for t in running.values()):
                 raise HTTPException(409, "a run started by this server is still running")
             lineage_id = new_lineage_id()
-            LineageLog(ops).append("run_requested", lineage_id, {"by": who.key_id})
+            LineageLog(ops).append(f"{kind}_requested", lineage_id, {"by": by})
             running.clear()
-            running[lineage_id] = threading.Thread(target=run_in_background, args=(inputs, key, lineage_id),
-                                                   name=f"run-{lineage_id}", daemon=True)
+            target, args = ((run_in_background, (RunInputs(settings.source.export, settings.source.spend), key,
+                                                 lineage_id)) if kind == "run"
+                            else (rebalance_in_background, (key, lineage_id, by)))
+            running[lineage_id] = threading.Thread(target=target, args=args, name=f"{kind}-{lineage_id}",
+                                                   daemon=True)
             running[lineage_id].start()
-        return {"lineage_id": lineage_id, "status": "started"}
+        return lineage_id
+
+    app.state.start = start  # the schedule starts rebalances the same way
+
+    @app.post("/runs", tags=["runs"], status_code=202,
+              responses={409: {"description": "no [source] export or PII key configured, or this server's run "
+                                              "is running"}})
+    def start_run(who: Operator) -> dict[str, Any]:
+        """Start a run on the configured `[source]` (export, spend, out) in the background; follow it
+        at /runs/{lineage_id}. One at a time per server; runs from elsewhere queue at the warehouse."""
+        return {"lineage_id": start("run", who.key_id), "status": "started"}
+
+    @app.post("/rebalance", tags=["runs"], status_code=202,
+              responses={409: {"description": "no [source] export or PII key configured, or this server's run "
+                                              "is running"}})
+    def start_rebalance(who: Operator) -> dict[str, Any]:
+        """Start a rebalance (run, then push or hold per [delivery] auto_push, then the summary email)
+        in the background; follow it at /runs/{lineage_id} and /payloads/{lineage_id}/deliveries."""
+        return {"lineage_id": start("rebalance", who.key_id), "status": "started"}
 
     @app.get("/runs/{lineage_id}", tags=["runs"], responses={404: {"description": "no such run"}})
     def run(lineage_id: str, _: Reader) -> dict[str, Any]:
@@ -225,7 +263,7 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
         entries = LineageLog(ops).entries(lineage_id)
         if row is None:
             # Accepted by POST /runs, its thread not yet recorded the start: requested, not unknown.
-            if any(e["kind"] == "run_requested" for e in entries):
+            if any(e["kind"] in ("run_requested", "rebalance_requested") for e in entries):
                 return {"lineage_id": lineage_id, "status": "requested", "stage": None, "stages_started": 0,
                         "reconciliation": []}
             raise HTTPException(404, "no run with this lineage_id")
@@ -282,6 +320,52 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
         return {"method": allocation.method, "budget": allocation.budget, "channels": rows,
                 "binding": {r["channel"]: r["bound"] for r in rows if r["bound"]}}
 
+    @app.get("/forecast/latest", tags=["forecast"], responses={404: {"description": "no payload yet"}})
+    def latest_forecast(_: Reader) -> dict[str, Any]:
+        """The latest run's forecast with its 50/80/95% bands, from its payload."""
+        lineage_id = latest_payload_id(ops)
+        if lineage_id is None:
+            raise HTTPException(404, "no run has made a payload yet")
+        return {"lineage_id": lineage_id, **load_payload(ops, lineage_id)["forecast"]}
+
+    @app.get("/payloads/{lineage_id}", tags=["payloads"], responses={404: {"description": "no such payload"}})
+    def payload(lineage_id: str, _: Reader) -> dict[str, Any]:
+        """A run's payload document (JSON Schema 2.0.0); `latest` for the newest."""
+        return load_payload(ops, _payload_id(lineage_id))
+
+    @app.post("/payloads/{lineage_id}/push", tags=["payloads"], status_code=202,
+              responses={404: {"description": "no such payload"},
+                         409: {"description": "held for approval, or delivery not configured"}})
+    def push_payload(lineage_id: str, who: Operator) -> dict[str, Any]:
+        """Commit each platform's order (approved creatives only) to the outbox, then deliver in the
+        background; follow it at /payloads/{lineage_id}/deliveries. Pushing again adds nothing."""
+        lineage_id = _payload_id(lineage_id)
+        try:
+            orders = request_push(ops, settings, lineage_id, by=who.key_id)
+        except (PushHeld, DeliveryRefused) as exc:
+            raise HTTPException(409, f"{type(exc).__name__}: {exc}") from exc
+        threading.Thread(target=deliver_in_background, name=f"push-{lineage_id}", daemon=True).start()
+        return {"lineage_id": lineage_id, "orders": [o.to_json() for o in orders]}
+
+    def deliver_in_background() -> None:
+        try:
+            deliver(ops, settings)
+        except FlashcastError as exc:
+            log.warning("delivery failed: %s", type(exc).__name__)
+
+    @app.get("/payloads/{lineage_id}/deliveries", tags=["payloads"])
+    def payload_deliveries(lineage_id: str, _: Reader) -> list[dict[str, Any]]:
+        """Each platform's order of this payload, by version, with every delivery attempt."""
+        return [o.to_json() for o in deliveries(ops, _payload_id(lineage_id))]
+
+    def _payload_id(lineage_id: str) -> str:
+        if lineage_id != "latest":
+            return lineage_id
+        latest = latest_payload_id(ops)
+        if latest is None:
+            raise HTTPException(404, "no run has made a payload yet")
+        return latest
+
     def library() -> list[dict[str, Any]]:
         return latest_creatives(settings.store.warehouse_path, ops, timeout_s=settings.store.lock_timeout_s)
 
@@ -327,6 +411,28 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
     return app
 
 
+def _schedule(settings: Settings, app: FastAPI) -> BackgroundScheduler | None:
+    """[schedule] rebalance as an APScheduler cron job in property_timezone. A firing while a run or
+    rebalance of this server still runs is skipped (and one of another process is refused by the
+    rebalance lock); missed firings while the server was down are not made up."""
+    if settings.schedule.rebalance is None:
+        return None
+
+    def fire() -> None:
+        try:
+            lineage_id = app.state.start("rebalance", "schedule")
+            log.info("scheduled rebalance %s started", lineage_id)
+        except HTTPException as exc:
+            log.warning("scheduled rebalance skipped: %s", exc.detail)
+
+    scheduler = BackgroundScheduler(timezone=settings.property_timezone)
+    scheduler.add_job(fire, CronTrigger.from_crontab(settings.schedule.rebalance, timezone=settings.property_timezone),
+                      id="rebalance", max_instances=1, coalesce=True, misfire_grace_time=None)
+    scheduler.start()
+    app.state.scheduler = scheduler
+    return scheduler
+
+
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -334,6 +440,10 @@ def _error_handlers(app: FastAPI) -> None:
         problems = [{"field": ".".join(str(p) for p in e["loc"] if p != "body") or "(body)",
                      "problem": str(e["msg"]).removeprefix("Value error, ")} for e in exc.errors()]
         return JSONResponse({"detail": problems}, status_code=422)
+
+    @app.exception_handler(PayloadNotFound)
+    async def not_found(_request: Request, exc: PayloadNotFound) -> JSONResponse:
+        return JSONResponse({"detail": f"PayloadNotFound: {exc}"}, status_code=404)
 
     @app.exception_handler(FlashcastError)
     async def refused(_request: Request, exc: FlashcastError) -> JSONResponse:

@@ -669,6 +669,33 @@ def push(
 
 
 @app.command()
+def rebalance(config: ConfigOption = None) -> None:
+    """The daily loop, once (for cron or a systemd timer): read what is new in [source] export, plan
+    again, push when [delivery] auto_push allows (or hold for approval), email the lead ([email]).
+
+    Exit 0: pushed; 3: held for approval; 4: an order is still pending or was refused; 5: no plan
+    (the run made no payload); 1: the run failed or another rebalance is running.
+    Example (crontab, 06:30 daily): 30 6 * * * cd /srv/flashcast && .venv/bin/flashcast rebalance
+    """
+    from flashcast.rebalance import rebalance as run_rebalance
+
+    with _errors():
+        settings = _settings(config)
+        key = load_pii_key(settings.policy, settings.pii_key_file)
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                      transient=True) as bar:
+            task = bar.add_task("starting", total=None)
+            result = run_rebalance(settings, key=key, by="cli",
+                                   progress=lambda message: bar.update(task, description=escape(message)))
+    sandbox = "[SANDBOX] " if settings.mode == "sandbox" else ""
+    console.print(f"{sandbox}rebalance {result.lineage_id}: {result.outcome}: {result.detail}", highlight=False,
+                  markup=False)
+    _print_deliveries(list(result.orders))
+    console.print(f"summary email: {result.email}", highlight=False, markup=False)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
 def deliveries(
     lineage_id: Annotated[str | None, typer.Argument(help="Only this run's orders.")] = None,
     config: ConfigOption = None,

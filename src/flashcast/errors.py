@@ -16,6 +16,11 @@
         AllocationInfeasible the guardrails cannot all hold for the budget (names the conflicting bounds)
         CurveFitError        a response curve cannot be fitted to a channel's history
       PayloadInvalid         the DSP payload fails its JSON Schema or its own invariants
+      DeliveryError          pushing a plan or mailing its summary failed
+        PayloadNotFound      no stored payload has this lineage id
+        PushHeld             a funded line item has no approved creative: the plan waits for a person
+        DeliveryRefused      the push cannot be made as configured (no secret, no endpoint, wrong mode)
+        EmailFailed          the SMTP server could not be reached or refused the summary
       ProviderError          an LLM call failed and should not be retried (bad request, auth)
         RetryableProviderError  rate limit, server error or timeout: worth another attempt
         ProviderFailed       every attempt failed or the run's cap was reached: fall back offline
@@ -121,6 +126,10 @@ class PushHeld(DeliveryError):
 
 class DeliveryRefused(DeliveryError):
     """The push cannot be made as configured (no signing secret, an endpoint missing)."""
+
+
+class EmailFailed(DeliveryError):
+    """The SMTP server could not be reached or refused the message."""
 
 
 class ProviderError(FlashcastError):

@@ -1,0 +1,118 @@
+"""The allocator summary for the marketing lead: what moved, why, the forecast, what waits for
+approval, how delivery went, with links to the run. Plain text and HTML, sent over SMTP.
+
+Built only from the payload (aggregates: channels, segments, counts) and the delivery records, so
+it cannot carry personal data; every value is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import smtplib
+import ssl
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Any
+
+from flashcast.config import EmailConfig
+from flashcast.delivery import Delivery
+from flashcast.errors import EmailFailed
+
+
+def summary_email(document: dict[str, Any], *, outcome: str, detail: str, orders: Sequence[Delivery],
+                  approved: set[str], config: EmailConfig) -> EmailMessage:
+    """The message for one rebalance. `outcome`: pushed, held, undelivered or no_plan; `approved`:
+    the creative ids approved so far (the rest of the payload's wait for a person)."""
+    sandbox = bool(document.get("sandbox"))
+    allocations, forecast = document["allocations"], document["forecast"]
+    currency = allocations["currency"]
+    waiting = [c for c in document["creatives"] if c["creative_id"] not in approved]
+    run_link = f"{config.dashboard_url.rstrip('/')}/runs/{document['lineage_id']}"
+    payload_link = f"{config.dashboard_url.rstrip('/')}/payloads/{document['lineage_id']}"
+    headline = {"pushed": "pushed to the platforms", "held": "waiting for your approval",
+                "undelivered": "not delivered yet", "no_plan": "no plan today"}.get(outcome, outcome)
+    subject = f"{'[SANDBOX] ' if sandbox else ''}Flashcast plan for {document['for_date']}: {headline}"
+
+    def money(x: float) -> str:
+        return f"{x:,.2f} {currency}"
+
+    moves = []
+    for c in sorted(allocations["channels"], key=lambda c: -abs(c["change"])):
+        bound = f"; held by {c['bound']}" if c["bound"] else ""
+        moves.append((c["channel"], money(c["yesterday_spend"]), money(c["spend"]), f"{c['change']:+,.2f}",
+                      f"{c['why']}{bound}"))
+    days = forecast["days"]
+    lo80, hi80 = sum(d["lo_80"] for d in days), sum(d["hi_80"] for d in days)
+    forecast_line = (f"{forecast['series_id']} over the next {forecast['horizon_days']} day(s): "
+                     f"{money(forecast['total_point'])} expected (80% band of the daily values summed "
+                     f"{money(lo80)} to {money(hi80)}), engine {forecast['engine']}.")
+    rec = document["reconciliation"]
+    data_line = (f"{rec['input_rows']:,} export rows: {rec['accepted']:,} accepted, {rec['dropped_consent']:,} "
+                 f"dropped for consent, {rec['quarantined']:,} quarantined, {rec['duplicate']:,} duplicates.")
+    delivery_lines = [f"{o.platform} v{o.version}: {o.state} after {len(o.attempts)} attempt(s)" for o in orders]
+
+    text = [subject, "", f"Status: {headline}. {detail}", "",
+            f"Budget {money(allocations['budget'])} ({allocations['method']}). What moved, yesterday -> tomorrow:"]
+    text += [f"  {ch}: {y} -> {t} ({d}); {why}" for ch, y, t, d, why in moves]
+    text += ["", "Forecast: " + forecast_line, "", "Data: " + data_line, ""]
+    text += ([f"Awaiting approval: {len(waiting)} creative(s). Review them: {config.dashboard_url}"]
+             if waiting else ["Every creative in the plan is approved."])
+    text += ["", "Delivery:", *(f"  {line}" for line in delivery_lines or ["nothing pushed"]), "",
+             f"The run: {run_link}", f"The payload: {payload_link}", "",
+             "This summary holds aggregates only, no personal data."]
+
+    e = html.escape
+    rows = "".join(f"<tr><th scope='row'>{e(ch)}</th>" + "".join(f"<td>{e(v)}</td>" for v in rest) + "</tr>"
+                   for ch, *rest in moves)
+    banner = "<p><strong>SANDBOX: nothing was sent to a real platform.</strong></p>" if sandbox else ""
+    approvals = (f"<p>Awaiting approval: <strong>{len(waiting)}</strong> creative(s). "
+                 f"<a href='{e(config.dashboard_url)}'>Review them</a>.</p>" if waiting
+                 else "<p>Every creative in the plan is approved.</p>")
+    body_html = f"""<!doctype html><html lang="en"><body>
+<h1>{e(subject)}</h1>{banner}
+<p>Status: <strong>{e(headline)}</strong>. {e(detail)}</p>
+<h2>What moved</h2>
+<p>Budget {e(money(allocations['budget']))} ({e(allocations['method'])}).</p>
+<table><thead><tr><th scope="col">Channel</th><th scope="col">Yesterday</th><th scope="col">Tomorrow</th>
+<th scope="col">Change</th><th scope="col">Why</th></tr></thead><tbody>{rows}</tbody></table>
+<h2>Forecast</h2><p>{e(forecast_line)}</p>
+<h2>Data</h2><p>{e(data_line)}</p>
+<h2>Approval</h2>{approvals}
+<h2>Delivery</h2><ul>{"".join(f"<li>{e(line)}</li>" for line in delivery_lines) or "<li>nothing pushed</li>"}</ul>
+<p><a href="{e(run_link)}">The run</a> · <a href="{e(payload_link)}">The payload</a></p>
+<p><small>This summary holds aggregates only, no personal data.</small></p>
+</body></html>"""
+
+    message = EmailMessage()
+    message["Subject"] = subject
+    message["From"] = config.sender
+    message["To"] = ", ".join(config.to)
+    message["Date"] = formatdate(localtime=False)
+    message["Message-ID"] = make_msgid(domain="flashcast")
+    message["X-Flashcast-Lineage-Id"] = document["lineage_id"]
+    if sandbox:
+        message["X-Flashcast-Sandbox"] = "true"
+    message.set_content("\n".join(text))
+    message.add_alternative(body_html, subtype="html")
+    return message
+
+
+def send_email(message: EmailMessage, config: EmailConfig) -> None:
+    """Send over SMTP with the configured TLS: STARTTLS (default), implicit TLS, or none."""
+    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    try:
+        if config.security == "ssl":
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(config.host, config.port, timeout=config.timeout_s, context=context)
+        else:
+            smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout_s)
+        with smtp:
+            if config.security == "starttls":
+                smtp.starttls(context=context)
+            if config.username:
+                smtp.login(config.username, os.environ.get(config.password_env, ""))
+            smtp.send_message(message)
+    except (OSError, smtplib.SMTPException) as exc:
+        raise EmailFailed(f"summary email to {config.host}:{config.port} failed: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
