@@ -26,6 +26,7 @@ def served(tmp_path: Path, ops_url: str) -> Iterator[tuple[TestClient, dict[str,
     keys = {role: create_key(app.state.ops, role, by="test")[1] for role in ROLES}
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client, keys
+    app.state.ops.dispose()
 
 
 def _auth(secret: str) -> dict[str, str]:
