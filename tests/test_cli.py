@@ -165,3 +165,26 @@ def test_a_bad_simulate_option_is_one_line_naming_it(tmp_path: Path, option: lis
     code, output = _run("simulate", "--users", "100", "--out", str(tmp_path), *option)
     assert code == 1
     assert _one_clean_line(output).startswith(f"ConfigError: simulate: {says}")
+
+
+def test_creatives_are_listed_and_decided_from_the_command_line(finished_run: FinishedRun, tmp_path: Path) -> None:
+    from flashcast.approvals import latest_decisions
+    from flashcast.store import OpsStore
+
+    run = finished_run.copy_to(tmp_path)
+    runner = CliRunner()
+    listed = runner.invoke(app, ["creatives", "list", "-c", str(run.config)], terminal_width=200)
+    assert listed.exit_code == 0, listed.output
+    pending = [line.split("│")[1].strip() for line in listed.output.splitlines() if "pending" in line]
+    assert len(pending) >= 2 and all(i.startswith("cr-") and "…" not in i for i in pending)
+    approved = runner.invoke(app, ["creatives", "approve", pending[0], "--comment", "on brand", "-c", str(run.config)])
+    rejected = runner.invoke(app, ["creatives", "reject", pending[1], "-c", str(run.config)])
+    assert approved.exit_code == 0 and rejected.exit_code == 0, approved.output + rejected.output
+    ops = OpsStore(run.settings.store.ops_database_url)
+    decided = latest_decisions(ops)
+    ops.dispose()
+    assert (decided[pending[0]].decision, decided[pending[0]].key_id, decided[pending[0]].comment) == (
+        "approved", "cli", "on brand")
+    assert decided[pending[1]].decision == "rejected"
+    unknown = runner.invoke(app, ["creatives", "approve", "cr-nope", "-c", str(run.config)])
+    assert unknown.exit_code == 1 and "UnknownCreative" in unknown.output and "Traceback" not in unknown.output

@@ -12,7 +12,7 @@ from flashcast.cli import app
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 COMMANDS = [["simulate"], ["run"], ["ingest"], ["prune"], ["demo"], ["runs"], ["forecast"], ["keys", "pii"],
             ["keys", "create"], ["keys", "list"], ["keys", "revoke"], ["serve"], ["push"], ["deliveries"],
-            ["rebalance"], ["dsp-standin"],
+            ["rebalance"], ["dsp-standin"], ["creatives", "list"], ["creatives", "approve"], ["creatives", "reject"],
             ["lineage", "verify"], ["lineage", "show"], ["privacy", "scan"]]
 
 

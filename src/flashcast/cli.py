@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from flashcast.config import Settings, load_settings
 from flashcast.errors import ConfigError, FlashcastError, LineageError, describe_validation_error
@@ -628,6 +628,77 @@ def privacy_scan(
         raise typer.Exit(1)
 
 
+creatives_app = typer.Typer(help="The latest run's creatives and people's decisions on them.", no_args_is_help=True)
+app.add_typer(creatives_app, name="creatives")
+
+
+@creatives_app.command("list")
+def creatives_list(config: ConfigOption = None) -> None:
+    """The latest run's creatives: id, segment, channel, traffic light, status. Example: flashcast creatives list"""
+    from flashcast.approvals import latest_creatives
+    from flashcast.store import OpsStore
+
+    with _errors():
+        settings = _settings(config)
+        ops = OpsStore(settings.store.ops_database_url)
+        try:
+            rows = latest_creatives(settings.store.warehouse_path, ops, timeout_s=settings.store.lock_timeout_s)
+        finally:
+            ops.dispose()
+    table = Table("segment", "channel", "variant", "light", "status", "headline")
+    table.columns.insert(0, Column("creative_id", no_wrap=True, min_width=15))  # whole: it is typed back
+    for r in rows:
+        table.add_row(*(escape(str(r[k])) for k in ("creative_id", "segment", "channel", "variant", "light", "status",
+                                                     "headline")))
+    console.print(table if rows else "no creatives yet: run the pipeline first", highlight=False)
+
+
+def _decide(creative_ids: list[str], decision: str, comment: str, override_reason: str | None,
+            config: Path | None) -> None:
+    from flashcast.approvals import UnknownCreative, decide, latest_creatives
+    from flashcast.store import OpsStore
+
+    with _errors():
+        settings = _settings(config)
+        ops = OpsStore(settings.store.ops_database_url)
+        try:
+            library = {c["creative_id"]: c for c in latest_creatives(settings.store.warehouse_path, ops,
+                                                                      timeout_s=settings.store.lock_timeout_s)}
+            unknown = [i for i in creative_ids if i not in library]
+            if unknown:
+                raise UnknownCreative(f"not in the latest run's library: {', '.join(unknown)}")
+            for creative_id in creative_ids:
+                decide(ops, library[creative_id], decision, comment=comment,  # type: ignore[arg-type]
+                       override_reason=override_reason, by="cli")
+        finally:
+            ops.dispose()
+    console.print(f"{decision} {len(creative_ids)} creative(s)", highlight=False)
+
+
+CommentOption = Annotated[str, typer.Option(help="Why (kept with the decision; emails and phone numbers redacted).")]
+
+
+@creatives_app.command("approve")
+def creatives_approve(
+    creative_ids: Annotated[list[str], typer.Argument(help="Creative ids (flashcast creatives list).")],
+    comment: CommentOption = "",
+    override_reason: Annotated[str | None, typer.Option(help="Required to approve a red creative.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Approve creatives (recorded in the lineage log, by 'cli'). Example: flashcast creatives approve cr-1a2b3c"""
+    _decide(creative_ids, "approved", comment, override_reason, config)
+
+
+@creatives_app.command("reject")
+def creatives_reject(
+    creative_ids: Annotated[list[str], typer.Argument(help="Creative ids (flashcast creatives list).")],
+    comment: CommentOption = "",
+    config: ConfigOption = None,
+) -> None:
+    """Reject creatives: they leave the next payloads and pushes. Example: flashcast creatives reject cr-1a2b3c"""
+    _decide(creative_ids, "rejected", comment, None, config)
+
+
 EXIT_HELD = 3  # `push`/`rebalance`: the plan waits for a person's approval
 EXIT_UNDELIVERED = 4  # an order is still pending (will be retried) or a platform refused it
 
@@ -659,8 +730,8 @@ def push(
             try:
                 orders = push_payload(ops, settings, lineage_id, by="cli")
             except PushHeld as exc:
-                raise _fail("PushHeld", f"{exc} (approve with the API or dashboard, then push again)", EXIT_HELD) \
-                    from exc
+                hint = "(flashcast creatives approve ID..., or the API; then push again)"
+                raise _fail("PushHeld", f"{exc} {hint}", EXIT_HELD) from exc
         finally:
             ops.dispose()
     _print_deliveries(orders)
@@ -714,12 +785,14 @@ def deliveries(
 
 
 def _print_deliveries(orders: list[Any]) -> None:
-    table = Table("lineage_id", "platform", "version", "state", "attempts", "last", "finished")
-    for o in orders:
-        last = o.attempts[-1] if o.attempts else None
-        table.add_row(o.lineage_id, o.platform, str(o.version), o.state, str(len(o.attempts)),
-                      (last.detail or "") if last else "", _minute(o.finished_at))
-    console.print(table if orders else "no orders pushed yet", highlight=False)
+    if not orders:
+        console.print("no orders pushed yet", highlight=False)
+    for lineage_id in dict.fromkeys(o.lineage_id for o in orders):
+        table = Table("platform", "version", "state", "attempts", "last answer", "finished", title=f"run {lineage_id}")
+        for o in (o for o in orders if o.lineage_id == lineage_id):
+            last = o.attempts[-1].detail if o.attempts else ""
+            table.add_row(o.platform, str(o.version), o.state, str(len(o.attempts)), last or "", _minute(o.finished_at))
+        console.print(table, highlight=False)
 
 
 @app.command("dsp-standin")

@@ -160,8 +160,15 @@ def request_push(ops: OpsStore, settings: Settings, lineage_id: str, *, by: str)
     endpoints = {p.name: (f"http://sandbox.invalid/{p.name}/orders" if sandbox else p.endpoint)
                  for p in settings.delivery.platforms}
     approved = approved_creatives(document, ops)
-    sendable = [(order["platform"], url, canonical_bytes(order_body(document, order, approved)))
-                for order in document["orders"] if (url := endpoints.get(order["platform"]))]
+    sendable, held = [], []
+    for order in document["orders"]:
+        if url := endpoints.get(order["platform"]):
+            try:
+                sendable.append((order["platform"], url, canonical_bytes(order_body(document, order, approved))))
+            except PushHeld as exc:
+                held.append(str(exc))
+    if held:
+        raise PushHeld(" | ".join(held))
     if not sendable:
         raise DeliveryRefused("no platform has an endpoint: set [[delivery.platforms]] endpoint, or mode = \"sandbox\"")
     now, queued = utc_now(), []
