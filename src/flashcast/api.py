@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import date
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -24,7 +25,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flashcast import __version__
@@ -34,6 +35,7 @@ from flashcast.budget.inverse_cpa import allocate_inverse_cpa
 from flashcast.budget.plan import ChannelSeries, allocate_by_curves
 from flashcast.budget.records import ChannelHistory
 from flashcast.config import ForecastConfig, Guardrails, Settings
+from flashcast.dashboard import CHART_FILES, STATIC, dashboard_data, latest_finished_run, plotly_js
 from flashcast.delivery import deliver, deliveries, latest_payload_id, load_payload, request_push
 from flashcast.errors import ConfigError, DeliveryRefused, FlashcastError, LineageError, PayloadNotFound, PushHeld
 from flashcast.forecasting.engines import REGISTRY
@@ -45,6 +47,10 @@ from flashcast.records import RunInputs
 from flashcast.stages.forecast import revenue_forecast
 from flashcast.store import OpsStore
 
+STATIC_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+# The page runs only its own scripts and talks only to this server.
+_PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self' "
+                 "'unsafe-inline'", "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 MAX_BODY_BYTES = 1_000_000  # a year of daily series for a dozen channels is ~100 KB
 log = logging.getLogger("flashcast.api")
 
@@ -170,6 +176,42 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
     app.state.ops = ops
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
     _error_handlers(app)
+
+    @app.get("/", include_in_schema=False)
+    def dashboard_page() -> Response:
+        """The approval dashboard (it holds no data: the page asks the API with the key typed in)."""
+        return Response(STATIC.joinpath("index.html").read_bytes(), media_type="text/html; charset=utf-8",
+                        headers=_PAGE_HEADERS)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static_file(name: str) -> Response:
+        if name == "plotly.min.js":
+            return FileResponse(plotly_js(), media_type="text/javascript", headers=_PAGE_HEADERS)
+        if name not in STATIC_FILES:
+            raise HTTPException(404, "no such file")
+        return Response(STATIC.joinpath(name).read_bytes(), media_type=STATIC_FILES[name], headers=_PAGE_HEADERS)
+
+    @app.get("/session", tags=["service"])
+    def session(who: Reader) -> dict[str, Any]:
+        """Who the key is (id and role, what it may do) and how the server runs (mode, currency)."""
+        return {"key_id": who.key_id, "role": who.role,
+                "may": [a for a in ("read", "approve", "operate", "admin") if who.may(a)],
+                "mode": settings.mode, "currency": settings.currency}
+
+    @app.get("/dashboard/data", tags=["dashboard"])
+    def dashboard(_: Reader) -> dict[str, Any]:
+        """What the dashboard draws for the latest finished run: reconciliation per day, forecasts
+        with history and bands per series, the engine leaderboard, the allocation, the what-if sweep."""
+        return dashboard_data(ops)
+
+    @app.get("/dashboard/files/{name}", tags=["dashboard"], responses={404: {"description": "no such chart"}})
+    def dashboard_file(name: str, _: Reader) -> FileResponse:
+        """A chart the latest finished run drew (response_curves.png, whatif.png, fan_chart.png)."""
+        run = latest_finished_run(ops)
+        path = Path((run or {}).get("summary", {}).get("out_dir", "")) / name if run else None
+        if name not in CHART_FILES or path is None or not path.is_file():
+            raise HTTPException(404, "no such chart for the latest run")
+        return FileResponse(path, media_type="image/png")
 
     @app.get("/health", tags=["service"])
     def health() -> dict[str, str]:
