@@ -120,7 +120,8 @@ def main() -> None:
     for name, frame in load_series().items():
         nonnegative = bool((frame["y"].dropna() >= 0).all())  # bands clipped at zero only for such series
         try:
-            y, dates, filled, dropped = prepare_series(frame, series_id=name, nonnegative=nonnegative)
+            y, dates, filled, dropped, *_ = prepare_series(frame, series_id=name, nonnegative=nonnegative,
+                                                             keep_last_day=True)
         except ForecastError as exc:
             print(f"{name}: skipped: {exc}")
             continue

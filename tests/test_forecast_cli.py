@@ -69,3 +69,84 @@ def test_one_bad_series_does_not_sink_the_others(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "skipped east: history too short" in " ".join(result.output.split())
     assert sorted(pd.read_csv(out / "forecast.csv")["series_id"].unique()) == ["north", "south"]
+
+
+def _weekly(n_days: int = 280, start: str = "2025-01-01", seed: int = 5) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    days = pd.date_range(start, periods=n_days)
+    return pd.DataFrame({"ds": days, "y": 100 * np.resize(WEEKLY, n_days) + rng.normal(0, 4, n_days)})
+
+
+def test_dates_may_mix_the_common_forms_and_an_ambiguous_column_asks_for_a_format(tmp_path: Path) -> None:
+    data = tmp_path / "mixed.csv"
+    data.write_text("Date,Sales\n9/14/2014,10\n10-01-2014,11\n2014-10-02,12\n2014/10/03,13\n")
+    frame = read_series_file(data, date_col="Date", value_col="Sales")
+    assert [d.date().isoformat() for d in frame["ds"]] == ["2014-09-14", "2014-10-01", "2014-10-02", "2014-10-03"]
+    ambiguous = tmp_path / "ambiguous.csv"
+    ambiguous.write_text("Date,Sales\n2014-01-01,1\n01/02/2014,2\n03/04/2014,3\n")
+    with pytest.raises(ForecastError, match=r"row 2: Date is ambiguous .*--date-format") as caught:
+        read_series_file(ambiguous, date_col="Date", value_col="Sales")
+    assert "01/02" not in str(caught.value)  # the row and field are named, never the value
+    days = read_series_file(ambiguous, date_col="Date", value_col="Sales", date_format="%d/%m/%Y")
+    assert days["ds"].iloc[1].date().isoformat() == "2014-02-01"  # the ISO row does not match: named
+    both = tmp_path / "both.csv"
+    both.write_text("Date,Sales\n14/9/2014,1\n9/15/2014,2\n")
+    with pytest.raises(ForecastError, match=r"row 2: Date is month-first but row 1 is not"):
+        read_series_file(both, date_col="Date", value_col="Sales")
+
+
+def test_a_series_with_regular_closed_days_is_forecast_closed_and_says_so(tmp_path: Path) -> None:
+    history = _weekly()
+    history = history[history["ds"].dt.dayofweek != 5]  # never open on Saturdays
+    data = tmp_path / "shop.csv"
+    history.to_csv(data, index=False)
+    result = CliRunner().invoke(app, ["forecast", str(data), "--out", str(tmp_path / "out")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "closed on Saturdays" in result.output
+    forecast = pd.read_csv(tmp_path / "out" / "forecast.csv", parse_dates=["ds"])
+    saturdays = forecast[forecast["ds"].dt.dayofweek == 5]
+    assert len(saturdays) == 2 and (saturdays[["point", "lo_95", "hi_95"]] == 0).all().all()
+    assert (forecast[forecast["ds"].dt.dayofweek != 5]["point"] > 50).all()
+
+
+def test_a_partly_filled_last_day_is_left_out_unless_kept(tmp_path: Path) -> None:
+    from flashcast import forecast_series
+
+    history = _weekly()
+    history.loc[history.index[-1], "y"] *= 0.2  # the export ran mid-day
+    last = history["ds"].iloc[-1]
+    dropped = forecast_series(history, horizon=7)
+    assert dropped["ds"].iloc[0] == last  # the partial day is forecast, not learned from
+    assert any("left out as partly filled" in n for n in dropped.attrs["notes"])
+    assert dropped["point"].iloc[0] > 0.7 * 100 * WEEKLY[last.dayofweek]
+    kept = forecast_series(history, horizon=7, keep_last_day=True)
+    assert kept["ds"].iloc[0] == last + pd.Timedelta(days=1)
+    assert not any("partly filled" in n for n in kept.attrs["notes"])
+
+
+def test_forecast_series_is_the_command_s_default_path(tmp_path: Path) -> None:
+    from flashcast import forecast_series
+
+    history = _weekly(200)
+    ours = forecast_series(history, horizon=10)
+    assert list(ours.columns) == ["ds", "point", "lo_50", "hi_50", "lo_80", "hi_80", "lo_95", "hi_95"]
+    data = tmp_path / "one.csv"
+    history.to_csv(data, index=False)
+    result = CliRunner().invoke(app, ["forecast", str(data), "--horizon", "10", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    command = pd.read_csv(tmp_path / "out" / "forecast.csv")
+    assert command["engine"].iloc[0] == ours.attrs["engine"]
+    assert np.allclose(command["point"].to_numpy(), ours["point"].to_numpy(), rtol=1e-5)
+    assert np.allclose(command["hi_95"].to_numpy(), ours["hi_95"].to_numpy(), rtol=1e-5)
+    with pytest.raises(ForecastError, match="columns ds and y"):
+        forecast_series(history.rename(columns={"y": "sales"}))
+
+
+def test_every_series_gets_its_own_readable_chart_file(tmp_path: Path) -> None:
+    from flashcast.forecasting.files import chart_file_name
+
+    used: set[str] = set()
+    names = [chart_file_name(s, used) for s in ("東京", "大阪", "a/b", "a_b", "Ünïcode café", "")]
+    assert names[0] == "fan_chart_東京.png" and names[1] == "fan_chart_大阪.png"
+    assert len(set(names)) == len(names)  # a/b and a_b no longer share a file
+    assert names[4] == "fan_chart_Ünïcode_café.png" and names[5] == "fan_chart_series.png"

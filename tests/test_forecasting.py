@@ -28,7 +28,8 @@ def _seasonal_noise(n: int, seed: int, sd: float = 8.0) -> np.ndarray:
 
 
 def _coverage(y: np.ndarray, engines: list[str], spec: BacktestSpec) -> dict[int, float]:
-    values, dates, _, _ = prepare_series(_frame(y), series_id="s")
+    series = prepare_series(_frame(y), series_id="s")
+    values, dates = series.y, series.dates
     scores = score_engines(run_backtest(values, dates, make_engines(engines), spec), spec, nonnegative=True)
     return scores[0].coverage
 
@@ -95,7 +96,7 @@ def test_selection_picks_the_engine_the_series_was_built_for() -> None:
 
 def test_gaps_are_filled_by_the_documented_rule_and_counted() -> None:
     frame = _frame(_seasonal_noise(200, 5)).drop(index=[50, 51, 120]).sample(frac=1.0, random_state=1)
-    y, dates, filled, dropped = prepare_series(frame, series_id="gappy")
+    y, dates, filled, dropped, *_ = prepare_series(frame, series_id="gappy")
     assert filled == 3 and dropped == 0 and len(y) == 200 and dates.is_monotonic_increasing
     assert y[50] == pytest.approx((y[49] * 2 + y[52]) / 3, rel=1e-9)
 
@@ -103,7 +104,7 @@ def test_gaps_are_filled_by_the_documented_rule_and_counted() -> None:
 def test_history_restarts_after_a_gap_longer_than_a_week() -> None:
     frame = _frame(_seasonal_noise(400, 14))
     sparse_start = frame.drop(index=list(range(5, 40)) + list(range(60, 75)))  # 35 then 15 days missing
-    y, dates, filled, dropped = prepare_series(sparse_start, series_id="sparse")
+    y, dates, filled, dropped, *_ = prepare_series(sparse_start, series_id="sparse")
     assert dates[0] == frame["ds"][75] and dropped == 75 and filled == 0 and len(y) == 325
     one_week = prepare_series(frame.drop(index=range(100, 107)), series_id="week")
     assert one_week.filled_days == 7 and one_week.dropped_days == 0 and len(one_week.y) == 400

@@ -44,6 +44,10 @@ def __getattr__(name: str) -> object:
         from flashcast import pipeline
 
         return getattr(pipeline, name)
+    if name == "forecast_series":
+        from flashcast.forecasting.forecast import forecast_series
+
+        return forecast_series
     raise AttributeError(f"module 'flashcast' has no attribute {name!r}")
 
 
@@ -80,6 +84,7 @@ __all__ = [
     "StageError",
     "StoreBusy",
     "__version__",
+    "forecast_series",
     "load_settings",
     "run_pipeline",
 ]

@@ -354,6 +354,10 @@ def forecast(
     engines: Annotated[str | None, typer.Option(help="Comma-separated line-up (default: [forecast] engines).")]
     = None,
     signed: Annotated[bool, typer.Option(help="Values may be negative (no clipping of bands at zero).")] = False,
+    date_format: Annotated[str | None, typer.Option(
+        help="strptime format of the dates, e.g. %d/%m/%Y (default: read ISO and other common forms).")] = None,
+    keep_last_day: Annotated[bool, typer.Option(
+        help="Keep a last day far below its weekday's level (default: left out as partly filled).")] = False,
     charts: Annotated[int, typer.Option(help="Fan charts for at most this many series.")] = 12,
     config: ConfigOption = None,
 ) -> None:
@@ -376,10 +380,11 @@ def forecast(
                 **({"engines": tuple(e.strip() for e in engines.split(","))} if engines else {})})
         except ValidationError as exc:
             raise ConfigError(f"forecast options: {describe_validation_error(exc)}") from exc
-        frame = read_series_file(data, date_col=date_col, value_col=value_col, series_col=series_col)
+        frame = read_series_file(data, date_col=date_col, value_col=value_col, series_col=series_col,
+                                 date_format=date_format)
         with console.status(f"backtesting {frame['series_id'].nunique():,} series..."):
             done, skipped = forecast_each(frame, engines=options.engines, spec=BacktestSpec(horizon=options.horizon),
-                                          nonnegative=not signed,
+                                          nonnegative=not signed, keep_last_day=keep_last_day,
                                           options=EngineOptions(countries=options.holiday_countries))
         files = write_forecast_outputs(done, out, charts=charts, ylabel=value_col)
     table = Table(title=f"{options.horizon}-day forecasts ({len(done):,} series)")
@@ -390,6 +395,8 @@ def forecast(
         best = result.selection.winner_score
         notes = [f"{result.filled_days} days filled"] if result.filled_days else []
         notes += [f"{result.dropped_days} days before a long gap left out"] if result.dropped_days else []
+        notes += [n.split(":")[0] for n in result.notes if n.startswith("closed on")]
+        notes += ["partly filled last day left out" for n in result.notes if n.startswith("the last day")]
         table.add_row(result.series_id, result.engine, f"{best.mase:.3f}", f"{best.coverage[80]:.0%}",
                       f"{best.coverage[95]:.0%}", f"{float(result.point.sum()):,.2f}", "; ".join(notes))
     console.print(table)
@@ -399,6 +406,10 @@ def forecast(
         console.print(f"[yellow]skipped[/yellow] {reason}", highlight=False)
     console.print(f"wrote {files['forecast']}, {files['forecast_backtest']} and "
                   f"{sum(k.startswith('fan_chart') for k in files)} fan chart(s) in {out}")
+    for result in done:
+        for note in result.notes:
+            if note.startswith(("closed on", "the last day")):
+                console.print(f"[yellow]note[/yellow] {escape(result.series_id)}: {escape(note)}", highlight=False)
     if not done:
         raise typer.Exit(1)
 

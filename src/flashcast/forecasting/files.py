@@ -4,11 +4,13 @@ row is named, not guessed at), and write forecasts, leaderboards and fan charts.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from flashcast.errors import ForecastError
@@ -18,17 +20,20 @@ from flashcast.sql import identifier
 
 
 def read_series_file(path: Path, *, date_col: str = "ds", value_col: str = "y", series_col: str | None = None,
-                     default_id: str | None = None) -> pd.DataFrame:
+                     default_id: str | None = None, date_format: str | None = None) -> pd.DataFrame:
     """Long frame (series_id, ds, y) from `path`. Without `series_col` the file holds one series,
-    named `default_id` (the file's stem by default). Errors name the file, the column and the row
-    (1-based, header not counted)."""
+    named `default_id` (the file's stem by default). Dates may mix the common forms (see
+    `parse_dates`); `date_format` (strptime codes) fixes one. Errors name the file, the column and
+    the row (1-based, header not counted), never a value."""
     if not path.is_file():
         raise ForecastError(f"{path}: no such file")
     con = duckdb.connect()
     try:
         kind = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
         try:
-            raw = con.read_parquet(str(path)) if kind == "parquet" else con.read_csv(str(path))
+            # Dates are read as text and parsed here: the sniffer would fix one format and fail on a mix.
+            raw = (con.read_parquet(str(path)) if kind == "parquet"
+                   else con.read_csv(str(path), dtype={date_col: "VARCHAR"}))
             raw.create_view("raw_file")
             # Insertion order is preserved, so row_number() is the row's position in the file.
             con.execute("CREATE TEMP VIEW source AS SELECT *, row_number() OVER () AS _row FROM raw_file")
@@ -41,25 +46,80 @@ def read_series_file(path: Path, *, date_col: str = "ds", value_col: str = "y", 
             shown = ", ".join(c for c in columns if c != "_row")
             raise ForecastError(f"{path}: no column {missing[0]!r} (columns: {shown})")
         date, value = identifier(date_col), identifier(value_col)
-        for column, check in ((date_col, f"try_cast({date} AS DATE)"), (value_col, f"try_cast({value} AS DOUBLE)")):
-            bad = con.execute(
-                f"SELECT _row, {identifier(column)}::VARCHAR FROM source "
-                f"WHERE {identifier(column)} IS NOT NULL AND {check} IS NULL ORDER BY _row LIMIT 1").fetchall()
-            if bad:
-                expected = "a date" if column == date_col else "a number"
-                raise ForecastError(f"{path}: row {bad[0][0]}: {column} is not {expected}")
+        bad = con.execute(f"SELECT _row FROM source WHERE {value} IS NOT NULL AND try_cast({value} AS DOUBLE) IS NULL "
+                          "ORDER BY _row LIMIT 1").fetchall()
+        if bad:
+            raise ForecastError(f"{path}: row {bad[0][0]}: {value_col} is not a number")
         empty = con.execute(f"SELECT min(_row) FROM source WHERE {date} IS NULL").fetchall()[0][0]
         if empty is not None:
             raise ForecastError(f"{path}: row {empty}: {date_col} is empty")
         series = f"{identifier(series_col)}::VARCHAR" if series_col else "?"
         params = [] if series_col else [default_id or path.stem]
         frame = con.execute(
-            f"SELECT {series} AS series_id, {date}::DATE AS ds, {value}::DOUBLE AS y FROM source ORDER BY _row",
+            f"SELECT {series} AS series_id, {date}::VARCHAR AS ds, {value}::DOUBLE AS y FROM source ORDER BY _row",
             params).df()
     finally:
         con.close()
-    frame["ds"] = pd.to_datetime(frame["ds"])
+    try:
+        frame["ds"] = parse_dates(frame["ds"], date_format=date_format)
+    except DateProblem as exc:
+        raise ForecastError(f"{path}: row {exc.row + 1}: {date_col} {exc.problem}") from None
     return frame
+
+
+class DateProblem(ValueError):
+    def __init__(self, row: int, problem: str) -> None:
+        super().__init__(problem)
+        self.row, self.problem = row, problem
+
+
+_YEAR_FIRST = re.compile(r"^\s*(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?:[ T].*)?\s*$")
+_YEAR_LAST = re.compile(r"^\s*(\d{1,2})[-/.](\d{1,2})[-/.](\d{4}|\d{2})\s*$")
+
+
+def parse_dates(values: pd.Series, *, date_format: str | None = None) -> pd.Series:
+    """Dates from text that may mix the common forms: 2014-10-01, 2014/10/01, 10/01/2014, 1.10.2014,
+    9/14/2014 and 10-01-2014 in one column. Year-first is always year-month-day. For day and month
+    with the year last, the file's unambiguous values decide the order (14/9 is day-first, 9/14
+    month-first); raises DateProblem (0-based row) when the column holds both orders, when every
+    such value is ambiguous (say which with `date_format`), or a value is not a date."""
+    text = values.astype(str)
+    first = text.str.extract(_YEAR_FIRST)
+    if date_format:  # it decides every value but the year-first ones, which are never ambiguous
+        parsed = pd.to_datetime(text, format=date_format, errors="coerce")
+        iso = pd.to_datetime(first.fillna("1").astype(int).rename(columns={0: "year", 1: "month", 2: "day"}),
+                             errors="coerce").where(first[0].notna())
+        parsed = parsed.fillna(iso)
+        if parsed.isna().any():
+            raise DateProblem(int(np.flatnonzero(parsed.isna())[0]), f"does not match --date-format {date_format}")
+        return parsed.dt.normalize()
+    last = text.str.extract(_YEAR_LAST)
+    year_first, year_last = first[0].notna().to_numpy(), last[0].notna().to_numpy()
+    neither = np.flatnonzero(~year_first & ~year_last)
+    if len(neither):
+        raise DateProblem(int(neither[0]), "is not a date (use YYYY-MM-DD, or give --date-format)")
+    a, b = last[0].astype(float).to_numpy(), last[1].astype(float).to_numpy()
+    day_first = np.flatnonzero(year_last & (a > 12))
+    month_first = np.flatnonzero(year_last & (b > 12))
+    if len(day_first) and len(month_first):
+        later, earlier = max(day_first[0], month_first[0]), min(day_first[0], month_first[0])
+        order = "day" if day_first[0] > month_first[0] else "month"
+        raise DateProblem(int(later), f"is {order}-first but row {earlier + 1} is not: give --date-format")
+    if year_last.any() and not len(day_first) and not len(month_first):
+        raise DateProblem(int(np.flatnonzero(year_last)[0]), "is ambiguous (day or month first): give --date-format, "
+                          "e.g. %m/%d/%Y or %d/%m/%Y")
+    years = last[2].astype(float).to_numpy()
+    years = np.where(years < 100, 2000 + years, years)
+    parts = pd.DataFrame({
+        "year": np.where(year_first, first[0].astype(float), years),
+        "month": np.where(year_first, first[1].astype(float), a if not len(day_first) else b),
+        "day": np.where(year_first, first[2].astype(float), b if not len(day_first) else a),
+    })
+    parsed = pd.to_datetime(parts.fillna(1).astype(int), errors="coerce")
+    invalid = np.flatnonzero(parsed.isna())
+    if len(invalid):
+        raise DateProblem(int(invalid[0]), "is not a date (no such day)")
+    return parsed
 
 
 def write_forecast_outputs(results: Sequence[Forecast], out: Path, *, charts: int = 12,
@@ -71,7 +131,19 @@ def write_forecast_outputs(results: Sequence[Forecast], out: Path, *, charts: in
     files = {"forecast": out / "forecast.csv", "forecast_backtest": out / "forecast_backtest.csv"}
     tidy_all(results).to_csv(files["forecast"], index=False, float_format="%.6g")
     leaderboards(results).to_csv(files["forecast_backtest"], index=False)
+    used: set[str] = set()
     for result in list(results)[:charts]:
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", result.series_id)
-        files[f"fan_chart:{result.series_id}"] = plot_fan_chart(result, out / f"fan_chart_{safe}.png", ylabel=ylabel)
+        name = chart_file_name(result.series_id, used)
+        files[f"fan_chart:{result.series_id}"] = plot_fan_chart(result, out / name, ylabel=ylabel)
     return files
+
+
+def chart_file_name(series_id: str, used: set[str]) -> str:
+    """`fan_chart_<id>.png` with letters of any script kept (Unicode word characters), the rest as
+    `_`; a name already taken (two ids that differ only in punctuation) gets a short hash of the id."""
+    safe = re.sub(r"[^\w.-]+", "_", series_id).strip("._") or "series"
+    name = f"fan_chart_{safe[:80]}.png"
+    if name.casefold() in used:
+        name = f"fan_chart_{safe[:80]}_{hashlib.sha256(series_id.encode()).hexdigest()[:8]}.png"
+    used.add(name.casefold())
+    return name

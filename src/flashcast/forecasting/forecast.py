@@ -38,7 +38,7 @@ from flashcast.forecasting.backtest import (
     spread_terms,
 )
 from flashcast.forecasting.engines import EngineOptions, SamplingEngine, make_engines
-from flashcast.forecasting.series import PreparedSeries, prepare_series, validate_history
+from flashcast.forecasting.series import WEEKDAYS, PreparedSeries, prepare_series, validate_history
 
 
 class Band(NamedTuple):
@@ -132,19 +132,32 @@ def _future(last: pd.Timestamp, horizon: int) -> tuple[date, ...]:
 
 
 def _history_notes(series: PreparedSeries) -> tuple[str, ...]:
+    closed = ", ".join(WEEKDAYS[d] for d in series.closed_weekdays)
     return (((f"{series.filled_days} missing days filled by interpolation",) if series.filled_days else ())
             + ((f"{series.dropped_days} days before the last gap of more than a week left out",)
-               if series.dropped_days else ()))
+               if series.dropped_days else ())
+            + ((f"closed on {closed}: no value on those days, forecast as 0",) if closed else ())
+            + ((series.partial_last_day,) if series.partial_last_day else ()))
+
+
+def _closed_to_zero(dates: tuple[date, ...], point: np.ndarray, bands: dict[int, Band],
+                    closed: tuple[int, ...]) -> tuple[np.ndarray, dict[int, Band]]:
+    """A closed day sells nothing: its point and every band are 0."""
+    if not closed:
+        return point, bands
+    shut = np.isin([d.weekday() for d in dates], closed)
+    return (np.where(shut, 0.0, point),
+            {level: Band(np.where(shut, 0.0, b.lower), np.where(shut, 0.0, b.upper)) for level, b in bands.items()})
 
 
 def auto_forecast(
     frame: pd.DataFrame, *, series_id: str, engines: Sequence[str] | None = None, spec: BacktestSpec | None = None,
-    nonnegative: bool = True, options: EngineOptions | None = None,
+    nonnegative: bool = True, options: EngineOptions | None = None, keep_last_day: bool = False,
 ) -> Forecast:
     """Backtest the engines, pick the best, refit it on all history and band it conformally.
     Raises HistoryTooShort when the history gives too few backtest origins."""
     spec = spec or BacktestSpec()
-    series = prepare_series(frame, series_id=series_id, nonnegative=nonnegative)
+    series = prepare_series(frame, series_id=series_id, nonnegative=nonnegative, keep_last_day=keep_last_day)
     y, dates = series.y, series.dates
     line_up = make_engines(engines, options)
     try:
@@ -172,7 +185,9 @@ def auto_forecast(
                                        np.maximum(bt.spread[recent], bt.floor[recent]), spread_terms(y, spec), spec,
                                        nominal)
     _, totals = nested_bands(np.array([point.sum()]), total_offsets, nonnegative=nonnegative)
-    return Forecast(series_id, selection.winner, _future(dates[-1], spec.horizon), point, bands,
+    future = _future(dates[-1], spec.horizon)
+    point, bands = _closed_to_zero(future, point, bands, series.closed_weekdays)
+    return Forecast(series_id, selection.winner, future, point, bands,
                     tuple(d.date() for d in dates), y, selection, (selection.reason, *_history_notes(series)),
                     series.filled_days, series.dropped_days, fit_seconds,
                     {level: (float(lo[0]), float(hi[0])) for level, (lo, hi) in totals.items()})
@@ -181,10 +196,11 @@ def auto_forecast(
 def sampled_forecast(
     frame: pd.DataFrame, *, series_id: str, engine: SamplingEngine, horizon: int = 14,
     levels: tuple[int, ...] = LEVELS, n_samples: int = 1000, seed: int = 0, nonnegative: bool = True,
+    keep_last_day: bool = False,
 ) -> Forecast:
     """Fit `engine` and summarize one set of its sample paths into nested quantile bands (point: the
     median path). Needs MIN_HISTORY_DAYS of history, not a backtest's worth."""
-    series = validate_history(frame, series_id=series_id, nonnegative=nonnegative)
+    series = validate_history(frame, series_id=series_id, nonnegative=nonnegative, keep_last_day=keep_last_day)
     samples = engine.sample_paths(series.y, series.dates, horizon, n_samples, seed)
     if nonnegative:
         samples = np.maximum(samples, 0.0)
@@ -209,12 +225,13 @@ class _Task:
     spec: BacktestSpec
     nonnegative: bool
     options: EngineOptions = field(default_factory=EngineOptions)
+    keep_last_day: bool = False
 
 
 def _forecast_one(task: _Task) -> Forecast | str:
     try:
         return auto_forecast(task.frame, series_id=task.series_id, engines=task.engines, spec=task.spec,
-                             nonnegative=task.nonnegative, options=task.options)
+                             nonnegative=task.nonnegative, options=task.options, keep_last_day=task.keep_last_day)
     except ForecastError as exc:
         return str(exc)  # one bad series does not sink the others; the caller reports it
 
@@ -237,7 +254,7 @@ def _die_with_parent(parent: int) -> None:
 def forecast_each(
     frame: pd.DataFrame, *, id_col: str = "series_id", engines: Sequence[str] | None = None,
     spec: BacktestSpec | None = None, nonnegative: bool = True, options: EngineOptions | None = None,
-    workers: int | None = None,
+    workers: int | None = None, keep_last_day: bool = False,
 ) -> tuple[list[Forecast], list[str]]:
     """Backtest, select and forecast every series of a long (series_id, ds, y) frame, in parallel
     across cores. Returns the forecasts and, for series that could not be forecast, the reasons."""
@@ -245,7 +262,7 @@ def forecast_each(
 
     spec = spec or BacktestSpec()
     tasks = [_Task(str(sid), group[["ds", "y"]], tuple(engines) if engines else None, spec, nonnegative,
-                   options or EngineOptions())
+                   options or EngineOptions(), keep_last_day)
              for sid, group in frame.groupby(id_col, sort=True)]
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(tasks) == 1:
@@ -259,6 +276,7 @@ def forecast_each(
 def forecast_many(
     frame: pd.DataFrame, *, id_col: str = "series_id", engines: Sequence[str] | None = None,
     spec: BacktestSpec | None = None, nonnegative: bool = True, workers: int | None = None,
+    keep_last_day: bool = False,
 ) -> pd.DataFrame:
     """Forecast every series in a long (series_id, ds, y) frame in parallel across cores.
 
@@ -266,7 +284,7 @@ def forecast_many(
     forecast are left out and named in `frame.attrs["skipped"]`.
     """
     done, skipped = forecast_each(frame, id_col=id_col, engines=engines, spec=spec, nonnegative=nonnegative,
-                                  workers=workers)
+                                  workers=workers, keep_last_day=keep_last_day)
     out = tidy_all(done)
     out.attrs["skipped"] = skipped
     return out
@@ -297,4 +315,29 @@ def tidy(result: Forecast) -> pd.DataFrame:
                         "point": result.point})
     for level in sorted(result.bands):
         out[f"lo_{level}"], out[f"hi_{level}"] = result.bands[level]
+    return out
+
+
+def forecast_series(history: pd.DataFrame, horizon: int = 14, *, engines: Sequence[str] | None = None,
+                    holiday_countries: Sequence[str] = (), nonnegative: bool = True,
+                    keep_last_day: bool = False) -> pd.DataFrame:
+    """Forecast one daily series the way `flashcast forecast` does: backtest the default line-up
+    (`[forecast] engines`, or `engines`), keep the best, band it conformally at 50/80/95%.
+
+    `history`: a DataFrame with columns `ds` (dates) and `y`. Returns a DataFrame with `ds, point,
+    lo_50, hi_50, lo_80, hi_80, lo_95, hi_95`; `attrs["engine"]` and `attrs["notes"]` say which engine
+    and why, and what was done to the history (filled gaps, closed weekdays, a partial last day).
+    Raises ForecastError (HistoryTooShort for a history too short to backtest)."""
+    from flashcast.config import ForecastConfig  # the one place the default line-up is named
+
+    missing = {"ds", "y"} - set(history.columns)
+    if missing:
+        raise ForecastError(f"history needs columns ds and y (missing: {', '.join(sorted(missing))})")
+    line_up = tuple(engines) if engines else ForecastConfig().engines
+    result = auto_forecast(history[["ds", "y"]], series_id="series", engines=line_up,
+                           spec=BacktestSpec(horizon=horizon), nonnegative=nonnegative,
+                           options=EngineOptions(countries=tuple(holiday_countries)), keep_last_day=keep_last_day)
+    out = tidy(result).drop(columns=["series_id", "engine"])
+    out["ds"] = pd.to_datetime(out["ds"])
+    out.attrs.update(engine=result.engine, notes=list(result.notes))
     return out

@@ -30,7 +30,7 @@ def run(con: duckdb.DuckDBPyConnection, *, kpis: KpiSummary, segments: Segmentat
     if not bands_are_nested(forecast):
         raise ForecastError(f"{SERIES_ID}: forecast bands are not nested")
     breakdown = forecast_many(breakdown_series(con, kpis, segments.table), engines=DEFAULT_ENGINES,
-                              spec=BacktestSpec(horizon=settings.forecast.horizon))
+                              spec=BacktestSpec(horizon=settings.forecast.horizon), keep_last_day=True)
     return ForecastPlan(forecast, breakdown, tuple(breakdown.attrs.get("skipped", ())))
 
 
@@ -51,11 +51,12 @@ def revenue_forecast(history: pd.DataFrame, config: ForecastConfig) -> Forecast:
     options = EngineOptions(countries=config.holiday_countries)
     engines = config.engines if config.engine == "auto" else (config.engine,)
     try:
+        # The daily KPIs hold complete days only: no last day to second-guess.
         forecast = auto_forecast(history, series_id=SERIES_ID, engines=engines,
-                                 spec=BacktestSpec(horizon=config.horizon), options=options)
+                                 spec=BacktestSpec(horizon=config.horizon), options=options, keep_last_day=True)
     except HistoryTooShort as exc:
         sampled = sampled_forecast(history, series_id=SERIES_ID, horizon=config.horizon,
-                                   engine=ProphetEngine(countries=options.countries))
+                                   engine=ProphetEngine(countries=options.countries), keep_last_day=True)
         forecast = replace(sampled, notes=(f"{exc}; used Prophet without selection", *sampled.notes))
     return forecast.rounded(2)
 
