@@ -299,7 +299,7 @@ def test_kill_9_of_the_pushing_process_at_random_moments_loses_and_doubles_nothi
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 30
             while len(dsp.received()) == heard and process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.01)  # until it sends its first order (the CLI takes seconds to start)
+                time.sleep(0.01)  # until it sends its first order (the interpreter takes a moment to start)
             time.sleep(rng.uniform(0.0, 0.6))  # then somewhere within its deliveries (0.15 s each)
             if process.poll() is None:
                 os.kill(process.pid, signal.SIGKILL)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -28,10 +28,12 @@ from flashcast.config import Settings, load_settings
 from flashcast.errors import ConfigError, FlashcastError, LineageError, describe_validation_error
 from flashcast.keys import load_pii_key
 from flashcast.llm.tasks import check_provider
-from flashcast.pipeline import RunResult, run_pipeline
 from flashcast.privacy import redact_message
 from flashcast.records import RunInputs, StagedExport
 from flashcast.report import attention_items, format_money
+
+if TYPE_CHECKING:
+    from flashcast.pipeline import RunResult
 
 app = typer.Typer(help="Flashcast: governed forecast & optimize for marketing teams.", no_args_is_help=True,
                   rich_markup_mode=None,
@@ -188,6 +190,8 @@ def run(
 
     Example: flashcast run --export data/sim/ndjson --spend data/sim/spend.csv --out out
     """
+    from flashcast.pipeline import run_pipeline  # seconds of imports: only for the commands that run it
+
     with _errors():
         settings = _settings(config, llm)
         check_provider(settings.llm)
@@ -215,7 +219,7 @@ def ingest(
     import resource
     import time
 
-    from flashcast.pipeline import GOVERNED_DATA
+    from flashcast.pipeline import GOVERNED_DATA, run_pipeline
 
     with _errors():
         settings = _settings(config)
@@ -251,6 +255,7 @@ def demo(
     config: ConfigOption = None,
 ) -> None:
     """Simulate a GA4 export, then run the whole pipeline on it (what `make demo` does)."""
+    from flashcast.pipeline import run_pipeline
     from flashcast.simulate import SimulationSpec, simulate_once
 
     with _errors():
