@@ -319,3 +319,28 @@ def test_kill_9_of_the_pushing_process_at_random_moments_loses_and_doubles_nothi
     print(f"{kills} kills; {len(unrecorded)} orders applied but unrecorded at a kill")
     assert {o.state for o in orders} == {"delivered"} and len(orders) == 15  # one version per platform and run
     assert sorted(a["idempotency_key"] for a in applied) == sorted(o.idempotency_key for o in orders)
+
+
+def test_two_senders_at_once_send_each_order_once(tmp_path: Path, ops_url: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setenv("FLASHCAST_DSP_SECRET", SECRET)
+    dsp = StandInDsp(tmp_path / "dsp.sqlite", SECRET.encode(), latency_s=0.1)
+    with serve_standin(dsp) as url:
+        settings = live_settings(tmp_path, url)
+        stores = [OpsStore(ops_url), OpsStore(ops_url)]
+        for _ in range(3):
+            request_push(stores[0], settings, stored_payload(stores[0], settings)["lineage_id"], by="k1")
+        senders = [threading.Thread(target=deliver, args=(store, settings)) for store in stores]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(60)
+        orders = deliveries(stores[0])
+        for store in stores:
+            store.dispose()
+    received = [r["idempotency_key"] for r in dsp.received()]
+    dsp.close()
+    assert {o.state for o in orders} == {"delivered"} and len(orders) == 9
+    assert sorted(received) == sorted(set(received)) and len(received) == 9  # no order sent twice

@@ -309,7 +309,9 @@ def _lease(ops: OpsStore, outbox_id: int, settings: Settings) -> Iterator[Any]:
     span = config.max_attempts * (config.connect_timeout_s + config.read_timeout_s + config.max_backoff_s) + 60
     outbox, me = ops.outbox, process_token()
     with ops.transaction() as conn:
-        found = conn.execute(sa.select(outbox).where(outbox.c.outbox_id == outbox_id)).one()
+        # FOR UPDATE: on PostgreSQL a second sender waits here until this claim commits (SQLite's
+        # BEGIN IMMEDIATE already serializes the whole transaction).
+        found = conn.execute(sa.select(outbox).where(outbox.c.outbox_id == outbox_id).with_for_update()).one()
         free = found.claimed_until is None or found.claimed_until < time.time() or not token_alive(found.claimed_by)
         row = found if found.state == "pending" and free else None
         if row is not None:
