@@ -29,7 +29,7 @@ from flashcast.errors import ConfigError, FlashcastError, LineageError, describe
 from flashcast.keys import load_pii_key
 from flashcast.llm.tasks import check_provider
 from flashcast.privacy import redact_message
-from flashcast.records import RunInputs, StagedExport
+from flashcast.records import RunInputs, Skipped, StagedExport
 from flashcast.report import attention_items, format_money
 
 if TYPE_CHECKING:
@@ -342,6 +342,10 @@ def _print_summary(result: RunResult, currency: str) -> None:
     for item in attention_items(ingest=result.ingest, segments=result.segments, creatives=result.creatives,
                                 allocate=result.allocation):
         console.print(f"[yellow]attention[/yellow] {escape(item)}", highlight=False)
+    if not isinstance(result.payload, Skipped):
+        console.print("Next: review the copy (flashcast creatives list / approve, or the dashboard of flashcast "
+                      "serve at http://127.0.0.1:8000/), then flashcast push; mode = \"sandbox\" tries it safely.",
+                      highlight=False, markup=False)
     if result.problems:
         console.print("[red]failed[/red] " + escape("; ".join(result.problems)) + "; everything else was written",
                       highlight=False)
