@@ -236,6 +236,12 @@ def test_sandbox_mode_never_reaches_a_configured_endpoint(tmp_path: Path, ops: O
     sandbox_dsp.close()
     with pytest.raises(DeliveryRefused, match="sandbox"):  # a sandbox plan never goes live
         request_push(ops, live, document["lineage_id"], by="k1")
+    live_plan = stored_payload(ops, live)  # a live plan may be tried in the sandbox: marked so there
+    push(ops, sandbox, live_plan["lineage_id"], by="k1")
+    tried = StandInDsp(tmp_path / "sandbox_dsp.sqlite", b"unused")
+    assert len(tried.applied()) == 6 and all(a["order"]["sandbox"] for a in tried.applied())
+    tried.close()
+    assert dsp.received() == []
 
 
 def test_a_live_push_needs_its_secret_and_an_endpoint(tmp_path: Path, ops: OpsStore,

@@ -19,7 +19,8 @@ process that died on this host is void at once, another host's after it expires.
 
 Pushing the same plan again adds nothing; pushing it after more approvals makes a new version.
 In sandbox mode every order goes to the built-in stand-in platform (`flashcast.standin`) through an
-in-process transport: no configured endpoint is ever contacted.
+in-process transport, marked sandbox: no configured endpoint is ever contacted. A plan made in
+sandbox mode is never pushed live.
 """
 
 from __future__ import annotations
@@ -131,8 +132,9 @@ def order_body(document: dict[str, Any], order: dict[str, Any], approved: set[st
             units.append({**unit, "creative_ids": ids})
         campaigns.append({**campaign, units_key: units})
     if waiting:
+        more = f"; and {len(waiting) - 2} more" if len(waiting) > 2 else ""
         raise PushHeld(f"{order['platform']}: {len(waiting)} funded line item(s) have no approved creative: "
-                       + "; ".join(waiting[:5]))
+                       + "; ".join(waiting[:2]) + more)
     used = {i for c in campaigns for u in c["line_items"] + c["ad_groups"] for i in u["creative_ids"]}
     return {
         "schema_version": document["schema_version"], "sandbox": document.get("sandbox", False),
@@ -153,8 +155,6 @@ def request_push(ops: OpsStore, settings: Settings, lineage_id: str, *, by: str)
     content is not queued twice; changed content (more approvals) becomes the next version."""
     document = load_payload(ops, lineage_id)
     sandbox = settings.mode == "sandbox"
-    if sandbox and not document.get("sandbox"):
-        raise DeliveryRefused(f"payload {lineage_id} was made in live mode: sandbox mode pushes only sandbox payloads")
     if not sandbox and document.get("sandbox"):
         raise DeliveryRefused(f"payload {lineage_id} was made in sandbox mode: it never goes to a real platform")
     endpoints = {p.name: (f"http://sandbox.invalid/{p.name}/orders" if sandbox else p.endpoint)
@@ -164,7 +164,9 @@ def request_push(ops: OpsStore, settings: Settings, lineage_id: str, *, by: str)
     for order in document["orders"]:
         if url := endpoints.get(order["platform"]):
             try:
-                sendable.append((order["platform"], url, canonical_bytes(order_body(document, order, approved))))
+                body = order_body(document, order, approved)
+                body["sandbox"] = body["sandbox"] or sandbox  # a live plan tried in sandbox says so too
+                sendable.append((order["platform"], url, canonical_bytes(body)))
             except PushHeld as exc:
                 held.append(str(exc))
     if held:
