@@ -95,7 +95,8 @@ def test_the_summary_goes_over_starttls_to_a_private_ca_server(tmp_path: Path) -
     assert received["Subject"] == "Flashcast plan for 2026-11-25: waiting for your approval"
     text, html = _text_and_html(received)
     assert "PPC: 400.00 EUR -> 400.00 EUR" in text and "Awaiting approval: 24 creative(s)" in text
-    assert f"http://127.0.0.1:8000/runs/{document['lineage_id']}" in text
+    assert f"lineage id {document['lineage_id']}): http://127.0.0.1:8000/#run-section" in text
+    assert "Review them: http://127.0.0.1:8000/#creatives-section" in text
     assert "<table>" in html and "<th scope='row'>PPC</th>" in html
 
 

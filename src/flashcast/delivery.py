@@ -164,9 +164,9 @@ def request_push(ops: OpsStore, settings: Settings, lineage_id: str, *, by: str)
     for order in document["orders"]:
         if url := endpoints.get(order["platform"]):
             try:
-                body = order_body(document, order, approved)
-                body["sandbox"] = body["sandbox"] or sandbox  # a live plan tried in sandbox says so too
-                sendable.append((order["platform"], url, canonical_bytes(body)))
+                content = order_body(document, order, approved)
+                content["sandbox"] = content["sandbox"] or sandbox  # a live plan tried in sandbox says so too
+                sendable.append((order["platform"], url, canonical_bytes(content)))
             except PushHeld as exc:
                 held.append(str(exc))
     if held:

@@ -29,8 +29,11 @@ def summary_email(document: dict[str, Any], *, outcome: str, detail: str, orders
     allocations, forecast = document["allocations"], document["forecast"]
     currency = allocations["currency"]
     waiting = [c for c in document["creatives"] if c["creative_id"] not in approved]
-    run_link = f"{config.dashboard_url.rstrip('/')}/runs/{document['lineage_id']}"
-    payload_link = f"{config.dashboard_url.rstrip('/')}/payloads/{document['lineage_id']}"
+    # The dashboard (flashcast serve at `dashboard_url`) shows the latest run; the API's JSON for this
+    # very run needs a key, so it is named for the record, not linked for the reader.
+    run_link = f"{config.dashboard_url.rstrip('/')}/#run-section"
+    payload_link = f"{config.dashboard_url.rstrip('/')}/#delivery-section"
+    approve_link = f"{config.dashboard_url.rstrip('/')}/#creatives-section"
     headline = {"pushed": "pushed to the platforms", "held": "waiting for your approval",
                 "undelivered": "not delivered yet", "no_plan": "no plan today"}.get(outcome, outcome)
     subject = f"{'[SANDBOX] ' if sandbox else ''}Flashcast plan for {document['for_date']}: {headline}"
@@ -57,10 +60,10 @@ def summary_email(document: dict[str, Any], *, outcome: str, detail: str, orders
             f"Budget {money(allocations['budget'])} ({allocations['method']}). What moved, yesterday -> tomorrow:"]
     text += [f"  {ch}: {y} -> {t} ({d}); {why}" for ch, y, t, d, why in moves]
     text += ["", "Forecast: " + forecast_line, "", "Data: " + data_line, ""]
-    text += ([f"Awaiting approval: {len(waiting)} creative(s). Review them: {config.dashboard_url}"]
+    text += ([f"Awaiting approval: {len(waiting)} creative(s). Review them: {approve_link}"]
              if waiting else ["Every creative in the plan is approved."])
     text += ["", "Delivery:", *(f"  {line}" for line in delivery_lines or ["nothing pushed"]), "",
-             f"The run: {run_link}", f"The payload: {payload_link}", "",
+             f"The run (lineage id {document['lineage_id']}): {run_link}", f"Delivery: {payload_link}", "",
              "This summary holds aggregates only, no personal data."]
 
     e = html.escape
@@ -68,7 +71,7 @@ def summary_email(document: dict[str, Any], *, outcome: str, detail: str, orders
                    for ch, *rest in moves)
     banner = "<p><strong>SANDBOX: nothing was sent to a real platform.</strong></p>" if sandbox else ""
     approvals = (f"<p>Awaiting approval: <strong>{len(waiting)}</strong> creative(s). "
-                 f"<a href='{e(config.dashboard_url)}'>Review them</a>.</p>" if waiting
+                 f"<a href='{e(approve_link)}'>Review them</a>.</p>" if waiting
                  else "<p>Every creative in the plan is approved.</p>")
     body_html = f"""<!doctype html><html lang="en"><body>
 <h1>{e(subject)}</h1>{banner}
@@ -81,7 +84,8 @@ def summary_email(document: dict[str, Any], *, outcome: str, detail: str, orders
 <h2>Data</h2><p>{e(data_line)}</p>
 <h2>Approval</h2>{approvals}
 <h2>Delivery</h2><ul>{"".join(f"<li>{e(line)}</li>" for line in delivery_lines) or "<li>nothing pushed</li>"}</ul>
-<p><a href="{e(run_link)}">The run</a> · <a href="{e(payload_link)}">The payload</a></p>
+<p><a href="{e(run_link)}">The run</a> (lineage id {e(document['lineage_id'])}) ·
+<a href="{e(payload_link)}">Delivery</a></p>
 <p><small>This summary holds aggregates only, no personal data.</small></p>
 </body></html>"""
 
