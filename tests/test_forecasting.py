@@ -11,7 +11,7 @@ import pytest
 from flashcast.errors import ForecastError
 from flashcast.forecasting.backtest import BacktestSpec, run_backtest, score_engines
 from flashcast.forecasting.engines import make_engines
-from flashcast.forecasting.forecast import auto_forecast, forecast_many
+from flashcast.forecasting.forecast import Forecast, auto_forecast, forecast_many
 from flashcast.forecasting.series import prepare_series
 
 WEEKLY = np.array([1.0, 0.9, 0.95, 1.0, 1.1, 1.3, 1.2])
@@ -275,3 +275,34 @@ def test_forecast_workers_die_with_a_killed_parent() -> None:
     while any(os.path.exists(f"/proc/{w}") for w in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [w for w in workers if os.path.exists(f"/proc/{w}")], "no orphaned worker waits on a dead parent"
+
+
+def test_a_fresh_selection_is_reused_with_one_refit_and_a_stale_one_is_not() -> None:
+    import json
+
+    from flashcast.forecasting.forecast import Calibration, auto_forecast, refit_forecast
+
+    rng = np.random.default_rng(8)
+    y = 100 * np.resize(WEEKLY, 400) + rng.normal(0, 6, 400)
+    frame = _frame(y)
+    line_up = ("naive7", "ses", "linear", "ensemble")
+    selected = auto_forecast(frame.iloc[:-3], series_id="s", engines=line_up)
+    assert selected.calibration is not None and selected.calibration.through == frame["ds"].iloc[-4].date()
+    stored = Calibration.from_json(json.loads(json.dumps(selected.calibration.to_json())))  # as the warehouse keeps it
+    reused = refit_forecast(frame, stored, line_up=line_up)
+    assert isinstance(reused, Forecast) and reused.engine == selected.engine
+    assert reused.dates[0] == (frame["ds"].iloc[-1] + pd.Timedelta(days=1)).date()
+    fresh = auto_forecast(frame, series_id="s", engines=line_up)
+    if fresh.engine == reused.engine:  # the same engine refitted on the same history: the same point
+        assert np.allclose(reused.point, fresh.point)
+    assert all((b.lower <= reused.point).all() and (reused.point <= b.upper).all() for b in reused.bands.values())
+    assert "reused" in reused.notes[0]
+    # Stale: too old, another line-up or horizon, or the days since fell outside its band (drift).
+    assert "days of history ago" in str(refit_forecast(frame, stored, max_age_days=2))
+    assert "line-up" in str(refit_forecast(frame, stored, line_up=("naive7", "ses")))
+    assert "horizon" in str(refit_forecast(frame, stored, spec=BacktestSpec(horizon=7)))
+    shifted = frame.copy()
+    shifted.loc[len(frame) - 3:, "y"] += 500  # the days since the selection jump far outside its bands
+    later = pd.concat([shifted, _frame(100 * np.resize(WEEKLY, 3) + 500, start=str(
+        (frame["ds"].iloc[-1] + pd.Timedelta(days=1)).date()))], ignore_index=True)
+    assert "drift" in str(refit_forecast(later, stored, line_up=line_up))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
@@ -305,3 +306,27 @@ def test_money_says_its_currency_everywhere(finished_run: FinishedRun) -> None:
     assert "Money in USD." in (out / "report.md").read_text()
     assert json.loads((out / "payload.json").read_text())["allocations"]["currency"] == "USD"
     assert finished_run.summary["currency"] == "USD"
+
+
+@pytest.mark.slow
+def test_the_next_run_reuses_the_forecast_selection_until_told_not_to(finished_run: FinishedRun, tmp_path: Path,
+                                                                      pii_key: PiiKey) -> None:
+    run = finished_run.copy_to(tmp_path)
+    inputs = RunInputs(finished_run.sim.export_dirs["ndjson"], finished_run.sim.spend_file)
+    again = run_pipeline(run.settings, inputs, tmp_path / "again", key=pii_key)
+    assert "reused" in again.forecast.forecast.notes[0]
+    fresh_settings = run.settings.model_copy(update={"forecast": run.settings.forecast.model_copy(
+        update={"reselect_days": 0})})
+    fresh = run_pipeline(fresh_settings, inputs, tmp_path / "fresh", key=pii_key)
+    assert "reused" not in fresh.forecast.forecast.notes[0]
+    assert again.forecast.forecast.engine == fresh.forecast.forecast.engine
+    assert np.allclose(again.forecast.forecast.point, fresh.forecast.forecast.point)  # same engine, same history
+    con = duckdb.connect(str(run.settings.store.warehouse_path), read_only=True)
+    rows = con.execute("SELECT lineage_id, reused FROM forecast_selections WHERE series_id = 'revenue_total' "
+                       "ORDER BY created_at").fetchall()
+    breakdown = con.execute("SELECT count(*) FILTER (WHERE reused), count(*) FROM forecast_selections "
+                            "WHERE lineage_id = ?", [again.lineage_id]).fetchall()[0]
+    con.close()
+    assert [r[1] for r in rows] == [False, True, False]
+    assert rows[1][0] == again.lineage_id
+    assert breakdown[1] > 5 and breakdown[0] == breakdown[1]  # every channel's and segment's too

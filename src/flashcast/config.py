@@ -261,6 +261,10 @@ class ForecastConfig(_Frozen):
     engines: tuple[str, ...] = ("naive7", "ses", "linear", "ensemble")  # the line-up for `auto`
     horizon: int = Field(default=14, ge=1, le=90)
     holiday_countries: tuple[str, ...] = ()  # e.g. ["US", "GB"]: holidays for `linear` and Prophet
+    # `auto` keeps each selection (engine, conformal scores) in the warehouse and reuses it for this
+    # many days of new history: a run then refits the chosen engine once instead of backtesting the
+    # line-up, unless the days since fell outside its 80% band too often (drift). 0: select every run.
+    reselect_days: int = Field(default=7, ge=0, le=365)
 
     @field_validator("engine")
     @classmethod

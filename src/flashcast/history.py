@@ -143,6 +143,11 @@ def read_history(con: duckdb.DuckDBPyConnection, warehouse: Path, *, export_root
         if selection.reused:
             insert_rows(con, "_reused", [(n,) for n in selection.reused])
         present = _tables(con, wh)
+        if Table.FORECAST_SELECTIONS in present and not other:  # the latest run's selections, for reuse
+            selections = f"{wh}.main.{Table.FORECAST_SELECTIONS}"
+            con.execute(f"""CREATE OR REPLACE TEMP TABLE _stored_{Table.FORECAST_SELECTIONS} AS
+                SELECT * FROM {selections}
+                WHERE lineage_id = (SELECT lineage_id FROM {selections} ORDER BY created_at DESC LIMIT 1)""")
         for table in (*OUTCOME_TABLES, Table.FILES):
             if table in present and stored:
                 con.execute(f"""CREATE OR REPLACE TEMP TABLE _stored_{table} AS

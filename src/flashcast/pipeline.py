@@ -82,7 +82,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("segments", segments.run, reads=(T.GUARDED_EVENTS, T.SESSIONS),
           writes=(T.USER_FEATURES, T.USER_SEGMENTS), keeps=(T.USER_SEGMENTS,)),
     Stage("creatives", creatives.run, writes=(T.CREATIVES,), keeps=(T.CREATIVES,)),
-    Stage("forecast", forecast.run, reads=(T.DAILY_KPIS, T.GUARDED_EVENTS, T.USER_SEGMENTS)),
+    Stage("forecast", forecast.run, reads=(T.DAILY_KPIS, T.GUARDED_EVENTS, T.USER_SEGMENTS),
+          writes=(T.FORECAST_SELECTIONS,), keeps=(T.FORECAST_SELECTIONS,)),
     Stage("allocate", allocate.run, reads=(T.DAILY_KPIS,), writes=(T.ALLOCATIONS,), keeps=(T.ALLOCATIONS,)),
     Stage("payload", payload.run, reads=(T.USER_SEGMENTS, T.GUARDED_EVENTS)),
 )

@@ -41,6 +41,7 @@ class Table(StrEnum):
     USER_FEATURES = "user_features"
     USER_SEGMENTS = "user_segments"
     CREATIVES = "creatives"
+    FORECAST_SELECTIONS = "forecast_selections"  # each run's engine choice and conformal scores, reused
     ALLOCATIONS = "allocations"
 
 

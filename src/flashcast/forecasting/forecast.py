@@ -5,6 +5,10 @@
 * `sampled_forecast`: one engine's own sample paths, summarized into quantile bands (for a history
   too short for a backtest).
 * `forecast_each` / `forecast_many`: `auto_forecast` over every series of a long frame, in parallel.
+* `refit_forecast`: the daily call. A full selection leaves a `Calibration` (the engine chosen,
+  its conformal scores relative to the series' spread, the forecast it made); while that is fresh
+  (young enough, and the days since fall inside its 80% band often enough), a forecast is one refit
+  of the chosen engine, banded with the stored scores at today's spread.
 
 Every band at every level comes from one sample (of errors or of paths), so the 50% band lies
 inside the 80% band inside the 95% band.
@@ -16,10 +20,10 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,6 +32,7 @@ from flashcast.errors import ForecastError
 from flashcast.forecasting.backtest import (
     LEVELS,
     BacktestSpec,
+    EngineScore,
     Selection,
     nested_bands,
     normalized_offsets,
@@ -66,6 +71,7 @@ class Forecast:
     # Bands for the horizon's total (not the sum of daily bounds, which overstates its range):
     # conformal on the backtest's errors of whole-horizon totals, or quantiles of summed sample paths.
     total_bands: dict[int, tuple[float, float]] = field(default_factory=dict)
+    calibration: Calibration | None = None  # what a later `refit_forecast` reuses
 
     @property
     def total(self) -> float:
@@ -150,6 +156,58 @@ def _closed_to_zero(dates: tuple[date, ...], point: np.ndarray, bands: dict[int,
             {level: Band(np.where(shut, 0.0, b.lower), np.where(shut, 0.0, b.upper)) for level, b in bands.items()})
 
 
+DRIFT_MIN_DAYS = 5  # observed days since a selection before its band coverage is judged
+DRIFT_COVERAGE = 0.5  # under this share of those days inside the 80% band, the selection is stale
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a full selection learned about a series, to forecast it again without the backtest:
+    the chosen engine and the leaderboard (as `Selection`), the conformal offsets divided by the
+    series' spread at the time (per level, per horizon step; and for the horizon's total), and the
+    forecast it made (for the drift test)."""
+
+    series_id: str
+    line_up: tuple[str, ...]
+    horizon: int
+    through: date  # the last day of history the selection saw
+    selection: Selection
+    unit_offsets: dict[int, tuple[tuple[float, ...], tuple[float, ...]]]
+    unit_totals: dict[int, tuple[float, float]]
+    check_dates: tuple[date, ...]
+    check_lo80: tuple[float, ...]
+    check_hi80: tuple[float, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        board = [{**asdict(score), "coverage": {str(k): v for k, v in score.coverage.items()},
+                  "width": {str(k): v for k, v in score.width.items()}} for score in self.selection.leaderboard]
+        return {"series_id": self.series_id, "line_up": list(self.line_up), "horizon": self.horizon,
+                "through": self.through.isoformat(), "winner": self.selection.winner, "reason": self.selection.reason,
+                "leaderboard": board,
+                "unit_offsets": {str(k): [list(lo), list(hi)] for k, (lo, hi) in self.unit_offsets.items()},
+                "unit_totals": {str(k): list(v) for k, v in self.unit_totals.items()},
+                "check_dates": [d.isoformat() for d in self.check_dates], "check_lo80": list(self.check_lo80),
+                "check_hi80": list(self.check_hi80)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Calibration:
+        board = tuple(EngineScore(**{**row, "coverage": {int(k): v for k, v in row["coverage"].items()},
+                                     "width": {int(k): v for k, v in row["width"].items()},
+                                     "per_origin_mase": tuple(row.get("per_origin_mase", ()))})
+                      for row in data["leaderboard"])
+        return cls(data["series_id"], tuple(data["line_up"]), int(data["horizon"]),
+                   date.fromisoformat(data["through"]), Selection(data["winner"], board, data["reason"]),
+                   {int(k): (tuple(lo), tuple(hi)) for k, (lo, hi) in data["unit_offsets"].items()},
+                   {int(k): (float(lo), float(hi)) for k, (lo, hi) in data["unit_totals"].items()},
+                   tuple(date.fromisoformat(d) for d in data["check_dates"]), tuple(data["check_lo80"]),
+                   tuple(data["check_hi80"]))
+
+
+def _scale(y: np.ndarray, spec: BacktestSpec) -> float:
+    """The spread conformal offsets are measured in (as `normalized_offsets` takes it)."""
+    return max(*spread_terms(y, spec), 1e-12)
+
+
 def auto_forecast(
     frame: pd.DataFrame, *, series_id: str, engines: Sequence[str] | None = None, spec: BacktestSpec | None = None,
     nonnegative: bool = True, options: EngineOptions | None = None, keep_last_day: bool = False,
@@ -187,10 +245,77 @@ def auto_forecast(
     _, totals = nested_bands(np.array([point.sum()]), total_offsets, nonnegative=nonnegative)
     future = _future(dates[-1], spec.horizon)
     point, bands = _closed_to_zero(future, point, bands, series.closed_weekdays)
+    scale = _scale(y, spec)
+    calibration = Calibration(
+        series_id, tuple(e.alias for e in line_up), spec.horizon, dates[-1].date(), selection,
+        {level: (tuple(float(v) for v in lo / scale), tuple(float(v) for v in hi / scale))
+         for level, (lo, hi) in offsets.items()},
+        {level: (float(lo[0]) / scale, float(hi[0]) / scale) for level, (lo, hi) in total_offsets.items()},
+        future, tuple(float(v) for v in bands[80].lower), tuple(float(v) for v in bands[80].upper))
     return Forecast(series_id, selection.winner, future, point, bands,
                     tuple(d.date() for d in dates), y, selection, (selection.reason, *_history_notes(series)),
                     series.filled_days, series.dropped_days, fit_seconds,
-                    {level: (float(lo[0]), float(hi[0])) for level, (lo, hi) in totals.items()})
+                    {level: (float(lo[0]), float(hi[0])) for level, (lo, hi) in totals.items()}, calibration)
+
+
+def stale_reason(calibration: Calibration, history: PreparedSeries, *, line_up: Sequence[str], horizon: int,
+                 max_age_days: int) -> str | None:
+    """Why `calibration` may not be reused for this history (None: it may)."""
+    if tuple(line_up) != calibration.line_up or horizon != calibration.horizon:
+        return "the engine line-up or horizon changed"
+    last = history.dates[-1].date()
+    age = (last - calibration.through).days
+    if age < 0:
+        return "the history now ends before the day it was selected on"
+    if age > max_age_days:
+        return f"selected {age} days of history ago (more than {max_age_days})"
+    observed = dict(zip((d.date() for d in history.dates), history.y, strict=True))
+    checks = [(observed[d], lo, hi) for d, lo, hi in zip(calibration.check_dates, calibration.check_lo80,
+                                                          calibration.check_hi80, strict=True) if d in observed]
+    if len(checks) >= DRIFT_MIN_DAYS:
+        inside = sum(lo <= y <= hi for y, lo, hi in checks) / len(checks)
+        if inside < DRIFT_COVERAGE:
+            return f"drift: {inside:.0%} of the {len(checks)} days since fell inside its 80% band"
+    return None
+
+
+def refit_forecast(
+    frame: pd.DataFrame, calibration: Calibration, *, spec: BacktestSpec | None = None, nonnegative: bool = True,
+    options: EngineOptions | None = None, keep_last_day: bool = False, max_age_days: int = 7,
+    line_up: Sequence[str] | None = None,
+) -> Forecast | str:
+    """The daily call: refit the engine `calibration` chose on today's history and band it with the
+    stored conformal scores at today's spread. Returns why not (a string) when the calibration is
+    stale (see `stale_reason`; `line_up`: today's, when it may differ from the stored one); then call
+    `auto_forecast` for a full selection."""
+    spec = spec or BacktestSpec()
+    series = prepare_series(frame, series_id=calibration.series_id, nonnegative=nonnegative,
+                            keep_last_day=keep_last_day)
+    why = stale_reason(calibration, series, line_up=tuple(line_up) if line_up else calibration.line_up,
+                       horizon=spec.horizon, max_age_days=max_age_days)
+    if why is not None:
+        return why
+    y, dates = series.y, series.dates
+    engine = make_engines((calibration.selection.winner,), options)[0]
+    start = time.perf_counter()
+    point = engine.point(y, dates, spec.horizon)
+    fit_seconds = time.perf_counter() - start
+    scale = _scale(y, spec)
+    offsets = {level: (np.array(lo) * scale, np.array(hi) * scale)
+               for level, (lo, hi) in calibration.unit_offsets.items()}
+    point, banded = nested_bands(point, offsets, nonnegative=nonnegative)
+    bands = {level: Band(lo, hi) for level, (lo, hi) in banded.items()}
+    total_offsets = {level: (np.array([lo * scale]), np.array([hi * scale]))
+                     for level, (lo, hi) in calibration.unit_totals.items()}
+    _, totals = nested_bands(np.array([point.sum()]), total_offsets, nonnegative=nonnegative)
+    future = _future(dates[-1], spec.horizon)
+    point, bands = _closed_to_zero(future, point, bands, series.closed_weekdays)
+    note = (f"{calibration.selection.winner}: the selection of {calibration.through} reused "
+            f"({calibration.selection.reason}); one refit, bands from its conformal scores at today's spread")
+    return Forecast(calibration.series_id, calibration.selection.winner, future, point, bands,
+                    tuple(d.date() for d in dates), y, calibration.selection, (note, *_history_notes(series)),
+                    series.filled_days, series.dropped_days, fit_seconds,
+                    {level: (float(lo[0]), float(hi[0])) for level, (lo, hi) in totals.items()}, calibration)
 
 
 def sampled_forecast(
@@ -226,10 +351,18 @@ class _Task:
     nonnegative: bool
     options: EngineOptions = field(default_factory=EngineOptions)
     keep_last_day: bool = False
+    calibration: Calibration | None = None  # the last selection, reused while fresh
+    max_age_days: int = 7
 
 
 def _forecast_one(task: _Task) -> Forecast | str:
     try:
+        if task.calibration is not None:
+            reused = refit_forecast(task.frame, task.calibration, spec=task.spec, nonnegative=task.nonnegative,
+                                    options=task.options, keep_last_day=task.keep_last_day,
+                                    max_age_days=task.max_age_days, line_up=task.engines)
+            if isinstance(reused, Forecast):
+                return reused
         return auto_forecast(task.frame, series_id=task.series_id, engines=task.engines, spec=task.spec,
                              nonnegative=task.nonnegative, options=task.options, keep_last_day=task.keep_last_day)
     except ForecastError as exc:
@@ -254,17 +387,21 @@ def _die_with_parent(parent: int) -> None:
 def forecast_each(
     frame: pd.DataFrame, *, id_col: str = "series_id", engines: Sequence[str] | None = None,
     spec: BacktestSpec | None = None, nonnegative: bool = True, options: EngineOptions | None = None,
-    workers: int | None = None, keep_last_day: bool = False,
+    workers: int | None = None, keep_last_day: bool = False, calibrations: Mapping[str, Calibration] | None = None,
+    max_age_days: int = 7,
 ) -> tuple[list[Forecast], list[str]]:
     """Backtest, select and forecast every series of a long (series_id, ds, y) frame, in parallel
-    across cores. Returns the forecasts and, for series that could not be forecast, the reasons."""
+    across cores. A series with a fresh stored selection in `calibrations` is refitted instead
+    (`refit_forecast`). Returns the forecasts and, for series that could not be forecast, the reasons."""
     from concurrent.futures import ProcessPoolExecutor
 
     spec = spec or BacktestSpec()
+    calibrations = calibrations or {}
     tasks = [_Task(str(sid), group[["ds", "y"]], tuple(engines) if engines else None, spec, nonnegative,
-                   options or EngineOptions(), keep_last_day)
+                   options or EngineOptions(), keep_last_day, calibrations.get(str(sid)), max_age_days)
              for sid, group in frame.groupby(id_col, sort=True)]
-    workers = workers or os.cpu_count() or 1
+    # Refits take milliseconds: a pool of processes would cost more than it saves.
+    workers = 1 if tasks and all(t.calibration for t in tasks) else (workers or os.cpu_count() or 1)
     if workers == 1 or len(tasks) == 1:
         results = [_forecast_one(t) for t in tasks]
     else:

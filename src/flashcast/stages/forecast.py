@@ -2,12 +2,15 @@
 
 The total is forecast by the configured engine, or (`auto`) by the engine that wins the backtest,
 with conformal bands; a history too short for a backtest is forecast by Prophet's own sample paths
-instead, and the forecast says so. The breakdown uses the fast default line-up, all series in one
-parallel call. Money is rounded to cents.
+instead, and the forecast says so. An `auto` selection is kept (`forecast_selections`) and reused by
+the next runs for `[forecast] reselect_days` days of new history unless it drifted: a daily run
+then refits one engine. The breakdown uses the fast default line-up, all series in one parallel
+call. Money is rounded to cents.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import duckdb
@@ -17,21 +20,36 @@ from flashcast.config import ForecastConfig, Settings
 from flashcast.errors import ForecastError, HistoryTooShort
 from flashcast.forecasting.backtest import BacktestSpec
 from flashcast.forecasting.engines import DEFAULT_ENGINES, EngineOptions, ProphetEngine
-from flashcast.forecasting.forecast import Forecast, auto_forecast, bands_are_nested, forecast_many, sampled_forecast
-from flashcast.records import ForecastPlan, KpiSummary, Segmentation, Table
+from flashcast.forecasting.forecast import (
+    Calibration,
+    Forecast,
+    auto_forecast,
+    bands_are_nested,
+    forecast_each,
+    refit_forecast,
+    sampled_forecast,
+    tidy_all,
+)
+from flashcast.records import ForecastPlan, KpiSummary, RunContext, Segmentation, Table
+from flashcast.sql import insert_rows
 
 SERIES_ID = "revenue_total"
 
 
-def run(con: duckdb.DuckDBPyConnection, *, kpis: KpiSummary, segments: Segmentation,
-        settings: Settings) -> ForecastPlan:
+def run(con: duckdb.DuckDBPyConnection, *, kpis: KpiSummary, segments: Segmentation, settings: Settings,
+        context: RunContext) -> ForecastPlan:
     """The forecast stage: total revenue with nested bands, then the per-channel and per-segment series."""
-    forecast = revenue_forecast(revenue_history(con, kpis), settings.forecast)
+    stored = stored_calibrations(con) if settings.forecast.reselect_days > 0 else {}
+    forecast = revenue_forecast(revenue_history(con, kpis), settings.forecast, stored=stored.get(SERIES_ID))
     if not bands_are_nested(forecast):
         raise ForecastError(f"{SERIES_ID}: forecast bands are not nested")
-    breakdown = forecast_many(breakdown_series(con, kpis, segments.table), engines=DEFAULT_ENGINES,
-                              spec=BacktestSpec(horizon=settings.forecast.horizon), keep_last_day=True)
-    return ForecastPlan(forecast, breakdown, tuple(breakdown.attrs.get("skipped", ())))
+    done, skipped = forecast_each(breakdown_series(con, kpis, segments.table), engines=DEFAULT_ENGINES,
+                                  spec=BacktestSpec(horizon=settings.forecast.horizon), keep_last_day=True,
+                                  calibrations=stored, max_age_days=settings.forecast.reselect_days)
+    keep_selections(con, [forecast, *done], stored, context)
+    breakdown = tidy_all(done)
+    breakdown.attrs["skipped"] = skipped
+    return ForecastPlan(forecast, breakdown, tuple(skipped))
 
 
 def revenue_history(con: duckdb.DuckDBPyConnection, kpis: KpiSummary) -> pd.DataFrame:
@@ -44,16 +62,57 @@ def revenue_history(con: duckdb.DuckDBPyConnection, kpis: KpiSummary) -> pd.Data
     return pd.DataFrame({"ds": pd.to_datetime([r[0] for r in rows]), "y": [float(r[1]) for r in rows]})
 
 
-def revenue_forecast(history: pd.DataFrame, config: ForecastConfig) -> Forecast:
-    """The configured engine, or (auto) the backtest's winner, rounded to cents."""
+def stored_calibrations(con: duckdb.DuckDBPyConnection) -> dict[str, Calibration]:
+    """The latest run's selection per series, if the warehouse kept them (see history.read_history)."""
+    table = f"_stored_{Table.FORECAST_SELECTIONS}"
+    present = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]).fetchall()[0][0]
+    if not present:
+        return {}
+    found = {}
+    for series_id, text in con.execute(f"SELECT series_id, calibration FROM {table}").fetchall():
+        try:
+            found[str(series_id)] = Calibration.from_json(json.loads(text))
+        except (KeyError, TypeError, ValueError):
+            continue  # written by another version: that series is selected afresh
+    return found
+
+
+def keep_selections(con: duckdb.DuckDBPyConnection, forecasts: list[Forecast], stored: dict[str, Calibration],
+                    context: RunContext) -> None:
+    """The run's selection per series, for the warehouse (appended per run, like every decision);
+    `reused` says which were a stored one refitted."""
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE {Table.FORECAST_SELECTIONS} (lineage_id VARCHAR, series_id VARCHAR,
+        engine VARCHAR, selected_through DATE, reused BOOLEAN, calibration VARCHAR, created_at TIMESTAMPTZ)""")
+    rows = [(context.lineage_id, f.series_id, f.engine, f.calibration.through,
+             f.calibration is stored.get(f.series_id), json.dumps(f.calibration.to_json()), context.processed_at)
+            for f in forecasts if f.calibration is not None]
+    if rows:
+        insert_rows(con, Table.FORECAST_SELECTIONS, rows)
+
+
+def revenue_forecast(history: pd.DataFrame, config: ForecastConfig, *, stored: Calibration | None = None
+                     ) -> Forecast:
+    """The configured engine, or (auto) the backtest's winner, rounded to cents. With `stored` (the
+    last selection) and `reselect_days`, a fresh selection is reused: one refit, stored bands."""
     if history.empty:
         raise ForecastError(f"{SERIES_ID}: no complete days of history")
     options = EngineOptions(countries=config.holiday_countries)
     engines = config.engines if config.engine == "auto" else (config.engine,)
+    spec = BacktestSpec(horizon=config.horizon)
+    reselected = None
+    if stored is not None and config.reselect_days > 0:
+        reused = refit_forecast(history, stored, spec=spec, options=options, keep_last_day=True,
+                                max_age_days=config.reselect_days, line_up=engines)
+        if isinstance(reused, Forecast):
+            return reused.rounded(2)
+        reselected = reused
     try:
         # The daily KPIs hold complete days only: no last day to second-guess.
-        forecast = auto_forecast(history, series_id=SERIES_ID, engines=engines,
-                                 spec=BacktestSpec(horizon=config.horizon), options=options, keep_last_day=True)
+        forecast = auto_forecast(history, series_id=SERIES_ID, engines=engines, spec=spec, options=options,
+                                 keep_last_day=True)
+        if reselected:
+            forecast = replace(forecast, notes=(*forecast.notes, f"selected afresh: the last selection was stale "
+                                                                 f"({reselected})"))
     except HistoryTooShort as exc:
         sampled = sampled_forecast(history, series_id=SERIES_ID, horizon=config.horizon,
                                    engine=ProphetEngine(countries=options.countries), keep_last_day=True)
