@@ -144,7 +144,67 @@ def main() -> None:
         print("    leaderboard: " + ", ".join(f"{s.engine} {s.mase:.3f}" for s in selection.leaderboard)
               + f"; {selection.reason}")
     print(f"mean MASE: Prophet defaults {np.mean(prophet_mase):.3f}, Flashcast selection {np.mean(ours_mase):.3f}")
+    daily_call()
     scaling()
+
+
+def prophet_call(frame: pd.DataFrame, horizon: int) -> float:
+    """Seconds of one Prophet fit + predict with its default intervals (what a user's daily call costs)."""
+    import logging
+
+    from prophet import Prophet
+
+    for name in ("cmdstanpy", "prophet"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    start = time.perf_counter()
+    model = Prophet()
+    model.fit(frame[["ds", "y"]])
+    model.predict(model.make_future_dataframe(periods=horizon, include_history=False))
+    return time.perf_counter() - start
+
+
+def daily_call(horizon: int = 14) -> None:
+    """The two costs a user meets, beside Prophet's fit + predict on the same history: the daily call
+    (`refit_forecast`: the stored selection refitted, bands from its stored scores) and a full
+    re-selection (`auto_forecast`: the default line-up backtested, the winner refitted and banded).
+    The selection is made on the history less its last day, then reused on the whole history."""
+    from flashcast.config import ForecastConfig
+    from flashcast.forecasting.forecast import auto_forecast, refit_forecast
+
+    line_up = ForecastConfig().engines
+    spec = BacktestSpec(horizon=horizon)
+    print(f"\ndaily call vs full re-selection vs Prophet fit+predict (horizon {horizon}, line-up {', '.join(line_up)})")
+    print(f"{'series':<22} {'Prophet s':>9} {'selection s':>11} {'daily s':>8} {'daily vs Prophet':>16} "
+          f"{'selection vs Prophet':>20}")
+    ratios_daily, ratios_full = [], []
+    for name, frame in load_series().items():
+        data = frame.dropna().reset_index(drop=True)
+        nonnegative = bool((data["y"] >= 0).all())
+        try:
+            start = time.perf_counter()
+            selected = auto_forecast(data.iloc[:-1], series_id=name, engines=line_up, spec=spec,
+                                     nonnegative=nonnegative, keep_last_day=True)
+            full = time.perf_counter() - start
+            assert selected.calibration is not None
+            start = time.perf_counter()
+            reused = refit_forecast(data, selected.calibration, spec=spec, nonnegative=nonnegative,
+                                    keep_last_day=True)
+            daily = time.perf_counter() - start
+        except ForecastError as exc:
+            print(f"{name}: skipped: {exc}")
+            continue
+        if isinstance(reused, str):
+            print(f"{name}: the selection was stale at once ({reused})")
+            continue
+        prophet = prophet_call(data, horizon)
+        ratios_daily.append(prophet / daily)
+        ratios_full.append(prophet / full)
+        print(f"{name:<22} {prophet:>9.3f} {full:>11.3f} {daily:>8.4f} {prophet / daily:>15.0f}x "
+              f"{prophet / full:>19.2f}x")
+    if ratios_daily:
+        print(f"median: the daily call is {np.median(ratios_daily):.0f}x faster than Prophet's fit+predict "
+              f"(target >= 10x, worst {min(ratios_daily):.1f}x); a full re-selection runs at "
+              f"{np.median(ratios_full):.2f}x Prophet's speed (target >= 1x, worst {min(ratios_full):.2f}x)")
 
 
 def scaling(n_series: int = 1000) -> None:
