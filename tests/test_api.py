@@ -311,6 +311,8 @@ def test_an_operator_starts_a_run_on_the_configured_source_and_follows_it(
             time.sleep(0.5)
         assert state["status"] == "completed", state.get("error")
         assert state["job"] == "api" and state["stage"] == "payload" and state["reconciliation"]
+        assert {"payload", "report", "forecast"} <= set(state["outputs"])
+        assert len(state["outputs"]["payload"]) == 64  # its SHA-256, as the lineage log recorded it
         assert all(d["input_rows"] == d["accepted"] + d["dropped_consent"] + d["quarantined"] + d["duplicate"]
                    for d in state["reconciliation"])
         assert (tmp_path / "api-out" / "report.md").exists()

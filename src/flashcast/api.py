@@ -296,7 +296,8 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
 
     @app.get("/runs/{lineage_id}", tags=["runs"], responses={404: {"description": "no such run"}})
     def run(lineage_id: str, _: Reader) -> dict[str, Any]:
-        """One run: its state, summary and reconciliation per day."""
+        """One run: its state, the stage it is in, its summary (out_dir), its output files with their
+        SHA-256, and its reconciliation per day."""
         r, rec = ops.runs, ops.reconciliation
         with ops.engine.connect() as conn:
             row = conn.execute(sa.select(r).where(r.c.lineage_id == lineage_id)).first()
@@ -311,7 +312,9 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
             raise HTTPException(404, "no run with this lineage_id")
         run = {k: v for k, v in row._mapping.items() if k not in ("host", "pid", "process_start")}
         stages = [e["body"]["stage"] for e in entries if e["kind"] == "stage_started"]
-        return {**run, "stage": stages[-1] if stages else None, "stages_started": len(stages),
+        # Each output file of a finished run with its SHA-256, as the lineage log recorded it.
+        outputs: dict[str, str] = next((e["body"]["outputs"] for e in entries if e["kind"] == "run_completed"), {})
+        return {**run, "stage": stages[-1] if stages else None, "stages_started": len(stages), "outputs": outputs,
                 "reconciliation": [{k: v for k, v in d._mapping.items() if k != "lineage_id"} for d in days]}
 
     @app.get("/lineage/verify", tags=["lineage"])
