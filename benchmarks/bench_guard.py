@@ -53,6 +53,7 @@ def main() -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS (this process, both formats): {peak:,.0f} MiB")
         incremental(sim.export_dirs["ndjson"], sim.spend_file, settings, key, Path(tmp))
+        engines(sim.export_dirs["ndjson"], sim.spend_file, Path(tmp))
         scale(Path(tmp))
         if FLOOR.exists():
             for fmt, folder in sim.export_dirs.items():
@@ -90,6 +91,42 @@ def incremental(folder: Path, spend: Path, settings: Settings, key: PiiKey, tmp:
           f"(history {daily.guard.totals['input_rows']:,} rows; {t_daily / t_backfill:.1%} of the backfill)")
 
 
+def _cli_ingest(config: Path, export: Path, spend: Path, out: Path) -> tuple[int, float, int]:
+    """`flashcast ingest` in its own process: exit code, seconds, peak RSS in KiB."""
+    measure = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+               "code = subprocess.run(sys.argv[1:], capture_output=True).returncode; "
+               "print(code, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    cli = [str(Path(sys.executable).with_name("flashcast")), "ingest", "-c", str(config), "--export", str(export),
+           "--spend", str(spend), "--out", str(out)]
+    env = {**os.environ, "FLASHCAST_PII_KEY": "benchmark-key-0123456789abcdef"}
+    done = subprocess.run([sys.executable, "-c", measure, *cli], capture_output=True, text=True, env=env)
+    code, took, rss_kib = done.stdout.split()
+    return int(code), float(took), int(rss_kib)
+
+
+def engines(export: Path, spend: Path, tmp: Path) -> None:
+    """`flashcast ingest` (a cold warehouse, its own process) on DuckDB and on Spark local[2], same
+    files: rows/s only (Spark's memory is mostly its JVM's, which this does not measure)."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("pyspark") is None or shutil.which("java") is None:
+        print("engines: PySpark or Java missing: Spark figure skipped")
+        return
+    rows = 0
+    for name in ("duckdb", "spark"):
+        home = tmp / f"engine-{name}"
+        home.mkdir()
+        config = home / "flashcast.toml"
+        config.write_text(f'property_timezone = "America/New_York"\n[store]\nhome = "{home}"\n'
+                          f'[engine]\nname = "{name}"\n')
+        code, took, _ = _cli_ingest(config, export, spend, home / "out")
+        rows = rows or sum(1 for path in export.iterdir() for _ in path.open("rb"))
+        status = "" if code == 0 else f"  FAILED (exit {code})"
+        print(f"engine {name:6s}: flashcast ingest on {rows:,} NDJSON rows: {took:6.1f} s = {rows / took:,.0f} rows/s"
+              f"{' (local[2], session start included)' if name == 'spark' else ''}{status}", flush=True)
+
+
 # Sessions a day for about 1M and 10M events over 400 days (about 6 events a session).
 SCALES = {"1M": 400, "10M": 4000}
 CACHE = Path(os.environ.get("FLASHCAST_BENCH_CACHE", Path.home() / ".cache" / "flashcast-bench"))
@@ -113,17 +150,10 @@ def scale(tmp: Path) -> None:
         home.mkdir()
         config = home / "flashcast.toml"
         config.write_text(f'property_timezone = "America/New_York"\n[store]\nhome = "{home}"\nmemory_limit = "1GB"\n')
-        measure = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-                   "code = subprocess.run(sys.argv[1:], capture_output=True).returncode; "
-                   "print(code, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-        cli = [str(Path(sys.executable).with_name("flashcast")), "ingest", "-c", str(config), "--export",
-               str(sim.export_dirs[fmt]), "--spend", str(sim.spend_file), "--out", str(home / "out")]
-        env = {**os.environ, "FLASHCAST_PII_KEY": "benchmark-key-0123456789abcdef"}
-        done = subprocess.run([sys.executable, "-c", measure, *cli], capture_output=True, text=True, env=env)
-        code, took, rss_kib = done.stdout.split()
+        code, took, rss_kib = _cli_ingest(config, sim.export_dirs[fmt], sim.spend_file, home / "out")
         rows = sim.rows_by_format[fmt]
-        seconds[f"{label} {fmt}"], rows_of[f"{label} {fmt}"] = float(took), rows
-        status = "" if code == "0" else f"  FAILED (exit {code})"
+        seconds[f"{label} {fmt}"], rows_of[f"{label} {fmt}"] = took, rows
+        status = "" if code == 0 else f"  FAILED (exit {code})"
         print(f"scale: {fmt:9s} {rows:>10,} rows ({made}): flashcast ingest {float(took):6.1f} s = "
               f"{rows / float(took):,.0f} rows/s, peak RSS {int(rss_kib) / 1024:,.0f} MiB "
               f"(memory_limit 1GB){status}", flush=True)

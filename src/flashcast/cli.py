@@ -423,6 +423,89 @@ def forecast(
         raise typer.Exit(1)
 
 
+def _pairs(option: str, values: list[str] | None) -> dict[str, float]:
+    """CHANNEL=NUMBER options as a dict; a malformed one is a ConfigError naming the option."""
+    pairs = {}
+    for value in values or []:
+        name, _, number = value.partition("=")
+        try:
+            pairs[name.strip()] = float(number)
+        except ValueError:
+            raise ConfigError(f"{option} takes CHANNEL=NUMBER, e.g. tv=0.5") from None
+        if not name.strip():
+            raise ConfigError(f"{option} takes CHANNEL=NUMBER, e.g. tv=0.5")
+    return pairs
+
+
+@app.command()
+def allocate(
+    data: Annotated[Path, typer.Argument(help="CSV or Parquet file: one row per day or week.")],
+    date_col: Annotated[str, typer.Option(help="Date column.")] = "date",
+    outcome_col: Annotated[str, typer.Option(help="Outcome column (sales, revenue, conversions).")] = "outcome",
+    spend_cols: Annotated[str, typer.Option(help="Comma-separated spend columns, one per channel.")] = "",
+    control_cols: Annotated[str, typer.Option(help="Comma-separated control columns (prices, promotions, "
+                                                   "competitor activity...).")] = "",
+    budget: Annotated[float, typer.Option(help="Budget to split, per period of the file (day or week).")] = 0.0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/allocate"),
+    cadence: Annotated[str | None, typer.Option(help="daily or weekly (default: from the dates).")] = None,
+    date_format: Annotated[str | None, typer.Option(help="strptime format of the dates, e.g. %d/%m/%Y.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the model's random starts and bootstrap.")] = 0,
+    min_share: Annotated[list[str] | None, typer.Option(help="A channel's least share, e.g. tv=0.1 (repeatable).")]
+    = None,
+    max_share: Annotated[list[str] | None, typer.Option(help="A channel's largest share, e.g. tv=0.5.")] = None,
+    cap: Annotated[list[str] | None, typer.Option(help="A channel's largest spend per period, e.g. tv=20000.")]
+    = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="flashcast.toml whose [guardrails] and [allocation] apply (default: none).")] = None,
+) -> None:
+    """Allocate a budget from a media-mix file: a joint model of the outcome (baseline, seasonality,
+    controls, each channel's adstock and saturation), then the exact optimizer. Guardrails apply
+    only when given (options, or [guardrails] of -c CONFIG).
+
+    Example: flashcast allocate mmm.csv --date-col week --outcome-col sales --spend-cols tv,search,social
+    --control-cols price --budget 50000 --max-share tv=0.5 --out out/allocate
+    """
+    from flashcast.config import load_allocation_settings
+    from flashcast.mixfile import allocate_mix, read_mix_file, write_mix_outputs
+
+    with _errors():
+        if cadence not in (None, "daily", "weekly"):
+            raise ConfigError("--cadence must be daily or weekly")
+        if not budget > 0:
+            raise ConfigError("give the budget to split: --budget B (per day or week, as the file's rows)")
+        guardrails, allocation_config, currency = load_allocation_settings(
+            config, min_share=_pairs("--min-share", min_share), max_share=_pairs("--max-share", max_share),
+            caps=_pairs("--cap", cap))
+        out = _output_folder(out)
+        mix = read_mix_file(data, date_col=date_col, outcome_col=outcome_col,
+                            spend_cols=[c.strip() for c in spend_cols.split(",") if c.strip()],
+                            control_cols=[c.strip() for c in control_cols.split(",") if c.strip()],
+                            cadence=cadence, date_format=date_format)  # type: ignore[arg-type]
+        unknown = sorted({*guardrails.min_share, *guardrails.max_share, *guardrails.caps} - set(mix.data.spend))
+        if unknown:
+            raise ConfigError(f"guardrails name channels that are not spend columns: {unknown}")
+        with console.status(f"fitting the media-mix model on {mix.data.n:,} {mix.cadence} rows..."):
+            result = allocate_mix(mix, budget, guardrails=guardrails, config=allocation_config, seed=seed)
+        files = write_mix_outputs(result, mix, out, currency=currency)
+    model, allocation = result.model, result.plan.allocation
+    unit = "week" if mix.cadence == "weekly" else "day"
+    table = Table(title=f"Allocation of {budget:,.2f} per {unit} (model R^2 {model.r2:.2f}, held-out "
+                        f"{'-' if model.r2_holdout is None else f'{model.r2_holdout:.2f}'})")
+    for column in ("channel", "spend", "share", f"last {unit}", "expected", "share of outcome", "bound"):
+        table.add_column(column, justify="left" if column in ("channel", "bound") else "right")
+    for row in allocation.rows:
+        table.add_row(row.channel, f"{row.spend:,.2f}", f"{row.share:.1%}", f"{row.yesterday_spend:,.2f}",
+                      f"{row.expected_conversions:,.1f}", f"{model.effects[row.channel].share:.1%}", row.bound or "")
+    console.print(table)
+    band = allocation.expected_interval
+    console.print(f"expected outcome from the channels: {allocation.expected_conversions:,.1f} per {unit}"
+                  + (f" (80%: {band[0]:,.1f}..{band[1]:,.1f})" if band else "")
+                  + f"; baseline and controls: {model.baseline_share:.0%} of the outcome")
+    for note in (*model.notes, *allocation.notes):
+        console.print(f"[yellow]note[/yellow] {escape(note)}", highlight=False)
+    console.print(f"wrote {', '.join(p.name for p in files.values())} in {out}")
+
+
 @app.command()
 def prune(
     keep_days: Annotated[int, typer.Option(min=0, help="Keep guarded rows of this many days before the newest.")],

@@ -55,6 +55,24 @@ class StoreConfig(_Frozen):
         return self.ops_url or f"sqlite:///{self.home / 'ops.sqlite'}"
 
 
+class SparkConfig(_Frozen):
+    """The Spark session of `[engine] name = "spark"`: `master` is local[N], spark://host:7077,
+    yarn, k8s://...; `conf` passes any other Spark setting (executor memory, a cluster's options)."""
+
+    master: str = "local[2]"
+    shuffle_partitions: int = Field(default=8, ge=1)
+    conf: dict[str, str] = Field(default_factory=dict)
+    stop_session: bool = True  # False: leave the session for the caller (a notebook, a test)
+
+
+class EngineConfig(_Frozen):
+    """Where ingest, guard and daily KPIs run: the run's DuckDB connection (default), or Apache Spark
+    (same SQL, transpiled; results land in the warehouse as usual). Needs `flashcast[spark]` and Java."""
+
+    name: Literal["duckdb", "spark"] = "duckdb"
+    spark: SparkConfig = SparkConfig()
+
+
 class SourceConfig(_Frozen):
     """What a run started by the service (API, schedule) reads and where it writes; the CLI's
     --export, --spend and --out say it per command."""
@@ -423,6 +441,7 @@ class Settings(_Frozen):
     # the spend file's. Every report, chart and CSV says it.
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     store: StoreConfig = StoreConfig()
+    engine: EngineConfig = EngineConfig()
     source: SourceConfig = SourceConfig()
     ingest: IngestConfig = IngestConfig()
     policy: PrivacyPolicy = PrivacyPolicy()
@@ -470,6 +489,34 @@ class Settings(_Frozen):
         """A stable hash of the settings, recorded in lineage so a run's config can be matched later."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# Guardrails that bind nothing: what `flashcast allocate FILE` starts from (a file's channels are
+# its own, and only the guardrails a user gives apply).
+OPEN_GUARDRAILS = {"min_share": {}, "max_share": {}, "max_daily_change": 1e9, "min_daily_move_share": 1.0}
+
+
+def load_allocation_settings(path: Path | None, **guardrails: object) -> tuple[Guardrails, AllocationConfig, str]:
+    """The [guardrails] (over OPEN_GUARDRAILS, then `guardrails` over those), [allocation] and
+    currency of a config file, alone: the rest of the file (its channel mapping) is not checked."""
+    data: dict[str, object] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    where = f"{path}: " if path else ""
+    given = data.get("guardrails", {})
+    try:
+        rails = Guardrails.model_validate({**OPEN_GUARDRAILS, **(given if isinstance(given, dict) else {}),
+                                           **{k: v for k, v in guardrails.items() if v}})
+        allocation = AllocationConfig.model_validate(data.get("allocation", {}))
+        currency = Settings.model_validate({"currency": data.get("currency", "USD")}).currency
+    except ValidationError as exc:
+        raise ConfigError(f"{where}{describe_validation_error(exc, limit=20)}") from exc
+    return rails, allocation, currency
 
 
 def load_settings(path: Path | None = None) -> Settings:

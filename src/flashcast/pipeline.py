@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ import duckdb
 from flashcast.approvals import latest_decisions
 from flashcast.config import Settings
 from flashcast.delivery import record_payload
+from flashcast.engine import DuckEngine, Engine
 from flashcast.errors import FlashcastError, StageError
 from flashcast.history import persist_run
 from flashcast.keys import PiiKey
@@ -88,7 +90,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("payload", payload.run, reads=(T.USER_SEGMENTS, T.GUARDED_EVENTS)),
 )
 # What every stage may ask for besides earlier stages' records.
-CONTEXT = ("con", "settings", "inputs", "context", "key", "llm", "head")
+CONTEXT = ("con", "engine", "settings", "inputs", "context", "key", "llm", "head")
 # The warehouse's tables, in catalog order.
 KEPT_TABLES: tuple[Table, ...] = tuple(t for t in Table if any(t in s.keeps for s in STAGES))
 
@@ -211,12 +213,14 @@ def run_pipeline(
     hooks: list[StageHook] = [recorder, ProgressHook(progress or (lambda _stage: None))]
     recorder.started(_input_refs(inputs))
     con = transform_connection(memory_limit=settings.store.memory_limit, temp_directory=settings.store.spill_path)
+    scope = ExitStack()
     step = "start"
     try:
         llm = build_client(settings.llm, settings.store.home / "llm_cache.sqlite", record=recorder.llm_call,
                            provider=llm_provider)
-        values: dict[str, Any] = {"con": con, "settings": settings, "inputs": inputs, "context": context,
-                                  "key": key, "llm": llm, "out_dir": staging}
+        engine = scope.enter_context(_engine(settings, con))
+        values: dict[str, Any] = {"con": con, "engine": engine, "settings": settings, "inputs": inputs,
+                                  "context": context, "key": key, "llm": llm, "out_dir": staging}
         for stage in stages:
             step = stage.name
             values[stage.name] = _run_stage(stage, values, hooks, head=recorder.log.head)
@@ -244,6 +248,7 @@ def run_pipeline(
             exc.where = failed
         raise
     finally:
+        scope.close()
         con.close()
         ops.dispose()
     records = {stage.name: values[stage.name] for stage in stages}
@@ -251,11 +256,25 @@ def run_pipeline(
     return RunResult(context.lineage_id, out_dir, records, head, final)
 
 
+@contextmanager
+def _engine(settings: Settings, con: duckdb.DuckDBPyConnection) -> Iterator[Engine]:
+    """Where ingest, guard and KPIs run: the run's connection, or a Spark session for the run."""
+    if settings.engine.name == "spark":
+        from flashcast.spark import spark_session
+
+        with spark_session(settings.engine.spark, scratch=settings.store.spill_path / "spark") as spark:
+            yield spark
+    else:
+        yield DuckEngine(con)
+
+
 def _run_stage(stage: Stage, values: dict[str, Any], hooks: list[StageHook], *,
                head: Callable[[], LogHead]) -> Any:
-    """One stage between its hooks, its declared tables checked before and after."""
+    """One stage between its hooks, its declared tables checked before and after (in the run's
+    connection, or for a table kept in a remote engine, there)."""
     con: duckdb.DuckDBPyConnection = values["con"]
-    before = _tables(con)
+    engine: Engine | None = values.get("engine")
+    before = _tables(con, engine)
     absent = [str(t) for t in stage.reads if t not in before]
     if absent:
         raise StageError(stage.name, TypeError(f"tables {absent} are missing: no earlier stage wrote them"))
@@ -266,7 +285,7 @@ def _run_stage(stage: Stage, values: dict[str, Any], hooks: list[StageHook], *,
     start = time.perf_counter()
     record = call(stage.run, values)
     seconds = time.perf_counter() - start
-    after = _tables(con)
+    after = _tables(con, engine)
     undeclared = sorted(set(after) - set(before) - set(stage.writes))
     unwritten = [str(t) for t in stage.writes if t not in after]
     if undeclared or unwritten:
@@ -277,14 +296,15 @@ def _run_stage(stage: Stage, values: dict[str, Any], hooks: list[StageHook], *,
     return record
 
 
-def _tables(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+def _tables(con: duckdb.DuckDBPyConnection, engine: Engine | None = None) -> dict[str, int]:
     """The run's tables (helpers start with '_') and their row counts."""
+    remote = {n: c for n, c in engine.counts().items() if not n.startswith("_")} if engine is not None else {}
     names = [r[0] for r in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE temporary AND NOT starts_with(table_name, '_')").fetchall()]
     if not names:
-        return {}
+        return remote
     counts = " UNION ALL ".join(f"SELECT '{n}', count(*) FROM {n}" for n in names)
-    return {str(n): int(c) for n, c in con.execute(counts).fetchall()}
+    return {**remote, **{str(n): int(c) for n, c in con.execute(counts).fetchall()}}
 
 
 def _input_refs(inputs: RunInputs) -> list[DatasetRef]:

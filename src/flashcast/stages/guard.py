@@ -20,22 +20,23 @@ from __future__ import annotations
 import duckdb
 
 from flashcast.config import PrivacyPolicy, Settings
+from flashcast.engine import DuckEngine, Engine, engine_of, land
 from flashcast.errors import ReconciliationError
 from flashcast.history import OUTCOME_TABLES, merge_reused
 from flashcast.keys import PiiKey
 from flashcast.privacy import EMAIL_PATTERN, EMAIL_TOKEN, PHONE_PATTERN, PHONE_TOKEN, PII_QUERY_KEYS, REDACTED_TOKEN
 from flashcast.records import DayOutcome, GuardReport, RunContext, StagedExport, Table
-from flashcast.sql import insert_rows
+from flashcast.sql import insert_rows, literal
 
 
 def run(con: duckdb.DuckDBPyConnection, *, ingest: StagedExport, settings: Settings, context: RunContext,
-        key: PiiKey) -> GuardReport:
+        key: PiiKey, engine: Engine) -> GuardReport:
     """The guard stage: split the staged rows into the outcome tables and count them per day."""
-    install_privacy_functions(con, key, settings.policy)
+    install_privacy_functions(con, key, settings.policy, engine=engine)
     prior = f"_stored_{Table.GUARDED_EVENTS}"
     has_prior = _has_column(con, prior, "transaction_key")
     report = guard_export(con, ingest, policy=settings.policy, run=context, prior_events=prior if has_prior else None,
-                          stored_prefix="_stored_")
+                          stored_prefix="_stored_", engine=engine)
     _daily_outcomes_table(con, report, context)
     return report
 
@@ -45,18 +46,31 @@ def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool
                             [table, column]).fetchall()[0][0])
 
 
-def install_privacy_functions(con: duckdb.DuckDBPyConnection, key: PiiKey, policy: PrivacyPolicy) -> None:
-    """Create `hmac_hex(text)` and `redact_text(text)` macros in this connection."""
+def install_privacy_functions(con: duckdb.DuckDBPyConnection, key: PiiKey, policy: PrivacyPolicy,
+                              engine: Engine | None = None) -> None:
+    """Put the key's HMAC pads in table `_hmac_pads` (read by `hmac_sql`; never written into SQL
+    text, which engines log) and create `hmac_hex(text)` and `redact_text(text)` macros in `con`
+    for ad-hoc DuckDB queries."""
     ipad, opad = key.pads()
-    con.execute("CREATE OR REPLACE TEMP TABLE _hmac_pads (ipad BLOB, opad BLOB)")
-    con.execute("INSERT INTO _hmac_pads VALUES (?, ?)", [ipad, opad])
-    con.execute(
-        """CREATE OR REPLACE TEMP MACRO hmac_hex(msg) AS
-        CASE WHEN msg IS NULL THEN NULL ELSE
-          sha256((SELECT opad FROM _hmac_pads) || unhex(sha256((SELECT ipad FROM _hmac_pads) || encode(msg))))
-        END"""
-    )
-    text = "coalesce(try(url_decode(url_decode(replace(s, '+', ' ')))), s)"
+    engine_of(con, engine).put("_hmac_pads", {"ipad": "BLOB", "opad": "BLOB"}, [(ipad, opad)])
+    if engine is not None and not isinstance(engine, DuckEngine):
+        con.execute("CREATE OR REPLACE TEMP TABLE _hmac_pads (ipad BLOB, opad BLOB)")
+        con.execute("INSERT INTO _hmac_pads VALUES (?, ?)", [ipad, opad])
+    con.execute(f"CREATE OR REPLACE TEMP MACRO hmac_hex(msg) AS {hmac_sql('msg')}")
+    con.execute(f"CREATE OR REPLACE TEMP MACRO redact_text(s) AS {redact_sql('s', policy)}")
+
+
+def hmac_sql(msg: str) -> str:
+    """HMAC-SHA256 (RFC 2104) of text `msg` as lowercase hex, from `sha256` over BLOBs (matches
+    Python's `hmac`, and transpiles to Spark's `sha2`/`unhex`)."""
+    return f"""(CASE WHEN ({msg}) IS NULL THEN NULL ELSE
+      sha256((SELECT opad FROM _hmac_pads) || unhex(sha256((SELECT ipad FROM _hmac_pads) || encode({msg}))))
+    END)"""
+
+
+def redact_sql(s: str, policy: PrivacyPolicy) -> str:
+    """Free text `s` percent-decoded, with emails, phone numbers and personal query values replaced."""
+    text = f"coalesce(try(url_decode(url_decode(replace({s}, '+', ' ')))), {s})"
     if policy.redact_emails:
         text = f"regexp_replace({text}, '{EMAIL_PATTERN}', '{EMAIL_TOKEN}', 'g')"
     if policy.redact_phones:
@@ -67,80 +81,92 @@ def install_privacy_functions(con: duckdb.DuckDBPyConnection, key: PiiKey, polic
         text = f"regexp_replace({text}, '(?i)([?&](?:{keys})=)[^&#\\[][^&#]*', '\\1{REDACTED_TOKEN}', 'g')"
     # Text without '@', '%', '+', '=' or a digit can hold no email, phone number, encoding or query
     # value: it skips the decode-and-replace chain (most param values; measured 2x faster).
-    con.execute(f"""CREATE OR REPLACE TEMP MACRO redact_text(s) AS
-        CASE WHEN s IS NULL THEN NULL WHEN NOT regexp_matches(s, '[@%+=0-9]') THEN s ELSE {text} END""")
+    return f"(CASE WHEN ({s}) IS NULL THEN NULL WHEN NOT regexp_matches({s}, '[@%+=0-9]') THEN {s} ELSE {text} END)"
 
 
 def guard_export(
     con: duckdb.DuckDBPyConnection, staged: StagedExport, *, policy: PrivacyPolicy, run: RunContext,
-    prior_events: str | None = None, stored_prefix: str | None = None,
+    prior_events: str | None = None, stored_prefix: str | None = None, engine: Engine | None = None,
 ) -> GuardReport:
     """Split the staged rows into the four outcome tables and reconcile the counts per day.
 
     `prior_events`: guarded events of earlier runs; a purchase whose transaction (by its keyed
     `transaction_key`, never the raw id) is among them is a duplicate. `stored_prefix`: the reused
     stored rows (`<prefix><table>`, see `flashcast.history`) are appended to the outcome tables
-    before the days are counted, so the run's tables and reconciliation cover the whole history."""
+    before the days are counted, so the run's tables and reconciliation cover the whole history.
+    `engine`: where the SQL runs (default: `con`); the outcome tables are then landed in `con`."""
+    sql = engine_of(con, engine)
+    purchases = f"""SELECT source_file, source_line, transaction_key, event_timestamp FROM {prior_events}
+        WHERE event_name = 'purchase' AND transaction_key IS NOT NULL"""
+    if prior_events and isinstance(sql, DuckEngine):
+        sql.create(_PRIOR, purchases)
+    elif prior_events:  # only the stored purchases' keys travel to the engine (a small table)
+        sql.put(_PRIOR, {"source_file": "VARCHAR", "source_line": "BIGINT", "transaction_key": "VARCHAR",
+                         "event_timestamp": "BIGINT"}, con.execute(purchases).fetchall())
+    for table, select in guard_steps(staged.table, policy=policy, run=run, prior=bool(prior_events)):
+        sql.create(table, select)
+    sql.create(_STAGED_DAYS, f"SELECT event_date, count(*) AS n FROM {staged.table} GROUP BY event_date")
+    land(con, sql, [*OUTCOME_TABLES, _STAGED_DAYS])
+    stored = stored_prefix is not None and _has_column(con, f"{stored_prefix}{Table.GUARDED_EVENTS}", "source_file")
+    if stored:
+        merge_reused(con, OUTCOME_TABLES)
+    report = GuardReport(
+        days=_day_outcomes(con, stored_prefix if stored else None), key_id=run.key_id,
+        consent_null_means=policy.consent_null_means,
+    )
+    _check_reconciliation(report)
+    return report
+
+
+def guard_steps(src: str, *, policy: PrivacyPolicy, run: RunContext, prior: bool = False
+                ) -> list[tuple[str, str]]:
+    """The guard as (table, SELECT) steps over the staged table `src`, in order: the one definition
+    every engine runs. `prior`: table `_prior_purchases` holds the stored purchases' keys."""
     consent_col = policy.consent_field
     null_granted = "true" if policy.consent_null_means == "granted" else "false"
-    stamp = "?::VARCHAR AS lineage_id, ?::TIMESTAMPTZ AS processed_at"
-    params = [run.lineage_id, run.processed_at]
-    src = staged.table
-    con.execute(
-        f"""CREATE OR REPLACE TEMP VIEW _routed AS
-        SELECT *,
+    stamp = (f"{literal(run.lineage_id)}::VARCHAR AS lineage_id, "
+             f"{literal(run.processed_at.isoformat())}::TIMESTAMPTZ AS processed_at")
+    routed = f"""(SELECT *,
           CASE
             WHEN NOT valid THEN 'invalid'
             WHEN {consent_col} = 'No' OR ({consent_col} IS NULL AND NOT {null_granted}) THEN 'denied'
             WHEN user_pseudo_id IS NULL THEN 'no_identity'
             ELSE 'candidate'
           END AS route
-        FROM {src}"""
-    )
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE {Table.QUARANTINE} AS
-        SELECT {stamp}, event_date, source_file, source_line,
+        FROM {src})"""
+    steps = [("_routed", f"SELECT * FROM {routed}")]
+    steps.append((Table.QUARANTINE, f"""SELECT {stamp}, event_date, source_file, source_line,
           split_part(reasons[1], ':', 1) AS field,
           source_file || ' line ' || source_line || ': ' || array_to_string(reasons, '; ') AS reason,
-          hmac_hex(coalesce(raw_line, '')) AS row_hmac,
-          hmac_hex(user_pseudo_id) AS user_key
+          {hmac_sql("coalesce(raw_line, '')")} AS row_hmac,
+          {hmac_sql("user_pseudo_id")} AS user_key
         FROM (
           SELECT *, CASE WHEN route = 'invalid' THEN problems
                          ELSE ['user_pseudo_id: missing on a row with consent'] END AS reasons
           FROM _routed WHERE route IN ('invalid', 'no_identity')
-        )""",
-        params,
-    )
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE {Table.CONSENT_DROPS} AS
-        SELECT {stamp}, event_date, source_file, source_line, coalesce({consent_col}, 'null') AS consent_value
-        FROM _routed WHERE route = 'denied'""",
-        params,
-    )
+        )"""))
+    steps.append((Table.CONSENT_DROPS, f"""SELECT {stamp}, event_date, source_file, source_line,
+          coalesce({consent_col}, 'null') AS consent_value
+        FROM _routed WHERE route = 'denied'"""))
     # Dedup ranks are computed on a narrow table (keys only) and joined back: window sorts and
     # joins over the full rows (raw line, params) cost several times more.
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE _candidates AS
-        SELECT source_file, source_line, event_date, event_name, event_timestamp, transaction_key, fingerprint,
+    steps.append(("_candidates", f"""SELECT source_file, source_line, event_date, event_name, event_timestamp,
+          transaction_key, fingerprint,
           row_number() OVER w AS fp_rank,
           first_value(source_file) OVER w AS fp_kept_file, first_value(source_line) OVER w AS fp_kept_line
         FROM (
           SELECT source_file, source_line, event_date, event_name, event_timestamp,
-            CASE WHEN event_name = 'purchase' THEN hmac_hex(transaction_id) END AS transaction_key,
+            CASE WHEN event_name = 'purchase' THEN {hmac_sql("transaction_id")} END AS transaction_key,
             -- within the run only, to rank copies: the stored fingerprint of a duplicate is an HMAC
             hash(event_date, stream_id, user_pseudo_id, ga_session_id, event_name, event_timestamp,
                  list_sort(params)) AS fingerprint
           FROM _routed WHERE route = 'candidate'
         )
-        WINDOW w AS (PARTITION BY fingerprint ORDER BY source_file, source_line)"""
-    )
+        WINDOW w AS (PARTITION BY fingerprint ORDER BY source_file, source_line)"""))
     # A transaction already stored by an earlier run wins over this run's copies (cross-day dedup).
-    prior = (f"""UNION ALL SELECT source_file, source_line, transaction_key, event_timestamp, true
-          FROM {prior_events} WHERE event_name = 'purchase' AND transaction_key IS NOT NULL"""
-             if prior_events else "")
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _ranked AS
-        SELECT c.*, t.txn_rank, t.txn_kept_file, t.txn_kept_line
+    stored = (f"UNION ALL SELECT source_file, source_line, transaction_key, event_timestamp, true FROM {_PRIOR}"
+              if prior else "")
+    steps.append(("_ranked", f"""SELECT c.*, t.txn_rank, t.txn_kept_file, t.txn_kept_line
         FROM _candidates c LEFT JOIN (
           SELECT * FROM (
             SELECT source_file, source_line, stored, row_number() OVER w AS txn_rank,
@@ -148,52 +174,46 @@ def guard_export(
             FROM (
               SELECT source_file, source_line, transaction_key, event_timestamp, false AS stored
               FROM _candidates WHERE fp_rank = 1 AND event_name = 'purchase' AND transaction_key IS NOT NULL
-              {prior}
+              {stored}
             )
             WINDOW w AS (PARTITION BY transaction_key ORDER BY stored DESC, event_timestamp, source_file, source_line)
           ) WHERE NOT stored
-        ) t USING (source_file, source_line)"""
-    )
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE {Table.DUPLICATES} AS
-        SELECT {stamp}, d.event_date, source_file, source_line,
+        ) t USING (source_file, source_line)"""))
+    steps.append((Table.DUPLICATES, f"""SELECT {stamp}, d.event_date, source_file, source_line,
           CASE WHEN fp_rank > 1 THEN 'exact' ELSE 'transaction' END AS kind,
           CASE WHEN fp_rank > 1 THEN fp_kept_file ELSE txn_kept_file END AS kept_file,
           CASE WHEN fp_rank > 1 THEN fp_kept_line ELSE txn_kept_line END AS kept_line,
-          hmac_hex(concat_ws('|', r.event_date, coalesce(r.stream_id, ''), r.user_pseudo_id,
-                   coalesce(r.ga_session_id::VARCHAR, ''), r.event_name, r.event_timestamp,
-                   coalesce(to_json(list_sort(r.params))::VARCHAR, ''))) AS fingerprint
-        FROM _ranked d JOIN _routed r USING (source_file, source_line) WHERE fp_rank > 1 OR txn_rank > 1""",
-        params,
-    )
+          {hmac_sql(_FINGERPRINT_TEXT)} AS fingerprint
+        FROM _ranked d JOIN _routed r USING (source_file, source_line) WHERE fp_rank > 1 OR txn_rank > 1"""))
     # Each distinct user id is keyed once and joined back (HMAC per row costs 3x more: an export
     # repeats a user's id on every event of every session). Sessions are keyed per row: their
     # table would be a sixth of the events, too big a hash table to hold within memory_limit.
     keyed_user_id = "user_id" in policy.identifier_fields
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _id_keys AS SELECT v, hmac_hex(v) AS k FROM (
+    steps.append(("_id_keys", f"""SELECT v, {hmac_sql("v")} AS k FROM (
           SELECT user_pseudo_id AS v FROM _routed WHERE route = 'candidate'
           {"UNION SELECT user_id FROM _routed WHERE route = 'candidate'" if keyed_user_id else ""}
-        ) WHERE v IS NOT NULL"""
-    )
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE {Table.GUARDED_EVENTS} AS
-        SELECT {stamp}, ? AS key_id,
+        ) WHERE v IS NOT NULL"""))
+
+    def redact(column: str) -> str:
+        return redact_sql(column, policy)
+
+    steps.append((Table.GUARDED_EVENTS, f"""SELECT {stamp}, {literal(run.key_id)} AS key_id,
           event_date, event_timestamp, make_timestamp(event_timestamp) AS event_ts_utc, event_name,
           uk.k AS user_key, {"ik.k" if keyed_user_id else "NULL::VARCHAR"} AS user_id_key,
-          hmac_hex({_SESSION_ID}) AS session_key,
+          {hmac_sql(_SESSION_ID)} AS session_key,
           ga_session_number, engagement_time_msec,
-          redact_text(page_location) AS page_location,
-          redact_text(page_referrer) AS page_referrer,
-          redact_text(search_term) AS search_term,
-          list_transform(params, lambda p: {{'key': p.key, 'string_value': redact_text(p.string_value),
+          {redact("page_location")} AS page_location,
+          {redact("page_referrer")} AS page_referrer,
+          {redact("search_term")} AS search_term,
+          list_transform(params, lambda p: {{'key': p.key, 'string_value': {redact("p.string_value")},
                                             'int_value': p.int_value, 'double_value': p.double_value}}) AS params,
           CASE WHEN event_name = 'purchase' THEN coalesce(revenue, 0) ELSE revenue END AS revenue,
-          CASE WHEN event_name = 'purchase' THEN hmac_hex(transaction_id) END AS transaction_key,
-          redact_text(session_source) AS session_source, redact_text(session_medium) AS session_medium,
-          redact_text(session_campaign) AS session_campaign,
-          redact_text(first_touch_source) AS first_touch_source, redact_text(first_touch_medium) AS first_touch_medium,
-          redact_text(first_touch_campaign) AS first_touch_campaign,
+          CASE WHEN event_name = 'purchase' THEN {hmac_sql("transaction_id")} END AS transaction_key,
+          {redact("session_source")} AS session_source, {redact("session_medium")} AS session_medium,
+          {redact("session_campaign")} AS session_campaign,
+          {redact("first_touch_source")} AS first_touch_source,
+          {redact("first_touch_medium")} AS first_touch_medium,
+          {redact("first_touch_campaign")} AS first_touch_campaign,
           device_category, country, platform, stream_id,
           {consent_col} AS consent_value, ads_storage AS ads_consent, intraday, source_file, source_line
         FROM _routed r
@@ -201,18 +221,20 @@ def guard_export(
         {"LEFT JOIN _id_keys ik ON ik.v = r.user_id" if keyed_user_id else ""}
         -- the candidates less this run's duplicates (few): an anti-join, not a join of every row
         WHERE r.route = 'candidate' AND NOT EXISTS (
-          SELECT 1 FROM {Table.DUPLICATES} d WHERE d.source_file = r.source_file AND d.source_line = r.source_line)""",
-        [*params, run.key_id],
-    )
-    stored = stored_prefix is not None and _has_column(con, f"{stored_prefix}{Table.GUARDED_EVENTS}", "source_file")
-    if stored:
-        merge_reused(con, OUTCOME_TABLES)
-    report = GuardReport(
-        days=_day_outcomes(con, src, stored_prefix if stored else None), key_id=run.key_id,
-        consent_null_means=policy.consent_null_means,
-    )
-    _check_reconciliation(report)
-    return report
+          SELECT 1 FROM {Table.DUPLICATES} d WHERE d.source_file = r.source_file AND d.source_line = r.source_line)"""))
+    return steps
+
+
+_PRIOR = "_prior_purchases"
+_STAGED_DAYS = "_staged_days"  # the staged rows per day, counted where they are
+
+
+# What a duplicate's stored fingerprint is the HMAC of: the fields that make two rows the same event,
+# params in a text both engines write alike (not to_json, whose number and NULL spelling differ).
+_FINGERPRINT_TEXT = """concat_ws('|', r.event_date, coalesce(r.stream_id, ''), r.user_pseudo_id,
+    coalesce(r.ga_session_id::VARCHAR, ''), r.event_name, r.event_timestamp,
+    coalesce(array_to_string(list_transform(list_sort(r.params), lambda p: concat_ws(':', p.key,
+      coalesce(p.string_value, ''), coalesce(p.int_value::VARCHAR, ''))), ','), ''))"""
 
 
 # The text a session is keyed by: its user and GA4 session id (or the day, when GA4 gave none).
@@ -231,20 +253,21 @@ def _daily_outcomes_table(con: duckdb.DuckDBPyConnection, report: GuardReport, r
         insert_rows(con, Table.DAILY_OUTCOMES, rows)
 
 
-def _day_outcomes(con: duckdb.DuckDBPyConnection, staged_table: str, stored_prefix: str | None = None
-                  ) -> tuple[DayOutcome, ...]:
+def _day_outcomes(con: duckdb.DuckDBPyConnection, stored_prefix: str | None = None) -> tuple[DayOutcome, ...]:
     """Count each outcome per day, each from its own table, next to the input count (the staged rows,
     plus the reused stored rows, each of which had its outcome when it was read)."""
-    sources = [("input_rows", staged_table), ("accepted", Table.GUARDED_EVENTS),
-               ("dropped_consent", Table.CONSENT_DROPS), ("quarantined", Table.QUARANTINE),
-               ("duplicate", Table.DUPLICATES)]
+    sources: list[tuple[str, str]] = [
+        ("accepted", Table.GUARDED_EVENTS), ("dropped_consent", Table.CONSENT_DROPS),
+        ("quarantined", Table.QUARANTINE), ("duplicate", Table.DUPLICATES)]
     if stored_prefix is not None:
         sources += [("input_rows", f"{stored_prefix}{t}") for t in OUTCOME_TABLES]
-    union = " UNION ALL ".join(f"SELECT event_date, '{k}' AS k, count(*) AS n FROM {t} GROUP BY event_date"
-                               for k, t in sources)
+    union = " UNION ALL ".join([f"SELECT event_date, 'input_rows' AS k, n FROM {_STAGED_DAYS}",
+                                *(f"SELECT event_date, '{k}', count(*) AS n FROM {t} GROUP BY event_date"
+                                  for k, t in sources)])
     # Every file's day is listed, an empty file's day with zeros, so no day vanishes silently.
     union += f" UNION ALL SELECT DISTINCT file_date, 'input_rows', 0 FROM {Table.FILES} WHERE file_date IS NOT NULL"
-    columns = ", ".join(f"coalesce(sum(n) FILTER (WHERE k = '{k}'), 0)::BIGINT" for k in dict(sources))
+    kinds = ("input_rows", "accepted", "dropped_consent", "quarantined", "duplicate")
+    columns = ", ".join(f"coalesce(sum(n) FILTER (WHERE k = '{k}'), 0)::BIGINT" for k in kinds)
     rows = con.execute(
         f"SELECT coalesce(event_date::VARCHAR, 'unknown'), {columns} FROM ({union}) "
         "GROUP BY event_date ORDER BY event_date NULLS LAST"

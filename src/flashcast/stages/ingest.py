@@ -23,16 +23,20 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Literal, cast
+from typing import IO, TYPE_CHECKING, Literal, cast
 
 import duckdb
 
 from flashcast.config import Settings
+from flashcast.engine import DuckEngine, Engine, land
 from flashcast.errors import ExportNotFound, IngestError
 from flashcast.history import READ_FILES, FileSelection, merge_reused, read_history, select_files
 from flashcast.records import ExportFile, RunContext, RunInputs, StagedExport, Table
 from flashcast.sql import insert_rows, literal
 from flashcast.store import pid_alive
+
+if TYPE_CHECKING:
+    from flashcast.spark import SparkEngine
 
 NDJSON_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
 PARQUET_SUFFIXES = (".parquet",)
@@ -143,13 +147,13 @@ def _validation_sql(max_days_from_file_date: int) -> str:
         _problem(f"{obj} AND coalesce(trim(event_name), '') = ''", "event_name", "missing"),
         _problem("types[1] IS NOT NULL AND types[1] NOT IN ('ARRAY', 'NULL')", "event_params", "not an array"),
         _problem(
-            "list_bool_or(list_transform(event_params, lambda p: p.value.int_value IS NOT NULL "
-            "AND TRY_CAST(p.value.int_value AS BIGINT) IS NULL))",
+            "array_length(list_filter(event_params, lambda p: p.value.int_value IS NOT NULL "
+            "AND TRY_CAST(p.value.int_value AS BIGINT) IS NULL)) > 0",
             "event_params.value.int_value", "not an INT64",
         ),
         _problem(
-            "list_bool_or(list_transform(event_params, lambda p: TRY_CAST(coalesce(p.value.double_value, "
-            "p.value.float_value, '0') AS DOUBLE) IS NULL))",
+            "array_length(list_filter(event_params, lambda p: TRY_CAST(coalesce(p.value.double_value, "
+            "p.value.float_value, '0') AS DOUBLE) IS NULL)) > 0",
             "event_params.value.double_value", "not a number",
         ),
         _problem(
@@ -171,8 +175,8 @@ def _param(key: str, slot: str = "string_value") -> str:
     return f"list_extract(list_filter(event_params, lambda p: p.key = '{key}'), 1).value.{slot}"
 
 
-def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings, context: RunContext
-        ) -> StagedExport:
+def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings, context: RunContext,
+        engine: Engine) -> StagedExport:
     """The ingest stage: every line of the files this run must read (see `flashcast.history`),
     validated, in table `staged`; every file the history holds, with its rows, in table `files`.
     The stored rows of the files not read wait in `_stored_<table>` for the guard."""
@@ -183,10 +187,14 @@ def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings
         con, settings.store.warehouse_path, export_root=root, timeout_s=settings.store.lock_timeout_s,
         choose=lambda stored: select_files(files, stored, incremental=ingest.incremental,
                                            look_back_days=ingest.look_back_days, rebuild=inputs.rebuild))
-    staged = stage_export(con, inputs.export, files=selection.read,
-                          max_days_from_file_date=ingest.max_days_from_file_date, lineage_id=context.lineage_id,
-                          scratch=settings.store.spill_path)
-    _register(con, selection, staged.table, root)
+    if isinstance(engine, DuckEngine):
+        staged = stage_export(con, inputs.export, files=selection.read,
+                              max_days_from_file_date=ingest.max_days_from_file_date, lineage_id=context.lineage_id,
+                              scratch=settings.store.spill_path)
+    else:
+        staged = stage_export_on(cast("SparkEngine", engine), con, selection.read,
+                                 max_days_from_file_date=ingest.max_days_from_file_date, lineage_id=context.lineage_id)
+    _register(con, selection, root)
     merge_reused(con, [Table.FILES])
     warnings = staged.warnings
     if other:
@@ -195,7 +203,7 @@ def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings
     return replace(staged, reasons=selection.reasons, reused_files=selection.reused, warnings=warnings)
 
 
-def _register(con: duckdb.DuckDBPyConnection, selection: FileSelection, staged: str, root: str) -> None:
+def _register(con: duckdb.DuckDBPyConnection, selection: FileSelection, root: str) -> None:
     """Each file read gets its export's root, size, modification time, content hash and newest day
     in `files` (what the next run recognizes it by); their names go to `_read_files`."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE {READ_FILES} (name VARCHAR)")
@@ -213,7 +221,7 @@ def _register(con: duckdb.DuckDBPyConnection, selection: FileSelection, staged: 
     con.execute(f"""UPDATE {Table.FILES} f SET size_bytes = i.size_bytes, modified_ns = i.modified_ns,
         content_hash = i.content_hash FROM _identities i WHERE i.name = f.source_file""")
     con.execute(f"""UPDATE {Table.FILES} f SET last_day = d.last_day
-        FROM (SELECT source_file, max(event_date) AS last_day FROM {staged} GROUP BY source_file) d
+        FROM {STAGED_FILES} d
         WHERE d.source_file = f.source_file""")
 
 
@@ -241,6 +249,7 @@ def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, files: Sequenc
 
 
 _COPY_PREFIX = "flashcast-utf8-"
+STAGED_FILES = "_staged_files"  # per file: staged rows, newest day, rows dated far from the file
 
 
 def _remove_orphan_copies(scratch: Path) -> None:
@@ -282,8 +291,29 @@ def _stage_files(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], 
         if not short:
             break
         fast = [f for f in fast if f not in short]
-    return StagedExport(table=table, files=files, input_rows=_file_table(con, files, table, lineage_id),
-                        warnings=_warnings(con, table, max_days_from_file_date))
+    return _staged(con, DuckEngine(con), files, table, max_days_from_file_date, lineage_id)
+
+
+def _staged(con: duckdb.DuckDBPyConnection, engine: Engine, files: tuple[ExportFile, ...], table: str,
+            max_days: int, lineage_id: str | None) -> StagedExport:
+    """The staged table's summary per file (counted where it is, landed in `con`): the export's record."""
+    engine.create(STAGED_FILES, f"""SELECT source_file, count(*) AS input_rows, max(event_date) AS last_day,
+        count(*) FILTER (WHERE array_length(list_filter(problems,
+          lambda p: starts_with(p, 'event_date: more than'))) > 0) AS far_rows
+        FROM {table} GROUP BY source_file""")
+    land(con, engine, [STAGED_FILES])
+    return StagedExport(table=table, files=files, input_rows=_file_table(con, files, lineage_id),
+                        warnings=_warnings(con, max_days))
+
+
+def stage_export_on(engine: SparkEngine, con: duckdb.DuckDBPyConnection, files: Sequence[ExportFile], *,
+                    table: str = Table.STAGED, max_days_from_file_date: int = 1, lineage_id: str | None = None
+                    ) -> StagedExport:
+    """`stage_export` on Spark: the files' lines read by Spark, then the same checks. The staged
+    table stays in Spark; its per-file summary and table `files` are in `con`."""
+    engine.register_lines(files, "_parsed")
+    engine.create(table, staged_select_sql("SELECT * FROM _parsed", max_days_from_file_date))
+    return _staged(con, engine, tuple(files), table, max_days_from_file_date, lineage_id)
 
 
 def _copy_not_utf8(con: duckdb.DuckDBPyConnection, files: list[ExportFile], scratch: Path, exc: duckdb.Error
@@ -345,16 +375,8 @@ def _create_staged(con: duckdb.DuckDBPyConnection, table: str, fast: list[Export
                *([_parquet_rows_sql(con, parquet)] if parquet else [])]
     con.execute(f"DROP TABLE IF EXISTS {table}")
     for i, source in enumerate(sources):
-        con.execute(f"""{"CREATE TEMP TABLE " + table + " AS" if i == 0 else "INSERT INTO " + table + " BY NAME"}
-        WITH checked AS (SELECT *, {_validation_sql(max_days)} AS problems FROM ({source}))
-        SELECT
-          source_file, source_line, file_date, intraday,
-          problems,
-          len(problems) = 0 AS valid,
-          -- text to fingerprint a quarantined row by (its line, or its fields as read); never leaves the run
-          CASE WHEN len(problems) > 0 THEN coalesce(line, to_json(struct_pack({_FIELDS}))::VARCHAR) END AS raw_line,
-          {_columns_sql()}
-        FROM checked""")
+        into = f"CREATE TEMP TABLE {table} AS" if i == 0 else f"INSERT INTO {table} BY NAME"
+        con.execute(f"{into} {staged_select_sql(source, max_days)}")
     if fast:
         # With insertion order preserved, the fast rows sit in the table in file order from rowid 0,
         # one per line: a row's line is its rowid less the lines of the files before it (numbering in
@@ -366,6 +388,21 @@ def _create_staged(con: duckdb.DuckDBPyConnection, table: str, fast: list[Export
             before += stats[f.name][0]
         con.execute(f"""UPDATE {table} SET source_line = rowid + 1 - ([{", ".join(starts)}])[
             list_position([{", ".join(names)}], source_file)] WHERE rowid < {before}""")
+
+
+def staged_select_sql(parsed: str, max_days_from_file_date: int) -> str:
+    """The staged rows from the parsed rows of SELECT `parsed` (file, line, the GA4 fields as read):
+    their problems, validity and typed columns. The one definition every engine runs."""
+    return f"""WITH checked AS (SELECT *, {_validation_sql(max_days_from_file_date)} AS problems FROM ({parsed}))
+        SELECT
+          source_file, source_line, file_date, intraday,
+          problems,
+          array_length(problems) = 0 AS valid,
+          -- text to fingerprint a quarantined row by (its line, or its fields as read); never leaves the run
+          CASE WHEN array_length(problems) > 0
+               THEN coalesce(line, to_json(struct_pack({_FIELDS}))::VARCHAR) END AS raw_line,
+          {_columns_sql()}
+        FROM checked"""
 
 
 def _line_stats(con: duckdb.DuckDBPyConnection, files: list[ExportFile], *, check_json: bool
@@ -540,26 +577,22 @@ def _unreadable(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], e
     return IngestError(f"the export could not be read ({type(exc).__name__})")
 
 
-def _file_table(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], staged: str,
-                lineage_id: str | None) -> int:
+def _file_table(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], lineage_id: str | None) -> int:
     """Table `files`: every export file (empty ones too) with its format, date and rows; returns the rows."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE {Table.FILES} (lineage_id VARCHAR, source_file VARCHAR, "
                 "file_date DATE, format VARCHAR, intraday BOOLEAN, input_rows BIGINT)")
     insert_rows(con, Table.FILES, [(lineage_id, f.name, f.file_date, f.format, f.intraday, 0) for f in files])
-    con.execute(f"""UPDATE {Table.FILES} f SET input_rows = c.n
-        FROM (SELECT source_file, count(*) AS n FROM {staged} GROUP BY source_file) c
-        WHERE c.source_file = f.source_file""")
+    con.execute(f"""UPDATE {Table.FILES} f SET input_rows = c.input_rows
+        FROM {STAGED_FILES} c WHERE c.source_file = f.source_file""")
     return int(con.execute(f"SELECT coalesce(sum(input_rows), 0) FROM {Table.FILES}").fetchall()[0][0])
 
 
-def _warnings(con: duckdb.DuckDBPyConnection, staged: str, max_days: int) -> tuple[str, ...]:
+def _warnings(con: duckdb.DuckDBPyConnection, max_days: int) -> tuple[str, ...]:
     """Files and rows a person should know about: empty files, rows dated far from their file."""
     empty = [r[0] for r in con.execute(
         f"SELECT source_file FROM {Table.FILES} WHERE input_rows = 0 ORDER BY source_file").fetchall()]
     far = con.execute(
-        f"""SELECT source_file, count(*) FROM {staged}
-        WHERE list_contains(list_transform(problems, lambda p: starts_with(p, 'event_date: more than')), true)
-        GROUP BY source_file ORDER BY source_file""").fetchall()
+        f"SELECT source_file, far_rows FROM {STAGED_FILES} WHERE far_rows > 0 ORDER BY source_file").fetchall()
     return (*(f"{name} is empty: its day has no events (spend for that day still counts)" for name in empty),
             *(f"{n:,} row(s) of {name} are dated more than {max_days} day(s) from the date in its name: quarantined"
               for name, n in far))

@@ -10,27 +10,30 @@ from an intraday export or its latest event is before `PARTIAL_DAY_HOUR` local t
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import duckdb
 
 from flashcast.config import ChannelMapping, Settings
+from flashcast.engine import DuckEngine, Engine, engine_of, land
 from flashcast.errors import IngestError
 from flashcast.records import KpiSummary, RunContext, RunInputs, Table
-from flashcast.sql import insert_rows, literal
+from flashcast.sql import literal
 
 PARTIAL_DAY_HOUR = 22  # a last day whose latest event is earlier than 22:00 local is still filling in
 
 
-def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings, context: RunContext
-        ) -> KpiSummary:
+def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings, context: RunContext,
+        engine: Engine) -> KpiSummary:
     """The KPI stage: sessions per channel, then daily KPIs per channel with the day's spend."""
     if inputs.spend is None:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {Table.SPEND} (event_date DATE, channel VARCHAR, spend DOUBLE)")
     else:
         load_spend(con, inputs.spend, mapping=settings.channels)
     return daily_channel_kpis(con, spend=Table.SPEND, mapping=settings.channels, timezone=settings.property_timezone,
-                              lineage_id=context.lineage_id)
+                              lineage_id=context.lineage_id, engine=engine)
 
 
 def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMapping,
@@ -71,11 +74,10 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
     return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
 
 
-def _install_channel_rules(con: duckdb.DuckDBPyConnection, mapping: ChannelMapping) -> None:
-    con.execute("CREATE OR REPLACE TEMP TABLE _channel_rules (priority INT, channel VARCHAR, src VARCHAR, med VARCHAR)")
-    rows = [(i, r.channel, "(?i)" + r.source, "(?i)" + r.medium) for i, r in enumerate(mapping.rules)]
-    if rows:
-        insert_rows(con, "_channel_rules", rows)
+# The guarded columns the KPIs read (what travels to a remote engine).
+KPI_COLUMNS = ("lineage_id", "session_key", "user_key", "event_date", "event_timestamp", "event_name",
+               "session_source", "session_medium", "first_touch_source", "first_touch_medium",
+               "engagement_time_msec", "revenue", "intraday")
 
 
 def daily_channel_kpis(
@@ -87,14 +89,68 @@ def daily_channel_kpis(
     timezone: str,
     table: str = Table.DAILY_KPIS,
     lineage_id: str | None = None,
+    engine: Engine | None = None,
 ) -> KpiSummary:
-    """Build `table`: one row per (event_date, channel) on a zero-filled spine, with the lineage stamp."""
-    _install_channel_rules(con, mapping)
+    """Build `table`: one row per (event_date, channel) on a zero-filled spine, with the lineage
+    stamp. `engine`: where the SQL runs (default `con`); the events and spend in `con` are sent to
+    it, and the sessions and KPIs landed back."""
+    sql = engine_of(con, engine)
+    if not isinstance(sql, DuckEngine) or sql.con is not con:
+        sql.load("_kpi_events", con.sql(f"SELECT {', '.join(KPI_COLUMNS)} FROM {events}").to_arrow_table())
+        events = "_kpi_events"
+        if spend:
+            sql.load("_kpi_spend", con.sql(f"SELECT event_date, channel, spend FROM {spend}").to_arrow_table())
+            spend = "_kpi_spend"
+    sql.put("_channel_rules", {"priority": "INT", "channel": "VARCHAR", "src": "VARCHAR", "med": "VARCHAR"},
+            [(i, r.channel, "(?i)" + r.source, "(?i)" + r.medium) for i, r in enumerate(mapping.rules)])
+    sql.create(Table.SESSIONS, sessions_sql(events, mapping))
+    last = f"(SELECT max(event_date) FROM {events})"
+    bounds = sql.rows(f"""SELECT min(event_date), max(event_date),
+          bool_or(intraday) FILTER (WHERE event_date = {last}),
+          max(event_timestamp) FILTER (WHERE event_date = {last})
+        FROM {events}""")[0]
+    if bounds[0] is None:
+        raise IngestError("no accepted events: nothing to aggregate (check consent rule and quarantine)")
+    first_day, last_day = bounds[0], bounds[1]
+    latest_hour = datetime.fromtimestamp(bounds[3] / 1e6, tz=ZoneInfo(timezone)).hour if bounds[3] is not None else None
+    partial = bool(bounds[2]) or (latest_hour is not None and latest_hour < PARTIAL_DAY_HOUR)
+    channels = list(mapping.channels)
+    days = (last_day - first_day).days + 1
+    sql.put("_spine", {"event_date": "DATE", "channel": "VARCHAR"},
+            [(first_day + timedelta(days=d), c) for d in range(days) for c in channels])
+    spend_join = (
+        f"LEFT JOIN {spend} sp ON sp.event_date = spine.event_date AND sp.channel = spine.channel" if spend else ""
+    )
+    spend_col = "coalesce(sp.spend, 0)" if spend else "0.0"
+    stamp = f"coalesce({literal(lineage_id) if lineage_id else 'NULL'}, any_value(lineage_id))"  # one row
+    sql.create(table, f"""WITH sess AS (
+          SELECT event_date, channel, count(*) AS sessions FROM {Table.SESSIONS} GROUP BY ALL
+        ), buys AS (
+          SELECT e.event_date, s.channel, count(*) AS purchases, sum(e.revenue) AS revenue
+          FROM {events} e JOIN {Table.SESSIONS} s USING (session_key)
+          WHERE e.event_name = 'purchase' GROUP BY ALL
+        ), stamp AS (SELECT {stamp} AS lineage_id FROM {events})
+        SELECT stamp.lineage_id, spine.event_date, spine.channel,
+          coalesce(sess.sessions, 0)::BIGINT AS sessions,
+          coalesce(buys.purchases, 0)::BIGINT AS purchases,
+          round(coalesce(buys.revenue, 0), 2)::DOUBLE AS revenue,
+          round({spend_col}, 2)::DOUBLE AS spend,
+          (spine.event_date = DATE {literal(last_day.isoformat())} AND {str(partial).lower()}) AS is_partial
+        FROM _spine spine CROSS JOIN stamp
+        LEFT JOIN sess USING (event_date, channel)
+        LEFT JOIN buys USING (event_date, channel)
+        {spend_join}
+        ORDER BY spine.event_date, spine.channel""")
+    land(con, sql, [Table.SESSIONS, table])
+    return KpiSummary(table, first_day, last_day, partial, tuple(channels))
+
+
+def sessions_sql(events: str, mapping: ChannelMapping) -> str:
+    """One row per session: its first day, user, source/medium by the attribution rule, channel by
+    the first matching rule in `_channel_rules` (else the default channel) and engagement."""
     first = "first_touch" if mapping.attribution == "first_touch" else "session"
     other = "session" if first == "first_touch" else "first_touch"
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE {Table.SESSIONS} AS
-        WITH per_session AS (
+    return f"""WITH per_session AS (
           SELECT session_key, any_value(lineage_id) AS lineage_id, any_value(user_key) AS user_key,
             min(event_date) AS event_date,
             arg_min({{'s': session_source, 'm': session_medium}}, event_timestamp)
@@ -110,57 +166,10 @@ def daily_channel_kpis(
         ), pairs AS (
           SELECT DISTINCT coalesce(sm.s, '') AS s, coalesce(sm.m, '') AS m FROM sourced
         ), mapped AS (
-          SELECT p.s, p.m, coalesce(
-            (SELECT r.channel FROM _channel_rules r
-             WHERE regexp_matches(p.s, r.src) AND regexp_matches(p.m, r.med) ORDER BY r.priority LIMIT 1),
-            ?) AS channel
-          FROM pairs p
+          SELECT p.s, p.m, coalesce(arg_min(r.channel, r.priority), {literal(mapping.default_channel)}) AS channel
+          FROM pairs p LEFT JOIN _channel_rules r ON regexp_matches(p.s, r.src) AND regexp_matches(p.m, r.med)
+          GROUP BY p.s, p.m
         )
         SELECT s.lineage_id, s.session_key, s.user_key, s.event_date, s.sm.s AS source, s.sm.m AS medium, m.channel,
                s.page_views, s.engagement_msec, s.duration_s
-        FROM sourced s JOIN mapped m ON m.s = coalesce(s.sm.s, '') AND m.m = coalesce(s.sm.m, '')""",
-        [mapping.default_channel],
-    )
-    bounds = con.execute(
-        f"""SELECT min(event_date), max(event_date),
-          bool_or(intraday) FILTER (WHERE event_date = (SELECT max(event_date) FROM {events})),
-          max(hour(timezone(?, to_timestamp(event_timestamp / 1e6))))
-            FILTER (WHERE event_date = (SELECT max(event_date) FROM {events}))
-        FROM {events}""",
-        [timezone],
-    ).fetchall()[0]
-    if bounds[0] is None:
-        raise IngestError("no accepted events: nothing to aggregate (check consent rule and quarantine)")
-    first_day, last_day = bounds[0], bounds[1]
-    partial = bool(bounds[2]) or (bounds[3] is not None and bounds[3] < PARTIAL_DAY_HOUR)
-    channels = list(mapping.channels)
-    spend_join = (
-        f"LEFT JOIN {spend} sp ON sp.event_date = spine.event_date AND sp.channel = spine.channel" if spend else ""
-    )
-    spend_col = "coalesce(sp.spend, 0)" if spend else "0.0"
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE {table} AS
-        WITH spine AS (
-          SELECT d::DATE AS event_date, c AS channel
-          FROM generate_series(?::DATE, ?::DATE, INTERVAL 1 DAY) g(d), unnest(?::VARCHAR[]) u(c)
-        ), sess AS (
-          SELECT event_date, channel, count(*) AS sessions FROM {Table.SESSIONS} GROUP BY ALL
-        ), buys AS (
-          SELECT e.event_date, s.channel, count(*) AS purchases, sum(e.revenue) AS revenue
-          FROM {events} e JOIN {Table.SESSIONS} s USING (session_key)
-          WHERE e.event_name = 'purchase' GROUP BY ALL
-        ), stamp AS (SELECT coalesce(?, any_value(lineage_id)) AS lineage_id FROM {events})
-        SELECT stamp.lineage_id, spine.event_date, spine.channel,
-          coalesce(sess.sessions, 0)::BIGINT AS sessions,
-          coalesce(buys.purchases, 0)::BIGINT AS purchases,
-          round(coalesce(buys.revenue, 0), 2)::DOUBLE AS revenue,
-          round({spend_col}, 2)::DOUBLE AS spend,
-          (spine.event_date = ?::DATE AND ?) AS is_partial
-        FROM spine CROSS JOIN stamp
-        LEFT JOIN sess USING (event_date, channel)
-        LEFT JOIN buys USING (event_date, channel)
-        {spend_join}
-        ORDER BY spine.event_date, spine.channel""",
-        [first_day, last_day, channels, lineage_id, last_day, partial],
-    )
-    return KpiSummary(table, first_day, last_day, partial, tuple(channels))
+        FROM sourced s JOIN mapped m ON m.s = coalesce(s.sm.s, '') AND m.m = coalesce(s.sm.m, '')"""

@@ -1,0 +1,224 @@
+"""`flashcast allocate FILE`: allocate a budget from any file of dated spend per channel and one
+outcome (plus optional controls), as media-mix data comes: a joint model (`flashcast.budget.mmm`),
+then the exact optimizer within the guardrails given. The edges live here: reading the file (a bad
+row is named by row and column, never by value) and writing the allocation, curves, what-if and
+decomposition with their charts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from flashcast.budget.curves import CurveFit
+from flashcast.budget.mmm import HOLDOUT_SHARE, MixData, MixModel, fit_mix
+from flashcast.budget.plan import ChannelSeries, CurvePlan, allocate_by_curves
+from flashcast.budget.records import ChannelHistory
+from flashcast.config import OPEN_GUARDRAILS, AllocationConfig, Guardrails
+from flashcast.errors import AllocationInfeasible, CurveFitError, IngestError
+from flashcast.forecasting.files import DateProblem, parse_dates
+from flashcast.sql import identifier
+
+Cadence = Literal["daily", "weekly"]
+PERIODS_PER_YEAR = {"daily": 365.25, "weekly": 365.25 / 7}
+UNIT = {"daily": "day", "weekly": "week"}
+# A held-out R^2 below this: the model explains the later periods no better than their mean, and
+# its curves must not decide a budget.
+MIN_HOLDOUT_R2 = 0.0
+
+
+@dataclass(frozen=True)
+class MixFile:
+    """The file's rows, oldest first: dates, cadence and the model's data."""
+
+    dates: pd.Series
+    cadence: Cadence
+    data: MixData
+
+
+def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: list[str],
+                  control_cols: list[str] = (), cadence: Cadence | None = None,  # type: ignore[assignment]
+                  date_format: str | None = None) -> MixFile:
+    """Read and check a CSV or Parquet file. Rows (1-based, header not counted) are named in errors."""
+    if not path.is_file():
+        raise IngestError(f"{path}: no such file")
+    if not spend_cols:
+        raise IngestError("give the spend columns: --spend-cols A,B,...")
+    con = duckdb.connect()
+    try:
+        parquet = path.suffix.lower() in (".parquet", ".pq")
+        try:
+            raw = con.read_parquet(str(path)) if parquet else con.read_csv(str(path), all_varchar=True)
+            raw.create_view("raw_file")
+            con.execute("CREATE TEMP VIEW source AS SELECT *, row_number() OVER () AS _row FROM raw_file")
+            columns = [c[0] for c in con.execute("DESCRIBE source").fetchall() if c[0] != "_row"]
+        except duckdb.Error as exc:
+            raise IngestError(f"{path}: cannot be read as {'Parquet' if parquet else 'CSV'} "
+                              f"({type(exc).__name__})") from exc
+        wanted = [date_col, outcome_col, *spend_cols, *control_cols]
+        missing = [c for c in wanted if c not in columns]
+        if missing:
+            raise IngestError(f"{path}: no column {missing[0]!r} (columns: {', '.join(columns)})")
+        repeated = sorted({c for c in wanted if wanted.count(c) > 1})
+        if repeated:
+            raise IngestError(f"{path}: column {repeated[0]!r} is given twice")
+        for column in [outcome_col, *spend_cols, *control_cols]:
+            c = identifier(column)
+            for condition, problem in ((f"{c} IS NULL OR trim({c}::VARCHAR) = ''", "is empty"),
+                                       (f"try_cast({c} AS DOUBLE) IS NULL OR NOT isfinite(try_cast({c} AS DOUBLE))",
+                                        "is not a number")):
+                bad = con.execute(f"SELECT min(_row) FROM source WHERE {condition}").fetchall()[0][0]
+                if bad is not None:
+                    raise IngestError(f"{path}: row {bad}: {column} {problem}")
+            if column in spend_cols:
+                bad = con.execute(f"SELECT min(_row) FROM source WHERE {c}::DOUBLE < 0").fetchall()[0][0]
+                if bad is not None:
+                    raise IngestError(f"{path}: row {bad}: {column} is negative")
+        values = ", ".join(f"{identifier(c)}::DOUBLE AS {identifier(c)}" for c in [outcome_col, *spend_cols,
+                                                                                   *control_cols])
+        frame = con.execute(f"SELECT {identifier(date_col)}::VARCHAR AS _date, {values} FROM source ORDER BY _row").df()
+    finally:
+        con.close()
+    if frame.empty:
+        raise IngestError(f"{path}: no rows")
+    try:
+        dates = parse_dates(frame["_date"], date_format=date_format)
+    except DateProblem as exc:
+        raise IngestError(f"{path}: row {exc.row + 1}: {date_col} {exc.problem}") from None
+    order = np.argsort(dates.to_numpy(), kind="stable")
+    sorted_dates = dates.iloc[order].reset_index(drop=True)
+    repeats = np.flatnonzero(sorted_dates.duplicated().to_numpy())
+    if len(repeats):
+        raise IngestError(f"{path}: row {int(order[repeats[0]]) + 1}: {date_col} repeats an earlier row's date")
+    frame = frame.iloc[order].reset_index(drop=True)
+    return MixFile(sorted_dates, cadence or _cadence(sorted_dates, path), MixData(
+        PERIODS_PER_YEAR[cadence or _cadence(sorted_dates, path)], frame[outcome_col].to_numpy(float),
+        {c: frame[c].to_numpy(float) for c in spend_cols}, {c: frame[c].to_numpy(float) for c in control_cols}))
+
+
+def _cadence(dates: pd.Series, path: Path) -> Cadence:
+    """Daily or weekly, from the typical gap between dates."""
+    gaps = dates.diff().dt.days.dropna()
+    if gaps.empty:
+        raise IngestError(f"{path}: one row: nothing to model")
+    typical = float(gaps.median())
+    if typical == 1:
+        return "daily"
+    if typical == 7:
+        return "weekly"
+    raise IngestError(f"{path}: dates are {typical:g} days apart; give daily or weekly rows (or --cadence)")
+
+
+@dataclass(frozen=True)
+class MixPlan:
+    model: MixModel
+    plan: CurvePlan
+    capped: tuple[str, ...]
+
+
+def allocate_mix(mix: MixFile, budget: float, *, guardrails: Guardrails | None = None,
+                 config: AllocationConfig | None = None, seed: int = 0, model: MixModel | None = None) -> MixPlan:
+    """Fit the joint model (unless given) and allocate `budget` (per period of the file's cadence).
+    The model stops the allocation when it predicts held-out periods no better than their mean, and
+    caps a channel whose curve shows no diminishing returns at its largest spend in the data."""
+    if not budget > 0 or not math.isfinite(budget):
+        raise AllocationInfeasible("the budget must be a positive number")
+    config = config or AllocationConfig()
+    model = model or fit_mix(mix.data, n_boot=config.bootstrap_draws, seed=seed)
+    if model.r2_holdout is not None and model.r2_holdout < MIN_HOLDOUT_R2:
+        raise CurveFitError(
+            f"the model explains the last {round(mix.data.n * HOLDOUT_SHARE)} {UNIT[mix.cadence]}s worse than their "
+            f"mean (held-out R^2 {model.r2_holdout:.2f}): no allocation from it. More history, "
+            "more variation in spend, or controls for what else moves the outcome may help")
+    capped = tuple(c for c in model.channels if model.effects[c].unsaturated)
+    fits: dict[str, CurveFit] = model.curve_fits()
+    histories, series = [], []
+    tail = slice(-4 if mix.cadence == "weekly" else -28, None)
+    for c in model.channels:
+        spend = mix.data.spend[c]
+        contribution = model.decomposition[c]
+        histories.append(ChannelHistory(c, float(spend[-1]), float(spend[tail].sum()), float(contribution[tail].sum())))
+        series.append(ChannelSeries(c, spend, contribution))
+    rails = guardrails or Guardrails.model_validate(OPEN_GUARDRAILS)
+    # A channel without diminishing returns in the data is not trusted past its largest spend.
+    if capped:
+        largest = {c: float(np.max(mix.data.spend[c])) for c in capped}
+        rails = rails.model_copy(update={"caps": {**rails.caps, **{c: min(rails.caps.get(c, math.inf), largest[c])
+                                                                   for c in capped}}})
+    plan = allocate_by_curves(histories, series, rails, config, budget=budget, fits=fits)
+    return MixPlan(model, plan, capped)
+
+
+def write_mix_outputs(result: MixPlan, mix: MixFile, out: Path, *, currency: str = "USD") -> dict[str, Path]:
+    """allocation.csv, curves.csv, whatif.csv, decomposition.csv, model.json and charts in `out`."""
+    from flashcast.budget.charts import plot_curves, plot_whatif
+
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    allocation = result.plan.allocation
+    files["allocation"] = _write_csv(out / "allocation.csv", [
+        {"channel": r.channel, "spend": r.spend, "share": r.share, "last_period_spend": r.yesterday_spend,
+         "expected_outcome": r.expected_conversions, "expected_low": r.expected_low, "expected_high": r.expected_high,
+         "marginal_cost": r.marginal_cpa, "bound": r.bound or "", "why": r.why} for r in allocation.rows])
+    grid_rows = []
+    for c in result.model.channels:
+        curve = result.model.effects[c].curve
+        top = max(float(np.max(mix.data.spend[c])) * 1.5, 1.0)
+        for x in np.linspace(0, top, 41):
+            grid_rows.append({"channel": c, "spend": round(float(x), 2),
+                              "response": round(float(curve.response(x)), 4)})
+    files["curves"] = _write_csv(out / "curves.csv", grid_rows)
+    files["whatif"] = _write_csv(out / "whatif.csv", result.plan.whatif)
+    decomposition = result.model.decomposition
+    files["decomposition"] = _write_csv(out / "decomposition.csv", [
+        {"date": d.date().isoformat(), **{k: round(float(v[i]), 4) for k, v in decomposition.items()}}
+        for i, d in enumerate(mix.dates)])
+    model = result.model
+    files["model"] = out / "model.json"
+    files["model"].write_text(json.dumps({
+        "cadence": mix.cadence, "periods": mix.data.n, "r2": model.r2, "r2_holdout": model.r2_holdout,
+        "baseline_share": round(model.baseline_share, 4), "budget": allocation.budget,
+        "expected_outcome": allocation.expected_conversions, "expected_interval_80": allocation.expected_interval,
+        "gain_vs_last_period_split": allocation.gain_vs_yesterday,
+        "gain_vs_inverse_cost": allocation.gain_vs_inverse_cpa,
+        "capped_at_largest_spend": list(result.capped), "notes": [*model.notes, *allocation.notes],
+        "channels": {c: {"beta": e.curve.beta, "half_saturation": e.curve.k, "slope": e.curve.slope,
+                         "decay": e.curve.decay, "share_of_outcome": round(e.share, 4), "unsaturated": e.unsaturated}
+                     for c, e in model.effects.items()},
+    }, indent=2) + "\n")
+    files["curves_chart"] = plot_curves(result.plan, out / "curves.png", currency=currency)
+    files["whatif_chart"] = plot_whatif(result.plan.whatif, out / "whatif.png", currency=currency)
+    files["decomposition_chart"] = _plot_decomposition(mix, model, out / "decomposition.png")
+    return files
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> Path:
+    with path.open("w", newline="") as handle:
+        if rows:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return path
+
+
+def _plot_decomposition(mix: MixFile, model: MixModel, path: Path) -> Path:
+    """Stacked contributions (baseline and controls, then each channel) under the actual outcome."""
+    from flashcast.charts import chart
+
+    with chart(path, figsize=(10, 4.5), dpi=100) as (_, ax):
+        parts = {"baseline + controls": model.decomposition["baseline"] + model.decomposition["controls"],
+                 **{c: model.decomposition[c] for c in model.channels}}
+        ax.stackplot(mix.dates, *parts.values(), labels=list(parts), alpha=0.7)
+        ax.plot(mix.dates, model.decomposition["actual"], color="black", linewidth=1, label="actual")
+        ax.set_title(f"Decomposition (R^2 {model.r2:.2f}"
+                     + (f", held-out {model.r2_holdout:.2f})" if model.r2_holdout is not None else ")"))
+        ax.legend(loc="upper left", fontsize=8, ncol=3)
+    return path
