@@ -94,7 +94,7 @@ def test_the_annotated_example_names_every_setting() -> None:
         header = re.match(r"^#?\s*\[\[?([a-z_.]+)\]\]?", line)
         if header:
             named.add(header.group(1))  # [[channels.rules]] shows channels.rules
-            section = header.group(1).split(".")[0] + "."
+            section = header.group(1) + "."
             continue
         key = re.match(r"^#?\s*([a-z_]+)\s*=", line)
         if key:

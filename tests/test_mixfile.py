@@ -68,12 +68,16 @@ def test_the_joint_model_allocates_near_the_oracle_on_pooled_sales_with_a_confou
     assert _true_total(spends) / _oracle(9000.0) > 0.97
     model = result.model
     assert model.r2_holdout is not None and model.r2_holdout > 0.5
+    # What the data identify (a curve's level near zero trades off with the intercept): each channel's
+    # gain from half to one and a half times its mean spend. At most a fifth of the channels' true
+    # gains is misplaced (a small channel's own error can be larger).
+    misplaced, total = 0.0, 0.0
     for channel, curve in TRUTH.items():
-        # What the data identify (a curve's level near zero trades off with the intercept): the gain
-        # from half to one and a half times the mean spend, within 35% of the truth's.
         xs = np.array([0.5, 1.5]) * float(frame[channel].mean())
-        fitted, true = np.diff(model.effects[channel].curve.response(xs)), np.diff(curve.response(xs))
-        assert abs(float(fitted[0] / true[0]) - 1) < 0.35, channel
+        fitted = float(np.diff(model.effects[channel].curve.response(xs))[0])
+        true = float(np.diff(curve.response(xs))[0])
+        misplaced, total = misplaced + abs(fitted - true), total + true
+    assert misplaced / total < 0.2
 
 
 def test_without_the_confounder_s_control_tv_takes_credit_for_demand(tmp_path: Path) -> None:

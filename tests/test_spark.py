@@ -117,3 +117,32 @@ def test_spark_and_duckdb_give_the_same_governed_tables_over_two_runs(
         assert con.execute("""SELECT count(*) FROM daily_outcomes
             WHERE input_rows <> accepted + dropped_consent + quarantined + duplicate""").fetchall()[0][0] == 0
     gc.collect()  # py4j's sockets are closed here, under this module's warning filter
+
+
+@pytest.mark.slow
+def test_a_parquet_export_gives_the_same_guarded_rows_on_both_engines(spark_ready: None, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from flashcast.config import PrivacyPolicy
+    from flashcast.records import RunContext
+    from flashcast.spark import spark_session
+    from flashcast.stages.guard import guard_export, install_privacy_functions
+    from flashcast.stages.ingest import discover_exports, stage_export, stage_export_on
+
+    sim = simulate(SimulationSpec(days=5, users=200, seed=8, end_date=date(2026, 5, 5), formats=("parquet",)),
+                   tmp_path / "sim")
+    export, key, policy = sim.export_dirs["parquet"], PiiKey(b"spark-test-key"), PrivacyPolicy()
+    run = RunContext("parity", datetime(2026, 5, 6, tzinfo=UTC), key.key_id)
+    tables = ("guarded_events", "consent_drops", "duplicates")
+    with duckdb.connect() as duck, duckdb.connect() as landed:
+        install_privacy_functions(duck, key, policy)
+        guard_export(duck, stage_export(duck, export), policy=policy, run=run)
+        with spark_session(SparkConfig(shuffle_partitions=2), scratch=tmp_path / "spark") as engine:
+            install_privacy_functions(landed, key, policy, engine=engine)
+            guard_export(landed, stage_export_on(engine, landed, discover_exports(export)), policy=policy, run=run,
+                         engine=engine)
+        for table in tables:
+            order = f"SELECT * FROM {table} ORDER BY source_file, source_line"
+            assert duck.execute(order).fetchall() == landed.execute(order).fetchall(), table
+        assert duck.execute("SELECT count(*) FROM guarded_events").fetchall()[0][0] > 1000
+    gc.collect()

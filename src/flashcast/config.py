@@ -13,7 +13,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -496,17 +496,19 @@ class Settings(_Frozen):
 OPEN_GUARDRAILS = {"min_share": {}, "max_share": {}, "max_daily_change": 1e9, "min_daily_move_share": 1.0}
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
 def load_allocation_settings(path: Path | None, **guardrails: object) -> tuple[Guardrails, AllocationConfig, str]:
     """The [guardrails] (over OPEN_GUARDRAILS, then `guardrails` over those), [allocation] and
     currency of a config file, alone: the rest of the file (its channel mapping) is not checked."""
-    data: dict[str, object] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {path}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data = _read_toml(path) if path is not None else {}
     where = f"{path}: " if path else ""
     given = data.get("guardrails", {})
     try:
@@ -526,12 +528,7 @@ def load_settings(path: Path | None = None) -> Settings:
         if not candidate.exists():
             return Settings()
         path = candidate
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file not found: {path}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data = _read_toml(path)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

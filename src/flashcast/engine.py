@@ -24,6 +24,9 @@ class Engine(Protocol):
     def create(self, table: str, select: str) -> None:
         """Materialize `select` as temporary table `table` (replacing one of that name)."""
 
+    def view(self, name: str, select: str) -> None:
+        """`select` under `name`, computed where it is read (an engine that caches may materialize it)."""
+
     def rows(self, select: str) -> list[tuple[Any, ...]]:
         """The result of `select`, fetched."""
 
@@ -50,6 +53,9 @@ class DuckEngine:
 
     def create(self, table: str, select: str) -> None:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {select}")
+
+    def view(self, name: str, select: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {select}")
 
     def rows(self, select: str) -> list[tuple[Any, ...]]:
         return self.con.execute(select).fetchall()

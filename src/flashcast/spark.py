@@ -104,6 +104,9 @@ class SparkEngine:
             old.unpersist()
         self._cached[table] = frame
 
+    def view(self, name: str, select: str) -> None:
+        self.create(name, select)  # cached: Spark would recompute a plain view for every reader
+
     def rows(self, select: str) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in self.spark.sql(to_spark(select)).collect()]
 

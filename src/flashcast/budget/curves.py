@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -273,18 +274,19 @@ def _bootstrap(curve: ResponseCurve, x: Array, y: Array, *, n_boot: int, seed: i
     """Residual moving-block bootstrap: refit on fitted + resampled residual blocks (decay held)."""
     if n_boot <= 0:
         return (curve,)
-    rng = np.random.default_rng(seed)
     fitted = curve.fitted(x)
-    resid = y - fitted
-    n = len(y)
-    draws = []
+    # No clipping at zero: clipping inflates low counts and would bias every draw's intercept up.
+    return tuple(fit_curve_fixed_decay(x, fitted + sample, curve.decay, (curve.form,))
+                 for sample in block_resamples(y - fitted, n_boot=n_boot, seed=seed, block=block))
+
+
+def block_resamples(resid: Array, *, n_boot: int, seed: int, block: int) -> Iterator[Array]:
+    """`n_boot` moving-block resamples of a residual series (blocks keep its autocorrelation)."""
+    rng = np.random.default_rng(seed)
+    n = len(resid)
     for _ in range(n_boot):
         starts = rng.integers(0, max(n - block, 1), size=n // block + 1)
-        sample = np.concatenate([resid[s : s + block] for s in starts])[:n]
-        # No clipping at zero: clipping inflates low counts and would bias every draw's intercept up.
-        y_star = fitted + sample
-        draws.append(fit_curve_fixed_decay(x, y_star, curve.decay, (curve.form,)))
-    return tuple(draws)
+        yield np.concatenate([resid[s : s + block] for s in starts])[:n]
 
 
 # ------------------------------------------------------------------ many curves at once

@@ -31,16 +31,25 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import lsq_linear, minimize
 
-from flashcast.budget.curves import Array, CurveFit, FitDiagnostics, ResponseCurve, adstock, saturation
+from flashcast.budget.curves import (
+    Array,
+    CurveFit,
+    FitDiagnostics,
+    ResponseCurve,
+    adstock,
+    block_resamples,
+    saturation,
+)
 from flashcast.errors import CurveFitError
 
 DECAY_MAX = 0.9
 K_RANGE = (0.05, 5.0)  # half-saturation as a multiple of the channel's median active adstock
 SLOPE_RANGE = (0.5, 3.0)
 # Prior standard deviations, on log scales: log(slope) ~ N(0, 0.5) (slope 1; 2.7 is two sd away),
-# log(k / median active adstock) ~ N(0, 1.5).
+# log(k / median active adstock) ~ N(0, 1.5); and a weak one on the carry-over.
 SLOPE_PRIOR_SD = 0.5
 K_PRIOR_SD = 1.5
+DECAY_PRIOR_SD = 1.0  # on the logit of decay / DECAY_MAX: centred on 0.45, 95% within 0.1..0.8
 HOLDOUT_SHARE = 0.2
 UNSATURATED_ELASTICITY = 0.8
 MIN_PERIODS = 26
@@ -164,7 +173,8 @@ def _fit_shapes(base: Array, spend: Array, y: Array, scale: Array, *, starts: in
     noise = max(mse(np.zeros(3 * c)), 1e-6)
 
     def objective(theta: Array) -> float:
-        prior = (np.sum((theta[2 * c:] / SLOPE_PRIOR_SD) ** 2) + np.sum((theta[c:2 * c] / K_PRIOR_SD) ** 2))
+        prior = (np.sum((theta[2 * c:] / SLOPE_PRIOR_SD) ** 2) + np.sum((theta[c:2 * c] / K_PRIOR_SD) ** 2)
+                 + np.sum((theta[:c] / DECAY_PRIOR_SD) ** 2))
         return mse(theta) + noise * prior / n
 
     rng = np.random.default_rng(seed)
@@ -260,12 +270,5 @@ def _block(data: MixData) -> int:
 def _bootstrap(base: Array, media: Array, y: Array, fitted: Array, *, n_boot: int, seed: int, block: int
                ) -> list[Array]:
     """Channel coefficients refitted on fitted + resampled residual blocks (shapes held)."""
-    rng = np.random.default_rng(seed)
-    resid = y - fitted
-    n = len(y)
-    draws = []
-    for _ in range(n_boot):
-        starts = rng.integers(0, max(n - block, 1), size=n // block + 1)
-        sample = np.concatenate([resid[s:s + block] for s in starts])[:n]
-        draws.append(_solve_linear(base, media, fitted + sample)[base.shape[1]:])
-    return draws
+    return [_solve_linear(base, media, fitted + sample)[base.shape[1]:]
+            for sample in block_resamples(y - fitted, n_boot=n_boot, seed=seed, block=block)]

@@ -51,11 +51,10 @@ def install_privacy_functions(con: duckdb.DuckDBPyConnection, key: PiiKey, polic
     """Put the key's HMAC pads in table `_hmac_pads` (read by `hmac_sql`; never written into SQL
     text, which engines log) and create `hmac_hex(text)` and `redact_text(text)` macros in `con`
     for ad-hoc DuckDB queries."""
-    ipad, opad = key.pads()
-    engine_of(con, engine).put("_hmac_pads", {"ipad": "BLOB", "opad": "BLOB"}, [(ipad, opad)])
+    pads = [key.pads()]
+    DuckEngine(con).put("_hmac_pads", {"ipad": "BLOB", "opad": "BLOB"}, pads)
     if engine is not None and not isinstance(engine, DuckEngine):
-        con.execute("CREATE OR REPLACE TEMP TABLE _hmac_pads (ipad BLOB, opad BLOB)")
-        con.execute("INSERT INTO _hmac_pads VALUES (?, ?)", [ipad, opad])
+        engine.put("_hmac_pads", {"ipad": "BLOB", "opad": "BLOB"}, pads)
     con.execute(f"CREATE OR REPLACE TEMP MACRO hmac_hex(msg) AS {hmac_sql('msg')}")
     con.execute(f"CREATE OR REPLACE TEMP MACRO redact_text(s) AS {redact_sql('s', policy)}")
 
@@ -104,7 +103,8 @@ def guard_export(
         sql.put(_PRIOR, {"source_file": "VARCHAR", "source_line": "BIGINT", "transaction_key": "VARCHAR",
                          "event_timestamp": "BIGINT"}, con.execute(purchases).fetchall())
     for table, select in guard_steps(staged.table, policy=policy, run=run, prior=bool(prior_events)):
-        sql.create(table, select)
+        # the routed rows are the staged rows plus a label: a view where the engine reads it in place
+        (sql.view if table == "_routed" else sql.create)(table, select)
     sql.create(_STAGED_DAYS, f"SELECT event_date, count(*) AS n FROM {staged.table} GROUP BY event_date")
     land(con, sql, [*OUTCOME_TABLES, _STAGED_DAYS])
     stored = stored_prefix is not None and _has_column(con, f"{stored_prefix}{Table.GUARDED_EVENTS}", "source_file")
@@ -126,15 +126,14 @@ def guard_steps(src: str, *, policy: PrivacyPolicy, run: RunContext, prior: bool
     null_granted = "true" if policy.consent_null_means == "granted" else "false"
     stamp = (f"{literal(run.lineage_id)}::VARCHAR AS lineage_id, "
              f"{literal(run.processed_at.isoformat())}::TIMESTAMPTZ AS processed_at")
-    routed = f"""(SELECT *,
+    steps = [("_routed", f"""SELECT *,
           CASE
             WHEN NOT valid THEN 'invalid'
             WHEN {consent_col} = 'No' OR ({consent_col} IS NULL AND NOT {null_granted}) THEN 'denied'
             WHEN user_pseudo_id IS NULL THEN 'no_identity'
             ELSE 'candidate'
           END AS route
-        FROM {src})"""
-    steps = [("_routed", f"SELECT * FROM {routed}")]
+        FROM {src}""")]
     steps.append((Table.QUARANTINE, f"""SELECT {stamp}, event_date, source_file, source_line,
           split_part(reasons[1], ':', 1) AS field,
           source_file || ' line ' || source_line || ': ' || array_to_string(reasons, '; ') AS reason,
