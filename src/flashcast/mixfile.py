@@ -44,8 +44,8 @@ class MixFile:
     data: MixData
 
 
-def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: list[str],
-                  control_cols: list[str] = (), cadence: Cadence | None = None,  # type: ignore[assignment]
+def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Sequence[str],
+                  control_cols: Sequence[str] = (), cadence: Cadence | None = None,
                   date_format: str | None = None) -> MixFile:
     """Read and check a CSV or Parquet file. Rows (1-based, header not counted) are named in errors."""
     if not path.is_file():
@@ -99,8 +99,9 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: li
     if len(repeats):
         raise IngestError(f"{path}: row {int(order[repeats[0]]) + 1}: {date_col} repeats an earlier row's date")
     frame = frame.iloc[order].reset_index(drop=True)
-    return MixFile(sorted_dates, cadence or _cadence(sorted_dates, path), MixData(
-        PERIODS_PER_YEAR[cadence or _cadence(sorted_dates, path)], frame[outcome_col].to_numpy(float),
+    cadence = cadence or _cadence(sorted_dates, path)
+    return MixFile(sorted_dates, cadence, MixData(
+        PERIODS_PER_YEAR[cadence], frame[outcome_col].to_numpy(float),
         {c: frame[c].to_numpy(float) for c in spend_cols}, {c: frame[c].to_numpy(float) for c in control_cols}))
 
 
