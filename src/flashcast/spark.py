@@ -220,7 +220,11 @@ def spark_session(config: SparkConfig, *, scratch: Path) -> Iterator[SparkEngine
                .config("spark.ui.enabled", "false")
                .config("spark.ui.showConsoleProgress", "false")
                .config("spark.local.dir", str(scratch))
-               .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions)))
+               .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
+               # The governed tables come back to the driver (Arrow) to reach the warehouse: Spark's
+               # 1g driver defaults lost a year of events (357k rows) there. `conf` overrides both.
+               .config("spark.driver.memory", "4g")
+               .config("spark.driver.maxResultSize", "4g"))
     for key, value in config.conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
