@@ -79,10 +79,14 @@ def engine_of(con: duckdb.DuckDBPyConnection, engine: Engine | None) -> Engine:
     return engine if engine is not None else DuckEngine(con)
 
 
+def is_remote(con: duckdb.DuckDBPyConnection, engine: Engine | None) -> bool:
+    """Whether `engine` holds its tables apart from the run's connection `con`."""
+    return engine is not None and not (isinstance(engine, DuckEngine) and engine.con is con)
+
+
 def land(con: duckdb.DuckDBPyConnection, engine: Engine, tables: list[str]) -> None:
     """Copy `tables` from a remote engine into the run's DuckDB connection (same names)."""
-    if isinstance(engine, DuckEngine) and engine.con is con:
-        return
-    for table in tables:
-        data = engine.arrow(table)  # noqa: F841 (read by DuckDB's replacement scan below)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM data")
+    if is_remote(con, engine):
+        local = DuckEngine(con)
+        for table in tables:
+            local.load(table, engine.arrow(table))

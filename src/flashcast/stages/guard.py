@@ -20,7 +20,7 @@ from __future__ import annotations
 import duckdb
 
 from flashcast.config import PrivacyPolicy, Settings
-from flashcast.engine import DuckEngine, Engine, engine_of, land
+from flashcast.engine import DuckEngine, Engine, engine_of, is_remote, land
 from flashcast.errors import ReconciliationError
 from flashcast.history import OUTCOME_TABLES, merge_reused
 from flashcast.keys import PiiKey
@@ -53,7 +53,7 @@ def install_privacy_functions(con: duckdb.DuckDBPyConnection, key: PiiKey, polic
     for ad-hoc DuckDB queries."""
     pads = [key.pads()]
     DuckEngine(con).put("_hmac_pads", {"ipad": "BLOB", "opad": "BLOB"}, pads)
-    if engine is not None and not isinstance(engine, DuckEngine):
+    if engine is not None and is_remote(con, engine):
         engine.put("_hmac_pads", {"ipad": "BLOB", "opad": "BLOB"}, pads)
     con.execute(f"CREATE OR REPLACE TEMP MACRO hmac_hex(msg) AS {hmac_sql('msg')}")
     con.execute(f"CREATE OR REPLACE TEMP MACRO redact_text(s) AS {redact_sql('s', policy)}")
@@ -97,7 +97,7 @@ def guard_export(
     sql = engine_of(con, engine)
     purchases = f"""SELECT source_file, source_line, transaction_key, event_timestamp FROM {prior_events}
         WHERE event_name = 'purchase' AND transaction_key IS NOT NULL"""
-    if prior_events and isinstance(sql, DuckEngine):
+    if prior_events and not is_remote(con, sql):
         sql.create(_PRIOR, purchases)
     elif prior_events:  # only the stored purchases' keys travel to the engine (a small table)
         sql.put(_PRIOR, {"source_file": "VARCHAR", "source_line": "BIGINT", "transaction_key": "VARCHAR",

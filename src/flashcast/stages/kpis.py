@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from flashcast.config import ChannelMapping, Settings
-from flashcast.engine import DuckEngine, Engine, engine_of, land
+from flashcast.engine import Engine, engine_of, is_remote, land
 from flashcast.errors import IngestError
 from flashcast.records import KpiSummary, RunContext, RunInputs, Table
 from flashcast.sql import literal
@@ -95,7 +95,7 @@ def daily_channel_kpis(
     stamp. `engine`: where the SQL runs (default `con`); the events and spend in `con` are sent to
     it, and the sessions and KPIs landed back."""
     sql = engine_of(con, engine)
-    if not isinstance(sql, DuckEngine) or sql.con is not con:
+    if is_remote(con, sql):
         sql.load("_kpi_events", con.sql(f"SELECT {', '.join(KPI_COLUMNS)} FROM {events}").to_arrow_table())
         events = "_kpi_events"
         if spend:
