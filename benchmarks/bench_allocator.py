@@ -123,11 +123,12 @@ def _true_as_fitted(truths: list[ChannelTruth]) -> list[ResponseCurve | None]:
 
 
 def _optimize_true(truths: list[ChannelTruth], curves: list[ResponseCurve | None], budget: float) -> dict[str, float]:
-    """The curve optimizer on the true curves (a log curve is handed over as its best hill approximation)."""
+    """The curve optimizer on the true curves. A log curve is handed over as its best hill
+    approximation over every spend the budget allows (a narrower range misleads it at large budgets)."""
     fitted = []
     for t, c in zip(truths, curves, strict=True):
         if c is None:
-            xs = np.linspace(0, t.base_daily_spend * 6, 400)
+            xs = np.linspace(0, budget, 400)
             c = fit_response_curve(xs, true_response(t, xs), n_boot=0).curve
         fitted.append(c)
     n = len(truths)

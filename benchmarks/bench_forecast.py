@@ -24,8 +24,17 @@ import numpy as np
 import pandas as pd
 
 from flashcast.errors import ForecastError
-from flashcast.forecasting.backtest import BacktestSpec, run_backtest, score_engines, select_engine
-from flashcast.forecasting.engines import make_engines
+from flashcast.forecasting.backtest import (
+    Backtest,
+    BacktestSpec,
+    EngineScore,
+    nested_bands,
+    origin_bands,
+    run_backtest,
+    score_engines,
+    select_engine,
+)
+from flashcast.forecasting.engines import DEFAULT_ENGINES, Ensemble, make_engine, make_engines
 from flashcast.forecasting.forecast import forecast_many
 from flashcast.forecasting.series import prepare_series
 
@@ -67,16 +76,19 @@ def simulated_revenue() -> pd.DataFrame:
     return rows.iloc[:-1]  # the last day is partial
 
 
-def prophet_at_origins(y: np.ndarray, dates: pd.DatetimeIndex, cuts: list[int], horizon: int) -> dict[str, float]:
+def prophet_at_origins(y: np.ndarray, dates: pd.DatetimeIndex, cuts: list[int], horizon: int,
+                       scale: np.ndarray) -> dict[str, float]:
     """Prophet with default settings at each origin: point, and its own 80% and 95% intervals.
     Timed: one fit and one predict (default 80% interval); the 95% predict is extra and untimed."""
     from prophet import Prophet
 
     for name in ("cmdstanpy", "prophet"):
         logging.getLogger(name).disabled = True
-    maes, covered = [], {80: [], 95: []}
+    maes: list[float] = []
+    covered: dict[int, list[float]] = {80: [], 95: []}
+    winkler: dict[int, list[float]] = {80: [], 95: []}
     seconds = 0.0
-    for c in cuts:
+    for c, s in zip(cuts, scale, strict=True):
         future = pd.DataFrame({"ds": dates[c : c + horizon]})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -90,12 +102,44 @@ def prophet_at_origins(y: np.ndarray, dates: pd.DatetimeIndex, cuts: list[int], 
             wide = model.predict(future)
             bands[95] = (wide["yhat_lower"].to_numpy(), wide["yhat_upper"].to_numpy())
         actual = y[c : c + horizon]
-        scale = max(float(np.mean(np.abs(y[7:c] - y[: c - 7]))), 1e-9)
-        maes.append(float(np.mean(np.abs(actual - frame["yhat"].to_numpy()))) / scale)
+        maes.append(float(np.mean(np.abs(actual - frame["yhat"].to_numpy()))) / s)
         for level, (lo, hi) in bands.items():
             covered[level].append(float(np.mean((actual >= lo) & (actual <= hi))))
+            winkler[level].append(interval_score(actual, lo, hi, level) / s)
     return {"mase": float(np.mean(maes)), "cov80": float(np.mean(covered[80])), "cov95": float(np.mean(covered[95])),
-            "seconds": seconds / len(cuts)}
+            "is80": float(np.mean(winkler[80])), "is95": float(np.mean(winkler[95])), "seconds": seconds / len(cuts)}
+
+
+def interval_score(actual: np.ndarray, lo: np.ndarray, hi: np.ndarray, level: int) -> float:
+    """Mean Winkler (interval) score over a horizon: the width, plus 2/alpha times each miss."""
+    alpha = 1 - level / 100
+    return float(np.mean((hi - lo) + 2 / alpha * (np.maximum(lo - actual, 0) + np.maximum(actual - hi, 0))))
+
+
+def replayed(bt: Backtest, spec: BacktestSpec, *, nonnegative: bool, combination: str | None) -> dict[str, np.ndarray]:
+    """The default path as a user meets it, replayed at each scored origin: the engine chosen by
+    `select_engine` from the origins before it whose horizon was already observed (up to
+    `spec.origins` of them), its forecast at that origin and its conformal bands (calibrated on earlier
+    origins only). Per scored origin: MASE, each band's coverage and scaled interval score."""
+    n = len(bt.origins)
+    lag = -(-spec.horizon // spec.step)
+    per_origin = {e: np.mean(np.abs(bt.actual - p), axis=1) / bt.scale for e, p in bt.points.items()}
+    banded = {e: origin_bands(bt.actual - p, bt.spread, bt.floor, spec)[0] for e, p in bt.points.items()}
+    out: dict[str, list[float]] = {"mase": [], "cov80": [], "cov95": [], "is80": [], "is95": []}
+    for k in range(n - spec.origins, n):
+        seen = range(max(0, k - lag + 1 - spec.origins), k - lag + 1)
+        scores = [EngineScore(e, float(np.mean(v[seen])), 0.0, 0.0, {}, {}, len(seen), 0.0, tuple(v[seen]))
+                  for e, v in per_origin.items()]
+        engine = select_engine(scores, combination=combination).winner
+        offsets = {level: (lo[None, :], hi[None, :]) for level, (lo, hi) in banded[engine][k].items()}
+        point, bands = nested_bands(bt.points[engine][k][None, :], offsets, nonnegative=nonnegative)
+        actual = bt.actual[k]
+        out["mase"].append(float(np.mean(np.abs(actual - point[0]))) / bt.scale[k])
+        for level in (80, 95):
+            lo, hi = bands[level][0][0], bands[level][1][0]
+            out[f"cov{level}"].append(float(np.mean((actual >= lo) & (actual <= hi))))
+            out[f"is{level}"].append(interval_score(actual, lo, hi, level) / bt.scale[k])
+    return {key: np.array(values) for key, values in out.items()}
 
 
 def compile_once() -> float:
@@ -103,20 +147,34 @@ def compile_once() -> float:
     start = time.perf_counter()
     y = 100 + 10 * np.resize([1.0, 0.9, 1.1, 1.0, 1.2, 0.8, 1.0], 120)
     dates = pd.date_range("2024-01-01", periods=120)
-    for engine in make_engines(None):
+    for engine in make_engines([*DEFAULT_ENGINES, *BASELINES.values()]):
         engine.point(y, dates, 14)
     return time.perf_counter() - start
 
 
+# statsforecast's engines printed beside Flashcast, by the names Flashcast's registry gives them
+BASELINES = {"SeasonalNaive": "naive7", "AutoETS": "ets", "MSTL": "mstl", "AutoARIMA": "arima"}
+BASELINE_EVERY = 3  # the baselines and Prophet refit at every 3rd scored origin (AutoARIMA takes seconds a fit)
+
+
 def main() -> None:
     spec = BacktestSpec()
+    line_up = make_engines(None)
+    combination = next((e.alias for e in line_up if isinstance(e, Ensemble)), None)
     print(f"horizon {spec.horizon}, origins every {spec.step} days, {spec.origins} scored origins per series "
-          f"(bands calibrated only on earlier origins); line-up {', '.join(e.alias for e in make_engines(None))}")
+          f"(bands calibrated only on earlier origins); line-up {', '.join(e.alias for e in line_up)}")
     print(f"one-off numba compilation of the statsforecast models: {compile_once():.1f} s (not in the figures below)")
-    header = (f"{'series':<22} {'days':>5} | {'Prophet MASE':>12} {'cov80':>6} {'cov95':>6} {'s/fit':>6} | "
-              f"{'Flashcast':<9} {'MASE':>6} {'cov80':>6} {'cov95':>6} {'s/fit':>7} {'speedup':>7} | selection s")
+    print("Flashcast: the default path replayed at each scored origin (the engine chosen from the origins before it, "
+          "its forecast, its bands).\nMASE: every engine on the same "
+          f"{-(-spec.origins // BASELINE_EVERY)} origins (every {BASELINE_EVERY}rd scored one); Flashcast's coverage "
+          "on all scored origins.")
+    header = (f"{'series':<22} {'days':>5} | {'Flashcast':>9} {'cov80':>6} {'cov95':>6} | {'Prophet':>7} {'cov80':>6} "
+              f"{'cov95':>6} | " + " ".join(f"{name:>13}" for name in BASELINES) + " | selection s")
     print(header)
-    prophet_mase, ours_mase = [], []
+    table: dict[str, list[float]] = {"Flashcast": [], "Prophet": [], **{name: [] for name in BASELINES}}
+    bands_outside, n_series = 0, 0
+    scores_ours: dict[int, list[float]] = {80: [], 95: []}
+    scores_prophet: dict[int, list[float]] = {80: [], 95: []}
     for name, frame in load_series().items():
         nonnegative = bool((frame["y"].dropna() >= 0).all())  # bands clipped at zero only for such series
         try:
@@ -125,25 +183,43 @@ def main() -> None:
         except ForecastError as exc:
             print(f"{name}: skipped: {exc}")
             continue
+        n_series += 1
         start = time.perf_counter()
-        bt = run_backtest(y, dates, make_engines(None), spec)
-        selection = select_engine(score_engines(bt, spec, nonnegative=nonnegative))
+        bt = run_backtest(y, dates, line_up, spec)
+        selection = select_engine(score_engines(bt, spec, nonnegative=nonnegative), combination=combination)
         backtest_seconds = time.perf_counter() - start
-        best = selection.winner_score
-        n_origins = len(bt.origins)
-        cuts = [int(np.searchsorted(dates, o)) + 1 for o in bt.origins[n_origins - spec.origins:]]
-        prophet = prophet_at_origins(y, dates, cuts, spec.horizon)
-        prophet_mase.append(prophet["mase"])
-        ours_mase.append(best.mase)
-        speed = prophet["seconds"] / max(best.seconds_per_fit, 1e-6)
-        print(f"{name:<22} {len(y):>5} | {prophet['mase']:>12.3f} {prophet['cov80']:>6.1%} {prophet['cov95']:>6.1%} "
-              f"{prophet['seconds']:>6.3f} | {best.engine:<9} {best.mase:>6.3f} {best.coverage[80]:>6.1%} "
-              f"{best.coverage[95]:>6.1%} {best.seconds_per_fit:>7.4f} {speed:>6.0f}x | {backtest_seconds:.1f}"
+        ours = replayed(bt, spec, nonnegative=nonnegative, combination=combination)
+        first = len(bt.origins) - spec.origins
+        scored = list(range(len(bt.origins) - 1, first - 1, -BASELINE_EVERY))[::-1]
+        cuts = [int(np.searchsorted(dates, bt.origins[k])) + 1 for k in scored]
+        table["Flashcast"].append(float(ours["mase"][[k - first for k in scored]].mean()))
+        prophet = prophet_at_origins(y, dates, cuts, spec.horizon, bt.scale[scored])
+        table["Prophet"].append(prophet["mase"])
+        for column, alias in BASELINES.items():
+            engine = make_engine(alias)
+            maes = [float(np.mean(np.abs(y[c : c + spec.horizon] - engine.point(y[:c], dates[:c], spec.horizon))))
+                    / bt.scale[k] for c, k in zip(cuts, scored, strict=True)]
+            table[column].append(float(np.mean(maes)))
+        coverage = {level: float(ours[f"cov{level}"].mean()) for level in (80, 95)}
+        bands_outside += not (0.75 <= coverage[80] <= 0.85 and 0.90 <= coverage[95] <= 0.98)
+        for level in (80, 95):
+            scores_ours[level].append(float(ours[f"is{level}"].mean()))
+            scores_prophet[level].append(prophet[f"is{level}"])
+        print(f"{name:<22} {len(y):>5} | {table['Flashcast'][-1]:>9.3f} {coverage[80]:>6.1%} {coverage[95]:>6.1%} | "
+              f"{prophet['mase']:>7.3f} {prophet['cov80']:>6.1%} {prophet['cov95']:>6.1%} | "
+              + " ".join(f"{table[c][-1]:>13.3f}" for c in BASELINES) + f" | {backtest_seconds:.1f}"
               + (f"  ({filled} gap days filled)" if filled else "")
               + (f"  ({dropped} days before a long gap left out)" if dropped else ""))
-        print("    leaderboard: " + ", ".join(f"{s.engine} {s.mase:.3f}" for s in selection.leaderboard)
-              + f"; {selection.reason}")
-    print(f"mean MASE: Prophet defaults {np.mean(prophet_mase):.3f}, Flashcast selection {np.mean(ours_mase):.3f}")
+        print("    today's selection: " + selection.reason)
+    means = {column: float(np.mean(values)) for column, values in table.items()}
+    print("mean MASE: " + ", ".join(f"{column} {value:.3f}" for column, value in means.items()))
+    best = min(BASELINES, key=lambda c: means[c])
+    print(f"Flashcast vs the best single statsforecast engine ({best}): {means['Flashcast'] / means[best] - 1:+.1%} "
+          "(target: -5% or better)")
+    print(f"bands: {bands_outside} of {n_series} series outside 75-85% (80% band) or 90-98% (95% band); mean "
+          f"interval score over the MASE scale, 80% / 95%: Flashcast {np.mean(scores_ours[80]):.2f} / "
+          f"{np.mean(scores_ours[95]):.2f}, Prophet {np.mean(scores_prophet[80]):.2f} / "
+          f"{np.mean(scores_prophet[95]):.2f} (lower is better)")
     daily_call()
     scaling()
 

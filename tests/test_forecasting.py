@@ -183,6 +183,30 @@ def test_a_much_cheaper_engine_wins_a_statistical_tie_whatever_the_timing() -> N
     assert not_cheap_enough.winner == "ensemble"
 
 
+def test_the_combination_holds_unless_a_single_engine_clearly_beats_it() -> None:
+    """With an ensemble in the line-up, a single engine replaces it only when better by the margin
+    and two standard errors; a cheaper engine's statistical tie does not displace it."""
+    from flashcast.forecasting.backtest import COMBINATION_MARGIN, EngineScore, select_engine
+
+    rng = np.random.default_rng(11)
+    base = rng.uniform(0.8, 1.2, 60)
+
+    def score(name: str, shift: float) -> EngineScore:
+        per_origin = base + shift + (0.05 * np.sin(np.arange(60)) if name != "ensemble" else 0.0)
+        return EngineScore(name, float(per_origin.mean()), 0.1, 0.1, {80: 0.8}, {80: 1.0}, 60, 0.001,
+                           tuple(per_origin))
+
+    slightly = [score("ensemble", 0.0), score("linear", -0.5 * COMBINATION_MARGIN)]  # many SEs, under the margin
+    assert select_engine(slightly).winner == "linear"  # no combination named: the lowest MASE
+    held = select_engine(slightly, combination="ensemble")
+    assert held.winner == "ensemble" and "holds" in held.reason and "best single: linear" in held.reason
+    clearly = select_engine([score("ensemble", 0.0), score("linear", -2 * COMBINATION_MARGIN)],
+                            combination="ensemble")
+    assert clearly.winner == "linear" and "beats the combination ensemble" in clearly.reason
+    tie = select_engine([score("ensemble", 0.0), score("ses", 0.002)], combination="ensemble")
+    assert tie.winner == "ensemble"
+
+
 def test_linear_engine_learns_holidays_and_event_regressors() -> None:
     from flashcast.forecasting.engines import DynamicRegression, holiday_frame
 

@@ -42,7 +42,7 @@ from flashcast.forecasting.backtest import (
     select_engine,
     spread_terms,
 )
-from flashcast.forecasting.engines import EngineOptions, SamplingEngine, make_engines
+from flashcast.forecasting.engines import EngineOptions, Ensemble, SamplingEngine, make_engines
 from flashcast.forecasting.series import WEEKDAYS, PreparedSeries, prepare_series, validate_history
 
 
@@ -224,7 +224,8 @@ def auto_forecast(
         gap = (f" (the history restarts on {dates[0].date()}, after a gap of more than a week; "
                f"{series.dropped_days} days before it were left out)") if series.dropped_days else ""
         raise type(exc)(f"{series_id}: {exc}{gap}") from exc
-    selection = select_engine(score_engines(bt, spec, nonnegative=nonnegative))
+    combination = next((e.alias for e in line_up if isinstance(e, Ensemble)), None)
+    selection = select_engine(score_engines(bt, spec, nonnegative=nonnegative), combination=combination)
     engine = next(e for e in line_up if e.alias == selection.winner)
     start = time.perf_counter()
     point = engine.point(y, dates, spec.horizon)
