@@ -146,3 +146,56 @@ def test_a_parquet_export_gives_the_same_guarded_rows_on_both_engines(spark_read
             assert duck.execute(order).fetchall() == landed.execute(order).fetchall(), table
         assert duck.execute("SELECT count(*) FROM guarded_events").fetchall()[0][0] > 1000
     gc.collect()
+
+
+_KILL_AFTER_GUARD_LANDS = """
+import os, signal, sys
+from flashcast.stages import guard
+real = guard.land
+def land_then_die(con, engine, tables):
+    real(con, engine, tables)
+    os.kill(os.getpid(), signal.SIGKILL)  # Spark has run the guard; nothing is in the warehouse yet
+guard.land = land_then_die
+from flashcast.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_on_spark_leaves_the_warehouse_as_it_was_and_the_next_run_completes(
+    spark_ready: None, tmp_path: Path, pii_key: PiiKey
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    export, spend, aside = _export_with_faults(tmp_path)
+    homes = {"spark": tmp_path / "spark", "duckdb": tmp_path / "duckdb"}
+    configs = {}
+    for name, home in homes.items():
+        engine = '[engine]\nname = "spark"\n[engine.spark]\nshuffle_partitions = 2\n' if name == "spark" else ""
+        configs[name] = tmp_path / f"{name}.toml"
+        configs[name].write_text(f'property_timezone = "America/New_York"\n[store]\nhome = "{home}"\n{engine}')
+
+    def ingest(name: str, *, script: str | None = None) -> subprocess.CompletedProcess[str]:
+        command = ["ingest", "--export", str(export), "--spend", str(spend), "--out", str(tmp_path / f"out-{name}"),
+                   "-c", str(configs[name])]
+        launcher = script or "import sys\nfrom flashcast.cli import main\nmain(sys.argv[1:])"
+        return subprocess.run([sys.executable, "-c", launcher, *command], capture_output=True, text=True, timeout=600,
+                              env=os.environ)
+
+    assert ingest("spark").returncode == 0
+    before = {table: _rows(homes["spark"], table) for table in TABLES}
+    shutil.copy2(aside, export / aside.name)  # the next morning's file (copy2: the same mtime each time)
+    killed = ingest("spark", script=_KILL_AFTER_GUARD_LANDS)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert {table: _rows(homes["spark"], table) for table in TABLES} == before, "the warehouse is as it was"
+
+    finished = ingest("spark")
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    shutil.move(export / aside.name, aside)
+    assert ingest("duckdb").returncode == 0  # the same two mornings on DuckDB, without the kill
+    shutil.copy2(aside, export / aside.name)
+    assert ingest("duckdb").returncode == 0
+    for table in TABLES:
+        assert _rows(homes["spark"], table) == _rows(homes["duckdb"], table), table
