@@ -70,6 +70,29 @@ def test_fan_chart_png(prophet_forecast: Forecast, tmp_path: Path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 
 
+def test_a_fan_chart_titled_in_chinese_japanese_and_korean_has_every_glyph(
+        prophet_forecast: Forecast, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CJK font is found (make test installs Debian's fonts-noto-cjk) and takes the glyphs DejaVu
+    Sans lacks; without one the chart is still written and the warning names what to install."""
+    import warnings
+
+    from conftest import skip_or_fail
+    from flashcast import charts
+
+    if not charts.fallback_families():
+        skip_or_fail("no CJK font is installed (Debian package fonts-noto-cjk; make test installs it)")
+    title = "売上 東京店 / 서울 매출 / 销售额"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot_fan_chart(prophet_forecast, tmp_path / "cjk.png", title=title)
+    assert not [str(w.message) for w in caught if "font" in str(w.message)]
+
+    monkeypatch.setattr(charts, "fallback_families", lambda: ())
+    with pytest.warns(UserWarning, match="no installed font covers some of its characters.*fonts-noto-cjk"):
+        plot_fan_chart(prophet_forecast, tmp_path / "boxes.png", title=title)
+    assert (tmp_path / "boxes.png").read_bytes() != (tmp_path / "cjk.png").read_bytes()
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
