@@ -175,3 +175,34 @@ def test_a_bad_file_is_one_line_naming_row_and_column(tmp_path: Path, change: ob
     assert "Traceback" not in result.output
     with pytest.raises(IngestError):
         read_mix_file(path, date_col="week", outcome_col="sales", spend_cols=["tv", "search", "social"])
+
+
+@pytest.mark.slow
+def test_the_bayes_engine_fits_pymc_marketing_and_allocates_through_the_same_optimizer(tmp_path: Path) -> None:
+    """`--engine bayes`: PyMC-Marketing's posterior as curves for the same optimizer and outputs; on
+    the confounded weekly world its plan lands near the oracle, as the default fit's does."""
+    import importlib.util
+    import json
+
+    from conftest import skip_or_fail
+
+    if importlib.util.find_spec("pymc_marketing") is None:
+        skip_or_fail("PyMC-Marketing is not installed (pip install 'flashcast[bayes]')")
+    frame, _ = _world(4)
+    path = tmp_path / "mmm.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["allocate", str(path), "--date-col", "week", "--outcome-col", "sales",
+                                      "--spend-cols", "tv,search,social", "--control-cols", "price,demand",
+                                      "--budget", "9000", "--out", str(out), "--engine", "bayes", "--draws", "150"])
+    assert result.exit_code == 0, result.output
+    assert "PyMC-Marketing" in result.output
+    allocation = pd.read_csv(out / "allocation.csv").set_index("channel")
+    assert allocation["spend"].sum() == pytest.approx(9000, abs=0.01)
+    assert _true_total(allocation["spend"].to_dict()) / _oracle(9000.0) > 0.95
+    low, high = allocation["expected_low"].sum(), allocation["expected_high"].sum()
+    assert low < allocation["expected_outcome"].sum() < high  # posterior draws give the plan an interval
+    decomposition = pd.read_csv(out / "decomposition.csv")
+    parts = decomposition[["baseline", "controls", *TRUTH]].sum(axis=1)
+    assert np.allclose(parts, decomposition["fitted"], rtol=1e-6)
+    assert json.loads((out / "model.json").read_text())["r2"] > 0.8

@@ -450,6 +450,9 @@ def allocate(
     cadence: Annotated[str | None, typer.Option(help="daily or weekly (default: from the dates).")] = None,
     date_format: Annotated[str | None, typer.Option(help="strptime format of the dates, e.g. %d/%m/%Y.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the model's random starts and bootstrap.")] = 0,
+    engine: Annotated[str, typer.Option(help="joint (the default fit) or bayes (PyMC-Marketing, needs "
+                                             "flashcast[bayes]; minutes, not seconds).")] = "joint",
+    draws: Annotated[int, typer.Option(help="bayes: posterior draws (and as many tuning steps) per chain.")] = 500,
     min_share: Annotated[list[str] | None, typer.Option(help="A channel's least share, e.g. tv=0.1 (repeatable).")]
     = None,
     max_share: Annotated[list[str] | None, typer.Option(help="A channel's largest share, e.g. tv=0.5.")] = None,
@@ -473,6 +476,10 @@ def allocate(
             raise ConfigError("--cadence must be daily or weekly")
         if not budget > 0:
             raise ConfigError("give the budget to split: --budget B (per day or week, as the file's rows)")
+        if engine not in ("joint", "bayes"):
+            raise ConfigError("--engine must be joint or bayes")
+        if draws < 50:
+            raise ConfigError("--draws must be at least 50")
         guardrails, allocation_config, currency = load_allocation_settings(
             config, min_share=_pairs("--min-share", min_share), max_share=_pairs("--max-share", max_share),
             caps=_pairs("--cap", cap))
@@ -485,7 +492,14 @@ def allocate(
         if unknown:
             raise ConfigError(f"guardrails name channels that are not spend columns: {unknown}")
         with console.status(f"fitting the media-mix model on {mix.data.n:,} {mix.cadence} rows..."):
-            result = allocate_mix(mix, budget, guardrails=guardrails, config=allocation_config, seed=seed)
+            model = None
+            if engine == "bayes":
+                from flashcast.budget.bayes import fit_mix_bayes
+
+                model = fit_mix_bayes(mix.data, mix.dates, draws=draws, tune=draws, seed=seed,
+                                      curve_draws=allocation_config.bootstrap_draws)
+            result = allocate_mix(mix, budget, guardrails=guardrails, config=allocation_config, seed=seed,
+                                  model=model)
         files = write_mix_outputs(result, mix, out, currency=currency)
     model, allocation = result.model, result.plan.allocation
     unit = "week" if mix.cadence == "weekly" else "day"
