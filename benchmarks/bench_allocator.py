@@ -261,8 +261,50 @@ def pooled_benchmark(seeds: range = range(30), budgets: tuple[float, ...] = (0.5
     print(f"  optimizer on the true curves: mean {np.mean(true_shares):.2%}, worst {np.min(true_shares):.2%}")
 
 
+def bayes_parity(seeds: range = range(5), budgets: tuple[float, ...] = (0.5, 1.0, 2.0), draws: int = 200) -> None:
+    """`--engine bayes` (PyMC-Marketing) beside the default joint fit on the first pooled worlds: the
+    share of the oracle each plan reaches, and the time of one fit."""
+    import importlib.util
+
+    import pandas as pd
+
+    if importlib.util.find_spec("pymc_marketing") is None:
+        print("bayes parity: skipped (PyMC-Marketing is not installed: pip install 'flashcast[bayes]')")
+        return
+    from flashcast.budget.bayes import fit_mix_bayes
+    from flashcast.budget.mmm import MixData, fit_mix
+    from flashcast.mixfile import MixFile, allocate_mix
+
+    config = AllocationConfig(bootstrap_draws=0)
+    shares: dict[str, list[float]] = {"joint": [], "bayes": []}
+    seconds: dict[str, float] = {"joint": 0.0, "bayes": 0.0}
+    for seed in seeds:
+        truths, spend, pooled, organic, _ = pooled_world(seed)
+        dates = pd.Series(pd.date_range("2025-01-01", periods=DAYS))
+        data = MixData(365.25, pooled, spend, {"organic_sessions": organic})
+        mix = MixFile(dates, "daily", data)
+        base = sum(t.base_daily_spend for t in truths)
+        t0 = time.perf_counter()
+        models = {"joint": fit_mix(data, n_boot=0, seed=seed)}
+        seconds["joint"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        models["bayes"] = fit_mix_bayes(data, dates, draws=draws, tune=draws, seed=seed)
+        seconds["bayes"] += time.perf_counter() - t0
+        for mult in budgets:
+            budget = round(base * mult, 2)
+            best = oracle(truths, budget)
+            for name, model in models.items():
+                plan = allocate_mix(mix, budget, config=config, seed=seed, model=model)
+                shares[name].append(score(truths, plan.plan.allocation.spends) / best)
+    print(f"bayes parity on pooled worlds {list(seeds)} x budgets {budgets} ({draws} draws, 2 chains):")
+    for name, values in shares.items():
+        print(f"  {name:<6} mean {np.mean(values):.1%} of the oracle, worst {np.min(values):.1%}; "
+              f"{seconds[name] / len(seeds):.1f} s per fit")
+
+
 def main() -> None:
     allocation_benchmark()
     pooled_benchmark()
+    bayes_parity()
     speed_benchmark()
     mmm_benchmark()
