@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 from utilsforecast import losses
 
 from flashcast.errors import ForecastError, HistoryTooShort
@@ -90,6 +91,13 @@ def _origin_indices(n: int, spec: BacktestSpec) -> list[int]:
 
 
 def run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engine], spec: BacktestSpec) -> Backtest:
+    # Hundreds of small least-squares fits: OpenBLAS's threads cost more than they save on matrices
+    # this size (a full selection took 2-3x longer with them, on two busy cores).
+    with threadpool_limits(1, user_api="blas"):
+        return _run_backtest(y, dates, engines, spec)
+
+
+def _run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engine], spec: BacktestSpec) -> Backtest:
     cuts = _origin_indices(len(y), spec)
     if len(cuts) < MIN_CALIBRATION + 1:
         raise HistoryTooShort(f"history too short for a backtest: {len(y)} days give {len(cuts)} origins")
