@@ -128,7 +128,9 @@ def _sampling_notes(idata: object) -> list[str]:
     import arviz as az
 
     notes = []
-    rhat = az.rhat(idata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # R-hat of a constant draw divides by zero: NaN, skipped
+        rhat = az.rhat(idata)
     worst = max(float(np.nanmax(np.asarray(rhat[v]))) for v in ("adstock_alpha", "saturation_lam", "saturation_beta"))
     if worst > 1.05:
         notes.append(f"sampling did not settle (R-hat up to {worst:.2f}): more draws (--draws) may be needed")
