@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from flashcast.budget.curves import Array, ResponseCurve, fit_curve_fixed_decay, saturation
-from flashcast.budget.mmm import UNSATURATED_ELASTICITY, ChannelEffect, MixData, MixModel, _r2
+from flashcast.budget.mmm import UNSATURATED_ELASTICITY, ChannelEffect, MixData, MixModel, r_squared
 from flashcast.errors import CurveFitError
 
 GRID_POINTS = 120
@@ -77,6 +77,7 @@ def fit_mix_bayes(data: MixData, dates: Sequence[object] | pd.Series, *, draws: 
 
     lam = stacked("saturation_lam").reshape(-1, len(channels))
     beta = stacked("saturation_beta").reshape(-1, len(channels))
+
     def mean_of(name: str) -> Array:
         """Posterior mean of a contribution over dates (summed over its other axis), original units."""
         if name not in posterior:
@@ -112,7 +113,7 @@ def fit_mix_bayes(data: MixData, dates: Sequence[object] | pd.Series, *, draws: 
     zero = [c for c in channels if effects[c].curve.beta <= 1e-12]
     if zero:
         notes.append(f"no measurable effect for {zero}: the model gives them nothing beyond their lower bounds")
-    r2 = _r2(np.asarray(data.outcome, dtype=float), fitted)
+    r2 = r_squared(np.asarray(data.outcome, dtype=float), fitted)
     return MixModel(channels, effects, round(r2, 4), None, float((fitted - contribution.sum(axis=1)).sum() / total),
                     decomposition, tuple(notes))
 

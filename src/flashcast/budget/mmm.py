@@ -211,7 +211,7 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
     media = _media(spend, shapes)
     coef = _solve_linear(base, media, y)
     fitted = np.hstack([base, media]) @ coef
-    r2 = _r2(y, fitted)
+    r2 = r_squared(y, fitted)
     r2_holdout = _holdout_r2(data, base, spend, y, scale, seed=seed)
     betas = coef[base.shape[1]:]
     contributions = media * betas
@@ -243,7 +243,7 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
                     float((baseline + control_part).sum() / total), decomposition, tuple(notes))
 
 
-def _r2(y: Array, fitted: Array) -> float:
+def r_squared(y: Array, fitted: Array) -> float:
     ss = float(((y - y.mean()) ** 2).sum())
     return 1 - float(((y - fitted) ** 2).sum()) / ss if ss > 0 else 0.0
 
