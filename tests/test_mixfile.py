@@ -115,15 +115,22 @@ def test_a_channel_with_no_diminishing_returns_is_capped_at_its_largest_spend(tm
     assert result.plan.allocation.spends["a"] <= float(a.max()) + 0.01
 
 
-def test_allocate_command_writes_the_allocation_curves_and_decomposition(tmp_path: Path) -> None:
-    frame, _ = _world(9)
+def _allocate_world(tmp_path: Path, seed: int, *options: str) -> tuple[pd.DataFrame, Path, str]:
+    """`flashcast allocate` on `_world(seed)` with a budget of 9,000: the frame, the output folder and
+    the command's output (it must succeed)."""
+    frame, _ = _world(seed)
     path = tmp_path / "mmm.csv"
     frame.to_csv(path, index=False)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["allocate", str(path), "--date-col", "week", "--outcome-col", "sales",
                                       "--spend-cols", "tv,search,social", "--control-cols", "price,demand",
-                                      "--budget", "9000", "--out", str(out)])
+                                      "--budget", "9000", "--out", str(out), *options])
     assert result.exit_code == 0, result.output
+    return frame, out, result.output
+
+
+def test_allocate_command_writes_the_allocation_curves_and_decomposition(tmp_path: Path) -> None:
+    frame, out, _ = _allocate_world(tmp_path, 9)
     allocation = pd.read_csv(out / "allocation.csv")
     assert list(allocation.columns[:2]) == ["channel", "spend"]
     assert set(allocation["channel"]) == set(TRUTH) and allocation["spend"].sum() == pytest.approx(9000, abs=0.01)
@@ -188,15 +195,8 @@ def test_the_bayes_engine_fits_pymc_marketing_and_allocates_through_the_same_opt
 
     if importlib.util.find_spec("pymc_marketing") is None:
         skip_or_fail("PyMC-Marketing is not installed (pip install 'flashcast[bayes]')")
-    frame, _ = _world(4)
-    path = tmp_path / "mmm.csv"
-    frame.to_csv(path, index=False)
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["allocate", str(path), "--date-col", "week", "--outcome-col", "sales",
-                                      "--spend-cols", "tv,search,social", "--control-cols", "price,demand",
-                                      "--budget", "9000", "--out", str(out), "--engine", "bayes", "--draws", "150"])
-    assert result.exit_code == 0, result.output
-    assert "PyMC-Marketing" in result.output
+    _, out, output = _allocate_world(tmp_path, 4, "--engine", "bayes", "--draws", "150")
+    assert "PyMC-Marketing" in output
     allocation = pd.read_csv(out / "allocation.csv").set_index("channel")
     assert allocation["spend"].sum() == pytest.approx(9000, abs=0.01)
     assert _true_total(allocation["spend"].to_dict()) / _oracle(9000.0) > 0.95
