@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from flashcast.budget.curves import Array, ResponseCurve, fit_curve_fixed_decay, saturation
-from flashcast.budget.mmm import UNSATURATED_ELASTICITY, ChannelEffect, MixData, MixModel, r_squared
+from flashcast.budget.curves import Array, ResponseCurve, fit_curve_fixed_decay
+from flashcast.budget.mmm import ChannelEffect, MixData, MixModel, is_unsaturated, no_effect_notes, r_squared
 from flashcast.errors import CurveFitError
 
 GRID_POINTS = 120
@@ -87,34 +87,27 @@ def fit_mix_bayes(data: MixData, dates: Sequence[object] | pd.Series, *, draws: 
 
     contribution = stacked("channel_contribution").mean(axis=0) * target_scale  # (date, channel)
     control_part = mean_of("control_contribution")
-    fitted = (mean_of("intercept_contribution") + contribution.sum(axis=1) + control_part
-              + mean_of("yearly_seasonality_contribution"))
+    baseline = mean_of("intercept_contribution") + mean_of("yearly_seasonality_contribution")
+    fitted = baseline + control_part + contribution.sum(axis=1)
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(lam), size=min(curve_draws, len(lam)), replace=False)
     effects = {}
     total = max(float(fitted.sum()), 1e-9)
     for i, c in enumerate(channels):
-        spend = np.asarray(data.spend[c], dtype=float)
-        grid = np.linspace(0.0, GRID_REACH * float(spend.max()), GRID_POINTS)
+        top = float(np.max(data.spend[c]))  # the curves carry no adstock: steady spend is the adstock
+        grid = np.linspace(0.0, GRID_REACH * top, GRID_POINTS)
         per_draw = beta[:, i, None] * target_scale * _logistic(lam[:, i, None] * grid[None, :] / channel_scale[i])
         curve = _as_hill(grid, per_draw.mean(axis=0))
-        top = float(spend.max())
-        sat_top = float(saturation(np.array([top]), True, curve.k, curve.slope)[0])
-        effects[c] = ChannelEffect(c, curve, float(contribution[:, i].sum() / total),
-                                   bool(curve.slope * (1 - sat_top) >= UNSATURATED_ELASTICITY),
+        effects[c] = ChannelEffect(c, curve, float(contribution[:, i].sum() / total), is_unsaturated(curve, top),
                                    tuple(_as_hill(grid, per_draw[j]) for j in picks) or (curve,))
-    baseline = fitted - contribution.sum(axis=1) - control_part
     decomposition = {"baseline": baseline, "controls": control_part,
                      **{c: contribution[:, i] for i, c in enumerate(channels)}, "fitted": fitted,
                      "actual": np.asarray(data.outcome, dtype=float)}
     notes = ["PyMC-Marketing (NUTS, "
              f"{chains} chains x {draws} draws): no held-out check (it would take a second sampling run)"]
-    notes += _sampling_notes(idata)
-    zero = [c for c in channels if effects[c].curve.beta <= 1e-12]
-    if zero:
-        notes.append(f"no measurable effect for {zero}: the model gives them nothing beyond their lower bounds")
+    notes += _sampling_notes(idata) + no_effect_notes(effects)
     r2 = r_squared(np.asarray(data.outcome, dtype=float), fitted)
-    return MixModel(channels, effects, round(r2, 4), None, float((fitted - contribution.sum(axis=1)).sum() / total),
+    return MixModel(channels, effects, round(r2, 4), None, float((baseline + control_part).sum() / total),
                     decomposition, tuple(notes))
 
 

@@ -224,23 +224,29 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
     for i, c in enumerate(channels):
         curve = ResponseCurve("hill", float(betas[i]), float(shapes.k[i]), float(shapes.slope[i]),
                               float(shapes.decay[i]), 0.0)
-        # Elasticity of the response at the largest adstock seen: 1 for a straight line, 0.5 for a
-        # Hill curve of slope 1 at its half-saturation. Near 1, the data show no diminishing returns.
         top = float(np.max(adstock(spend[:, i], shapes.decay[i])))
-        sat_top = float(saturation(np.array([top]), True, shapes.k[i], shapes.slope[i])[0])
-        unsaturated = bool(shapes.slope[i] * (1 - sat_top) >= UNSATURATED_ELASTICITY)
         effects[c] = ChannelEffect(
-            c, curve, float(contributions[:, i].sum() / total), unsaturated,
+            c, curve, float(contributions[:, i].sum() / total), is_unsaturated(curve, top),
             tuple(ResponseCurve("hill", float(d[i]), curve.k, curve.slope, curve.decay, 0.0) for d in draws)
             or (curve,))  # no bootstrap: the point curve is the one draw
-    notes = []
-    zero = [c for c in channels if effects[c].curve.beta <= 1e-12]
-    if zero:
-        notes.append(f"no measurable effect for {zero}: the model gives them nothing beyond their lower bounds")
+    notes = no_effect_notes(effects)
     decomposition = {"baseline": baseline, "controls": control_part,
                      **{c: contributions[:, i] for i, c in enumerate(channels)}, "fitted": fitted, "actual": y}
     return MixModel(channels, effects, round(r2, 4), None if r2_holdout is None else round(r2_holdout, 4),
                     float((baseline + control_part).sum() / total), decomposition, tuple(notes))
+
+
+def is_unsaturated(curve: ResponseCurve, top_adstock: float) -> bool:
+    """Whether a Hill curve is still nearly straight at the largest adstock seen. Its elasticity
+    there is 1 for a straight line and 0.5 for slope 1 at the half-saturation; at
+    UNSATURATED_ELASTICITY or more the data show no diminishing returns."""
+    sat_top = float(saturation(np.array([top_adstock]), True, curve.k, curve.slope)[0])
+    return bool(curve.slope * (1 - sat_top) >= UNSATURATED_ELASTICITY)
+
+
+def no_effect_notes(effects: dict[str, ChannelEffect]) -> list[str]:
+    zero = [c for c, effect in effects.items() if effect.curve.beta <= 1e-12]
+    return [f"no measurable effect for {zero}: the model gives them nothing beyond their lower bounds"] if zero else []
 
 
 def r_squared(y: Array, fitted: Array) -> float:
