@@ -330,3 +330,56 @@ def test_a_fresh_selection_is_reused_with_one_refit_and_a_stale_one_is_not() -> 
     later = pd.concat([shifted, _frame(100 * np.resize(WEEKLY, 3) + 500, start=str(
         (frame["ds"].iloc[-1] + pd.Timedelta(days=1)).date()))], ignore_index=True)
     assert "drift" in str(refit_forecast(later, stored, line_up=line_up))
+
+
+def test_selection_metrics_are_utilsforecasts() -> None:
+    """The selection scores in numpy (for speed) by utilsforecast's definitions, one id per origin."""
+    from utilsforecast import losses
+
+    from flashcast.forecasting.backtest import forecast_metrics
+
+    rng = np.random.default_rng(7)
+    origins, h = 12, 14
+    actual = rng.gamma(2.0, 50.0, (origins, h))
+    actual[0, :3] = 0.0  # zero actuals (sMAPE's 0/0, CRPS's norm) on a clipped point
+    point = np.maximum(actual + rng.normal(0, 30, (origins, h)), 0.0)
+    point[0, :3] = 0.0
+    bands = {level: (point - z * 20, point + z * 25) for level, z in ((50, 0.7), (80, 1.3), (95, 2.0))}
+    scale = rng.uniform(10, 40, origins)
+    ids = np.repeat([f"o{k:02d}" for k in range(origins)], h)
+    frame = pd.DataFrame({"unique_id": ids, "ds": np.tile(np.arange(h), origins), "y": actual.ravel(),
+                          "m": point.ravel()})
+    for level, (lo, hi) in bands.items():
+        frame[f"m-lo-{level}"], frame[f"m-hi-{level}"] = lo.ravel(), hi.ravel()
+    quantiles = np.array([0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975])
+    columns = {"m": ["m-lo-95", "m-lo-80", "m-lo-50", "m", "m-hi-50", "m-hi-80", "m-hi-95"]}
+
+    got = forecast_metrics(actual, point, bands, scale)
+
+    mae = losses.mae(frame, ["m"])["m"].to_numpy()
+    assert np.allclose(got.per_origin_mase, mae / scale, rtol=1e-12)
+    assert got.mase == pytest.approx(float(np.mean(mae / scale)), rel=1e-12)
+    assert got.smape == pytest.approx(float(losses.smape(frame, ["m"])["m"].mean()), rel=1e-12)
+    assert got.crps == pytest.approx(float(losses.scaled_crps(frame, columns, quantiles)["m"].mean()), rel=1e-12)
+    for level in bands:
+        assert got.coverage[level] == pytest.approx(float(losses.coverage(frame, ["m"], level)["m"].mean()))
+
+
+def test_conformal_offsets_are_the_pooled_steps_conservative_quantiles() -> None:
+    from flashcast.forecasting.backtest import adaptive_offsets
+
+    rng = np.random.default_rng(3)
+    spec = BacktestSpec(step_pool=3)
+    for origins, h in ((1, 1), (9, 14), (40, 5), (25, 30)):
+        sample = np.round(rng.standard_t(3, (origins, h)), 1)  # heavy tails and ties
+        alphas = {95: 0.03, 80: 0.25, 50: 0.5}  # the 80% rate adapted above the 50%'s: nesting must fix it
+        offsets = adaptive_offsets(sample, spec, alphas)
+        for j in range(h):
+            pooled = sample[:, max(0, j - 3) : j + 4].ravel()
+            expected = {level: (np.quantile(pooled, alpha / 2, method="lower"),
+                                np.quantile(pooled, 1 - alpha / 2, method="higher")) for level, alpha in alphas.items()}
+            lo80 = min(expected[80][0], expected[50][0])
+            hi80 = max(expected[80][1], expected[50][1])
+            assert (offsets[50][0][j], offsets[50][1][j]) == expected[50]
+            assert (offsets[80][0][j], offsets[80][1][j]) == (lo80, hi80)
+            assert offsets[95][0][j] == min(expected[95][0], lo80) and offsets[95][1][j] == max(expected[95][1], hi80)

@@ -10,7 +10,7 @@ series' recent spread (normalized conformal), and the miscoverage rates adapt on
 conformal inference). All levels come from the same error sample, so the 50% band lies inside the
 80% band inside the 95% band by construction.
 
-Scores use utilsforecast's metrics: MASE (MAE over the in-sample MAE of the weekly seasonal naive
+Scores follow utilsforecast's metrics: MASE (MAE over the in-sample MAE of the weekly seasonal naive
 forecast), sMAPE, scaled CRPS over the band quantiles, and each band's coverage and width. The
 engine with the lowest mean MASE wins, except that a combination in the line-up holds unless a single
 engine clearly beats it, and a 10x cheaper engine tied within a standard error takes the winner's
@@ -19,7 +19,7 @@ place; the leaderboard says why.
 
 from __future__ import annotations
 
-import itertools
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
-from utilsforecast import losses
 
 from flashcast.errors import ForecastError, HistoryTooShort
 from flashcast.forecasting.engines import Engine, Ensemble, relative_cost
@@ -150,23 +149,30 @@ def adaptive_offsets(sample: np.ndarray, spec: BacktestSpec, alphas: dict[int, f
                      ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Conformal offsets from a calibration sample of errors (origins x steps) at the adapted
     miscoverage rates `alphas`; then nested (a wider level never gets a narrower band)."""
-    h = sample.shape[1]
-    tails = {level: float(np.clip(alphas[level] / 2, 1e-4, 0.4999)) for level in alphas}
-    bounds = {level: (np.empty(h), np.empty(h)) for level in alphas}
-    for j in range(h):
-        pooled = np.sort(sample[:, max(0, j - spec.step_pool) : j + spec.step_pool + 1].ravel())
-        last = len(pooled) - 1
-        for level, tail in tails.items():
-            # numpy's "lower" and "higher" quantile methods: conservative on both sides
-            bounds[level][0][j] = pooled[int(np.floor(tail * last))]
-            bounds[level][1][j] = pooled[int(np.ceil((1 - tail) * last))]
-    out = dict(bounds)
-    ordered = sorted(out)  # narrow to wide
-    for narrow, wide in itertools.pairwise(ordered):
-        lo_w, hi_w = out[wide]
-        lo_n, hi_n = out[narrow]
-        out[wide] = (np.minimum(lo_w, lo_n), np.maximum(hi_w, hi_n))
-    return out
+    m, h = sample.shape
+    gather, last = _pool_layout(m, h, spec.step_pool)
+    pooled = np.sort(np.append(sample.ravel(), np.nan)[gather], axis=1)  # padding is NaN: sorts last
+    levels = sorted(alphas)  # narrow to wide
+    tails = np.clip(np.array([alphas[level] for level in levels]) / 2, 1e-4, 0.4999)[:, None]
+    steps = np.arange(h)
+    # numpy's "lower" and "higher" quantile methods: conservative on both sides
+    lo = pooled[steps, np.floor(tails * last).astype(int)]
+    hi = pooled[steps, np.ceil((1 - tails) * last).astype(int)]
+    lo, hi = np.minimum.accumulate(lo, axis=0), np.maximum.accumulate(hi, axis=0)
+    return {level: (lo[i], hi[i]) for i, level in enumerate(levels)}
+
+
+@functools.cache
+def _pool_layout(m: int, h: int, pool: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where step j's pool (the errors of steps j-pool..j+pool, fewer at the ends) sits in a sample
+    of m origins x h steps, flattened, as row j of an index array padded with index m*h; and the
+    last index of each pool's own values once sorted. Every origin of a backtest asks for the same."""
+    window = np.arange(-pool, pool + 1)
+    step = np.arange(h)[:, None] + window[None, :]  # (h, 2 * pool + 1)
+    flat = np.arange(m)[None, :, None] * h + step[:, None, :]  # (h, m, 2 * pool + 1)
+    gather = np.where(((step >= 0) & (step < h))[:, None, :], flat, m * h).reshape(h, -1)
+    last = m * (np.minimum(np.arange(h) + pool, h - 1) - np.maximum(np.arange(h) - pool, 0) + 1) - 1
+    return gather, last
 
 
 def _update_alphas(alphas: dict[int, float], errors: np.ndarray, offsets_seen: dict[int, tuple[np.ndarray, np.ndarray]],
@@ -174,7 +180,7 @@ def _update_alphas(alphas: dict[int, float], errors: np.ndarray, offsets_seen: d
     """Adaptive conformal inference (Gibbs & Candes 2021): after an origin's horizon is observed,
     nudge each level's miscoverage rate towards its target by the miss rate just seen."""
     for level, (lo, hi) in offsets_seen.items():
-        missed = float(np.mean((errors < lo) | (errors > hi)))
+        missed = float(((errors < lo) | (errors > hi)).mean())
         target = (100 - level) / 100
         alphas[level] = alphas[level] + spec.adapt_rate * (target - missed)
 
@@ -233,7 +239,7 @@ def nested_bands(point: np.ndarray, offsets: dict[int, tuple[np.ndarray, np.ndar
 
 
 def score_engines(bt: Backtest, spec: BacktestSpec, *, nonnegative: bool) -> list[EngineScore]:
-    """Conformal bands at each scored origin, then utilsforecast metrics for all engines at once."""
+    """Conformal bands at each scored origin, then the metrics for all engines at once."""
     n = len(bt.origins)
     engines = list(bt.points)
     banded = {engine: origin_bands(bt.actual - bt.points[engine], bt.spread, bt.floor, spec)[0]
@@ -242,48 +248,49 @@ def score_engines(bt: Backtest, spec: BacktestSpec, *, nonnegative: bool) -> lis
     rows = sorted(set(range(n - spec.origins, n)).intersection(*(b.keys() for b in banded.values())))
     if not rows:
         return []
-    h = spec.horizon
-    origins = pd.DatetimeIndex([bt.origins[k] for k in rows])
-    frame = pd.DataFrame({
-        "unique_id": np.repeat(origins.strftime("%Y-%m-%d"), h),
-        "cutoff": np.repeat(origins, h),
-        "ds": (origins.to_numpy()[:, None] + pd.to_timedelta(np.arange(1, h + 1), unit="D").to_numpy()).ravel(),
-        "y": bt.actual[rows].ravel(),
-    })
-    columns = {}
+    delivered = {}
     for engine in engines:
         offsets = {level: (np.array([banded[engine][k][level][0] for k in rows]),
                            np.array([banded[engine][k][level][1] for k in rows])) for level in LEVELS}
-        point, bands = nested_bands(bt.points[engine][rows], offsets, nonnegative=nonnegative)
-        columns[engine] = point.ravel()  # scored as delivered: clipped, with its bands
-        for level, (lo, hi) in bands.items():
-            columns[f"{engine}-lo-{level}"] = lo.ravel()
-            columns[f"{engine}-hi-{level}"] = hi.ravel()
-    frame = pd.concat([frame, pd.DataFrame(columns)], axis=1)
-    scale = pd.Series(bt.scale[rows], index=origins.strftime("%Y-%m-%d"))
-    return sorted(_metrics(engines, frame, scale, bt.seconds), key=lambda s: s.mase)
+        # scored as delivered: clipped, with its bands
+        delivered[engine] = nested_bands(bt.points[engine][rows], offsets, nonnegative=nonnegative)
+    scores = [forecast_metrics(bt.actual[rows], point, bands, bt.scale[rows]) for point, bands in delivered.values()]
+    return sorted((EngineScore(engine, round(m.mase, 4), round(m.smape, 4), round(m.crps, 4), m.coverage, m.width,
+                               len(rows), round(bt.seconds[engine], 4), m.per_origin_mase)
+                   for engine, m in zip(engines, scores, strict=True)), key=lambda s: s.mase)
 
 
-def _metrics(engines: list[str], frame: pd.DataFrame, scale: pd.Series, seconds: dict[str, float]
-             ) -> list[EngineScore]:
-    # One unique_id per origin: utilsforecast aggregates per id, we average over origins.
-    mae = losses.mae(frame, engines).set_index("unique_id")
-    smape = losses.smape(frame, engines)[engines].mean()
-    quantiles = np.array([(100 - lvl) / 200 for lvl in sorted(LEVELS, reverse=True)] + [0.5]
-                         + [1 - (100 - lvl) / 200 for lvl in sorted(LEVELS)])
-    quantile_cols = {e: [f"{e}-lo-{lvl}" for lvl in sorted(LEVELS, reverse=True)] + [e]
-                     + [f"{e}-hi-{lvl}" for lvl in sorted(LEVELS)] for e in engines}
-    crps = losses.scaled_crps(frame, quantile_cols, quantiles)[engines].mean()
-    coverage = {lvl: losses.coverage(frame, engines, lvl)[engines].mean() for lvl in LEVELS}
-    out = []
-    for e in engines:
-        per_origin = (mae[e] / scale.reindex(mae.index)).sort_index()
-        width = {lvl: float((frame[f"{e}-hi-{lvl}"] - frame[f"{e}-lo-{lvl}"]).mean()) for lvl in LEVELS}
-        out.append(EngineScore(e, round(float(per_origin.mean()), 4), round(float(smape[e]), 4),
-                               round(float(crps[e]), 4), {lvl: float(coverage[lvl][e]) for lvl in LEVELS}, width,
-                               int(frame["cutoff"].nunique()), round(seconds[e], 4),
-                               tuple(float(v) for v in per_origin)))
-    return out
+@dataclass(frozen=True)
+class Metrics:
+    mase: float
+    smape: float
+    crps: float
+    coverage: dict[int, float]
+    width: dict[int, float]
+    per_origin_mase: tuple[float, ...]
+
+
+def forecast_metrics(actual: np.ndarray, point: np.ndarray, bands: dict[int, tuple[np.ndarray, np.ndarray]],
+                     scale: np.ndarray) -> Metrics:
+    """utilsforecast's definitions with one id per origin (rows: origins, columns: horizon steps),
+    averaged over origins: MASE (each origin's MAE over its `scale`), sMAPE, scaled CRPS over the
+    band quantiles, and each band's coverage and mean width. In numpy because the selection scores
+    every engine at every origin on each call: through utilsforecast's data frames this took half
+    of a full selection (tested equal to utilsforecast's)."""
+    error = actual - point
+    per_origin = np.abs(error).mean(axis=1) / scale
+    denominator = np.abs(point) + np.abs(actual)
+    smape = np.divide(np.abs(error), denominator, out=np.zeros_like(error), where=denominator != 0)
+    quantiles = [(point, 0.5)]
+    for level, (lo, hi) in bands.items():
+        quantiles += [(lo, (100 - level) / 200), (hi, 1 - (100 - level) / 200)]
+    pinball = np.mean([np.maximum(q * (actual - pred), (q - 1) * (actual - pred)) for pred, q in quantiles], axis=0)
+    crps = 2 * pinball.sum(axis=1) / (np.abs(actual).sum(axis=1) + np.finfo(np.float64).eps)
+    return Metrics(
+        float(per_origin.mean()), float(smape.mean()), float(crps.mean()),
+        {level: float(((actual >= lo) & (actual <= hi)).mean()) for level, (lo, hi) in bands.items()},
+        {level: float((hi - lo).mean()) for level, (lo, hi) in bands.items()},
+        tuple(float(v) for v in per_origin))
 
 
 @dataclass(frozen=True)
