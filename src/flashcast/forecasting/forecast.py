@@ -254,7 +254,7 @@ def auto_forecast(
         {level: (float(lo[0]) / scale, float(hi[0]) / scale) for level, (lo, hi) in total_offsets.items()},
         future, tuple(float(v) for v in bands[80].lower), tuple(float(v) for v in bands[80].upper))
     return Forecast(series_id, selection.winner, future, point, bands,
-                    tuple(d.date() for d in dates), y, selection, (selection.reason, *_history_notes(series)),
+                    tuple(dates.date), y, selection, (selection.reason, *_history_notes(series)),
                     series.filled_days, series.dropped_days, fit_seconds,
                     {level: (float(lo[0]), float(hi[0])) for level, (lo, hi) in totals.items()}, calibration)
 
@@ -270,9 +270,9 @@ def stale_reason(calibration: Calibration, history: PreparedSeries, *, line_up: 
         return "the history now ends before the day it was selected on"
     if age > max_age_days:
         return f"selected {age} days of history ago (more than {max_age_days})"
-    observed = dict(zip((d.date() for d in history.dates), history.y, strict=True))
-    checks = [(observed[d], lo, hi) for d, lo, hi in zip(calibration.check_dates, calibration.check_lo80,
-                                                          calibration.check_hi80, strict=True) if d in observed]
+    at = history.dates.get_indexer(pd.DatetimeIndex(calibration.check_dates))  # -1: not in the history
+    checks = [(history.y[i], lo, hi) for i, lo, hi in zip(at, calibration.check_lo80, calibration.check_hi80,
+                                                          strict=True) if i >= 0]
     if len(checks) >= DRIFT_MIN_DAYS:
         inside = sum(lo <= y <= hi for y, lo, hi in checks) / len(checks)
         if inside < DRIFT_COVERAGE:
@@ -314,7 +314,7 @@ def refit_forecast(
     note = (f"{calibration.selection.winner}: the selection of {calibration.through} reused "
             f"({calibration.selection.reason}); one refit, bands from its conformal scores at today's spread")
     return Forecast(calibration.series_id, calibration.selection.winner, future, point, bands,
-                    tuple(d.date() for d in dates), y, calibration.selection, (note, *_history_notes(series)),
+                    tuple(dates.date), y, calibration.selection, (note, *_history_notes(series)),
                     series.filled_days, series.dropped_days, fit_seconds,
                     {level: (float(lo[0]), float(hi[0])) for level, (lo, hi) in totals.items()}, calibration)
 

@@ -42,57 +42,64 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
         raise ForecastError(f"{series_id}: no data")
     if len(frame) < min_days:
         raise ForecastError(f"{series_id}: {len(frame)} days of history; at least {min_days} needed")
-    data = frame[["ds", "y"]].copy()
-    data["ds"] = pd.to_datetime(data["ds"])
-    data = data.sort_values("ds")
-    dup = data["ds"][data["ds"].duplicated()]
-    if len(dup):
-        raise ForecastError(f"{series_id}: duplicate date {dup.iloc[0].date()}")
-    if data["y"].isna().any():
-        raise ForecastError(f"{series_id}: missing value on {data['ds'][data['y'].isna()].iloc[0].date()}")
-    if nonnegative and (data["y"] < 0).any():
-        raise ForecastError(f"{series_id}: negative value on {data['ds'][data['y'] < 0].iloc[0].date()}")
-    long_gaps = np.flatnonzero(data["ds"].diff().dt.days.to_numpy() > max_fill_days + 1)
+    data = frame[["ds", "y"]]
+    # numpy from here: the daily forecast call runs this on every series, and pandas' per-operation
+    # overhead made it most of that call's time
+    stamps = pd.to_datetime(data["ds"]).to_numpy()
+    try:
+        values_as_given = data["y"].to_numpy(dtype=float)
+    except (TypeError, ValueError):
+        raise ForecastError(f"{series_id}: y is not a number on every row") from None
+    order = np.argsort(stamps, kind="stable")
+    ds, y = pd.DatetimeIndex(stamps[order]), values_as_given[order]
+    same = np.flatnonzero(ds[1:] == ds[:-1])
+    if len(same):
+        raise ForecastError(f"{series_id}: duplicate date {ds[same[0] + 1].date()}")
+    if np.isnan(y).any():
+        raise ForecastError(f"{series_id}: missing value on {ds[np.isnan(y).argmax()].date()}")
+    if nonnegative and (y < 0).any():
+        raise ForecastError(f"{series_id}: negative value on {ds[(y < 0).argmax()].date()}")
+    long_gaps = np.flatnonzero(np.diff(ds.to_numpy()) // np.timedelta64(1, "D") > max_fill_days + 1)
     dropped = 0
     if len(long_gaps):
-        start = data["ds"].iloc[long_gaps[-1]]
-        dropped = int((start - data["ds"].iloc[0]).days)
-        data = data[data["ds"] >= start]
-    full = pd.date_range(data["ds"].iloc[0], data["ds"].iloc[-1], freq="D")
-    filled = data.set_index("ds")["y"].reindex(full)
-    closed = _closed_weekdays(filled)
-    on_closed = np.isin(full.dayofweek, closed)
-    filled[on_closed & filled.isna().to_numpy()] = 0.0
-    missing = int(filled.isna().sum())
+        start = long_gaps[-1] + 1
+        dropped = int((ds[start] - ds[0]).days)
+        ds, y = ds[start:], y[start:]
+    full = pd.date_range(ds[0], ds[-1], freq="D")
+    at = full.get_indexer(ds)  # -1: a time of day off the daily grid, left out as a reindex would
+    values = np.full(len(full), np.nan)
+    values[at[at >= 0]] = y[at >= 0]
+    weekday = full.dayofweek.to_numpy()
+    closed = _closed_weekdays(weekday, np.isnan(values))
+    values[np.isin(weekday, closed) & np.isnan(values)] = 0.0
+    missing = int(np.isnan(values).sum())
     if missing > max_gap_share * len(full):
         raise ForecastError(f"{series_id}: {missing} of {len(full)} days missing (more than {max_gap_share:.0%})")
-    filled = filled.interpolate(method="linear")
-    partial = None if keep_last_day else _partial_last_day(filled, closed)
+    known = ~np.isnan(values)
+    if missing:
+        values[~known] = np.interp(np.flatnonzero(~known), np.flatnonzero(known), values[known])
+    partial = None if keep_last_day else _partial_last_day(values, full, closed)
     if partial is not None:
-        filled = filled.iloc[:-1]
-    return PreparedSeries(filled.to_numpy(dtype=float), pd.DatetimeIndex(filled.index), missing, dropped, closed,
-                          partial)
+        values, full = values[:-1], full[:-1]
+    return PreparedSeries(values, full, missing, dropped, closed, partial)
 
 
-def _closed_weekdays(values: pd.Series) -> tuple[int, ...]:
+def _closed_weekdays(weekday: np.ndarray, absent: np.ndarray) -> tuple[int, ...]:
     """Weekdays absent at least CLOSED_SHARE of the time over at least MIN_CLOSED_WEEKS weeks."""
-    index = pd.DatetimeIndex(values.index)
-    absent = values.isna().groupby(index.dayofweek).agg(["mean", "size"])
-    return tuple(int(d) for d, row in absent.iterrows()
-                 if row["size"] >= MIN_CLOSED_WEEKS and row["mean"] >= CLOSED_SHARE)
+    days = np.bincount(weekday, minlength=7)
+    missing = np.bincount(weekday, weights=absent, minlength=7)
+    return tuple(d for d in range(7) if days[d] >= MIN_CLOSED_WEEKS and missing[d] / days[d] >= CLOSED_SHARE)
 
 
-def _partial_last_day(values: pd.Series, closed: tuple[int, ...]) -> str | None:
+def _partial_last_day(values: np.ndarray, dates: pd.DatetimeIndex, closed: tuple[int, ...]) -> str | None:
     """Why the last day looks partly filled (far below the same weekday's recent median), or None."""
-    index = pd.DatetimeIndex(values.index)
-    last = index[-1]
+    last = dates[-1]
     if last.dayofweek in closed or len(values) < 5 * 7:
         return None
-    same = values[index.dayofweek == last.dayofweek].iloc[-5:-1]
-    level = float(same.median())
-    if level <= 0 or float(values.iloc[-1]) >= PARTIAL_SHARE * level:
+    level = float(np.median(values[dates.dayofweek == last.dayofweek][-5:-1]))
+    if level <= 0 or float(values[-1]) >= PARTIAL_SHARE * level:
         return None
-    return (f"the last day ({last.date()}) is at {float(values.iloc[-1]) / level:.0%} of the median of the four "
+    return (f"the last day ({last.date()}) is at {float(values[-1]) / level:.0%} of the median of the four "
             f"{WEEKDAYS[last.dayofweek]} before it: left out as partly filled "
             "(keep it with --keep-last-day, or keep_last_day=True)")
 
