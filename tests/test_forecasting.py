@@ -383,3 +383,18 @@ def test_conformal_offsets_are_the_pooled_steps_conservative_quantiles() -> None
             assert (offsets[50][0][j], offsets[50][1][j]) == expected[50]
             assert (offsets[80][0][j], offsets[80][1][j]) == (lo80, hi80)
             assert offsets[95][0][j] == min(expected[95][0], lo80) and offsets[95][1][j] == max(expected[95][1], hi80)
+
+
+@pytest.mark.parametrize("tz", [None, "America/New_York"])
+def test_the_linear_engines_calendar_columns_match_pandas(tz: str | None) -> None:
+    from flashcast.forecasting.engines import _calendar_days, _linear_design
+
+    dates = pd.date_range("1960-02-27", "2101-03-02", freq="D", tz=tz)  # leap days, century years, pre-1970
+    t = np.linspace(0, 1, len(dates))
+    x = _linear_design(t, _calendar_days(dates), np.array([0.5]), yearly=2)
+    weekday = dates.dayofweek.to_numpy()
+    assert np.array_equal(x[:, 3:9], (weekday[:, None] == np.arange(1, 7)).astype(float))
+    angle = 2 * np.pi * dates.dayofyear.to_numpy() / 365.25
+    expected = np.column_stack([np.sin(angle), np.cos(angle), np.sin(2 * angle), np.cos(2 * angle)])
+    assert np.allclose(x[:, 9:], expected, atol=1e-12)
+    assert np.array_equal(x[:, 2], np.maximum(t - 0.5, 0))

@@ -74,19 +74,27 @@ class SeasonalNaive:
         return np.asarray(np.resize(last, horizon), dtype=float)
 
 
-def _linear_design(t: np.ndarray, dates: pd.DatetimeIndex, changepoints: np.ndarray, yearly: int) -> np.ndarray:
+def _linear_design(t: np.ndarray, days: np.ndarray, changepoints: np.ndarray, yearly: int) -> np.ndarray:
     """Columns: intercept, trend, a hinge per changepoint, weekdays 1-6, then sin and cos of each
-    yearly Fourier order. Filled in place (built column by column it was half of a backtest's time)."""
+    yearly Fourier order, for calendar `days` (datetime64[D]). Filled in place, from numpy dates: built
+    column by column from pandas dates it was most of a backtest's time."""
     n, n_hinges = len(t), len(changepoints)
     x = np.empty((n, 2 + n_hinges + 6 + 2 * yearly))
     x[:, 0] = 1.0
     x[:, 1] = t
     np.maximum(t[:, None] - changepoints[None, :], 0.0, out=x[:, 2 : 2 + n_hinges])
     weekdays = 2 + n_hinges
-    x[:, weekdays : weekdays + 6] = dates.dayofweek.to_numpy()[:, None] == np.arange(1, 7)[None, :]
+    weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+    x[:, weekdays : weekdays + 6] = weekday[:, None] == np.arange(1, 7)[None, :]
     if yearly:
-        x[:, weekdays + 6 :] = _yearly_terms(yearly)[dates.dayofyear.to_numpy()]
+        day_of_year = (days - days.astype("datetime64[Y]")).astype(np.int64) + 1
+        x[:, weekdays + 6 :] = _yearly_terms(yearly)[day_of_year]
     return x
+
+
+def _calendar_days(dates: pd.DatetimeIndex) -> np.ndarray:
+    """The dates as numpy calendar days (datetime64[D]), in their own time zone's wall time."""
+    return (dates.tz_localize(None) if dates.tz is not None else dates).to_numpy().astype("datetime64[D]")
 
 
 @functools.cache
@@ -162,20 +170,23 @@ class DynamicRegression:
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
         y, dates = y[-self.window_days:], dates[-self.window_days:]
         n = len(y)
-        future = pd.date_range(dates[-1] + pd.Timedelta(days=1), periods=horizon)
+        days = _calendar_days(dates)
+        days_ahead = days[-1] + np.arange(1, horizon + 1)
         t = np.arange(n, dtype=float) / n
         t_future = (n + np.arange(horizon, dtype=float)) / n
         changepoints = np.linspace(0, self.changepoint_range, self.n_changepoints + 2)[1:-1]
         yearly = self.yearly_order if n >= 365 else 0
-        x = _linear_design(t, dates, changepoints, yearly)
-        x_future = _linear_design(t_future, future, changepoints, yearly)
+        x = _linear_design(t, days, changepoints, yearly)
+        x_future = _linear_design(t_future, days_ahead, changepoints, yearly)
         penalty = np.zeros(x.shape[1])
         penalty[2 : 2 + len(changepoints)] = self.ridge * n / 100  # shrink trend changes, not levels or seasons
         extras = []
-        if self.countries:
-            extras.append((*_holiday_columns(dates, future, self.countries), 1.0))  # a holiday seen once moves half-way
-        if self.regressors is not None:
-            extras.append((*_regressor_columns(self.regressors, dates, future), 1e-6))
+        if self.countries or self.regressors is not None:
+            future = pd.date_range(dates[-1] + pd.Timedelta(days=1), periods=horizon)
+            if self.countries:  # a holiday seen once moves half-way
+                extras.append((*_holiday_columns(dates, future, self.countries), 1.0))
+            if self.regressors is not None:
+                extras.append((*_regressor_columns(self.regressors, dates, future), 1e-6))
         for past, ahead, shrink in extras:
             x, x_future = np.hstack([x, past]), np.hstack([x_future, ahead])
             penalty = np.concatenate([penalty, np.full(past.shape[1], shrink)])
