@@ -149,17 +149,23 @@ def adaptive_offsets(sample: np.ndarray, spec: BacktestSpec, alphas: dict[int, f
                      ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Conformal offsets from a calibration sample of errors (origins x steps) at the adapted
     miscoverage rates `alphas`; then nested (a wider level never gets a narrower band)."""
+    levels = sorted(alphas)  # narrow to wide
+    lo, hi = _offsets(sample, spec, np.array([alphas[level] for level in levels]))
+    return {level: (lo[i], hi[i]) for i, level in enumerate(levels)}
+
+
+def _offsets(sample: np.ndarray, spec: BacktestSpec, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`adaptive_offsets` as (levels x steps) arrays of lower and upper offsets, for rates `alphas`
+    ordered narrow to wide."""
     m, h = sample.shape
     gather, last = _pool_layout(m, h, spec.step_pool)
     pooled = np.sort(np.append(sample.ravel(), np.nan)[gather], axis=1)  # padding is NaN: sorts last
-    levels = sorted(alphas)  # narrow to wide
-    tails = np.clip(np.array([alphas[level] for level in levels]) / 2, 1e-4, 0.4999)[:, None]
+    tails = np.clip(alphas / 2, 1e-4, 0.4999)[:, None]
     steps = np.arange(h)
     # numpy's "lower" and "higher" quantile methods: conservative on both sides
     lo = pooled[steps, np.floor(tails * last).astype(int)]
     hi = pooled[steps, np.ceil((1 - tails) * last).astype(int)]
-    lo, hi = np.minimum.accumulate(lo, axis=0), np.maximum.accumulate(hi, axis=0)
-    return {level: (lo[i], hi[i]) for i, level in enumerate(levels)}
+    return np.minimum.accumulate(lo, axis=0), np.maximum.accumulate(hi, axis=0)
 
 
 @functools.cache
@@ -175,50 +181,53 @@ def _pool_layout(m: int, h: int, pool: int) -> tuple[np.ndarray, np.ndarray]:
     return gather, last
 
 
-def _update_alphas(alphas: dict[int, float], errors: np.ndarray, offsets_seen: dict[int, tuple[np.ndarray, np.ndarray]],
-                   spec: BacktestSpec) -> None:
-    """Adaptive conformal inference (Gibbs & Candes 2021): after an origin's horizon is observed,
-    nudge each level's miscoverage rate towards its target by the miss rate just seen."""
-    for level, (lo, hi) in offsets_seen.items():
-        missed = float(((errors < lo) | (errors > hi)).mean())
-        target = (100 - level) / 100
-        alphas[level] = alphas[level] + spec.adapt_rate * (target - missed)
-
-
 def origin_bands(errors: np.ndarray, spread: np.ndarray, floor: np.ndarray, spec: BacktestSpec
                  ) -> tuple[dict[int, dict[int, tuple[np.ndarray, np.ndarray]]], dict[int, float]]:
     """Offsets for every backtest origin that has enough calibration history, adapting the
-    miscoverage rates as each earlier horizon becomes observed; also returns the rates after the
-    last horizon is observed (what the real future is banded with).
+    miscoverage rates as each earlier horizon becomes observed (adaptive conformal inference, Gibbs
+    & Candes 2021: each level's rate is nudged towards its target by the miss rate just seen); also
+    returns the rates after the last horizon is observed (what the real future is banded with).
 
     Normalized conformal: at origin k the calibration errors are divided by their origins' (floored)
     spreads, bounded to within SPREAD_RATIO of k's, and the quantiles multiplied back by k's spread."""
-    alphas = {level: (100 - level) / 100 for level in LEVELS}
+    levels = sorted(LEVELS)  # narrow to wide
+    targets = np.array([(100 - level) / 100 for level in levels])
+    alphas = targets.copy()
     lag = -(-spec.horizon // spec.step)  # origins until a horizon is fully observed
     n = len(errors)
-    out: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    offsets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for k in range(n + lag):
         seen = k - lag
-        if spec.adapt_rate > 0 and seen in out:
-            _update_alphas(alphas, errors[seen], out[seen], spec)
+        if spec.adapt_rate > 0 and seen in offsets:
+            lo, hi = offsets[seen]
+            missed = ((errors[seen] < lo) | (errors[seen] > hi)).mean(axis=1)
+            alphas = alphas + spec.adapt_rate * (targets - missed)
         rows = _calibration_rows(k, spec)
         if k < n and rows is not None:
-            out[k] = normalized_offsets(errors[rows], np.maximum(spread[rows], floor[rows]),
-                                        (float(spread[k]), float(floor[k])), spec, alphas)
-    return out, alphas
+            offsets[k] = _normalized(errors[rows], np.maximum(spread[rows], floor[rows]),
+                                     (float(spread[k]), float(floor[k])), spec, alphas)
+    out = {k: {level: (lo[i], hi[i]) for i, level in enumerate(levels)} for k, (lo, hi) in offsets.items()}
+    return out, {level: float(alphas[i]) for i, level in enumerate(levels)}
 
 
 def normalized_offsets(errors: np.ndarray, spreads: np.ndarray, now: tuple[float, float], spec: BacktestSpec,
                        alphas: dict[int, float]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Conformal offsets in the series' units from calibration errors (origins x steps), their
     origins' (floored) spreads and today's (spread, floor)."""
+    levels = sorted(alphas)  # narrow to wide
+    lo, hi = _normalized(errors, spreads, now, spec, np.array([alphas[level] for level in levels]))
+    return {level: (lo[i], hi[i]) for i, level in enumerate(levels)}
+
+
+def _normalized(errors: np.ndarray, spreads: np.ndarray, now: tuple[float, float], spec: BacktestSpec,
+                alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     spread_now, floor_now = now
     scale = max(spread_now, floor_now, 1e-12)
     # An origin whose history was flat (spread 0) says nothing about scale: its errors count as they
     # are. Any other origin's spread counts within a factor SPREAD_RATIO of today's.
     spreads = np.where(spreads > 0, spreads, scale)
-    scores = errors / np.clip(spreads, scale / SPREAD_RATIO, scale * SPREAD_RATIO)[:, None]
-    return {level: (lo * scale, hi * scale) for level, (lo, hi) in adaptive_offsets(scores, spec, alphas).items()}
+    lo, hi = _offsets(errors / np.clip(spreads, scale / SPREAD_RATIO, scale * SPREAD_RATIO)[:, None], spec, alphas)
+    return lo * scale, hi * scale
 
 
 def nested_bands(point: np.ndarray, offsets: dict[int, tuple[np.ndarray, np.ndarray]], *, nonnegative: bool
