@@ -34,6 +34,7 @@ from flashcast.report import attention_items, format_money
 
 if TYPE_CHECKING:
     from flashcast.pipeline import RunResult
+    from flashcast.store import OpsStore
 
 app = typer.Typer(help="Flashcast: governed forecast & optimize for marketing teams.", no_args_is_help=True,
                   rich_markup_mode=None,
@@ -134,6 +135,18 @@ def _errors() -> Iterator[None]:
             raise
         raise _fail("InternalError", f"{type(exc).__name__}: {str(exc)[:300]} (a bug in Flashcast; "
                     "FLASHCAST_DEBUG=1 shows the traceback)", 2) from exc
+
+
+@contextmanager
+def _ops_store(settings: Settings) -> Iterator[OpsStore]:
+    """The ops store for one command, its connections closed however the command ends."""
+    from flashcast.store import OpsStore
+
+    ops = OpsStore(settings.store.ops_database_url)
+    try:
+        yield ops
+    finally:
+        ops.dispose()
 
 
 def _output_folder(out: Path) -> Path:
@@ -533,7 +546,7 @@ def prune(
     """
     from flashcast.history import prune as prune_warehouse
     from flashcast.lineage import LineageLog, new_lineage_id
-    from flashcast.store import OpsStore, transform_connection
+    from flashcast.store import transform_connection
 
     with _errors():
         settings = _settings(config)
@@ -545,9 +558,8 @@ def prune(
                                      timeout_s=settings.store.lock_timeout_s)
         finally:
             con.close()
-        ops = OpsStore(settings.store.ops_database_url)
-        LineageLog(ops).append("warehouse_pruned", new_lineage_id(), {"keep_days": keep_days, "rows": pruned})
-        ops.dispose()
+        with _ops_store(settings) as ops:
+            LineageLog(ops).append("warehouse_pruned", new_lineage_id(), {"keep_days": keep_days, "rows": pruned})
     console.print(f"pruned {sum(pruned.values()):,} row(s) dated more than {keep_days:,} day(s) before the newest: "
                   + (", ".join(f"{table} {n:,}" for table, n in pruned.items()) or "nothing stored"), highlight=False)
 
@@ -562,12 +574,9 @@ def runs(
     A run left 'running' by a process that is gone (killed, crashed) is marked 'abandoned' here.
     Example: flashcast runs --limit 5
     """
-    from flashcast.store import OpsStore
 
-    with _errors():
-        ops = OpsStore(_settings(config).store.ops_database_url)
+    with _errors(), _ops_store(_settings(config)) as ops:
         rows = ops.latest_runs(limit)
-        ops.dispose()
     table = Table(title=f"Latest {len(rows)} run(s)")
     table.add_column("run", overflow="fold")
     table.add_column("status", no_wrap=True)
@@ -607,12 +616,9 @@ def keys_create(
     does everything and manages keys. Example: flashcast keys create --role viewer
     """
     from flashcast.access import create_key
-    from flashcast.store import OpsStore
 
-    with _errors():
-        ops = OpsStore(_settings(config).store.ops_database_url)
+    with _errors(), _ops_store(_settings(config)) as ops:
         key, secret = create_key(ops, role, by="cli")
-        ops.dispose()
     console.print(f"created {key.role} key {key.key_id}; it is shown this once:", highlight=False)
     sys.stdout.write(secret + "\n")
 
@@ -621,12 +627,9 @@ def keys_create(
 def keys_list(config: ConfigOption = None) -> None:
     """List API keys: id, role, created, revoked (never a key)."""
     from flashcast.access import list_keys
-    from flashcast.store import OpsStore
 
-    with _errors():
-        ops = OpsStore(_settings(config).store.ops_database_url)
+    with _errors(), _ops_store(_settings(config)) as ops:
         keys = list_keys(ops)
-        ops.dispose()
     table = Table(title=f"{len(keys)} API key(s)")
     for column in ("key id", "role", "created", "revoked"):
         table.add_column(column, no_wrap=True)
@@ -640,12 +643,10 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (from `fl
                 config: ConfigOption = None) -> None:
     """Revoke an API key; the lineage log records it."""
     from flashcast.access import revoke_key
-    from flashcast.store import OpsStore
 
     with _errors():
-        ops = OpsStore(_settings(config).store.ops_database_url)
-        done = revoke_key(ops, key_id, by="cli")
-        ops.dispose()
+        with _ops_store(_settings(config)) as ops:
+            done = revoke_key(ops, key_id, by="cli")
         if not done:
             raise ConfigError(f"no live API key {key_id}")
     console.print(f"revoked {key_id}", highlight=False)
@@ -678,13 +679,12 @@ def lineage_verify(
 ) -> None:
     """Verify the hash chain, plus anchors: head files and the heads recorded with finished runs."""
     from flashcast.lineage import LineageLog, read_head_file, run_anchors
-    from flashcast.store import OpsStore
 
     with _errors():
         settings = _settings(config)
-        ops = OpsStore(settings.store.ops_database_url)
-        anchors = [read_head_file(p) for p in head or []] + run_anchors(ops)
-        report = LineageLog(ops).verify(anchors)
+        with _ops_store(settings) as ops:
+            anchors = [read_head_file(p) for p in head or []] + run_anchors(ops)
+            report = LineageLog(ops).verify(anchors)
     console.print(f"[green]ok[/green]: {report.entries} entries, head {report.head.seq} "
                   f"{report.head.entry_hash[:16]}..., {report.anchors_checked} anchors checked")
 
@@ -696,11 +696,10 @@ def lineage_show(
 ) -> None:
     """Print lineage log entries as JSON lines."""
     from flashcast.lineage import LineageLog
-    from flashcast.store import OpsStore
 
     with _errors():
-        ops = OpsStore(_settings(config).store.ops_database_url)
-        entries = LineageLog(ops).entries(lineage_id)
+        with _ops_store(_settings(config)) as ops:
+            entries = LineageLog(ops).entries(lineage_id)
         if not entries:
             raise LineageError(f"no lineage entries for run {lineage_id}" if lineage_id else "the lineage log is empty")
         for entry in entries:
@@ -753,15 +752,11 @@ app.add_typer(creatives_app, name="creatives")
 def creatives_list(config: ConfigOption = None) -> None:
     """The latest run's creatives: id, segment, channel, traffic light, status. Example: flashcast creatives list"""
     from flashcast.approvals import latest_creatives
-    from flashcast.store import OpsStore
 
     with _errors():
         settings = _settings(config)
-        ops = OpsStore(settings.store.ops_database_url)
-        try:
+        with _ops_store(settings) as ops:
             rows = latest_creatives(settings.store.warehouse_path, ops, timeout_s=settings.store.lock_timeout_s)
-        finally:
-            ops.dispose()
     table = Table("segment", "channel", "variant", "light", "status", "headline")
     table.columns.insert(0, Column("creative_id", no_wrap=True, min_width=15))  # whole: it is typed back
     for r in rows:
@@ -773,12 +768,10 @@ def creatives_list(config: ConfigOption = None) -> None:
 def _decide(creative_ids: list[str], decision: str, comment: str, override_reason: str | None,
             config: Path | None) -> None:
     from flashcast.approvals import UnknownCreative, decide, latest_creatives
-    from flashcast.store import OpsStore
 
     with _errors():
         settings = _settings(config)
-        ops = OpsStore(settings.store.ops_database_url)
-        try:
+        with _ops_store(settings) as ops:
             library = {c["creative_id"]: c for c in latest_creatives(settings.store.warehouse_path, ops,
                                                                       timeout_s=settings.store.lock_timeout_s)}
             unknown = [i for i in creative_ids if i not in library]
@@ -787,8 +780,6 @@ def _decide(creative_ids: list[str], decision: str, comment: str, override_reaso
             for creative_id in creative_ids:
                 decide(ops, library[creative_id], decision, comment=comment,  # type: ignore[arg-type]
                        override_reason=override_reason, by="cli")
-        finally:
-            ops.dispose()
     console.print(f"{decision} {len(creative_ids)} creative(s)", highlight=False)
 
 
@@ -835,12 +826,10 @@ def push(
     from flashcast.delivery import latest_payload_id
     from flashcast.delivery import push as push_payload
     from flashcast.errors import PayloadNotFound, PushHeld
-    from flashcast.store import OpsStore
 
     with _errors():
         settings = _settings(config)
-        ops = OpsStore(settings.store.ops_database_url)
-        try:
+        with _ops_store(settings) as ops:
             lineage_id = lineage_id or latest_payload_id(ops)
             if lineage_id is None:
                 raise PayloadNotFound("no payload yet: run the pipeline first")
@@ -849,8 +838,6 @@ def push(
             except PushHeld as exc:
                 hint = "(flashcast creatives approve ID..., or the API; then push again)"
                 raise _fail("PushHeld", f"{exc} {hint}", EXIT_HELD) from exc
-        finally:
-            ops.dispose()
     _print_deliveries(orders)
     if any(o.state != "delivered" for o in orders):
         raise typer.Exit(EXIT_UNDELIVERED)
@@ -890,14 +877,9 @@ def deliveries(
 ) -> None:
     """Every pushed order and its delivery attempts. Example: flashcast deliveries"""
     from flashcast.delivery import deliveries as list_deliveries
-    from flashcast.store import OpsStore
 
-    with _errors():
-        ops = OpsStore(_settings(config).store.ops_database_url)
-        try:
-            orders = list_deliveries(ops, lineage_id)
-        finally:
-            ops.dispose()
+    with _errors(), _ops_store(_settings(config)) as ops:
+        orders = list_deliveries(ops, lineage_id)
     _print_deliveries(orders)
 
 
