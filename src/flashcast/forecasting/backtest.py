@@ -150,7 +150,11 @@ def adaptive_offsets(sample: np.ndarray, spec: BacktestSpec, alphas: dict[int, f
     """Conformal offsets from a calibration sample of errors (origins x steps) at the adapted
     miscoverage rates `alphas`; then nested (a wider level never gets a narrower band)."""
     levels = sorted(alphas)  # narrow to wide
-    lo, hi = _offsets(sample, spec, np.array([alphas[level] for level in levels]))
+    return _by_level(levels, *_offsets(sample, spec, np.array([alphas[level] for level in levels])))
+
+
+def _by_level(levels: list[int], lo: np.ndarray, hi: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """(levels x steps) lower and upper offsets as {level: (lower, upper)}."""
     return {level: (lo[i], hi[i]) for i, level in enumerate(levels)}
 
 
@@ -206,8 +210,8 @@ def origin_bands(errors: np.ndarray, spread: np.ndarray, floor: np.ndarray, spec
         if k < n and rows is not None:
             offsets[k] = _normalized(errors[rows], np.maximum(spread[rows], floor[rows]),
                                      (float(spread[k]), float(floor[k])), spec, alphas)
-    out = {k: {level: (lo[i], hi[i]) for i, level in enumerate(levels)} for k, (lo, hi) in offsets.items()}
-    return out, {level: float(alphas[i]) for i, level in enumerate(levels)}
+    return ({k: _by_level(levels, lo, hi) for k, (lo, hi) in offsets.items()},
+            {level: float(alphas[i]) for i, level in enumerate(levels)})
 
 
 def normalized_offsets(errors: np.ndarray, spreads: np.ndarray, now: tuple[float, float], spec: BacktestSpec,
@@ -215,8 +219,7 @@ def normalized_offsets(errors: np.ndarray, spreads: np.ndarray, now: tuple[float
     """Conformal offsets in the series' units from calibration errors (origins x steps), their
     origins' (floored) spreads and today's (spread, floor)."""
     levels = sorted(alphas)  # narrow to wide
-    lo, hi = _normalized(errors, spreads, now, spec, np.array([alphas[level] for level in levels]))
-    return {level: (lo[i], hi[i]) for i, level in enumerate(levels)}
+    return _by_level(levels, *_normalized(errors, spreads, now, spec, np.array([alphas[level] for level in levels])))
 
 
 def _normalized(errors: np.ndarray, spreads: np.ndarray, now: tuple[float, float], spec: BacktestSpec,

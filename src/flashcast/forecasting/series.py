@@ -42,16 +42,15 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
         raise ForecastError(f"{series_id}: no data")
     if len(frame) < min_days:
         raise ForecastError(f"{series_id}: {len(frame)} days of history; at least {min_days} needed")
-    data = frame[["ds", "y"]]
     # numpy from here: the daily forecast call runs this on every series, and pandas' per-operation
     # overhead made it most of that call's time
-    stamps = pd.to_datetime(data["ds"]).to_numpy()
+    stamps = pd.to_datetime(frame["ds"]).to_numpy()
     try:
-        values_as_given = data["y"].to_numpy(dtype=float)
+        given = frame["y"].to_numpy(dtype=float)
     except (TypeError, ValueError):
         raise ForecastError(f"{series_id}: y is not a number on every row") from None
     order = np.argsort(stamps, kind="stable")
-    ds, y = pd.DatetimeIndex(stamps[order]), values_as_given[order]
+    ds, y = pd.DatetimeIndex(stamps[order]), given[order]
     same = np.flatnonzero(ds[1:] == ds[:-1])
     if len(same):
         raise ForecastError(f"{series_id}: duplicate date {ds[same[0] + 1].date()}")
@@ -70,14 +69,15 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
     values = np.full(len(full), np.nan)
     values[at[at >= 0]] = y[at >= 0]
     weekday = full.dayofweek.to_numpy()
-    closed = _closed_weekdays(weekday, np.isnan(values))
-    values[np.isin(weekday, closed) & np.isnan(values)] = 0.0
-    missing = int(np.isnan(values).sum())
+    absent = np.isnan(values)
+    closed = _closed_weekdays(weekday, absent)
+    values[np.isin(weekday, closed) & absent] = 0.0
+    gaps = np.isnan(values)  # absent on a day the business was open
+    missing = int(gaps.sum())
     if missing > max_gap_share * len(full):
         raise ForecastError(f"{series_id}: {missing} of {len(full)} days missing (more than {max_gap_share:.0%})")
-    known = ~np.isnan(values)
     if missing:
-        values[~known] = np.interp(np.flatnonzero(~known), np.flatnonzero(known), values[known])
+        values[gaps] = np.interp(np.flatnonzero(gaps), np.flatnonzero(~gaps), values[~gaps])
     partial = None if keep_last_day else _partial_last_day(values, full, closed)
     if partial is not None:
         values, full = values[:-1], full[:-1]
