@@ -120,13 +120,17 @@ def replayed(bt: Backtest, spec: BacktestSpec, *, nonnegative: bool, combination
     """The default path as a user meets it, replayed at each scored origin: the engine chosen by
     `select_engine` from the origins before it whose horizon was already observed (up to
     `spec.origins` of them), its forecast at that origin and its conformal bands (calibrated on earlier
-    origins only). Per scored origin: MASE, each band's coverage and scaled interval score."""
+    origins only). Per scored origin (`origin`: its backtest index; on a short history only those
+    with calibrated bands): MASE, each band's coverage and scaled interval score."""
     n = len(bt.origins)
     lag = -(-spec.horizon // spec.step)
     per_origin = {e: np.mean(np.abs(bt.actual - p), axis=1) / bt.scale for e, p in bt.points.items()}
     banded = {e: origin_bands(bt.actual - p, bt.spread, bt.floor, spec)[0] for e, p in bt.points.items()}
-    out: dict[str, list[float]] = {"mase": [], "cov80": [], "cov95": [], "is80": [], "is95": []}
-    for k in range(n - spec.origins, n):
+    out: dict[str, list[float]] = {"origin": [], "mase": [], "cov80": [], "cov95": [], "is80": [], "is95": []}
+    for k in range(max(n - spec.origins, 0), n):
+        if not all(k in bands for bands in banded.values()):
+            continue
+        out["origin"].append(k)
         seen = range(max(0, k - lag + 1 - spec.origins), k - lag + 1)
         scores = [EngineScore(e, float(np.mean(v[seen])), 0.0, 0.0, {}, {}, len(seen), 0.0, tuple(v[seen]))
                   for e, v in per_origin.items()]
@@ -189,10 +193,11 @@ def main() -> None:
         selection = select_engine(score_engines(bt, spec, nonnegative=nonnegative), combination=combination)
         backtest_seconds = time.perf_counter() - start
         ours = replayed(bt, spec, nonnegative=nonnegative, combination=combination)
-        first = len(bt.origins) - spec.origins
-        scored = list(range(len(bt.origins) - 1, first - 1, -BASELINE_EVERY))[::-1]
+        origins = ours["origin"].astype(int)
+        picked = np.arange(len(origins) - 1, -1, -BASELINE_EVERY)[::-1]  # every 3rd, ending at the last
+        scored = origins[picked].tolist()
         cuts = [int(np.searchsorted(dates, bt.origins[k])) + 1 for k in scored]
-        table["Flashcast"].append(float(ours["mase"][[k - first for k in scored]].mean()))
+        table["Flashcast"].append(float(ours["mase"][picked].mean()))
         prophet = prophet_at_origins(y, dates, cuts, spec.horizon, bt.scale[scored])
         table["Prophet"].append(prophet["mase"])
         for column, alias in BASELINES.items():

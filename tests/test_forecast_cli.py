@@ -95,6 +95,28 @@ def test_dates_may_mix_the_common_forms_and_an_ambiguous_column_asks_for_a_forma
         read_series_file(both, date_col="Date", value_col="Sales")
 
 
+def test_date_and_value_columns_are_found_only_where_nothing_is_guessed(tmp_path: Path) -> None:
+    two = tmp_path / "births.csv"
+    two.write_text("Date,Births\n1959-01-01,35\n1959-01-02,32\n")
+    frame = read_series_file(two)
+    assert frame["y"].tolist() == [35.0, 32.0]
+    assert frame.attrs == {"date_col": "Date", "value_col": "Births"}
+    named = tmp_path / "named.csv"  # a column called day, whatever its place; the one value column left
+    named.write_text("Revenue,DAY\n5,2025-01-01\n6,2025-01-02\n")
+    assert read_series_file(named).attrs == {"date_col": "DAY", "value_col": "Revenue"}
+    wide = tmp_path / "wide.csv"
+    wide.write_text("instant,dteday,casual,cnt\n1,2011-01-01,3,9\n")
+    with pytest.raises(ForecastError, match=r"wide.csv: which column holds the dates\? give --date-col "
+                                            r"\(columns: instant, dteday, casual, cnt\)"):
+        read_series_file(wide)
+    with pytest.raises(ForecastError, match=r"which column holds the values\? give --value-col"):
+        read_series_file(wide, date_col="dteday")
+    with pytest.raises(ForecastError, match=r"no column 'ds' \(columns: instant, dteday, casual, cnt\)"):
+        read_series_file(wide, date_col="ds", value_col="cnt")  # a missing date column named, not a reader error
+    result = CliRunner().invoke(app, ["forecast", str(wide)])
+    assert result.exit_code == 1 and "--date-col" in result.output and "Traceback" not in result.output
+
+
 def test_a_series_with_regular_closed_days_is_forecast_closed_and_says_so(tmp_path: Path) -> None:
     history = _weekly()
     history = history[history["ds"].dt.dayofweek != 5]  # never open on Saturdays

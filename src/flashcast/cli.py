@@ -369,8 +369,10 @@ def _print_summary(result: RunResult, currency: str) -> None:
 def forecast(
     data: Annotated[Path, typer.Argument(help="CSV or Parquet file of daily values, one or many series.")],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/forecast"),
-    date_col: Annotated[str, typer.Option(help="Date column.")] = "ds",
-    value_col: Annotated[str, typer.Option(help="Value column.")] = "y",
+    date_col: Annotated[str | None, typer.Option(
+        help="Date column (default: ds, or the one column called date or day, or the first of two).")] = None,
+    value_col: Annotated[str | None, typer.Option(
+        help="Value column (default: y, or the one column left besides the dates and series ids).")] = None,
     series_col: Annotated[str | None, typer.Option(help="Series id column, for a file of many series.")] = None,
     horizon: Annotated[int | None, typer.Option(help="Days ahead (default: [forecast] horizon).")] = None,
     engines: Annotated[str | None, typer.Option(help="Comma-separated line-up (default: [forecast] engines).")]
@@ -404,6 +406,10 @@ def forecast(
             raise ConfigError(f"forecast options: {describe_validation_error(exc)}") from exc
         frame = read_series_file(data, date_col=date_col, value_col=value_col, series_col=series_col,
                                  date_format=date_format)
+        if (date_col, value_col) != (frame.attrs["date_col"], frame.attrs["value_col"]):
+            console.print(f"dates from column {frame.attrs['date_col']!r}, values from {frame.attrs['value_col']!r}",
+                          highlight=False, markup=False)
+        value_col = frame.attrs["value_col"]
         with console.status(f"backtesting {frame['series_id'].nunique():,} series..."):
             done, skipped = forecast_each(frame, engines=options.engines, spec=BacktestSpec(horizon=options.horizon),
                                           nonnegative=not signed, keep_last_day=keep_last_day,

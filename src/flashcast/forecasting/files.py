@@ -19,12 +19,14 @@ from flashcast.forecasting.forecast import Forecast, leaderboards, tidy_all
 from flashcast.sql import identifier
 
 
-def read_series_file(path: Path, *, date_col: str = "ds", value_col: str = "y", series_col: str | None = None,
-                     default_id: str | None = None, date_format: str | None = None) -> pd.DataFrame:
-    """Long frame (series_id, ds, y) from `path`. Without `series_col` the file holds one series,
-    named `default_id` (the file's stem by default). Dates may mix the common forms (see
-    `parse_dates`); `date_format` (strptime codes) fixes one. Errors name the file, the column and
-    the row (1-based, header not counted), never a value."""
+def read_series_file(path: Path, *, date_col: str | None = None, value_col: str | None = None,
+                     series_col: str | None = None, default_id: str | None = None,
+                     date_format: str | None = None) -> pd.DataFrame:
+    """Long frame (series_id, ds, y) from `path`, with the file's column names in `frame.attrs`
+    ("date_col", "value_col"). Columns not named are found as `find_columns` says. Without
+    `series_col` the file holds one series, named `default_id` (the file's stem by default). Dates
+    may mix the common forms (see `parse_dates`); `date_format` (strptime codes) fixes one. Errors
+    name the file, the column and the row (1-based, header not counted), never a value."""
     if not path.is_file():
         raise ForecastError(f"{path}: no such file")
     con = duckdb.connect()
@@ -32,19 +34,14 @@ def read_series_file(path: Path, *, date_col: str = "ds", value_col: str = "y", 
         kind = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
         try:
             # Dates are read as text and parsed here: the sniffer would fix one format and fail on a mix.
-            raw = (con.read_parquet(str(path)) if kind == "parquet"
-                   else con.read_csv(str(path), dtype={date_col: "VARCHAR"}))
+            raw = con.read_parquet(str(path)) if kind == "parquet" else con.read_csv(str(path), all_varchar=True)
             raw.create_view("raw_file")
             # Insertion order is preserved, so row_number() is the row's position in the file.
             con.execute("CREATE TEMP VIEW source AS SELECT *, row_number() OVER () AS _row FROM raw_file")
             columns = [c[0] for c in con.execute("DESCRIBE source").fetchall()]
         except duckdb.Error as exc:
             raise ForecastError(f"{path}: cannot be read as {kind}: {exc}") from exc
-        wanted = [c for c in (date_col, value_col, series_col) if c]
-        missing = [c for c in wanted if c not in columns]
-        if missing:
-            shown = ", ".join(c for c in columns if c != "_row")
-            raise ForecastError(f"{path}: no column {missing[0]!r} (columns: {shown})")
+        date_col, value_col = find_columns(path, [c for c in columns if c != "_row"], date_col, value_col, series_col)
         date, value = identifier(date_col), identifier(value_col)
         bad = con.execute(f"SELECT _row FROM source WHERE {value} IS NOT NULL AND try_cast({value} AS DOUBLE) IS NULL "
                           "ORDER BY _row LIMIT 1").fetchall()
@@ -64,7 +61,42 @@ def read_series_file(path: Path, *, date_col: str = "ds", value_col: str = "y", 
         frame["ds"] = parse_dates(frame["ds"], date_format=date_format)
     except DateProblem as exc:
         raise ForecastError(f"{path}: row {exc.row + 1}: {date_col} {exc.problem}") from None
+    frame.attrs.update(date_col=date_col, value_col=value_col)
     return frame
+
+
+DATE_NAMES = ("ds", "date", "day")
+
+
+def find_columns(path: Path, columns: Sequence[str], date_col: str | None, value_col: str | None,
+                 series_col: str | None) -> tuple[str, str]:
+    """The date and value columns: the ones named, else found only where nothing is guessed. Dates:
+    `ds`, else the one column called date or day (any case), else the first of a file's two
+    columns. Values: `y`, else the one column left besides the dates and the series id."""
+    shown = ", ".join(columns)
+    for name in (date_col, value_col, series_col):
+        if name is not None and name not in columns:
+            raise ForecastError(f"{path}: no column {name!r} (columns: {shown})")
+    if date_col is None:
+        named = [c for c in columns if c.lower() in DATE_NAMES]
+        others = [c for c in columns if c != series_col]
+        if "ds" in columns:
+            date_col = "ds"
+        elif len(named) == 1:
+            date_col = named[0]
+        elif len(others) == 2 and value_col in (None, others[1]):
+            date_col = others[0]
+        else:
+            raise ForecastError(f"{path}: which column holds the dates? give --date-col (columns: {shown})")
+    if value_col is None:
+        rest = [c for c in columns if c not in (date_col, series_col)]
+        if "y" in columns and date_col != "y":
+            value_col = "y"
+        elif len(rest) == 1:
+            value_col = rest[0]
+        else:
+            raise ForecastError(f"{path}: which column holds the values? give --value-col (columns: {shown})")
+    return date_col, value_col
 
 
 class DateProblem(ValueError):
