@@ -29,7 +29,6 @@ from flashcast.forecasting.backtest import (
     BacktestSpec,
     EngineScore,
     nested_bands,
-    origin_bands,
     run_backtest,
     score_engines,
     select_engine,
@@ -125,7 +124,7 @@ def replayed(bt: Backtest, spec: BacktestSpec, *, nonnegative: bool, combination
     n = len(bt.origins)
     lag = -(-spec.horizon // spec.step)
     per_origin = {e: np.mean(np.abs(bt.actual - p), axis=1) / bt.scale for e, p in bt.points.items()}
-    banded = {e: origin_bands(bt.actual - p, bt.spread, bt.floor, spec)[0] for e, p in bt.points.items()}
+    banded = {e: bt.bands(e, spec)[0] for e in bt.points}
     out: dict[str, list[float]] = {"origin": [], "mase": [], "cov80": [], "cov95": [], "is80": [], "is95": []}
     for k in range(max(n - spec.origins, 0), n):
         if not all(k in bands for bands in banded.values()):

@@ -67,6 +67,10 @@ class EngineScore:
                 "scored_origins": self.scored_origins, "seconds_per_fit": self.seconds_per_fit}
 
 
+# Per banded origin, each level's (lower, upper) offsets; and the adapted rates after the last origin.
+OriginBands = tuple[dict[int, dict[int, tuple[np.ndarray, np.ndarray]]], dict[int, float]]
+
+
 @dataclass
 class Backtest:
     """Per-engine origin forecasts and errors (rows: origins, columns: horizon steps)."""
@@ -78,6 +82,15 @@ class Backtest:
     floor: np.ndarray  # the spread's floor known at each origin
     points: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    _bands: dict[tuple[str, BacktestSpec], OriginBands] = field(default_factory=dict, repr=False, compare=False)
+
+    def bands(self, engine: str, spec: BacktestSpec) -> OriginBands:
+        """`origin_bands` of the engine's backtest errors, computed once: scoring every engine and
+        banding the winner's forecast both need them (a fifth of a full selection's time)."""
+        key = (engine, spec)
+        if key not in self._bands:
+            self._bands[key] = origin_bands(self.actual - self.points[engine], self.spread, self.floor, spec)
+        return self._bands[key]
 
 
 def _origin_indices(n: int, spec: BacktestSpec) -> list[int]:
@@ -185,8 +198,7 @@ def _pool_layout(m: int, h: int, pool: int) -> tuple[np.ndarray, np.ndarray]:
     return gather, last
 
 
-def origin_bands(errors: np.ndarray, spread: np.ndarray, floor: np.ndarray, spec: BacktestSpec
-                 ) -> tuple[dict[int, dict[int, tuple[np.ndarray, np.ndarray]]], dict[int, float]]:
+def origin_bands(errors: np.ndarray, spread: np.ndarray, floor: np.ndarray, spec: BacktestSpec) -> OriginBands:
     """Offsets for every backtest origin that has enough calibration history, adapting the
     miscoverage rates as each earlier horizon becomes observed (adaptive conformal inference, Gibbs
     & Candes 2021: each level's rate is nudged towards its target by the miss rate just seen); also
@@ -254,8 +266,7 @@ def score_engines(bt: Backtest, spec: BacktestSpec, *, nonnegative: bool) -> lis
     """Conformal bands at each scored origin, then the metrics for all engines at once."""
     n = len(bt.origins)
     engines = list(bt.points)
-    banded = {engine: origin_bands(bt.actual - bt.points[engine], bt.spread, bt.floor, spec)[0]
-              for engine in engines}
+    banded = {engine: bt.bands(engine, spec)[0] for engine in engines}
     # Every engine shares the origins, so the origins with a calibrated band are the same for all.
     rows = sorted(set(range(n - spec.origins, n)).intersection(*(b.keys() for b in banded.values())))
     if not rows:

@@ -36,7 +36,6 @@ from flashcast.forecasting.backtest import (
     Selection,
     nested_bands,
     normalized_offsets,
-    origin_bands,
     run_backtest,
     score_engines,
     select_engine,
@@ -232,7 +231,7 @@ def auto_forecast(
     fit_seconds = time.perf_counter() - start
     errors = bt.actual - bt.points[selection.winner]
     # The last backtest origin's horizon ends where the history ends: all origins are observed.
-    _, alphas = origin_bands(errors, bt.spread, bt.floor, spec)
+    _, alphas = bt.bands(selection.winner, spec)
     recent = slice(-spec.calibration, None)
     offsets = normalized_offsets(errors[recent], np.maximum(bt.spread[recent], bt.floor[recent]),
                                  spread_terms(y, spec), spec, alphas)
