@@ -115,6 +115,10 @@ def test_date_and_value_columns_are_found_only_where_nothing_is_guessed(tmp_path
         read_series_file(wide, date_col="ds", value_col="cnt")  # a missing date column named, not a reader error
     result = CliRunner().invoke(app, ["forecast", str(wide)])
     assert result.exit_code == 1 and "--date-col" in result.output and "Traceback" not in result.output
+    for name, text in (("header_only.csv", "ds,y\n"), ("empty.csv", "")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ForecastError, match=rf"{name}: no rows \(the file is empty or holds only its header\)"):
+            read_series_file(tmp_path / name)
 
 
 def test_a_series_with_regular_closed_days_is_forecast_closed_and_says_so(tmp_path: Path) -> None:

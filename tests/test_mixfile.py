@@ -169,6 +169,7 @@ def test_guardrails_apply_only_when_given(tmp_path: Path) -> None:
     (lambda f: f.assign(week=f["week"].where(f.index != 9, f["week"][2])), "row 10: week repeats an earlier"),
     (lambda f: f.assign(week=f["week"].where(f.index != 3, "someday")), "row 4: week is not a date"),
     (lambda f: f.drop(columns=["social"]), "no column 'social'"),
+    (lambda f: f.head(0), "no rows"),
 ])
 def test_a_bad_file_is_one_line_naming_row_and_column(tmp_path: Path, change: object, message: str) -> None:
     frame, _ = _world(4, weeks=60)

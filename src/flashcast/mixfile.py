@@ -63,6 +63,8 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
         except duckdb.Error as exc:
             raise IngestError(f"{path}: cannot be read as {'Parquet' if parquet else 'CSV'} "
                               f"({type(exc).__name__})") from exc
+        if not con.execute("SELECT count(*) FROM source").fetchall()[0][0]:
+            raise IngestError(f"{path}: no rows (the file is empty or holds only its header)")
         wanted = [date_col, outcome_col, *spend_cols, *control_cols]
         missing = [c for c in wanted if c not in columns]
         if missing:
@@ -87,8 +89,6 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
         frame = con.execute(f"SELECT {identifier(date_col)}::VARCHAR AS _date, {values} FROM source ORDER BY _row").df()
     finally:
         con.close()
-    if frame.empty:
-        raise IngestError(f"{path}: no rows")
     try:
         dates = parse_dates(frame["_date"], date_format=date_format)
     except DateProblem as exc:

@@ -41,6 +41,8 @@ def read_series_file(path: Path, *, date_col: str | None = None, value_col: str 
             columns = [c[0] for c in con.execute("DESCRIBE source").fetchall()]
         except duckdb.Error as exc:
             raise ForecastError(f"{path}: cannot be read as {kind}: {exc}") from exc
+        if not con.execute("SELECT count(*) FROM source").fetchall()[0][0]:
+            raise ForecastError(f"{path}: no rows (the file is empty or holds only its header)")
         date_col, value_col = find_columns(path, [c for c in columns if c != "_row"], date_col, value_col, series_col)
         date, value = identifier(date_col), identifier(value_col)
         bad = con.execute(f"SELECT _row FROM source WHERE {value} IS NOT NULL AND try_cast({value} AS DOUBLE) IS NULL "
