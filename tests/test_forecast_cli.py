@@ -121,6 +121,22 @@ def test_date_and_value_columns_are_found_only_where_nothing_is_guessed(tmp_path
             read_series_file(tmp_path / name)
 
 
+def test_a_semicolon_file_from_a_spreadsheet_reads_its_decimal_commas(tmp_path: Path) -> None:
+    european = tmp_path / "umsatz.csv"
+    european.write_bytes("\ufeffDatum;Umsatz\n14.09.2014;1,5\n15.09.2014;-2\n16.09.2014;1234,25\n".encode())
+    frame = read_series_file(european, date_col="Datum", value_col="Umsatz")
+    assert frame["y"].tolist() == [1.5, -2.0, 1234.25]
+    assert [d.date().isoformat() for d in frame["ds"]] == ["2014-09-14", "2014-09-15", "2014-09-16"]
+    mixed = tmp_path / "mixed.csv"  # 1,5 beside 1.5: which mark is the decimal one is not guessed
+    mixed.write_text("Datum;Umsatz\n2014-09-14;1,5\n2014-09-15;1.5\n")
+    with pytest.raises(ForecastError, match=r"row 1: Umsatz is not a number"):
+        read_series_file(mixed, date_col="Datum", value_col="Umsatz")
+    commas = tmp_path / "commas.csv"  # in a comma-separated file a quoted 1,5 stays text
+    commas.write_text('ds,y\n2014-09-14,"1,5"\n')
+    with pytest.raises(ForecastError, match=r"row 1: y is not a number"):
+        read_series_file(commas)
+
+
 def test_a_series_with_regular_closed_days_is_forecast_closed_and_says_so(tmp_path: Path) -> None:
     history = _weekly()
     history = history[history["ds"].dt.dayofweek != 5]  # never open on Saturdays

@@ -163,6 +163,17 @@ def test_guardrails_apply_only_when_given(tmp_path: Path) -> None:
     assert unknown.exit_code != 0 and "['radio']" in unknown.output
 
 
+def test_a_semicolon_file_with_decimal_commas_reads_as_its_point_twin(tmp_path: Path) -> None:
+    frame, _ = _world(4, weeks=30)
+    points, commas = tmp_path / "points.csv", tmp_path / "commas.csv"
+    frame.to_csv(points, index=False)
+    frame.to_csv(commas, index=False, sep=";", decimal=",")
+    columns = {"date_col": "week", "outcome_col": "sales", "spend_cols": ["tv", "search", "social"]}
+    expected, read = read_mix_file(points, **columns), read_mix_file(commas, **columns)  # type: ignore[arg-type]
+    assert read.data.outcome.tolist() == expected.data.outcome.tolist()
+    assert all(read.data.spend[c].tolist() == expected.data.spend[c].tolist() for c in columns["spend_cols"])
+
+
 @pytest.mark.parametrize(("change", "message"), [
     (lambda f: f.assign(tv=f["tv"].astype(str).where(f.index != 4, "n/a")), "row 5: tv is not a number"),
     (lambda f: f.assign(search=f["search"].where(f.index != 7, -3.0)), "row 8: search is negative"),

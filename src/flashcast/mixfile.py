@@ -26,6 +26,7 @@ from flashcast.config import OPEN_GUARDRAILS, AllocationConfig, Guardrails
 from flashcast.errors import AllocationInfeasible, CurveFitError, IngestError
 from flashcast.forecasting.files import DateProblem, parse_dates
 from flashcast.sql import identifier
+from flashcast.tablefile import open_table_file
 
 Cadence = Literal["daily", "weekly"]
 PERIODS_PER_YEAR = {"daily": 365.25, "weekly": 365.25 / 7}
@@ -48,23 +49,12 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
                   control_cols: Sequence[str] = (), cadence: Cadence | None = None,
                   date_format: str | None = None) -> MixFile:
     """Read and check a CSV or Parquet file. Rows (1-based, header not counted) are named in errors."""
-    if not path.is_file():
-        raise IngestError(f"{path}: no such file")
     if not spend_cols:
         raise IngestError("give the spend columns: --spend-cols A,B,...")
     con = duckdb.connect()
     try:
-        parquet = path.suffix.lower() in (".parquet", ".pq")
-        try:
-            raw = con.read_parquet(str(path)) if parquet else con.read_csv(str(path), all_varchar=True)
-            raw.create_view("raw_file")
-            con.execute("CREATE TEMP VIEW source AS SELECT *, row_number() OVER () AS _row FROM raw_file")
-            columns = [c[0] for c in con.execute("DESCRIBE source").fetchall() if c[0] != "_row"]
-        except duckdb.Error as exc:
-            raise IngestError(f"{path}: cannot be read as {'Parquet' if parquet else 'CSV'} "
-                              f"({type(exc).__name__})") from exc
-        if not con.execute("SELECT count(*) FROM source").fetchall()[0][0]:
-            raise IngestError(f"{path}: no rows (the file is empty or holds only its header)")
+        table = open_table_file(con, path, IngestError)
+        columns = table.columns
         wanted = [date_col, outcome_col, *spend_cols, *control_cols]
         missing = [c for c in wanted if c not in columns]
         if missing:
@@ -72,20 +62,19 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
         repeated = sorted({c for c in wanted if wanted.count(c) > 1})
         if repeated:
             raise IngestError(f"{path}: column {repeated[0]!r} is given twice")
-        for column in [outcome_col, *spend_cols, *control_cols]:
+        numbers = {column: table.number_sql(con, column) for column in [outcome_col, *spend_cols, *control_cols]}
+        for column, number in numbers.items():
             c = identifier(column)
             for condition, problem in ((f"{c} IS NULL OR trim({c}::VARCHAR) = ''", "is empty"),
-                                       (f"try_cast({c} AS DOUBLE) IS NULL OR NOT isfinite(try_cast({c} AS DOUBLE))",
-                                        "is not a number")):
+                                       (f"{number} IS NULL OR NOT isfinite({number})", "is not a number")):
                 bad = con.execute(f"SELECT min(_row) FROM source WHERE {condition}").fetchall()[0][0]
                 if bad is not None:
                     raise IngestError(f"{path}: row {bad}: {column} {problem}")
             if column in spend_cols:
-                bad = con.execute(f"SELECT min(_row) FROM source WHERE {c}::DOUBLE < 0").fetchall()[0][0]
+                bad = con.execute(f"SELECT min(_row) FROM source WHERE {number} < 0").fetchall()[0][0]
                 if bad is not None:
                     raise IngestError(f"{path}: row {bad}: {column} is negative")
-        values = ", ".join(f"{identifier(c)}::DOUBLE AS {identifier(c)}" for c in [outcome_col, *spend_cols,
-                                                                                   *control_cols])
+        values = ", ".join(f"{number} AS {identifier(c)}" for c, number in numbers.items())
         frame = con.execute(f"SELECT {identifier(date_col)}::VARCHAR AS _date, {values} FROM source ORDER BY _row").df()
     finally:
         con.close()

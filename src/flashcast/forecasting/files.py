@@ -17,6 +17,7 @@ from flashcast.errors import ForecastError
 from flashcast.forecasting.charts import plot_fan_chart
 from flashcast.forecasting.forecast import Forecast, leaderboards, tidy_all
 from flashcast.sql import identifier
+from flashcast.tablefile import open_table_file
 
 
 def read_series_file(path: Path, *, date_col: str | None = None, value_col: str | None = None,
@@ -27,25 +28,12 @@ def read_series_file(path: Path, *, date_col: str | None = None, value_col: str 
     `series_col` the file holds one series, named `default_id` (the file's stem by default). Dates
     may mix the common forms (see `parse_dates`); `date_format` (strptime codes) fixes one. Errors
     name the file, the column and the row (1-based, header not counted), never a value."""
-    if not path.is_file():
-        raise ForecastError(f"{path}: no such file")
     con = duckdb.connect()
     try:
-        kind = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
-        try:
-            # Dates are read as text and parsed here: the sniffer would fix one format and fail on a mix.
-            raw = con.read_parquet(str(path)) if kind == "parquet" else con.read_csv(str(path), all_varchar=True)
-            raw.create_view("raw_file")
-            # Insertion order is preserved, so row_number() is the row's position in the file.
-            con.execute("CREATE TEMP VIEW source AS SELECT *, row_number() OVER () AS _row FROM raw_file")
-            columns = [c[0] for c in con.execute("DESCRIBE source").fetchall()]
-        except duckdb.Error as exc:
-            raise ForecastError(f"{path}: cannot be read as {kind}: {exc}") from exc
-        if not con.execute("SELECT count(*) FROM source").fetchall()[0][0]:
-            raise ForecastError(f"{path}: no rows (the file is empty or holds only its header)")
-        date_col, value_col = find_columns(path, [c for c in columns if c != "_row"], date_col, value_col, series_col)
-        date, value = identifier(date_col), identifier(value_col)
-        bad = con.execute(f"SELECT _row FROM source WHERE {value} IS NOT NULL AND try_cast({value} AS DOUBLE) IS NULL "
+        table = open_table_file(con, path, ForecastError)
+        date_col, value_col = find_columns(path, table.columns, date_col, value_col, series_col)
+        date, value, number = identifier(date_col), identifier(value_col), table.number_sql(con, value_col)
+        bad = con.execute(f"SELECT _row FROM source WHERE {value} IS NOT NULL AND {number} IS NULL "
                           "ORDER BY _row LIMIT 1").fetchall()
         if bad:
             raise ForecastError(f"{path}: row {bad[0][0]}: {value_col} is not a number")
@@ -55,7 +43,7 @@ def read_series_file(path: Path, *, date_col: str | None = None, value_col: str 
         series = f"{identifier(series_col)}::VARCHAR" if series_col else "?"
         params = [] if series_col else [default_id or path.stem]
         frame = con.execute(
-            f"SELECT {series} AS series_id, {date}::VARCHAR AS ds, {value}::DOUBLE AS y FROM source ORDER BY _row",
+            f"SELECT {series} AS series_id, {date}::VARCHAR AS ds, {number} AS y FROM source ORDER BY _row",
             params).df()
     finally:
         con.close()

@@ -1,0 +1,60 @@
+"""A user's CSV or Parquet file opened in DuckDB, the one way `flashcast forecast FILE` and
+`flashcast allocate FILE` read them: every column as the file has it (CSV as text, so no sniffed
+type can refuse a row before it is named), in view `source` with its 1-based row number `_row`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from flashcast.errors import FlashcastError
+from flashcast.sql import identifier, literal
+
+# A number written with a decimal comma: 12 or -3,75 (no thousands separators).
+_DECIMAL_COMMA = r"-?[0-9]+(,[0-9]+)?"
+
+
+@dataclass(frozen=True)
+class TableFile:
+    path: Path
+    columns: tuple[str, ...]
+    rows: int
+    delimiter: str | None  # CSV only
+
+    def number_sql(self, con: duckdb.DuckDBPyConnection, column: str) -> str:
+        """SQL for `column` as DOUBLE, NULL where it is not a number. In a ';'-separated CSV (how
+        spreadsheets write CSV where the comma is the decimal mark) a column whose every value reads
+        as a decimal-comma number is read that way; a column mixing 1,5 and 1.5 is not guessed at."""
+        c = identifier(column)
+        if self.delimiter == ";":
+            text = f"trim({c}::VARCHAR)"
+            decimal_comma = con.execute(
+                f"SELECT bool_or(contains({text}, ',')) AND bool_and(regexp_full_match({text}, '{_DECIMAL_COMMA}')) "
+                f"FROM source WHERE {text} <> ''").fetchall()[0][0]
+            if decimal_comma:
+                return f"try_cast(replace({text}, ',', '.') AS DOUBLE)"
+        return f"try_cast({c} AS DOUBLE)"
+
+
+def open_table_file(con: duckdb.DuckDBPyConnection, path: Path, error: type[FlashcastError]) -> TableFile:
+    """Create view `source` over `path` in `con`. Raises `error`, naming the file, when it is missing,
+    unreadable or holds no rows."""
+    if not path.is_file():
+        raise error(f"{path}: no such file")
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    try:
+        raw = con.read_parquet(str(path)) if parquet else con.read_csv(str(path), all_varchar=True)
+        raw.create_view("raw_file")
+        # Insertion order is preserved, so row_number() is the row's position in the file.
+        con.execute("CREATE TEMP VIEW source AS SELECT *, row_number() OVER () AS _row FROM raw_file")
+        columns = tuple(c[0] for c in con.execute("DESCRIBE source").fetchall() if c[0] != "_row")
+        rows = int(con.execute("SELECT count(*) FROM source").fetchall()[0][0])
+        if not rows:
+            raise error(f"{path}: no rows (the file is empty or holds only its header)")
+        delimiter = None if parquet else str(con.execute(
+            f"SELECT Delimiter FROM sniff_csv({literal(path)})").fetchall()[0][0])
+    except duckdb.Error as exc:
+        raise error(f"{path}: cannot be read as {'Parquet' if parquet else 'CSV'} ({type(exc).__name__})") from exc
+    return TableFile(path, columns, rows, delimiter)
