@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from flashcast import forecast_series
 from flashcast.cli import app
 from flashcast.errors import ForecastError
 from flashcast.forecasting.files import read_series_file
@@ -135,6 +137,19 @@ def test_a_semicolon_file_from_a_spreadsheet_reads_its_decimal_commas(tmp_path: 
     commas.write_text('ds,y\n2014-09-14,"1,5"\n')
     with pytest.raises(ForecastError, match=r"row 1: y is not a number"):
         read_series_file(commas)
+
+
+@pytest.mark.parametrize(("freq", "said"), [("7D", "7 days apart (weekly data)"),
+                                             ("MS", "31 days apart (monthly data)")])
+def test_weekly_or_monthly_data_is_named_not_forecast_as_a_daily_series(tmp_path: Path, freq: str, said: str) -> None:
+    history = pd.DataFrame({"ds": pd.date_range("2022-01-03", periods=80, freq=freq), "y": np.arange(80.0) + 10})
+    with pytest.raises(ForecastError, match=rf"series: the dates are typically {re.escape(said)}; the forecaster takes "
+                                            "daily series"):
+        forecast_series(history)
+    path = tmp_path / "weekly.csv"
+    history.to_csv(path, index=False)
+    result = CliRunner().invoke(app, ["forecast", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "skipped weekly" in result.output and "Traceback" not in result.output
 
 
 def test_a_series_with_regular_closed_days_is_forecast_closed_and_says_so(tmp_path: Path) -> None:

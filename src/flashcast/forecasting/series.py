@@ -54,6 +54,7 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
     same = np.flatnonzero(ds[1:] == ds[:-1])
     if len(same):
         raise ForecastError(f"{series_id}: duplicate date {ds[same[0] + 1].date()}")
+    _check_daily(ds, series_id)
     if np.isnan(y).any():
         raise ForecastError(f"{series_id}: missing value on {ds[np.isnan(y).argmax()].date()}")
     if nonnegative and (y < 0).any():
@@ -109,3 +110,16 @@ def validate_history(history: pd.DataFrame, *, series_id: str, nonnegative: bool
     """`prepare_series` for a series that must hold at least MIN_HISTORY_DAYS days."""
     return prepare_series(history, series_id=series_id, nonnegative=nonnegative, min_days=MIN_HISTORY_DAYS,
                           keep_last_day=keep_last_day)
+
+
+def _check_daily(ds: pd.DatetimeIndex, series_id: str) -> None:
+    """Dates typically a week or more apart are weekly or monthly data, not a daily series with gaps
+    or closed days: read as daily they would be forecast as closed six days of seven, or cut to
+    their last row at the first long gap."""
+    if len(ds) < 3:
+        return
+    gap = int(np.median(np.diff(ds.to_numpy()).astype("timedelta64[D]").astype(int)))
+    if gap >= 7:
+        cadence = "weekly" if gap == 7 else "monthly" if 28 <= gap <= 31 else f"one value every {gap} days"
+        raise ForecastError(f"{series_id}: the dates are typically {gap} days apart ({cadence} data); the "
+                            "forecaster takes daily series, one value a day (regular closed weekdays may be left out)")
