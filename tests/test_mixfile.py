@@ -181,6 +181,7 @@ def test_a_semicolon_file_with_decimal_commas_reads_as_its_point_twin(tmp_path: 
     (lambda f: f.assign(week=f["week"].where(f.index != 3, "someday")), "row 4: week is not a date"),
     (lambda f: f.drop(columns=["social"]), "no column 'social'"),
     (lambda f: f.head(0), "no rows"),
+    (lambda f: f.drop(index=20), "row 21: week is 14 days after the row before it"),
 ])
 def test_a_bad_file_is_one_line_naming_row_and_column(tmp_path: Path, change: object, message: str) -> None:
     frame, _ = _world(4, weeks=60)

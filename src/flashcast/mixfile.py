@@ -89,6 +89,15 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
         raise IngestError(f"{path}: row {int(order[repeats[0]]) + 1}: {date_col} repeats an earlier row's date")
     frame = frame.iloc[order].reset_index(drop=True)
     cadence = cadence or _cadence(sorted_dates, path)
+    # Adstock carries spend over from one row to the next: rows must be consecutive periods.
+    step = {"daily": 1, "weekly": 7}[cadence]
+    jumps = np.flatnonzero(sorted_dates.diff().dt.days.fillna(step).to_numpy() != step)
+    if len(jumps):
+        first = int(jumps[0])
+        days = int((sorted_dates[first] - sorted_dates[first - 1]).days)
+        raise IngestError(f"{path}: row {int(order[first]) + 1}: {date_col} is {days} days after the row before it; "
+                          f"{cadence} rows must be consecutive {UNIT[cadence]}s (add the missing ones, with their "
+                          "spend and outcome)")
     return MixFile(sorted_dates, cadence, MixData(
         PERIODS_PER_YEAR[cadence], frame[outcome_col].to_numpy(float),
         {c: frame[c].to_numpy(float) for c in spend_cols}, {c: frame[c].to_numpy(float) for c in control_cols}))
