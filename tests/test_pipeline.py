@@ -22,7 +22,7 @@ from flashcast.errors import StageError
 from flashcast.keys import PiiKey
 from flashcast.lineage import LineageLog, read_head_file, run_anchors
 from flashcast.pipeline import KEPT_TABLES, run_pipeline
-from flashcast.privacy import PiiNeedles, ScanReport, scan_run
+from flashcast.privacy import PiiNeedles, PiiScanner, ScanReport, scan_run
 from flashcast.records import RunInputs
 from flashcast.simulate import SimulationResult
 from flashcast.store import OpsStore, transform_connection, warehouse_session
@@ -111,6 +111,18 @@ def test_no_planted_pii_reaches_any_store_or_output(finished_run: FinishedRun) -
     assert report.clean, report.findings
     patterns_only = _scan(settings, out, None)  # what a real export gets: no truth, only what PII looks like
     assert patterns_only.clean, patterns_only.findings
+
+
+def test_a_run_id_whose_groups_are_all_digits_is_not_a_phone_number() -> None:
+    run_id = "019ac1f4-2127-7123-8456-5a2b3c4d5e6f"  # a UUID v7 as it sometimes comes: 2127-7123-8456
+    scanner = PiiScanner()
+    try:
+        scanner._add_values("ids.txt", [run_id, f'{{"lineage_id": "{run_id}"}}'], False)
+        scanner._add_values("notes.txt", [f"run {run_id}: call 555-123-4567"], False)
+        found = {(f.where, f.kind) for f in scanner.findings().findings}
+    finally:
+        scanner.close()
+    assert found == {("notes.txt", "phone-shaped text")}
 
 
 def test_the_scan_catches_a_planted_leak(finished_run: FinishedRun, tmp_path: Path) -> None:
