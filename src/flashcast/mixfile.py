@@ -54,11 +54,8 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
     con = duckdb.connect()
     try:
         table = open_table_file(con, path, IngestError)
-        columns = table.columns
         wanted = [date_col, outcome_col, *spend_cols, *control_cols]
-        missing = [c for c in wanted if c not in columns]
-        if missing:
-            raise IngestError(f"{path}: no column {missing[0]!r} (columns: {', '.join(columns)})")
+        table.require(wanted)
         repeated = sorted({c for c in wanted if wanted.count(c) > 1})
         if repeated:
             raise IngestError(f"{path}: column {repeated[0]!r} is given twice")
@@ -88,13 +85,14 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
     if len(repeats):
         raise IngestError(f"{path}: row {int(order[repeats[0]]) + 1}: {date_col} repeats an earlier row's date")
     frame = frame.iloc[order].reset_index(drop=True)
-    cadence = cadence or _cadence(sorted_dates, path)
+    gaps = sorted_dates.diff().dt.days  # days since the row before, NaN for the first
+    cadence = cadence or _cadence(gaps, path)
     # Adstock carries spend over from one row to the next: rows must be consecutive periods.
     step = {"daily": 1, "weekly": 7}[cadence]
-    jumps = np.flatnonzero(sorted_dates.diff().dt.days.fillna(step).to_numpy() != step)
+    jumps = np.flatnonzero(gaps.fillna(step).to_numpy() != step)
     if len(jumps):
         first = int(jumps[0])
-        days = int((sorted_dates[first] - sorted_dates[first - 1]).days)
+        days = int(gaps[first])
         raise IngestError(f"{path}: row {int(order[first]) + 1}: {date_col} is {days} days after the row before it; "
                           f"{cadence} rows must be consecutive {UNIT[cadence]}s (add the missing ones, with their "
                           "spend and outcome)")
@@ -103,12 +101,12 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
         {c: frame[c].to_numpy(float) for c in spend_cols}, {c: frame[c].to_numpy(float) for c in control_cols}))
 
 
-def _cadence(dates: pd.Series, path: Path) -> Cadence:
-    """Daily or weekly, from the typical gap between dates."""
-    gaps = dates.diff().dt.days.dropna()
-    if gaps.empty:
+def _cadence(gaps: pd.Series, path: Path) -> Cadence:
+    """Daily or weekly, from the typical gap between the sorted dates (`gaps`, in days)."""
+    known = gaps.dropna()
+    if known.empty:
         raise IngestError(f"{path}: one row: nothing to model")
-    typical = float(gaps.median())
+    typical = float(known.median())
     if typical == 1:
         return "daily"
     if typical == 7:

@@ -4,6 +4,7 @@ type can refuse a row before it is named), in view `source` with its 1-based row
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,13 @@ class TableFile:
     columns: tuple[str, ...]
     rows: int
     delimiter: str | None  # CSV only
+    error: type[FlashcastError]  # what its problems are raised as
+
+    def require(self, names: Iterable[str | None]) -> None:
+        """Raise `error` naming the first of `names` (None: not asked for) the file lacks, listing its columns."""
+        missing = [name for name in names if name is not None and name not in self.columns]
+        if missing:
+            raise self.error(f"{self.path}: no column {missing[0]!r} (columns: {', '.join(self.columns)})")
 
     def number_sql(self, con: duckdb.DuckDBPyConnection, column: str) -> str:
         """SQL for `column` as DOUBLE, NULL where it is not a number. In a ';'-separated CSV (how
@@ -57,4 +65,4 @@ def open_table_file(con: duckdb.DuckDBPyConnection, path: Path, error: type[Flas
             f"SELECT Delimiter FROM sniff_csv({literal(path)})").fetchall()[0][0])
     except duckdb.Error as exc:
         raise error(f"{path}: cannot be read as {'Parquet' if parquet else 'CSV'} ({type(exc).__name__})") from exc
-    return TableFile(path, columns, rows, delimiter)
+    return TableFile(path, columns, rows, delimiter, error)

@@ -17,7 +17,7 @@ from flashcast.errors import ForecastError
 from flashcast.forecasting.charts import plot_fan_chart
 from flashcast.forecasting.forecast import Forecast, leaderboards, tidy_all
 from flashcast.sql import identifier
-from flashcast.tablefile import open_table_file
+from flashcast.tablefile import TableFile, open_table_file
 
 
 def read_series_file(path: Path, *, date_col: str | None = None, value_col: str | None = None,
@@ -31,7 +31,7 @@ def read_series_file(path: Path, *, date_col: str | None = None, value_col: str 
     con = duckdb.connect()
     try:
         table = open_table_file(con, path, ForecastError)
-        date_col, value_col = find_columns(path, table.columns, date_col, value_col, series_col)
+        date_col, value_col = find_columns(table, date_col, value_col, series_col)
         date, value, number = identifier(date_col), identifier(value_col), table.number_sql(con, value_col)
         bad = con.execute(f"SELECT _row FROM source WHERE {value} IS NOT NULL AND {number} IS NULL "
                           "ORDER BY _row LIMIT 1").fetchall()
@@ -58,15 +58,13 @@ def read_series_file(path: Path, *, date_col: str | None = None, value_col: str 
 DATE_NAMES = ("ds", "date", "day")
 
 
-def find_columns(path: Path, columns: Sequence[str], date_col: str | None, value_col: str | None,
+def find_columns(table: TableFile, date_col: str | None, value_col: str | None,
                  series_col: str | None) -> tuple[str, str]:
     """The date and value columns: the ones named, else found only where nothing is guessed. Dates:
     `ds`, else the one column called date or day (any case), else the first of a file's two
     columns. Values: `y`, else the one column left besides the dates and the series id."""
-    shown = ", ".join(columns)
-    for name in (date_col, value_col, series_col):
-        if name is not None and name not in columns:
-            raise ForecastError(f"{path}: no column {name!r} (columns: {shown})")
+    table.require([date_col, value_col, series_col])
+    path, columns, shown = table.path, table.columns, ", ".join(table.columns)
     if date_col is None:
         named = [c for c in columns if c.lower() in DATE_NAMES]
         others = [c for c in columns if c != series_col]
