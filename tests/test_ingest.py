@@ -195,6 +195,17 @@ def test_gzipped_files_are_read_within_a_modest_memory_limit(tmp_path: Path) -> 
     con.close()
 
 
+def test_run_connections_draw_no_progress_bar_into_the_cli_output() -> None:
+    """DuckDB draws a progress bar on the terminal for any query over 2 s; a year of events took
+    several, and their bars landed in the middle of `flashcast ingest`'s output."""
+    from flashcast.privacy import PiiScanner
+    from flashcast.store import transform_connection
+
+    for con in (transform_connection(), PiiScanner().con):
+        assert con.execute("SELECT current_setting('enable_progress_bar')").fetchall() == [(False,)]
+        con.close()
+
+
 def test_a_gzip_cut_short_is_named_in_one_line(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
     import gzip
 

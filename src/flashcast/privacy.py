@@ -108,6 +108,7 @@ class PiiScanner:
 
     def __init__(self, needles: PiiNeedles | None = None) -> None:
         self.con = duckdb.connect()
+        self.con.execute("SET enable_progress_bar = false")  # not drawn in the middle of the CLI's output
         self.con.execute("CREATE TABLE texts (place VARCHAR, id_column BOOLEAN, v VARCHAR)")
         self.needles = needles
         self.report = ScanReport()
