@@ -40,8 +40,12 @@ def fit_mix_bayes(data: MixData, dates: Sequence[object] | pd.Series, *, draws: 
                   chains: int = 2, seed: int = 0, curve_draws: int = 20) -> MixModel:
     """Sample PyMC-Marketing's model of `data` and summarize it as a MixModel (see the module)."""
     try:
-        from pymc_marketing.mmm import GeometricAdstock, LogisticSaturation
-        from pymc_marketing.mmm.multidimensional import MMM
+        with warnings.catch_warnings():
+            # ArviZ 0.23.4 announces its coming refactor with a FutureWarning on import: nothing a
+            # Flashcast user can act on (and under warnings-as-errors it stopped the engine)
+            warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+            from pymc_marketing.mmm import GeometricAdstock, LogisticSaturation
+            from pymc_marketing.mmm.multidimensional import MMM
     except ImportError as exc:
         raise CurveFitError("the bayes engine needs PyMC-Marketing: pip install 'flashcast[bayes]'") from exc
     channels = tuple(data.spend)
