@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from flashcast.sql import identifier, literal
+from flashcast.sql import identifier, literal, without_progress_bar
 
 EMAIL_PATTERN = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
 # International prefix, an area code (bracketed or not), then 3-4 and 4 digits with optional
@@ -108,7 +108,7 @@ class PiiScanner:
 
     def __init__(self, needles: PiiNeedles | None = None) -> None:
         self.con = duckdb.connect()
-        self.con.execute("SET enable_progress_bar = false")  # not drawn in the middle of the CLI's output
+        without_progress_bar(self.con)
         self.con.execute("CREATE TABLE texts (place VARCHAR, id_column BOOLEAN, v VARCHAR)")
         self.needles = needles
         self.report = ScanReport()

@@ -3,6 +3,7 @@ JSON structures, identifiers). Everything else is passed as a parameter."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,3 +27,11 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Iterable[Seque
     columns = list(zip(*rows, strict=True))
     if columns:
         con.execute(f"INSERT INTO {table} SELECT {', '.join('unnest(?)' for _ in columns)}", [list(c) for c in columns])
+
+
+def without_progress_bar(con: duckdb.DuckDBPyConnection) -> None:
+    """DuckDB draws its own progress bar on the terminal for a query over 2 s, in the middle of the
+    CLI's output (which reports progress by stage itself): off. In a Jupyter kernel without
+    ipywidgets DuckDB refuses to change the setting at all (and has no bar to draw there)."""
+    with contextlib.suppress(duckdb.InvalidInputException):
+        con.execute("SET enable_progress_bar = false")

@@ -27,7 +27,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from flashcast.errors import StoreBusy
-from flashcast.sql import literal
+from flashcast.sql import literal, without_progress_bar
 
 
 @contextmanager
@@ -64,9 +64,7 @@ def transform_connection(*, threads: int | None = None, memory_limit: str | None
         temp_directory.mkdir(parents=True, exist_ok=True)
         con.execute(f"SET temp_directory = {literal(temp_directory)}")
     con.execute("SET preserve_insertion_order = true")
-    # DuckDB draws its own progress bar on the terminal for a query over 2 s, in the middle of the
-    # CLI's output (which reports progress by stage itself).
-    con.execute("SET enable_progress_bar = false")
+    without_progress_bar(con)
     # An in-memory database still checkpoints (compresses its tables) each time 16 MB of changes pile
     # up: seconds of work a throwaway run connection never needs (measured 1.3-1.9 s per checkpoint on
     # a year of events). Data over memory_limit still spills to temp_directory.
