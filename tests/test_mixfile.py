@@ -3,6 +3,7 @@ curves, the diagnostics that stop or cap an allocation, and bad files named by r
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from scipy.optimize import minimize
 from typer.testing import CliRunner
 
 from flashcast.budget.curves import ResponseCurve, adstock, saturation
+from flashcast.budget.mmm import FORM_MARGIN, MixData, MixModel, fit_mix
 from flashcast.cli import app
 from flashcast.errors import CurveFitError, IngestError
 from flashcast.mixfile import allocate_mix, read_mix_file
@@ -92,6 +94,64 @@ def test_without_the_confounder_s_control_tv_takes_credit_for_demand(tmp_path: P
     assert without.effects["tv"].share > with_control.effects["tv"].share
 
 
+def _proportional_world(seed: int, weeks: int = 130) -> tuple[MixData, np.ndarray]:
+    """Weekly sales where every channel's effect scales with demand (m_t, 0.6-1.4 over the year) and
+    TV's spend follows it; `demand` is a noisy measure of m_t. Returns the data and m_t."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(weeks)
+    level = 1 + 0.4 * np.sin(2 * np.pi * t / 52.18) + rng.normal(0, 0.04, weeks)
+    spend = {"tv": np.maximum(0, 5000 * level + rng.normal(0, 1500, weeks)),
+             "search": rng.uniform(500, 3000, weeks), "social": rng.uniform(0, 2500, weeks)}
+    media = sum(c.beta * saturation(adstock(spend[n], c.decay), True, c.k, c.slope) for n, c in TRUTH.items())
+    sales = 15000 * level + level * media + rng.normal(0, 400, weeks)
+    return MixData(52.18, sales, spend, {"demand": level + rng.normal(0, 0.02, weeks)}), level
+
+
+def _misplaced_gain(model: MixModel, data: MixData, level: float) -> float:
+    """Share of the channels' true gains (half to one and a half times mean spend, at demand `level`)
+    that the model's curves misplace."""
+    misplaced, total = 0.0, 0.0
+    for channel, curve in TRUTH.items():
+        xs = np.array([0.5, 1.5]) * float(np.mean(data.spend[channel]))
+        fitted = float(np.diff(model.effects[channel].curve.response(xs))[0])
+        true = float(np.diff(curve.response(xs))[0]) * level
+        misplaced, total = misplaced + abs(fitted - true), total + true
+    return misplaced / total
+
+
+def test_effects_that_scale_with_demand_are_read_by_the_proportional_form() -> None:
+    """The additive form credits TV, whose spend follows demand, with demand's lift of every channel;
+    the proportional form reads the curves at the recent level. `auto` keeps the proportional form
+    where it predicts the held-out weeks clearly better (here on most seeds), and says so."""
+    chosen_forms = []
+    for seed in (0, 1, 2):
+        data, level = _proportional_world(seed)
+        recent = float(level[-4:].mean())
+        additive = fit_mix(data, n_boot=0, seed=seed, form="additive")
+        proportional = fit_mix(data, n_boot=0, seed=seed, form="proportional")
+        assert (additive.form, proportional.form) == ("additive", "proportional")
+        assert _misplaced_gain(proportional, data, recent) < _misplaced_gain(additive, data, recent)
+        chosen = fit_mix(data, n_boot=0, seed=seed)
+        assert additive.r2_holdout is not None and proportional.r2_holdout is not None
+        clearly_better = (1 - proportional.r2_holdout) < (1 - FORM_MARGIN) * (1 - additive.r2_holdout)
+        assert chosen.form == ("proportional" if clearly_better else "additive")
+        assert chosen.r2_holdout == (proportional if clearly_better else additive).r2_holdout
+        assert any(note.startswith("model form: channel effects") for note in chosen.notes)
+        chosen_forms.append(chosen.form)
+    assert chosen_forms.count("proportional") >= 2
+
+
+def test_auto_keeps_additive_effects_where_they_are_additive(tmp_path: Path) -> None:
+    frame, _ = _world(4)
+    path = tmp_path / "mmm.csv"
+    frame.to_csv(path, index=False)
+    mix = read_mix_file(path, date_col="week", outcome_col="sales", spend_cols=list(TRUTH),
+                        control_cols=["price", "demand"])
+    model = fit_mix(mix.data, n_boot=0, seed=4)
+    assert model.form == "additive"
+    assert any("added to the baseline" in note for note in model.notes)
+
+
 def test_a_model_that_fails_on_held_out_periods_gives_no_allocation(tmp_path: Path) -> None:
     frame, _ = _world(4)
     frame.loc[frame.index[-26:], "sales"] += 40000  # a jump in the last fifth that nothing in the file explains
@@ -140,6 +200,16 @@ def test_allocate_command_writes_the_allocation_curves_and_decomposition(tmp_pat
     assert np.allclose(parts, decomposition["fitted"], atol=1e-2)  # the parts add up to the fit
     for name in ("curves.csv", "whatif.csv", "model.json", "curves.png", "whatif.png", "decomposition.png"):
         assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "model.json").read_text())["effects"] in ("additive", "proportional")
+
+
+def test_the_effects_option_forces_a_form_and_refuses_others(tmp_path: Path) -> None:
+    _, out, _ = _allocate_world(tmp_path, 9, "--effects", "proportional")
+    model = json.loads((out / "model.json").read_text())
+    assert model["effects"] == "proportional" and not any(n.startswith("model form") for n in model["notes"])
+    result = CliRunner().invoke(app, ["allocate", str(tmp_path / "mmm.csv"), "--spend-cols", "tv", "--budget", "1",
+                                      "--effects", "multiplicative"])
+    assert result.exit_code != 0 and "--effects must be auto, additive or proportional" in result.output
 
 
 def test_guardrails_apply_only_when_given(tmp_path: Path) -> None:

@@ -472,6 +472,9 @@ def allocate(
     engine: Annotated[str, typer.Option(help="joint (the default fit) or bayes (PyMC-Marketing, needs "
                                              "flashcast[bayes]; minutes, not seconds).")] = "joint",
     draws: Annotated[int, typer.Option(help="bayes: posterior draws (and as many tuning steps) per chain.")] = 500,
+    effects: Annotated[str, typer.Option(help="joint: how channel effects enter, additive, proportional (they "
+                                              "scale with the baseline's level) or auto (the one that predicts "
+                                              "held-out periods better).")] = "auto",
     min_share: Annotated[list[str] | None, typer.Option(help="A channel's least share, e.g. tv=0.1 (repeatable).")]
     = None,
     max_share: Annotated[list[str] | None, typer.Option(help="A channel's largest share, e.g. tv=0.5.")] = None,
@@ -497,6 +500,8 @@ def allocate(
             raise ConfigError("give the budget to split: --budget B (per day or week, as the file's rows)")
         if engine not in ("joint", "bayes"):
             raise ConfigError("--engine must be joint or bayes")
+        if effects not in ("auto", "additive", "proportional"):
+            raise ConfigError("--effects must be auto, additive or proportional")
         if draws < 50:
             raise ConfigError("--draws must be at least 50")
         guardrails, allocation_config, currency = load_allocation_settings(
@@ -518,7 +523,7 @@ def allocate(
                 model = fit_mix_bayes(mix.data, mix.dates, draws=draws, tune=draws, seed=seed,
                                       curve_draws=allocation_config.bootstrap_draws)
             result = allocate_mix(mix, budget, guardrails=guardrails, config=allocation_config, seed=seed,
-                                  model=model)
+                                  model=model, form=effects)
         files = write_mix_outputs(result, mix, out, currency=currency)
     model, allocation = result.model, result.plan.allocation
     unit = "week" if mix.cadence == "weekly" else "day"

@@ -122,14 +122,16 @@ class MixPlan:
 
 
 def allocate_mix(mix: MixFile, budget: float, *, guardrails: Guardrails | None = None,
-                 config: AllocationConfig | None = None, seed: int = 0, model: MixModel | None = None) -> MixPlan:
-    """Fit the joint model (unless given) and allocate `budget` (per period of the file's cadence).
+                 config: AllocationConfig | None = None, seed: int = 0, model: MixModel | None = None,
+                 form: str = "auto") -> MixPlan:
+    """Fit the joint model (unless given; `form`: see `flashcast.budget.mmm.FORMS`) and allocate
+    `budget` (per period of the file's cadence).
     The model stops the allocation when it predicts held-out periods no better than their mean, and
     caps a channel whose curve shows no diminishing returns at its largest spend in the data."""
     if not budget > 0 or not math.isfinite(budget):
         raise AllocationInfeasible("the budget must be a positive number")
     config = config or AllocationConfig()
-    model = model or fit_mix(mix.data, n_boot=config.bootstrap_draws, seed=seed)
+    model = model or fit_mix(mix.data, n_boot=config.bootstrap_draws, seed=seed, form=form)
     if model.r2_holdout is not None and model.r2_holdout < MIN_HOLDOUT_R2:
         raise CurveFitError(
             f"the model explains the last {round(mix.data.n * HOLDOUT_SHARE)} {UNIT[mix.cadence]}s worse than their "
@@ -181,7 +183,8 @@ def write_mix_outputs(result: MixPlan, mix: MixFile, out: Path, *, currency: str
     model = result.model
     files["model"] = out / "model.json"
     files["model"].write_text(json.dumps({
-        "cadence": mix.cadence, "periods": mix.data.n, "r2": model.r2, "r2_holdout": model.r2_holdout,
+        "cadence": mix.cadence, "periods": mix.data.n, "effects": model.form, "r2": model.r2,
+        "r2_holdout": model.r2_holdout,
         "baseline_share": round(model.baseline_share, 4), "budget": allocation.budget,
         "expected_outcome": allocation.expected_conversions, "expected_interval_80": allocation.expected_interval,
         "gain_vs_last_period_split": allocation.gain_vs_yesterday,

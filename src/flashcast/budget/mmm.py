@@ -19,6 +19,15 @@ share of the fitted outcome, and which curves are `unsaturated`: still nearly st
 of at least 0.8) at the largest spend in the data, so the data show no diminishing returns and the
 curve must not be extrapolated.
 
+Two forms of channel effect (`form`): `additive`, as above, and `proportional`, where each
+channel's term is multiplied by the baseline's level m_t (1 plus the additive fit's baseline and
+controls as a departure from their mean, relative to the mean outcome): the same ad buys more when
+demand is high (a season, a promotion), as in multiplicative media-mix models. When spend also
+follows demand, the additive form credits the channel with the season and mis-shapes its curve.
+`auto` (the default) fits both and keeps the proportional one only when it predicts the
+held-out periods clearly better (FORM_MARGIN). A proportional curve is read at the recent level of
+m (the last four weeks), the level tomorrow's budget meets.
+
 Each channel's curve is a `ResponseCurve` (the same steady-state definition as the per-channel fit),
 so the exact optimizer and the what-if sweep take the model as they take per-channel fits.
 """
@@ -53,6 +62,9 @@ DECAY_PRIOR_SD = 1.0  # on the logit of decay / DECAY_MAX: centred on 0.45, 95% 
 HOLDOUT_SHARE = 0.2
 UNSATURATED_ELASTICITY = 0.8
 MIN_PERIODS = 26
+FORMS = ("additive", "proportional")
+FORM_MARGIN = 0.02  # `auto` keeps the additive form unless the proportional one cuts held-out error by 2%
+MIN_LEVEL = 0.1  # the proportional form's m_t floor: a baseline near or below zero must not flip an effect
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,7 @@ class MixModel:
     baseline_share: float
     decomposition: dict[str, Array]  # "baseline", "controls", each channel, "fitted", "actual"
     notes: tuple[str, ...]
+    form: str = "additive"  # how channel effects enter: see FORMS
 
     def curve_fits(self) -> dict[str, CurveFit]:
         """Each channel's curve as the allocator takes it (bootstrap draws included)."""
@@ -142,9 +155,11 @@ def _unpack(theta: Array, scale: Array) -> _Shapes:
     return _Shapes(decay, k, slope)
 
 
-def _media(spend: Array, shapes: _Shapes) -> Array:
-    return np.column_stack([saturation(adstock(spend[:, i], shapes.decay[i]), True, shapes.k[i], shapes.slope[i])
-                            for i in range(spend.shape[1])])
+def _media(spend: Array, shapes: _Shapes, level: Array | None = None) -> Array:
+    """Each channel's saturated adstock, times the baseline's level m_t in the proportional form."""
+    media = np.column_stack([saturation(adstock(spend[:, i], shapes.decay[i]), True, shapes.k[i], shapes.slope[i])
+                             for i in range(spend.shape[1])])
+    return media if level is None else media * level[:, None]
 
 
 def _solve_linear(base: Array, media: Array, y: Array) -> Array:
@@ -158,13 +173,14 @@ def _theta_bounds(c: int) -> list[tuple[float, float]]:
             + [(float(np.log(SLOPE_RANGE[0])), float(np.log(SLOPE_RANGE[1])))] * c)
 
 
-def _fit_shapes(base: Array, spend: Array, y: Array, scale: Array, *, starts: int, seed: int) -> _Shapes:
+def _fit_shapes(base: Array, spend: Array, y: Array, scale: Array, *, starts: int, seed: int,
+                level: Array | None = None) -> _Shapes:
     c, n = spend.shape[1], len(y)
     y_scale = max(float(np.std(y)), 1e-9)
 
     def mse(theta: Array) -> float:
         shapes = _unpack(theta, scale)
-        media = _media(spend, shapes)
+        media = _media(spend, shapes, level)
         coef = _solve_linear(base, media, y)
         return float(np.mean(((np.hstack([base, media]) @ coef - y) / y_scale) ** 2))
 
@@ -192,9 +208,12 @@ def _fit_shapes(base: Array, spend: Array, y: Array, scale: Array, *, starts: in
     return _unpack(best[1], scale)
 
 
-def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, block: int | None = None
-            ) -> MixModel:
-    """Fit the joint model; raises CurveFitError when the data cannot support one."""
+def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, block: int | None = None,
+            form: str = "auto") -> MixModel:
+    """Fit the joint model; raises CurveFitError when the data cannot support one. `form`: one of
+    FORMS, or `auto` for the one that predicts the held-out periods better."""
+    if form not in (*FORMS, "auto"):
+        raise ValueError(f"form must be one of {(*FORMS, 'auto')}")
     channels = tuple(data.spend)
     if not channels:
         raise CurveFitError("no spend columns: nothing to allocate")
@@ -207,12 +226,21 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
         raise CurveFitError(f"no spend at all in {idle}: their effect cannot be estimated; leave them out")
     scale = np.array([float(np.median(spend[spend[:, i] > 0, i])) for i in range(len(channels))])
     base, base_names = _baseline_design(data.n, data.periods_per_year, data.controls)
-    shapes = _fit_shapes(base, spend, y, scale, starts=starts, seed=seed)
-    media = _media(spend, shapes)
-    coef = _solve_linear(base, media, y)
-    fitted = np.hstack([base, media]) @ coef
+    # the proportional form's level comes from the additive fit: always fitted
+    fits = {"additive": _fit_form("additive", base, spend, y, scale, starts=starts, seed=seed)}
+    if form != "additive":
+        fits["proportional"] = _fit_form("proportional", base, spend, y, scale, starts=starts, seed=seed,
+                                         additive=fits["additive"])
+    if form != "auto":
+        fits = {form: fits[form]}
+    # the proportional form must predict the held-out periods clearly better, not by noise
+    chosen = ("proportional" if "proportional" in fits and (
+        "additive" not in fits
+        or fits["proportional"].holdout_error < (1 - FORM_MARGIN) * fits["additive"].holdout_error) else "additive")
+    fit = fits[chosen]
+    coef, fitted, level = fit.coef, fit.fitted, fit.level
+    media = _media(spend, fit.shapes, level)
     r2 = r_squared(y, fitted)
-    r2_holdout = _holdout_r2(data, base, spend, y, scale, seed=seed)
     betas = coef[base.shape[1]:]
     contributions = media * betas
     split = len(base_names) - len(data.controls)  # baseline columns, then the controls'
@@ -220,20 +248,80 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
     control_part = base[:, split:] @ coef[split:base.shape[1]]
     total = max(float(fitted.sum()), 1e-9)
     draws = _bootstrap(base, media, y, fitted, n_boot=n_boot, seed=seed, block=block or _block(data))
-    effects = {}
+    # A proportional curve is read at the level the next periods meet: the last four weeks'.
+    at = 1.0 if level is None else float(np.mean(level[-_recent(data):]))
+    effects, shapes = {}, fit.shapes
     for i, c in enumerate(channels):
-        curve = ResponseCurve("hill", float(betas[i]), float(shapes.k[i]), float(shapes.slope[i]),
+        curve = ResponseCurve("hill", float(betas[i]) * at, float(shapes.k[i]), float(shapes.slope[i]),
                               float(shapes.decay[i]), 0.0)
         top = float(np.max(adstock(spend[:, i], shapes.decay[i])))
         effects[c] = ChannelEffect(
             c, curve, float(contributions[:, i].sum() / total), is_unsaturated(curve, top),
-            tuple(ResponseCurve("hill", float(d[i]), curve.k, curve.slope, curve.decay, 0.0) for d in draws)
+            tuple(ResponseCurve("hill", float(d[i]) * at, curve.k, curve.slope, curve.decay, 0.0) for d in draws)
             or (curve,))  # no bootstrap: the point curve is the one draw
     notes = no_effect_notes(effects)
+    if len(fits) > 1:
+        notes.append(_form_note(chosen, {f: x.r2_holdout for f, x in fits.items()}))
     decomposition = {"baseline": baseline, "controls": control_part,
                      **{c: contributions[:, i] for i, c in enumerate(channels)}, "fitted": fitted, "actual": y}
-    return MixModel(channels, effects, round(r2, 4), None if r2_holdout is None else round(r2_holdout, 4),
-                    float((baseline + control_part).sum() / total), decomposition, tuple(notes))
+    return MixModel(channels, effects, round(r2, 4), None if fit.r2_holdout is None else round(fit.r2_holdout, 4),
+                    float((baseline + control_part).sum() / total), decomposition, tuple(notes), chosen)
+
+
+@dataclass(frozen=True)
+class _FormFit:
+    shapes: _Shapes
+    level: Array | None  # m_t of the proportional form
+    coef: Array
+    fitted: Array
+    r2_holdout: float | None
+    holdout_error: float  # mean squared error on the held-out periods (in-sample when there are none)
+    holdout_coef: Array | None  # the coefficients fitted without the held-out periods
+
+
+def _fit_form(form: str, base: Array, spend: Array, y: Array, scale: Array, *, starts: int, seed: int,
+              additive: _FormFit | None = None) -> _FormFit:
+    """One form fitted on all periods, and again on all but the held-out ones to score it. The
+    proportional form takes its level from the `additive` fit (on the same periods)."""
+    level = held_level = None
+    if form == "proportional":
+        assert additive is not None
+        level = _level(base, y, additive.coef)
+        if additive.holdout_coef is not None:
+            held_level = _level(base, y, additive.holdout_coef, rows=_holdout_cut(len(y)))
+    shapes = _fit_shapes(base, spend, y, scale, starts=starts, seed=seed, level=level)
+    media = _media(spend, shapes, level)
+    coef = _solve_linear(base, media, y)
+    fitted = np.hstack([base, media]) @ coef
+    held = None if form == "proportional" and held_level is None else _holdout(
+        base, spend, y, scale, seed=seed, level=held_level)
+    if held is None:
+        return _FormFit(shapes, level, coef, fitted, None, float(np.mean((y - fitted) ** 2)), None)
+    return _FormFit(shapes, level, coef, fitted, *held)
+
+
+def _level(base: Array, y: Array, coef: Array, *, rows: int | None = None) -> Array:
+    """m_t: 1 plus the additive fit's baseline-and-controls departure from its mean, relative to the
+    mean outcome (`coef` fitted on the first `rows` periods; m_t given over all), floored at
+    MIN_LEVEL. Relative to the outcome, not to the baseline: where the channels carry most of the
+    outcome, the baseline's own mean is small and ill-determined."""
+    cut = slice(None, rows)
+    level = base @ coef[:base.shape[1]]
+    mean_y = float(np.mean(y[cut]))
+    if not mean_y > 0:
+        return np.ones(len(level))
+    return np.maximum(1 + (level - float(np.mean(level[cut]))) / mean_y, MIN_LEVEL)
+
+
+def _recent(data: MixData) -> int:
+    return 4 if data.periods_per_year < 300 else 28
+
+
+def _form_note(chosen: str, r2_holdout: dict[str, float | None]) -> str:
+    scores = ", ".join(f"{f} {r:.2f}" for f, r in r2_holdout.items() if r is not None) or "no held-out periods"
+    what = ("channel effects proportional to the baseline's level (they buy more when demand is high)"
+            if chosen == "proportional" else "channel effects added to the baseline")
+    return f"model form: {what}; held-out R^2 {scores}"
 
 
 def is_unsaturated(curve: ResponseCurve, top_adstock: float) -> bool:
@@ -254,19 +342,30 @@ def r_squared(y: Array, fitted: Array) -> float:
     return 1 - float(((y - fitted) ** 2).sum()) / ss if ss > 0 else 0.0
 
 
-def _holdout_r2(data: MixData, base: Array, spend: Array, y: Array, scale: Array, *, seed: int) -> float | None:
-    """R^2 on the last HOLDOUT_SHARE of the periods of a model fitted on the rest (the trend keeps
-    its slope: the design is the full series' design, cut)."""
-    cut = round(data.n * (1 - HOLDOUT_SHARE))
-    if cut < MIN_PERIODS or data.n - cut < 4:
+def _holdout_cut(n: int) -> int:
+    return round(n * (1 - HOLDOUT_SHARE))
+
+
+def _holdout(base: Array, spend: Array, y: Array, scale: Array, *, seed: int, level: Array | None = None
+             ) -> tuple[float, float, Array] | None:
+    """R^2, mean squared error and coefficients of a model fitted on all but the last HOLDOUT_SHARE
+    of the periods, scored on those (the trend keeps its slope: the design is the full series'
+    design, cut). `level`: the proportional form's m_t, from a fit on the same periods."""
+    n = len(y)
+    cut = _holdout_cut(n)
+    if cut < MIN_PERIODS or n - cut < 4:
         return None
-    shapes = _fit_shapes(base[:cut], spend[:cut], y[:cut], scale, starts=2, seed=seed)
-    media = _media(spend, shapes)  # adstock runs over the whole series: the holdout's carry-over is real
+    shapes = _fit_shapes(base[:cut], spend[:cut], y[:cut], scale, starts=2, seed=seed,
+                         level=None if level is None else level[:cut])
+    media = _media(spend, shapes, level)  # adstock runs over the whole series: the holdout's carry-over is real
     coef = _solve_linear(base[:cut], media[:cut], y[:cut])
     predicted = np.hstack([base, media])[cut:] @ coef
     held = y[cut:]
     ss = float(((held - held.mean()) ** 2).sum())
-    return 1 - float(((held - predicted) ** 2).sum()) / ss if ss > 0 else None
+    if not ss > 0:
+        return None
+    error = float(((held - predicted) ** 2).sum())
+    return 1 - error / ss, error / len(held), coef
 
 
 def _block(data: MixData) -> int:
