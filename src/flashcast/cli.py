@@ -473,8 +473,8 @@ def allocate(
                                              "flashcast[bayes]; minutes, not seconds).")] = "joint",
     draws: Annotated[int, typer.Option(help="bayes: posterior draws (and as many tuning steps) per chain.")] = 500,
     effects: Annotated[str, typer.Option(help="joint: how channel effects enter, additive, proportional (they "
-                                              "scale with the baseline's level) or auto (the one that predicts "
-                                              "held-out periods better).")] = "auto",
+                                              "scale with the baseline's level) or auto (proportional only when it "
+                                              "predicts held-out periods clearly better).")] = "auto",
     min_share: Annotated[list[str] | None, typer.Option(help="A channel's least share, e.g. tv=0.1 (repeatable).")]
     = None,
     max_share: Annotated[list[str] | None, typer.Option(help="A channel's largest share, e.g. tv=0.5.")] = None,
