@@ -490,6 +490,7 @@ def allocate(
     Example: flashcast allocate mmm.csv --date-col week --outcome-col sales --spend-cols tv,search,social
     --control-cols price --budget 50000 --max-share tv=0.5 --out out/allocate
     """
+    from flashcast.budget.mmm import FORM_CHOICES
     from flashcast.config import load_allocation_settings
     from flashcast.mixfile import allocate_mix, read_mix_file, write_mix_outputs
 
@@ -500,7 +501,7 @@ def allocate(
             raise ConfigError("give the budget to split: --budget B (per day or week, as the file's rows)")
         if engine not in ("joint", "bayes"):
             raise ConfigError("--engine must be joint or bayes")
-        if effects not in ("auto", "additive", "proportional"):
+        if effects not in FORM_CHOICES:
             raise ConfigError("--effects must be auto, additive or proportional")
         if draws < 50:
             raise ConfigError("--draws must be at least 50")

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from flashcast.budget.curves import CurveFit
-from flashcast.budget.mmm import HOLDOUT_SHARE, MixData, MixModel, fit_mix
+from flashcast.budget.mmm import HOLDOUT_SHARE, MixData, MixModel, fit_mix, recent_periods
 from flashcast.budget.plan import ChannelSeries, CurvePlan, allocate_by_curves
 from flashcast.budget.records import ChannelHistory
 from flashcast.config import OPEN_GUARDRAILS, AllocationConfig, Guardrails
@@ -140,7 +140,7 @@ def allocate_mix(mix: MixFile, budget: float, *, guardrails: Guardrails | None =
     capped = tuple(c for c in model.channels if model.effects[c].unsaturated)
     fits: dict[str, CurveFit] = model.curve_fits()
     histories, series = [], []
-    tail = slice(-4 if mix.cadence == "weekly" else -28, None)
+    tail = slice(-recent_periods(mix.data.periods_per_year), None)
     for c in model.channels:
         spend = mix.data.spend[c]
         contribution = model.decomposition[c]

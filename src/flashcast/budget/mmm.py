@@ -63,6 +63,7 @@ HOLDOUT_SHARE = 0.2
 UNSATURATED_ELASTICITY = 0.8
 MIN_PERIODS = 26
 FORMS = ("additive", "proportional")
+FORM_CHOICES = (*FORMS, "auto")  # what `fit_mix(form=...)` and `flashcast allocate --effects` take
 FORM_MARGIN = 0.02  # `auto` keeps the additive form unless the proportional one cuts held-out error by 2%
 MIN_LEVEL = 0.1  # the proportional form's m_t floor: a baseline near or below zero must not flip an effect
 
@@ -211,9 +212,9 @@ def _fit_shapes(base: Array, spend: Array, y: Array, scale: Array, *, starts: in
 def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, block: int | None = None,
             form: str = "auto") -> MixModel:
     """Fit the joint model; raises CurveFitError when the data cannot support one. `form`: one of
-    FORMS, or `auto` for the one that predicts the held-out periods better."""
-    if form not in (*FORMS, "auto"):
-        raise ValueError(f"form must be one of {(*FORMS, 'auto')}")
+    FORMS, or `auto`: the proportional form where it cuts the held-out error by FORM_MARGIN."""
+    if form not in FORM_CHOICES:
+        raise ValueError(f"form must be one of {FORM_CHOICES}")
     channels = tuple(data.spend)
     if not channels:
         raise CurveFitError("no spend columns: nothing to allocate")
@@ -231,12 +232,10 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
     if form != "additive":
         fits["proportional"] = _fit_form("proportional", base, spend, y, scale, starts=starts, seed=seed,
                                          additive=fits["additive"])
-    if form != "auto":
-        fits = {form: fits[form]}
-    # the proportional form must predict the held-out periods clearly better, not by noise
-    chosen = ("proportional" if "proportional" in fits and (
-        "additive" not in fits
-        or fits["proportional"].holdout_error < (1 - FORM_MARGIN) * fits["additive"].holdout_error) else "additive")
+    chosen = form
+    if form == "auto":  # the proportional form must predict the held-out periods clearly better, not by noise
+        clearly_better = fits["proportional"].holdout_error < (1 - FORM_MARGIN) * fits["additive"].holdout_error
+        chosen = "proportional" if clearly_better else "additive"
     fit = fits[chosen]
     coef, fitted, level = fit.coef, fit.fitted, fit.level
     media = _media(spend, fit.shapes, level)
@@ -249,7 +248,7 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
     total = max(float(fitted.sum()), 1e-9)
     draws = _bootstrap(base, media, y, fitted, n_boot=n_boot, seed=seed, block=block or _block(data))
     # A proportional curve is read at the level the next periods meet: the last four weeks'.
-    at = 1.0 if level is None else float(np.mean(level[-_recent(data):]))
+    at = 1.0 if level is None else float(np.mean(level[-recent_periods(data.periods_per_year):]))
     effects, shapes = {}, fit.shapes
     for i, c in enumerate(channels):
         curve = ResponseCurve("hill", float(betas[i]) * at, float(shapes.k[i]), float(shapes.slope[i]),
@@ -260,7 +259,7 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
             tuple(ResponseCurve("hill", float(d[i]) * at, curve.k, curve.slope, curve.decay, 0.0) for d in draws)
             or (curve,))  # no bootstrap: the point curve is the one draw
     notes = no_effect_notes(effects)
-    if len(fits) > 1:
+    if form == "auto":
         notes.append(_form_note(chosen, {f: x.r2_holdout for f, x in fits.items()}))
     decomposition = {"baseline": baseline, "controls": control_part,
                      **{c: contributions[:, i] for i, c in enumerate(channels)}, "fitted": fitted, "actual": y}
@@ -313,8 +312,9 @@ def _level(base: Array, y: Array, coef: Array, *, rows: int | None = None) -> Ar
     return np.maximum(1 + (level - float(np.mean(level[cut]))) / mean_y, MIN_LEVEL)
 
 
-def _recent(data: MixData) -> int:
-    return 4 if data.periods_per_year < 300 else 28
+def recent_periods(periods_per_year: float) -> int:
+    """The rows of the last four weeks: what 'recent' means for the plan (4 weekly rows, 28 daily)."""
+    return 4 if periods_per_year < 300 else 28
 
 
 def _form_note(chosen: str, r2_holdout: dict[str, float | None]) -> str:
