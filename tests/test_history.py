@@ -16,9 +16,9 @@ from flashcast.config import IngestConfig, Settings, StoreConfig
 from flashcast.keys import PiiKey
 from flashcast.lineage import LineageLog
 from flashcast.pipeline import GOVERNED_DATA, RunResult, run_pipeline
-from flashcast.records import RunInputs
+from flashcast.records import RunContext, RunInputs
 from flashcast.simulate import SimulationResult
-from flashcast.store import OpsStore
+from flashcast.store import OpsStore, file_lock, transform_connection
 
 # Columns that differ between runs by design (who processed a row, when).
 RUN_COLUMNS = ("lineage_id", "processed_at")
@@ -88,6 +88,40 @@ def test_a_new_day_reads_only_new_and_recent_files_and_the_history_equals_a_full
         tmp_path / "out3" / "reconciliation.csv")
 
 
+def test_reused_rows_are_read_in_place_from_a_snapshot_held_until_the_run_persists(
+    export: Path, tmp_path: Path, pii_key: PiiKey
+) -> None:
+    from datetime import UTC, datetime
+
+    from flashcast.engine import DuckEngine
+    from flashcast.errors import StoreBusy
+    from flashcast.history import OUTCOME_TABLES, WarehouseSnapshot, persist_run
+    from flashcast.stages import guard, ingest
+
+    settings = _settings(tmp_path / "home")
+    _ingest(settings, export, pii_key, tmp_path / "out1")
+    stored_accepted = _count(settings.store.home, "SELECT count(*) FROM guarded_events")
+    con = transform_connection()
+    context = RunContext("run-2", datetime.now(UTC), pii_key.key_id)
+    lock = settings.store.warehouse_path.with_name("warehouse.duckdb.lock")
+    with WarehouseSnapshot() as snapshot:
+        staged = ingest.run(con, inputs=RunInputs(export), settings=settings, context=context,
+                            engine=DuckEngine(con), snapshot=snapshot)
+        guard.run(con, ingest=staged, settings=settings, context=context, key=pii_key, engine=DuckEngine(con))
+        with pytest.raises(StoreBusy), file_lock(lock, timeout_s=0.2):  # a writer waits for the snapshot
+            pass
+        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()}
+        assert {str(t) for t in OUTCOME_TABLES} <= views  # the stored rows are not copied into the run
+        files_read = con.execute("SELECT count(DISTINCT source_file) FROM _run_guarded_events").fetchall()[0][0]
+        assert files_read == len(staged.reasons) < len(list(export.iterdir()))  # the run holds only what it read
+        assert con.execute("SELECT count(*) FROM guarded_events").fetchall()[0][0] == stored_accepted
+        persist_run(con, settings.store.warehouse_path, [*OUTCOME_TABLES], timeout_s=5, snapshot=snapshot)
+        with file_lock(lock, timeout_s=0.2):  # released before the run took the exclusive lock
+            pass
+    con.close()
+    assert _count(settings.store.home, "SELECT count(*) FROM guarded_events") == stored_accepted
+
+
 def test_a_rerun_with_nothing_new_stores_the_history_once(export: Path, tmp_path: Path, pii_key: PiiKey) -> None:
     settings = _settings(tmp_path / "home")
     first = _ingest(settings, export, pii_key, tmp_path / "out")
@@ -102,6 +136,53 @@ def test_a_rerun_with_nothing_new_stores_the_history_once(export: Path, tmp_path
     # Rows of files not read keep the run that read them; the files read carry the new run.
     assert _count(tmp_path / "home", f"SELECT count(DISTINCT lineage_id) FROM guarded_events "
                                       f"WHERE lineage_id IN ('{first.lineage_id}', '{second.lineage_id}')") == 2
+
+
+def test_a_session_running_over_days_is_recomputed_whole_when_a_new_day_touches_it(
+    tmp_path: Path, pii_key: PiiKey
+) -> None:
+    def view(day: date, ts: int, user: str, session: str) -> str:
+        row = ga4_row(event_date=day.strftime("%Y%m%d"), event_timestamp=str(ts), user_pseudo_id=user)
+        row["event_params"][0]["value"]["int_value"] = session
+        return json.dumps(row)
+
+    days = [date(2026, 3, 1) + timedelta(days=i) for i in range(3)]
+    start = 1772409000000000  # 2026-03-01 23:50 UTC
+    export = tmp_path / "export"
+    for i, day in enumerate(days[:2]):  # one session open from day 1 to day 3, a short one each day
+        ts = start + i * 86_400_000_000
+        lines = [view(day, ts, "1.1", "500"), view(day, ts + 1, "2.2", f"{i}")]
+        write_lines(export / f"events_{day:%Y%m%d}.json", lines)
+    settings = _settings(tmp_path / "home", look_back_days=1)
+    _ingest(settings, export, pii_key, tmp_path / "out")
+    write_lines(export / f"events_{days[2]:%Y%m%d}.json", [view(days[2], start + 2 * 86_400_000_000, "1.1", "500")])
+    second = _ingest(settings, export, pii_key, tmp_path / "out")
+    assert second.ingest.reasons == {f"events_{days[2]:%Y%m%d}.json": "new"}
+    _ingest(_settings(tmp_path / "full"), export, pii_key, tmp_path / "out_full")
+    assert _rows(tmp_path / "home", "sessions") == _rows(tmp_path / "full", "sessions")
+    assert _count(tmp_path / "home", "SELECT count(*) FROM sessions") == 3  # the long one once, two short
+    assert _count(tmp_path / "home", "SELECT max(page_views) FROM sessions") == 3
+    assert _count(tmp_path / "home", "SELECT min(event_date) = DATE '2026-03-01' FROM sessions WHERE page_views = 3")
+
+
+def test_another_channel_mapping_reattributes_every_stored_session(
+    export: Path, tmp_path: Path, pii_key: PiiKey
+) -> None:
+    from flashcast.config import ChannelMapping
+    from flashcast.stages.kpis import mapping_digest
+
+    _ingest(_settings(tmp_path / "home"), export, pii_key, tmp_path / "out")
+    first_touch = ChannelMapping(attribution="first_touch")
+    changed = _settings(tmp_path / "home").model_copy(update={"channels": first_touch})
+    second = _ingest(changed, export, pii_key, tmp_path / "out")
+    assert len(second.ingest.reused_files) > 0
+    with duckdb.connect(str(tmp_path / "home" / "warehouse.duckdb"), read_only=True) as con:
+        digests = con.execute("SELECT DISTINCT mapping_digest FROM sessions").fetchall()
+    assert digests == [(mapping_digest(first_touch),)]
+    full = _settings(tmp_path / "full").model_copy(update={"channels": first_touch})
+    _ingest(full, export, pii_key, tmp_path / "out_full")
+    assert _rows(tmp_path / "home", "sessions") == _rows(tmp_path / "full", "sessions")
+    assert _rows(tmp_path / "home", "daily_kpis") == _rows(tmp_path / "full", "daily_kpis")
 
 
 def test_a_changed_file_is_read_again_and_replaces_its_rows(export: Path, tmp_path: Path, pii_key: PiiKey) -> None:

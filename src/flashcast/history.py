@@ -10,8 +10,9 @@ run's connection still holds the whole history for the stages after the guard.
 How the warehouse keeps each table:
 
 * by file (`BY_FILE`): rows carry their `source_file`; a file read again replaces its rows.
-* by day (`BY_DAY`): sessions, recomputed from events; rows from the day before the earliest day
-  read on are replaced.
+* by day (`BY_DAY`): sessions. A run recomputes the sessions its rows touch (see `stages.kpis`);
+  they and the stored rows from the day before the earliest day read on are replaced. A run that
+  recomputed every session (another channel mapping, a remote engine) replaces them whole.
 * whole (`WHOLE`): daily KPIs and daily outcomes, small and recomputed every run over the whole
   history (a corrected spend file changes old days too).
 * everything else (segments, creatives, allocations: decisions) is appended, one copy per run.
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -72,6 +73,31 @@ class FileSelection:
     reasons: dict[str, str]  # file name -> new | changed | look-back | rebuild | latest | same day | every run
     reused: tuple[str, ...]
     identities: dict[str, FileIdentity] = field(default_factory=dict)
+
+
+class WarehouseSnapshot:
+    """The warehouse attached read-only to a run's connection, under its shared lock, from the run's
+    choice of files until `release` (before the run takes the exclusive lock to persist): the stored
+    rows the run reuses are read in place, one consistent snapshot. A context manager (releases)."""
+
+    def __init__(self) -> None:
+        self._session = ExitStack()
+        self.catalog: str | None = None
+
+    def attach(self, con: duckdb.DuckDBPyConnection, warehouse: Path, *, timeout_s: float) -> str:
+        self.catalog = self._session.enter_context(
+            warehouse_session(con, warehouse, timeout_s=timeout_s, read_only=True))
+        return self.catalog
+
+    def release(self) -> None:
+        self._session.close()
+        self.catalog = None
+
+    def __enter__(self) -> WarehouseSnapshot:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
 
 
 def file_identity(path: Path, stored: StoredFile | None) -> FileIdentity:
@@ -125,35 +151,47 @@ def select_files(files: Sequence[ExportFile], stored: dict[str, StoredFile], *, 
 
 
 def read_history(con: duckdb.DuckDBPyConnection, warehouse: Path, *, export_root: str, timeout_s: float,
-                 choose: Callable[[dict[str, StoredFile]], FileSelection]) -> tuple[FileSelection, str | None]:
-    """Under the warehouse's shared lock: the stored files, the run's choice among them, and the
-    rows of every reused file copied into `_stored_<table>` (one consistent snapshot). A warehouse
-    holds the history of one export (file or folder): when it holds another's, nothing is reused
-    and the other export's root is returned (the run then replaces that history)."""
+                 choose: Callable[[dict[str, StoredFile]], FileSelection], snapshot: WarehouseSnapshot
+                 ) -> tuple[FileSelection, str | None]:
+    """Attach the warehouse (`snapshot`, under its shared lock): the stored files, the run's choice
+    among them, and views `_stored_<table>` over the rows of every reused file (the small `files`
+    registry and the latest forecast selections are copied). When nothing is reused the snapshot is
+    released at once. A warehouse holds the history of one export (file or folder): when it holds
+    another's, nothing is reused and the other export's root is returned (the run then replaces
+    that history)."""
     if not warehouse.exists():
         selection = choose({})
-        for table in (*OUTCOME_TABLES, Table.FILES):
+        for table in (*OUTCOME_TABLES, Table.FILES, *BY_DAY):
             _create_empty_stored(con, table)
         return selection, None
-    with warehouse_session(con, warehouse, timeout_s=timeout_s, read_only=True) as wh:
-        other = _other_root(con, wh, export_root)
-        stored = {} if other else _stored_files(con, wh)
-        selection = choose(stored)
-        con.execute("CREATE OR REPLACE TEMP TABLE _reused (name VARCHAR)")
-        if selection.reused:
-            insert_rows(con, "_reused", [(n,) for n in selection.reused])
-        present = _tables(con, wh)
-        if Table.FORECAST_SELECTIONS in present and not other:  # the latest run's selections, for reuse
-            selections = f"{wh}.main.{Table.FORECAST_SELECTIONS}"
-            con.execute(f"""CREATE OR REPLACE TEMP TABLE _stored_{Table.FORECAST_SELECTIONS} AS
-                SELECT * FROM {selections}
-                WHERE lineage_id = (SELECT lineage_id FROM {selections} ORDER BY created_at DESC LIMIT 1)""")
-        for table in (*OUTCOME_TABLES, Table.FILES):
-            if table in present and stored:
-                con.execute(f"""CREATE OR REPLACE TEMP TABLE _stored_{table} AS
-                    SELECT * FROM {wh}.main.{table} WHERE source_file IN (SELECT name FROM _reused)""")
-            else:
-                _create_empty_stored(con, table)
+    wh = snapshot.attach(con, warehouse, timeout_s=timeout_s)
+    other = _other_root(con, wh, export_root)
+    stored = {} if other else _stored_files(con, wh)
+    selection = choose(stored)
+    con.execute("CREATE OR REPLACE TEMP TABLE _reused (name VARCHAR)")
+    if selection.reused:
+        insert_rows(con, "_reused", [(n,) for n in selection.reused])
+    present = _tables(con, wh)
+    if Table.FORECAST_SELECTIONS in present and not other:  # the latest run's selections, for reuse
+        selections = f"{wh}.main.{Table.FORECAST_SELECTIONS}"
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _stored_{Table.FORECAST_SELECTIONS} AS
+            SELECT * FROM {selections}
+            WHERE lineage_id = (SELECT lineage_id FROM {selections} ORDER BY created_at DESC LIMIT 1)""")
+    reusing = bool(stored and selection.reused)
+    for table in (*OUTCOME_TABLES, Table.FILES):
+        if table in present and reusing:
+            kind = "TABLE" if table == Table.FILES else "VIEW"
+            con.execute(f"""CREATE OR REPLACE TEMP {kind} _stored_{table} AS
+                SELECT * FROM {wh}.main.{table} WHERE source_file IN (SELECT name FROM _reused)""")
+        else:
+            _create_empty_stored(con, table)
+    for table in BY_DAY:  # the KPI stage decides which of them it can keep
+        if table in present and reusing:
+            con.execute(f"CREATE OR REPLACE TEMP VIEW _stored_{table} AS SELECT * FROM {wh}.main.{table}")
+        else:
+            _create_empty_stored(con, table)
+    if not reusing:
+        snapshot.release()
     return selection, other
 
 
@@ -167,7 +205,8 @@ def _other_root(con: duckdb.DuckDBPyConnection, wh: str, export_root: str) -> st
 
 
 def _create_empty_stored(con: duckdb.DuckDBPyConnection, table: Table) -> None:
-    """No stored rows of `table` to reuse (the guard checks `_stored_guarded_events` for its columns)."""
+    """No stored rows of `table` to reuse (the guard checks `_stored_guarded_events` for its columns,
+    the KPI stage `_stored_sessions` for its)."""
     dated = ", event_date DATE" if table != Table.FILES else ""
     con.execute(f"CREATE OR REPLACE TEMP TABLE _stored_{table} (source_file VARCHAR{dated})")
 
@@ -191,23 +230,56 @@ def _stored_files(con: duckdb.DuckDBPyConnection, wh: str) -> dict[str, StoredFi
     return {r[0]: StoredFile(r[0], int(r[1]), int(r[2]), str(r[3]), r[4], r[5]) for r in rows}
 
 
+def _common_columns(con: duckdb.DuckDBPyConnection, table: str, stored: str) -> list[str]:
+    have = set(_columns(con, table))
+    return [c for c in _columns(con, stored) if c in have]
+
+
 def merge_reused(con: duckdb.DuckDBPyConnection, tables: Iterable[Table]) -> None:
     """Append the reused stored rows to the run's tables (columns a table lacks on either side are
     left out or NULL, so a warehouse written by an older version still merges)."""
     for table in tables:
         stored = f"_stored_{table}"
-        have = set(_columns(con, table))
-        common = [c for c in _columns(con, stored) if c in have]
+        common = _common_columns(con, table, stored)
         if not common or not con.execute(f"SELECT count(*) FROM {stored}").fetchall()[0][0]:
             continue
         names = ", ".join(identifier(c) for c in common)
         con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {stored}")
 
 
+def join_reused(con: duckdb.DuckDBPyConnection, tables: Iterable[Table]) -> None:
+    """Make each of `tables` the run's rows (renamed `_run_<table>`) followed by the reused stored
+    rows (`_stored_<table>`), as a view: no stored row is copied. Stored columns the run lacks are
+    left out, run columns the stored rows lack are NULL (a warehouse written by an older version)."""
+    for table in tables:
+        stored = f"_stored_{table}"
+        common = set(_common_columns(con, table, stored))
+        if not common:
+            continue
+        con.execute(f"ALTER TABLE {table} RENAME TO _run_{table}")
+        columns = con.execute(f"DESCRIBE _run_{table}").fetchall()
+        stored_types = dict((r[0], r[1]) for r in con.execute(f"DESCRIBE {stored}").fetchall())
+        picks = ", ".join(
+            identifier(name) if name in common and stored_types[name] == dtype
+            else f"CAST({identifier(name) if name in common else 'NULL'} AS {dtype}) AS {identifier(name)}"
+            for name, dtype, *_ in columns)
+        con.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM _run_{table} UNION ALL SELECT {picks} FROM {stored}")
+
+
+def run_rows(con: duckdb.DuckDBPyConnection, table: str) -> str:
+    """Where the run's own rows of `table` are: `_run_<table>` when `table` joins stored rows."""
+    own = f"_run_{table}"
+    present = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [own]).fetchall()[0][0]
+    return own if present else table
+
+
 def persist_run(con: duckdb.DuckDBPyConnection, warehouse: Path, tables: Sequence[Table], *, timeout_s: float,
-                retention_days: int = 0) -> dict[str, int]:
+                retention_days: int = 0, snapshot: WarehouseSnapshot | None = None) -> dict[str, int]:
     """Write the run's kept tables to the warehouse in one transaction under its lock (see the module
-    docstring for how each is kept), then prune by `retention_days`. Returns rows pruned per table."""
+    docstring for how each is kept), then prune by `retention_days`. Returns rows pruned per table.
+    The run's `snapshot` is released first (its shared lock would block the exclusive one)."""
+    if snapshot is not None:
+        snapshot.release()
     read_files = f"(SELECT name FROM {READ_FILES})"
     with warehouse_session(con, warehouse, timeout_s=timeout_s) as wh:
         # A new warehouse, one whose runs appended whole copies, or one holding another export's history.
@@ -216,20 +288,20 @@ def persist_run(con: duckdb.DuckDBPyConnection, warehouse: Path, tables: Sequenc
         with _transaction(con):
             for table in tables:
                 target = f"{wh}.main.{table}"
-                _create_or_widen(con, table, target)
+                own = run_rows(con, table)
+                _create_or_widen(con, own, target)
                 if table in BY_FILE:
                     where = "" if legacy else f" WHERE source_file IN {read_files}"
                     con.execute(f"DELETE FROM {target}{where}")
-                    con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {table} "
-                                f"WHERE source_file IN {read_files}")
-                elif table in BY_DAY:
-                    since = _first_day_read(con)
-                    if since is None:
-                        continue
-                    where = "TRUE" if legacy else f"event_date >= {literal(since.isoformat())}::DATE - 1"
-                    con.execute(f"DELETE FROM {target} WHERE {where}")
-                    con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {table} WHERE {where}")
-                elif table in WHOLE:
+                    con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {own} WHERE source_file IN {read_files}")
+                elif table in BY_DAY and own != table and not legacy:
+                    # The run recomputed the sessions it touched: they and every stored one from the
+                    # day before its first day read on are replaced (see stages.kpis).
+                    since = first_day_read(con)
+                    where = "TRUE" if since is None else f"event_date >= {literal(since.isoformat())}::DATE - 1"
+                    con.execute(f"DELETE FROM {target} WHERE {where} OR session_key IN (SELECT session_key FROM {own})")
+                    con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {own}")
+                elif table in WHOLE or table in BY_DAY:  # sessions recomputed whole replace the stored ones
                     con.execute(f"DELETE FROM {target}")
                     con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {table}")
                 else:
@@ -282,8 +354,8 @@ def _registry_is_legacy(con: duckdb.DuckDBPyConnection, wh: str) -> bool:
     return Table.FILES not in _tables(con, wh) or "content_hash" not in _columns(con, f"{wh}.main.{Table.FILES}")
 
 
-def _first_day_read(con: duckdb.DuckDBPyConnection) -> date | None:
-    day = con.execute(f"SELECT min(event_date) FROM {Table.GUARDED_EVENTS} "
+def first_day_read(con: duckdb.DuckDBPyConnection) -> date | None:
+    day = con.execute(f"SELECT min(event_date) FROM {run_rows(con, Table.GUARDED_EVENTS)} "
                       f"WHERE source_file IN (SELECT name FROM {READ_FILES})").fetchall()[0][0]
     return day if isinstance(day, date) else None
 

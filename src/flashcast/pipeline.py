@@ -32,7 +32,7 @@ from flashcast.config import Settings
 from flashcast.delivery import record_payload
 from flashcast.engine import DuckEngine, Engine
 from flashcast.errors import FlashcastError, StageError
-from flashcast.history import persist_run
+from flashcast.history import WarehouseSnapshot, persist_run
 from flashcast.keys import PiiKey
 from flashcast.lineage import DatasetRef, LogHead, OpenLineageEmitter, RunRecorder, new_lineage_id
 from flashcast.llm.base import Provider
@@ -90,7 +90,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("payload", payload.run, reads=(T.USER_SEGMENTS, T.GUARDED_EVENTS)),
 )
 # What every stage may ask for besides earlier stages' records.
-CONTEXT = ("con", "engine", "settings", "inputs", "context", "key", "llm", "head")
+CONTEXT = ("con", "engine", "settings", "inputs", "context", "key", "llm", "head", "snapshot")
 # The warehouse's tables, in catalog order.
 KEPT_TABLES: tuple[Table, ...] = tuple(t for t in Table if any(t in s.keeps for s in STAGES))
 
@@ -219,8 +219,10 @@ def run_pipeline(
         llm = build_client(settings.llm, settings.store.home / "llm_cache.sqlite", record=recorder.llm_call,
                            provider=llm_provider)
         engine = scope.enter_context(_engine(settings, con))
+        snapshot = scope.enter_context(WarehouseSnapshot())  # the stored history, read in place
         values: dict[str, Any] = {"con": con, "engine": engine, "settings": settings, "inputs": inputs,
-                                  "context": context, "key": key, "llm": llm, "out_dir": staging}
+                                  "context": context, "key": key, "llm": llm, "out_dir": staging,
+                                  "snapshot": snapshot}
         for stage in stages:
             step = stage.name
             values[stage.name] = _run_stage(stage, values, hooks, head=recorder.log.head)
@@ -228,7 +230,7 @@ def run_pipeline(
         outputs = write_outputs(values)
         step = "persist"
         pruned = persist_run(con, settings.store.warehouse_path, kept, timeout_s=settings.store.lock_timeout_s,
-                             retention_days=settings.store.retention_days)
+                             retention_days=settings.store.retention_days, snapshot=snapshot)
         if pruned:
             recorder.log.append("warehouse_pruned", context.lineage_id,
                                 {"keep_days": settings.store.retention_days, "rows": pruned})
@@ -297,10 +299,13 @@ def _run_stage(stage: Stage, values: dict[str, Any], hooks: list[StageHook], *,
 
 
 def _tables(con: duckdb.DuckDBPyConnection, engine: Engine | None = None) -> dict[str, int]:
-    """The run's tables (helpers start with '_') and their row counts."""
+    """The run's tables (helpers start with '_'; an outcome table joining stored rows is a view) and
+    their row counts."""
     remote = {n: c for n, c in engine.counts().items() if not n.startswith("_")} if engine is not None else {}
     names = [r[0] for r in con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE temporary AND NOT starts_with(table_name, '_')").fetchall()]
+        "SELECT table_name FROM duckdb_tables() WHERE temporary AND NOT starts_with(table_name, '_') "
+        "UNION ALL SELECT view_name FROM duckdb_views() WHERE temporary AND NOT internal "
+        "AND NOT starts_with(view_name, '_')").fetchall()]
     if not names:
         return remote
     counts = " UNION ALL ".join(f"SELECT '{n}', count(*) FROM {n}" for n in names)

@@ -22,7 +22,7 @@ import duckdb
 from flashcast.config import PrivacyPolicy, Settings
 from flashcast.engine import DuckEngine, Engine, engine_of, is_remote, land
 from flashcast.errors import ReconciliationError
-from flashcast.history import OUTCOME_TABLES, merge_reused
+from flashcast.history import OUTCOME_TABLES, join_reused
 from flashcast.keys import PiiKey
 from flashcast.privacy import EMAIL_PATTERN, EMAIL_TOKEN, PHONE_PATTERN, PHONE_TOKEN, PII_QUERY_KEYS, REDACTED_TOKEN
 from flashcast.records import DayOutcome, GuardReport, RunContext, StagedExport, Table
@@ -91,7 +91,7 @@ def guard_export(
 
     `prior_events`: guarded events of earlier runs; a purchase whose transaction (by its keyed
     `transaction_key`, never the raw id) is among them is a duplicate. `stored_prefix`: the reused
-    stored rows (`<prefix><table>`, see `flashcast.history`) are appended to the outcome tables
+    stored rows (`<prefix><table>`, see `flashcast.history`) join the outcome tables (as views)
     before the days are counted, so the run's tables and reconciliation cover the whole history.
     `engine`: where the SQL runs (default: `con`); the outcome tables are then landed in `con`."""
     sql = engine_of(con, engine)
@@ -109,7 +109,7 @@ def guard_export(
     land(con, sql, [*OUTCOME_TABLES, _STAGED_DAYS])
     stored = stored_prefix is not None and _has_column(con, f"{stored_prefix}{Table.GUARDED_EVENTS}", "source_file")
     if stored:
-        merge_reused(con, OUTCOME_TABLES)
+        join_reused(con, OUTCOME_TABLES)
     report = GuardReport(
         days=_day_outcomes(con, stored_prefix if stored else None), key_id=run.key_id,
         consent_null_means=policy.consent_null_means,

@@ -30,7 +30,7 @@ import duckdb
 from flashcast.config import Settings
 from flashcast.engine import DuckEngine, Engine, land
 from flashcast.errors import ExportNotFound, IngestError
-from flashcast.history import READ_FILES, FileSelection, merge_reused, read_history, select_files
+from flashcast.history import READ_FILES, FileSelection, WarehouseSnapshot, merge_reused, read_history, select_files
 from flashcast.records import ExportFile, RunContext, RunInputs, StagedExport, Table
 from flashcast.sql import insert_rows, literal
 from flashcast.store import pid_alive
@@ -176,17 +176,19 @@ def _param(key: str, slot: str = "string_value") -> str:
 
 
 def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings, context: RunContext,
-        engine: Engine) -> StagedExport:
+        engine: Engine, snapshot: WarehouseSnapshot) -> StagedExport:
     """The ingest stage: every line of the files this run must read (see `flashcast.history`),
     validated, in table `staged`; every file the history holds, with its rows, in table `files`.
-    The stored rows of the files not read wait in `_stored_<table>` for the guard."""
+    The stored rows of the files not read wait in `_stored_<table>` (views over the warehouse
+    `snapshot` holds) for the guard."""
     files = discover_exports(inputs.export)
     ingest = settings.ingest
     root = str(inputs.export.resolve())
     selection, other = read_history(
         con, settings.store.warehouse_path, export_root=root, timeout_s=settings.store.lock_timeout_s,
         choose=lambda stored: select_files(files, stored, incremental=ingest.incremental,
-                                           look_back_days=ingest.look_back_days, rebuild=inputs.rebuild))
+                                           look_back_days=ingest.look_back_days, rebuild=inputs.rebuild),
+        snapshot=snapshot)
     if isinstance(engine, DuckEngine):
         staged = stage_export(con, inputs.export, files=selection.read,
                               max_days_from_file_date=ingest.max_days_from_file_date, lineage_id=context.lineage_id,

@@ -6,11 +6,17 @@ session's own source/medium from `session_traffic_source_last_click`, else
 touch, else direct). Days come from `event_date`, which GA4 writes in the property's time zone.
 The date spine is zero-filled for every channel, and the last day is flagged partial when it came
 from an intraday export or its latest event is before `PARTIAL_DAY_HOUR` local time.
+
+An incremental run recomputes only the sessions its rows touch: those with an event from the day
+before the first day it read on. The warehouse's other sessions are read in place, when the
+channel mapping that made them (`mapping_digest`) is the current one; otherwise every session is
+recomputed (and the warehouse's sessions replaced whole).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import hashlib
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -19,6 +25,7 @@ import duckdb
 from flashcast.config import ChannelMapping, Settings
 from flashcast.engine import Engine, engine_of, is_remote, land
 from flashcast.errors import IngestError
+from flashcast.history import first_day_read
 from flashcast.records import KpiSummary, RunContext, RunInputs, Table
 from flashcast.sql import literal
 
@@ -32,8 +39,28 @@ def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings
         con.execute(f"CREATE OR REPLACE TEMP TABLE {Table.SPEND} (event_date DATE, channel VARCHAR, spend DOUBLE)")
     else:
         load_spend(con, inputs.spend, mapping=settings.channels)
+    since = first_day_read(con) if _has_stored_sessions(con, settings.channels) else None
     return daily_channel_kpis(con, spend=Table.SPEND, mapping=settings.channels, timezone=settings.property_timezone,
-                              lineage_id=context.lineage_id, engine=engine)
+                              lineage_id=context.lineage_id, engine=engine, stored_sessions_since=since)
+
+
+STORED_SESSIONS = f"_stored_{Table.SESSIONS}"  # the warehouse's sessions, a view (flashcast.history)
+
+
+def mapping_digest(mapping: ChannelMapping) -> str:
+    """Which channel mapping a session was attributed by (stored with it)."""
+    return hashlib.sha256(mapping.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _has_stored_sessions(con: duckdb.DuckDBPyConnection, mapping: ChannelMapping) -> bool:
+    """Stored sessions to reuse: present, and all attributed by the current mapping."""
+    columns = {r[0] for r in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [STORED_SESSIONS]).fetchall()}
+    if "mapping_digest" not in columns:
+        return False
+    other, n = con.execute(f"""SELECT count(*) FILTER (WHERE mapping_digest IS DISTINCT FROM ?), count(*)
+        FROM {STORED_SESSIONS}""", [mapping_digest(mapping)]).fetchall()[0]
+    return n > 0 and other == 0
 
 
 def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMapping,
@@ -90,10 +117,13 @@ def daily_channel_kpis(
     table: str = Table.DAILY_KPIS,
     lineage_id: str | None = None,
     engine: Engine | None = None,
+    stored_sessions_since: date | None = None,
 ) -> KpiSummary:
     """Build `table`: one row per (event_date, channel) on a zero-filled spine, with the lineage
     stamp. `engine`: where the SQL runs (default `con`); the events and spend in `con` are sent to
-    it, and the sessions and KPIs landed back."""
+    it, and the sessions and KPIs landed back. `stored_sessions_since`: the first day the run read;
+    the sessions it touches are recomputed and the stored ones (`_stored_sessions`) joined as they
+    are (on `con`'s own engine only)."""
     sql = engine_of(con, engine)
     if is_remote(con, sql):
         sql.load("_kpi_events", con.sql(f"SELECT {', '.join(KPI_COLUMNS)} FROM {events}").to_arrow_table())
@@ -103,7 +133,10 @@ def daily_channel_kpis(
             spend = "_kpi_spend"
     sql.put("_channel_rules", {"priority": "INT", "channel": "VARCHAR", "src": "VARCHAR", "med": "VARCHAR"},
             [(i, r.channel, "(?i)" + r.source, "(?i)" + r.medium) for i, r in enumerate(mapping.rules)])
-    sql.create(Table.SESSIONS, sessions_sql(events, mapping))
+    if stored_sessions_since is not None and not is_remote(con, sql):
+        _touched_sessions(con, events, mapping, stored_sessions_since)
+    else:
+        sql.create(Table.SESSIONS, sessions_sql(events, mapping))
     last = f"(SELECT max(event_date) FROM {events})"
     bounds = sql.rows(f"""SELECT min(event_date), max(event_date),
           bool_or(intraday) FILTER (WHERE event_date = {last}),
@@ -145,6 +178,24 @@ def daily_channel_kpis(
     return KpiSummary(table, first_day, last_day, partial, tuple(channels))
 
 
+def _touched_sessions(con: duckdb.DuckDBPyConnection, events: str, mapping: ChannelMapping, since: date) -> None:
+    """`_run_sessions`: the sessions with an event from the day before `since` on, recomputed from all
+    their events (a session's events are on or after its first day, the stored one where it is
+    known); `sessions`: those and the other stored sessions, as a view."""
+    day = f"DATE {literal(since.isoformat())} - 1"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _touched AS SELECT DISTINCT session_key FROM {events} "
+                f"WHERE event_date >= {day}")
+    first = con.execute(f"""SELECT least(min(event_date), {day}) FROM {STORED_SESSIONS}
+        WHERE session_key IN (SELECT session_key FROM _touched)""").fetchall()[0][0] or since - timedelta(days=1)
+    touched = (f"(SELECT * FROM {events} WHERE event_date >= DATE {literal(first.isoformat())} "
+               "AND session_key IN (SELECT session_key FROM _touched))")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _run_{Table.SESSIONS} AS {sessions_sql(touched, mapping)}")
+    columns = ", ".join(r[0] for r in con.execute(f"DESCRIBE _run_{Table.SESSIONS}").fetchall())
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW {Table.SESSIONS} AS SELECT * FROM _run_{Table.SESSIONS}
+        UNION ALL SELECT {columns} FROM {STORED_SESSIONS}
+        WHERE event_date < {day} AND session_key NOT IN (SELECT session_key FROM _touched)""")
+
+
 def sessions_sql(events: str, mapping: ChannelMapping) -> str:
     """One row per session: its first day, user, source/medium by the attribution rule, channel by
     the first matching rule in `_channel_rules` (else the default channel) and engagement."""
@@ -171,5 +222,5 @@ def sessions_sql(events: str, mapping: ChannelMapping) -> str:
           GROUP BY p.s, p.m
         )
         SELECT s.lineage_id, s.session_key, s.user_key, s.event_date, s.sm.s AS source, s.sm.m AS medium, m.channel,
-               s.page_views, s.engagement_msec, s.duration_s
+               s.page_views, s.engagement_msec, s.duration_s, {literal(mapping_digest(mapping))} AS mapping_digest
         FROM sourced s JOIN mapped m ON m.s = coalesce(s.sm.s, '') AND m.m = coalesce(s.sm.m, '')"""
