@@ -281,35 +281,41 @@ def _run_stage(stage: Stage, values: dict[str, Any], hooks: list[StageHook], *,
     if absent:
         raise StageError(stage.name, TypeError(f"tables {absent} are missing: no earlier stage wrote them"))
     for hook in hooks:
-        hook.before_stage(stage.name, {t: before[t] for t in stage.reads})
+        hook.before_stage(stage.name, _row_counts(con, engine, stage.reads))
     if "head" in parameters(stage.run):  # the log's head as the stage starts, for anchoring
         values["head"] = head()
     start = time.perf_counter()
     record = call(stage.run, values)
     seconds = time.perf_counter() - start
     after = _tables(con, engine)
-    undeclared = sorted(set(after) - set(before) - set(stage.writes))
+    undeclared = sorted(after - before - set(stage.writes))
     unwritten = [str(t) for t in stage.writes if t not in after]
     if undeclared or unwritten:
         raise StageError(stage.name, TypeError(
             f"tables written do not match the declaration: undeclared {undeclared}, declared but absent {unwritten}"))
     for hook in hooks:
-        hook.after_stage(stage.name, record, {t: after[t] for t in stage.writes}, seconds)
+        hook.after_stage(stage.name, record, _row_counts(con, engine, stage.writes), seconds)
     return record
 
 
-def _tables(con: duckdb.DuckDBPyConnection, engine: Engine | None = None) -> dict[str, int]:
-    """The run's tables (helpers start with '_'; an outcome table joining stored rows is a view) and
-    their row counts."""
-    remote = {n: c for n, c in engine.counts().items() if not n.startswith("_")} if engine is not None else {}
-    names = [r[0] for r in con.execute(
+def _tables(con: duckdb.DuckDBPyConnection, engine: Engine | None = None) -> set[str]:
+    """The run's tables (helpers start with '_'; an outcome table joining stored rows is a view)."""
+    remote = {n for n in engine.counts() if not n.startswith("_")} if engine is not None else set()
+    return remote | {r[0] for r in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE temporary AND NOT starts_with(table_name, '_') "
         "UNION ALL SELECT view_name FROM duckdb_views() WHERE temporary AND NOT internal "
-        "AND NOT starts_with(view_name, '_')").fetchall()]
-    if not names:
-        return remote
-    counts = " UNION ALL ".join(f"SELECT '{n}', count(*) FROM {n}" for n in names)
-    return {**remote, **{str(n): int(c) for n, c in con.execute(counts).fetchall()}}
+        "AND NOT starts_with(view_name, '_')").fetchall()}
+
+
+def _row_counts(con: duckdb.DuckDBPyConnection, engine: Engine | None, tables: tuple[Table, ...]) -> dict[str, int]:
+    """Rows of `tables`, counted where they are (only these: a view over the stored history is a scan)."""
+    remote = engine.counts() if engine is not None else {}
+    local = [str(t) for t in tables if str(t) not in remote]
+    counts = {str(t): remote[str(t)] for t in tables if str(t) in remote}
+    if local:
+        union = " UNION ALL ".join(f"SELECT '{n}', count(*) FROM {n}" for n in local)
+        counts |= {str(n): int(c) for n, c in con.execute(union).fetchall()}
+    return counts
 
 
 def _input_refs(inputs: RunInputs) -> list[DatasetRef]:
