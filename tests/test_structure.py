@@ -131,3 +131,13 @@ def test_a_stage_reading_a_table_nobody_wrote_fails_before_it_runs() -> None:
     with pytest.raises(StageError, match=r"\['daily_kpis'\] are missing"):
         _run_stage(Stage("forecast", reader, reads=(Table.DAILY_KPIS,)), _values(), [], head=lambda: LogHead(0, ""))
     assert not ran
+
+
+def test_the_governed_data_path_starts_without_the_optimizer_maths() -> None:
+    """`flashcast ingest` imports the pipeline; scipy (the allocator's, about 0.7 s) waits for allocation."""
+    import subprocess
+    import sys
+
+    code = "import sys, flashcast.cli, flashcast.pipeline; print(sorted(m for m in sys.modules if m == 'scipy'))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

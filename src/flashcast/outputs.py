@@ -17,7 +17,6 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from flashcast.budget.charts import plot_curves, plot_whatif
 from flashcast.config import Settings
 from flashcast.errors import ConfigError
 from flashcast.forecasting.charts import plot_fan_chart
@@ -137,6 +136,8 @@ def allocation_files(out_dir: Path, context: RunContext, settings: Settings, all
     files = {"allocation": write_frame(allocation_frame(allocate.allocation, context.lineage_id)
                                        .assign(currency=currency), out_dir / "allocation.csv")}
     if allocate.curves is not None:
+        from flashcast.budget.charts import plot_curves, plot_whatif  # scipy: see stages.allocate.run
+
         files["response_curves"] = plot_curves(allocate.curves, out_dir / "response_curves.png", currency=currency)
         files["whatif"] = write_frame(pd.DataFrame(allocate.curves.whatif).assign(currency=currency),
                                       out_dir / "whatif.csv")
