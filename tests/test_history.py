@@ -95,7 +95,7 @@ def test_reused_rows_are_read_in_place_from_a_snapshot_held_until_the_run_persis
 
     from flashcast.engine import DuckEngine
     from flashcast.errors import StoreBusy
-    from flashcast.history import OUTCOME_TABLES, WarehouseSnapshot, persist_run
+    from flashcast.history import OUTCOME_TABLES, WarehouseSnapshot, persist_run, row_count
     from flashcast.stages import guard, ingest
 
     settings = _settings(tmp_path / "home")
@@ -115,6 +115,8 @@ def test_reused_rows_are_read_in_place_from_a_snapshot_held_until_the_run_persis
         files_read = con.execute("SELECT count(DISTINCT source_file) FROM _run_guarded_events").fetchall()[0][0]
         assert files_read == len(staged.reasons) < len(list(export.iterdir()))  # the run holds only what it read
         assert con.execute("SELECT count(*) FROM guarded_events").fetchall()[0][0] == stored_accepted
+        for table in OUTCOME_TABLES:  # the stage checks' count: the stored rows counted once, at the join
+            assert row_count(con, table) == con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
         persist_run(con, settings.store.warehouse_path, [*OUTCOME_TABLES], timeout_s=5, snapshot=snapshot)
         with file_lock(lock, timeout_s=0.2):  # released before the run took the exclusive lock
             pass

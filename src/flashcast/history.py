@@ -264,6 +264,22 @@ def join_reused(con: duckdb.DuckDBPyConnection, tables: Iterable[Table]) -> None
             else f"CAST({identifier(name) if name in common else 'NULL'} AS {dtype}) AS {identifier(name)}"
             for name, dtype, *_ in columns)
         con.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM _run_{table} UNION ALL SELECT {picks} FROM {stored}")
+        # The stored rows do not change during a run: counted once here, not at every stage check.
+        con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STORED_ROWS} (name VARCHAR, n BIGINT)")
+        con.execute(f"INSERT INTO {_STORED_ROWS} SELECT ?, count(*) FROM {stored}", [str(table)])
+
+
+_STORED_ROWS = "_stored_rows"
+
+
+def row_count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    """Rows of a run table; for an outcome table joining stored rows, its own rows plus the stored
+    ones as counted when they were joined."""
+    own = run_rows(con, table)
+    n = int(con.execute(f"SELECT count(*) FROM {own}").fetchall()[0][0])
+    if own != table and str(table) in OUTCOME_TABLES:
+        n += int(con.execute(f"SELECT n FROM {_STORED_ROWS} WHERE name = ?", [str(table)]).fetchall()[0][0])
+    return n
 
 
 def run_rows(con: duckdb.DuckDBPyConnection, table: str) -> str:

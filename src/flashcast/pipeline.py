@@ -32,7 +32,7 @@ from flashcast.config import Settings
 from flashcast.delivery import record_payload
 from flashcast.engine import DuckEngine, Engine
 from flashcast.errors import FlashcastError, StageError
-from flashcast.history import WarehouseSnapshot, persist_run
+from flashcast.history import WarehouseSnapshot, persist_run, row_count
 from flashcast.keys import PiiKey
 from flashcast.lineage import DatasetRef, LogHead, OpenLineageEmitter, RunRecorder, new_lineage_id
 from flashcast.llm.base import Provider
@@ -310,12 +310,7 @@ def _tables(con: duckdb.DuckDBPyConnection, engine: Engine | None = None) -> set
 def _row_counts(con: duckdb.DuckDBPyConnection, engine: Engine | None, tables: tuple[Table, ...]) -> dict[str, int]:
     """Rows of `tables`, counted where they are (only these: a view over the stored history is a scan)."""
     remote = engine.counts() if engine is not None else {}
-    local = [str(t) for t in tables if str(t) not in remote]
-    counts = {str(t): remote[str(t)] for t in tables if str(t) in remote}
-    if local:
-        union = " UNION ALL ".join(f"SELECT '{n}', count(*) FROM {n}" for n in local)
-        counts |= {str(n): int(c) for n, c in con.execute(union).fetchall()}
-    return counts
+    return {str(t): remote[str(t)] if str(t) in remote else row_count(con, t) for t in tables}
 
 
 def _input_refs(inputs: RunInputs) -> list[DatasetRef]:
