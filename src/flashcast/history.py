@@ -44,6 +44,7 @@ BY_DAY: tuple[Table, ...] = (Table.SESSIONS,)
 WHOLE: tuple[Table, ...] = (Table.DAILY_KPIS, Table.DAILY_OUTCOMES)
 PRUNED: tuple[Table, ...] = (*OUTCOME_TABLES, Table.SESSIONS)
 READ_FILES = "_read_files"  # the names of the files this run reads, in the run's connection
+_STORED_ROWS = "_stored_rows"  # rows of each reused stored outcome table, counted when joined
 
 
 @dataclass(frozen=True)
@@ -82,16 +83,13 @@ class WarehouseSnapshot:
 
     def __init__(self) -> None:
         self._session = ExitStack()
-        self.catalog: str | None = None
 
     def attach(self, con: duckdb.DuckDBPyConnection, warehouse: Path, *, timeout_s: float) -> str:
-        self.catalog = self._session.enter_context(
-            warehouse_session(con, warehouse, timeout_s=timeout_s, read_only=True))
-        return self.catalog
+        """The warehouse's catalog alias in `con`."""
+        return self._session.enter_context(warehouse_session(con, warehouse, timeout_s=timeout_s, read_only=True))
 
     def release(self) -> None:
         self._session.close()
-        self.catalog = None
 
     def __enter__(self) -> WarehouseSnapshot:
         return self
@@ -267,9 +265,6 @@ def join_reused(con: duckdb.DuckDBPyConnection, tables: Iterable[Table]) -> None
         # The stored rows do not change during a run: counted once here, not at every stage check.
         con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STORED_ROWS} (name VARCHAR, n BIGINT)")
         con.execute(f"INSERT INTO {_STORED_ROWS} SELECT ?, count(*) FROM {stored}", [str(table)])
-
-
-_STORED_ROWS = "_stored_rows"
 
 
 def row_count(con: duckdb.DuckDBPyConnection, table: str) -> int:

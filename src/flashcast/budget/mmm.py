@@ -237,8 +237,7 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
         clearly_better = fits["proportional"].holdout_error < (1 - FORM_MARGIN) * fits["additive"].holdout_error
         chosen = "proportional" if clearly_better else "additive"
     fit = fits[chosen]
-    coef, fitted, level = fit.coef, fit.fitted, fit.level
-    media = _media(spend, fit.shapes, level)
+    coef, fitted, level, media = fit.coef, fit.fitted, fit.level, fit.media
     r2 = r_squared(y, fitted)
     betas = coef[base.shape[1]:]
     contributions = media * betas
@@ -271,6 +270,7 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
 class _FormFit:
     shapes: _Shapes
     level: Array | None  # m_t of the proportional form
+    media: Array  # each channel's saturated adstock (times m_t in the proportional form)
     coef: Array
     fitted: Array
     r2_holdout: float | None
@@ -295,8 +295,8 @@ def _fit_form(form: str, base: Array, spend: Array, y: Array, scale: Array, *, s
     held = None if form == "proportional" and held_level is None else _holdout(
         base, spend, y, scale, seed=seed, level=held_level)
     if held is None:
-        return _FormFit(shapes, level, coef, fitted, None, float(np.mean((y - fitted) ** 2)), None)
-    return _FormFit(shapes, level, coef, fitted, *held)
+        return _FormFit(shapes, level, media, coef, fitted, None, float(np.mean((y - fitted) ** 2)), None)
+    return _FormFit(shapes, level, media, coef, fitted, *held)
 
 
 def _level(base: Array, y: Array, coef: Array, *, rows: int | None = None) -> Array:
