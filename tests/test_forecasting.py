@@ -398,3 +398,89 @@ def test_the_linear_engines_calendar_columns_match_pandas(tz: str | None) -> Non
     expected = np.column_stack([np.sin(angle), np.cos(angle), np.sin(2 * angle), np.cos(2 * angle)])
     assert np.allclose(x[:, 9:], expected, atol=1e-12)
     assert np.array_equal(x[:, 2], np.maximum(t - 0.5, 0))
+
+
+def _one_by_one(engine, y: np.ndarray, dates: pd.DatetimeIndex, cuts: list[int]) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return np.array([engine.point(y[:c], dates[:c], 14) for c in cuts])
+
+
+@pytest.mark.parametrize("variant", ["default", "sliding window", "holidays and regressors", "no AR", "constant",
+                                     "explosive AR"])
+def test_every_origin_at_once_is_the_same_linear_fit_as_one_origin_at_a_time(variant: str) -> None:
+    """The backtest's batched linear fits (prefix sums, one batched solve) against `point` at each
+    origin: origins before and after a year of data (with and without yearly terms), a window that
+    slides past the oldest days, holidays seen only after some origins, an event regressor, residuals
+    whose AR fit turns explosive at the last origins (dropped, as `point` drops it)."""
+    from flashcast.forecasting.engines import DynamicRegression
+
+    rng = np.random.default_rng(12)
+    n = 800
+    dates = pd.date_range("2023-03-01", periods=n)
+    y = 100 * np.resize(WEEKLY, n) + np.linspace(0, 40, n) + rng.normal(0, 5, n)
+    engine = DynamicRegression()
+    if variant == "sliding window":
+        engine = DynamicRegression(window_days=400, ar_days=120)
+    elif variant == "holidays and regressors":
+        promo = np.zeros(n + 14)
+        promo[rng.choice(n + 14, 30, replace=False)] = 1.0
+        events = pd.DataFrame({"ds": pd.date_range(dates[0], periods=n + 14), "promo": promo})
+        engine = DynamicRegression(countries=("US", "BR"), regressors=events)
+        y = y + 40 * promo[:n]
+    elif variant == "no AR":
+        engine = DynamicRegression(ar_order=0)
+    elif variant == "constant":
+        y = np.full(n, 7.0)
+    elif variant == "explosive AR":
+        y[600:] += 5 * np.exp(np.arange(n - 600) / 25)
+    cuts = [60, 61, 200, 364, 365, 366, 500, 701, n - 14]
+    batched = engine.backtest_points(y, dates, cuts, 14)
+    assert batched is not None
+    expected = _one_by_one(engine, y, dates, cuts)
+    assert np.allclose(batched, expected, rtol=1e-9, atol=1e-9 * float(np.abs(expected).max()))
+
+
+def test_the_rolling_fits_defer_to_one_origin_at_a_time_when_days_are_missing() -> None:
+    from flashcast.forecasting.engines import DynamicRegression, SeasonalNaive
+
+    dates = pd.date_range("2024-01-01", periods=300).delete(100)
+    y = _seasonal_noise(299, 4)
+    assert DynamicRegression().backtest_points(y, dates, [150, 200], 14) is None
+    naive = SeasonalNaive()
+    assert np.array_equal(naive.backtest_points(y, dates, [60, 150, 285], 14),
+                          _one_by_one(naive, y, dates, [60, 150, 285]))
+
+
+def test_origin_bands_are_each_origins_normalized_offsets_at_the_adapted_rates() -> None:
+    """All origins' pools sorted at once give what `normalized_offsets` gives origin by origin,
+    with the miscoverage rates adapted in between as each horizon is observed."""
+    from flashcast.forecasting.backtest import LEVELS, _calibration_rows, normalized_offsets, origin_bands
+
+    rng = np.random.default_rng(5)
+    spec = BacktestSpec(horizon=14, step=3, calibration=20, step_pool=2)
+    n = 70
+    errors = np.round(rng.standard_t(3, (n, 14)), 1) * rng.uniform(0.5, 3, (n, 1))  # heavy tails, ties
+    spread = rng.uniform(0.2, 5, n)
+    spread[[10, 11, 40]] = 0.0  # flat histories, and spreads far outside 8x of others: the bounds bind
+    spread[[30, 31]] = 200.0
+    floor = np.full(n, 0.1)
+    banded, final = origin_bands(errors, spread, floor, spec)
+    alphas = {level: (100 - level) / 100 for level in LEVELS}
+    lag = -(-spec.horizon // spec.step)
+    expected = {}
+    for k in range(n + lag):
+        seen = k - lag
+        if seen in expected:
+            for level in LEVELS:
+                lo, hi = expected[seen][level]
+                missed = float(((errors[seen] < lo) | (errors[seen] > hi)).mean())
+                alphas[level] += spec.adapt_rate * ((100 - level) / 100 - missed)
+        rows = _calibration_rows(k, spec)
+        if k < n and rows is not None:
+            expected[k] = normalized_offsets(errors[rows], np.maximum(spread[rows], floor[rows]),
+                                             (float(spread[k]), float(floor[k])), spec, dict(alphas))
+    assert banded.keys() == expected.keys() and len(banded) > 50
+    for k, offsets in expected.items():
+        for level in LEVELS:
+            assert np.array_equal(banded[k][level][0], offsets[level][0])
+            assert np.array_equal(banded[k][level][1], offsets[level][1])
+    assert final == pytest.approx(alphas, abs=1e-15)

@@ -29,7 +29,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from flashcast.errors import ForecastError, HistoryTooShort
-from flashcast.forecasting.engines import Engine, Ensemble, relative_cost
+from flashcast.forecasting.engines import Engine, Ensemble, RollingEngine, relative_cost
 
 LEVELS: tuple[int, ...] = (50, 80, 95)
 MIN_CALIBRATION = 8
@@ -124,6 +124,13 @@ def _run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engi
             result.points[engine.alias] = np.mean([result.points[m] for m in members], axis=0)
             result.seconds[engine.alias] = sum(result.seconds[m] for m in members)
             continue
+        if isinstance(engine, RollingEngine):
+            start = time.perf_counter()
+            every = engine.backtest_points(y, dates, cuts, spec.horizon)
+            if every is not None:
+                result.points[engine.alias] = every
+                result.seconds[engine.alias] = (time.perf_counter() - start) / len(cuts)
+                continue
         # The first fit pays any one-off compilation (statsforecast's numba): time the others.
         first = engine.point(y[: cuts[0]], dates[: cuts[0]], spec.horizon)
         start = time.perf_counter()
@@ -177,12 +184,7 @@ def _offsets(sample: np.ndarray, spec: BacktestSpec, alphas: np.ndarray) -> tupl
     m, h = sample.shape
     gather, last = _pool_layout(m, h, spec.step_pool)
     pooled = np.sort(np.append(sample.ravel(), np.nan)[gather], axis=1)  # padding is NaN: sorts last
-    tails = np.clip(alphas / 2, 1e-4, 0.4999)[:, None]
-    steps = np.arange(h)
-    # numpy's "lower" and "higher" quantile methods: conservative on both sides
-    lo = pooled[steps, np.floor(tails * last).astype(int)]
-    hi = pooled[steps, np.ceil((1 - tails) * last).astype(int)]
-    return np.minimum.accumulate(lo, axis=0), np.maximum.accumulate(hi, axis=0)
+    return _pick(pooled, last, np.arange(h), alphas)
 
 
 @functools.cache
@@ -211,6 +213,11 @@ def origin_bands(errors: np.ndarray, spread: np.ndarray, floor: np.ndarray, spec
     alphas = targets.copy()
     lag = -(-spec.horizon // spec.step)  # origins until a horizon is fully observed
     n = len(errors)
+    banded = [k for k in range(n) if _calibration_rows(k, spec) is not None]
+    # Every origin's sorted pools at once; only picking the quantiles waits for the adapted rates.
+    pools, last, scales = _sorted_pools(errors, spread, floor, spec, banded)
+    at = {k: i for i, k in enumerate(banded)}
+    steps = np.arange(errors.shape[1])
     offsets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for k in range(n + lag):
         seen = k - lag
@@ -218,12 +225,46 @@ def origin_bands(errors: np.ndarray, spread: np.ndarray, floor: np.ndarray, spec
             lo, hi = offsets[seen]
             missed = ((errors[seen] < lo) | (errors[seen] > hi)).mean(axis=1)
             alphas = alphas + spec.adapt_rate * (targets - missed)
-        rows = _calibration_rows(k, spec)
-        if k < n and rows is not None:
-            offsets[k] = _normalized(errors[rows], np.maximum(spread[rows], floor[rows]),
-                                     (float(spread[k]), float(floor[k])), spec, alphas)
+        if k in at:
+            i = at[k]
+            lo, hi = _pick(pools[i], last[i], steps, alphas)
+            offsets[k] = (lo * scales[i], hi * scales[i])
     return ({k: _by_level(levels, lo, hi) for k, (lo, hi) in offsets.items()},
             {level: float(alphas[i]) for i, level in enumerate(levels)})
+
+
+def _sorted_pools(errors: np.ndarray, spread: np.ndarray, floor: np.ndarray, spec: BacktestSpec, origins: list[int]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each origin, the pooled calibration sample `_normalized` would sort, sorted (origins x
+    steps x pool, NaN-padded at the end), the last valid index of each (origins x steps) and the
+    origin's scale. One sort for every origin: origin by origin this was a fifth of a selection."""
+    m, h = spec.calibration, errors.shape[1]
+    ends = np.array([_calibration_rows(k, spec).stop for k in origins], dtype=np.int64)  # type: ignore[union-attr]
+    rows = ends[:, None] - m + np.arange(m)[None, :]  # right-aligned; rows before the first origin are absent
+    valid = rows >= 0
+    at = np.maximum(rows, 0)
+    scale = np.maximum(np.maximum(spread[origins], floor[origins]), 1e-12)
+    spreads = np.maximum(spread[at], floor[at])
+    spreads = np.where(spreads > 0, spreads, scale[:, None])
+    bounded = np.clip(spreads, scale[:, None] / SPREAD_RATIO, scale[:, None] * SPREAD_RATIO)
+    sample = np.where(valid[:, :, None], errors[at] / bounded[:, :, None], np.nan)
+    gather, _ = _pool_layout(m, h, spec.step_pool)
+    padded = np.concatenate([sample.reshape(len(origins), -1), np.full((len(origins), 1), np.nan)], axis=1)
+    pools = padded[:, gather]
+    pools.sort(axis=2)  # in place: the pools are a fresh gather
+    width = np.minimum(np.arange(h) + spec.step_pool, h - 1) - np.maximum(np.arange(h) - spec.step_pool, 0) + 1
+    last = valid.sum(axis=1)[:, None] * width[None, :] - 1
+    return pools, last, scale
+
+
+def _pick(pool: np.ndarray, last: np.ndarray, steps: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The quantiles at rates `alphas` (narrow to wide) from sorted pools (steps x values; `last`:
+    each step's last valid index): numpy's "lower" and "higher" quantile methods, conservative on
+    both sides; then nested (a wider level never gets a narrower band)."""
+    tails = np.clip(alphas / 2, 1e-4, 0.4999)[:, None]
+    lo = pool[steps, np.floor(tails * last).astype(int)]
+    hi = pool[steps, np.ceil((1 - tails) * last).astype(int)]
+    return np.minimum.accumulate(lo, axis=0), np.maximum.accumulate(hi, axis=0)
 
 
 def normalized_offsets(errors: np.ndarray, spreads: np.ndarray, now: tuple[float, float], spec: BacktestSpec,

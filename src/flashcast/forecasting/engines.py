@@ -55,6 +55,15 @@ class SamplingEngine(Engine, Protocol):
         ...
 
 
+@runtime_checkable
+class RollingEngine(Engine, Protocol):
+    def backtest_points(self, y: np.ndarray, dates: pd.DatetimeIndex, cuts: Sequence[int], horizon: int
+                        ) -> np.ndarray | None:
+        """`point(y[:c], dates[:c], horizon)` for every cut c at once (rows), or None when it cannot
+        be done at once for this series (the backtest then fits origin by origin)."""
+        ...
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """What a run can tell every engine: holiday countries and extra regressors (ds + columns,
@@ -72,6 +81,13 @@ class SeasonalNaive:
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
         last = y[-self.season:]
         return np.asarray(np.resize(last, horizon), dtype=float)
+
+    def backtest_points(self, y: np.ndarray, dates: pd.DatetimeIndex, cuts: Sequence[int], horizon: int
+                        ) -> np.ndarray | None:
+        if min(cuts) < self.season:
+            return None
+        steps = np.asarray(cuts)[:, None] - self.season + np.arange(horizon)[None, :] % self.season
+        return np.asarray(y, dtype=float)[steps]
 
 
 def _linear_design(t: np.ndarray, days: np.ndarray, changepoints: np.ndarray, yearly: int) -> np.ndarray:
@@ -195,6 +211,14 @@ class DynamicRegression:
         resid = y / scale - x @ coef
         base = x_future @ coef + _ar_correction(resid[-self.ar_days:], self.ar_order, horizon)
         return np.asarray(base * scale)
+
+    def backtest_points(self, y: np.ndarray, dates: pd.DatetimeIndex, cuts: Sequence[int], horizon: int
+                        ) -> np.ndarray | None:
+        """Every origin's fit at once from prefix sums (`flashcast.forecasting.rolling`): a tenth of
+        the time of one `point` call per origin, the same numbers to rounding."""
+        from flashcast.forecasting.rolling import rolling_points
+
+        return rolling_points(self, y, dates, cuts, horizon)
 
 
 @contextmanager
