@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -228,19 +229,31 @@ def main() -> None:
     scaling()
 
 
-def prophet_call(frame: pd.DataFrame, horizon: int) -> float:
-    """Seconds of one Prophet fit + predict with its default intervals (what a user's daily call costs)."""
+TIMED_CALLS = 3  # each figure of the daily-call table is the median of this many whole calls
+
+
+def median_seconds(call: Callable[..., object], *args: object, **kwargs: object) -> float:
+    """The median of TIMED_CALLS timings of `call(*args, **kwargs)`, each a whole call as a user
+    makes it (one timing alone swings 2-3x on a busy machine)."""
+    seconds = []
+    for _ in range(TIMED_CALLS):
+        start = time.perf_counter()
+        call(*args, **kwargs)
+        seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds))
+
+
+def prophet_call(frame: pd.DataFrame, horizon: int) -> None:
+    """One Prophet fit + predict with its default intervals (what a user's daily call costs)."""
     import logging
 
     from prophet import Prophet
 
     for name in ("cmdstanpy", "prophet"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    start = time.perf_counter()
     model = Prophet()
     model.fit(frame[["ds", "y"]])
     model.predict(model.make_future_dataframe(periods=horizon, include_history=False))
-    return time.perf_counter() - start
 
 
 def daily_call(horizon: int = 14) -> None:
@@ -253,30 +266,32 @@ def daily_call(horizon: int = 14) -> None:
 
     line_up = ForecastConfig().engines
     spec = BacktestSpec(horizon=horizon)
-    print(f"\ndaily call vs full re-selection vs Prophet fit+predict (horizon {horizon}, line-up {', '.join(line_up)})")
+    print(f"\ndaily call vs full re-selection vs Prophet fit+predict (horizon {horizon}, line-up {', '.join(line_up)}; "
+          f"each the median of {TIMED_CALLS} whole calls)")
     print(f"{'series':<22} {'Prophet s':>9} {'selection s':>11} {'daily s':>8} {'daily vs Prophet':>16} "
           f"{'selection vs Prophet':>20}")
     ratios_daily, ratios_full = [], []
     for name, frame in load_series().items():
         data = frame.dropna().reset_index(drop=True)
         nonnegative = bool((data["y"] >= 0).all())
+
+        selection = {"frame": data.iloc[:-1], "series_id": name, "engines": line_up, "spec": spec,
+                     "nonnegative": nonnegative, "keep_last_day": True}
         try:
-            start = time.perf_counter()
-            selected = auto_forecast(data.iloc[:-1], series_id=name, engines=line_up, spec=spec,
-                                     nonnegative=nonnegative, keep_last_day=True)
-            full = time.perf_counter() - start
+            selected = auto_forecast(**selection)  # type: ignore[arg-type]
             assert selected.calibration is not None
-            start = time.perf_counter()
-            reused = refit_forecast(data, selected.calibration, spec=spec, nonnegative=nonnegative,
-                                    keep_last_day=True)
-            daily = time.perf_counter() - start
+            reuse = {"frame": data, "calibration": selected.calibration, "spec": spec, "nonnegative": nonnegative,
+                     "keep_last_day": True}
+            reused = refit_forecast(**reuse)  # type: ignore[arg-type]
+            if isinstance(reused, str):
+                print(f"{name}: the selection was stale at once ({reused})")
+                continue
+            full = median_seconds(auto_forecast, **selection)
+            daily = median_seconds(refit_forecast, **reuse)
         except ForecastError as exc:
             print(f"{name}: skipped: {exc}")
             continue
-        if isinstance(reused, str):
-            print(f"{name}: the selection was stale at once ({reused})")
-            continue
-        prophet = prophet_call(data, horizon)
+        prophet = median_seconds(prophet_call, data, horizon)
         ratios_daily.append(prophet / daily)
         ratios_full.append(prophet / full)
         print(f"{name:<22} {prophet:>9.3f} {full:>11.3f} {daily:>8.4f} {prophet / daily:>15.0f}x "

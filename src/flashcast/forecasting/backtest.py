@@ -114,8 +114,8 @@ def _run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engi
     if len(cuts) < MIN_CALIBRATION + 1:
         raise HistoryTooShort(f"history too short for a backtest: {len(y)} days give {len(cuts)} origins")
     actual = np.array([y[c : c + spec.horizon] for c in cuts])
-    scale = np.array([max(float(np.mean(np.abs(y[7:c] - y[: c - 7]))), 1e-9) for c in cuts])
-    spread, floor = np.array([spread_terms(y[:c], spec) for c in cuts]).T
+    scale = _seasonal_naive_mae(y, cuts)
+    spread, floor = spread_terms_at(y, cuts, spec)
     result = Backtest([dates[c - 1] for c in cuts], actual, scale, spread, floor)
     for engine in sorted(engines, key=lambda e: isinstance(e, Ensemble)):  # members before ensembles
         members = [m.alias for m in engine.members] if isinstance(engine, Ensemble) else []
@@ -147,13 +147,33 @@ def spread_terms(y: np.ndarray, spec: BacktestSpec) -> tuple[float, float]:
     each difference capped at 5x the last year's mean, so one spike does not blow up the bands.
     Floor: a tenth of the last year's mean difference, so a flat stretch (a channel that was off)
     cannot make the conformal scores explode. (1.0, 0.0) when normalization is off."""
+    spread, floor = spread_terms_at(y, [len(y)], spec)
+    return float(spread[0]), float(floor[0])
+
+
+def spread_terms_at(y: np.ndarray, cuts: Sequence[int], spec: BacktestSpec) -> tuple[np.ndarray, np.ndarray]:
+    """`spread_terms(y[:c])` for every cut c at once (from running sums of the differences)."""
+    cut = np.asarray(cuts, dtype=np.int64)
     if not spec.spread_days:
-        return 1.0, 0.0
-    year = y[-(365 + 7):]
-    year_mean = float(np.mean(np.abs(year[7:] - year[:-7]))) if len(year) > 7 else 0.0
-    recent = y[-(spec.spread_days + 7):]
-    spread = float(np.mean(np.minimum(np.abs(recent[7:] - recent[:-7]), 5 * year_mean)))
+        return np.ones(len(cut)), np.zeros(len(cut))
+    diffs = np.append(np.abs(y[7:] - y[:-7]), 0.0)  # diffs[i] = |y[i + 7] - y[i]|; one pad for short series
+    running = np.r_[0.0, np.cumsum(diffs)]
+    end = np.maximum(cut - 7, 0)  # the differences known at c are diffs[:end]
+    first = np.maximum(end - 365, 0)
+    year_mean = np.divide(running[end] - running[first], end - first, out=np.zeros(len(cut)), where=end > first)
+    at = end[:, None] - spec.spread_days + np.arange(spec.spread_days)[None, :]
+    recent = at >= 0
+    capped = np.where(recent, np.minimum(diffs[np.maximum(at, 0)], 5 * year_mean[:, None]), 0.0)
+    count = recent.sum(axis=1)
+    spread = np.divide(capped.sum(axis=1), count, out=np.zeros(len(cut)), where=count > 0)
     return spread, 0.1 * year_mean
+
+
+def _seasonal_naive_mae(y: np.ndarray, cuts: Sequence[int]) -> np.ndarray:
+    """The in-sample MAE of the weekly seasonal naive forecast on y[:c] for every cut c (MASE's scale)."""
+    end = np.maximum(np.asarray(cuts, dtype=np.int64) - 7, 0)
+    running = np.r_[0.0, np.cumsum(np.abs(y[7:] - y[:-7]))]
+    return np.maximum(np.divide(running[end], end, out=np.zeros(len(end)), where=end > 0), 1e-9)
 
 
 def _calibration_rows(k: int, spec: BacktestSpec) -> slice | None:
