@@ -204,7 +204,7 @@ def _offsets(sample: np.ndarray, spec: BacktestSpec, alphas: np.ndarray) -> tupl
     m, h = sample.shape
     gather, last = _pool_layout(m, h, spec.step_pool)
     pooled = np.sort(np.append(sample.ravel(), np.nan)[gather], axis=1)  # padding is NaN: sorts last
-    return _pick(pooled, last, np.arange(h), alphas)
+    return _pick(pooled, last, alphas)
 
 
 @functools.cache
@@ -232,24 +232,34 @@ def origin_bands(errors: np.ndarray, spread: np.ndarray, floor: np.ndarray, spec
     targets = np.array([(100 - level) / 100 for level in levels])
     alphas = targets.copy()
     lag = -(-spec.horizon // spec.step)  # origins until a horizon is fully observed
-    n = len(errors)
-    banded = [k for k in range(n) if _calibration_rows(k, spec) is not None]
+    n, h = errors.shape
+    first = next((k for k in range(n) if _calibration_rows(k, spec) is not None), n)  # banded: first..n-1
+    banded = list(range(first, n))
     # Every origin's sorted pools at once; only picking the quantiles waits for the adapted rates.
     pools, last, scales = _sorted_pools(errors, spread, floor, spec, banded)
-    at = {k: i for i, k in enumerate(banded)}
-    steps = np.arange(errors.shape[1])
-    offsets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for k in range(n + lag):
-        seen = k - lag
-        if spec.adapt_rate > 0 and seen in offsets:
-            lo, hi = offsets[seen]
-            missed = ((errors[seen] < lo) | (errors[seen] > hi)).mean(axis=1)
-            alphas = alphas + spec.adapt_rate * (targets - missed)
-        if k in at:
-            i = at[k]
-            lo, hi = _pick(pools[i], last[i], steps, alphas)
-            offsets[k] = (lo * scales[i], hi * scales[i])
-    return ({k: _by_level(levels, lo, hi) for k, (lo, hi) in offsets.items()},
+    lows = np.empty((len(banded), len(levels), h))
+    highs = np.empty_like(lows)
+    # Origin k's rates take the misses of origins up to k - lag, so `lag` origins at a time can be
+    # banded together: their rates are the running sum (in order, as one at a time) of the updates
+    # from origins already banded.
+    for block in range(0, n + lag, lag):
+        ks = np.arange(block, min(block + lag, n + lag))
+        seen = ks - lag
+        updates = np.zeros((len(ks), len(levels)))
+        observed = (seen >= first) & (seen < n) if spec.adapt_rate > 0 else np.zeros(len(ks), dtype=bool)
+        if observed.any():  # origins are consecutive: slices, not copies
+            rows = slice(seen[observed][0] - first, seen[observed][-1] - first + 1)
+            actual = errors[seen[observed][0] : seen[observed][-1] + 1, None, :]
+            missed = ((actual < lows[rows]) | (actual > highs[rows])).mean(axis=2)
+            updates[observed] = spec.adapt_rate * (targets - missed)
+        rates = np.add.accumulate(np.vstack([alphas, updates]), axis=0)[1:]
+        alphas = rates[-1]
+        inside = (ks >= first) & (ks < n)
+        if inside.any():
+            rows = slice(ks[inside][0] - first, ks[inside][-1] - first + 1)
+            lo, hi = _pick(pools[rows], last[rows], rates[inside])
+            lows[rows], highs[rows] = lo * scales[rows, None, None], hi * scales[rows, None, None]
+    return ({k: _by_level(levels, lows[i], highs[i]) for i, k in enumerate(banded)},
             {level: float(alphas[i]) for i, level in enumerate(levels)})
 
 
@@ -277,14 +287,18 @@ def _sorted_pools(errors: np.ndarray, spread: np.ndarray, floor: np.ndarray, spe
     return pools, last, scale
 
 
-def _pick(pool: np.ndarray, last: np.ndarray, steps: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The quantiles at rates `alphas` (narrow to wide) from sorted pools (steps x values; `last`:
-    each step's last valid index): numpy's "lower" and "higher" quantile methods, conservative on
-    both sides; then nested (a wider level never gets a narrower band)."""
-    tails = np.clip(alphas / 2, 1e-4, 0.4999)[:, None]
-    lo = pool[steps, np.floor(tails * last).astype(int)]
-    hi = pool[steps, np.ceil((1 - tails) * last).astype(int)]
-    return np.minimum.accumulate(lo, axis=0), np.maximum.accumulate(hi, axis=0)
+def _pick(pools: np.ndarray, last: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The quantiles at rates `alphas` (..., levels; narrow to wide) from sorted pools (..., steps,
+    values; `last`: (..., steps), each step's last valid index): numpy's "lower" and "higher"
+    quantile methods, conservative on both sides; then nested (a wider level never gets a narrower
+    band). Returns (..., levels, steps) lower and upper offsets."""
+    tails = np.clip(alphas / 2, 1e-4, 0.4999)[..., :, None]
+    at_low = np.floor(tails * last[..., None, :]).astype(int)
+    at_high = np.ceil((1 - tails) * last[..., None, :]).astype(int)
+    lo = np.take_along_axis(pools, np.swapaxes(at_low, -1, -2), axis=-1)
+    hi = np.take_along_axis(pools, np.swapaxes(at_high, -1, -2), axis=-1)
+    return (np.minimum.accumulate(np.swapaxes(lo, -1, -2), axis=-2),
+            np.maximum.accumulate(np.swapaxes(hi, -1, -2), axis=-2))
 
 
 def normalized_offsets(errors: np.ndarray, spreads: np.ndarray, now: tuple[float, float], spec: BacktestSpec,
