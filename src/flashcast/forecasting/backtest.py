@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from flashcast.errors import ForecastError, HistoryTooShort
 from flashcast.forecasting.engines import Engine, Ensemble, RollingEngine, relative_cost
@@ -105,8 +105,15 @@ def _origin_indices(n: int, spec: BacktestSpec) -> list[int]:
 def run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engine], spec: BacktestSpec) -> Backtest:
     # Hundreds of small least-squares fits: OpenBLAS's threads cost more than they save on matrices
     # this size (a full selection took 2-3x longer with them, on two busy cores).
-    with threadpool_limits(1, user_api="blas"):
+    with _blas_controller().limit(limits=1, user_api="blas"):
         return _run_backtest(y, dates, engines, spec)
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    """The process's BLAS libraries, found once: `threadpool_limits` scans every loaded library on
+    each call (milliseconds in a process that has loaded Prophet and DuckDB)."""
+    return ThreadpoolController()
 
 
 def _run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engine], spec: BacktestSpec) -> Backtest:
@@ -204,7 +211,8 @@ def _offsets(sample: np.ndarray, spec: BacktestSpec, alphas: np.ndarray) -> tupl
     m, h = sample.shape
     gather, last = _pool_layout(m, h, spec.step_pool)
     pooled = np.sort(np.append(sample.ravel(), np.nan)[gather], axis=1)  # padding is NaN: sorts last
-    return _pick(pooled, last, alphas)
+    lo, hi = _pick(pooled[None], last[None], alphas[None])
+    return lo[0], hi[0]
 
 
 @functools.cache
@@ -288,17 +296,16 @@ def _sorted_pools(errors: np.ndarray, spread: np.ndarray, floor: np.ndarray, spe
 
 
 def _pick(pools: np.ndarray, last: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The quantiles at rates `alphas` (..., levels; narrow to wide) from sorted pools (..., steps,
-    values; `last`: (..., steps), each step's last valid index): numpy's "lower" and "higher"
-    quantile methods, conservative on both sides; then nested (a wider level never gets a narrower
-    band). Returns (..., levels, steps) lower and upper offsets."""
-    tails = np.clip(alphas / 2, 1e-4, 0.4999)[..., :, None]
-    at_low = np.floor(tails * last[..., None, :]).astype(int)
-    at_high = np.ceil((1 - tails) * last[..., None, :]).astype(int)
-    lo = np.take_along_axis(pools, np.swapaxes(at_low, -1, -2), axis=-1)
-    hi = np.take_along_axis(pools, np.swapaxes(at_high, -1, -2), axis=-1)
-    return (np.minimum.accumulate(np.swapaxes(lo, -1, -2), axis=-2),
-            np.maximum.accumulate(np.swapaxes(hi, -1, -2), axis=-2))
+    """The quantiles at rates `alphas` (origins x levels, narrow to wide) from sorted pools (origins
+    x steps x values; `last`: origins x steps, each pool's last valid index): numpy's "lower" and
+    "higher" quantile methods, conservative on both sides; then nested (a wider level never gets a
+    narrower band). Returns origins x levels x steps lower and upper offsets."""
+    tails = np.clip(alphas / 2, 1e-4, 0.4999)[:, :, None]
+    origin = np.arange(len(pools))[:, None, None]
+    step = np.arange(pools.shape[1])[None, None, :]
+    lo = pools[origin, step, np.floor(tails * last[:, None, :]).astype(int)]
+    hi = pools[origin, step, np.ceil((1 - tails) * last[:, None, :]).astype(int)]
+    return np.minimum.accumulate(lo, axis=1), np.maximum.accumulate(hi, axis=1)
 
 
 def normalized_offsets(errors: np.ndarray, spreads: np.ndarray, now: tuple[float, float], spec: BacktestSpec,
