@@ -177,3 +177,25 @@ def test_no_spend_and_no_budget_says_what_to_do() -> None:
         allocate_inverse_cpa(history, Guardrails())
     a = allocate_inverse_cpa(history, Guardrails(total_budget=400.0, min_daily_move_share=1.0))
     assert round(sum(a.spends.values()), 2) == 400.0
+
+
+def test_extrapolation_caps_give_way_evenly_when_they_cannot_hold_the_budget() -> None:
+    """Caps at 1.5x each channel's largest spend hold 1,650 of a 2,000 budget: every capped channel
+    rises to the same multiple of its largest spend (not the small channel furthest), within its
+    other bounds, and no further than the budget needs."""
+    from flashcast.budget.bounds import limit_extrapolation
+    from flashcast.budget.records import ChannelBounds
+
+    loose = {c: ChannelBounds(0.0, 2000.0, "none", "budget") for c in ("small", "large")}
+    largest = {"small": 100.0, "large": 1000.0}
+    held = limit_extrapolation(loose, largest, 1.5, 1500.0)
+    assert (held["small"].upper, held["large"].upper) == (150.0, 1500.0)
+    assert held["small"].upper_rule == held["large"].upper_rule == "extrapolation"
+    raised = limit_extrapolation(loose, largest, 1.5, 2000.0)
+    multiple = 2000.0 / 1100.0
+    assert raised["small"].upper == pytest.approx(100 * multiple, abs=0.011)
+    assert raised["large"].upper == pytest.approx(1000 * multiple, abs=0.011)
+    assert 2000.0 <= raised["small"].upper + raised["large"].upper <= 2000.02
+    tight = dict(loose, small=ChannelBounds(0.0, 160.0, "none", "cap"))  # the small channel's cap stops it
+    capped = limit_extrapolation(tight, largest, 1.5, 2000.0)
+    assert capped["small"].upper == 160.0 and capped["large"].upper == pytest.approx(1840.0, abs=0.011)

@@ -140,16 +140,36 @@ def _spread_upper(bounds: dict[str, ChannelBounds], ceilings: dict[str, float], 
 def limit_extrapolation(bounds: dict[str, ChannelBounds], largest_spend: dict[str, float],
                         max_extrapolation: float, budget: float) -> dict[str, ChannelBounds]:
     """Cap each channel at `max_extrapolation` x the largest daily spend its curve was fitted on
-    (bound 'extrapolation'), where that is tighter than its other bounds and still feasible. The
-    caps give way (in proportion) where they would leave less room than the budget needs."""
+    (bound 'extrapolation'), where that is tighter than its other bounds and still feasible. Where
+    the caps leave less room than the budget needs, they give way evenly: every capped channel to
+    the same larger multiple of its largest spend (up to its other bounds), just enough to hold the
+    budget, so that no curve is extrapolated further than the others."""
     out = dict(bounds)
     for channel, seen in largest_spend.items():
         b = bounds.get(channel)
         limit = math.floor(seen * max_extrapolation * 100) / 100
         if b is not None and seen > 0 and limit < b.upper and limit >= b.lower:
             out[channel] = ChannelBounds(b.lower, limit, b.lower_rule, "extrapolation")
-    limited = {c: bounds[c].upper for c, b in out.items() if b.upper_rule == "extrapolation"}
-    return _spread_upper(out, limited, budget)
+    limited = [c for c, b in out.items() if b.upper_rule == "extrapolation"]
+    shortfall = budget - sum(b.upper for b in out.values())
+    if shortfall <= 1e-9 or not limited:
+        return out
+    others = sum(b.upper for c, b in out.items() if c not in limited)
+
+    def room(multiple: float) -> float:
+        return others + sum(min(bounds[c].upper, multiple * largest_spend[c]) for c in limited)
+
+    low, high = max_extrapolation, max(bounds[c].upper / largest_spend[c] for c in limited)
+    if room(high) < budget:  # even the other bounds cannot hold it: they decide (and report) that
+        low = high
+    for _ in range(100):  # bisection on the common multiple: room() is increasing in it
+        if high - low <= 1e-12 * high:
+            break
+        middle = (low + high) / 2
+        low, high = (middle, high) if room(middle) < budget else (low, middle)
+    for c in limited:
+        out[c] = replace(out[c], upper=min(_up_to_cent(high * largest_spend[c]), _down_to_cent(bounds[c].upper)))
+    return out
 
 
 def check_feasible(names: Sequence[str], lower: np.ndarray, upper: np.ndarray, budget: float, *,

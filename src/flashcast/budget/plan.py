@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -129,9 +129,15 @@ def allocate_by_curves(
 
 def _bounds(histories: Sequence[ChannelHistory], largest: dict[str, float], guardrails: Guardrails,
             config: AllocationConfig, budget: float) -> tuple[dict[str, ChannelBounds], list[str]]:
-    """The guardrails' bounds at `budget` (shares already broken as paths), curves' extrapolation limits."""
+    """The guardrails' bounds at `budget` (shares already broken as paths), curves' extrapolation
+    limits; an extrapolation limit never keeps a channel below what inverse CPA would give it, so
+    the plan can always reach the split it is measured against."""
     bounds, notes = feasible_bounds(histories, budget, guardrails)
     bounds = limit_extrapolation(bounds, largest, config.max_extrapolation, budget)
+    if any(b.upper_rule == "extrapolation" for b in bounds.values()):
+        inverse = allocate_inverse_cpa(histories, guardrails, budget=budget).spends
+        bounds = {c: replace(b, upper=max(b.upper, inverse[c])) if b.upper_rule == "extrapolation" else b
+                  for c, b in bounds.items()}
     check_channel_bounds(bounds, budget)
     return bounds, notes
 
