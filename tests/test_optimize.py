@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 
 from flashcast.budget.curves import CurveSet, ResponseCurve
+from flashcast.budget.inverse_cpa import allocate_inverse_cpa
 from flashcast.budget.optimizer import Problem, budget_for_target_cpa, kkt_violations, optimize, round_solution
 from flashcast.budget.plan import ChannelSeries, allocate_by_curves
 from flashcast.budget.records import ChannelHistory
@@ -236,3 +237,20 @@ def test_an_s_curve_whose_tangent_is_above_the_budget_no_longer_takes_the_leftov
     solution = optimize(problem, 1000.0)
     assert solution.line_spend[1] == pytest.approx(1000.0)
     assert solution.expected == pytest.approx(_brute_force(problem, 1000.0, 4001), rel=1e-6)
+
+
+def test_extrapolation_limits_never_hold_a_channel_below_inverse_cpas_split() -> None:
+    """At three times past spend inverse CPA gives the efficient small channel far more than 1.5x
+    its largest day; the plan's limit gives way to that split, so the plan, optimal on its curves
+    within its bounds, never expects less than inverse CPA on the same curves."""
+    histories, series = _histories_and_series()
+    loose = Guardrails(min_share={}, max_share={}, max_daily_change=100.0, min_daily_move_share=1.0)
+    budget = 3 * sum(h.yesterday_spend for h in histories)
+    inverse = allocate_inverse_cpa(histories, loose, budget=budget).spends
+    largest = {s.channel: float(s.spend.max()) for s in series}
+    beyond = [c for c in inverse if inverse[c] > 1.5 * largest[c]]
+    assert beyond, "the case must put inverse CPA beyond a curve's limit"
+    plan = allocate_by_curves(histories, series, loose, AllocationConfig(bootstrap_draws=0), budget=budget).allocation
+    for row in plan.rows:
+        assert row.upper >= min(inverse[row.channel], budget) - 0.01
+    assert plan.gain_vs_inverse_cpa is not None and plan.gain_vs_inverse_cpa >= -1e-6
