@@ -275,17 +275,15 @@ def _sorted_pools(errors: np.ndarray, spread: np.ndarray, floor: np.ndarray, spe
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each origin, the pooled calibration sample `_normalized` would sort, sorted (origins x
     steps x pool, NaN-padded at the end), the last valid index of each (origins x steps) and the
-    origin's scale. One sort for every origin: origin by origin this was a fifth of a selection."""
+    origin's scale. One sort call for all origins."""
     m, h = spec.calibration, errors.shape[1]
     ends = np.array([_calibration_rows(k, spec).stop for k in origins], dtype=np.int64)  # type: ignore[union-attr]
     rows = ends[:, None] - m + np.arange(m)[None, :]  # right-aligned; rows before the first origin are absent
     valid = rows >= 0
     at = np.maximum(rows, 0)
     scale = np.maximum(np.maximum(spread[origins], floor[origins]), 1e-12)
-    spreads = np.maximum(spread[at], floor[at])
-    spreads = np.where(spreads > 0, spreads, scale[:, None])
-    bounded = np.clip(spreads, scale[:, None] / SPREAD_RATIO, scale[:, None] * SPREAD_RATIO)
-    sample = np.where(valid[:, :, None], errors[at] / bounded[:, :, None], np.nan)
+    normalized = _over_spreads(errors[at], np.maximum(spread[at], floor[at]), scale[:, None])
+    sample = np.where(valid[:, :, None], normalized, np.nan)
     gather, _ = _pool_layout(m, h, spec.step_pool)
     padded = np.concatenate([sample.reshape(len(origins), -1), np.full((len(origins), 1), np.nan)], axis=1)
     pools = padded[:, gather]
@@ -320,11 +318,17 @@ def _normalized(errors: np.ndarray, spreads: np.ndarray, now: tuple[float, float
                 alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     spread_now, floor_now = now
     scale = max(spread_now, floor_now, 1e-12)
-    # An origin whose history was flat (spread 0) says nothing about scale: its errors count as they
-    # are. Any other origin's spread counts within a factor SPREAD_RATIO of today's.
-    spreads = np.where(spreads > 0, spreads, scale)
-    lo, hi = _offsets(errors / np.clip(spreads, scale / SPREAD_RATIO, scale * SPREAD_RATIO)[:, None], spec, alphas)
+    lo, hi = _offsets(_over_spreads(errors, spreads, scale), spec, alphas)
     return lo * scale, hi * scale
+
+
+def _over_spreads(errors: np.ndarray, spreads: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
+    """Calibration errors (..., origins, steps) over their origins' spreads (..., origins), at an
+    origin whose own scale is `scale` (broadcast over the leading axes). An origin whose history
+    was flat (spread 0) says nothing about scale: its errors count as they are. Any other origin's
+    spread counts within a factor SPREAD_RATIO of `scale`."""
+    spreads = np.where(spreads > 0, spreads, scale)
+    return errors / np.clip(spreads, scale / SPREAD_RATIO, scale * SPREAD_RATIO)[..., None]
 
 
 def nested_bands(point: np.ndarray, offsets: dict[int, tuple[np.ndarray, np.ndarray]], *, nonnegative: bool

@@ -166,6 +166,11 @@ def _ar_correction(resid: np.ndarray, order: int, horizon: int) -> np.ndarray:
     return out
 
 
+YEARLY_MIN_DAYS = 365  # the linear engine fits yearly terms from a year of history
+HOLIDAY_RIDGE = 1.0  # a holiday seen once moves about half-way to its effect
+REGRESSOR_RIDGE = 1e-6  # a user's event regressor is taken nearly at face value
+
+
 @dataclass(frozen=True)
 class DynamicRegression:
     """Dynamic regression: ridge on Prophet's structure (piecewise-linear trend with penalized
@@ -191,7 +196,7 @@ class DynamicRegression:
         t = np.arange(n, dtype=float) / n
         t_future = (n + np.arange(horizon, dtype=float)) / n
         changepoints = np.linspace(0, self.changepoint_range, self.n_changepoints + 2)[1:-1]
-        yearly = self.yearly_order if n >= 365 else 0
+        yearly = self.yearly_order if n >= YEARLY_MIN_DAYS else 0
         x = _linear_design(t, days, changepoints, yearly)
         x_future = _linear_design(t_future, days_ahead, changepoints, yearly)
         penalty = np.zeros(x.shape[1])
@@ -199,10 +204,10 @@ class DynamicRegression:
         extras = []
         if self.countries or self.regressors is not None:
             future = pd.date_range(dates[-1] + pd.Timedelta(days=1), periods=horizon)
-            if self.countries:  # a holiday seen once moves half-way
-                extras.append((*_holiday_columns(dates, future, self.countries), 1.0))
+            if self.countries:
+                extras.append((*_holiday_columns(dates, future, self.countries), HOLIDAY_RIDGE))
             if self.regressors is not None:
-                extras.append((*_regressor_columns(self.regressors, dates, future), 1e-6))
+                extras.append((*_regressor_columns(self.regressors, dates, future), REGRESSOR_RIDGE))
         for past, ahead, shrink in extras:
             x, x_future = np.hstack([x, past]), np.hstack([x_future, ahead])
             penalty = np.concatenate([penalty, np.full(past.shape[1], shrink)])

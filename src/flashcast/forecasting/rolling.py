@@ -1,7 +1,7 @@
 """The dynamic regression (`engines.DynamicRegression`) refitted at every backtest origin at once.
 
-A selection refits the regression at ~150 origins of one series, and fitted one origin at a time
-this was over a third of a full selection. Each origin's normal equations are sums over the rows
+A selection refits the regression at ~150 origins of one series; fitted one origin at a time
+this was about half of a full selection. Each origin's normal equations are sums over the rows
 of its window. The calendar columns (intercept, weekdays, yearly terms, holidays, regressors) are
 the same rows at every origin, so their sums are differences of prefix sums; the trend columns are
 hinges (u - a)+ of the row index u, so their sums are differences of prefix sums weighted by u, or
@@ -25,7 +25,7 @@ def rolling_points(model: DynamicRegression, y: np.ndarray, dates: pd.DatetimeIn
                    horizon: int) -> np.ndarray | None:
     """`model.point(y[:c], dates[:c], horizon)` for every cut c, as rows; None when the dates are
     not consecutive days (then the caller fits origin by origin)."""
-    from flashcast.forecasting.engines import _calendar_days
+    from flashcast.forecasting.engines import YEARLY_MIN_DAYS, _calendar_days
 
     days = _calendar_days(dates)
     if len(days) < 2 or not bool(np.all(np.diff(days).astype(np.int64) == 1)):
@@ -53,7 +53,7 @@ def rolling_points(model: DynamicRegression, y: np.ndarray, dates: pd.DatetimeIn
     rhs /= scale[:, None]
     # As `point`: yearly terms only from a year of data; without them, the system less their columns.
     coef = np.zeros((len(cut), h + q))
-    yearly = n >= 365
+    yearly = n >= YEARLY_MIN_DAYS
     for group, drop in ((yearly, []), (~yearly, [h + column for column in yearly_columns])):
         if group.any():
             keep = np.setdiff1d(np.arange(h + q), drop)
@@ -89,7 +89,13 @@ def _calendar(model: DynamicRegression, days: np.ndarray, n_history: int) -> tup
     have one); and which columns are the yearly terms. A holiday not yet seen at an origin is an
     all-zero column in its window: its penalized coefficient is exactly 0, as if it were left out,
     which is what `point` does."""
-    from flashcast.forecasting.engines import _holiday_columns, _linear_design, _regressor_columns
+    from flashcast.forecasting.engines import (
+        HOLIDAY_RIDGE,
+        REGRESSOR_RIDGE,
+        _holiday_columns,
+        _linear_design,
+        _regressor_columns,
+    )
 
     design = _linear_design(np.zeros(len(days)), days, np.empty(0), model.yearly_order)
     columns = [np.delete(design, 1, axis=1)]  # `_linear_design`'s trend column is not a calendar column
@@ -97,15 +103,16 @@ def _calendar(model: DynamicRegression, days: np.ndarray, n_history: int) -> tup
     yearly_columns = list(range(7, columns[0].shape[1]))
     if model.countries or model.regressors is not None:
         history = pd.DatetimeIndex(days[:n_history])
+        # (a one-day stand-in future when the cuts need no day past the history: cut off below)
         future = pd.DatetimeIndex(days[n_history:] if len(days) > n_history else days[-1:])
         if model.countries:
             past, ahead = _holiday_columns(history, future, model.countries)
             columns.append(np.vstack([past, ahead])[: len(days)])
-            penalties.append(np.full(past.shape[1], 1.0))
+            penalties.append(np.full(past.shape[1], HOLIDAY_RIDGE))
         if model.regressors is not None:
             past, ahead = _regressor_columns(model.regressors, history, future)
             columns.append(np.vstack([past, ahead])[: len(days)])
-            penalties.append(np.full(past.shape[1], 1e-6))
+            penalties.append(np.full(past.shape[1], REGRESSOR_RIDGE))
     return np.hstack(columns), np.concatenate(penalties), yearly_columns
 
 
