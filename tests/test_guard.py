@@ -148,6 +148,22 @@ def test_guarded_events_hold_no_raw_identifiers(con: duckdb.DuckDBPyConnection) 
     assert stamp == [(RUN.lineage_id, KEY.key_id)]
 
 
+def test_an_exact_copy_is_a_duplicate_whatever_the_order_of_its_params(tmp_path: Path,
+                                                                        con: duckdb.DuckDBPyConnection) -> None:
+    """Two rows differing only in the order of their event params are one event; a row whose param
+    value differs is another."""
+    row = ga4_row()
+    reordered = ga4_row(event_params=list(reversed(row["event_params"])))
+    other = json.loads(json.dumps(row))
+    other["event_params"][1]["value"]["string_value"] = "https://shop.example.com/cart"
+    report = _guard(con, write_lines(tmp_path / "events_20260301.json",
+                                     [json.dumps(row), json.dumps(reordered), json.dumps(other)]))
+    assert (report.totals["accepted"], report.totals["duplicate"]) == (2, 1)
+    assert con.execute("SELECT source_line, kind, kept_line FROM duplicates").fetchall() == [(2, "exact", 1)]
+    kept = con.execute("SELECT source_line FROM guarded_events ORDER BY 1").fetchall()
+    assert kept == [(1,), (3,)]
+
+
 def test_user_id_not_listed_as_identifier_is_dropped(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
     path = write_lines(tmp_path / "events_20260301.json", [json.dumps(ga4_row(user_id="cust-1"))])
     _guard(con, path, PrivacyPolicy(identifier_fields=("user_pseudo_id",)))

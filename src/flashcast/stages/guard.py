@@ -157,8 +157,9 @@ def guard_steps(src: str, *, policy: PrivacyPolicy, run: RunContext, prior: bool
           SELECT source_file, source_line, event_date, event_name, event_timestamp,
             CASE WHEN event_name = 'purchase' THEN {hmac_sql("transaction_id")} END AS transaction_key,
             -- within the run only, to rank copies: the stored fingerprint of a duplicate is an HMAC
+            -- params in any order are the same: their hashes are sorted (sorting the structs costs 2x)
             hash(event_date, stream_id, user_pseudo_id, ga_session_id, event_name, event_timestamp,
-                 list_sort(params)) AS fingerprint
+                 list_sort(list_transform(params, lambda p: hash(p)))) AS fingerprint
           FROM _routed WHERE route = 'candidate'
         )
         WINDOW w AS (PARTITION BY fingerprint ORDER BY source_file, source_line)"""))

@@ -383,13 +383,15 @@ def _create_staged(con: duckdb.DuckDBPyConnection, table: str, fast: list[Export
         # With insertion order preserved, the fast rows sit in the table in file order from rowid 0,
         # one per line: a row's line is its rowid less the lines of the files before it (numbering in
         # the reader itself, WITH ORDINALITY, costs the scan its parallelism: measured 2x slower).
-        names, starts, before = [], [], 0
+        # Each file's first rowid comes by a join: a lookup in a list of names would cost every row a
+        # scan of the list (rows x files).
+        starts, before = [], 0
         for f in fast:
-            names.append(literal(f.name))
-            starts.append(str(before))
+            starts.append(f"({literal(f.name)}, {before})")
             before += stats[f.name][0]
-        con.execute(f"""UPDATE {table} SET source_line = rowid + 1 - ([{", ".join(starts)}])[
-            list_position([{", ".join(names)}], source_file)] WHERE rowid < {before}""")
+        con.execute(f"""UPDATE {table} SET source_line = {table}.rowid + 1 - first.start
+            FROM (VALUES {", ".join(starts)}) first(name, start)
+            WHERE first.name = {table}.source_file AND {table}.rowid < {before}""")
 
 
 def staged_select_sql(parsed: str, max_days_from_file_date: int) -> str:
@@ -450,20 +452,20 @@ _LINES_BUFFER = MAX_LINE_BYTES + 2**20
 
 def _fast_rows_sql(files: list[ExportFile]) -> str:
     """The clean NDJSON files through DuckDB's JSON reader, in one parallel scan that keeps file and
-    row order (no join: a file's name and date are looked up by its position in the list; line
-    numbers are set afterwards, see `_create_staged`)."""
+    row order (no join: a file's name and date are picked from lists by the reader's `file_index`,
+    its place in the list of paths; line numbers are set afterwards, see `_create_staged`)."""
     def listed(values: list[str]) -> str:
         return "[" + ", ".join(values) + "]"
 
     paths = listed([literal(f.path) for f in files])
-    i = f"list_position({paths}, raw.filename)"
+    i = "(raw.file_index::BIGINT + 1)"
     return f"""SELECT {listed([literal(f.name) for f in files])}[{i}] AS source_file,
         {listed([_date_sql(f) for f in files])}[{i}] AS file_date,
         {listed([str(f.intraday).lower() for f in files])}[{i}] AS intraday, NULL::BIGINT AS source_line,
         NULL::VARCHAR AS line, false AS blank, true AS is_json, 'OBJECT' AS top_type,
         {", ".join(f"raw.{k}" for k in GA4_JSON_STRUCTURE)},
         [CASE WHEN raw.event_params IS NULL THEN 'NULL' ELSE 'ARRAY' END] AS types
-      FROM read_json({paths}, format='newline_delimited', filename=true, maximum_object_size={MAX_LINE_BYTES},
+      FROM read_json({paths}, format='newline_delimited', maximum_object_size={MAX_LINE_BYTES},
                      columns={_JSON_COLUMNS}) raw"""
 
 
