@@ -175,7 +175,37 @@ def scale(tmp: Path) -> None:
             print(f"scale: the next morning, one new file ({pq.ParquetFile(newest).metadata.num_rows:,} rows) on "
                   f"that history: flashcast ingest {took:6.1f} s, peak RSS {rss_kib / 1024:,.0f} MiB "
                   f"(reads it and the look-back days){status}", flush=True)
+        if label == "1M" and fmt == "parquet":
+            history_length(sim.export_dirs[fmt], sim.spend_file, tmp)
         if label == "10M":
             ratio = seconds["10M parquet"] / seconds["1M parquet"]
             print(f"scale: 1M -> 10M Parquet events: x{rows / rows_of['1M parquet']:.1f} the rows took "
                   f"x{ratio:.1f} the time (linear would be the same factor)")
+
+
+def history_length(files: Path, spend: Path, tmp: Path, short: int = 60, runs: int = 3) -> None:
+    """The next morning's `flashcast ingest` (its own process) after a backfill of `short` days and
+    after one of every day, at the same daily volume: the median of `runs` runs each (each reads the
+    new file and the look-back days). Time should follow the day read, not the history stored."""
+    days = sorted(files.iterdir())
+    newest, older = days[-1], days[:-1]
+    medians = {}
+    for kept in (older[-short:], older):
+        home = tmp / f"history-{len(kept)}"
+        export = home / "export"
+        export.mkdir(parents=True)
+        config = home / "flashcast.toml"
+        config.write_text(f'property_timezone = "America/New_York"\n[store]\nhome = "{home}"\n'
+                          'memory_limit = "1GB"\n')
+        for path in kept:
+            os.link(path, export / path.name)
+        code, _, _ = _cli_ingest(config, export, spend, home / "out")
+        os.link(newest, export / newest.name)
+        took = sorted(_cli_ingest(config, export, spend, home / "out")[1] for _ in range(runs))
+        medians[len(kept)] = took[runs // 2]
+        status = "" if code == 0 else f"  (backfill FAILED, exit {code})"
+        print(f"history: next morning after a {len(kept)}-day history: flashcast ingest "
+              f"{', '.join(f'{t:.1f}' for t in took)} s (median {medians[len(kept)]:.1f} s){status}", flush=True)
+    (few, few_s), (many, many_s) = sorted(medians.items())
+    print(f"history: x{many / few:.1f} the stored days, x{many_s / few_s:.2f} the next morning's time "
+          "(the same daily volume; whole commands, process start included)")
