@@ -503,3 +503,20 @@ def test_spreads_and_mase_scales_at_every_origin_follow_their_definitions() -> N
         assert floor[i] == pytest.approx(0.1 * year_mean, rel=1e-12)
         assert _seasonal_naive_mae(y, [c])[0] == pytest.approx(diffs.mean(), rel=1e-12)
     assert np.array_equal(spread_terms_at(y, cuts, BacktestSpec(spread_days=0))[0], np.ones(len(cuts)))
+
+
+@pytest.mark.parametrize("n", [3, 7, 8, 13, 60, 400, 401])
+@pytest.mark.parametrize("horizon", [1, 7, 14, 30])
+def test_ses_on_the_compiled_core_equals_statsforecasts_model(n: int, horizon: int) -> None:
+    """`ses` calls statsforecast's compiled core directly (its model module is slow to import): the
+    forecast is the model class's, to the bit, on short, odd-length and long series."""
+    from statsforecast.models import SeasonalExponentialSmoothingOptimized
+
+    from flashcast.forecasting.engines import StatsForecastEngine, _ses_core
+
+    assert _ses_core() is not None, "statsforecast's compiled ses core is missing: ses falls back to the class"
+    rng = np.random.default_rng(n * 100 + horizon)
+    y = 100 + 10 * rng.standard_normal(n) + 5 * np.sin(np.arange(n) * 2 * np.pi / 7)
+    ours = StatsForecastEngine("ses").point(y, pd.date_range("2024-01-01", periods=n), horizon)
+    theirs = SeasonalExponentialSmoothingOptimized(season_length=7).forecast(y=y, h=horizon)["mean"]
+    np.testing.assert_array_equal(ours, theirs)
