@@ -254,3 +254,27 @@ def test_extrapolation_limits_never_hold_a_channel_below_inverse_cpas_split() ->
     for row in plan.rows:
         assert row.upper >= min(inverse[row.channel], budget) - 0.01
     assert plan.gain_vs_inverse_cpa is not None and plan.gain_vs_inverse_cpa >= -1e-6
+
+
+def test_the_what_ifs_next_conversion_cost_is_defined_when_every_channel_is_held() -> None:
+    """The what-if's marginal CPA is what the next conversion would cost at the plan: the best
+    marginal return among channels with room left. When a guardrail holds every channel the
+    optimizer's multiplier is undetermined (it used to print figures like 7.8e33)."""
+    from flashcast.budget.plan import _next_conversion_cost
+
+    curves = [ResponseCurve("exponential", 10, 100, 1.0, 0.0), ResponseCurve("exponential", 20, 50, 1.0, 0.0)]
+
+    def problem(lower: list[float], upper: list[float]) -> Problem:
+        return Problem(CurveSet.from_curves(["a", "b"], curves), np.array([0, 1]), np.zeros(2), np.full(2, 1e6),
+                       ("A", "B"), np.array(lower), np.array(upper))
+
+    held = problem([60.0, 10.0], [1e6, 10.0])  # B capped at 10, A held at 60 from below: 70 is all theirs
+    solution = optimize(held, 70.0)
+    assert np.allclose(solution.channel_spend, [60.0, 10.0])
+    marginal_a = 10 / 100 * np.exp(-60 / 100)  # only A can take more money
+    assert _next_conversion_cost(held, solution) == pytest.approx(1 / marginal_a, abs=0.01)
+    full = problem([0.0, 0.0], [30.0, 40.0])
+    assert _next_conversion_cost(full, optimize(full, 70.0)) == float("inf")  # no channel has room
+    free = problem([0.0, 0.0], [1e6, 1e6])  # unbound: the equalized marginal, the optimizer's multiplier
+    solution = optimize(free, 70.0)
+    assert _next_conversion_cost(free, solution) == pytest.approx(1 / solution.multiplier, abs=0.01)

@@ -74,6 +74,15 @@ def test_adstock_matches_its_recursion() -> None:
     assert adstock(x, 0.5).tolist() == [100.0, 50.0, 75.0, 37.5]
 
 
+@pytest.mark.parametrize("decay", [0.0, 0.3, 0.9, 0.99])
+def test_adstock_equals_scipys_linear_filter_to_the_bit(decay: float) -> None:
+    from scipy.signal import lfilter
+
+    x = np.random.default_rng(7).gamma(2.0, 500.0, 400) * (np.arange(400) % 5 != 0)
+    np.testing.assert_array_equal(adstock(x, decay), lfilter([1.0], [1.0, -decay], x))
+    assert adstock(np.array([]), decay).shape == (0,)
+
+
 def test_demand_index_recovers_a_weekly_pattern() -> None:
     rng = np.random.default_rng(3)
     weekly = np.tile([1.0, 0.9, 0.9, 1.0, 1.1, 1.3, 1.2], 60)
@@ -90,3 +99,20 @@ def test_demand_index_recovers_a_weekly_pattern() -> None:
 def test_bad_series_are_refused(spend: np.ndarray, conversions: np.ndarray, message: str) -> None:
     with pytest.raises(CurveFitError, match=message):
         fit_response_curve(spend, conversions, name="PPC")
+
+
+@pytest.mark.parametrize(("form", "params"), [("hill", [1.2, 0.8, 1.7, 0.1]), ("hill", [0.5, 3.0, 0.4, 0.3]),
+                                              ("exponential", [1.1, 0.7, 0.2])])
+def test_the_curve_fits_jacobian_equals_finite_differences(form: str, params: list[float]) -> None:
+    """The fit's least squares gets its derivatives in closed form: they must be the residuals'."""
+    from scipy.optimize._numdiff import approx_derivative
+
+    from flashcast.budget.curves import _curve_problem
+
+    rng = np.random.default_rng(11)
+    spend = rng.gamma(2.0, 300.0, 300) * (rng.random(300) > 0.1)  # some days without spend
+    y = 50 + 200 * spend / (spend + 500) + rng.normal(0, 5, 300)
+    problem = _curve_problem(spend, y, 0.3, form)
+    p = np.array(params)
+    np.testing.assert_allclose(problem.jacobian(p), approx_derivative(problem.residuals, p, method="3-point"),
+                               atol=1e-8)

@@ -59,10 +59,15 @@ def demand_index(baseline: Array, period: int = 7) -> Array:
 
 
 def adstock(spend: Array, decay: float) -> Array:
-    """Geometric adstock a_t = x_t + decay * a_{t-1}, via a linear filter (fast for long series)."""
-    from scipy.signal import lfilter
-
-    return np.asarray(lfilter([1.0], [1.0, -decay], np.asarray(spend, dtype=float)))
+    """Geometric adstock a_t = x_t + decay * a_{t-1}. The recursion as a plain loop: scipy's
+    `lfilter([1], [1, -decay], spend)` gives the same values to the bit (tested) about 2-5x faster
+    per call, but importing scipy.signal costs about 0.8 s of every process that allocates, more than
+    the loop costs over a whole media-mix fit (about 5,000 calls of 170 weeks: 0.2 s)."""
+    carry, out = 0.0, []
+    for x in np.asarray(spend, dtype=float).tolist():
+        carry = x + decay * carry
+        out.append(carry)
+    return np.array(out, dtype=float)
 
 
 def saturation(a: Array, is_hill: bool | NDArray[np.bool_], k: Array | float, slope: Array | float) -> Array:
@@ -160,35 +165,69 @@ class CurveFit:
         return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
 
 
-def _fit_at_decay(spend: Array, y: Array, decay: float, form: Form) -> tuple[ResponseCurve, float] | None:
-    a = adstock(spend, decay)
-    scale_a = max(float(np.percentile(a[a > 0], 90)) if (a > 0).any() else 1.0, 1e-9)
-    scale_y = max(float(np.max(y)), 1e-9)
+@dataclass(frozen=True)
+class _CurveProblem:
+    """Least squares for one curve form at one decay, on scaled parameters: for Hill (beta, k, slope,
+    intercept), for exponential (beta, k, intercept), beta and the intercept over the largest
+    outcome, k over the adstock's 90th percentile."""
 
-    def curve_of(p: Array) -> ResponseCurve:
-        if form == "hill":
-            return ResponseCurve("hill", p[0] * scale_y, p[1] * scale_a, p[2], decay, p[3] * scale_y)
-        return ResponseCurve("exponential", p[0] * scale_y, p[1] * scale_a, 1.0, decay, p[2] * scale_y)
+    a: Array
+    y: Array
+    decay: float
+    form: Form
+    scale_a: float
+    scale_y: float
 
-    def residuals(p: Array) -> Array:
-        c = curve_of(p)
-        fit = (c.intercept + c.beta * c.saturation(a) - y) / scale_y
-        if form == "hill":
+    def curve(self, p: Array) -> ResponseCurve:
+        if self.form == "hill":
+            return ResponseCurve("hill", p[0] * self.scale_y, p[1] * self.scale_a, p[2], self.decay,
+                                 p[3] * self.scale_y)
+        return ResponseCurve("exponential", p[0] * self.scale_y, p[1] * self.scale_a, 1.0, self.decay,
+                             p[2] * self.scale_y)
+
+    def residuals(self, p: Array) -> Array:
+        c = self.curve(p)
+        fit = (c.intercept + c.beta * c.saturation(self.a) - self.y) / self.scale_y
+        if self.form == "hill":
             # A weak prior for slope 1: only decides when the data cannot (noisy, flat likelihood),
             # and keeps an S-shape from appearing out of noise.
             return np.append(fit, SLOPE_PRIOR_WEIGHT * np.log(p[2]))
         return np.asarray(fit)
 
+    def jacobian(self, p: Array) -> Array:
+        """The residuals' derivatives in closed form: finite differences cost a residual evaluation
+        per parameter per step (most of a channel's fitting time)."""
+        a, c = self.a, self.curve(p)
+        sat = c.saturation(a)
+        if self.form == "hill":
+            shape = sat * (1.0 - sat)  # d sat / d ln(a / k), over the slope
+            log_ratio = np.log(np.maximum(a, 1e-300) / c.k) * (a > 0)
+            rows = np.column_stack([sat, -p[0] * p[2] / p[1] * shape, p[0] * shape * log_ratio, np.ones_like(a)])
+            return np.vstack([rows, [0.0, 0.0, SLOPE_PRIOR_WEIGHT / p[2], 0.0]])
+        ratio = a / c.k
+        return np.column_stack([sat, -p[0] / p[1] * ratio * np.exp(-ratio), np.ones_like(a)])
+
+
+def _curve_problem(spend: Array, y: Array, decay: float, form: Form) -> _CurveProblem:
+    a = adstock(spend, decay)
+    scale_a = max(float(np.percentile(a[a > 0], 90)) if (a > 0).any() else 1.0, 1e-9)
+    return _CurveProblem(a, np.asarray(y, dtype=float), decay, form, scale_a, max(float(np.max(y)), 1e-9))
+
+
+def _fit_at_decay(spend: Array, y: Array, decay: float, form: Form) -> tuple[ResponseCurve, float] | None:
+    problem = _curve_problem(spend, y, decay, form)
     if form == "hill":
         x0, lo, hi = [1.5, 1.0, 1.0, 0.05], [0.0, 0.02, 0.3, 0.0], [50.0, 20.0, 3.0, 1.0]
     else:
         x0, lo, hi = [1.5, 1.0, 0.05], [0.0, 0.02, 0.0], [50.0, 20.0, 1.0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = least_squares(residuals, x0, bounds=(lo, hi), method="trf", max_nfev=400)
+        result = least_squares(problem.residuals, x0, jac=problem.jacobian, bounds=(lo, hi), method="trf",
+                               max_nfev=400)
     if not np.all(np.isfinite(result.x)):
         return None
-    return curve_of(result.x), float(np.sum(result.fun**2) * scale_y**2)  # the prior counts in the comparison
+    # the prior counts in the comparison
+    return problem.curve(result.x), float(np.sum(result.fun**2) * problem.scale_y**2)
 
 
 def fit_curve_fixed_decay(spend: Array, y: Array, decay: float, forms: tuple[Form, ...]) -> ResponseCurve:

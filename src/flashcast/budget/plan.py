@@ -187,6 +187,20 @@ def _rows(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], bounds
     return rows
 
 
+def _next_conversion_cost(problem: Problem, sol: Solution) -> float:
+    """What one more conversion would cost at this plan: the best marginal return among the lines
+    that can still take money (below their own and their channel's upper limit). Not the optimizer's
+    multiplier, which is undetermined when every channel is held by a guardrail. Infinite when no
+    line can take more."""
+    _, channel_upper = problem.effective_channel_bounds()
+    channel_room = sol.channel_spend < channel_upper - 1e-6
+    room = (sol.line_spend < problem.line_upper - 1e-6) & channel_room[problem.line_channel]
+    if not room.any():
+        return math.inf
+    best = float(np.max(problem.curves.curve_marginal(sol.line_spend)[room]))
+    return round(1.0 / best, 2) if best > 0 else math.inf
+
+
 def whatif_sweep(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], largest: dict[str, float],
                  guardrails: Guardrails, config: AllocationConfig, budget: float) -> list[dict[str, float]]:
     """Expected outcome (with an 80% interval) at several total budgets, each allocated as the plan
@@ -205,6 +219,6 @@ def whatif_sweep(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit],
         sol = round_solution(problem, optimize(problem, b), b)
         expected, (low, high) = _expected(fits, point, channels, sol)
         out.append({"budget": b, "multiplier": mult, "expected": expected, "low": low, "high": high,
-                    "marginal_cpa": round(1.0 / sol.multiplier, 2) if sol.multiplier > 0 else math.inf,
+                    "marginal_cpa": _next_conversion_cost(problem, sol),
                     **{f"spend_{c}": round(float(x), 2) for c, x in zip(channels, sol.channel_spend, strict=True)}})
     return out
