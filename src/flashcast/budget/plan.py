@@ -191,10 +191,10 @@ def _next_conversion_cost(problem: Problem, sol: Solution) -> float:
     """What one more conversion would cost at this plan: the best marginal return among the lines
     that can still take money (below their own and their channel's upper limit). Not the optimizer's
     multiplier, which is undetermined when every channel is held by a guardrail. Infinite when no
-    line can take more."""
+    line can take more. Spends are rounded to cents: less than a cent of room is none."""
     _, channel_upper = problem.effective_channel_bounds()
-    channel_room = sol.channel_spend < channel_upper - 1e-6
-    room = (sol.line_spend < problem.line_upper - 1e-6) & channel_room[problem.line_channel]
+    channel_room = sol.channel_spend < channel_upper - 0.01
+    room = (sol.line_spend < problem.line_upper - 0.01) & channel_room[problem.line_channel]
     if not room.any():
         return math.inf
     best = float(np.max(problem.curves.curve_marginal(sol.line_spend)[room]))
