@@ -74,15 +74,6 @@ def test_adstock_matches_its_recursion() -> None:
     assert adstock(x, 0.5).tolist() == [100.0, 50.0, 75.0, 37.5]
 
 
-@pytest.mark.parametrize("decay", [0.0, 0.3, 0.9, 0.99])
-def test_adstock_equals_scipys_linear_filter_to_the_bit(decay: float) -> None:
-    from scipy.signal import lfilter
-
-    x = np.random.default_rng(7).gamma(2.0, 500.0, 400) * (np.arange(400) % 5 != 0)
-    np.testing.assert_array_equal(adstock(x, decay), lfilter([1.0], [1.0, -decay], x))
-    assert adstock(np.array([]), decay).shape == (0,)
-
-
 def test_demand_index_recovers_a_weekly_pattern() -> None:
     rng = np.random.default_rng(3)
     weekly = np.tile([1.0, 0.9, 0.9, 1.0, 1.1, 1.3, 1.2], 60)

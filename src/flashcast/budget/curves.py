@@ -59,15 +59,10 @@ def demand_index(baseline: Array, period: int = 7) -> Array:
 
 
 def adstock(spend: Array, decay: float) -> Array:
-    """Geometric adstock a_t = x_t + decay * a_{t-1}. The recursion as a plain loop: scipy's
-    `lfilter([1], [1, -decay], spend)` gives the same values to the bit (tested) about 2-5x faster
-    per call, but importing scipy.signal costs about 0.8 s of every process that allocates, more than
-    the loop costs over a whole media-mix fit (about 5,000 calls of 170 weeks: 0.2 s)."""
-    carry, out = 0.0, []
-    for x in np.asarray(spend, dtype=float).tolist():
-        carry = x + decay * carry
-        out.append(carry)
-    return np.array(out, dtype=float)
+    """Geometric adstock a_t = x_t + decay * a_{t-1}, via a linear filter (fast for long series)."""
+    from scipy.signal import lfilter
+
+    return np.asarray(lfilter([1.0], [1.0, -decay], np.asarray(spend, dtype=float)))
 
 
 def saturation(a: Array, is_hill: bool | NDArray[np.bool_], k: Array | float, slope: Array | float) -> Array:
