@@ -125,6 +125,35 @@ def test_a_run_id_whose_groups_are_all_digits_is_not_a_phone_number() -> None:
     assert found == {("notes.txt", "phone-shaped text")}
 
 
+def test_a_charts_pixels_are_not_scanned_as_text_but_its_text_chunks_are(tmp_path: Path) -> None:
+    """PNG pixel bytes can spell an email by chance (uncompressed here, so they do): not a finding.
+    Text written into the PNG's metadata is."""
+    import struct
+    import zlib
+
+    from PIL import Image, PngImagePlugin
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + b"leak@example.com"  # filter byte 0 (none), then 16 grey pixels
+    (tmp_path / "pixels.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 1, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row, 0)) + chunk(b"IEND", b""))
+    assert b"leak@example.com" in (tmp_path / "pixels.png").read_bytes()
+    assert Image.open(tmp_path / "pixels.png").tobytes() == b"leak@example.com"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "contact jane.doe@example.com")
+    Image.new("L", (4, 4)).save(tmp_path / "tagged.png", pnginfo=info)
+    scanner = PiiScanner()
+    try:
+        scanner.add_folder(tmp_path)
+        found = {(Path(f.where).name, f.kind) for f in scanner.findings().findings}
+    finally:
+        scanner.close()
+    assert found == {("tagged.png", "email-shaped text")}
+
+
 def test_the_scan_catches_a_planted_leak(finished_run: FinishedRun, tmp_path: Path) -> None:
     run = finished_run.copy_to(tmp_path)
     out, settings = run.out, run.settings

@@ -165,6 +165,8 @@ class PiiScanner:
                                      [str(path)])
             elif path.suffix == ".duckdb":
                 self.add_duckdb(path, label="scanfile")
+            elif path.suffix == ".png":
+                self._add_values(str(path), _png_texts(path), False)
             else:
                 text = path.read_bytes().decode("utf-8", errors="replace")
                 self._add_values(str(path), text.splitlines(), False)
@@ -228,6 +230,17 @@ class PiiScanner:
 
     def close(self) -> None:
         self.con.close()
+
+
+def _png_texts(path: Path) -> list[str]:
+    """A PNG's text: its text chunks (tEXt, zTXt, iTXt), keys and values. Its compressed pixels hold no
+    text a pattern could find, only bytes that look like text by chance (an "email" now and then)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()  # text chunks after the pixel data are read with it
+        chunks = getattr(image, "text", {})
+    return [f"{key}: {value}" for key, value in chunks.items()]
 
 
 def scan_run(*, warehouse: Path | None, ops_url: str | None, folders: Iterable[Path],
