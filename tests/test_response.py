@@ -107,3 +107,33 @@ def test_the_curve_fits_jacobian_equals_finite_differences(form: str, params: li
     p = np.array(params)
     np.testing.assert_allclose(problem.jacobian(p), approx_derivative(problem.residuals, p, method="3-point"),
                                atol=1e-8)
+
+
+def test_a_curve_is_not_extrapolated_as_ever_growing_when_the_data_stop_before_its_bend(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small S-shaped channel whose half-saturation lies near its largest days: the data barely show
+    the bend, and without the prior on k some fits read them as nearly straight and promise ~3x the
+    true return at three times the largest spend. The prior keeps those extrapolations near the truth,
+    and leaves the fit inside the data as it was."""
+    import flashcast.budget.curves as curves
+
+    truth = ResponseCurve("hill", beta=10.0, k=500.0, slope=1.6, decay=0.2)
+
+    def ratios() -> tuple[np.ndarray, np.ndarray]:
+        beyond, inside = [], []
+        for seed in range(6):
+            rng = np.random.default_rng(seed)
+            spend = rng.gamma(0.8, 100.0, 365)  # mostly small days, a few large ones
+            fit = fit_response_curve(spend, rng.poisson(truth.fitted(spend)).astype(float), n_boot=0)
+            far, typical = 3 * float(spend.max()), float(np.quantile(spend, 0.9))
+            beyond.append(float(fit.curve.response(far)) / float(truth.response(far)))
+            inside.append(float(fit.curve.response(typical)) / float(truth.response(typical)))
+        return np.array(beyond), np.array(inside)
+
+    beyond, inside = ratios()
+    monkeypatch.setattr(curves, "K_PRIOR_WEIGHT", 0.0)
+    beyond_flat, inside_flat = ratios()
+    assert np.abs(np.log(beyond)).mean() < 0.8 * np.abs(np.log(beyond_flat)).mean()
+    assert beyond.max() < 2.5 < beyond_flat.max()
+    np.testing.assert_allclose(inside, inside_flat, rtol=0.1)
+    assert np.all(np.abs(inside - 1) < 0.25)

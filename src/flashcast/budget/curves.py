@@ -39,6 +39,11 @@ DECAY_GRID = tuple(np.round(np.arange(0.0, 0.86, 0.05), 2))
 MIN_SPEND_CV = 0.15  # below this, spend barely varied: the curve's shape cannot be learned
 MIN_ACTIVE_DAYS = 14
 SLOPE_PRIOR_WEIGHT = 0.5
+# A weak prior for the half-saturation (Hill) or scale (exponential) at the 90th percentile of the
+# channel's adstocked spend, as media-mix models centre theirs on the observed spend: where the data
+# cannot tell a nearly straight curve from one that bends just past them, it is read as bending
+# there, not as returns that keep growing far beyond anything yet spent.
+K_PRIOR_WEIGHT = 0.1
 
 
 def demand_index(baseline: Array, period: int = 7) -> Array:
@@ -184,10 +189,10 @@ class _CurveProblem:
         c = self.curve(p)
         fit = (c.intercept + c.beta * c.saturation(self.a) - self.y) / self.scale_y
         if self.form == "hill":
-            # A weak prior for slope 1: only decides when the data cannot (noisy, flat likelihood),
-            # and keeps an S-shape from appearing out of noise.
-            return np.append(fit, SLOPE_PRIOR_WEIGHT * np.log(p[2]))
-        return np.asarray(fit)
+            # Weak priors for slope 1 and k near the data: they only decide when the data cannot
+            # (noisy, flat likelihood), and keep an S-shape from appearing out of noise.
+            return np.append(fit, [SLOPE_PRIOR_WEIGHT * np.log(p[2]), K_PRIOR_WEIGHT * np.log(p[1])])
+        return np.append(fit, K_PRIOR_WEIGHT * np.log(p[1]))
 
     def jacobian(self, p: Array) -> Array:
         """The residuals' derivatives in closed form: finite differences cost a residual evaluation
@@ -198,9 +203,10 @@ class _CurveProblem:
             shape = sat * (1.0 - sat)  # d sat / d ln(a / k), over the slope
             log_ratio = np.log(np.maximum(a, 1e-300) / c.k) * (a > 0)
             rows = np.column_stack([sat, -p[0] * p[2] / p[1] * shape, p[0] * shape * log_ratio, np.ones_like(a)])
-            return np.vstack([rows, [0.0, 0.0, SLOPE_PRIOR_WEIGHT / p[2], 0.0]])
+            return np.vstack([rows, [0.0, 0.0, SLOPE_PRIOR_WEIGHT / p[2], 0.0], [0.0, K_PRIOR_WEIGHT / p[1], 0.0, 0.0]])
         ratio = a / c.k
-        return np.column_stack([sat, -p[0] / p[1] * ratio * np.exp(-ratio), np.ones_like(a)])
+        rows = np.column_stack([sat, -p[0] / p[1] * ratio * np.exp(-ratio), np.ones_like(a)])
+        return np.vstack([rows, [0.0, K_PRIOR_WEIGHT / p[1], 0.0]])
 
 
 def _curve_problem(spend: Array, y: Array, decay: float, form: Form) -> _CurveProblem:
