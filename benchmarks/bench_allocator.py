@@ -169,6 +169,20 @@ def speed_benchmark() -> None:
         t0 = time.perf_counter()
         optimize(problem, 300.0 * n)
         print(f"optimize {n:>7,} lines in 4 channels: {time.perf_counter() - t0:.3f} s")
+    # A channel plan as stage 6 meets it: four lines, two of them S-shaped (every on/off state of
+    # those is solved, then polished), at four budgets.
+    s_curves = CurveSet.from_curves(list("abcd"), [
+        ResponseCurve("hill", 10, 500, 1.5, 0.3), ResponseCurve("exponential", 5, 300, 1, 0.2),
+        ResponseCurve("hill", 8, 900, 0.9, 0.4), ResponseCurve("hill", 3, 200, 2.0, 0.1)])
+    seconds = []
+    for budget in (500.0, 1000.0, 2000.0, 4000.0) * 3:
+        problem = Problem(s_curves, np.arange(4), np.zeros(4), np.full(4, budget), tuple("abcd"), np.zeros(4),
+                          np.full(4, budget))
+        t0 = time.perf_counter()
+        optimize(problem, budget)
+        seconds.append(time.perf_counter() - t0)
+    print(f"optimize 4 lines, 2 of them S-shaped: median {np.median(seconds):.3f} s, slowest {max(seconds):.3f} s "
+          f"(12 calls at 4 budgets)")
 
 
 def mmm_benchmark() -> None:

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-from flashcast.budget.curves import CurveSet, ResponseCurve
+from flashcast.budget.curves import CurveSet, ResponseCurve, bisect_spend
 from flashcast.budget.inverse_cpa import allocate_inverse_cpa
 from flashcast.budget.optimizer import Problem, budget_for_target_cpa, kkt_violations, optimize, round_solution
 from flashcast.budget.plan import ChannelSeries, allocate_by_curves
@@ -278,3 +278,26 @@ def test_the_what_ifs_next_conversion_cost_is_defined_when_every_channel_is_held
     free = problem([0.0, 0.0], [1e6, 1e6])  # unbound: the equalized marginal, the optimizer's multiplier
     solution = optimize(free, 70.0)
     assert _next_conversion_cost(free, solution) == pytest.approx(1 / solution.multiplier, abs=0.01)
+
+
+_line = st.one_of(
+    st.builds(lambda b, k, s, d: ResponseCurve("hill", b, k, s, d), st.floats(0.5, 80), st.floats(20, 5000),
+              st.floats(0.3, 3.0), st.floats(0.0, 0.85)),
+    st.builds(lambda b, k, d: ResponseCurve("exponential", b, k, 1.0, d), st.floats(0.5, 80), st.floats(20, 5000),
+              st.floats(0.0, 0.85)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(curves=st.lists(_line, min_size=1, max_size=6), lows=st.lists(st.floats(0, 800), min_size=6, max_size=6),
+       spans=st.lists(st.floats(0.01, 8000), min_size=6, max_size=6), log_lam=st.floats(-7, 1))
+def test_closed_form_spend_equals_bisection_on_every_envelope(curves: list[ResponseCurve], lows: list[float],
+                                                             spans: list[float], log_lam: float) -> None:
+    """The spend at a multiplier (closed form for exponential curves, Newton for Hill) is where the
+    envelope's marginal meets it, the same point the bisection on the marginal finds: concave and
+    S-shaped curves, tangent points below, inside and above the bounds, lower bounds above zero."""
+    n = len(curves)
+    lower, upper = np.array(lows[:n]), np.array(lows[:n]) + np.array(spans[:n])
+    curve_set = CurveSet.from_curves([f"l{i}" for i in range(n)], curves).within(upper)
+    lam = 10.0**log_lam
+    np.testing.assert_allclose(curve_set.spend_at(lam, lower, upper),
+                               bisect_spend(curve_set.marginal, lam, lower, upper), rtol=1e-9, atol=1e-9 * upper.max())

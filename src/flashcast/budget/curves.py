@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -86,9 +86,17 @@ def marginal_response(x: Array, is_hill: bool | NDArray[np.bool_], beta: Array |
     """d/dx of beta * sat(x / scale) (scale = 1 - decay): the curve's own marginal return."""
     a = np.maximum(x / scale, 1e-12)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        hill = beta * slope * k**slope * a ** (slope - 1) / (a**slope + k**slope) ** 2 / scale
+        a_s, k_s = a**slope, k**slope  # two powers, not four: this runs thousands of times per solve
+        hill = beta * slope * k_s * (a_s / a) / ((a_s + k_s) ** 2 * scale)
         expo = beta / (k * scale) * np.exp(-a / k)
     return np.asarray(np.where(is_hill, hill, expo))
+
+
+def _finite(d: Array) -> Array:
+    """NaN (an overflowed Hill power) as 0 and +inf as 1e300: np.nan_to_num's result, at a fraction
+    of its cost on the few-element arrays the optimizer evaluates tens of thousands of times."""
+    d = np.minimum(d, 1e300)
+    return np.asarray(np.where(d == d, d, 0.0))
 
 
 @dataclass(frozen=True)
@@ -331,6 +339,35 @@ def block_resamples(resid: Array, *, n_boot: int, seed: int, block: int) -> Iter
 
 # ------------------------------------------------------------------ many curves at once
 
+SMALL_PROBLEM_LINES = 128  # up to here bisect_spend evaluates many points per call (break-even ~250)
+NEWTON_STEPS = 60  # an upper bound: from the right a step never overshoots, and most lines need < 10
+
+
+def bisect_spend(marginal: Callable[[Array], Array], lam: float, lower: Array, upper: Array,
+                 iterations: int = 60) -> Array:
+    """Spend in [lower, upper] where `marginal` (non-increasing) meets `lam`, line by line, for
+    curves without a solution in closed form (averaged bootstrap draws).
+
+    Bisects on w in [0, 1] with spend = lower + (upper - lower) * w**4, which is as fine near the
+    lower bound as a log scale: curves with a steep marginal near zero (Hill slope < 1) often
+    settle at tiny spends that a plain bisection cannot resolve. A few lines are cut in 16 at a time
+    (15 points in one call, four bisection steps at once): their cost is numpy's per-call overhead,
+    and the solve makes thousands of these calls.
+    """
+    span = upper.astype(float) - lower
+    at_lower = marginal(lower.astype(float)) <= lam
+    at_upper = marginal(upper.astype(float)) >= lam
+    sections = 16 if len(span) <= SMALL_PROBLEM_LINES else 2
+    points = np.arange(1, sections)[:, None]
+    lo_w, width = np.zeros_like(span), 1.0
+    for _ in range(-(-iterations // (sections.bit_length() - 1))):
+        width /= sections
+        w = lo_w + width * points
+        # marginal is non-increasing in w: the points above lam are the first ones
+        lo_w = lo_w + width * (marginal(lower + span * w**4) > lam).sum(axis=0)
+    x = np.where(at_lower, lower, lower + span * (lo_w + 0.5 * width) ** 4)
+    return np.asarray(np.where(at_upper & ~at_lower, upper, x))
+
 
 @dataclass(frozen=True)
 class CurveSet:
@@ -389,13 +426,45 @@ class CurveSet:
 
     def curve_marginal(self, x: Array) -> Array:
         """d curve_response / d spend (the curve's own slope, below the tangent point too)."""
-        d = marginal_response(x, self.is_hill, self.beta, self.k, self.slope, self.scale)
-        return np.asarray(np.nan_to_num(d, nan=0.0, posinf=1e300))
+        return _finite(marginal_response(x, self.is_hill, self.beta, self.k, self.slope, self.scale))
 
     def marginal(self, x: Array) -> Array:
         d = marginal_response(x, self.is_hill, self.beta, self.k, self.slope, self.scale)
-        d = np.where(x < self.tangent, self.chord, d)
-        return np.asarray(np.nan_to_num(d, nan=0.0, posinf=1e300))
+        return _finite(np.where(x < self.tangent, self.chord, d))
+
+    def spend_at(self, lam: float, lower: Array, upper: Array) -> Array:
+        """Spend in [lower, upper] where the envelope's marginal return meets `lam`, line by line:
+        in closed form for exponential curves; for Hill curves by Newton's method on
+        g(t) = log marginal - log lam with t = log(a / k), which is concave and falls wherever the
+        envelope follows the curve, so started at the upper bound its steps approach the root
+        from the right without overshooting. An S-curve's envelope is its chord below the tangent
+        point: a multiplier at or above the chord buys nothing there."""
+        lower, upper = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
+        at_lower = self.marginal(lower) <= lam
+        at_upper = self.marginal(upper) >= lam
+        inside = ~(at_lower | at_upper)
+        x = np.where(at_lower, lower, upper)
+        if not inside.any():
+            return x
+        idx = np.where(inside)[0]
+        beta, k, s, c = self.beta[idx], self.k[idx], self.slope[idx], self.scale[idx]
+        hill = self.is_hill[idx]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            level = np.log(beta / (k * c * lam))
+            root = k * c * level  # exponential: beta / (k c) * exp(-a / k) = lam
+            t = np.log(upper[idx] / (c * k))
+            for _ in range(NEWTON_STEPS):
+                g = level + np.log(s) + (s - 1) * t - 2 * np.logaddexp(0.0, s * t)
+                step = np.where(hill, g / ((s - 1) - 2 * s / (1 + np.exp(-s * t))), 0.0)
+                t = t - step
+                if not np.any(np.abs(step) > 1e-13 * np.maximum(np.abs(t), 1.0)):
+                    break
+            root = np.where(hill, c * k * np.exp(t), root)
+            # On an S-curve's foot the envelope's marginal is the chord: at or above it, nothing
+            footed = self.tangent[idx] > 0
+            root = np.where(footed & (lam >= self.chord[idx]), 0.0, np.maximum(root, self.tangent[idx]))
+        x[idx] = np.clip(root, lower[idx], upper[idx])
+        return x
 
 
 @dataclass(frozen=True)
@@ -433,6 +502,9 @@ class MeanCurves:
 
     def marginal(self, x: Array) -> Array:
         return np.asarray(np.mean([d.marginal(x) for d in self.draws], axis=0))
+
+    def spend_at(self, lam: float, lower: Array, upper: Array) -> Array:
+        return bisect_spend(self.marginal, lam, lower, upper)
 
 
 def solve_tangent_numeric(curve: ResponseCurve) -> float:
