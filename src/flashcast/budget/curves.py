@@ -464,6 +464,9 @@ class CurveSet:
             footed = self.tangent[idx] > 0
             root = np.where(footed & (lam >= self.chord[idx]), 0.0, np.maximum(root, self.tangent[idx]))
         x[idx] = np.clip(root, lower[idx], upper[idx])
+        lost = idx[~np.isfinite(x[idx])]
+        if len(lost):  # an overflow the closed form cannot survive: the bisection always can
+            x[lost] = bisect_spend(self.subset(lost).marginal, lam, lower[lost], upper[lost])
         return x
 
 

@@ -8,9 +8,9 @@ channel: a channel held at a bound equalizes its own lines at lambda_c instead o
 The solver finds lambda by a monotone root search on the total spend, each line's spend at a given
 multiplier where its (non-increasing) marginal return meets it (in closed form or by Newton steps,
 vectorized; averaged bootstrap draws by bisection), and the multiplier of each bound channel by the
-same search on that channel alone. No general-purpose solver is
-involved, so it cannot stall or return an even split on failure; `kkt_violations` checks the
-result. 100,000 lines solve in seconds.
+same search on that channel alone. No general-purpose solver is involved, so it cannot stall or
+return an even split on failure; `kkt_violations` checks the result. 100,000 lines solve in
+seconds.
 """
 
 from __future__ import annotations
