@@ -137,3 +137,26 @@ def test_a_curve_is_not_extrapolated_as_ever_growing_when_the_data_stop_before_i
     assert beyond.max() < 2.5 < beyond_flat.max()
     np.testing.assert_allclose(inside, inside_flat, rtol=0.1)
     assert np.all(np.abs(inside - 1) < 0.25)
+
+
+@pytest.mark.parametrize("form", ["hill", "exponential"])
+def test_a_fit_started_from_a_neighbouring_fit_reaches_the_same_curve(form: str) -> None:
+    """Fits across the decay grid and bootstrap draws start from a nearby fit instead of a fixed
+    guess (far fewer least-squares steps); they must land where the fixed guess lands."""
+    from flashcast.budget.curves import _curve_problem, _fit_at_decay
+
+    rng = np.random.default_rng(5)
+    truth = ResponseCurve(form, beta=30.0, k=500.0, slope=1.4 if form == "hill" else 1.0, decay=0.3)
+    spend = _flighted(rng, 365, 250.0)
+    y = rng.poisson(truth.fitted(spend)).astype(float)
+    problem = _curve_problem(spend, y, 0.3, form)
+    p = np.array([1.2, 0.8, 1.7, 0.1] if form == "hill" else [1.2, 0.8, 0.1])
+    np.testing.assert_allclose(problem.params(problem.curve(p)), p)
+    cold = _fit_at_decay(spend, y, 0.3, form)
+    neighbour = _fit_at_decay(spend, y, 0.35, form)
+    assert cold is not None and neighbour is not None
+    warm = _fit_at_decay(spend, y, 0.3, form, start=neighbour[0])
+    assert warm is not None
+    assert warm[1] == pytest.approx(cold[1], rel=1e-6)
+    xs = np.array([50.0, 250.0, 600.0])
+    np.testing.assert_allclose(warm[0].response(xs), cold[0].response(xs), rtol=1e-4)

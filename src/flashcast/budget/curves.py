@@ -193,6 +193,12 @@ class _CurveProblem:
         return ResponseCurve("exponential", p[0] * self.scale_y, p[1] * self.scale_a, 1.0, self.decay,
                              p[2] * self.scale_y)
 
+    def params(self, c: ResponseCurve) -> Array:
+        """The inverse of `curve`: a curve's parameters on this problem's scales."""
+        head = [c.beta / self.scale_y, c.k / self.scale_a]
+        tail = [c.slope, c.intercept / self.scale_y] if self.form == "hill" else [c.intercept / self.scale_y]
+        return np.array(head + tail)
+
     def residuals(self, p: Array) -> Array:
         c = self.curve(p)
         fit = (c.intercept + c.beta * c.saturation(self.a) - self.y) / self.scale_y
@@ -223,12 +229,17 @@ def _curve_problem(spend: Array, y: Array, decay: float, form: Form) -> _CurvePr
     return _CurveProblem(a, np.asarray(y, dtype=float), decay, form, scale_a, max(float(np.max(y)), 1e-9))
 
 
-def _fit_at_decay(spend: Array, y: Array, decay: float, form: Form) -> tuple[ResponseCurve, float] | None:
+def _fit_at_decay(spend: Array, y: Array, decay: float, form: Form, start: ResponseCurve | None = None) -> tuple[
+        ResponseCurve, float] | None:
+    """Least squares at one decay, from `start` when given (the fit at the neighbouring decay, or the
+    point fit for a bootstrap draw: the optimum is usually close, and far fewer steps reach it)."""
     problem = _curve_problem(spend, y, decay, form)
     if form == "hill":
         x0, lo, hi = [1.5, 1.0, 1.0, 0.05], [0.0, 0.02, 0.3, 0.0], [50.0, 20.0, 3.0, 1.0]
     else:
         x0, lo, hi = [1.5, 1.0, 0.05], [0.0, 0.02, 0.0], [50.0, 20.0, 1.0]
+    if start is not None and start.form == form:
+        x0 = list(np.clip(problem.params(start), np.array(lo) + 1e-6, np.array(hi) - 1e-6))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result = least_squares(problem.residuals, x0, jac=problem.jacobian, bounds=(lo, hi), method="trf",
@@ -239,10 +250,11 @@ def _fit_at_decay(spend: Array, y: Array, decay: float, form: Form) -> tuple[Res
     return problem.curve(result.x), float(np.sum(result.fun**2) * problem.scale_y**2)
 
 
-def fit_curve_fixed_decay(spend: Array, y: Array, decay: float, forms: tuple[Form, ...]) -> ResponseCurve:
+def fit_curve_fixed_decay(spend: Array, y: Array, decay: float, forms: tuple[Form, ...],
+                          start: ResponseCurve | None = None) -> ResponseCurve:
     best: tuple[ResponseCurve, float] | None = None
     for form in forms:
-        fitted = _fit_at_decay(spend, y, decay, form)
+        fitted = _fit_at_decay(spend, y, decay, form, start)
         if fitted and (best is None or fitted[1] < best[1]):
             best = fitted
     if best is None:
@@ -281,9 +293,12 @@ def fit_response_curve(
         return CurveFit(name, curve, (curve,), diagnostics, fallback=True,
                         warnings=(*problems, f"{name}: using a conservative curve (saturating at today's spend)"))
     best: tuple[ResponseCurve, float] | None = None
+    neighbour: dict[str, ResponseCurve] = {}
     for decay in DECAY_GRID:
         for form in forms:
-            fitted = _fit_at_decay(x, y, float(decay), form)
+            fitted = _fit_at_decay(x, y, float(decay), form, neighbour.get(form))
+            if fitted:
+                neighbour[form] = fitted[0]
             if fitted and (best is None or fitted[1] < best[1]):
                 best = fitted
     if best is None:
@@ -324,7 +339,7 @@ def _bootstrap(curve: ResponseCurve, x: Array, y: Array, *, n_boot: int, seed: i
         return (curve,)
     fitted = curve.fitted(x)
     # No clipping at zero: clipping inflates low counts and would bias every draw's intercept up.
-    return tuple(fit_curve_fixed_decay(x, fitted + sample, curve.decay, (curve.form,))
+    return tuple(fit_curve_fixed_decay(x, fitted + sample, curve.decay, (curve.form,), curve)
                  for sample in block_resamples(y - fitted, n_boot=n_boot, seed=seed, block=block))
 
 
