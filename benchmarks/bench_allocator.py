@@ -13,6 +13,7 @@ import itertools
 import time
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import minimize
@@ -25,6 +26,9 @@ from flashcast.budget.records import ChannelHistory
 from flashcast.config import AllocationConfig, Guardrails
 from flashcast.simulate.generator import _channel_truths, _demand, _flighted_spend
 from flashcast.simulate.response import ChannelTruth, saturation
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DAYS = 365
 LOOSE = Guardrails(min_share={}, max_share={}, max_daily_change=100.0, min_daily_move_share=1.0)
@@ -275,6 +279,107 @@ def pooled_benchmark(seeds: range = range(30), budgets: tuple[float, ...] = (0.5
     print(f"  optimizer on the true curves: mean {np.mean(true_shares):.2%}, worst {np.min(true_shares):.2%}")
 
 
+LOGISTIC_WEEKS = 179  # as in PyMC-Marketing's example file
+
+
+def logistic_world(seed: int) -> tuple[pd.DatetimeIndex, dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray],
+                                        list[dict[str, float]]]:
+    """Weekly data generated the way PyMC-Marketing's example data were (`mmm_example.csv`), not by
+    Flashcast's simulator: 2-4 channels, each a normalized geometric adstock (8 weeks) then a
+    logistic saturation of the max-scaled spend, added to an intercept, a concave trend, yearly
+    seasonality, two one-week events (given as controls) and Gaussian noise. The truth per channel
+    (alpha, lam, beta, the largest spend) is drawn per seed. Returns dates, spend, outcome, controls
+    and the truths."""
+    import pandas as pd
+
+    rng = np.random.default_rng(20_000 + seed)
+    weeks = LOGISTIC_WEEKS
+    dates = pd.date_range("2018-04-02", periods=weeks, freq="W-MON")
+    t = np.arange(weeks)
+    outcome = (2.0 + (np.linspace(0, 50, weeks) + 10) ** 0.25 - 1
+               + 0.5 * (np.cos(2 * np.pi * dates.dayofyear.values / 365.5)
+                        + np.sin(4 * np.pi * dates.dayofyear.values / 365.5)))
+    controls = {}
+    for name, lift in (("event_1", 1.5), ("event_2", 2.5)):
+        controls[name] = (t == rng.integers(10, weeks - 10)).astype(float)
+        outcome = outcome + lift * controls[name]
+    spend, truths = {}, []
+    for c in range(int(rng.integers(2, 5))):
+        x = rng.uniform(0, 1, weeks)
+        pattern = int(rng.integers(0, 3))  # the example's two patterns, and flights
+        if pattern == 0:
+            x = np.where(x > 0.9, x, x / 2)
+        elif pattern == 1:
+            x = np.where(x > 0.8, x, 0.0)
+        else:
+            x = 0.3 + 0.7 * x * (np.sin(2 * np.pi * t / rng.uniform(20, 60)) > -0.2)
+        spend[f"x{c + 1}"] = x * rng.uniform(500, 5000)
+        truth = {"alpha": rng.uniform(0.1, 0.7), "lam": rng.uniform(1.0, 6.0), "beta": rng.uniform(1.0, 4.0),
+                 "largest": float(spend[f"x{c + 1}"].max())}
+        weights = truth["alpha"] ** np.arange(8)
+        adstocked = np.convolve(spend[f"x{c + 1}"], weights / weights.sum())[:weeks]
+        outcome = outcome + truth["beta"] * _logistic(adstocked / truth["largest"], truth["lam"])
+        truths.append(truth)
+    outcome = 1000.0 * (outcome + rng.normal(0, 0.25, weeks))
+    return dates, spend, outcome, controls, truths
+
+
+def _logistic(x: np.ndarray, lam: float) -> np.ndarray:
+    return np.asarray((1 - np.exp(-lam * x)) / (1 + np.exp(-lam * x)))
+
+
+def _logistic_total(truths: list[dict[str, float]], spends: np.ndarray) -> float:
+    """Weekly outcome bought at steady spends (a normalized adstock of a steady spend is the spend)."""
+    return float(sum(1000.0 * t["beta"] * _logistic(np.array(x) / t["largest"], t["lam"])
+                     for t, x in zip(truths, spends, strict=True)))
+
+
+def _logistic_oracle(truths: list[dict[str, float]], budget: float) -> float:
+    n = len(truths)
+    starts = [np.full(n, budget / n), *(np.eye(n)[i] * budget * 0.9 + budget * 0.1 / n for i in range(n))]
+    return max(-float(minimize(lambda x: -_logistic_total(truths, x), x0, method="SLSQP", bounds=[(0, budget)] * n,
+                               constraints=[{"type": "eq", "fun": lambda x: x.sum() - budget}]).fun)
+               for x0 in starts)
+
+
+def logistic_benchmark(seeds: range = range(40), budgets: tuple[float, ...] = (0.5, 1.0, 2.0)) -> None:
+    """The joint model (`flashcast allocate FILE`'s path) on data from another generator than its own
+    (see `logistic_world`): share of the oracle on the true curves, against keeping the historical
+    mix (each channel's share of the mean spend) at the same budget."""
+    import pandas as pd
+
+    from flashcast.budget.mmm import MixData, fit_mix
+    from flashcast.errors import CurveFitError
+    from flashcast.mixfile import MixFile, allocate_mix
+
+    config = AllocationConfig(bootstrap_draws=0)
+    shares, mixes, refused = [], [], 0
+    for seed in seeds:
+        dates, spend, outcome, controls, truths = logistic_world(seed)
+        mix = MixFile(pd.Series(dates), "weekly", MixData(52.18, outcome, spend, controls))
+        model = fit_mix(mix.data, n_boot=0, seed=seed)
+        mean_total = sum(float(s.mean()) for s in spend.values())
+        historical = np.array([float(s.mean()) for s in spend.values()]) / mean_total
+        for mult in budgets:
+            budget = round(mean_total * mult, 2)
+            best = _logistic_oracle(truths, budget)
+            try:
+                plan = allocate_mix(mix, budget, config=config, seed=seed, model=model)
+            except CurveFitError:
+                refused += 1
+                continue
+            spends = plan.plan.allocation.spends
+            shares.append(_logistic_total(truths, np.array([spends[c] for c in spend])) / best)
+            mixes.append(_logistic_total(truths, historical * budget) / best)
+    below = sum(s < m for s, m in zip(shares, mixes, strict=True))
+    print(f"logistic worlds, generated as PyMC-Marketing's example data ({len(seeds)} seeds x budgets {budgets}, "
+          f"{LOGISTIC_WEEKS} weeks, 2-4 channels):")
+    print(f"  joint model + optimizer: mean {np.mean(shares):.1%} of the oracle, 10th percentile "
+          f"{np.quantile(shares, 0.1):.1%}, worst {np.min(shares):.1%}; the historical mix at the same budget: "
+          f"mean {np.mean(mixes):.1%}, plan below it in {below} of {len(shares)}; refused (held-out R^2 < 0) "
+          f"{refused} of {len(seeds) * len(budgets)}")
+
+
 def bayes_parity(seeds: range = range(5), budgets: tuple[float, ...] = (0.5, 1.0, 2.0), draws: int = 200) -> None:
     """`--engine bayes` (PyMC-Marketing) beside the default joint fit on the first pooled worlds: the
     share of the oracle each plan reaches, and the time of one fit."""
@@ -319,6 +424,7 @@ def bayes_parity(seeds: range = range(5), budgets: tuple[float, ...] = (0.5, 1.0
 def main() -> None:
     allocation_benchmark()
     pooled_benchmark()
+    logistic_benchmark()
     bayes_parity()
     speed_benchmark()
     mmm_benchmark()

@@ -164,6 +164,44 @@ def test_an_exact_copy_is_a_duplicate_whatever_the_order_of_its_params(tmp_path:
     assert kept == [(1,), (3,)]
 
 
+def test_page_urls_and_string_params_are_redacted_value_by_value(tmp_path: Path,
+                                                                 con: duckdb.DuckDBPyConnection) -> None:
+    """Page URLs are redacted once per distinct URL and joined back: every row's URL column and every
+    string param still equal the per-value redaction, whichever rows share a URL or which param
+    carries it (a second page_location, a referrer that is another row's page)."""
+    def param(key: str, value: str) -> dict:
+        return {"key": key, "value": {"string_value": value, "int_value": None, "float_value": None,
+                                      "double_value": None}}
+
+    with_email = "https://shop.example.com/thanks?email=jane%40example.com&step=2"
+    with_phone = "https://shop.example.com/call?tel=+1 415 555 0100"
+    plain = "https://shop.example.com/p/42"
+    rows = [
+        {"page_location": with_email, "extra": []},
+        {"page_location": with_email, "extra": [param("page_referrer", plain)]},
+        {"page_location": plain, "extra": [param("page_referrer", with_email)]},
+        {"page_location": with_phone, "extra": [param("page_location", with_email), param("page_title", "Call")]},
+    ]
+    lines = []
+    for i, spec in enumerate(rows):
+        params = [{"key": "ga_session_id", "value": {"string_value": None, "int_value": str(1772370000 + i),
+                                                     "float_value": None, "double_value": None}},
+                  param("page_location", spec["page_location"]), *spec["extra"]]
+        lines.append(json.dumps(ga4_row(event_params=params, event_timestamp=str(1772370000000000 + i))))
+    _guard(con, write_lines(tmp_path / "events_20260301.json", lines))
+    assert con.execute("SELECT count(*) FROM guarded_events").fetchall() == [(4,)]
+    for line, spec in enumerate(rows, start=1):
+        url, params = con.execute(
+            "SELECT page_location, params FROM guarded_events WHERE source_line = ?", [line]).fetchall()[0]
+        assert url == con.execute("SELECT redact_text(?)", [spec["page_location"]]).fetchall()[0][0]
+        raw = [p for p in json.loads(lines[line - 1])["event_params"] if p["value"]["string_value"] is not None]
+        assert [(p["key"], p["string_value"]) for p in params if p["string_value"] is not None] == [
+            (p["key"], con.execute("SELECT redact_text(?)", [p["value"]["string_value"]]).fetchall()[0][0])
+            for p in raw]
+    dump = json.dumps(con.execute("SELECT * FROM guarded_events").fetchall(), default=str)
+    assert "jane" not in dump and "555" not in dump
+
+
 def test_user_id_not_listed_as_identifier_is_dropped(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
     path = write_lines(tmp_path / "events_20260301.json", [json.dumps(ga4_row(user_id="cust-1"))])
     _guard(con, path, PrivacyPolicy(identifier_fields=("user_pseudo_id",)))

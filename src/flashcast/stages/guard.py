@@ -197,15 +197,21 @@ def guard_steps(src: str, *, policy: PrivacyPolicy, run: RunContext, prior: bool
     def redact(column: str) -> str:
         return redact_sql(column, policy)
 
+    # Page URLs are most of the text to redact, and a site has far fewer pages than events: each
+    # distinct URL is redacted once and joined back, to the column and to the same URL in the params.
+    steps.append(("_page_locations", f"""SELECT v, {redact("v")} AS r FROM (
+          SELECT DISTINCT page_location AS v FROM _routed WHERE route = 'candidate' AND page_location IS NOT NULL)"""))
+
     steps.append((Table.GUARDED_EVENTS, f"""SELECT {stamp}, {literal(run.key_id)} AS key_id,
           event_date, event_timestamp, make_timestamp(event_timestamp) AS event_ts_utc, event_name,
           uk.k AS user_key, {"ik.k" if keyed_user_id else "NULL::VARCHAR"} AS user_id_key,
           {hmac_sql(_SESSION_ID)} AS session_key,
           ga_session_number, engagement_time_msec,
-          {redact("page_location")} AS page_location,
+          pl.r AS page_location,
           {redact("page_referrer")} AS page_referrer,
           {redact("search_term")} AS search_term,
-          list_transform(params, lambda p: {{'key': p.key, 'string_value': {redact("p.string_value")},
+          list_transform(params, lambda p: {{'key': p.key, 'string_value': CASE
+            WHEN p.string_value = r.page_location THEN pl.r ELSE {redact("p.string_value")} END,
                                             'int_value': p.int_value, 'double_value': p.double_value}}) AS params,
           CASE WHEN event_name = 'purchase' THEN coalesce(revenue, 0) ELSE revenue END AS revenue,
           CASE WHEN event_name = 'purchase' THEN {hmac_sql("transaction_id")} END AS transaction_key,
@@ -218,6 +224,7 @@ def guard_steps(src: str, *, policy: PrivacyPolicy, run: RunContext, prior: bool
           {consent_col} AS consent_value, ads_storage AS ads_consent, intraday, source_file, source_line
         FROM _routed r
         LEFT JOIN _id_keys uk ON uk.v = r.user_pseudo_id
+        LEFT JOIN _page_locations pl ON pl.v = r.page_location
         {"LEFT JOIN _id_keys ik ON ik.v = r.user_id" if keyed_user_id else ""}
         -- the candidates less this run's duplicates (few): an anti-join, not a join of every row
         WHERE r.route = 'candidate' AND NOT EXISTS (
