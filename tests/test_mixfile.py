@@ -212,6 +212,17 @@ def test_the_effects_option_forces_a_form_and_refuses_others(tmp_path: Path) -> 
     assert result.exit_code != 0 and "--effects must be auto, additive or proportional" in result.output
 
 
+@pytest.mark.parametrize(("budget", "message"), [(None, "give the budget to split"),
+                                                 ("-5", "--budget must be a positive number (got -5)"),
+                                                 ("nan", "--budget must be a positive number (got nan)")])
+def test_a_missing_or_impossible_budget_is_named(tmp_path: Path, budget: str | None, message: str) -> None:
+    frame, _ = _world(9)
+    frame.to_csv(tmp_path / "mmm.csv", index=False)
+    args = ["allocate", str(tmp_path / "mmm.csv"), "--date-col", "week", "--outcome-col", "sales", "--spend-cols", "tv"]
+    result = CliRunner().invoke(app, [*args, *(["--budget", budget] if budget else [])])
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
 def test_guardrails_apply_only_when_given(tmp_path: Path) -> None:
     frame, _ = _world(9)
     path = tmp_path / "mmm.csv"

@@ -8,6 +8,7 @@ exit 2 with its type and FLASHCAST_DEBUG=1 to see the traceback. Nothing printed
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import warnings
@@ -497,8 +498,10 @@ def allocate(
     with _errors():
         if cadence not in (None, "daily", "weekly"):
             raise ConfigError("--cadence must be daily or weekly")
-        if not budget > 0:
+        if budget == 0:
             raise ConfigError("give the budget to split: --budget B (per day or week, as the file's rows)")
+        if not (budget > 0 and math.isfinite(budget)):
+            raise ConfigError(f"--budget must be a positive number (got {budget:g})")
         if engine not in ("joint", "bayes"):
             raise ConfigError("--engine must be joint or bayes")
         if effects not in FORM_CHOICES:
