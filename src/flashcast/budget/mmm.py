@@ -106,6 +106,9 @@ class MixModel:
     decomposition: dict[str, Array]  # "baseline", "controls", each channel, "fitted", "actual"
     notes: tuple[str, ...]
     form: str = "additive"  # how channel effects enter: see FORMS
+    # On the held-out periods: 1 - the model's squared error over that of the same baseline and
+    # controls without the channels (refitted alike); what the channels add out of sample.
+    channel_skill: float | None = None
 
     def curve_fits(self) -> dict[str, CurveFit]:
         """Each channel's curve as the allocator takes it (bootstrap draws included)."""
@@ -265,8 +268,12 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
         notes.append(_form_note(chosen, {f: x.r2_holdout for f, x in fits.items()}))
     decomposition = {"baseline": baseline, "controls": control_part,
                      **{c: contributions[:, i] for i, c in enumerate(channels)}, "fitted": fitted, "actual": y}
+    if fit.r2_holdout is not None and fit.r2_holdout < 0 and fit.channel_skill is not None:
+        notes.append(f"held-out periods: the model predicts them worse than their mean (R^2 {fit.r2_holdout:.2f}), "
+                     f"the channels cut the error of the baseline and controls alone by {fit.channel_skill:.0%}")
     return MixModel(channels, effects, round(r2, 4), None if fit.r2_holdout is None else round(fit.r2_holdout, 4),
-                    float((baseline + control_part).sum() / total), decomposition, tuple(notes), chosen)
+                    float((baseline + control_part).sum() / total), decomposition, tuple(notes), chosen,
+                    None if fit.channel_skill is None else round(fit.channel_skill, 4))
 
 
 @dataclass(frozen=True)
@@ -279,6 +286,7 @@ class _FormFit:
     r2_holdout: float | None
     holdout_error: float  # mean squared error on the held-out periods (in-sample when there are none)
     holdout_coef: Array | None  # the coefficients fitted without the held-out periods
+    channel_skill: float | None = None  # see MixModel.channel_skill
 
 
 def _fit_form(form: str, base: Array, spend: Array, y: Array, scale: Array, *, starts: int, seed: int,
@@ -350,10 +358,12 @@ def _holdout_cut(n: int) -> int:
 
 
 def _holdout(base: Array, spend: Array, y: Array, scale: Array, *, seed: int, level: Array | None = None
-             ) -> tuple[float, float, Array] | None:
+             ) -> tuple[float, float, Array, float | None] | None:
     """R^2, mean squared error and coefficients of a model fitted on all but the last HOLDOUT_SHARE
     of the periods, scored on those (the trend keeps its slope: the design is the full series'
-    design, cut). `level`: the proportional form's m_t, from a fit on the same periods."""
+    design, cut), and its channel skill: 1 - that error over the error of the baseline and controls
+    alone, fitted on the same periods. `level`: the proportional form's m_t, from a fit on the same
+    periods."""
     n = len(y)
     cut = _holdout_cut(n)
     if cut < MIN_PERIODS or n - cut < 4:
@@ -368,7 +378,10 @@ def _holdout(base: Array, spend: Array, y: Array, scale: Array, *, seed: int, le
     if not ss > 0:
         return None
     error = float(((held - predicted) ** 2).sum())
-    return 1 - error / ss, error / len(held), coef
+    alone = base[cut:] @ np.linalg.lstsq(base[:cut], y[:cut], rcond=None)[0]
+    baseline_error = float(((held - alone) ** 2).sum())
+    skill = 1 - error / baseline_error if baseline_error > 0 else None
+    return 1 - error / ss, error / len(held), coef, skill
 
 
 def _block(data: MixData) -> int:
