@@ -183,6 +183,23 @@ def test_channels_that_carry_the_held_out_periods_allocate_despite_a_negative_r2
     assert _logistic_total(truths, np.array([spends[c] for c in spend])) / _logistic_oracle(truths, budget) > 0.97
 
 
+def test_channels_that_predict_nothing_out_of_sample_are_named() -> None:
+    """Sales from the baseline and controls only (the channels buy nothing): the channels do not
+    predict the held-out periods better than the baseline alone, and a note says so; with TRUTH's
+    effects in the sales, they do and no such note appears."""
+    frame, demand = _world(4)
+    rng = np.random.default_rng(4)
+    no_effect = (20000 - 800 * (frame["price"] - 10) + 3000 * demand + rng.normal(0, 400, len(frame))).to_numpy(float)
+    spend = {c: frame[c].to_numpy(float) for c in TRUTH}
+    controls = {"price": frame["price"].to_numpy(float), "demand": frame["demand"].to_numpy(float)}
+    idle = fit_mix(MixData(52.18, no_effect, spend, controls), n_boot=0, seed=4)
+    assert idle.channel_skill is not None and idle.channel_skill <= 0
+    assert any("the channels do not predict them better" in note for note in idle.notes)
+    working = fit_mix(MixData(52.18, frame["sales"].to_numpy(float), spend, controls), n_boot=0, seed=4)
+    assert working.channel_skill is not None and working.channel_skill > 0.5
+    assert not any(note.startswith("held-out periods") for note in working.notes)
+
+
 def test_a_channel_with_no_diminishing_returns_is_capped_at_its_largest_spend(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     weeks = 120

@@ -271,6 +271,9 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
     if fit.r2_holdout is not None and fit.r2_holdout < 0 and fit.channel_skill is not None:
         notes.append(f"held-out periods: the model predicts them worse than their mean (R^2 {fit.r2_holdout:.2f}), "
                      f"the channels cut the error of the baseline and controls alone by {fit.channel_skill:.0%}")
+    elif fit.channel_skill is not None and fit.channel_skill <= 0:
+        notes.append(f"held-out periods: the channels do not predict them better than the baseline and controls "
+                     f"alone (channel skill {fit.channel_skill:.2f}): their curves rest on the fitted periods only")
     return MixModel(channels, effects, round(r2, 4), None if fit.r2_holdout is None else round(fit.r2_holdout, 4),
                     float((baseline + control_part).sum() / total), decomposition, tuple(notes), chosen,
                     None if fit.channel_skill is None else round(fit.channel_skill, 4))
