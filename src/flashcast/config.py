@@ -276,7 +276,7 @@ class ForecastConfig(_Frozen):
     names are those of `flashcast.forecasting.engines.REGISTRY`."""
 
     engine: str = "auto"
-    engines: tuple[str, ...] = ("naive7", "ses", "linear", "ensemble")  # the line-up for `auto`
+    engines: tuple[str, ...] = ("naive7", "ses", "theta", "linear", "ensemble")  # the line-up for `auto`
     horizon: int = Field(default=14, ge=1, le=90)
     holiday_countries: tuple[str, ...] = ()  # e.g. ["US", "GB"]: holidays for `linear` and Prophet
     # `auto` keeps each selection (engine, conformal scores) in the warehouse and reuses it for this
