@@ -186,6 +186,8 @@ def test_a_much_cheaper_engine_wins_a_statistical_tie_whatever_the_timing() -> N
 def test_the_combination_holds_unless_a_single_engine_clearly_beats_it() -> None:
     """With an ensemble in the line-up, a single engine replaces it only when better by the margin
     and two standard errors; a cheaper engine's statistical tie does not displace it."""
+    from dataclasses import replace
+
     from flashcast.forecasting.backtest import COMBINATION_MARGIN, EngineScore, select_engine
 
     rng = np.random.default_rng(11)
@@ -205,6 +207,14 @@ def test_the_combination_holds_unless_a_single_engine_clearly_beats_it() -> None
     assert clearly.winner == "linear" and "beats the combination ensemble" in clearly.reason
     tie = select_engine([score("ensemble", 0.0), score("ses", 0.002)], combination="ensemble")
     assert tie.winner == "ensemble"
+    # Far ahead over the older half, no longer over the recent half: the lead is history, not today.
+    earlier = score("naive7", -4 * COMBINATION_MARGIN)
+    faded = EngineScore("naive7", 0.0, 0.1, 0.1, {80: 0.8}, {80: 1.0}, 60, 0.001,
+                        earlier.per_origin_mase[:30] + score("ensemble", 0.0).per_origin_mase[30:])
+    faded = replace(faded, mase=float(np.mean(faded.per_origin_mase)))
+    held = select_engine([score("ensemble", 0.0), faded], combination="ensemble")
+    assert faded.mase < 0.85 * score("ensemble", 0.0).mase and held.winner == "ensemble"
+    assert "recent half" in held.reason
 
 
 def test_linear_engine_learns_holidays_and_event_regressors() -> None:
@@ -366,7 +376,7 @@ def test_selection_metrics_are_utilsforecasts() -> None:
 
 
 def test_conformal_offsets_are_the_pooled_steps_conservative_quantiles() -> None:
-    from flashcast.forecasting.backtest import adaptive_offsets
+    from flashcast.forecasting.backtest import POOL_DTYPE, adaptive_offsets
 
     rng = np.random.default_rng(3)
     spec = BacktestSpec(step_pool=3)
@@ -375,7 +385,7 @@ def test_conformal_offsets_are_the_pooled_steps_conservative_quantiles() -> None
         alphas = {95: 0.03, 80: 0.25, 50: 0.5}  # the 80% rate adapted above the 50%'s: nesting must fix it
         offsets = adaptive_offsets(sample, spec, alphas)
         for j in range(h):
-            pooled = sample[:, max(0, j - 3) : j + 4].ravel()
+            pooled = sample[:, max(0, j - 3) : j + 4].ravel().astype(POOL_DTYPE)  # as the pools are sorted
             expected = {level: (np.quantile(pooled, alpha / 2, method="lower"),
                                 np.quantile(pooled, 1 - alpha / 2, method="higher")) for level, alpha in alphas.items()}
             lo80 = min(expected[80][0], expected[50][0])
@@ -545,3 +555,24 @@ def test_theta_is_statsforecasts_theta_method(kind: str) -> None:
     ours = make_engine("theta").point(y, pd.date_range("2024-01-01", periods=n), 14)
     theirs = Theta(season_length=7).forecast(y=y, h=14)["mean"]
     assert np.max(np.abs(ours - theirs)) < 0.1 * np.std(y)
+
+
+@pytest.mark.parametrize("kind", ["trend and season", "negative values", "random walk", "constant",
+                                  "a near-zero weekday"])
+def test_theta_at_every_origin_at_once_is_theta_at_each_origin(kind: str) -> None:
+    """The backtest prepares every full-window origin of `theta` together; the forecasts are
+    `point`'s, origin by origin, including origins with less than a window of history."""
+    rng = np.random.default_rng(3)
+    n = 700
+    t = np.arange(n)
+    y = {"trend and season": 100 + 0.1 * t + 20 * np.sin(t * 2 * np.pi / 7) + rng.normal(0, 5, n),
+         "negative values": rng.normal(0, 5, n) + 10 * np.sin(t * 2 * np.pi / 7),
+         "random walk": 50 + np.cumsum(rng.normal(0, 1, n)),
+         "constant": np.full(n, 5.0),
+         "a near-zero weekday": np.where(t % 7 == 6, 0.001, 1.0) * (100 + rng.normal(0, 3, n))}[kind]
+    dates = pd.date_range("2020-01-01", periods=n)
+    engine = make_engine("theta")
+    cuts = list(range(300, n - 13, 3))  # the first third with less than the 400-day window
+    together = engine.backtest_points(y, dates, cuts, 14)
+    one_by_one = np.array([engine.point(y[:c], dates[:c], 14) for c in cuts])
+    np.testing.assert_allclose(together, one_by_one, rtol=1e-6, atol=1e-9 * (1 + np.abs(y).max()))
