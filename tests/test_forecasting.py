@@ -576,3 +576,18 @@ def test_theta_at_every_origin_at_once_is_theta_at_each_origin(kind: str) -> Non
     together = engine.backtest_points(y, dates, cuts, 14)
     one_by_one = np.array([engine.point(y[:c], dates[:c], 14) for c in cuts])
     np.testing.assert_allclose(together, one_by_one, rtol=1e-6, atol=1e-9 * (1 + np.abs(y).max()))
+
+
+def test_banding_on_two_threads_scores_what_one_thread_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flashcast.forecasting import backtest
+
+    rng = np.random.default_rng(5)
+    y = 100 * np.resize(WEEKLY, 400) + rng.normal(0, 6, 400)
+    dates = pd.date_range("2024-01-01", periods=400)
+    spec = BacktestSpec()
+    scores = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(backtest, "BAND_THREADS", threads)
+        scores[threads] = score_engines(run_backtest(y, dates, make_engines(None), spec), spec, nonnegative=True)
+    untimed = {threads: [s.row() | {"seconds_per_fit": 0} for s in board] for threads, board in scores.items()}
+    assert untimed[1] == untimed[2] and len(untimed[1]) == 5

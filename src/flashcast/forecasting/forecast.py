@@ -369,6 +369,15 @@ def _forecast_one(task: _Task) -> Forecast | str:
         return str(exc)  # one bad series does not sink the others; the caller reports it
 
 
+def _start_worker(parent: int) -> None:
+    """A process-pool worker: one banding thread (the pool already fills the cores), and it dies
+    with its parent."""
+    from flashcast.forecasting import backtest
+
+    backtest.BAND_THREADS = 1
+    _die_with_parent(parent)
+
+
 def _die_with_parent(parent: int) -> None:
     """A worker ends when the process that started it ends, even by kill -9 (which runs no cleanup):
     otherwise it waits on its task pipe, holding its memory, with nobody to answer."""
@@ -405,7 +414,7 @@ def forecast_each(
     if workers == 1 or len(tasks) == 1:
         results = [_forecast_one(t) for t in tasks]
     else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_start_worker, initargs=(os.getpid(),)) as pool:
             results = list(pool.map(_forecast_one, tasks, chunksize=max(1, len(tasks) // (workers * 4))))
     return [r for r in results if isinstance(r, Forecast)], [r for r in results if isinstance(r, str)]
 
