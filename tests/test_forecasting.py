@@ -591,3 +591,13 @@ def test_banding_on_two_threads_scores_what_one_thread_does(monkeypatch: pytest.
         scores[threads] = score_engines(run_backtest(y, dates, make_engines(None), spec), spec, nonnegative=True)
     untimed = {threads: [s.row() | {"seconds_per_fit": 0} for s in board] for threads, board in scores.items()}
     assert untimed[1] == untimed[2] and len(untimed[1]) == 5
+
+
+def test_ses_at_every_origin_at_once_is_ses_at_each_origin() -> None:
+    rng = np.random.default_rng(1)
+    y = 100 + 10 * rng.standard_normal(700) + 5 * np.sin(np.arange(700) * 2 * np.pi / 7)
+    dates = pd.date_range("2020-01-01", periods=700)
+    engine = make_engine("ses")
+    cuts = list(range(60, 686, 3))  # windows shorter and longer than its 400 days
+    together = engine.backtest_points(y, dates, cuts, 14)
+    np.testing.assert_array_equal(together, np.array([engine.point(y[:c], dates[:c], 14) for c in cuts]))

@@ -291,6 +291,15 @@ class StatsForecastEngine:
             result = self._model(len(y)).forecast(y=y, h=horizon)  # type: ignore[attr-defined]
         return np.asarray(result["mean"], dtype=float)
 
+    def backtest_points(self, y: np.ndarray, dates: pd.DatetimeIndex, cuts: Sequence[int], horizon: int
+                        ) -> np.ndarray | None:
+        """`ses` at every cut without slicing the dates it does not read (a tenth of its backtest)."""
+        core = _ses_core() if self.alias == "ses" else None
+        if core is None:
+            return None
+        y = np.asarray(y, dtype=float)
+        return np.array([seasonal_ses(core, y[max(0, c - self.ets_window_days) : c], horizon) for c in cuts])
+
 
 @functools.cache
 def _ses_core() -> Any:
