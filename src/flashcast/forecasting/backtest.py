@@ -112,6 +112,9 @@ def _origin_indices(n: int, spec: BacktestSpec) -> list[int]:
     return sorted(cuts)
 
 
+_WARMED: set[str] = set()  # engines that have fitted once in this process
+
+
 def run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engine], spec: BacktestSpec) -> Backtest:
     # Hundreds of small least-squares fits: OpenBLAS's threads cost more than they save on matrices
     # this size (a full selection took 2-3x longer with them, on two busy cores).
@@ -142,6 +145,9 @@ def _run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engi
             result.seconds[engine.alias] = sum(result.seconds[m] for m in members)
             continue
         if isinstance(engine, RollingEngine):
+            if engine.alias not in _WARMED:  # a process's first fit pays imports and compilation: not timed
+                engine.point(y[: cuts[0]], dates[: cuts[0]], spec.horizon)
+                _WARMED.add(engine.alias)
             start = time.perf_counter()
             every = engine.backtest_points(y, dates, cuts, spec.horizon)
             if every is not None:
