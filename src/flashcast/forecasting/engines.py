@@ -381,39 +381,47 @@ def theta_method(core: Any, y: np.ndarray, horizon: int, season_length: int = 7)
     return np.asarray(out, dtype=float)
 
 
-def _theta_windows(core: Any, windows: np.ndarray, horizon: int, season_length: int = 7) -> np.ndarray:
-    """`theta_method` on each row of `windows` (origins x days, all the same length)."""
-    k, n = windows.shape
+def _theta_windows(core: Any, windows: np.ndarray, lengths: np.ndarray, horizon: int, season_length: int = 7
+                   ) -> np.ndarray:
+    """`theta_method` on each row of `windows` (origins x days): row i's history is its first
+    `lengths[i]` values, the rest is padding. The same steps as `theta_method`, as array operations."""
+    k, width = windows.shape
     m = season_length
-    centred = windows - windows.mean(axis=1, keepdims=True)
+    n = np.asarray(lengths, dtype=np.int64)
+    valid = np.arange(width)[None, :] < n[:, None]
+    values = np.where(valid, windows, 0.0)
+    centred = np.where(valid, values - (values.sum(axis=1) / n)[:, None], 0.0)
     denominator = np.einsum("ij,ij->i", centred, centred)
     safe = np.where(denominator > 0, denominator, 1.0)
-    lagged = [np.einsum("ij,ij->i", centred[:, :-j], centred[:, j:]) for j in range(1, m + 1)]
+    lagged = [np.einsum("ij,ij->i", centred[:, :-j], centred[:, j:]) for j in range(1, m + 1)]  # padding adds 0
     r = np.stack(lagged, axis=1) / safe[:, None]
-    seasonal = (denominator > 0) & (np.abs(r[:, -1]) / np.sqrt((1 + 2 * np.sum(r[:, :-1] ** 2, axis=1)) / n)
-                                    > SEASONAL_TEST_Z)
-    sums = np.concatenate([np.zeros((k, 1)), np.cumsum(windows, axis=1)], axis=1)
-    trend = (sums[:, m:] - sums[:, :-m]) / m
-    middle = windows[:, m // 2 : m // 2 + trend.shape[1]]
+    seasonal = (n >= 2 * m) & (denominator > 0) & (
+        np.abs(r[:, -1]) / np.sqrt((1 + 2 * np.sum(r[:, :-1] ** 2, axis=1)) / n) > SEASONAL_TEST_Z)
+    sums = np.concatenate([np.zeros((k, 1)), np.cumsum(values, axis=1)], axis=1)
+    trend = (sums[:, m:] - sums[:, :-m]) / m  # a centred moving average where the whole span is history
+    inside = np.arange(trend.shape[1])[None, :] <= (n - m)[:, None]
+    middle = values[:, m // 2 : m // 2 + trend.shape[1]]
     position = (np.arange(trend.shape[1]) + m // 2) % m
-    one_hot = (position[:, None] == np.arange(m)[None, :]) / np.bincount(position, minlength=m)[None, :]
+    one_hot = (position[:, None] == np.arange(m)[None, :]).astype(float)
+    counts = np.maximum(inside @ one_hot, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):  # rows with zeros are never multiplicative
-        ratio = (middle / trend) @ one_hot
-    difference = (middle - trend) @ one_hot
+        ratio = np.where(inside, middle / trend, 0.0) @ one_hot / counts
+    difference = np.where(inside, middle - trend, 0.0) @ one_hot / counts
     ratio = ratio / ratio.mean(axis=1, keepdims=True)
     difference = difference - difference.mean(axis=1, keepdims=True)
-    multiplicative = seasonal & (windows.min(axis=1) > 0)
-    multiplicative &= ~(ratio.min(axis=1) < 0.01)  # as `theta_method`: a tiny index falls back to additive
+    positive = np.where(valid, windows, np.inf).min(axis=1) > 0
+    multiplicative = seasonal & positive & ~(ratio.min(axis=1) < 0.01)  # a tiny index: additive instead
     season = np.where(multiplicative[:, None], ratio, np.where(seasonal[:, None], difference, 0.0))
-    past = season[:, np.arange(n) % m]
-    x = np.where(multiplicative[:, None], windows / np.where(multiplicative[:, None], past, 1.0), windows - past)
-    t = np.arange(n, dtype=float) - (n - 1) / 2
-    slope = (x - x.mean(axis=1, keepdims=True)) @ t / (t @ t)
-    alpha = np.array([core.golden_section_ses(row, 0.1, 0.99) for row in x])
-    level = np.array([core.ses_forecast(row, a)[0] for row, a in zip(x, alpha, strict=True)])
+    past = season[:, np.arange(width) % m]
+    divisor = np.where(multiplicative[:, None] & valid, past, 1.0)
+    x = np.where(valid, np.where(multiplicative[:, None], values / divisor, values - past), 0.0)
+    t = np.where(valid, np.arange(width)[None, :] - ((n - 1) / 2)[:, None], 0.0)
+    slope = np.einsum("ij,ij->i", t, x - (x.sum(axis=1) / n)[:, None]) / np.einsum("ij,ij->i", t, t)
+    alpha = np.array([core.golden_section_ses(row[:size], 0.1, 0.99) for row, size in zip(x, n, strict=True)])
+    level = np.array([core.ses_forecast(row[:size], a)[0] for row, size, a in zip(x, n, alpha, strict=True)])
     drift = np.arange(horizon)[None, :] + ((1 - (1 - alpha) ** n) / alpha)[:, None]
     out = level[:, None] + (slope / 2)[:, None] * drift
-    ahead = season[:, (n + np.arange(horizon)) % m]
+    ahead = np.take_along_axis(season, (n[:, None] + np.arange(horizon)[None, :]) % m, axis=1)
     return np.where(multiplicative[:, None], out * ahead, out + ahead)
 
 
@@ -433,22 +441,18 @@ class ThetaMethod:
 
     def backtest_points(self, y: np.ndarray, dates: pd.DatetimeIndex, cuts: Sequence[int], horizon: int
                         ) -> np.ndarray | None:
-        """`point` at every cut, the origins with a whole window prepared together (the seasonal
-        test, decomposition and drift of all of them in array operations); only the smoothing's
-        alpha is searched origin by origin. The same numbers as `point`, to rounding (tested)."""
+        """`point` at every cut, all origins prepared together (the seasonal test, decomposition
+        and drift of all of them in array operations); only the smoothing's alpha is searched
+        origin by origin. The same numbers as `point`, to rounding (tested)."""
         core = _ses_core()
         if core is None:
             return None
         y = np.asarray(y, dtype=float)
         cut = np.asarray(cuts, dtype=np.int64)
-        out = np.empty((len(cut), horizon))
-        full = cut >= self.window_days
-        for i in np.flatnonzero(~full):
-            out[i] = theta_method(core, y[: cut[i]], horizon)
-        if full.any():
-            windows = np.lib.stride_tricks.sliding_window_view(y, self.window_days)[cut[full] - self.window_days]
-            out[full] = _theta_windows(core, windows, horizon)
-        return out
+        start = np.maximum(cut - self.window_days, 0)
+        lengths = cut - start
+        rows = np.minimum(start[:, None] + np.arange(int(lengths.max()))[None, :], len(y) - 1)
+        return _theta_windows(core, y[rows], lengths, horizon)  # left-aligned windows, padded past each cut
 
 
 def holiday_frame(countries: Sequence[str], years: range) -> pd.DataFrame:
