@@ -522,12 +522,12 @@ def test_ses_on_the_compiled_core_equals_statsforecasts_model(n: int, horizon: i
     forecast is the model class's, to the bit, on short, odd-length and long series."""
     from statsforecast.models import SeasonalExponentialSmoothingOptimized
 
-    from flashcast.forecasting.engines import StatsForecastEngine, _ses_core
+    from flashcast.forecasting.engines import _ses_core
 
     assert _ses_core() is not None, "statsforecast's compiled ses core is missing: ses falls back to the class"
     rng = np.random.default_rng(n * 100 + horizon)
     y = 100 + 10 * rng.standard_normal(n) + 5 * np.sin(np.arange(n) * 2 * np.pi / 7)
-    ours = StatsForecastEngine("ses").point(y, pd.date_range("2024-01-01", periods=n), horizon)
+    ours = make_engine("ses").point(y, pd.date_range("2024-01-01", periods=n), horizon)
     theirs = SeasonalExponentialSmoothingOptimized(season_length=7).forecast(y=y, h=horizon)["mean"]
     np.testing.assert_array_equal(ours, theirs)
 

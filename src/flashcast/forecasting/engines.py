@@ -285,20 +285,34 @@ class StatsForecastEngine:
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
         window = self.window_days if self.alias == "mstl" else self.ets_window_days
         y = np.asarray(y[-window:], dtype=float)
-        if self.alias == "ses" and (core := _ses_core()) is not None:
-            return seasonal_ses(core, y, horizon)
         with _quiet():
             result = self._model(len(y)).forecast(y=y, h=horizon)  # type: ignore[attr-defined]
         return np.asarray(result["mean"], dtype=float)
 
+
+@dataclass(frozen=True)
+class SeasonalSES:
+    """statsforecast's SeasonalExponentialSmoothingOptimized, weekly season, on the last
+    `window_days` days, from its compiled core (`seasonal_ses`; the model class where this
+    statsforecast has no such core)."""
+
+    alias: str = "ses"
+    window_days: int = 400
+
+    def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
+        core = _ses_core()
+        if core is None:
+            return StatsForecastEngine("ses", ets_window_days=self.window_days).point(y, dates, horizon)
+        return seasonal_ses(core, np.asarray(y[-self.window_days:], dtype=float), horizon)
+
     def backtest_points(self, y: np.ndarray, dates: pd.DatetimeIndex, cuts: Sequence[int], horizon: int
                         ) -> np.ndarray | None:
-        """`ses` at every cut without slicing the dates it does not read (a tenth of its backtest)."""
-        core = _ses_core() if self.alias == "ses" else None
+        """`point` at every cut without slicing the dates it does not read (a tenth of its backtest)."""
+        core = _ses_core()
         if core is None:
             return None
         y = np.asarray(y, dtype=float)
-        return np.array([seasonal_ses(core, y[max(0, c - self.ets_window_days) : c], horizon) for c in cuts])
+        return np.array([seasonal_ses(core, y[max(0, c - self.window_days) : c], horizon) for c in cuts])
 
 
 @functools.cache
@@ -525,7 +539,7 @@ EngineFactory = Callable[[EngineOptions], Engine]
 REGISTRY: dict[str, EngineFactory] = {
     "naive7": lambda options: SeasonalNaive(),
     "linear": lambda options: DynamicRegression(countries=options.countries, regressors=options.regressors),
-    "ses": lambda options: StatsForecastEngine("ses"),
+    "ses": lambda options: SeasonalSES(),
     "ets": lambda options: StatsForecastEngine("ets"),
     "mstl": lambda options: StatsForecastEngine("mstl"),
     "theta": lambda options: ThetaMethod(),
