@@ -137,6 +137,20 @@ def test_curve_allocation_respects_guardrails_and_explains_itself() -> None:
     assert {c: today[f"spend_{c}"] for c in spends} == spends
 
 
+def test_a_channel_that_never_converted_gets_no_cost_per_conversion() -> None:
+    # PPC never spent and never converted: its fallback curve expects ~0 conversions, and a cost per
+    # conversion in the billions is no figure to show
+    histories, series = _histories_and_series()
+    histories[2] = ChannelHistory("PPC", 0.0, 0.0, 0.0)
+    series[2] = ChannelSeries("PPC", np.zeros(400), np.zeros(400))
+    a = allocate_by_curves(histories, series, Guardrails(), AllocationConfig(bootstrap_draws=0)).allocation
+    ppc = next(r for r in a.rows if r.channel == "PPC")
+    assert ppc.spend > 0 and ppc.bound == "min_share"  # the guardrails still give it its floor
+    assert ppc.expected_conversions == 0 and ppc.cpa is None and ppc.marginal_cpa is None
+    assert "next conversion costs - at" in ppc.why and "average" not in ppc.why
+    assert all(r.cpa is not None and r.marginal_cpa is not None for r in a.rows if r.channel != "PPC")
+
+
 @pytest.mark.slow
 def test_mean_and_quantile_objectives_run_on_the_draws() -> None:
     histories, series = _histories_and_series(1)

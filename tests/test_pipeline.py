@@ -263,6 +263,34 @@ def test_an_allocation_failure_keeps_the_rest_of_the_run(finished_run: FinishedR
     LineageLog(ops).verify([read_head_file(out / "lineage_head.json")])
 
 
+@pytest.mark.slow
+def test_a_history_too_short_to_forecast_keeps_the_rest_of_the_run(tmp_path: Path, pii_key: PiiKey) -> None:
+    # A property three weeks into its GA4 export: no forecast yet, but its data, customers and copy
+    from datetime import date
+
+    from flashcast.forecasting.series import MIN_HISTORY_DAYS
+    from flashcast.simulate import SimulationSpec, simulate
+
+    sim = simulate(SimulationSpec(days=MIN_HISTORY_DAYS - 7, users=300, sessions_per_day=30, seed=11,
+                                  end_date=date(2026, 5, 31), formats=("ndjson",)), tmp_path / "sim")
+    config, out = write_config(tmp_path, tmp_path / "home"), tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", "--export", str(sim.export_dirs["ndjson"]), "--spend",
+                                      str(sim.spend_file), "--out", str(out), "-c", str(config)])
+    assert result.exit_code == 1
+    output = " ".join(result.output.split())
+    assert f"failed forecast: ForecastError: revenue_total: {MIN_HISTORY_DAYS - 8} days of history" in output
+    for name in ("daily_kpis.csv", "segments.csv", "creatives.csv", "reconciliation.csv", "allocation.csv"):
+        assert (out / name).stat().st_size > 0, name
+    assert not (out / "payload.json").exists() and not (out / "forecast.csv").exists()
+    report = (out / "report.md").read_text()
+    assert "**The forecast failed**: ForecastError" in report and "No DSP payload: revenue was not forecast" in report
+    ops = OpsStore(Settings(store=StoreConfig(home=tmp_path / "home")).store.ops_database_url)
+    with ops.engine.connect() as conn:
+        status, summary = conn.execute(sa.select(ops.runs.c.status, ops.runs.c.summary)).one()
+    assert status == "partial" and summary["problems"][0].startswith("forecast: ForecastError")
+    LineageLog(ops).verify([read_head_file(out / "lineage_head.json")])
+
+
 def test_every_forecast_row_of_a_run_is_nested_non_negative_and_holds_its_point(finished_run: FinishedRun) -> None:
     import pandas as pd
 

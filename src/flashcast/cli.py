@@ -333,10 +333,11 @@ def _print_summary(result: RunResult, currency: str) -> None:
     console.print("Customers: " + ", ".join(
         f"{p.segment} {p.users:,} ({p.share:.0%})" for p in result.segments.profiles), highlight=False)
     f = result.forecast.forecast
-    band = (f" (80% interval for the total {money(f.total_bands[80][0])} to {money(f.total_bands[80][1])})"
-            if 80 in f.total_bands else "")
-    console.print(f"Revenue, next {len(f.dates)} days: {money(f.total)} expected{band}, {f.engine}.",
-                  highlight=False)
+    if f is not None:
+        band = (f" (80% interval for the total {money(f.total_bands[80][0])} to {money(f.total_bands[80][1])})"
+                if 80 in f.total_bands else "")
+        console.print(f"Revenue, next {len(f.dates)} days: {money(f.total)} expected{band}, {f.engine}.",
+                      highlight=False)
     lights, library = result.creatives.lights, result.creatives.creatives
     console.print(f"Creatives: {len(library)} ({lights['green']} green, {lights['amber']} amber, {lights['red']} red; "
                   f"{sum(c.status == 'approved' for c in library)} approved; red never ships).", highlight=False)
@@ -354,7 +355,7 @@ def _print_summary(result: RunResult, currency: str) -> None:
     for name, path in sorted(result.outputs.items()):
         console.print(f"  {name:<17} {escape(str(path))}", highlight=False)
     for item in attention_items(ingest=result.ingest, segments=result.segments, creatives=result.creatives,
-                                allocate=result.allocation):
+                                forecast=result.forecast, allocate=result.allocation):
         console.print(f"[yellow]attention[/yellow] {escape(item)}", highlight=False)
     if not isinstance(result.payload, Skipped):
         console.print("Next: review the copy (flashcast creatives list / approve, or the dashboard of flashcast "

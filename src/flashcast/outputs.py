@@ -115,6 +115,8 @@ def forecast_files(out_dir: Path, context: RunContext, settings: Settings, forec
     """forecast.csv (total revenue), forecast_series.csv (every channel and segment), the backtest's
     leaderboard and the fan chart."""
     f, currency = forecast.forecast, settings.currency
+    if f is None:
+        return {}
     total = f.to_frame().assign(currency=currency)
     total.insert(0, "lineage_id", context.lineage_id)
     return {

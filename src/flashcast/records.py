@@ -250,13 +250,18 @@ class CreativeLibrary:
 
 @dataclass(frozen=True)
 class ForecastPlan:
-    """Total revenue's forecast (the fan chart), and every channel's and segment's in one tidy frame."""
+    """Total revenue's forecast (the fan chart), and every channel's and segment's in one tidy frame;
+    or, when the history cannot be forecast (too short, too broken), why (the rest of the run still
+    stands)."""
 
-    forecast: Forecast
+    forecast: Forecast | None
     breakdown: pd.DataFrame  # series_id, ds, engine, point, bands
     skipped: tuple[str, ...] = ()  # breakdown series that could not be forecast, and why
+    failure: str | None = None
 
     def lineage(self) -> dict[str, Any]:
+        if self.forecast is None:
+            return {"failure": self.failure}
         series = sorted(self.breakdown["series_id"].unique().tolist()) if len(self.breakdown) else []
         return {**self.forecast.summary(), "notes": list(self.forecast.notes), "breakdown_series": series,
                 "breakdown_skipped": [redact_message(m) for m in self.skipped]}

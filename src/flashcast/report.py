@@ -31,11 +31,13 @@ def format_money(value: float, currency: str) -> str:
 
 
 def attention_items(*, ingest: StagedExport | None = None, segments: Segmentation, creatives: CreativeLibrary,
-                    allocate: AllocationPlan) -> list[str]:
+                    forecast: ForecastPlan, allocate: AllocationPlan) -> list[str]:
     """What a person should look at before trusting the plan, one sentence each."""
     items = []
     if ingest is not None:
         items += list(ingest.warnings)
+    if forecast.failure:
+        items.append(f"Revenue could not be forecast: {forecast.failure}. No DSP payload was written.")
     if allocate.failure:
         items.append(f"The budget could not be allocated: {allocate.failure}. No DSP payload was written.")
     for fallback in (segments.fallback, creatives.fallback):
@@ -56,7 +58,8 @@ def write_report(
     def money(value: float) -> str:
         return format_money(value, currency)
 
-    attention = attention_items(ingest=ingest, segments=segments, creatives=creatives, allocate=allocate)
+    attention = attention_items(ingest=ingest, segments=segments, creatives=creatives, forecast=forecast,
+                                allocate=allocate)
     lines = [
         "# Flashcast plan",
         "",
@@ -73,7 +76,8 @@ def write_report(
         "## Audit",
         "",
         (f"- DSP payload, validated against its JSON Schema: [payload.json]({files['payload'].name})"
-         if "payload" in files else "- No DSP payload: the budget was not allocated"),
+         if "payload" in files else "- No DSP payload: " + ("revenue was not forecast" if forecast.failure
+                                                              else "the budget was not allocated")),
         f"- Daily KPIs per channel: [daily_kpis.csv]({files['daily_kpis'].name})",
         "- Lineage head: [lineage_head.json](lineage_head.json); verify with "
         "`flashcast lineage verify --head out/lineage_head.json`",
@@ -129,6 +133,9 @@ def _creative_lines(library: CreativeLibrary, files: dict[str, Path]) -> list[st
 
 def _forecast_lines(plan: ForecastPlan, files: dict[str, Path], fmt: Money) -> list[str]:
     f = plan.forecast
+    if f is None:
+        return ["## Revenue to expect: not forecast", "", f"**The forecast failed**: {plan.failure}", "",
+                "Everything else in this folder stands; no DSP payload was written.", ""]
     total = (f"; 80% interval for the {len(f.dates)}-day total {fmt(f.total_bands[80][0])} to "
              f"{fmt(f.total_bands[80][1])}" if 80 in f.total_bands else "")
     lines = [

@@ -152,6 +152,10 @@ def _expected(fits: dict[str, CurveFit], point: CurveSet, channels: list[str], s
             (round(float(np.quantile(totals, 0.1)), 3), round(float(np.quantile(totals, 0.9)), 3)))
 
 
+NO_CONVERSIONS = 0.0005  # expected conversions shown as 0.000
+NO_RETURN = 1e-9  # conversions per unit of money: one per billion
+
+
 def _rows(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], bounds: dict[str, ChannelBounds],
           solution: Solution, point: CurveSet, config: AllocationConfig) -> list[AllocationRow]:
     rows = []
@@ -166,8 +170,10 @@ def _rows(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], bounds
             bound = b.upper_rule
         elif bound is None and math.isclose(x, b.lower, abs_tol=0.005) and b.lower > 0:
             bound = b.lower_rule
-        mcpa = 1.0 / float(marginal[i]) if marginal[i] > 0 else None
-        avg = x / float(response[i]) if response[i] > 0 else None
+        # No cost per conversion where the curve expects none (a channel without a conversion in its
+        # history gets a curve of height ~0): a cost in the billions would be read as a figure.
+        mcpa = 1.0 / float(marginal[i]) if marginal[i] > NO_RETURN else None
+        avg = x / float(response[i]) if response[i] >= NO_CONVERSIONS else None
         lo, hi = fits[h.channel].response_interval(x)
         fit = fits[h.channel]
         why = (f"{'fallback curve' if fit.fallback else fit.curve.form + ' curve'} (R^2 {fit.diagnostics.r2:.2f}); "

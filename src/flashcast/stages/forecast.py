@@ -2,10 +2,11 @@
 
 The total is forecast by the configured engine, or (`auto`) by the engine that wins the backtest,
 with conformal bands; a history too short for a backtest is forecast by Prophet's own sample paths
-instead, and the forecast says so. An `auto` selection is kept (`forecast_selections`) and reused by
-the next runs for `[forecast] reselect_days` days of new history unless it drifted: a daily run
-then refits one engine. The breakdown uses the fast default line-up, all series in one parallel
-call. Money is rounded to cents.
+instead, and the forecast says so. A history too short for any forecast (MIN_HISTORY_DAYS) fails
+the stage softly: the record says why, the rest of the run stands and no payload is made. An
+`auto` selection is kept (`forecast_selections`) and reused by the next runs for `[forecast]
+reselect_days` days of new history unless it drifted: a daily run then refits one engine. The
+breakdown uses the fast default line-up, all series in one parallel call. Money is rounded to cents.
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ def run(con: duckdb.DuckDBPyConnection, *, kpis: KpiSummary, segments: Segmentat
         context: RunContext) -> ForecastPlan:
     """The forecast stage: total revenue with nested bands, then the per-channel and per-segment series."""
     stored = stored_calibrations(con) if settings.forecast.reselect_days > 0 else {}
-    forecast = revenue_forecast(revenue_history(con, kpis), settings.forecast, stored=stored.get(SERIES_ID))
+    try:
+        forecast = revenue_forecast(revenue_history(con, kpis), settings.forecast, stored=stored.get(SERIES_ID))
+    except ForecastError as exc:  # a history too short (or too broken): the governed data, segments and copy stand
+        keep_selections(con, [], stored, context)
+        return ForecastPlan(None, pd.DataFrame(), failure=f"{type(exc).__name__}: {exc}")
     if not bands_are_nested(forecast):
         raise ForecastError(f"{SERIES_ID}: forecast bands are not nested")
     done, skipped = forecast_each(breakdown_series(con, kpis, segments.table), engines=DEFAULT_ENGINES,

@@ -252,6 +252,8 @@ def run(con: duckdb.DuckDBPyConnection, *, guard: GuardReport, kpis: KpiSummary,
     f, allocation = forecast.forecast, allocate.allocation
     if allocation is None:
         return Skipped(f"no payload: the budget could not be allocated ({allocate.failure})")
+    if f is None:
+        return Skipped(f"no payload: revenue could not be forecast ({forecast.failure})")
     days = [{"date": d, "point": float(p), **{f"{k}_{level}": float(f.bands[level][0 if k == "lo" else 1][i])
                                                for level in (50, 80, 95) for k in ("lo", "hi")}}
             for i, (d, p) in enumerate(zip(f.dates, f.point, strict=True))]
