@@ -60,8 +60,43 @@ def main() -> None:
                 print(f"--- {fmt}: the same files against DuckDB's floor and a Python loop ({FLOOR.name}; the "
                       "project figure includes its imports)")
                 subprocess.run([sys.executable, str(FLOOR), str(folder), "--python-rows", "100000"], check=False)
+                print(read_floor(folder), flush=True)
         else:
             print(f"({FLOOR} not found: floor comparison skipped)")
+
+
+_READ_FLOOR = """
+import resource, sys, time
+from pathlib import Path
+t = time.perf_counter()
+from flashcast.stages import ingest
+from flashcast.store import transform_connection
+con = transform_connection()
+files = [f for f in ingest.discover_exports(Path(sys.argv[1]))]
+paths = "[" + ", ".join(ingest.literal(f.path) for f in files) + "]"
+if files[0].format == "parquet":
+    read = ingest._parquet_rows_sql(con, files)
+else:  # malformed lines are skipped here: this is only the read
+    read = (f"SELECT * FROM read_json({paths}, format='newline_delimited', ignore_errors=true, "
+            f"columns={ingest._JSON_COLUMNS})")
+con.execute(f"CREATE TEMP TABLE fields AS {read}")
+rows = con.execute("SELECT count(*) FROM fields").fetchall()[0][0]
+took = time.perf_counter() - t
+print(rows, took, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def read_floor(folder: Path) -> str:
+    """DuckDB's own read of every GA4 field Flashcast keeps (read_json with its columns, or its
+    Parquet read), materialized in a table: the floor under ingest + guard + KPIs that the parse
+    floor of guard_floor.py (four fields, grouped) is not. Its own process, imports included."""
+    done = subprocess.run([sys.executable, "-c", _READ_FLOOR, str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        return f"read floor: failed ({last})"
+    rows, took, rss = done.stdout.split()
+    return (f'{{"kind": "read-floor (every field Flashcast keeps, materialized)", "rows": {rows}, '
+            f'"s": {float(took):.2f}, "rows_per_s": {int(rows) / float(took):.0f}, "peak_mib": {int(rss) // 1024}}}')
 
 
 def incremental(folder: Path, spend: Path, settings: Settings, key: PiiKey, tmp: Path) -> None:
