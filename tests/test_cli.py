@@ -188,3 +188,38 @@ def test_creatives_are_listed_and_decided_from_the_command_line(finished_run: Fi
     assert decided[pending[1]].decision == "rejected"
     unknown = runner.invoke(app, ["creatives", "approve", "cr-nope", "-c", str(run.config)])
     assert unknown.exit_code == 1 and "UnknownCreative" in unknown.output and "Traceback" not in unknown.output
+
+
+def test_an_export_whose_every_row_is_quarantined_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An export of another shape: no row has an event_date. Nothing can be aggregated; the error
+    # gives the guard's counts and the quarantine's first row (a failed run writes no quarantine.csv).
+    from datetime import date
+
+    from flashcast.simulate import SimulationSpec, simulate
+
+    monkeypatch.setenv("FLASHCAST_PII_KEY", "flashcast-test-key-0123456789abcdef")
+    sim = simulate(SimulationSpec(days=5, users=40, sessions_per_day=8, seed=2, end_date=date(2026, 5, 31),
+                                  formats=("ndjson",)), tmp_path / "sim")
+    rows, dated, first = 0, 0, sorted(sim.export_dirs["ndjson"].iterdir())[0].name
+    for path in sim.export_dirs["ndjson"].iterdir():
+        lines = path.read_text().splitlines()
+        path.write_text("".join(line.replace('"event_date":', '"event_day":') + "\n" for line in lines))
+        rows += len(lines)
+        dated += sum(_is_json(line) for line in lines)  # the simulator's malformed lines aside
+    config = write_config(tmp_path, tmp_path / "home")
+    for command in ("ingest", "run"):
+        code, output = _run(command, "--export", str(sim.export_dirs["ndjson"]), "--out", str(tmp_path / command),
+                            "-c", str(config))
+        said = " ".join(output.split())
+        assert code == 1 and "Traceback" not in output
+        assert (f"IngestError: no accepted events: of {rows:,} rows read, {rows:,} were quarantined, 0 dropped for "
+                f"consent and 0 duplicates. Quarantined for event_date on {dated:,} row(s), the first: {first} line 1: "
+                "event_date: missing") in said, said
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True

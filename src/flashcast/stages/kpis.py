@@ -26,15 +26,17 @@ from flashcast.config import ChannelMapping, Settings
 from flashcast.engine import Engine, engine_of, is_remote, land
 from flashcast.errors import IngestError
 from flashcast.history import first_day_read
-from flashcast.records import KpiSummary, RunContext, RunInputs, Table
+from flashcast.records import GuardReport, KpiSummary, RunContext, RunInputs, Table
 from flashcast.sql import literal
 
 PARTIAL_DAY_HOUR = 22  # a last day whose latest event is earlier than 22:00 local is still filling in
 
 
-def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings, context: RunContext,
-        engine: Engine) -> KpiSummary:
+def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, guard: GuardReport, settings: Settings,
+        context: RunContext, engine: Engine) -> KpiSummary:
     """The KPI stage: sessions per channel, then daily KPIs per channel with the day's spend."""
+    if not guard.totals["accepted"]:
+        raise IngestError(no_accepted_message(con, guard))
     if inputs.spend is None:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {Table.SPEND} (event_date DATE, channel VARCHAR, spend DOUBLE)")
     else:
@@ -42,6 +44,18 @@ def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings
     since = first_day_read(con) if _has_stored_sessions(con, settings.channels) else None
     return daily_channel_kpis(con, spend=Table.SPEND, mapping=settings.channels, timezone=settings.property_timezone,
                               lineage_id=context.lineage_id, engine=engine, stored_sessions_since=since)
+
+
+def no_accepted_message(con: duckdb.DuckDBPyConnection, guard: GuardReport) -> str:
+    """Why nothing was accepted, from the guard's counts and the quarantine's commonest fields, each
+    with its first row (file, line, problem; never a value): a failed run writes no quarantine.csv."""
+    t = guard.totals
+    fields = con.execute(f"""SELECT field, count(*), first(reason ORDER BY source_file, source_line)
+        FROM {Table.QUARANTINE} GROUP BY field ORDER BY count(*) DESC, field LIMIT 3""").fetchall()
+    why = "; ".join(f"{field} on {n:,} row(s), the first: {reason}" for field, n, reason in fields)
+    return (f"no accepted events: of {t['input_rows']:,} rows read, {t['quarantined']:,} were quarantined, "
+            f"{t['dropped_consent']:,} dropped for consent and {t['duplicate']:,} duplicates"
+            + (f". Quarantined for {why}" if why else ""))
 
 
 STORED_SESSIONS = f"_stored_{Table.SESSIONS}"  # the warehouse's sessions, a view (flashcast.history)
