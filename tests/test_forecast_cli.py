@@ -73,6 +73,23 @@ def test_one_bad_series_does_not_sink_the_others(tmp_path: Path) -> None:
     assert sorted(pd.read_csv(out / "forecast.csv")["series_id"].unique()) == ["north", "south"]
 
 
+def test_a_series_below_zero_is_skipped_with_the_option_that_takes_it(tmp_path: Path) -> None:
+    frame = _stores()
+    frame.loc[frame["store"] == "east", "sales"] -= 60.0  # a margin, say: it goes below zero
+    path = tmp_path / "stores.csv"
+    frame.to_csv(path, index=False)
+    args = ["forecast", str(path), "--date-col", "day", "--value-col", "sales", "--series-col", "store", "--out",
+            str(tmp_path / "out"), "--horizon", "7", "--charts", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "skipped east: negative value on 2025-01-01 (--signed takes series that may go below zero)" in " ".join(
+        result.output.split())
+    signed = CliRunner().invoke(app, [*args, "--signed"])
+    assert signed.exit_code == 0 and "skipped" not in signed.output
+    east = pd.read_csv(tmp_path / "out" / "forecast.csv").query("series_id == 'east'")
+    assert len(east) == 7 and (east["lo_95"] < 0).any()
+
+
 def _weekly(n_days: int = 280, start: str = "2025-01-01", seed: int = 5) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     days = pd.date_range(start, periods=n_days)

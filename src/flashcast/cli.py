@@ -433,7 +433,8 @@ def forecast(
     if len(done) > 20:
         console.print(f"... and {len(done) - 20:,} more in {files['forecast']}")
     for reason in skipped:
-        console.print(f"[yellow]skipped[/yellow] {reason}", highlight=False)
+        hint = " (--signed takes series that may go below zero)" if ": negative value on " in reason else ""
+        console.print(f"[yellow]skipped[/yellow] {escape(reason)}{hint}", highlight=False)
     console.print(f"wrote {files['forecast']}, {files['forecast_backtest']} and "
                   f"{sum(k.startswith('fan_chart') for k in files)} fan chart(s) in {out}")
     for result in done:
