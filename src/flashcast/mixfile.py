@@ -90,7 +90,8 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
     sorted_dates = dates.iloc[order].reset_index(drop=True)
     repeats = np.flatnonzero(sorted_dates.duplicated().to_numpy())
     if len(repeats):
-        raise IngestError(f"{path}: row {int(order[repeats[0]]) + 1}: {date_col} repeats an earlier row's date")
+        raise IngestError(f"{path}: row {int(order[repeats[0]]) + 1}: {date_col} repeats an earlier row's date (one "
+                          "row a period: a panel of geos or products is summed per date first)")
     frame = frame.iloc[order].reset_index(drop=True)
     gaps = sorted_dates.diff().dt.days  # days since the row before, NaN for the first
     cadence = cadence or _cadence(gaps, path)
