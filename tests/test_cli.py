@@ -217,6 +217,25 @@ def test_an_export_whose_every_row_is_quarantined_says_why(tmp_path: Path, monke
                 "event_date: missing") in said, said
 
 
+def test_an_export_without_consent_anywhere_says_which_setting_decides(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import date
+
+    from flashcast.simulate import SimulationSpec, simulate
+
+    monkeypatch.setenv("FLASHCAST_PII_KEY", "flashcast-test-key-0123456789abcdef")
+    sim = simulate(SimulationSpec(days=5, users=40, sessions_per_day=8, seed=2, end_date=date(2026, 5, 31),
+                                  formats=("ndjson",)), tmp_path / "sim")
+    for path in sim.export_dirs["ndjson"].iterdir():  # consent mode not set up: NULL everywhere
+        path.write_text(path.read_text().replace('"analytics_storage":"Yes"', '"analytics_storage":null'))
+    config = write_config(tmp_path, tmp_path / "home", extra='[policy]\nconsent_null_means = "denied"')
+    code, output = _run("ingest", "--export", str(sim.export_dirs["ndjson"]), "--out", str(tmp_path / "out"),
+                        "-c", str(config))
+    said = " ".join(output.split())
+    assert code == 1 and "Traceback" not in output
+    assert "dropped for consent (a NULL consent counts as denied: [policy] consent_null_means)" in said, said
+
+
 def _is_json(line: str) -> bool:
     try:
         json.loads(line)

@@ -53,8 +53,10 @@ def no_accepted_message(con: duckdb.DuckDBPyConnection, guard: GuardReport) -> s
     fields = con.execute(f"""SELECT field, count(*), first(reason ORDER BY source_file, source_line)
         FROM {Table.QUARANTINE} GROUP BY field ORDER BY count(*) DESC, field LIMIT 3""").fetchall()
     why = "; ".join(f"{field} on {n:,} row(s), the first: {reason}" for field, n, reason in fields)
+    consent = (f" (a NULL consent counts as {guard.consent_null_means}: [policy] consent_null_means)"
+               if t["dropped_consent"] else "")
     return (f"no accepted events: of {t['input_rows']:,} rows read, {t['quarantined']:,} were quarantined, "
-            f"{t['dropped_consent']:,} dropped for consent and {t['duplicate']:,} duplicates"
+            f"{t['dropped_consent']:,} dropped for consent{consent} and {t['duplicate']:,} duplicates"
             + (f". Quarantined for {why}" if why else ""))
 
 
