@@ -30,7 +30,7 @@ def normalize_text(name: str, text: str, *, lineage_id: str, roots: list[str]) -
         text = _blank_column(text, "seconds_per_fit")
     if name == "report.md":
         # the leaderboard's last column (milliseconds per fit) follows its 95% coverage
-        text = re.sub(r"(\d+% \| )[\d,]+\.\d \|$", r"\1<ms> |", text, flags=re.MULTILINE)
+        text = re.sub(r"(\d+% \| )[\d,]+\.\d+ \|$", r"\1<ms> |", text, flags=re.MULTILINE)
     return text
 
 

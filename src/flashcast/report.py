@@ -159,7 +159,7 @@ def _forecast_lines(plan: ForecastPlan, files: dict[str, Path], fmt: Money) -> l
             "| engine | MASE | sMAPE | 80% coverage | 95% coverage | ms per fit |",
             "|---|---:|---:|---:|---:|---:|",
             *[f"| {r['engine']} | {r['mase']:.3f} | {r['smape']:.3f} | {r['coverage_80']:.0%} | "
-              f"{r['coverage_95']:.0%} | {cast(float, r['seconds_per_fit']) * 1000:,.1f} |" for r in f.leaderboard],
+              f"{r['coverage_95']:.0%} | {cast(float, r['seconds_per_fit']) * 1000:,.2f} |" for r in f.leaderboard],
             "",
             f"Full table: [forecast_backtest.csv]({files['forecast_backtest'].name}).",
         ]
