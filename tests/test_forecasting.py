@@ -549,9 +549,12 @@ def test_theta_is_statsforecasts_theta_method(kind: str) -> None:
          "additive": rng.normal(0, 5, n) + 10 * np.sin(t * 2 * np.pi / 7),  # negative values: additive
          "no season": 50 + np.cumsum(rng.normal(0, 1, n)),
          "trend": 100 + 0.2 * t + 20 * np.sin(t * 2 * np.pi / 7) + rng.normal(0, 5, n)}[kind]
+    padded = np.concatenate([y, np.full(30, 1e6)])[None, :]  # the padding past the history is not read
+    ratio, difference = seasonal_indices(padded, np.array([n]), 7)
     for model in ("multiplicative", "additive") if y.min() > 0 else ("additive",):
         expected = seasonal_decompose(y, model=model, period=7).seasonal
-        np.testing.assert_allclose(seasonal_indices(y, 7, model == "multiplicative")[t % 7], expected, rtol=1e-10)
+        ours = (ratio if model == "multiplicative" else difference)[0]
+        np.testing.assert_allclose(ours[t % 7], expected, rtol=1e-10)
     ours = make_engine("theta").point(y, pd.date_range("2024-01-01", periods=n), 14)
     theirs = Theta(season_length=7).forecast(y=y, h=14)["mean"]
     assert np.max(np.abs(ours - theirs)) < 0.1 * np.std(y)
@@ -560,8 +563,8 @@ def test_theta_is_statsforecasts_theta_method(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["trend and season", "negative values", "random walk", "constant",
                                   "a near-zero weekday"])
 def test_theta_at_every_origin_at_once_is_theta_at_each_origin(kind: str) -> None:
-    """The backtest prepares every origin of `theta` together; the forecasts are `point`'s, origin
-    by origin, for histories shorter and longer than its window."""
+    """The backtest prepares every origin of `theta` together, each history padded past its cut;
+    the forecasts are `point`'s, origin by origin, for histories shorter and longer than its window."""
     rng = np.random.default_rng(3)
     n = 700
     t = np.arange(n)

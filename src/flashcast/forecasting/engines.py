@@ -345,61 +345,40 @@ def seasonal_ses(core: Any, y: np.ndarray, horizon: int, season_length: int = 7)
 SEASONAL_TEST_Z = 1.6448536269514722  # one-sided 95% normal quantile, as statsforecast's Theta uses
 
 
-def seasonal_indices(y: np.ndarray, season_length: int, multiplicative: bool) -> np.ndarray:
-    """Classical decomposition's seasonal component, one value per position `t % season_length`
-    (statsmodels' `seasonal_decompose`, odd season lengths): the series over its centred moving
-    average, averaged per position and normalized to mean 1 (or minus it, averaged, to mean 0)."""
+def seasonal_indices(values: np.ndarray, lengths: np.ndarray, season_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Classical decomposition's seasonal component of each row of `values` (its first `lengths[i]`
+    values are history, the rest padding), one value per position `t % season_length`, as
+    statsmodels' `seasonal_decompose` computes it for odd season lengths: the series over (or minus)
+    its centred moving average, averaged per position and normalized to mean 1 (or 0). Returns the
+    multiplicative and the additive indices (rows x season_length); a row with zeros has no
+    meaningful multiplicative one."""
     m = season_length
-    sums = np.cumsum(np.concatenate([[0.0], y]))
-    trend = (sums[m:] - sums[:-m]) / m
-    middle = y[m // 2 : m // 2 + trend.size]
-    detrended = middle / trend if multiplicative else middle - trend
-    position = (np.arange(trend.size) + m // 2) % m
-    means = np.bincount(position, weights=detrended, minlength=m) / np.bincount(position, minlength=m)
-    return np.asarray(means / means.mean() if multiplicative else means - means.mean())
+    k = values.shape[0]
+    sums = np.concatenate([np.zeros((k, 1)), np.cumsum(values, axis=1)], axis=1)
+    trend = (sums[:, m:] - sums[:, :-m]) / m  # a centred moving average where the whole span is history
+    inside = np.arange(trend.shape[1])[None, :] <= (lengths - m)[:, None]
+    middle = values[:, m // 2 : m // 2 + trend.shape[1]]
+    position = (np.arange(trend.shape[1]) + m // 2) % m
+    one_hot = (position[:, None] == np.arange(m)[None, :]).astype(float)
+    counts = np.maximum(inside @ one_hot, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(inside, middle / trend, 0.0) @ one_hot / counts
+    difference = np.where(inside, middle - trend, 0.0) @ one_hot / counts
+    return ratio / ratio.mean(axis=1, keepdims=True), difference - difference.mean(axis=1, keepdims=True)
 
 
-def theta_method(core: Any, y: np.ndarray, horizon: int, season_length: int = 7) -> np.ndarray:
+def theta_method(core: Any, windows: np.ndarray, lengths: np.ndarray, horizon: int, season_length: int = 7
+                 ) -> np.ndarray:
     """The standard Theta method (Assimakopoulos & Nikolopoulos 2000) in Hyndman & Billah's form,
-    as R's `forecast::thetaf` computes it: simple exponential smoothing plus half the slope of a
-    straight line through the history, on the series seasonally adjusted by classical
-    decomposition when the autocorrelation at the season lag is significant (multiplicative for a
-    positive series, else additive), re-seasonalized. Alpha in 0.1-0.99 from statsforecast's
-    compiled smoothing core. statsforecast's `Theta` is the same model with the initial level
-    also optimized; a test holds the two close."""
-    n, m = y.size, season_length
-    x = y
-    season: np.ndarray | None = None
-    multiplicative = False
-    if n >= 2 * m:
-        centred = y - y.mean()
-        denominator = float(centred @ centred)
-        if denominator > 0:
-            r = np.array([centred[:-k] @ centred[k:] for k in range(1, m + 1)]) / denominator
-            if abs(r[-1]) / np.sqrt((1 + 2 * np.sum(r[:-1] ** 2)) / n) > SEASONAL_TEST_Z:
-                multiplicative = bool(y.min() > 0)
-                season = seasonal_indices(y, m, multiplicative)
-                if multiplicative and season.min() < 0.01:
-                    multiplicative = False
-                    season = seasonal_indices(y, m, False)
-                past = season[np.arange(n) % m]
-                x = y / past if multiplicative else y - past
-    alpha = core.golden_section_ses(x, 0.1, 0.99)
-    level = core.ses_forecast(x, alpha)[0]
-    t = np.arange(n, dtype=float) - (n - 1) / 2
-    slope = float(t @ (x - x.mean()) / (t @ t))
-    out = level + slope / 2 * (np.arange(horizon) + (1 - (1 - alpha) ** n) / alpha)
-    if season is not None:
-        ahead = season[(n + np.arange(horizon)) % m]
-        out = out * ahead if multiplicative else out + ahead
-    return np.asarray(out, dtype=float)
-
-
-def _theta_windows(core: Any, windows: np.ndarray, lengths: np.ndarray, horizon: int, season_length: int = 7
-                   ) -> np.ndarray:
-    """`theta_method` on each row of `windows` (origins x days): row i's history is its first
-    `lengths[i]` values, the rest is padding. The same steps as `theta_method`, as array operations."""
-    k, width = windows.shape
+    as R's `forecast::thetaf` computes it, on each row of `windows` (origins x days; row i's history
+    is its first `lengths[i]` values, the rest padding, so a backtest prepares all its origins in
+    array operations): simple exponential smoothing plus half the slope of a straight line through
+    the history, on the series seasonally adjusted by classical decomposition when the
+    autocorrelation at the season lag is significant (multiplicative for a positive series, else
+    additive), re-seasonalized. Alpha in 0.1-0.99 from statsforecast's compiled smoothing core,
+    searched row by row. statsforecast's `Theta` is the same model with the initial level also
+    optimized; a test holds the two close."""
+    width = windows.shape[1]
     m = season_length
     n = np.asarray(lengths, dtype=np.int64)
     valid = np.arange(width)[None, :] < n[:, None]
@@ -411,18 +390,7 @@ def _theta_windows(core: Any, windows: np.ndarray, lengths: np.ndarray, horizon:
     r = np.stack(lagged, axis=1) / safe[:, None]
     seasonal = (n >= 2 * m) & (denominator > 0) & (
         np.abs(r[:, -1]) / np.sqrt((1 + 2 * np.sum(r[:, :-1] ** 2, axis=1)) / n) > SEASONAL_TEST_Z)
-    sums = np.concatenate([np.zeros((k, 1)), np.cumsum(values, axis=1)], axis=1)
-    trend = (sums[:, m:] - sums[:, :-m]) / m  # a centred moving average where the whole span is history
-    inside = np.arange(trend.shape[1])[None, :] <= (n - m)[:, None]
-    middle = values[:, m // 2 : m // 2 + trend.shape[1]]
-    position = (np.arange(trend.shape[1]) + m // 2) % m
-    one_hot = (position[:, None] == np.arange(m)[None, :]).astype(float)
-    counts = np.maximum(inside @ one_hot, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):  # rows with zeros are never multiplicative
-        ratio = np.where(inside, middle / trend, 0.0) @ one_hot / counts
-    difference = np.where(inside, middle - trend, 0.0) @ one_hot / counts
-    ratio = ratio / ratio.mean(axis=1, keepdims=True)
-    difference = difference - difference.mean(axis=1, keepdims=True)
+    ratio, difference = seasonal_indices(values, n, m)
     positive = np.where(valid, windows, np.inf).min(axis=1) > 0
     multiplicative = seasonal & positive & ~(ratio.min(axis=1) < 0.01)  # a tiny index: additive instead
     season = np.where(multiplicative[:, None], ratio, np.where(seasonal[:, None], difference, 0.0))
@@ -451,13 +419,13 @@ class ThetaMethod:
         core = _ses_core()
         if core is None:  # a statsforecast without the compiled core: its model class
             return StatsForecastEngine("theta").point(y, dates, horizon)
-        return theta_method(core, y, horizon)
+        return theta_method(core, y[None, :], np.array([y.size]), horizon)[0]
 
     def backtest_points(self, y: np.ndarray, dates: pd.DatetimeIndex, cuts: Sequence[int], horizon: int
                         ) -> np.ndarray | None:
         """`point` at every cut, all origins prepared together (the seasonal test, decomposition
         and drift of all of them in array operations); only the smoothing's alpha is searched
-        origin by origin. The same numbers as `point`, to rounding (tested)."""
+        origin by origin. The padding past each cut changes nothing (tested)."""
         core = _ses_core()
         if core is None:
             return None
@@ -466,7 +434,7 @@ class ThetaMethod:
         start = np.maximum(cut - self.window_days, 0)
         lengths = cut - start
         rows = np.minimum(start[:, None] + np.arange(int(lengths.max()))[None, :], len(y) - 1)
-        return _theta_windows(core, y[rows], lengths, horizon)  # left-aligned windows, padded past each cut
+        return theta_method(core, y[rows], lengths, horizon)  # left-aligned windows, padded past each cut
 
 
 def holiday_frame(countries: Sequence[str], years: range) -> pd.DataFrame:
