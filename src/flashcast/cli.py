@@ -432,9 +432,9 @@ def forecast(
     console.print(table)
     if len(done) > 20:
         console.print(f"... and {len(done) - 20:,} more in {files['forecast']}")
-    for reason in skipped:
-        hint = " (--signed takes series that may go below zero)" if ": negative value on " in reason else ""
-        console.print(f"[yellow]skipped[/yellow] {escape(reason)}{hint}", highlight=False)
+    for skip in skipped:
+        hint = " (--signed takes series that may go below zero)" if skip.negative else ""
+        console.print(f"[yellow]skipped[/yellow] {escape(skip.reason)}{hint}", highlight=False)
     console.print(f"wrote {files['forecast']}, {files['forecast_backtest']} and "
                   f"{sum(k.startswith('fan_chart') for k in files)} fan chart(s) in {out}")
     for result in done:

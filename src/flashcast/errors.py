@@ -12,6 +12,7 @@
       SegmentationError      there are no (or too few) users to segment
       ForecastError          a series cannot be forecast (gaps, negative values, duplicates)
         HistoryTooShort      too few days for the backtest that selects and calibrates engines
+        NegativeValue        a series taken as non-negative goes below zero
       AllocationError        the budget cannot be allocated
         AllocationInfeasible the guardrails cannot all hold for the budget (names the conflicting bounds)
         CurveFitError        a response curve cannot be fitted to a channel's history
@@ -89,6 +90,10 @@ class ForecastError(FlashcastError):
 
 class HistoryTooShort(ForecastError):
     """Too few days for a rolling-origin backtest (engine selection and conformal bands)."""
+
+
+class NegativeValue(ForecastError):
+    """A series forecast as non-negative (revenue, counts) has a value below zero."""
 
 
 class AllocationError(FlashcastError):

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from flashcast.errors import ForecastError
+from flashcast.errors import ForecastError, NegativeValue
 from flashcast.forecasting.backtest import (
     LEVELS,
     BacktestSpec,
@@ -355,7 +355,19 @@ class _Task:
     max_age_days: int = 7
 
 
-def _forecast_one(task: _Task) -> Forecast | str:
+@dataclass(frozen=True)
+class SkippedSeries:
+    """A series `forecast_each` could not forecast, and why."""
+
+    series_id: str
+    reason: str
+    negative: bool = False  # it went below zero while taken as non-negative (a signed forecast would take it)
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def _forecast_one(task: _Task) -> Forecast | SkippedSeries:
     try:
         if task.calibration is not None:
             reused = refit_forecast(task.frame, task.calibration, spec=task.spec, nonnegative=task.nonnegative,
@@ -365,8 +377,8 @@ def _forecast_one(task: _Task) -> Forecast | str:
                 return reused
         return auto_forecast(task.frame, series_id=task.series_id, engines=task.engines, spec=task.spec,
                              nonnegative=task.nonnegative, options=task.options, keep_last_day=task.keep_last_day)
-    except ForecastError as exc:
-        return str(exc)  # one bad series does not sink the others; the caller reports it
+    except ForecastError as exc:  # one bad series does not sink the others; the caller reports it
+        return SkippedSeries(task.series_id, str(exc), negative=isinstance(exc, NegativeValue))
 
 
 def _start_worker(parent: int) -> None:
@@ -398,10 +410,10 @@ def forecast_each(
     spec: BacktestSpec | None = None, nonnegative: bool = True, options: EngineOptions | None = None,
     workers: int | None = None, keep_last_day: bool = False, calibrations: Mapping[str, Calibration] | None = None,
     max_age_days: int = 7,
-) -> tuple[list[Forecast], list[str]]:
+) -> tuple[list[Forecast], list[SkippedSeries]]:
     """Backtest, select and forecast every series of a long (series_id, ds, y) frame, in parallel
     across cores. A series with a fresh stored selection in `calibrations` is refitted instead
-    (`refit_forecast`). Returns the forecasts and, for series that could not be forecast, the reasons."""
+    (`refit_forecast`). Returns the forecasts and, for series that could not be forecast, why (`SkippedSeries`)."""
     from concurrent.futures import ProcessPoolExecutor
 
     spec = spec or BacktestSpec()
@@ -416,7 +428,7 @@ def forecast_each(
     else:
         with ProcessPoolExecutor(max_workers=workers, initializer=_start_worker, initargs=(os.getpid(),)) as pool:
             results = list(pool.map(_forecast_one, tasks, chunksize=max(1, len(tasks) // (workers * 4))))
-    return [r for r in results if isinstance(r, Forecast)], [r for r in results if isinstance(r, str)]
+    return [r for r in results if isinstance(r, Forecast)], [r for r in results if isinstance(r, SkippedSeries)]
 
 
 def forecast_many(
@@ -432,7 +444,7 @@ def forecast_many(
     done, skipped = forecast_each(frame, id_col=id_col, engines=engines, spec=spec, nonnegative=nonnegative,
                                   workers=workers, keep_last_day=keep_last_day)
     out = tidy_all(done)
-    out.attrs["skipped"] = skipped
+    out.attrs["skipped"] = [str(s) for s in skipped]
     return out
 
 

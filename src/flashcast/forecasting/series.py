@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from flashcast.errors import ForecastError
+from flashcast.errors import ForecastError, NegativeValue
 
 MIN_HISTORY_DAYS = 28  # below this not even a weekly pattern can be seen
 
@@ -58,7 +58,7 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
     if np.isnan(y).any():
         raise ForecastError(f"{series_id}: missing value on {ds[np.isnan(y).argmax()].date()}")
     if nonnegative and (y < 0).any():
-        raise ForecastError(f"{series_id}: negative value on {ds[(y < 0).argmax()].date()}")
+        raise NegativeValue(f"{series_id}: negative value on {ds[(y < 0).argmax()].date()}")
     long_gaps = np.flatnonzero(np.diff(ds.to_numpy()) // np.timedelta64(1, "D") > max_fill_days + 1)
     dropped = 0
     if len(long_gaps):

@@ -53,8 +53,9 @@ def run(con: duckdb.DuckDBPyConnection, *, kpis: KpiSummary, segments: Segmentat
                                   calibrations=stored, max_age_days=settings.forecast.reselect_days)
     keep_selections(con, [forecast, *done], stored, context)
     breakdown = tidy_all(done)
-    breakdown.attrs["skipped"] = skipped
-    return ForecastPlan(forecast, breakdown, tuple(skipped))
+    reasons = tuple(str(s) for s in skipped)
+    breakdown.attrs["skipped"] = list(reasons)
+    return ForecastPlan(forecast, breakdown, reasons)
 
 
 def revenue_history(con: duckdb.DuckDBPyConnection, kpis: KpiSummary) -> pd.DataFrame:
