@@ -236,6 +236,30 @@ def test_an_export_without_consent_anywhere_says_which_setting_decides(tmp_path:
     assert "dropped for consent (a NULL consent counts as denied: [policy] consent_null_means)" in said, said
 
 
+def test_an_export_of_only_a_partial_day_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only today's intraday table: the governed data is stored (tomorrow's run builds on it), but
+    # there is no complete day to plan from, and the run says that rather than "no users".
+    from datetime import date
+
+    from flashcast.simulate import SimulationSpec, simulate
+
+    monkeypatch.setenv("FLASHCAST_PII_KEY", "flashcast-test-key-0123456789abcdef")
+    sim = simulate(SimulationSpec(days=3, users=40, sessions_per_day=8, seed=2, end_date=date(2026, 5, 31),
+                                  formats=("ndjson",)), tmp_path / "sim")
+    for path in sim.export_dirs["ndjson"].iterdir():
+        if not path.name.startswith("events_intraday_"):
+            path.unlink()
+    config = write_config(tmp_path, tmp_path / "home")
+    export = str(sim.export_dirs["ndjson"])
+    ingested = _run("ingest", "--export", export, "-c", str(config))
+    assert ingested[0] == 0, ingested[1]
+    code, output = _run("run", "--export", export, "--out", str(tmp_path / "out"), "-c", str(config))
+    said = " ".join(output.split())
+    assert code == 1 and "Traceback" not in output
+    assert ("SegmentationError: no complete day to segment users on: every accepted event is on 2026-05-31, a "
+            "partial day") in said, said
+
+
 def _is_json(line: str) -> bool:
     try:
         json.loads(line)

@@ -52,6 +52,10 @@ def run(con: duckdb.DuckDBPyConnection, *, kpis: KpiSummary, settings: Settings,
         llm: StructuredClient | None) -> Segmentation:
     """The segments stage: features per user, then the configured method (an LLM names k-means
     clusters when one is configured; if it fails, the offline method runs and says why)."""
+    if kpis.first_day > kpis.last_complete_day:
+        raise SegmentationError(
+            f"no complete day to segment users on: every accepted event is on {kpis.last_day}, a partial day (an "
+            "intraday export, or no event after the morning); the plan needs at least one complete day's export")
     user_features(con, as_of=kpis.last_complete_day)
     config = settings.segments
     fallback = None
