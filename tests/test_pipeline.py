@@ -289,6 +289,14 @@ def test_a_history_too_short_to_forecast_keeps_the_rest_of_the_run(tmp_path: Pat
         status, summary = conn.execute(sa.select(ops.runs.c.status, ops.runs.c.summary)).one()
     assert status == "partial" and summary["problems"][0].startswith("forecast: ForecastError")
     LineageLog(ops).verify([read_head_file(out / "lineage_head.json")])
+    # Without the spend file the allocation fails too: the report names both, the payload once
+    again = CliRunner().invoke(app, ["run", "--export", str(sim.export_dirs["ndjson"]), "--out", str(tmp_path / "o2"),
+                                     "-c", str(config)])
+    assert again.exit_code == 1, again.output
+    report = (tmp_path / "o2" / "report.md").read_text()
+    assert "No DSP payload: revenue was not forecast and the budget was not allocated" in report
+    attention = report.split("## Needs attention")[1].split("##")[0]
+    assert "AllocationInfeasible" in attention and attention.count("No DSP payload was written") == 1, attention
 
 
 def test_every_forecast_row_of_a_run_is_nested_non_negative_and_holds_its_point(finished_run: FinishedRun) -> None:

@@ -37,10 +37,11 @@ def attention_items(*, ingest: StagedExport | None = None, segments: Segmentatio
     items = []
     if ingest is not None:
         items += list(ingest.warnings)
-    if forecast.failure:
-        items.append(f"Revenue could not be forecast: {forecast.failure}. No DSP payload was written.")
-    if allocate.failure:
-        items.append(f"The budget could not be allocated: {allocate.failure}. No DSP payload was written.")
+    failures = ([f"Revenue could not be forecast: {forecast.failure}."] if forecast.failure else []) + (
+        [f"The budget could not be allocated: {allocate.failure}."] if allocate.failure else [])
+    if failures:  # either one stops the payload: say so once
+        failures[-1] += " No DSP payload was written."
+    items += failures
     for fallback in (segments.fallback, creatives.fallback):
         if fallback:
             items.append(fallback)
@@ -48,6 +49,12 @@ def attention_items(*, ingest: StagedExport | None = None, segments: Segmentatio
     if pending:
         items.append(f"{pending} creatives wait for a person's approval before they can be pushed.")
     return items
+
+
+def _why_no_payload(forecast: ForecastPlan, allocate: AllocationPlan) -> str:
+    reasons = (["revenue was not forecast"] if forecast.failure else []) + (
+        ["the budget was not allocated"] if allocate.failure or not forecast.failure else [])
+    return " and ".join(reasons)
 
 
 def write_report(
@@ -77,8 +84,7 @@ def write_report(
         "## Audit",
         "",
         (f"- DSP payload, validated against its JSON Schema: [payload.json]({files['payload'].name})"
-         if "payload" in files else "- No DSP payload: " + ("revenue was not forecast" if forecast.failure
-                                                              else "the budget was not allocated")),
+         if "payload" in files else "- No DSP payload: " + _why_no_payload(forecast, allocate)),
         f"- Daily KPIs per channel: [daily_kpis.csv]({files['daily_kpis'].name})",
         "- Lineage head: [lineage_head.json](lineage_head.json); verify with "
         "`flashcast lineage verify --head out/lineage_head.json`",
