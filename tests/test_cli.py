@@ -260,6 +260,18 @@ def test_an_export_of_only_a_partial_day_says_so(tmp_path: Path, monkeypatch: py
             "partial day") in said, said
 
 
+def test_push_and_rebalance_before_anything_is_set_up_say_what_is_missing(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASHCAST_PII_KEY", "flashcast-test-key-0123456789abcdef")
+    config = write_config(tmp_path, tmp_path / "home")
+    assert "[source]" not in config.read_text()
+    code, output = _run("push", "-c", str(config))
+    assert code == 1 and _one_clean_line(output).startswith("PayloadNotFound: no payload yet: no run has made one")
+    code, output = _run("rebalance", "-c", str(config))
+    assert code == 1 and "ConfigError: rebalance reads [source] export (and spend): set them in" in _one_clean_line(
+        " ".join(output.split()))
+
+
 def _is_json(line: str) -> bool:
     try:
         json.loads(line)

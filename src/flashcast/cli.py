@@ -849,7 +849,8 @@ def push(
         with _ops_store(settings) as ops:
             lineage_id = lineage_id or latest_payload_id(ops)
             if lineage_id is None:
-                raise PayloadNotFound("no payload yet: run the pipeline first")
+                raise PayloadNotFound("no payload yet: no run has made one (a run whose forecast or allocation "
+                                      "failed makes none; `flashcast runs` lists them)")
             try:
                 orders = push_payload(ops, settings, lineage_id, by="cli")
             except PushHeld as exc:

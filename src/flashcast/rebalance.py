@@ -51,7 +51,8 @@ def rebalance(settings: Settings, *, key: PiiKey, by: str, progress: Progress | 
     when another is running."""
     source = settings.source
     if source.export is None:
-        raise ConfigError("rebalance reads [source] export (and spend): set them in the config")
+        raise ConfigError("rebalance reads [source] export (and spend): set them in flashcast.toml, or the "
+                          "file -c names (the annotated flashcast.toml lists both)")
     lock = settings.store.home / "rebalance.lock"
     with _only_one(lock):
         result = run_pipeline(settings, RunInputs(source.export, source.spend), source.out, key=key,
