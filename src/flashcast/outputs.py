@@ -158,12 +158,13 @@ WRITERS: tuple[Callable[..., dict[str, Path]], ...] = (
 )
 
 
-def report_file(out_dir: Path, context: RunContext, settings: Settings, ingest: StagedExport, guard: GuardReport,
-                kpis: KpiSummary, segments: Segmentation, creatives: CreativeLibrary, forecast: ForecastPlan,
-                allocate: AllocationPlan, files: dict[str, Path]) -> dict[str, Path]:
+def report_file(out_dir: Path, published_dir: Path, context: RunContext, settings: Settings, ingest: StagedExport,
+                guard: GuardReport, kpis: KpiSummary, segments: Segmentation, creatives: CreativeLibrary,
+                forecast: ForecastPlan, allocate: AllocationPlan, files: dict[str, Path]) -> dict[str, Path]:
     return {"report": write_report(out_dir / "report.md", lineage_id=context.lineage_id, currency=settings.currency,
                                    ingest=ingest, guard=guard, kpis=kpis, segments=segments, creatives=creatives,
-                                   forecast=forecast, allocate=allocate, files=files)}
+                                   forecast=forecast, allocate=allocate, files=files,
+                                   head_file=published_dir / "lineage_head.json")}
 
 
 def write_outputs(values: Mapping[str, Any]) -> dict[str, Path]:

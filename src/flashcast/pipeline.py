@@ -222,7 +222,7 @@ def run_pipeline(
         snapshot = scope.enter_context(WarehouseSnapshot())  # the stored history, read in place
         values: dict[str, Any] = {"con": con, "engine": engine, "settings": settings, "inputs": inputs,
                                   "context": context, "key": key, "llm": llm, "out_dir": staging,
-                                  "snapshot": snapshot}
+                                  "published_dir": out_dir, "snapshot": snapshot}
         for stage in stages:
             step = stage.name
             values[stage.name] = _run_stage(stage, values, hooks, head=recorder.log.head)

@@ -7,6 +7,7 @@ forecast and tomorrow's budget. Money is shown in the configured currency.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -60,9 +61,10 @@ def _why_no_payload(forecast: ForecastPlan, allocate: AllocationPlan) -> str:
 def write_report(
     path: Path, *, lineage_id: str, currency: str, guard: GuardReport, kpis: KpiSummary, segments: Segmentation,
     creatives: CreativeLibrary, forecast: ForecastPlan, allocate: AllocationPlan, files: dict[str, Path],
-    ingest: StagedExport | None = None,
+    ingest: StagedExport | None = None, head_file: Path = Path("out/lineage_head.json"),
 ) -> Path:
-    """report.md: the plan in plain words, linking every other file."""
+    """report.md: the plan in plain words, linking every other file. `head_file` is where the run's
+    lineage head will be once the folder is published (the command to verify it names that path)."""
     def money(value: float) -> str:
         return format_money(value, currency)
 
@@ -87,7 +89,7 @@ def write_report(
          if "payload" in files else "- No DSP payload: " + _why_no_payload(forecast, allocate)),
         f"- Daily KPIs per channel: [daily_kpis.csv]({files['daily_kpis'].name})",
         "- Lineage head: [lineage_head.json](lineage_head.json); verify with "
-        "`flashcast lineage verify --head out/lineage_head.json`",
+        f"`flashcast lineage verify --head {shlex.quote(str(head_file))}`",
         "- OpenLineage events: [openlineage.jsonl](openlineage.jsonl)",
         "",
     ]
