@@ -156,6 +156,20 @@ def test_a_semicolon_file_from_a_spreadsheet_reads_its_decimal_commas(tmp_path: 
         read_series_file(commas)
 
 
+def test_a_number_formatted_for_reading_is_named_with_how_to_write_it(tmp_path: Path) -> None:
+    formatted = tmp_path / "formatted.csv"
+    formatted.write_text('ds,y\n2014-09-14,12\n2014-09-15,"$1,234.50"\n2014-09-16,n/a\n')
+    with pytest.raises(ForecastError) as raised:
+        read_series_file(formatted)
+    assert str(raised.value).endswith("row 2: y is not a number (write plain numbers: no currency sign, thousands "
+                                      "separator or percent sign)")
+    assert "1,234" not in str(raised.value)
+    formatted.write_text("ds,y\n2014-09-14,12\n2014-09-15,n/a\n")
+    with pytest.raises(ForecastError) as raised:
+        read_series_file(formatted)
+    assert str(raised.value).endswith("row 2: y is not a number")
+
+
 @pytest.mark.parametrize(("freq", "said"), [("7D", "7 days apart (weekly data)"),
                                              ("MS", "31 days apart (monthly data)")])
 def test_weekly_or_monthly_data_is_named_not_forecast_as_a_daily_series(tmp_path: Path, freq: str, said: str) -> None:

@@ -295,6 +295,8 @@ def test_a_semicolon_file_with_decimal_commas_reads_as_its_point_twin(tmp_path: 
 
 @pytest.mark.parametrize(("change", "message"), [
     (lambda f: f.assign(tv=f["tv"].astype(str).where(f.index != 4, "n/a")), "row 5: tv is not a number"),
+    (lambda f: f.assign(tv=f["tv"].map("${:,.2f}".format)),
+     "row 1: tv is not a number (write plain numbers: no currency sign, thousands separator"),
     (lambda f: f.assign(search=f["search"].where(f.index != 7, -3.0)), "row 8: search is negative"),
     (lambda f: f.assign(week=f["week"].where(f.index != 9, f["week"][2])),
      "row 10: week repeats an earlier row's date (one row a period: a panel"),

@@ -73,6 +73,7 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
                                        (f"{number} IS NULL OR NOT isfinite({number})", "is not a number")):
                 bad = con.execute(f"SELECT min(_row) FROM source WHERE {condition}").fetchall()[0][0]
                 if bad is not None:
+                    problem = table.not_a_number(con, column, bad) if problem == "is not a number" else problem
                     raise IngestError(f"{path}: row {bad}: {column} {problem}")
             if column in spend_cols:
                 bad = con.execute(f"SELECT min(_row) FROM source WHERE {number} < 0").fetchall()[0][0]

@@ -15,6 +15,8 @@ from flashcast.sql import identifier, literal
 
 # A number written with a decimal comma: 12 or -3,75 (no thousands separators).
 _DECIMAL_COMMA = r"-?[0-9]+(,[0-9]+)?"
+# A number formatted for reading: a currency sign, thousands separators, a percent sign, spaces.
+_FORMATTED_NUMBER = r"[-(]?\s*[$€£¥]?\s*[0-9][0-9,. ']*\s*[%)]?"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,15 @@ class TableFile:
             if decimal_comma:
                 return f"try_cast(replace({text}, ',', '.') AS DOUBLE)"
         return f"try_cast({c} AS DOUBLE)"
+
+    def not_a_number(self, con: duckdb.DuckDBPyConnection, column: str, row: int) -> str:
+        """"is not a number", saying how to write it when the cell is a number formatted for reading
+        ($1,234.50, 12%): the file is not guessed at, and the message never quotes the value."""
+        formatted = con.execute(f"SELECT regexp_full_match(trim({identifier(column)}::VARCHAR), ?) FROM source "
+                                "WHERE _row = ?", [_FORMATTED_NUMBER, row]).fetchall()
+        hint = (" (write plain numbers: no currency sign, thousands separator or percent sign)"
+                if formatted and formatted[0][0] else "")
+        return f"is not a number{hint}"
 
 
 def open_table_file(con: duckdb.DuckDBPyConnection, path: Path, error: type[FlashcastError]) -> TableFile:

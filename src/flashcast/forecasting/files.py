@@ -36,7 +36,7 @@ def read_series_file(path: Path, *, date_col: str | None = None, value_col: str 
         bad = con.execute(f"SELECT _row FROM source WHERE {value} IS NOT NULL AND {number} IS NULL "
                           "ORDER BY _row LIMIT 1").fetchall()
         if bad:
-            raise ForecastError(f"{path}: row {bad[0][0]}: {value_col} is not a number")
+            raise ForecastError(f"{path}: row {bad[0][0]}: {value_col} {table.not_a_number(con, value_col, bad[0][0])}")
         empty = con.execute(f"SELECT min(_row) FROM source WHERE {date} IS NULL").fetchall()[0][0]
         if empty is not None:
             raise ForecastError(f"{path}: row {empty}: {date_col} is empty")
