@@ -96,5 +96,21 @@ def test_bad_spend_rows_are_named(tmp_path: Path, row: str, message: str) -> Non
 
 def test_spend_file_needs_its_columns(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "spend.csv", ["day,channel,cost", "2026-03-01,PPC,3"])
-    with pytest.raises(IngestError, match="missing column"):
+    with pytest.raises(IngestError, match=r"spend.csv: no column 'date' \(columns: day, channel, cost\)"):
         load_spend(duckdb.connect(), path, mapping=ChannelMapping())
+
+
+def test_spend_file_headers_in_any_case_are_read(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "spend.csv", ["Date, Channel ,SPEND", "2026-03-01,PPC,3", "2026-03-01,CTV,4.5"])
+    con = duckdb.connect()
+    assert load_spend(con, path, mapping=ChannelMapping()) == 2
+    assert con.execute("SELECT event_date::VARCHAR, channel, spend FROM spend ORDER BY channel").fetchall() == [
+        ("2026-03-01", "CTV", 4.5), ("2026-03-01", "PPC", 3.0)]
+
+
+def test_a_spend_channel_not_in_the_config_names_the_configured_ones(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "spend.csv", ["date,channel,spend", "2026-03-01,ppc,3"])
+    with pytest.raises(IngestError) as raised:
+        load_spend(duckdb.connect(), path, mapping=ChannelMapping())
+    assert str(raised.value) == ("spend.csv: line 2: channel: not a paid channel in the config (paid channels: "
+                                 f"{', '.join(ChannelMapping().paid_channels)})")

@@ -27,7 +27,7 @@ from flashcast.engine import Engine, engine_of, is_remote, land
 from flashcast.errors import IngestError
 from flashcast.history import first_day_read
 from flashcast.records import GuardReport, KpiSummary, RunContext, RunInputs, Table
-from flashcast.sql import literal
+from flashcast.sql import identifier, literal
 
 PARTIAL_DAY_HOUR = 22  # a last day whose latest event is earlier than 22:00 local is still filling in
 
@@ -81,21 +81,26 @@ def _has_stored_sessions(con: duckdb.DuckDBPyConnection, mapping: ChannelMapping
 
 def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMapping,
                table: str = Table.SPEND) -> int:
-    """Read a long spend file (date, channel, spend) into `table`; errors name the file line and field."""
+    """Read a long spend file (date, channel, spend; headers in any case) into `table`; errors name
+    the file, line and field, never a value."""
     if not path.exists():
         raise IngestError(f"spend file not found: {path}")
     try:
+        found = [r[0] for r in con.execute(
+            f"DESCRIBE SELECT * FROM read_csv({literal(path)}, header=true, all_varchar=true)").fetchall()]
+        by_name = {name.strip().lower(): name for name in found}
+        missing = [name for name in ("date", "channel", "spend") if name not in by_name]
+        if missing:
+            raise IngestError(f"{path.name}: no column {missing[0]!r} (columns: {', '.join(found)}); "
+                              "expected date, channel, spend")
+        picks = ", ".join(f"{identifier(by_name[name])} AS {name}" for name in ("date", "channel", "spend"))
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _spend_raw AS
-            SELECT ordinality + 1 AS line, * FROM read_csv({literal(path)}, header=true, all_varchar=true)
+            SELECT ordinality + 1 AS line, {picks} FROM read_csv({literal(path)}, header=true, all_varchar=true)
             WITH ORDINALITY"""
         )
-    except duckdb.Error as exc:
-        raise IngestError(f"{path.name}: not a readable CSV: {exc}") from exc
-    columns = {r[0] for r in con.execute("DESCRIBE _spend_raw").fetchall()}
-    missing = {"date", "channel", "spend"} - columns
-    if missing:
-        raise IngestError(f"{path.name}: missing column(s) {sorted(missing)}; expected date, channel, spend")
+    except duckdb.Error as exc:  # its text can quote a line of the file
+        raise IngestError(f"{path.name}: not a readable CSV ({type(exc).__name__})") from exc
     problems = con.execute(
         """SELECT line, problem FROM (
           SELECT line, CASE
@@ -109,7 +114,9 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
     ).fetchall()
     if problems:
         detail = "; ".join(f"line {line}: {problem}" for line, problem in problems)
-        raise IngestError(f"{path.name}: {detail}")
+        unknown_channel = any(problem.startswith("channel:") for _, problem in problems)
+        paid = f" (paid channels: {', '.join(mapping.paid_channels)})" if unknown_channel else ""
+        raise IngestError(f"{path.name}: {detail}{paid}")
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {table} AS
         SELECT CAST(date AS DATE) AS event_date, channel, CAST(spend AS DOUBLE) AS spend FROM _spend_raw"""
