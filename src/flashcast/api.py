@@ -342,7 +342,7 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
         if body.engines is not None:
             config = ForecastConfig.model_validate({**config.model_dump(), "engines": tuple(body.engines)})
         history = pd.DataFrame({"ds": pd.to_datetime(body.dates), "y": body.values}).sort_values("ds")
-        result = revenue_forecast(history, config)
+        result = revenue_forecast(history, config, series_id="the posted series")
         frame = result.to_frame().drop(columns=["series_id", "engine"])
         frame["date"] = [d.isoformat() for d in result.dates]
         return {"engine": result.engine, "summary": result.summary(), "notes": list(result.notes),

@@ -96,12 +96,13 @@ def keep_selections(con: duckdb.DuckDBPyConnection, forecasts: list[Forecast], s
         insert_rows(con, Table.FORECAST_SELECTIONS, rows)
 
 
-def revenue_forecast(history: pd.DataFrame, config: ForecastConfig, *, stored: Calibration | None = None
-                     ) -> Forecast:
+def revenue_forecast(history: pd.DataFrame, config: ForecastConfig, *, stored: Calibration | None = None,
+                     series_id: str = SERIES_ID) -> Forecast:
     """The configured engine, or (auto) the backtest's winner, rounded to cents. With `stored` (the
-    last selection) and `reselect_days`, a fresh selection is reused: one refit, stored bands."""
+    last selection) and `reselect_days`, a fresh selection is reused: one refit, stored bands.
+    Errors and notes name the series `series_id`."""
     if history.empty:
-        raise ForecastError(f"{SERIES_ID}: no complete days of history")
+        raise ForecastError(f"{series_id}: no complete days of history")
     options = EngineOptions(countries=config.holiday_countries)
     engines = config.engines if config.engine == "auto" else (config.engine,)
     spec = BacktestSpec(horizon=config.horizon)
@@ -114,13 +115,13 @@ def revenue_forecast(history: pd.DataFrame, config: ForecastConfig, *, stored: C
         reselected = reused
     try:
         # The daily KPIs hold complete days only: no last day to second-guess.
-        forecast = auto_forecast(history, series_id=SERIES_ID, engines=engines, spec=spec, options=options,
+        forecast = auto_forecast(history, series_id=series_id, engines=engines, spec=spec, options=options,
                                  keep_last_day=True)
         if reselected:
             forecast = replace(forecast, notes=(*forecast.notes, f"selected afresh: the last selection was stale "
                                                                  f"({reselected})"))
     except HistoryTooShort as exc:
-        sampled = sampled_forecast(history, series_id=SERIES_ID, horizon=config.horizon,
+        sampled = sampled_forecast(history, series_id=series_id, horizon=config.horizon,
                                    engine=ProphetEngine(countries=options.countries), keep_last_day=True)
         forecast = replace(sampled, notes=(f"{exc}; used Prophet without selection", *sampled.notes))
     return forecast.rounded(2)
