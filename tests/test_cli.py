@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -258,6 +259,12 @@ def test_an_export_of_only_a_partial_day_says_so(tmp_path: Path, monkeypatch: py
     assert code == 1 and "Traceback" not in output
     assert ("SegmentationError: no complete day to segment users on: every accepted event is on 2026-05-31, a "
             "partial day") in said, said
+    # `flashcast runs` at 80 columns: ids whole on their lines (they are copied), the error under the table
+    code, listing = _run("runs", "-c", str(config))
+    ids = re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", listing)
+    assert code == 0 and len(ids) == 3 and ids[0] == ids[2] != ids[1], listing  # the run, the ingest, the error
+    assert f"failed {ids[0]}: SegmentationError: no complete day" in " ".join(listing.split())
+    assert max(len(line) for line in listing.splitlines()) <= 80
 
 
 def test_push_and_rebalance_before_anything_is_set_up_say_what_is_missing(tmp_path: Path,

@@ -113,6 +113,16 @@ def _minute(timestamp: str | None) -> str:
     return (timestamp or "")[:16].replace("T", " ")
 
 
+def _took(started: str | None, finished: str | None) -> str:
+    """How long a run took, for tables ('' while it runs)."""
+    if not started or not finished:
+        return ""
+    from datetime import datetime
+
+    seconds = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def _fail(kind: str, message: str, code: int) -> typer.Exit:
     err_console.print(f"[red]{escape(kind)}[/red]: {escape(redact_message(message))}", highlight=False,
                       soft_wrap=True)
@@ -594,16 +604,20 @@ def runs(
 
     with _errors(), _ops_store(_settings(config)) as ops:
         rows = ops.latest_runs(limit)
+    # An id is copied into other commands: never folded. Errors go under the table, so it fits 80 columns.
     table = Table(title=f"Latest {len(rows)} run(s)")
-    table.add_column("run", overflow="fold")
+    table.add_column("run", no_wrap=True, min_width=36)
     table.add_column("status", no_wrap=True)
-    for column in ("started", "finished"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("error", overflow="fold")
+    table.add_column("started (UTC)", no_wrap=True)
+    table.add_column("took", no_wrap=True, justify="right")
     for row in rows:
-        table.add_row(row["lineage_id"], row["status"], _minute(row["started_at"]), _minute(row["finished_at"]),
-                      escape((row["error"] or "")[:80]))
+        table.add_row(row["lineage_id"], row["status"], _minute(row["started_at"])[5:],
+                      _took(row["started_at"], row["finished_at"]))
     console.print(table)
+    for row in rows:
+        if row["error"]:
+            console.print(f"[red]{row['status']}[/red] {row['lineage_id']}: {escape(row['error'][:300])}",
+                          highlight=False)
 
 
 @keys_app.command("pii")
