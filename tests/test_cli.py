@@ -169,6 +169,8 @@ def test_a_bad_simulate_option_is_one_line_naming_it(tmp_path: Path, option: lis
 
 
 def test_creatives_are_listed_and_decided_from_the_command_line(finished_run: FinishedRun, tmp_path: Path) -> None:
+    import pandas as pd
+
     from flashcast.approvals import latest_decisions
     from flashcast.store import OpsStore
 
@@ -178,6 +180,11 @@ def test_creatives_are_listed_and_decided_from_the_command_line(finished_run: Fi
     assert listed.exit_code == 0, listed.output
     pending = [line.split("│")[1].strip() for line in listed.output.splitlines() if "pending" in line]
     assert len(pending) >= 2 and all(i.startswith("cr-") and "…" not in i for i in pending)
+    narrow = runner.invoke(app, ["creatives", "list", "-c", str(run.config)], terminal_width=80).output
+    assert max(len(line) for line in narrow.splitlines()) <= 80 and "…" not in narrow
+    assert all(creative_id in narrow for creative_id in pending)  # ids whole: they are typed back
+    segments = set(pd.read_csv(run.out / "creatives.csv")["segment"])
+    assert all(f"│ {segment} " in narrow for segment in segments), narrow  # each a section
     approved = runner.invoke(app, ["creatives", "approve", pending[0], "--comment", "on brand", "-c", str(run.config)])
     rejected = runner.invoke(app, ["creatives", "reject", pending[1], "-c", str(run.config)])
     assert approved.exit_code == 0 and rejected.exit_code == 0, approved.output + rejected.output

@@ -788,11 +788,19 @@ def creatives_list(config: ConfigOption = None) -> None:
         settings = _settings(config)
         with _ops_store(settings) as ops:
             rows = latest_creatives(settings.store.warehouse_path, ops, timeout_s=settings.store.lock_timeout_s)
-    table = Table("segment", "channel", "variant", "light", "status", "headline")
+    # One section per segment (its name a row of its own), so the headline has room in 80 columns.
+    table = Table("channel", "v", "light", "status", "headline")
     table.columns.insert(0, Column("creative_id", no_wrap=True, min_width=15))  # whole: it is typed back
-    for r in rows:
-        table.add_row(*(escape(str(r[k])) for k in ("creative_id", "segment", "channel", "variant", "light", "status",
-                                                     "headline")))
+    by_segment: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:  # in the library's order
+        by_segment.setdefault(str(r["segment"]), []).append(r)
+    for segment, group in by_segment.items():
+        if table.row_count:
+            table.add_section()
+        table.add_row(f"[bold]{escape(str(segment))}[/bold]", "", "", "", "", "")
+        for r in group:
+            table.add_row(*(escape(str(r[k])) for k in ("creative_id", "channel", "variant", "light", "status",
+                                                         "headline")))
     console.print(table if rows else "no creatives yet: run the pipeline first", highlight=False)
 
 
