@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import FinishedRun, write_config
+from conftest import TEST_KEY, FinishedRun, write_config
 from flashcast import __version__
 from flashcast.cli import app
 
@@ -196,6 +196,23 @@ def test_creatives_are_listed_and_decided_from_the_command_line(finished_run: Fi
     assert decided[pending[1]].decision == "rejected"
     unknown = runner.invoke(app, ["creatives", "approve", "cr-nope", "-c", str(run.config)])
     assert unknown.exit_code == 1 and "UnknownCreative" in unknown.output and "Traceback" not in unknown.output
+
+
+def test_a_push_in_sandbox_mode_says_where_it_went(finished_run: FinishedRun, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASHCAST_PII_KEY", TEST_KEY)
+    run = finished_run.copy_to(tmp_path)
+    run.config.write_text('mode = "sandbox"\n' + run.config.read_text())
+    listed = CliRunner().invoke(app, ["creatives", "list", "-c", str(run.config)], terminal_width=200).output
+    ids = re.findall(r"cr-[0-9a-f]{12}", listed)
+    assert _run("creatives", "approve", *ids, "-c", str(run.config))[0] == 0
+    code, output = _run("run", "--export", str(run.sim.export_dirs["ndjson"]), "--spend", str(run.sim.spend_file),
+                        "--out", str(run.out), "-c", str(run.config))
+    assert code == 0, output
+    code, output = _run("push", "-c", str(run.config))
+    assert code == 0, output
+    assert output.startswith("[SANDBOX] sent to the built-in stand-in platform; nothing reached a real one")
+    assert output.count("delivered") == 3
 
 
 def test_an_export_whose_every_row_is_quarantined_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

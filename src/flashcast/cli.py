@@ -878,6 +878,9 @@ def push(
             except PushHeld as exc:
                 hint = "(flashcast creatives approve ID..., or the API; then push again)"
                 raise _fail("PushHeld", f"{exc} {hint}", EXIT_HELD) from exc
+    if settings.mode == "sandbox":
+        console.print("[SANDBOX] sent to the built-in stand-in platform; nothing reached a real one",
+                      highlight=False, markup=False)
     _print_deliveries(orders)
     if any(o.state != "delivered" for o in orders):
         raise typer.Exit(EXIT_UNDELIVERED)
