@@ -198,17 +198,24 @@ def test_creatives_are_listed_and_decided_from_the_command_line(finished_run: Fi
     assert unknown.exit_code == 1 and "UnknownCreative" in unknown.output and "Traceback" not in unknown.output
 
 
-def test_a_push_in_sandbox_mode_says_where_it_went(finished_run: FinishedRun, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rebalance_without_email_keeps_the_summary_and_a_sandbox_push_says_where_it_went(
+        finished_run: FinishedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from email import message_from_bytes
+
     monkeypatch.setenv("FLASHCAST_PII_KEY", TEST_KEY)
     run = finished_run.copy_to(tmp_path)
-    run.config.write_text('mode = "sandbox"\n' + run.config.read_text())
+    write_config(tmp_path, tmp_path / "home", extra=f'mode = "sandbox"\n[source]\nexport = '
+                 f'"{run.sim.export_dirs["ndjson"]}"\nspend = "{run.sim.spend_file}"\nout = "{run.out}"\n')
     listed = CliRunner().invoke(app, ["creatives", "list", "-c", str(run.config)], terminal_width=200).output
     ids = re.findall(r"cr-[0-9a-f]{12}", listed)
     assert _run("creatives", "approve", *ids, "-c", str(run.config))[0] == 0
-    code, output = _run("run", "--export", str(run.sim.export_dirs["ndjson"]), "--spend", str(run.sim.spend_file),
-                        "--out", str(run.out), "-c", str(run.config))
-    assert code == 0, output
+    code, output = _run("rebalance", "-c", str(run.config))
+    said = " ".join(output.split())
+    assert code == 3 and f"summary email: not configured: [email] to is empty; what it would send is in {run.out}" \
+        in said, output
+    summary = message_from_bytes((run.out / "summary.eml").read_bytes())
+    assert summary["Subject"].startswith("[SANDBOX] Flashcast plan for") and "waiting for your approval" in \
+        summary["Subject"]
     code, output = _run("push", "-c", str(run.config))
     assert code == 0, output
     assert output.startswith("[SANDBOX] sent to the built-in stand-in platform; nothing reached a real one")

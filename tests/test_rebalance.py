@@ -133,6 +133,8 @@ def test_rebalance_holds_for_approval_then_pushes_in_sandbox_and_mails_the_lead(
     assert len(inbox.messages) == 1
     first = inbox.messages[0]
     assert first["Subject"].startswith("[SANDBOX] Flashcast plan for") and first["X-Flashcast-Sandbox"] == "true"
+    kept = email.message_from_bytes((tmp_path / "out" / "summary.eml").read_bytes())  # what was mailed, beside the run
+    assert (kept["Subject"], kept["Message-ID"]) == (first["Subject"], first["Message-ID"])
     text, html = _text_and_html(first)
     assert "Awaiting approval" in text and "SANDBOX: nothing was sent" in html
     # 2. A person approves every creative; with auto_push on, the next rebalance pushes (to the stand-in).
