@@ -609,8 +609,8 @@ def runs(
     table.add_column("started (UTC)", no_wrap=True)
     table.add_column("took", no_wrap=True, justify="right")
     for row in rows:
-        table.add_row(row["lineage_id"], row["status"], _minute(row["started_at"])[5:],
-                      _took(row["started_at"], row["finished_at"]))
+        took = "" if row["status"] == "abandoned" else _took(row["started_at"], row["finished_at"])  # ended unseen
+        table.add_row(row["lineage_id"], row["status"], _minute(row["started_at"])[5:], took)
     console.print(table)
     for row in rows:
         if row["error"]:
