@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -216,6 +217,13 @@ def test_a_rebalance_without_email_keeps_the_summary_and_a_sandbox_push_says_whe
     summary = message_from_bytes((run.out / "summary.eml").read_bytes())
     assert summary["Subject"].startswith("[SANDBOX] Flashcast plan for") and "waiting for your approval" in \
         summary["Subject"]
+    lineage_id = re.search(r"rebalance ([0-9a-f-]{36}): held", output)
+    assert lineage_id, output
+    entries = [json.loads(line) for line in _run("lineage", "show", "--lineage-id", lineage_id[1],
+                                                  "-c", str(run.config))[1].splitlines()]
+    finished = [e["body"] for e in entries if e["kind"] == "rebalance_finished"]
+    assert finished == [{"by": "cli", "outcome": "held", "email": "not configured",
+                         "summary_sha256": hashlib.sha256((run.out / "summary.eml").read_bytes()).hexdigest()}]
     code, output = _run("push", "-c", str(run.config))
     assert code == 0, output
     assert output.startswith("[SANDBOX] sent to the built-in stand-in platform; nothing reached a real one")

@@ -11,6 +11,7 @@ run that fails exits 1 like every other command.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -65,9 +66,10 @@ def rebalance(settings: Settings, *, key: PiiKey, by: str, progress: Progress | 
         try:
             outcome, detail = _push_or_hold(ops, settings, result.lineage_id, result.payload, by=by)
             orders = tuple(deliveries(ops, result.lineage_id))
-            email = _email(ops, settings, result.lineage_id, outcome, detail, orders)
+            email, summary = _email(ops, settings, result.lineage_id, outcome, detail, orders)
             LineageLog(ops).append("rebalance_finished", result.lineage_id,
-                                   {"by": by, "outcome": outcome, "email": email.split(":")[0]})
+                                   {"by": by, "outcome": outcome, "email": email.split(":")[0],
+                                    **({"summary_sha256": summary} if summary else {})})
         finally:
             ops.dispose()
     return RebalanceResult(result.lineage_id, outcome, detail, orders, email)
@@ -100,16 +102,17 @@ def _push_or_hold(ops: OpsStore, settings: Settings, lineage_id: str, payload: A
     return "pushed", f"{len(orders)} order(s) delivered"
 
 
-def _keep_copy(message: EmailMessage, path: Path) -> Path:
+def _keep_copy(message: EmailMessage, path: Path) -> str:
     """The summary as an .eml file (any mail client opens it), replaced whole: what was mailed, or
     what would have been without [email]. Without its To: the lead's address is an email address
-    in the output folder, which the privacy scan rightly flags."""
+    in the output folder, which the privacy scan rightly flags. Returns the file's SHA-256."""
     kept = copy.deepcopy(message)
     del kept["To"]
+    data = bytes(kept)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(bytes(kept))
+    partial.write_bytes(data)
     os.replace(partial, path)
-    return path
+    return hashlib.sha256(data).hexdigest()
 
 
 def _drain(ops: OpsStore, settings: Settings) -> None:
@@ -120,21 +123,23 @@ def _drain(ops: OpsStore, settings: Settings) -> None:
 
 
 def _email(ops: OpsStore, settings: Settings, lineage_id: str, outcome: str, detail: str,
-           orders: tuple[Delivery, ...]) -> str:
-    """Mail the summary when [email] is set; either way a copy goes beside the run's outputs."""
+           orders: tuple[Delivery, ...]) -> tuple[str, str | None]:
+    """Mail the summary when [email] is set; either way a copy goes beside the run's outputs.
+    Returns what happened and the copy's SHA-256 (None without a plan)."""
     config = settings.email
     try:
         document = load_payload(ops, lineage_id)
     except DeliveryError:
-        return "not sent: no plan" if config.to else "not configured"
+        return ("not sent: no plan" if config.to else "not configured"), None
     message = summary_email(document, outcome=outcome, detail=detail, orders=orders,
                             approved=approved_creatives(document, ops), config=config)
-    kept = _keep_copy(message, settings.source.out / "summary.eml")
+    path = settings.source.out / "summary.eml"
+    digest = _keep_copy(message, path)
     if not config.to:
-        return f"not configured: [email] to is empty; what it would send is in {kept}"
+        return f"not configured: [email] to is empty; what it would send is in {path}", digest
     try:
         send_email(message, config)
     except EmailFailed as exc:
-        return f"failed: {exc}"
-    return "sent"
+        return f"failed: {exc}", digest
+    return "sent", digest
 
