@@ -61,7 +61,7 @@ def _why_no_payload(forecast: ForecastPlan, allocate: AllocationPlan) -> str:
 def write_report(
     path: Path, *, lineage_id: str, currency: str, guard: GuardReport, kpis: KpiSummary, segments: Segmentation,
     creatives: CreativeLibrary, forecast: ForecastPlan, allocate: AllocationPlan, files: dict[str, Path],
-    ingest: StagedExport | None = None, head_file: Path = Path("out/lineage_head.json"),
+    head_file: Path, ingest: StagedExport | None = None,
 ) -> Path:
     """report.md: the plan in plain words, linking every other file. `head_file` is where the run's
     lineage head will be once the folder is published (the command to verify it names that path)."""

@@ -363,9 +363,6 @@ class SkippedSeries:
     reason: str
     negative: bool = False  # it went below zero while taken as non-negative (a signed forecast would take it)
 
-    def __str__(self) -> str:
-        return self.reason
-
 
 def _forecast_one(task: _Task) -> Forecast | SkippedSeries:
     try:
@@ -444,7 +441,7 @@ def forecast_many(
     done, skipped = forecast_each(frame, id_col=id_col, engines=engines, spec=spec, nonnegative=nonnegative,
                                   workers=workers, keep_last_day=keep_last_day)
     out = tidy_all(done)
-    out.attrs["skipped"] = [str(s) for s in skipped]
+    out.attrs["skipped"] = [s.reason for s in skipped]
     return out
 
 

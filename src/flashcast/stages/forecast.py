@@ -53,7 +53,7 @@ def run(con: duckdb.DuckDBPyConnection, *, kpis: KpiSummary, segments: Segmentat
                                   calibrations=stored, max_age_days=settings.forecast.reselect_days)
     keep_selections(con, [forecast, *done], stored, context)
     breakdown = tidy_all(done)
-    reasons = tuple(str(s) for s in skipped)
+    reasons = tuple(s.reason for s in skipped)
     breakdown.attrs["skipped"] = list(reasons)
     return ForecastPlan(forecast, breakdown, reasons)
 
