@@ -252,6 +252,7 @@ def test_the_effects_option_forces_a_form_and_refuses_others(tmp_path: Path) -> 
 
 @pytest.mark.parametrize(("budget", "message"), [(None, "give the budget to split"),
                                                  ("-5", "--budget must be a positive number (got -5)"),
+                                                 ("0", "--budget must be a positive number (got 0)"),
                                                  ("nan", "--budget must be a positive number (got nan)")])
 def test_a_missing_or_impossible_budget_is_named(tmp_path: Path, budget: str | None, message: str) -> None:
     frame, _ = _world(9)

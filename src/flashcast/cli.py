@@ -475,7 +475,8 @@ def allocate(
     spend_cols: Annotated[str, typer.Option(help="Comma-separated spend columns, one per channel.")] = "",
     control_cols: Annotated[str, typer.Option(help="Comma-separated control columns (prices, promotions, "
                                                    "competitor activity...).")] = "",
-    budget: Annotated[float, typer.Option(help="Budget to split, per period of the file (day or week).")] = 0.0,
+    budget: Annotated[float | None, typer.Option(help="Budget to split, per period of the file (day or week).")]
+    = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/allocate"),
     cadence: Annotated[str | None, typer.Option(help="daily or weekly (default: from the dates).")] = None,
     date_format: Annotated[str | None, typer.Option(help="strptime format of the dates, e.g. %d/%m/%Y.")] = None,
@@ -508,7 +509,7 @@ def allocate(
     with _errors():
         if cadence not in (None, "daily", "weekly"):
             raise ConfigError("--cadence must be daily or weekly")
-        if budget == 0:
+        if budget is None:
             raise ConfigError("give the budget to split: --budget B (per day or week, as the file's rows)")
         if not (budget > 0 and math.isfinite(budget)):
             raise ConfigError(f"--budget must be a positive number (got {budget:g})")
