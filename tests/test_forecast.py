@@ -100,7 +100,6 @@ def test_a_fan_chart_titled_in_chinese_japanese_and_korean_has_every_glyph(
         (lambda df: df.iloc[::2], "days missing"),
         (lambda df: pd.concat([df, df.tail(1)]), "duplicate date"),
         (lambda df: df.assign(y=df["y"].where(df.index != 30, -5.0)), "negative value on"),
-        (lambda df: df.assign(y=df["y"].where(df.index != 31, np.nan)), "missing value on"),
     ],
 )
 def test_bad_series_are_refused(mutate, message: str) -> None:  # type: ignore[no-untyped-def]

@@ -197,6 +197,22 @@ def test_a_series_with_regular_closed_days_is_forecast_closed_and_says_so(tmp_pa
     assert (forecast[forecast["ds"].dt.dayofweek != 5]["point"] > 50).all()
 
 
+def test_blank_cells_are_missing_days_and_blank_last_days_are_left_out(tmp_path: Path) -> None:
+    history = _weekly()
+    history["y"] = history["y"].astype(object)
+    history.loc[history.index[[40, 41]], "y"] = ""  # cells left empty in a spreadsheet
+    last_value = history["ds"].iloc[-3]
+    history.loc[history.index[-2:], "y"] = ""  # days not yet filled in
+    data = tmp_path / "blanks.csv"
+    history.to_csv(data, index=False)
+    result = CliRunner().invoke(app, ["forecast", str(data), "--out", str(tmp_path / "out")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    history_column = re.sub(r"[│\s]+", " ", result.output)  # the column's cells, wrapped over rows
+    assert "2 days filled; 2 blank last days left out" in history_column
+    forecast = pd.read_csv(tmp_path / "out" / "forecast.csv", parse_dates=["ds"])
+    assert forecast["ds"].iloc[0] == last_value + pd.Timedelta(days=1)
+
+
 def test_a_partly_filled_last_day_is_left_out_unless_kept(tmp_path: Path) -> None:
     from flashcast import forecast_series
 

@@ -119,12 +119,23 @@ def test_history_restarts_after_a_gap_longer_than_a_week() -> None:
         (lambda f: f.iloc[::2], "days missing"),
         (lambda f: pd.concat([f, f.tail(1)]), "duplicate date"),
         (lambda f: f.assign(y=f["y"].where(f.index != 10, -1.0)), "negative value"),
-        (lambda f: f.assign(y=f["y"].where(f.index != 11, np.nan)), "missing value"),
+        (lambda f: f.assign(y=np.nan), "no values"),
+        (lambda f: f.assign(y=f["y"].where(f.index < 20, np.nan)), "20 days with a value; at least 28 needed"),
     ],
 )
 def test_bad_series_are_refused(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ForecastError, match=message):
-        prepare_series(mutate(_frame(_seasonal_noise(200, 6))), series_id="bad")
+        prepare_series(mutate(_frame(_seasonal_noise(200, 6))), series_id="bad", min_days=28)
+
+
+def test_a_blank_value_is_a_missing_day_and_blank_last_days_are_left_out() -> None:
+    frame = _frame(_seasonal_noise(200, 6))
+    blanks = frame.assign(y=frame["y"].where(~frame.index.isin([11, 12, 197, 198, 199]), np.nan))
+    prepared = prepare_series(blanks, series_id="blanks")
+    absent = prepare_series(frame.drop(index=[11, 12]).head(195), series_id="absent")
+    np.testing.assert_array_equal(prepared.y, absent.y)  # the same as rows that are not there
+    assert prepared.filled_days == 2 and prepared.blank_last_days == 3 and len(prepared.y) == 197
+    assert prepared.dates[-1] == pd.Timestamp(frame["ds"].iloc[196])
 
 
 def test_too_short_for_a_backtest() -> None:

@@ -142,7 +142,9 @@ def _history_notes(series: PreparedSeries) -> tuple[str, ...]:
             + ((f"{series.dropped_days} days before the last gap of more than a week left out",)
                if series.dropped_days else ())
             + ((f"closed on {closed}: no value on those days, forecast as 0",) if closed else ())
-            + ((series.partial_last_day,) if series.partial_last_day else ()))
+            + ((series.partial_last_day,) if series.partial_last_day else ())
+            + ((f"{series.blank_last_days} day(s) at the end without a value left out",)
+               if series.blank_last_days else ()))
 
 
 def _closed_to_zero(dates: tuple[date, ...], point: np.ndarray, bands: dict[int, Band],

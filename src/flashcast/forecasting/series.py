@@ -25,6 +25,7 @@ class PreparedSeries(NamedTuple):
     dropped_days: int  # days before the last long gap, left out
     closed_weekdays: tuple[int, ...] = ()  # 0 = Monday: days the business is closed, held at 0
     partial_last_day: str | None = None  # why the last day was left out, when it was
+    blank_last_days: int = 0  # rows at the end without a value, left out
 
 
 def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = True, max_gap_share: float = 0.1,
@@ -36,8 +37,9 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
     time (a shop closed on Sundays) is a closed day: held at 0, not counted as missing. More than
     `max_gap_share` missing in what remains is an error. A last day far below its weekday's recent
     level (under PARTIAL_SHARE of the median of the four before it) is taken as partly filled and
-    left out, unless `keep_last_day`. Duplicate dates, NaN values and (when `nonnegative`) negative
-    values are errors, and so is a series of fewer than `min_days` rows."""
+    left out, unless `keep_last_day`. A row without a value (a blank cell, NaN) is a missing day like
+    an absent row; blank rows at the end are left out and counted. Duplicate dates and (when
+    `nonnegative`) negative values are errors, and so is a series of fewer than `min_days` rows."""
     if frame.empty:
         raise ForecastError(f"{series_id}: no data")
     if len(frame) < min_days:
@@ -55,8 +57,14 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
     if len(same):
         raise ForecastError(f"{series_id}: duplicate date {ds[same[0] + 1].date()}")
     _check_daily(ds, series_id)
-    if np.isnan(y).any():
-        raise ForecastError(f"{series_id}: missing value on {ds[np.isnan(y).argmax()].date()}")
+    valued = np.flatnonzero(~np.isnan(y))
+    if not len(valued):
+        raise ForecastError(f"{series_id}: no values (every row's value is blank)")
+    blank_last = len(y) - 1 - int(valued[-1])
+    if len(valued) < len(y):  # a blank value is a missing day, as a missing row is
+        ds, y = ds[valued], y[valued]
+        if len(y) < min_days:
+            raise ForecastError(f"{series_id}: {len(y)} days with a value; at least {min_days} needed")
     if nonnegative and (y < 0).any():
         raise NegativeValue(f"{series_id}: negative value on {ds[(y < 0).argmax()].date()}")
     long_gaps = np.flatnonzero(np.diff(ds.to_numpy()) // np.timedelta64(1, "D") > max_fill_days + 1)
@@ -82,7 +90,7 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
     partial = None if keep_last_day else _partial_last_day(values, full, closed)
     if partial is not None:
         values, full = values[:-1], full[:-1]
-    return PreparedSeries(values, full, missing, dropped, closed, partial)
+    return PreparedSeries(values, full, missing, dropped, closed, partial, blank_last)
 
 
 def _closed_weekdays(weekday: np.ndarray, absent: np.ndarray) -> tuple[int, ...]:
