@@ -435,8 +435,7 @@ def forecast(
         notes += [f"{result.dropped_days} days before a long gap left out"] if result.dropped_days else []
         notes += [n.split(":")[0] for n in result.notes if n.startswith("closed on")]
         notes += ["partly filled last day left out" for n in result.notes if n.startswith("the last day")]
-        notes += [n.split(" ")[0] + " blank last days left out" for n in result.notes
-                  if n.endswith("at the end without a value left out")]
+        notes += [f"{result.blank_last_days} blank last days left out"] if result.blank_last_days else []
         table.add_row(result.series_id, result.engine, f"{best.mase:.3f}", f"{best.coverage[80]:.0%}",
                       f"{best.coverage[95]:.0%}", f"{float(result.point.sum()):,.2f}", "; ".join(notes))
     console.print(table)

@@ -71,6 +71,7 @@ class Forecast:
     # conformal on the backtest's errors of whole-horizon totals, or quantiles of summed sample paths.
     total_bands: dict[int, tuple[float, float]] = field(default_factory=dict)
     calibration: Calibration | None = None  # what a later `refit_forecast` reuses
+    blank_last_days: int = 0  # rows at the end without a value, left out
 
     @property
     def total(self) -> float:
@@ -257,7 +258,8 @@ def auto_forecast(
     return Forecast(series_id, selection.winner, future, point, bands,
                     tuple(dates.date), y, selection, (selection.reason, *_history_notes(series)),
                     series.filled_days, series.dropped_days, fit_seconds,
-                    {level: (float(lo[0]), float(hi[0])) for level, (lo, hi) in totals.items()}, calibration)
+                    {level: (float(lo[0]), float(hi[0])) for level, (lo, hi) in totals.items()}, calibration,
+                    blank_last_days=series.blank_last_days)
 
 
 def stale_reason(calibration: Calibration, history: PreparedSeries, *, line_up: Sequence[str], horizon: int,
@@ -317,7 +319,8 @@ def refit_forecast(
     return Forecast(calibration.series_id, calibration.selection.winner, future, point, bands,
                     tuple(dates.date), y, calibration.selection, (note, *_history_notes(series)),
                     series.filled_days, series.dropped_days, fit_seconds,
-                    {level: (float(lo[0]), float(hi[0])) for level, (lo, hi) in totals.items()}, calibration)
+                    {level: (float(lo[0]), float(hi[0])) for level, (lo, hi) in totals.items()}, calibration,
+                    blank_last_days=series.blank_last_days)
 
 
 def sampled_forecast(
@@ -341,7 +344,8 @@ def sampled_forecast(
         totals[level] = (float(total_lo), float(total_hi))
     return Forecast(series_id, engine.alias, _future(series.dates[-1], horizon), np.median(samples, axis=1), bands,
                     tuple(d.date() for d in series.dates), series.y, notes=_history_notes(series),
-                    filled_days=series.filled_days, dropped_days=series.dropped_days, total_bands=totals)
+                    filled_days=series.filled_days, dropped_days=series.dropped_days, total_bands=totals,
+                    blank_last_days=series.blank_last_days)
 
 
 @dataclass(frozen=True)
