@@ -12,6 +12,7 @@ import pytest
 from scipy.optimize import minimize
 from typer.testing import CliRunner
 
+from flashcast.budget import mmm
 from flashcast.budget.curves import ResponseCurve, adstock, saturation
 from flashcast.budget.mmm import FORM_MARGIN, MixData, MixModel, fit_mix
 from flashcast.cli import app
@@ -140,6 +141,47 @@ def test_effects_that_scale_with_demand_are_read_by_the_proportional_form() -> N
         assert any(note.startswith("model form: channel effects") for note in chosen.notes)
         chosen_forms.append(chosen.form)
     assert chosen_forms.count("proportional") >= 2
+
+
+def _demand_led_world(seed: int, days: int = 365) -> MixData:
+    """Daily sales where display's spend follows demand closely (budgets raised in the season, cubed)
+    and its true curve is concave (Hill slope 0.9); every effect scales with demand, which organic
+    sessions measure with Poisson noise. Search's spend is flighted independently."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(days)
+    demand = 1 + 0.35 * np.sin(2 * np.pi * t / 365.25) + 0.1 * np.sin(2 * np.pi * t / 7)
+    levels = np.array([0, 0.3, 0.6, 1, 1.4, 1.9, 2.5])
+
+    def flights() -> np.ndarray:
+        out, i = np.empty(days), 0
+        while i < days:
+            length = int(rng.integers(5, 21))
+            out[i:i + length] = levels[rng.integers(0, len(levels))]
+            i += length
+        return out * rng.normal(1, 0.08, days).clip(0.7, 1.3)
+
+    spend = {"display": 700 * (0.6 + 0.4 * flights()) * (demand / demand.mean()) ** 3, "search": 1000 * flights()}
+    sales = rng.poisson(60 * demand).astype(float)
+    sales += rng.poisson(demand * 40 * saturation(adstock(spend["display"], 0.3), True, 900, 0.9))
+    sales += rng.poisson(demand * 50 * saturation(adstock(spend["search"], 0.2), True, 1200, 1.0))
+    return MixData(365.25, sales, spend, {"organic_sessions": rng.poisson(150 * demand).astype(float)})
+
+
+def test_a_channel_whose_spend_follows_demand_must_earn_an_s_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """High spend on high-demand days reads as returns that rise with spend: without the rule the
+    concave display channel is fitted S-shaped; with it, the concave curve is used unless the S-shape
+    predicts the held-out periods better, and the notes say which."""
+    data = _demand_led_world(8)
+    model = fit_mix(data, n_boot=0, seed=8)
+    assert model.effects["display"].curve.slope <= 1.0
+    assert any(note.startswith("display (r = ") and note.endswith("used instead") for note in model.notes)
+    assert not any(note.startswith("search") for note in model.notes)
+    monkeypatch.setattr(mmm, "DEMAND_LED_CORRELATION", 2.0)  # no correlation reaches it: the rule is off
+    unguarded = fit_mix(data, n_boot=0, seed=8)
+    assert unguarded.effects["display"].curve.slope > 1.5
+    assert not any("moves with the baseline" in note for note in unguarded.notes)
+    assert unguarded.r2_holdout is not None and model.r2_holdout is not None
+    assert model.r2_holdout >= unguarded.r2_holdout  # "predicts the held-out periods as well"
 
 
 def test_auto_keeps_additive_effects_where_they_are_additive(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ baseline, control and channel coefficients come from bounded linear least square
 beta >= 0); the shapes are searched with L-BFGS-B from several starts. Weak priors keep the search
 honest where the data cannot decide: log(s) towards 0 (slope 1, concave) so an S-shape must be
 earned, and log(k) towards the channel's median active adstock so a half-saturation runs to its
-bound only when the data insist.
+bound only when the data insist. A channel whose spend follows demand must also earn an S-shape
+on the held-out periods (see `_fit_earning_s_shapes`).
 
 Uncertainty: a residual moving-block bootstrap refits the coefficients with the shapes held. The
 diagnostics are meant to stop or cap an allocation, not decorate it: out-of-sample R^2 on the last
@@ -68,6 +69,10 @@ MIN_PERIODS = 26
 FORMS = ("additive", "proportional")
 FORM_CHOICES = (*FORMS, "auto")  # what `fit_mix(form=...)` and `flashcast allocate --effects` take
 FORM_MARGIN = 0.02  # `auto` keeps the additive form unless the proportional one cuts held-out error by 2%
+# A channel whose spend correlates this much with the fitted baseline and controls must earn an
+# S-shape on the held-out periods (see _fit_earning_s_shapes). Independent flights of a year of
+# daily spend rarely reach 0.3; a budget that follows the season does.
+DEMAND_LED_CORRELATION = 0.5
 MIN_LEVEL = 0.1  # the proportional form's m_t floor: a baseline near or below zero must not flip an effect
 
 
@@ -175,13 +180,15 @@ def _solve_linear(base: Array, media: Array, y: Array) -> Array:
     return np.asarray(lsq_linear(design, y, bounds=(lower, np.inf), method="bvls").x)
 
 
-def _theta_bounds(c: int) -> list[tuple[float, float]]:
+def _theta_bounds(c: int, concave: frozenset[int] = frozenset()) -> list[tuple[float, float]]:
+    """The search's bounds; the channels in `concave` keep a slope of at most 1."""
+    slope = (float(np.log(SLOPE_RANGE[0])), float(np.log(SLOPE_RANGE[1])))
     return ([(-6.0, 6.0)] * c + [(float(np.log(K_RANGE[0])), float(np.log(K_RANGE[1])))] * c
-            + [(float(np.log(SLOPE_RANGE[0])), float(np.log(SLOPE_RANGE[1])))] * c)
+            + [(slope[0], 0.0) if i in concave else slope for i in range(c)])
 
 
 def _fit_shapes(base: Array, spend: Array, y: Array, scale: Array, *, starts: int, seed: int,
-                level: Array | None = None) -> _Shapes:
+                level: Array | None = None, concave: frozenset[int] = frozenset()) -> _Shapes:
     c, n = spend.shape[1], len(y)
     y_scale = max(float(np.std(y)), 1e-9)
 
@@ -201,7 +208,7 @@ def _fit_shapes(base: Array, spend: Array, y: Array, scale: Array, *, starts: in
         return mse(theta) + noise * prior / n
 
     rng = np.random.default_rng(seed)
-    bounds = _theta_bounds(c)
+    bounds = _theta_bounds(c, concave)
     best: tuple[float, Array] | None = None
     for i in range(starts):
         # the first start: no carry-over, half-saturation at the median, slope 1
@@ -234,10 +241,12 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
     scale = np.array([float(np.median(spend[spend[:, i] > 0, i])) for i in range(len(channels))])
     base, base_names = _baseline_design(data.n, data.periods_per_year, data.controls)
     # the proportional form's level comes from the additive fit: always fitted
-    fits = {"additive": _fit_form("additive", base, spend, y, scale, starts=starts, seed=seed)}
+    fits, shape_notes = {}, {}
+    fits["additive"], shape_notes["additive"] = _fit_earning_s_shapes(
+        "additive", base, spend, y, scale, channels, starts=starts, seed=seed)
     if form != "additive":
-        fits["proportional"] = _fit_form("proportional", base, spend, y, scale, starts=starts, seed=seed,
-                                         additive=fits["additive"])
+        fits["proportional"], shape_notes["proportional"] = _fit_earning_s_shapes(
+            "proportional", base, spend, y, scale, channels, starts=starts, seed=seed, additive=fits["additive"])
     chosen = form
     if form == "auto":  # the proportional form must predict the held-out periods clearly better, not by noise
         clearly_better = fits["proportional"].holdout_error < (1 - FORM_MARGIN) * fits["additive"].holdout_error
@@ -263,7 +272,7 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
             c, curve, float(contributions[:, i].sum() / total), is_unsaturated(curve, top),
             tuple(ResponseCurve("hill", float(d[i]) * at, curve.k, curve.slope, curve.decay, 0.0) for d in draws)
             or (curve,))  # no bootstrap: the point curve is the one draw
-    notes = no_effect_notes(effects)
+    notes = [*shape_notes[chosen], *no_effect_notes(effects)]
     if form == "auto":
         notes.append(_form_note(chosen, {f: x.r2_holdout for f, x in fits.items()}))
     decomposition = {"baseline": baseline, "controls": control_part,
@@ -277,6 +286,38 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
     return MixModel(channels, effects, round(r2, 4), None if fit.r2_holdout is None else round(fit.r2_holdout, 4),
                     float((baseline + control_part).sum() / total), decomposition, tuple(notes), chosen,
                     None if fit.channel_skill is None else round(fit.channel_skill, 4))
+
+
+def _fit_earning_s_shapes(form: str, base: Array, spend: Array, y: Array, scale: Array, channels: tuple[str, ...],
+                          *, starts: int, seed: int, additive: _FormFit | None = None) -> tuple[_FormFit, list[str]]:
+    """`_fit_form`, where a channel whose spend moves with demand must earn an S-shape out of sample.
+
+    When spend follows demand (budgets raised in the season), the days of high spend are days of
+    high demand, and the part of demand the baseline and controls miss reads as a return that rises
+    faster at high spend: an S-shape. So a channel whose spend correlates with the fitted baseline
+    and controls (|r| >= DEMAND_LED_CORRELATION) keeps its S-shape only where it predicts the held-out
+    periods better than the same model with that channel's curve concave; otherwise the concave fit
+    is used. (On the pooled-outcome benchmark worlds an S-shape so read gave a channel nothing at one
+    budget and two thirds of twice that budget.) Returns the fit and notes saying which was kept."""
+    fit = _fit_form(form, base, spend, y, scale, starts=starts, seed=seed, additive=additive)
+    baseline = base @ fit.coef[:base.shape[1]]
+    led = {}
+    for i, slope in enumerate(fit.shapes.slope):
+        if slope > 1.05 and np.std(spend[:, i]) > 0 and np.std(baseline) > 0:
+            r = float(np.corrcoef(spend[:, i], baseline)[0, 1])
+            if abs(r) >= DEMAND_LED_CORRELATION:
+                led[i] = r
+    if not led:
+        return fit, []
+    concave = _fit_form(form, base, spend, y, scale, starts=starts, seed=seed, additive=additive,
+                        concave=frozenset(led))
+    earned = fit.r2_holdout is not None and fit.holdout_error < concave.holdout_error
+    names = ", ".join(f"{channels[i]} (r = {r:.2f})" for i, r in led.items())
+    if earned:
+        return fit, [f"{names}: spend moves with the baseline and controls, and the S-shaped curve predicts the "
+                     "held-out periods better than a concave one: kept"]
+    return concave, [f"{names}: spend moves with the baseline and controls, so an S-shape may be demand read as "
+                     "returns; a concave curve predicts the held-out periods as well: used instead"]
 
 
 @dataclass(frozen=True)
@@ -293,21 +334,22 @@ class _FormFit:
 
 
 def _fit_form(form: str, base: Array, spend: Array, y: Array, scale: Array, *, starts: int, seed: int,
-              additive: _FormFit | None = None) -> _FormFit:
+              additive: _FormFit | None = None, concave: frozenset[int] = frozenset()) -> _FormFit:
     """One form fitted on all periods, and again on all but the held-out ones to score it. The
-    proportional form takes its level from the `additive` fit (on the same periods)."""
+    proportional form takes its level from the `additive` fit (on the same periods). The channels
+    in `concave` keep a slope of at most 1."""
     level = held_level = None
     if form == "proportional":
         assert additive is not None
         level = _level(base, y, additive.coef)
         if additive.holdout_coef is not None:
             held_level = _level(base, y, additive.holdout_coef, rows=_holdout_cut(len(y)))
-    shapes = _fit_shapes(base, spend, y, scale, starts=starts, seed=seed, level=level)
+    shapes = _fit_shapes(base, spend, y, scale, starts=starts, seed=seed, level=level, concave=concave)
     media = _media(spend, shapes, level)
     coef = _solve_linear(base, media, y)
     fitted = np.hstack([base, media]) @ coef
     held = None if form == "proportional" and held_level is None else _holdout(
-        base, spend, y, scale, seed=seed, level=held_level)
+        base, spend, y, scale, seed=seed, level=held_level, concave=concave)
     if held is None:
         return _FormFit(shapes, level, media, coef, fitted, None, float(np.mean((y - fitted) ** 2)), None)
     return _FormFit(shapes, level, media, coef, fitted, *held)
@@ -360,8 +402,8 @@ def _holdout_cut(n: int) -> int:
     return round(n * (1 - HOLDOUT_SHARE))
 
 
-def _holdout(base: Array, spend: Array, y: Array, scale: Array, *, seed: int, level: Array | None = None
-             ) -> tuple[float, float, Array, float | None] | None:
+def _holdout(base: Array, spend: Array, y: Array, scale: Array, *, seed: int, level: Array | None = None,
+             concave: frozenset[int] = frozenset()) -> tuple[float, float, Array, float | None] | None:
     """R^2, mean squared error and coefficients of a model fitted on all but the last HOLDOUT_SHARE
     of the periods, scored on those (the trend keeps its slope: the design is the full series'
     design, cut), and its channel skill: 1 - that error over the error of the baseline and controls
@@ -372,7 +414,7 @@ def _holdout(base: Array, spend: Array, y: Array, scale: Array, *, seed: int, le
     if cut < MIN_PERIODS or n - cut < 4:
         return None
     shapes = _fit_shapes(base[:cut], spend[:cut], y[:cut], scale, starts=2, seed=seed,
-                         level=None if level is None else level[:cut])
+                         level=None if level is None else level[:cut], concave=concave)
     media = _media(spend, shapes, level)  # adstock runs over the whole series: the holdout's carry-over is real
     coef = _solve_linear(base[:cut], media[:cut], y[:cut])
     predicted = np.hstack([base, media])[cut:] @ coef
