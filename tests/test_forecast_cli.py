@@ -191,6 +191,7 @@ def test_a_series_with_regular_closed_days_is_forecast_closed_and_says_so(tmp_pa
     result = CliRunner().invoke(app, ["forecast", str(data), "--out", str(tmp_path / "out")], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "closed on Saturdays" in result.output
+    assert "closed on Saturdays: no value on those days, forecast as 0" in result.output  # the note in full
     forecast = pd.read_csv(tmp_path / "out" / "forecast.csv", parse_dates=["ds"])
     saturdays = forecast[forecast["ds"].dt.dayofweek == 5]
     assert len(saturdays) == 2 and (saturdays[["point", "lo_95", "hi_95"]] == 0).all().all()
@@ -226,6 +227,12 @@ def test_a_partly_filled_last_day_is_left_out_unless_kept(tmp_path: Path) -> Non
     kept = forecast_series(history, horizon=7, keep_last_day=True)
     assert kept["ds"].iloc[0] == last + pd.Timedelta(days=1)
     assert not any("partly filled" in n for n in kept.attrs["notes"])
+    data = tmp_path / "partial.csv"
+    history.to_csv(data, index=False)
+    result = CliRunner().invoke(app, ["forecast", str(data), "--out", str(tmp_path / "out")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "partly filled last day left out" in re.sub(r"[│\s]+", " ", result.output)  # the history column
+    assert re.search(r"note \S+: the last day \(" + str(last.date()), result.output)  # and the note in full
 
 
 def test_forecast_series_is_the_command_s_default_path(tmp_path: Path) -> None:

@@ -403,7 +403,7 @@ def forecast(
     from flashcast.forecasting.backtest import BacktestSpec
     from flashcast.forecasting.engines import EngineOptions
     from flashcast.forecasting.files import read_series_file, write_forecast_outputs
-    from flashcast.forecasting.forecast import forecast_each
+    from flashcast.forecasting.forecast import closed_note, forecast_each
 
     with _errors():
         settings = _settings(config)
@@ -433,8 +433,8 @@ def forecast(
         best = result.selection.winner_score
         notes = [f"{result.filled_days} days filled"] if result.filled_days else []
         notes += [f"{result.dropped_days} days before a long gap left out"] if result.dropped_days else []
-        notes += [n.split(":")[0] for n in result.notes if n.startswith("closed on")]
-        notes += ["partly filled last day left out" for n in result.notes if n.startswith("the last day")]
+        notes += [closed_note(result.closed_weekdays).split(":")[0]] if result.closed_weekdays else []
+        notes += ["partly filled last day left out"] if result.partial_last_day else []
         notes += [f"{result.blank_last_days} blank last days left out"] if result.blank_last_days else []
         table.add_row(result.series_id, result.engine, f"{best.mase:.3f}", f"{best.coverage[80]:.0%}",
                       f"{best.coverage[95]:.0%}", f"{float(result.point.sum()):,.2f}", "; ".join(notes))
@@ -447,9 +447,8 @@ def forecast(
     console.print(f"wrote {files['forecast']}, {files['forecast_backtest']} and "
                   f"{sum(k.startswith('fan_chart') for k in files)} fan chart(s) in {out}")
     for result in done:
-        for note in result.notes:
-            if note.startswith(("closed on", "the last day")):
-                console.print(f"[yellow]note[/yellow] {escape(result.series_id)}: {escape(note)}", highlight=False)
+        for note in result.history_warnings:
+            console.print(f"[yellow]note[/yellow] {escape(result.series_id)}: {escape(note)}", highlight=False)
     if not done:
         raise typer.Exit(1)
 

@@ -72,6 +72,14 @@ class Forecast:
     total_bands: dict[int, tuple[float, float]] = field(default_factory=dict)
     calibration: Calibration | None = None  # what a later `refit_forecast` reuses
     blank_last_days: int = 0  # rows at the end without a value, left out
+    closed_weekdays: tuple[int, ...] = ()  # 0 = Monday: days the business is closed, forecast as 0
+    partial_last_day: str | None = None  # why the history's last day was left out, when it was
+
+    @property
+    def history_warnings(self) -> tuple[str, ...]:
+        """The notes a person should see beside the table: closed days, a partly filled last day."""
+        return (((closed_note(self.closed_weekdays),) if self.closed_weekdays else ())
+                + ((self.partial_last_day,) if self.partial_last_day else ()))
 
     @property
     def total(self) -> float:
@@ -137,15 +145,25 @@ def _future(last: pd.Timestamp, horizon: int) -> tuple[date, ...]:
     return tuple(d.date() for d in pd.date_range(last + pd.Timedelta(days=1), periods=horizon))
 
 
+def closed_note(weekdays: tuple[int, ...]) -> str:
+    return f"closed on {', '.join(WEEKDAYS[d] for d in weekdays)}: no value on those days, forecast as 0"
+
+
 def _history_notes(series: PreparedSeries) -> tuple[str, ...]:
-    closed = ", ".join(WEEKDAYS[d] for d in series.closed_weekdays)
     return (((f"{series.filled_days} missing days filled by interpolation",) if series.filled_days else ())
             + ((f"{series.dropped_days} days before the last gap of more than a week left out",)
                if series.dropped_days else ())
-            + ((f"closed on {closed}: no value on those days, forecast as 0",) if closed else ())
+            + ((closed_note(series.closed_weekdays),) if series.closed_weekdays else ())
             + ((series.partial_last_day,) if series.partial_last_day else ())
             + ((f"{series.blank_last_days} day(s) at the end without a value left out",)
                if series.blank_last_days else ()))
+
+
+def _history_fields(series: PreparedSeries) -> dict[str, Any]:
+    """What a forecast carries about the history it was made from (its notes say the same in words)."""
+    return {"filled_days": series.filled_days, "dropped_days": series.dropped_days,
+            "blank_last_days": series.blank_last_days, "closed_weekdays": series.closed_weekdays,
+            "partial_last_day": series.partial_last_day}
 
 
 def _closed_to_zero(dates: tuple[date, ...], point: np.ndarray, bands: dict[int, Band],
@@ -257,9 +275,9 @@ def auto_forecast(
         future, tuple(float(v) for v in bands[80].lower), tuple(float(v) for v in bands[80].upper))
     return Forecast(series_id, selection.winner, future, point, bands,
                     tuple(dates.date), y, selection, (selection.reason, *_history_notes(series)),
-                    series.filled_days, series.dropped_days, fit_seconds,
-                    {level: (float(lo[0]), float(hi[0])) for level, (lo, hi) in totals.items()}, calibration,
-                    blank_last_days=series.blank_last_days)
+                    fit_seconds=fit_seconds,
+                    total_bands={level: (float(lo[0]), float(hi[0])) for level, (lo, hi) in totals.items()},
+                    calibration=calibration, **_history_fields(series))
 
 
 def stale_reason(calibration: Calibration, history: PreparedSeries, *, line_up: Sequence[str], horizon: int,
@@ -318,9 +336,9 @@ def refit_forecast(
             f"({calibration.selection.reason}); one refit, bands from its conformal scores at today's spread")
     return Forecast(calibration.series_id, calibration.selection.winner, future, point, bands,
                     tuple(dates.date), y, calibration.selection, (note, *_history_notes(series)),
-                    series.filled_days, series.dropped_days, fit_seconds,
-                    {level: (float(lo[0]), float(hi[0])) for level, (lo, hi) in totals.items()}, calibration,
-                    blank_last_days=series.blank_last_days)
+                    fit_seconds=fit_seconds,
+                    total_bands={level: (float(lo[0]), float(hi[0])) for level, (lo, hi) in totals.items()},
+                    calibration=calibration, **_history_fields(series))
 
 
 def sampled_forecast(
@@ -344,8 +362,7 @@ def sampled_forecast(
         totals[level] = (float(total_lo), float(total_hi))
     return Forecast(series_id, engine.alias, _future(series.dates[-1], horizon), np.median(samples, axis=1), bands,
                     tuple(d.date() for d in series.dates), series.y, notes=_history_notes(series),
-                    filled_days=series.filled_days, dropped_days=series.dropped_days, total_bands=totals,
-                    blank_last_days=series.blank_last_days)
+                    total_bands=totals, **_history_fields(series))
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,6 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
     `nonnegative`) negative values are errors, and so is a series of fewer than `min_days` rows."""
     if frame.empty:
         raise ForecastError(f"{series_id}: no data")
-    if len(frame) < min_days:
-        raise ForecastError(f"{series_id}: {len(frame)} days of history; at least {min_days} needed")
     # numpy from here: the daily forecast call runs this on every series, and pandas' per-operation
     # overhead made it most of that call's time
     stamps = pd.to_datetime(frame["ds"]).to_numpy()
@@ -60,11 +58,12 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
     valued = np.flatnonzero(~np.isnan(y))
     if not len(valued):
         raise ForecastError(f"{series_id}: no values (every row's value is blank)")
+    if len(valued) < min_days:
+        what = "days of history" if len(valued) == len(y) else "days with a value"
+        raise ForecastError(f"{series_id}: {len(valued)} {what}; at least {min_days} needed")
     blank_last = len(y) - 1 - int(valued[-1])
     if len(valued) < len(y):  # a blank value is a missing day, as a missing row is
         ds, y = ds[valued], y[valued]
-        if len(y) < min_days:
-            raise ForecastError(f"{series_id}: {len(y)} days with a value; at least {min_days} needed")
     if nonnegative and (y < 0).any():
         raise NegativeValue(f"{series_id}: negative value on {ds[(y < 0).argmax()].date()}")
     long_gaps = np.flatnonzero(np.diff(ds.to_numpy()) // np.timedelta64(1, "D") > max_fill_days + 1)
