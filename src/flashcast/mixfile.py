@@ -67,18 +67,19 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
         if repeated:
             raise IngestError(f"{path}: column {repeated[0]!r} is given twice")
         numbers = {column: table.number_sql(con, column) for column in [outcome_col, *spend_cols, *control_cols]}
+
+        def first_row(condition: str) -> int | None:
+            row = con.execute(f"SELECT min(_row) FROM source WHERE {condition}").fetchall()[0][0]
+            return None if row is None else int(row)
+
         for column, number in numbers.items():
             c = identifier(column)
-            for condition, problem in ((f"{c} IS NULL OR trim({c}::VARCHAR) = ''", "is empty"),
-                                       (f"{number} IS NULL OR NOT isfinite({number})", "is not a number")):
-                bad = con.execute(f"SELECT min(_row) FROM source WHERE {condition}").fetchall()[0][0]
-                if bad is not None:
-                    problem = table.not_a_number(con, column, bad) if problem == "is not a number" else problem
-                    raise IngestError(f"{path}: row {bad}: {column} {problem}")
-            if column in spend_cols:
-                bad = con.execute(f"SELECT min(_row) FROM source WHERE {number} < 0").fetchall()[0][0]
-                if bad is not None:
-                    raise IngestError(f"{path}: row {bad}: {column} is negative")
+            if (bad := first_row(f"{c} IS NULL OR trim({c}::VARCHAR) = ''")) is not None:
+                raise IngestError(f"{path}: row {bad}: {column} is empty")
+            if (bad := first_row(f"{number} IS NULL OR NOT isfinite({number})")) is not None:
+                raise IngestError(f"{path}: row {bad}: {column} {table.not_a_number(con, column, bad)}")
+            if column in spend_cols and (bad := first_row(f"{number} < 0")) is not None:
+                raise IngestError(f"{path}: row {bad}: {column} is negative")
         values = ", ".join(f"{number} AS {identifier(c)}" for c, number in numbers.items())
         frame = con.execute(f"SELECT {identifier(date_col)}::VARCHAR AS _date, {values} FROM source ORDER BY _row").df()
     finally:
