@@ -148,6 +148,27 @@ def test_guarded_events_hold_no_raw_identifiers(con: duckdb.DuckDBPyConnection) 
     assert stamp == [(RUN.lineage_id, KEY.key_id)]
 
 
+def test_a_session_key_is_the_hmac_of_its_user_and_session(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    """A session is its user's id and its GA4 session id (or, where GA4 gave none, the day), keyed:
+    the same session id under two users is two sessions; rows without one are a session per day."""
+    def row(user: str, session: str | None, date: str, i: int) -> str:
+        params = [] if session is None else [{"key": "ga_session_id", "value": {
+            "string_value": None, "int_value": session, "float_value": None, "double_value": None}}]
+        return json.dumps(ga4_row(user_pseudo_id=user, event_params=params, event_date=date,
+                                  event_timestamp=str(1772370000000000 + i * 1_000_000)))
+
+    specs = [("1.1", "77", "20260301"), ("1.1", "77", "20260301"), ("2.2", "77", "20260301"),
+             ("1.1", "78", "20260301"), ("1.1", None, "20260301"), ("1.1", None, "20260302")]
+    _guard(con, write_lines(tmp_path / "events_20260301.json",
+                            [row(*spec, i) for i, spec in enumerate(specs)]))
+    keys = dict(con.execute("SELECT source_line, session_key FROM guarded_events").fetchall())
+    assert len(keys) == len(specs)
+    for line, (user, session, date) in enumerate(specs, start=1):
+        text = f"{user}:{session}" if session else f"{user}:day:{date[:4]}-{date[4:6]}-{date[6:]}"
+        assert keys[line] == hmac.new(TEST_KEY.encode(), text.encode(), hashlib.sha256).hexdigest()
+    assert len(set(keys.values())) == 5  # rows 1 and 2 are one session
+
+
 def test_an_exact_copy_is_a_duplicate_whatever_the_order_of_its_params(tmp_path: Path,
                                                                         con: duckdb.DuckDBPyConnection) -> None:
     """Two rows differing only in the order of their event params are one event; a row whose param
