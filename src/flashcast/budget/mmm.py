@@ -70,9 +70,9 @@ FORMS = ("additive", "proportional")
 FORM_CHOICES = (*FORMS, "auto")  # what `fit_mix(form=...)` and `flashcast allocate --effects` take
 FORM_MARGIN = 0.02  # `auto` keeps the additive form unless the proportional one cuts held-out error by 2%
 # A channel whose spend correlates this much with the fitted baseline and controls must earn an
-# S-shape on the held-out periods (see _fit_earning_s_shapes). In the benchmark's pooled worlds the
-# independently flighted channels stay under 0.23 in nine cases of ten (largest 0.45); the one whose
-# spend follows demand reaches 0.55. The one value tried (docs/allocation.md).
+# S-shape on the held-out periods (see _fit_earning_s_shapes). In the benchmark's pooled worlds (a
+# linear regression's baseline) the independently flighted channels stay under 0.23 in nine cases
+# of ten (largest 0.45); the one whose spend follows demand reaches 0.55. The one value tried.
 DEMAND_LED_CORRELATION = 0.5
 MIN_LEVEL = 0.1  # the proportional form's m_t floor: a baseline near or below zero must not flip an effect
 
