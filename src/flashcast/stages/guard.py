@@ -193,8 +193,9 @@ def guard_steps(src: str, *, policy: PrivacyPolicy, run: RunContext, prior: bool
           {"UNION SELECT user_id FROM _routed WHERE route = 'candidate'" if keyed_user_id else ""}
         ) WHERE v IS NOT NULL"""))
 
-    # So is each session, by its parts (a join on the text the key is made of, built per row, cost
-    # as much as keying every row); measured 0.3 s less per million events.
+    # So is each session, joined back by its parts (joined on the text the key is made of, built per
+    # row, it cost as much as keying every row): the step took 1.50 s against 1.82 s on a million
+    # Parquet events; at 9M events under memory_limit 1GB the peak memory did not change.
     steps.append(("_session_keys", f"""SELECT u, s, d, {hmac_sql(_SESSION_TEXT)} AS k FROM (
           SELECT DISTINCT user_pseudo_id AS u, ga_session_id AS s, {_SESSION_DAY.format(r="")} AS d
           FROM _routed WHERE route = 'candidate')"""))
