@@ -4,6 +4,7 @@ curves, the diagnostics that stop or cap an allocation, and bad files named by r
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,30 @@ def test_a_model_that_fails_on_held_out_periods_gives_no_allocation(tmp_path: Pa
     mix = read_mix_file(path, date_col="week", outcome_col="sales", spend_cols=list(TRUTH), control_cols=["price"])
     with pytest.raises(CurveFitError, match=r"held-out R\^2 -"):
         allocate_mix(mix, 9000.0)
+
+
+@pytest.mark.parametrize(("extra", "spend_cols", "message"), [
+    # a second channel always bought with TV (a fixed 30% on top, a little rounding)
+    ("tv_addon", "tv,search,social,tv_addon",
+     r"spend column 'tv' and spend column 'tv_addon' move together \(r = 1.000\).*sum the two channels into one"),
+    # a "spend" column that is the demand control again
+    ("demand_copy", "tv,search,social,demand_copy",
+     r"spend column 'demand_copy' and control 'demand' move together.*leave one of them out"),
+])
+def test_columns_that_move_together_are_refused_by_name(tmp_path: Path, extra: str, spend_cols: str,
+                                                         message: str) -> None:
+    """Two columns in lockstep leave the split of credit between them to chance: one line naming
+    both, and no allocation."""
+    frame, demand = _world(4)
+    frame[extra] = (0.3 * frame["tv"]).round(0) if extra == "tv_addon" else (demand + 2).round(4)
+    path = tmp_path / "mmm.csv"
+    frame.to_csv(path, index=False)
+    result = CliRunner().invoke(app, ["allocate", str(path), "--date-col", "week", "--outcome-col", "sales",
+                                      "--spend-cols", spend_cols, "--control-cols", "price,demand",
+                                      "--budget", "9000", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert re.search(message, " ".join(result.output.split())), result.output
+    assert not (tmp_path / "out" / "allocation.csv").exists()
 
 
 def test_channels_that_carry_the_held_out_periods_allocate_despite_a_negative_r2() -> None:

@@ -25,7 +25,15 @@ import numpy as np
 import pandas as pd
 
 from flashcast.budget.curves import Array, ResponseCurve, fit_curve_fixed_decay
-from flashcast.budget.mmm import ChannelEffect, MixData, MixModel, is_unsaturated, no_effect_notes, r_squared
+from flashcast.budget.mmm import (
+    ChannelEffect,
+    MixData,
+    MixModel,
+    is_unsaturated,
+    no_effect_notes,
+    r_squared,
+    refuse_twins,
+)
 from flashcast.errors import CurveFitError
 
 GRID_POINTS = 120
@@ -39,6 +47,7 @@ def _logistic(z: Array) -> Array:
 def fit_mix_bayes(data: MixData, dates: Sequence[object] | pd.Series, *, draws: int = 500, tune: int = 500,
                   chains: int = 2, seed: int = 0, curve_draws: int = 20) -> MixModel:
     """Sample PyMC-Marketing's model of `data` and summarize it as a MixModel (see the module)."""
+    refuse_twins(data)
     try:
         with warnings.catch_warnings():
             # ArviZ 0.23.4 announces its coming refactor with a FutureWarning on import: nothing a

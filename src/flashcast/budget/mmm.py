@@ -74,6 +74,7 @@ FORM_MARGIN = 0.02  # `auto` keeps the additive form unless the proportional one
 # linear regression's baseline) the independently flighted channels stay under 0.23 in nine cases
 # of ten (largest 0.45); the one whose spend follows demand reaches 0.55. The one value tried.
 DEMAND_LED_CORRELATION = 0.5
+TWIN_CORRELATION = 0.98  # a spend column this correlated with another column is refused (refuse_twins)
 MIN_LEVEL = 0.1  # the proportional form's m_t floor: a baseline near or below zero must not flip an effect
 
 
@@ -239,6 +240,7 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
     idle = [c for i, c in enumerate(channels) if not (spend[:, i] > 0).any()]
     if idle:
         raise CurveFitError(f"no spend at all in {idle}: their effect cannot be estimated; leave them out")
+    refuse_twins(data)
     scale = np.array([float(np.median(spend[spend[:, i] > 0, i])) for i in range(len(channels))])
     base, base_names = _baseline_design(data.n, data.periods_per_year, data.controls)
     # the proportional form's level comes from the additive fit: always fitted
@@ -287,6 +289,22 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
     return MixModel(channels, effects, round(r2, 4), None if fit.r2_holdout is None else round(fit.r2_holdout, 4),
                     float((baseline + control_part).sum() / total), decomposition, tuple(notes), chosen,
                     None if fit.channel_skill is None else round(fit.channel_skill, 4))
+
+
+def refuse_twins(data: MixData) -> None:
+    """A spend column that moves in step with another column (|r| >= TWIN_CORRELATION): the model
+    cannot tell their effects apart, and would split the credit between them at random."""
+    columns = {**{f"spend column {c!r}": np.asarray(v, dtype=float) for c, v in data.spend.items()},
+               **{f"control {c!r}": np.asarray(v, dtype=float) for c, v in data.controls.items()}}
+    names = list(columns)
+    for i, first in enumerate(names[:len(data.spend)]):
+        for second in names[i + 1:]:
+            a, b = columns[first], columns[second]
+            if np.std(a) > 0 and np.std(b) > 0 and abs(float(np.corrcoef(a, b)[0, 1])) >= TWIN_CORRELATION:
+                r = float(np.corrcoef(a, b)[0, 1])
+                fix = "sum the two channels into one" if second.startswith("spend") else "leave one of them out"
+                raise CurveFitError(f"{first} and {second} move together (r = {r:.3f}): the model cannot tell "
+                                    f"their effects apart; {fix}")
 
 
 def _fit_earning_s_shapes(form: str, base: Array, spend: Array, y: Array, scale: Array, channels: tuple[str, ...],
