@@ -74,6 +74,7 @@ FORM_MARGIN = 0.02  # `auto` keeps the additive form unless the proportional one
 # linear regression's baseline) the independently flighted channels stay under 0.23 in nine cases
 # of ten (largest 0.45); the one whose spend follows demand reaches 0.55. The one value tried.
 DEMAND_LED_CORRELATION = 0.5
+S_SHAPED_SLOPE = 1.05  # a Hill slope above this is an S-shape (not a rounding hair over 1)
 TWIN_CORRELATION = 0.98  # a spend column this correlated with another column is refused (refuse_twins)
 MIN_LEVEL = 0.1  # the proportional form's m_t floor: a baseline near or below zero must not flip an effect
 
@@ -126,7 +127,7 @@ class MixModel:
             if effect.unsaturated:
                 notes.append(f"{c}: no diminishing returns in the data (the curve is still nearly straight at the "
                              "largest spend): capped at its largest spend")
-            if effect.curve.slope > 1.05:  # not a rounding hair over 1
+            if effect.curve.slope > S_SHAPED_SLOPE:
                 notes.append(f"{c}: S-shaped (Hill slope {effect.curve.slope:.2f} > 1): optimized on its concave "
                              "envelope")
             diagnostics = FitDiagnostics(self.r2, 0.0, 0.0, 0, len(self.decomposition["actual"]))
@@ -299,12 +300,16 @@ def refuse_twins(data: MixData) -> None:
     names = list(columns)
     for i, first in enumerate(names[:len(data.spend)]):
         for second in names[i + 1:]:
-            a, b = columns[first], columns[second]
-            if np.std(a) > 0 and np.std(b) > 0 and abs(float(np.corrcoef(a, b)[0, 1])) >= TWIN_CORRELATION:
-                r = float(np.corrcoef(a, b)[0, 1])
+            r = _correlation(columns[first], columns[second])
+            if r is not None and abs(r) >= TWIN_CORRELATION:
                 fix = "sum the two channels into one" if second.startswith("spend") else "leave one of them out"
                 raise CurveFitError(f"{first} and {second} move together (r = {r:.3f}): the model cannot tell "
                                     f"their effects apart; {fix}")
+
+
+def _correlation(a: Array, b: Array) -> float | None:
+    """Pearson's r of two series; None when either is flat (r is undefined)."""
+    return float(np.corrcoef(a, b)[0, 1]) if np.std(a) > 0 and np.std(b) > 0 else None
 
 
 def _fit_earning_s_shapes(form: str, base: Array, spend: Array, y: Array, scale: Array, channels: tuple[str, ...],
@@ -322,10 +327,9 @@ def _fit_earning_s_shapes(form: str, base: Array, spend: Array, y: Array, scale:
     baseline = base @ fit.coef[:base.shape[1]]
     led = {}
     for i, slope in enumerate(fit.shapes.slope):
-        if slope > 1.05 and np.std(spend[:, i]) > 0 and np.std(baseline) > 0:
-            r = float(np.corrcoef(spend[:, i], baseline)[0, 1])
-            if abs(r) >= DEMAND_LED_CORRELATION:
-                led[i] = r
+        r = _correlation(spend[:, i], baseline) if slope > S_SHAPED_SLOPE else None
+        if r is not None and abs(r) >= DEMAND_LED_CORRELATION:
+            led[i] = r
     if not led:
         return fit, []
     concave = _fit_form(form, base, spend, y, scale, starts=starts, seed=seed, additive=additive,
