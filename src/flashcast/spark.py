@@ -51,7 +51,8 @@ _DATE_FORMATS = {"%Y%m%d": "yyyyMMdd", "%Y-%m-%d": "yyyy-MM-dd"}
 def _rewrite(node: exp.Expression) -> exp.Expression:
     """What SQLGlot leaves in DuckDB's terms, in Spark's."""
     if isinstance(node, exp.Anonymous):
-        name, args = node.name.lower(), node.expressions
+        # a node put in place is not visited again: its arguments are rewritten here
+        name, args = node.name.lower(), [a.transform(_rewrite) for a in node.expressions]
         if name == "url_decode":  # Java's decoder turns '+' into a space, DuckDB's keeps it
             plus = exp.Anonymous(this="replace", expressions=[args[0], exp.Literal.string("+"),
                                                                 exp.Literal.string("%2B")])
@@ -60,6 +61,12 @@ def _rewrite(node: exp.Expression) -> exp.Expression:
             return exp.Anonymous(this="xxhash64", expressions=args)
         if name == "list_extract":  # NULL past the end, as in DuckDB
             return exp.Anonymous(this="try_element_at", expressions=args)
+        if name == "list_position":
+            return exp.Anonymous(this="array_position", expressions=args)
+        if name == "list_sum":  # wraps around past 2^63 (ANSI mode is off): a sum all the same
+            total = sqlglot.parse_one("aggregate(x, 0L, (total, v) -> total + v)", read="spark")
+            total.this.replace(args[0])
+            return total
         if name == "try_strptime":
             fmt = _DATE_FORMATS[args[1].name]
             return exp.Anonymous(this="try_to_timestamp", expressions=[args[0], exp.Literal.string(fmt)])

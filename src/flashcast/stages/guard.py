@@ -157,9 +157,10 @@ def guard_steps(src: str, *, policy: PrivacyPolicy, run: RunContext, prior: bool
           SELECT source_file, source_line, event_date, event_name, event_timestamp,
             CASE WHEN event_name = 'purchase' THEN {hmac_sql("transaction_id")} END AS transaction_key,
             -- within the run only, to rank copies: the stored fingerprint of a duplicate is an HMAC
-            -- params in any order are the same: their hashes are sorted (sorting the structs costs 2x)
+            -- params in any order are the same: their hashes are summed (sorting them cost 0.15 s
+            -- more per 1M events, sorting the structs 2x that)
             hash(event_date, stream_id, user_pseudo_id, ga_session_id, event_name, event_timestamp,
-                 list_sort(list_transform(params, lambda p: hash(p)))) AS fingerprint
+                 list_sum(list_transform(params, lambda p: hash(p)))) AS fingerprint
           FROM _routed WHERE route = 'candidate'
         )
         WINDOW w AS (PARTITION BY fingerprint ORDER BY source_file, source_line)"""))

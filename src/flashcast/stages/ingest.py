@@ -172,7 +172,11 @@ def _validation_sql(max_days_from_file_date: int) -> str:
 
 
 def _param(key: str, slot: str = "string_value") -> str:
-    return f"list_extract(list_filter(event_params, lambda p: p.key = '{key}'), 1).value.{slot}"
+    """The first event param named `key`, found in the row's list of param names (`param_keys`, made
+    once a row: a list_filter per field copied the params a dozen times a row, 0.2 s per 1M events)."""
+    # nullif: Spark's array_position says 0 where DuckDB's list_position says NULL; Spark's element_at
+    # takes an INT index
+    return f"list_extract(event_params, nullif(list_position(param_keys, '{key}'), 0)::INTEGER).value.{slot}"
 
 
 def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings, context: RunContext,
@@ -397,7 +401,8 @@ def _create_staged(con: duckdb.DuckDBPyConnection, table: str, fast: list[Export
 def staged_select_sql(parsed: str, max_days_from_file_date: int) -> str:
     """The staged rows from the parsed rows of SELECT `parsed` (file, line, the GA4 fields as read):
     their problems, validity and typed columns. The one definition every engine runs."""
-    return f"""WITH checked AS (SELECT *, {_validation_sql(max_days_from_file_date)} AS problems FROM ({parsed}))
+    return f"""WITH checked AS (SELECT *, {_validation_sql(max_days_from_file_date)} AS problems,
+          list_transform(event_params, lambda p: p.key) AS param_keys FROM ({parsed}))
         SELECT
           source_file, source_line, file_date, intraday,
           problems,
