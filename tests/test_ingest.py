@@ -79,6 +79,77 @@ def test_ndjson_and_parquet_stage_the_same_rows(small_sim: SimulationResult, sma
     assert counts["ndjson"] == counts["parquet"]
 
 
+def test_parquet_numbers_stored_as_numbers_or_as_text_stage_as_ndjson_does(
+        tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    """A Parquet file storing GA4's numbers as numbers (read as numbers) and one storing them as
+    text (read as text and checked, so a bad value is named on its row), alone or together, stage
+    the rows NDJSON does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flashcast.stages.ingest import _parquet_rows_sql
+
+    def params(session: object, value: object) -> list[dict]:
+        return [{"key": "ga_session_id", "value": {"string_value": None, "int_value": session,
+                                                   "float_value": None, "double_value": None}},
+                {"key": "value", "value": {"string_value": None, "int_value": None,
+                                           "float_value": None, "double_value": value}}]
+
+    typed = [ga4_row(event_timestamp=1772370000000000 + i, event_name="purchase", event_value_in_usd=2.5 * i,
+                     ecommerce={"purchase_revenue": 10.25 * i, "transaction_id": f"T{i}"},
+                     event_params=params(1772370000 + i, 0.5 * i)) for i in range(3)]
+    text = [ga4_row(event_timestamp="1772370000000009", event_params=params("1772370009", "1.5")),
+            ga4_row(event_timestamp="yesterday", event_params=params("12x", "1.5")),
+            ga4_row(event_params=params("1772370010", "lots"))]
+    columns = ("source_line, valid, problems, event_timestamp, ga_session_id, revenue, transaction_id, "
+               "list_transform(params, lambda p: [p.int_value::VARCHAR, p.double_value::VARCHAR])")
+
+    def staged(folder: Path) -> list[tuple]:
+        stage_export(con, folder)
+        return con.execute(f"SELECT {columns} FROM staged ORDER BY file_date, source_line").fetchall()
+
+    for name, days in {"typed": [typed], "text": [text], "both": [typed, text]}.items():
+        for day, rows in enumerate(days, start=1):
+            (tmp_path / name / "parquet").mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(rows), tmp_path / name / "parquet" / f"events_2026030{day}.parquet")
+            write_lines(tmp_path / name / "ndjson" / f"events_2026030{day}.json", [json.dumps(r) for r in rows])
+        assert staged(tmp_path / name / "parquet") == staged(tmp_path / name / "ndjson"), name
+
+    # the typed file is read as numbers, the text file (alone or with it) as text
+    assert "p.event_timestamp::BIGINT" in _parquet_rows_sql(con, list(discover_exports(tmp_path / "typed" / "parquet")))
+    assert "p.event_timestamp::VARCHAR" in _parquet_rows_sql(con, list(discover_exports(tmp_path / "both" / "parquet")))
+    both = staged(tmp_path / "both" / "parquet")
+    assert [row[1] for row in both] == [True, True, True, True, False, False]
+    assert both[2][3:7] == (1772370000000002, 1772370002, 20.5, "T2")  # typed values kept exactly
+    assert both[4][2][0] == "event_timestamp: not an INT64"
+    assert "event_params.value.int_value: not an INT64" in both[4][2]
+    assert both[5][2] == ["event_params.value.double_value: not a number"]
+
+
+def test_parquet_files_typed_differently_are_read_one_by_one_and_a_wrong_column_is_named(
+        tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def write(day: int, row: dict) -> None:
+        row["event_date"] = f"2026030{day}"
+        pq.write_table(pa.Table.from_pylist([row]), tmp_path / f"events_2026030{day}.parquet")
+
+    write(1, ga4_row(event_timestamp=1772370000000000))
+    write(2, ga4_row(user_pseudo_id=123456))  # a number here, text in the first file
+    write(3, ga4_row(privacy_info={"analytics_storage": "Yes", "ads_storage": "Yes"}, user_id=None))
+    assert stage_export(con, tmp_path).input_rows == 3
+    assert con.execute("SELECT list(user_pseudo_id ORDER BY file_date) FROM staged WHERE valid").fetchall() == [
+        (["123.456", "123456", "123.456"],)]
+
+    write(4, ga4_row(privacy_info="granted"))  # a text where GA4 has a record
+    with pytest.raises(IngestError) as caught:
+        stage_export(con, tmp_path)
+    message = str(caught.value)
+    assert message.startswith("events_20260304.parquet: column privacy_info is stored as string")
+    assert "granted" not in message and "\n" not in message
+
+
 def test_intraday_files_are_read_and_flagged(small_sim: SimulationResult, con: duckdb.DuckDBPyConnection) -> None:
     files = discover_exports(small_sim.export_dirs["ndjson"])
     assert files[-1].intraday and not files[0].intraday

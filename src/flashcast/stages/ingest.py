@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal, cast
 
 import duckdb
+import pyarrow as pa
 
 from flashcast.config import Settings
 from flashcast.engine import DuckEngine, Engine, land
@@ -277,17 +278,21 @@ def _stage_files(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], 
         except _NotUtf8 as exc:  # a line that is not UTF-8: its file is read from a marked copy
             ndjson = _copy_not_utf8(con, ndjson, scratch, exc.error)
     fast = [f for f in ndjson if stats[f.name][0] > 0 and stats[f.name][1] <= MAX_EVENT_CHARS and not stats[f.name][2]]
-    checked = False
+    checked, parquet_together = False, True
     while True:
         slow = [f for f in ndjson if f not in fast]
         try:
-            _create_staged(con, table, fast, slow, parquet, stats, max_days_from_file_date)
+            _create_staged(con, table, fast, slow, parquet, stats, max_days_from_file_date,
+                           parquet_together=parquet_together)
         except duckdb.Error as exc:
             if not checked and fast:  # find the files with lines the reader refuses, read those line by line
                 checked, odd = True, _line_stats(con, fast, check_json=True)
                 fast = [f for f in fast if not odd[f.name][2]]
                 continue
             named = [f for f in fast if str(f.path) in str(exc)]
+            if not named and parquet_together and len(parquet) > 1:
+                parquet_together = False  # Parquet files whose columns' types differ: one read each
+                continue
             if not named:
                 raise _unreadable(con, files, exc) from exc
             fast = [f for f in fast if f not in named]
@@ -374,11 +379,13 @@ def _is_utf8(path: Path) -> bool:
 
 
 def _create_staged(con: duckdb.DuckDBPyConnection, table: str, fast: list[ExportFile], slow: list[ExportFile],
-                   parquet: list[ExportFile], stats: dict[str, tuple[int, int, int]], max_days: int) -> None:
+                   parquet: list[ExportFile], stats: dict[str, tuple[int, int, int]], max_days: int, *,
+                   parquet_together: bool = True) -> None:
     """The fast rows first (their line numbers come from their place in the table), then the slow and
-    Parquet rows, all through the same checks."""
+    Parquet rows (in one read, or one read a file), all through the same checks."""
+    parquet_reads = [parquet] if parquet_together else [[f] for f in parquet]
     sources = [*([_fast_rows_sql(fast)] if fast else []), *(_slow_rows_sql(f) for f in slow),
-               *([_parquet_rows_sql(con, parquet)] if parquet else [])]
+               *(_parquet_rows_sql(con, each) for each in parquet_reads if each)]
     con.execute(f"DROP TABLE IF EXISTS {table}")
     for i, source in enumerate(sources):
         into = f"CREATE TEMP TABLE {table} AS" if i == 0 else f"INSERT INTO {table} BY NAME"
@@ -486,13 +493,13 @@ def _slow_rows_sql(file: ExportFile) -> str:
 
 
 def _parquet_rows_sql(con: duckdb.DuckDBPyConnection, files: list[ExportFile]) -> str:
-    """Parquet rows cast by column (and by name inside structs) to the NDJSON reader's types; a
-    column a file lacks is NULL."""
+    """Parquet rows cast by column (and by name inside structs) to the NDJSON reader's types, except
+    that a number stored as a number stays one (see `_parquet_type`); a column a file lacks is NULL."""
     paths = "[" + ", ".join(literal(f.path) for f in files) + "]"
     scan = f"read_parquet({paths}, union_by_name=true, filename=true, file_row_number=true)"
-    present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
-    fields = ", ".join(f"{('p.' + k) if k in present else 'NULL'}::{_duck_type(v)} AS {k}"
-                       for k, v in GA4_JSON_STRUCTURE.items())
+    present = {f.name: f.type for f in con.sql(f"SELECT * FROM {scan} LIMIT 0").to_arrow_table().schema}
+    fields = ", ".join(f"p.{k}::{_parquet_type(v, present[k], (k,))} AS {k}" if k in present
+                       else f"NULL::{_duck_type(v)} AS {k}" for k, v in GA4_JSON_STRUCTURE.items())
     meta = ", ".join(f"({literal(f.path)}, {literal(f.name)}, {_date_sql(f)}, {str(f.intraday).lower()})"
                      for f in files)
     return f"""SELECT meta.name AS source_file, meta.file_date, meta.intraday,
@@ -500,6 +507,41 @@ def _parquet_rows_sql(con: duckdb.DuckDBPyConnection, files: list[ExportFile]) -
         'OBJECT' AS top_type, {fields},
         [CASE WHEN p.event_params IS NULL THEN 'NULL' ELSE 'ARRAY' END] AS types
       FROM {scan} p JOIN (VALUES {meta}) meta(path, name, file_date, intraday) ON meta.path = p.filename"""
+
+
+# GA4's numeric fields (BigQuery INT64 / FLOAT64), by path ("[]" steps into a list). A Parquet column
+# that holds them as numbers is read as numbers: turning them into text for the checks to turn back
+# cost 0.2-0.3 s per 1M events. Stored as text (or any other type) they are read as text, as NDJSON
+# is, so a bad value is a named problem on its row rather than an error for the whole file.
+_NUMBERS = {("event_timestamp",): "BIGINT", ("event_value_in_usd",): "DOUBLE",
+            ("event_params", "[]", "value", "int_value"): "BIGINT",
+            ("event_params", "[]", "value", "float_value"): "DOUBLE",
+            ("event_params", "[]", "value", "double_value"): "DOUBLE",
+            ("ecommerce", "purchase_revenue"): "DOUBLE", ("ecommerce", "purchase_revenue_in_usd"): "DOUBLE"}
+
+
+def _parquet_type(structure: object, stored: pa.DataType, path: tuple[str, ...]) -> str:
+    """The DuckDB type to cast a Parquet column (Arrow type `stored`) to: `structure`'s, with the
+    numeric fields kept numeric where the file stores them as numbers that fit."""
+    if isinstance(structure, str):
+        number = _NUMBERS.get(path)
+        integer = (pa.types.is_integer(stored) and stored != pa.uint64()) or pa.types.is_null(stored)
+        fits = integer if number == "BIGINT" else integer or pa.types.is_floating(stored)
+        return number if number and fits else structure
+    if isinstance(structure, list):
+        if pa.types.is_list(stored) or pa.types.is_large_list(stored):
+            return _parquet_type(structure[0], stored.value_type, (*path, "[]")) + "[]"
+        return _duck_type(structure)
+    assert isinstance(structure, dict)
+    inner = {stored.field(i).name: stored.field(i).type for i in range(stored.num_fields)} \
+        if pa.types.is_struct(stored) else {}
+    types = {k: _parquet_type(v, inner[k], (*path, k)) if k in inner else _duck_type(v) for k, v in structure.items()}
+    # A struct's numbers stay numbers only all together: the checks coalesce them (int_value with
+    # double_value), which a number and a text cannot be.
+    numbers = [k for k in structure if (*path, k) in _NUMBERS]
+    if not inner or not all(k in inner and types[k] == _NUMBERS[(*path, k)] for k in numbers):
+        types |= {k: _duck_type(structure[k]) for k in numbers}
+    return "STRUCT(" + ", ".join(f"{k} {t}" for k, t in types.items()) + ")"
 
 
 def _date_sql(file: ExportFile) -> str:
@@ -568,6 +610,10 @@ def _unreadable(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], e
     if isinstance(exc, duckdb.OutOfMemoryException):
         raise exc
     for file in files:
+        if file.format == "parquet":
+            if problem := _parquet_problem(con, file):
+                return IngestError(f"{file.name}: {problem}; move it out of the export folder or fix it")
+            continue
         try:
             con.execute(f"SELECT count(*) FROM ({_lines_sql(file)})").fetchall()
         except duckdb.Error as file_exc:
@@ -584,6 +630,30 @@ def _unreadable(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], e
                     return IngestError(f"{where}: {why}; move it out of the export folder or fix it")
             return IngestError(f"{where}: cannot be read as a GA4 {file.format} export ({type(file_exc).__name__})")
     return IngestError(f"the export could not be read ({type(exc).__name__})")
+
+
+def _parquet_problem(con: duckdb.DuckDBPyConnection, file: ExportFile) -> str | None:
+    """Why a Parquet file cannot be staged: unreadable, or a GA4 column stored as a type that cannot be
+    read as GA4's (named by column and type, never by value); None when it can be."""
+    scan = f"read_parquet({literal(file.path)})"
+    try:
+        stored = {f.name: f.type for f in con.sql(f"SELECT * FROM {scan} LIMIT 0").to_arrow_table().schema}
+        con.execute(f"SELECT count(*) FROM {scan}").fetchall()
+    except duckdb.Error as exc:
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            raise
+        return "not a readable Parquet file"
+    for name, structure in GA4_JSON_STRUCTURE.items():
+        if name not in stored:
+            continue
+        try:
+            con.execute(f"SELECT count(p.{name}::{_parquet_type(structure, stored[name], (name,))}) FROM {scan} p"
+                        ).fetchall()
+        except duckdb.Error as exc:
+            if isinstance(exc, duckdb.OutOfMemoryException):
+                raise
+            return f"column {name} is stored as {stored[name]}, which is not how a GA4 export stores it"
+    return None
 
 
 def _file_table(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], lineage_id: str | None) -> int:
