@@ -65,6 +65,7 @@ def _rewrite(node: exp.Expression) -> exp.Expression:
             return exp.Anonymous(this="array_position", expressions=args)
         if name == "list_sum":  # wraps around past 2^63 (ANSI mode is off): a sum all the same
             total = sqlglot.parse_one("aggregate(x, 0L, (total, v) -> total + v)", read="spark")
+            assert isinstance(total, exp.Reduce)
             total.this.replace(args[0])
             return total
         if name == "try_strptime":
