@@ -187,8 +187,8 @@ def test_an_exact_copy_is_a_duplicate_whatever_the_order_of_its_params(tmp_path:
 
 def test_page_urls_and_string_params_are_redacted_value_by_value(tmp_path: Path,
                                                                  con: duckdb.DuckDBPyConnection) -> None:
-    """Page URLs are redacted once per distinct URL and joined back: every row's URL column and every
-    string param still equal the per-value redaction, whichever rows share a URL or which param
+    """Page URLs are redacted once per distinct URL and joined back: every row's URL columns (page and
+    referrer) and every string param still equal the per-value redaction, whichever rows share a URL or which param
     carries it (a second page_location, a referrer that is another row's page)."""
     def param(key: str, value: str) -> dict:
         return {"key": key, "value": {"string_value": value, "int_value": None, "float_value": None,
@@ -212,9 +212,12 @@ def test_page_urls_and_string_params_are_redacted_value_by_value(tmp_path: Path,
     _guard(con, write_lines(tmp_path / "events_20260301.json", lines))
     assert con.execute("SELECT count(*) FROM guarded_events").fetchall() == [(4,)]
     for line, spec in enumerate(rows, start=1):
-        url, params = con.execute(
-            "SELECT page_location, params FROM guarded_events WHERE source_line = ?", [line]).fetchall()[0]
+        url, referrer, params = con.execute(
+            "SELECT page_location, page_referrer, params FROM guarded_events WHERE source_line = ?", [line]
+        ).fetchall()[0]
         assert url == con.execute("SELECT redact_text(?)", [spec["page_location"]]).fetchall()[0][0]
+        raw_referrer = next((p["value"]["string_value"] for p in spec["extra"] if p["key"] == "page_referrer"), None)
+        assert referrer == con.execute("SELECT redact_text(?)", [raw_referrer]).fetchall()[0][0]
         raw = [p for p in json.loads(lines[line - 1])["event_params"] if p["value"]["string_value"] is not None]
         assert [(p["key"], p["string_value"]) for p in params if p["string_value"] is not None] == [
             (p["key"], con.execute("SELECT redact_text(?)", [p["value"]["string_value"]]).fetchall()[0][0])

@@ -204,10 +204,12 @@ def guard_steps(src: str, *, policy: PrivacyPolicy, run: RunContext, prior: bool
     def redact(column: str) -> str:
         return redact_sql(column, policy)
 
-    # Page URLs are most of the text to redact, and a site has far fewer pages than events: each
-    # distinct URL is redacted once and joined back, to the column and to the same URL in the params.
-    steps.append(("_page_locations", f"""SELECT v, {redact("v")} AS r FROM (
-          SELECT DISTINCT page_location AS v FROM _routed WHERE route = 'candidate' AND page_location IS NOT NULL)"""))
+    # Page URLs (a page's and its referrer's) are most of the text to redact, and a site has far fewer
+    # pages than events: each distinct URL is redacted once and joined back, to the columns and to the
+    # same URL in the params.
+    steps.append(("_page_urls", f"""SELECT v, {redact("v")} AS r FROM (
+          SELECT page_location AS v FROM _routed WHERE route = 'candidate'
+          UNION SELECT page_referrer FROM _routed WHERE route = 'candidate') WHERE v IS NOT NULL"""))
 
     steps.append((Table.GUARDED_EVENTS, f"""SELECT {stamp}, {literal(run.key_id)} AS key_id,
           event_date, event_timestamp, make_timestamp(event_timestamp) AS event_ts_utc, event_name,
@@ -215,10 +217,11 @@ def guard_steps(src: str, *, policy: PrivacyPolicy, run: RunContext, prior: bool
           sk.k AS session_key,
           ga_session_number, engagement_time_msec,
           pl.r AS page_location,
-          {redact("page_referrer")} AS page_referrer,
+          pr.r AS page_referrer,
           {redact("search_term")} AS search_term,
           list_transform(params, lambda p: {{'key': p.key, 'string_value': CASE
-            WHEN p.string_value = r.page_location THEN pl.r ELSE {redact("p.string_value")} END,
+            WHEN p.string_value = r.page_location THEN pl.r WHEN p.string_value = r.page_referrer THEN pr.r
+            ELSE {redact("p.string_value")} END,
                                             'int_value': p.int_value, 'double_value': p.double_value}}) AS params,
           CASE WHEN event_name = 'purchase' THEN coalesce(revenue, 0) ELSE revenue END AS revenue,
           CASE WHEN event_name = 'purchase' THEN {hmac_sql("transaction_id")} END AS transaction_key,
@@ -231,7 +234,8 @@ def guard_steps(src: str, *, policy: PrivacyPolicy, run: RunContext, prior: bool
           {consent_col} AS consent_value, ads_storage AS ads_consent, intraday, source_file, source_line
         FROM _routed r
         LEFT JOIN _id_keys uk ON uk.v = r.user_pseudo_id
-        LEFT JOIN _page_locations pl ON pl.v = r.page_location
+        LEFT JOIN _page_urls pl ON pl.v = r.page_location
+        LEFT JOIN _page_urls pr ON pr.v = r.page_referrer
         LEFT JOIN _session_keys sk ON sk.u = r.user_pseudo_id AND sk.s IS NOT DISTINCT FROM r.ga_session_id
           AND sk.d IS NOT DISTINCT FROM {_SESSION_DAY.format(r="r.")}
         {"LEFT JOIN _id_keys ik ON ik.v = r.user_id" if keyed_user_id else ""}
