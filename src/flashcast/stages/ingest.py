@@ -528,7 +528,8 @@ def _parquet_type(structure: object, stored: pa.DataType, path: tuple[str, ...])
     if isinstance(structure, str):
         number = _NUMBERS.get(path)
         integer = (pa.types.is_integer(stored) and stored != pa.uint64()) or pa.types.is_null(stored)
-        fits = integer if number == "BIGINT" else integer or pa.types.is_floating(stored)
+        # (a 32-bit float is read as text, as before: widened in place, 0.1 would become 0.10000000149)
+        fits = integer if number == "BIGINT" else integer or pa.types.is_float64(stored)
         return number if number and fits else structure
     if isinstance(structure, list):
         if pa.types.is_list(stored) or pa.types.is_large_list(stored):
