@@ -646,17 +646,23 @@ def _parquet_problem(con: duckdb.DuckDBPyConnection, file: ExportFile) -> str | 
         if isinstance(exc, duckdb.OutOfMemoryException):
             raise
         return "not a readable Parquet file"
-    for name, structure in GA4_JSON_STRUCTURE.items():
-        if name not in stored:
-            continue
+    casts = {name: f"count(p.{name}::{_parquet_type(structure, stored[name], (name,))})"
+             for name, structure in GA4_JSON_STRUCTURE.items() if name in stored}
+
+    def readable(names: list[str]) -> bool:
         try:
-            con.execute(f"SELECT count(p.{name}::{_parquet_type(structure, stored[name], (name,))}) FROM {scan} p"
-                        ).fetchall()
+            con.execute(f"SELECT {', '.join(casts[n] for n in names)} FROM {scan} p").fetchall()
         except duckdb.Error as exc:
             if isinstance(exc, duckdb.OutOfMemoryException):
                 raise
-            return f"column {name} is stored as {stored[name]}, which is not how a GA4 export stores it"
-    return None
+            return False
+        return True
+
+    # every column at once (a good file costs one scan), then one by one to name the bad one
+    if readable(list(casts)):
+        return None
+    bad = next((name for name in casts if not readable([name])), None)
+    return None if bad is None else f"column {bad} is stored as {stored[bad]}, which is not how a GA4 export stores it"
 
 
 def _file_table(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], lineage_id: str | None) -> int:
