@@ -148,6 +148,9 @@ def test_parquet_files_typed_differently_are_read_one_by_one_and_a_wrong_column_
     message = str(caught.value)
     assert message.startswith("events_20260304.parquet: column privacy_info is stored as string")
     assert "granted" not in message and "\n" not in message
+    write(4, ga4_row(event_params=[{"key": "page_title", "value": "Jane's basket"}]))  # a text where a record is
+    with pytest.raises(IngestError, match=r"^events_20260304.parquet: column event_params.value is stored as string"):
+        stage_export(con, tmp_path)
 
 
 def test_intraday_files_are_read_and_flagged(small_sim: SimulationResult, con: duckdb.DuckDBPyConnection) -> None:

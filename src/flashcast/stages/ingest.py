@@ -293,7 +293,12 @@ def _stage_files(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], 
                 continue
             named = [f for f in fast if str(f.path) in str(exc)]
             if not named and parquet_together and len(parquet) > 1:
-                parquet_together = False  # Parquet files whose columns' types differ: one read each
+                # Parquet files whose columns' types differ: one read each, unless one cannot be read
+                # at all (found from the files' schemas, in a moment)
+                for file in parquet:
+                    if problem := _parquet_problem(con, file):
+                        raise _fix_or_move(file.name, problem) from exc
+                parquet_together = False
                 continue
             if not named:
                 raise _unreadable(con, files, exc) from exc
@@ -615,7 +620,7 @@ def _unreadable(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], e
     for file in files:
         if file.format == "parquet":
             if problem := _parquet_problem(con, file):
-                return IngestError(f"{file.name}: {problem}; move it out of the export folder or fix it")
+                return _fix_or_move(file.name, problem)
             continue
         try:
             con.execute(f"SELECT count(*) FROM ({_lines_sql(file)})").fetchall()
@@ -630,39 +635,53 @@ def _unreadable(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], e
                                 ("gzip", "not a complete gzip file"), ("GZIP", "not a complete gzip file"),
                                 ("arquet", "not a readable Parquet file")):
                 if marker in text:
-                    return IngestError(f"{where}: {why}; move it out of the export folder or fix it")
+                    return _fix_or_move(where, why)
             return IngestError(f"{where}: cannot be read as a GA4 {file.format} export ({type(file_exc).__name__})")
     return IngestError(f"the export could not be read ({type(exc).__name__})")
 
 
+def _fix_or_move(where: str, why: str) -> IngestError:
+    return IngestError(f"{where}: {why}; move it out of the export folder or fix it")
+
+
 def _parquet_problem(con: duckdb.DuckDBPyConnection, file: ExportFile) -> str | None:
-    """Why a Parquet file cannot be staged: unreadable, or a GA4 column stored as a type that cannot be
-    read as GA4's (named by column and type, never by value); None when it can be."""
-    scan = f"read_parquet({literal(file.path)})"
+    """Why a Parquet file cannot be staged: unreadable, or a GA4 record or list stored as something
+    else (named by column and type, never by value; read from the file's schema, no rows scanned);
+    None when it can be."""
     try:
-        stored = {f.name: f.type for f in con.sql(f"SELECT * FROM {scan} LIMIT 0").to_arrow_table().schema}
-        con.execute(f"SELECT count(*) FROM {scan}").fetchall()
-    except duckdb.Error as exc:
+        stored = _parquet_schema(file)
+        con.execute(f"SELECT count(*) FROM read_parquet({literal(file.path)})").fetchall()
+    except (duckdb.Error, pa.ArrowException, OSError) as exc:
         if isinstance(exc, duckdb.OutOfMemoryException):
             raise
         return "not a readable Parquet file"
-    casts = {name: f"count(p.{name}::{_parquet_type(structure, stored[name], (name,))})"
-             for name, structure in GA4_JSON_STRUCTURE.items() if name in stored}
+    for name, structure in GA4_JSON_STRUCTURE.items():
+        if name in stored and (where := _misshapen(structure, stored[name], name)):
+            return f"column {where[0]} is stored as {where[1]}, which is not how a GA4 export stores it"
+    return None
 
-    def readable(names: list[str]) -> bool:
-        try:
-            con.execute(f"SELECT {', '.join(casts[n] for n in names)} FROM {scan} p").fetchall()
-        except duckdb.Error as exc:
-            if isinstance(exc, duckdb.OutOfMemoryException):
-                raise
-            return False
-        return True
 
-    # every column at once (a good file costs one scan), then one by one to name the bad one
-    if readable(list(casts)):
+def _parquet_schema(file: ExportFile) -> dict[str, pa.DataType]:
+    import pyarrow.parquet as pq
+
+    return {f.name: f.type for f in pq.read_schema(file.path)}
+
+
+def _misshapen(structure: object, stored: pa.DataType, path: str) -> tuple[str, pa.DataType] | None:
+    """The first place (a dotted path, and its Arrow type there) where a column cannot be cast to
+    `structure`: a record or a list stored as something else. Any leaf can be read (as text)."""
+    if isinstance(structure, str):
         return None
-    bad = next((name for name in casts if not readable([name])), None)
-    return None if bad is None else f"column {bad} is stored as {stored[bad]}, which is not how a GA4 export stores it"
+    if isinstance(structure, list):
+        if not (pa.types.is_list(stored) or pa.types.is_large_list(stored)):
+            return None if pa.types.is_null(stored) else (path, stored)
+        return _misshapen(structure[0], stored.value_type, path)
+    assert isinstance(structure, dict)
+    if not pa.types.is_struct(stored):
+        return None if pa.types.is_null(stored) else (path, stored)
+    inner = {stored.field(i).name: stored.field(i).type for i in range(stored.num_fields)}
+    return next((where for k, v in structure.items() if k in inner
+                 and (where := _misshapen(v, inner[k], f"{path}.{k}"))), None)
 
 
 def _file_table(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], lineage_id: str | None) -> int:
