@@ -541,8 +541,7 @@ def _parquet_type(structure: object, stored: pa.DataType, path: tuple[str, ...])
             return _parquet_type(structure[0], stored.value_type, (*path, "[]")) + "[]"
         return _duck_type(structure)
     assert isinstance(structure, dict)
-    inner = {stored.field(i).name: stored.field(i).type for i in range(stored.num_fields)} \
-        if pa.types.is_struct(stored) else {}
+    inner = _fields(stored) if pa.types.is_struct(stored) else {}
     types = {k: _parquet_type(v, inner[k], (*path, k)) if k in inner else _duck_type(v) for k, v in structure.items()}
     # A struct's numbers stay numbers only all together: the checks coalesce them (int_value with
     # double_value), which a number and a text cannot be.
@@ -550,6 +549,10 @@ def _parquet_type(structure: object, stored: pa.DataType, path: tuple[str, ...])
     if not inner or not all(k in inner and types[k] == _NUMBERS[(*path, k)] for k in numbers):
         types |= {k: _duck_type(structure[k]) for k in numbers}
     return "STRUCT(" + ", ".join(f"{k} {t}" for k, t in types.items()) + ")"
+
+
+def _fields(struct: pa.StructType) -> dict[str, pa.DataType]:
+    return {struct.field(i).name: struct.field(i).type for i in range(struct.num_fields)}
 
 
 def _date_sql(file: ExportFile) -> str:
@@ -648,8 +651,10 @@ def _parquet_problem(con: duckdb.DuckDBPyConnection, file: ExportFile) -> str | 
     """Why a Parquet file cannot be staged: unreadable, or a GA4 record or list stored as something
     else (named by column and type, never by value; read from the file's schema, no rows scanned);
     None when it can be."""
+    import pyarrow.parquet as pq  # only here, on the way to an error
+
     try:
-        stored = _parquet_schema(file)
+        stored = {f.name: f.type for f in pq.read_schema(file.path)}
         con.execute(f"SELECT count(*) FROM read_parquet({literal(file.path)})").fetchall()
     except (duckdb.Error, pa.ArrowException, OSError) as exc:
         if isinstance(exc, duckdb.OutOfMemoryException):
@@ -659,12 +664,6 @@ def _parquet_problem(con: duckdb.DuckDBPyConnection, file: ExportFile) -> str | 
         if name in stored and (where := _misshapen(structure, stored[name], name)):
             return f"column {where[0]} is stored as {where[1]}, which is not how a GA4 export stores it"
     return None
-
-
-def _parquet_schema(file: ExportFile) -> dict[str, pa.DataType]:
-    import pyarrow.parquet as pq
-
-    return {f.name: f.type for f in pq.read_schema(file.path)}
 
 
 def _misshapen(structure: object, stored: pa.DataType, path: str) -> tuple[str, pa.DataType] | None:
@@ -679,7 +678,7 @@ def _misshapen(structure: object, stored: pa.DataType, path: str) -> tuple[str, 
     assert isinstance(structure, dict)
     if not pa.types.is_struct(stored):
         return None if pa.types.is_null(stored) else (path, stored)
-    inner = {stored.field(i).name: stored.field(i).type for i in range(stored.num_fields)}
+    inner = _fields(stored)
     return next((where for k, v in structure.items() if k in inner
                  and (where := _misshapen(v, inner[k], f"{path}.{k}"))), None)
 
