@@ -403,7 +403,7 @@ def forecast(
     from flashcast.forecasting.backtest import BacktestSpec
     from flashcast.forecasting.engines import EngineOptions
     from flashcast.forecasting.files import read_series_file, write_forecast_outputs
-    from flashcast.forecasting.forecast import closed_note, forecast_each
+    from flashcast.forecasting.forecast import closed_days, forecast_each
 
     with _errors():
         settings = _settings(config)
@@ -433,7 +433,7 @@ def forecast(
         best = result.selection.winner_score
         notes = [f"{result.filled_days} days filled"] if result.filled_days else []
         notes += [f"{result.dropped_days} days before a long gap left out"] if result.dropped_days else []
-        notes += [closed_note(result.closed_weekdays).split(":")[0]] if result.closed_weekdays else []
+        notes += [closed_days(result.closed_weekdays)] if result.closed_weekdays else []
         notes += ["partly filled last day left out"] if result.partial_last_day else []
         notes += [f"{result.blank_last_days} blank last days left out"] if result.blank_last_days else []
         table.add_row(result.series_id, result.engine, f"{best.mase:.3f}", f"{best.coverage[80]:.0%}",

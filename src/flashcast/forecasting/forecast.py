@@ -145,8 +145,12 @@ def _future(last: pd.Timestamp, horizon: int) -> tuple[date, ...]:
     return tuple(d.date() for d in pd.date_range(last + pd.Timedelta(days=1), periods=horizon))
 
 
+def closed_days(weekdays: tuple[int, ...]) -> str:
+    return f"closed on {', '.join(WEEKDAYS[d] for d in weekdays)}"
+
+
 def closed_note(weekdays: tuple[int, ...]) -> str:
-    return f"closed on {', '.join(WEEKDAYS[d] for d in weekdays)}: no value on those days, forecast as 0"
+    return f"{closed_days(weekdays)}: no value on those days, forecast as 0"
 
 
 def _history_notes(series: PreparedSeries) -> tuple[str, ...]:
