@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
@@ -124,6 +124,35 @@ def test_parquet_numbers_stored_as_numbers_or_as_text_stage_as_ndjson_does(
     assert both[4][2][0] == "event_timestamp: not an INT64"
     assert "event_params.value.int_value: not an INT64" in both[4][2]
     assert both[5][2] == ["event_params.value.double_value: not a number"]
+
+
+def test_parquet_day_and_time_stored_as_date_and_timestamp_stage_as_ga4_text_and_micros(
+        tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    """A pipeline's own Parquet may store event_date as a DATE and event_timestamp as a TIMESTAMP
+    (with or without a time zone): the same events as GA4 writes them, not bad rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [ga4_row(event_date="20260301", event_timestamp=str(1772370000000000 + 1234567 * i)) for i in range(3)]
+    write_lines(tmp_path / "ndjson" / "events_20260301.json", [json.dumps(r) for r in rows])
+    (tmp_path / "parquet").mkdir()
+    for day, zone in ((1, "UTC"), (2, None)):  # the second day: a timestamp without a zone, read as UTC
+        table = pa.Table.from_pylist([{**r, "event_date": None, "event_timestamp": None} for r in rows])
+        micros = [int(r["event_timestamp"]) + (day - 1) * 86_400_000_000 for r in rows]
+        table = table.set_column(table.schema.get_field_index("event_date"), "event_date",
+                                 pa.array([date(2026, 3, day)] * 3, pa.date32()))
+        table = table.set_column(table.schema.get_field_index("event_timestamp"), "event_timestamp",
+                                 pa.array(micros, pa.int64()).cast(pa.timestamp("us", tz=zone)))
+        pq.write_table(table, tmp_path / "parquet" / f"events_2026030{day}.parquet")
+
+    columns = "file_date, source_line, valid, problems, event_date, event_timestamp"
+    stage_export(con, tmp_path / "ndjson")
+    expected = con.execute(f"SELECT {columns} FROM staged ORDER BY source_line").fetchall()
+    stage_export(con, tmp_path / "parquet")
+    staged = con.execute(f"SELECT {columns} FROM staged ORDER BY file_date, source_line").fetchall()
+    assert staged[:3] == expected
+    assert [r[2:] for r in staged[3:]] == [(True, [], date(2026, 3, 2), 1772456400000000 + 1234567 * i)
+                                           for i in range(3)]
 
 
 def test_parquet_files_typed_differently_are_read_one_by_one_and_a_wrong_column_is_named(

@@ -144,9 +144,12 @@ class SparkEngine:
             parts.append(text.select(F.col("_metadata.file_name").alias("file_name"),
                                      F.col("_metadata.file_block_start").alias("block"),
                                      F.monotonically_increasing_id().alias("row_id"), F.col("value").alias("line")))
-        if parquet:
-            rows = self.spark.read.option("mergeSchema", "true").parquet(*[str(f.path) for f in parquet])
-            present = [c for c in rows.columns if c in _GA4_FIELDS]
+        # Spark merges the schemas of the files it reads together only where their types agree: files
+        # whose columns are typed differently (an id as a number in one, as text in another) are read
+        # in groups of one schema each; their rows meet as JSON text.
+        for group in _by_schema(parquet):
+            rows = self.spark.read.option("mergeSchema", "true").parquet(*[str(f.path) for f in group])
+            present = [_parquet_column(rows, c) for c in rows.columns if c in _GA4_FIELDS]
             parts.append(rows.select(F.col("_metadata.file_name").alias("file_name"),
                                      F.lit(0).cast("long").alias("block"), F.col("_metadata.row_index").alias("row_id"),
                                      F.to_json(F.struct(*present)).alias("line")))
@@ -190,6 +193,31 @@ class SparkEngine:
         for frame in self._cached.values():
             frame.unpersist()
         self._cached.clear()
+
+
+def _by_schema(files: Sequence[ExportFile]) -> list[list[ExportFile]]:
+    """Parquet files grouped by their schema (read from each file's footer), in order of first sight."""
+    import pyarrow.parquet as pq
+
+    groups: dict[str, list[ExportFile]] = {}
+    for file in files:
+        groups.setdefault(str(pq.read_schema(file.path).remove_metadata()), []).append(file)
+    return list(groups.values())
+
+
+def _parquet_column(rows: Any, name: str) -> Any:
+    """A Parquet column as GA4 writes it: a day stored as a date becomes YYYYMMDD text and a time
+    stored as a timestamp microseconds since the epoch (as DuckDB's reader does, `_parquet_field`
+    in `flashcast.stages.ingest`; the session's time zone is UTC, so a timestamp without one is UTC)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import DateType, TimestampNTZType, TimestampType
+
+    stored = rows.schema[name].dataType
+    if name == "event_date" and isinstance(stored, DateType):
+        return F.date_format(F.col(name), "yyyyMMdd").alias(name)
+    if name == "event_timestamp" and isinstance(stored, TimestampType | TimestampNTZType):
+        return F.unix_micros(F.col(name).cast("timestamp")).alias(name)
+    return F.col(name)
 
 
 def _spark_type(structure: object) -> str:

@@ -505,7 +505,7 @@ def _parquet_rows_sql(con: duckdb.DuckDBPyConnection, files: list[ExportFile]) -
     paths = "[" + ", ".join(literal(f.path) for f in files) + "]"
     scan = f"read_parquet({paths}, union_by_name=true, filename=true, file_row_number=true)"
     present = {f.name: f.type for f in con.sql(f"SELECT * FROM {scan} LIMIT 0").to_arrow_table().schema}
-    fields = ", ".join(f"p.{k}::{_parquet_type(v, present[k], (k,))} AS {k}" if k in present
+    fields = ", ".join(f"{_parquet_field(k, v, present[k])} AS {k}" if k in present
                        else f"NULL::{_duck_type(v)} AS {k}" for k, v in GA4_JSON_STRUCTURE.items())
     meta = ", ".join(f"({literal(f.path)}, {literal(f.name)}, {_date_sql(f)}, {str(f.intraday).lower()})"
                      for f in files)
@@ -525,6 +525,19 @@ _NUMBERS = {("event_timestamp",): "BIGINT", ("event_value_in_usd",): "DOUBLE",
             ("event_params", "[]", "value", "float_value"): "DOUBLE",
             ("event_params", "[]", "value", "double_value"): "DOUBLE",
             ("ecommerce", "purchase_revenue"): "DOUBLE", ("ecommerce", "purchase_revenue_in_usd"): "DOUBLE"}
+
+
+def _parquet_field(name: str, structure: object, stored: pa.DataType) -> str:
+    """Top-level column `name` of a Parquet scan `p` as the checks read it. GA4's schema has the
+    event's day as text (YYYYMMDD) and its time as microseconds since the epoch; a file that stores
+    them as a date and a timestamp (a pipeline's own Parquet, not BigQuery's) says the same thing,
+    so they are turned into GA4's form rather than quarantined (a timestamp without a time zone is
+    read as UTC, as GA4's are)."""
+    if name == "event_date" and pa.types.is_date(stored):
+        return "strftime(p.event_date, '%Y%m%d')"
+    if name == "event_timestamp" and pa.types.is_timestamp(stored):
+        return "epoch_us(p.event_timestamp)"
+    return f"p.{name}::{_parquet_type(structure, stored, (name,))}"
 
 
 def _parquet_type(structure: object, stored: pa.DataType, path: tuple[str, ...]) -> str:
