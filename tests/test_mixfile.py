@@ -280,6 +280,59 @@ def test_a_channel_with_no_diminishing_returns_is_capped_at_its_largest_spend(tm
     assert result.plan.allocation.spends["a"] <= float(a.max()) + 0.01
 
 
+def test_the_effect_prior_sends_an_always_on_channel_s_level_to_the_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A channel never off shares a constant part of its effect with the intercept. Without a prior
+    least squares may put it in the channel; with it the baseline takes it, and the curve below the
+    data (where a small budget puts the channel) stands lower, nearer the truth."""
+    # the mechanism: a channel column that never varies adds nothing the intercept cannot
+    base, flat = np.column_stack([np.ones(50), np.linspace(0, 1, 50)]), np.full((50, 1), 0.8)
+    y = 10 + 2 * np.linspace(0, 1, 50)
+    assert mmm._solve_linear(base, flat, y, ridge=0.5)[2] == pytest.approx(0, abs=1e-9)
+
+    def world(seed: int, weeks: int = 150) -> MixData:
+        rng = np.random.default_rng(seed)
+        always = rng.uniform(1500, 4500, weeks)
+        flighted = np.where(rng.uniform(0, 1, weeks) < 0.4, 0.0, rng.uniform(500, 3000, weeks))
+        y = (8000 + 3000 * saturation(always, True, 6000, 1.0) + 4000 * saturation(flighted, True, 1500, 1.0)
+             + rng.normal(0, 250, weeks))
+        return MixData(52.18, y, {"always": always, "flighted": flighted})
+
+    true_at_300 = 3000 * 300 / 6300
+    for seed in (0, 3):
+        at_300 = {}
+        for sd in (1e9, mmm.EFFECT_PRIOR_SD):  # no prior to speak of, then the prior
+            monkeypatch.setattr(mmm, "EFFECT_PRIOR_SD", sd)
+            at_300[sd] = float(fit_mix(world(seed), n_boot=0).effects["always"].curve.response(300))
+        without, with_prior = at_300.values()
+        assert true_at_300 < with_prior < 0.95 * without
+
+
+def test_a_plan_below_an_always_on_channel_s_smallest_spend_says_so(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    weeks = 120
+    always = rng.uniform(1000, 3000, weeks)  # never below 1,000
+    flighted = np.where(rng.uniform(0, 1, weeks) < 0.4, 0.0, rng.uniform(500, 3000, weeks))
+    sales = (5000 + 3000 * saturation(always, True, 2000, 1.0) + 6000 * saturation(flighted, True, 1500, 1.0)
+             + rng.normal(0, 150, weeks))
+    frame = pd.DataFrame({"week": pd.date_range("2024-01-01", periods=weeks, freq="7D").strftime("%Y-%m-%d"),
+                          "sales": sales, "always": always, "flighted": flighted})
+    path = tmp_path / "mix.csv"
+    frame.to_csv(path, index=False)
+    mix = read_mix_file(path, date_col="week", outcome_col="sales", spend_cols=["always", "flighted"])
+    low = allocate_mix(mix, 1200.0)
+    assert low.plan.allocation.spends["always"] < 900
+    assert len(low.notes) == 1 and low.notes[0].startswith("always: the plan's ")
+    assert f"least it ever spent in the data ({always.min():,.2f})" in low.notes[0]
+    assert allocate_mix(mix, 8000.0, model=low.model).notes == ()  # within the data: nothing to say
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["allocate", str(path), "--date-col", "week", "--outcome-col", "sales",
+                                      "--spend-cols", "always,flighted", "--budget", "1200", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "always: the plan's" in " ".join(result.output.split())
+    assert low.notes[0] in json.loads((out / "model.json").read_text())["notes"]
+
+
 def _allocate_world(tmp_path: Path, seed: int, *options: str) -> tuple[pd.DataFrame, Path, str]:
     """`flashcast allocate` on `_world(seed)` with a budget of 9,000: the frame, the output folder and
     the command's output (it must succeed)."""

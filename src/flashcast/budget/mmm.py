@@ -9,8 +9,9 @@ fixed curve shapes (decay, half-saturation k, slope s per channel) the model is 
 baseline, control and channel coefficients come from bounded linear least squares (`lsq_linear`,
 beta >= 0); the shapes are searched with L-BFGS-B from several starts. Weak priors keep the search
 honest where the data cannot decide: log(s) towards 0 (slope 1, concave) so an S-shape must be
-earned, and log(k) towards the channel's median active adstock so a half-saturation runs to its
-bound only when the data insist. A channel whose spend follows demand must also earn an S-shape
+earned, log(k) towards the channel's median active adstock so a half-saturation runs to its
+bound only when the data insist, and the channels' effects towards 0 with the baseline free, so the
+level an always-on channel shares with the intercept goes to the intercept. A channel whose spend follows demand must also earn an S-shape
 on the held-out periods (see `_fit_earning_s_shapes`).
 
 Uncertainty: a residual moving-block bootstrap refits the coefficients with the shapes held. The
@@ -63,6 +64,12 @@ SLOPE_RANGE = (0.5, 3.0)
 SLOPE_PRIOR_SD = 0.35
 K_PRIOR_SD = 1.5
 DECAY_PRIOR_SD = 1.0  # on the logit of decay / DECAY_MAX: centred on 0.45, 95% within 0.1..0.8
+# A channel's effect (its curve's maximum) ~ N(0, (EFFECT_PRIOR_SD x the outcome's standard deviation)^2),
+# truncated at 0; the baseline's coefficients are free. So where the data cannot tell a channel's
+# level from the baseline's (a channel always on: only its variation is seen), the level goes to the
+# baseline rather than into a curve that would promise too much at spends below the data. 4 was chosen
+# among 0.5, 1, 2.5, 4 and 8 on 40 logistic worlds (docs/allocation.md); tighter ones shrink real effects.
+EFFECT_PRIOR_SD = 4.0
 HOLDOUT_SHARE = 0.2
 UNSATURATED_ELASTICITY = 0.8
 MIN_PERIODS = 26
@@ -177,10 +184,22 @@ def _media(spend: Array, shapes: _Shapes, level: Array | None = None) -> Array:
     return media if level is None else media * level[:, None]
 
 
-def _solve_linear(base: Array, media: Array, y: Array) -> Array:
-    design = np.hstack([base, media])
-    lower = np.r_[np.full(base.shape[1], -np.inf), np.zeros(media.shape[1])]
-    return np.asarray(lsq_linear(design, y, bounds=(lower, np.inf), method="bvls").x)
+def _solve_linear(base: Array, media: Array, y: Array, ridge: float) -> Array:
+    """Baseline and channel coefficients by least squares, channel effects >= 0 and penalized by
+    `ridge` x their squares (the effect prior, as rows of a stacked design)."""
+    c = media.shape[1]
+    prior_rows = np.hstack([np.zeros((c, base.shape[1])), np.sqrt(ridge) * np.eye(c)])
+    design = np.vstack([np.hstack([base, media]), prior_rows])
+    lower = np.r_[np.full(base.shape[1], -np.inf), np.zeros(c)]
+    return np.asarray(lsq_linear(design, np.r_[y, np.zeros(c)], bounds=(lower, np.inf), method="bvls").x)
+
+
+def _effect_ridge(base: Array, spend: Array, y: Array) -> float:
+    """The effect prior's weight in a posterior mode: the noise variance (of a linear regression of
+    the outcome on the baseline, controls and raw spend) over the prior's variance."""
+    design = np.hstack([base, spend])
+    noise = float(np.var(y - design @ np.linalg.lstsq(design, y, rcond=None)[0]))
+    return noise / max(EFFECT_PRIOR_SD * float(np.std(y)), 1e-9) ** 2
 
 
 def _theta_bounds(c: int, concave: frozenset[int] = frozenset()) -> list[tuple[float, float]]:
@@ -190,7 +209,7 @@ def _theta_bounds(c: int, concave: frozenset[int] = frozenset()) -> list[tuple[f
             + [(slope[0], 0.0) if i in concave else slope for i in range(c)])
 
 
-def _fit_shapes(base: Array, spend: Array, y: Array, scale: Array, *, starts: int, seed: int,
+def _fit_shapes(base: Array, spend: Array, y: Array, scale: Array, *, starts: int, seed: int, ridge: float,
                 level: Array | None = None, concave: frozenset[int] = frozenset()) -> _Shapes:
     c, n = spend.shape[1], len(y)
     y_scale = max(float(np.std(y)), 1e-9)
@@ -198,8 +217,9 @@ def _fit_shapes(base: Array, spend: Array, y: Array, scale: Array, *, starts: in
     def mse(theta: Array) -> float:
         shapes = _unpack(theta, scale)
         media = _media(spend, shapes, level)
-        coef = _solve_linear(base, media, y)
-        return float(np.mean(((np.hstack([base, media]) @ coef - y) / y_scale) ** 2))
+        coef = _solve_linear(base, media, y, ridge)
+        penalty = ridge * float(np.sum(coef[base.shape[1]:] ** 2))
+        return (float(np.sum((np.hstack([base, media]) @ coef - y) ** 2)) + penalty) / (n * y_scale ** 2)
 
     # A Gaussian likelihood with the noise variance of the plain start (slope 1, k at the median, no
     # carry-over) plus the priors: the penalty weighs as much as it would in a posterior mode.
@@ -244,13 +264,15 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
     refuse_twins(data)
     scale = np.array([float(np.median(spend[spend[:, i] > 0, i])) for i in range(len(channels))])
     base, base_names = _baseline_design(data.n, data.periods_per_year, data.controls)
+    ridge = _effect_ridge(base, spend, y)
     # the proportional form's level comes from the additive fit: always fitted
     fits, shape_notes = {}, {}
     fits["additive"], shape_notes["additive"] = _fit_earning_s_shapes(
-        "additive", base, spend, y, scale, channels, starts=starts, seed=seed)
+        "additive", base, spend, y, scale, channels, starts=starts, seed=seed, ridge=ridge)
     if form != "additive":
         fits["proportional"], shape_notes["proportional"] = _fit_earning_s_shapes(
-            "proportional", base, spend, y, scale, channels, starts=starts, seed=seed, additive=fits["additive"])
+            "proportional", base, spend, y, scale, channels, starts=starts, seed=seed, ridge=ridge,
+            additive=fits["additive"])
     chosen = form
     if form == "auto":  # the proportional form must predict the held-out periods clearly better, not by noise
         clearly_better = fits["proportional"].holdout_error < (1 - FORM_MARGIN) * fits["additive"].holdout_error
@@ -264,7 +286,7 @@ def fit_mix(data: MixData, *, starts: int = 4, n_boot: int = 40, seed: int = 0, 
     baseline = base[:, :split] @ coef[:split]
     control_part = base[:, split:] @ coef[split:base.shape[1]]
     total = max(float(fitted.sum()), 1e-9)
-    draws = _bootstrap(base, media, y, fitted, n_boot=n_boot, seed=seed, block=block or _block(data))
+    draws = _bootstrap(base, media, y, fitted, n_boot=n_boot, seed=seed, block=block or _block(data), ridge=ridge)
     # A proportional curve is read at the level the next periods meet: the last four weeks'.
     at = 1.0 if level is None else float(np.mean(level[-recent_periods(data.periods_per_year):]))
     effects, shapes = {}, fit.shapes
@@ -313,7 +335,8 @@ def _correlation(a: Array, b: Array) -> float | None:
 
 
 def _fit_earning_s_shapes(form: str, base: Array, spend: Array, y: Array, scale: Array, channels: tuple[str, ...],
-                          *, starts: int, seed: int, additive: _FormFit | None = None) -> tuple[_FormFit, list[str]]:
+                          *, starts: int, seed: int, ridge: float, additive: _FormFit | None = None
+                          ) -> tuple[_FormFit, list[str]]:
     """`_fit_form`, where a channel whose spend moves with demand must earn an S-shape out of sample.
 
     When spend follows demand (budgets raised in the season), the days of high spend are days of
@@ -323,7 +346,7 @@ def _fit_earning_s_shapes(form: str, base: Array, spend: Array, y: Array, scale:
     periods better than the same model with that channel's curve concave; otherwise the concave fit
     is used. (On the pooled-outcome benchmark worlds an S-shape so read gave a channel nothing at one
     budget and two thirds of twice that budget.) Returns the fit and notes saying which was kept."""
-    fit = _fit_form(form, base, spend, y, scale, starts=starts, seed=seed, additive=additive)
+    fit = _fit_form(form, base, spend, y, scale, starts=starts, seed=seed, ridge=ridge, additive=additive)
     baseline = base @ fit.coef[:base.shape[1]]
     led = {}
     for i, slope in enumerate(fit.shapes.slope):
@@ -332,7 +355,7 @@ def _fit_earning_s_shapes(form: str, base: Array, spend: Array, y: Array, scale:
             led[i] = r
     if not led:
         return fit, []
-    concave = _fit_form(form, base, spend, y, scale, starts=starts, seed=seed, additive=additive,
+    concave = _fit_form(form, base, spend, y, scale, starts=starts, seed=seed, ridge=ridge, additive=additive,
                         concave=frozenset(led))
     earned = fit.r2_holdout is not None and fit.holdout_error < concave.holdout_error
     names = ", ".join(f"{channels[i]} (r = {r:.2f})" for i, r in led.items())
@@ -356,7 +379,7 @@ class _FormFit:
     channel_skill: float | None = None  # see MixModel.channel_skill
 
 
-def _fit_form(form: str, base: Array, spend: Array, y: Array, scale: Array, *, starts: int, seed: int,
+def _fit_form(form: str, base: Array, spend: Array, y: Array, scale: Array, *, starts: int, seed: int, ridge: float,
               additive: _FormFit | None = None, concave: frozenset[int] = frozenset()) -> _FormFit:
     """One form fitted on all periods, and again on all but the held-out ones to score it. The
     proportional form takes its level from the `additive` fit (on the same periods). The channels
@@ -367,12 +390,12 @@ def _fit_form(form: str, base: Array, spend: Array, y: Array, scale: Array, *, s
         level = _level(base, y, additive.coef)
         if additive.holdout_coef is not None:
             held_level = _level(base, y, additive.holdout_coef, rows=_holdout_cut(len(y)))
-    shapes = _fit_shapes(base, spend, y, scale, starts=starts, seed=seed, level=level, concave=concave)
+    shapes = _fit_shapes(base, spend, y, scale, starts=starts, seed=seed, ridge=ridge, level=level, concave=concave)
     media = _media(spend, shapes, level)
-    coef = _solve_linear(base, media, y)
+    coef = _solve_linear(base, media, y, ridge)
     fitted = np.hstack([base, media]) @ coef
     held = None if form == "proportional" and held_level is None else _holdout(
-        base, spend, y, scale, seed=seed, level=held_level, concave=concave)
+        base, spend, y, scale, seed=seed, ridge=ridge, level=held_level, concave=concave)
     if held is None:
         return _FormFit(shapes, level, media, coef, fitted, None, float(np.mean((y - fitted) ** 2)), None)
     return _FormFit(shapes, level, media, coef, fitted, *held)
@@ -425,8 +448,9 @@ def _holdout_cut(n: int) -> int:
     return round(n * (1 - HOLDOUT_SHARE))
 
 
-def _holdout(base: Array, spend: Array, y: Array, scale: Array, *, seed: int, level: Array | None = None,
-             concave: frozenset[int] = frozenset()) -> tuple[float, float, Array, float | None] | None:
+def _holdout(base: Array, spend: Array, y: Array, scale: Array, *, seed: int, ridge: float,
+             level: Array | None = None, concave: frozenset[int] = frozenset()
+             ) -> tuple[float, float, Array, float | None] | None:
     """R^2, mean squared error and coefficients of a model fitted on all but the last HOLDOUT_SHARE
     of the periods, scored on those (the trend keeps its slope: the design is the full series'
     design, cut), and its channel skill: 1 - that error over the error of the baseline and controls
@@ -436,10 +460,10 @@ def _holdout(base: Array, spend: Array, y: Array, scale: Array, *, seed: int, le
     cut = _holdout_cut(n)
     if cut < MIN_PERIODS or n - cut < 4:
         return None
-    shapes = _fit_shapes(base[:cut], spend[:cut], y[:cut], scale, starts=2, seed=seed,
+    shapes = _fit_shapes(base[:cut], spend[:cut], y[:cut], scale, starts=2, seed=seed, ridge=ridge,
                          level=None if level is None else level[:cut], concave=concave)
     media = _media(spend, shapes, level)  # adstock runs over the whole series: the holdout's carry-over is real
-    coef = _solve_linear(base[:cut], media[:cut], y[:cut])
+    coef = _solve_linear(base[:cut], media[:cut], y[:cut], ridge)
     predicted = np.hstack([base, media])[cut:] @ coef
     held = y[cut:]
     ss = float(((held - held.mean()) ** 2).sum())
@@ -456,8 +480,8 @@ def _block(data: MixData) -> int:
     return 7 if data.periods_per_year > 300 else 4
 
 
-def _bootstrap(base: Array, media: Array, y: Array, fitted: Array, *, n_boot: int, seed: int, block: int
-               ) -> list[Array]:
+def _bootstrap(base: Array, media: Array, y: Array, fitted: Array, *, n_boot: int, seed: int, block: int,
+               ridge: float) -> list[Array]:
     """Channel coefficients refitted on fitted + resampled residual blocks (shapes held)."""
-    return [_solve_linear(base, media, fitted + sample)[base.shape[1]:]
+    return [_solve_linear(base, media, fitted + sample, ridge)[base.shape[1]:]
             for sample in block_resamples(y - fitted, n_boot=n_boot, seed=seed, block=block)]
