@@ -11,8 +11,8 @@ beta >= 0); the shapes are searched with L-BFGS-B from several starts. Weak prio
 honest where the data cannot decide: log(s) towards 0 (slope 1, concave) so an S-shape must be
 earned, log(k) towards the channel's median active adstock so a half-saturation runs to its
 bound only when the data insist, and the channels' effects towards 0 with the baseline free, so the
-level an always-on channel shares with the intercept goes to the intercept. A channel whose spend follows demand must also earn an S-shape
-on the held-out periods (see `_fit_earning_s_shapes`).
+level an always-on channel shares with the intercept goes to the intercept. A channel whose spend
+follows demand must also earn an S-shape on the held-out periods (see `_fit_earning_s_shapes`).
 
 Uncertainty: a residual moving-block bootstrap refits the coefficients with the shapes held. The
 diagnostics are meant to stop or cap an allocation, not decorate it: out-of-sample R^2 on the last
