@@ -403,6 +403,50 @@ def test_guardrails_apply_only_when_given(tmp_path: Path) -> None:
     assert unknown.exit_code != 0 and "['radio']" in unknown.output
 
 
+def test_a_panel_of_geos_summed_by_date_reads_as_its_national_file(tmp_path: Path) -> None:
+    frame, _ = _world(4, weeks=30)
+    rng = np.random.default_rng(0)
+    geos = []
+    for geo, share in (("north", 0.5), ("south", 0.3), ("west", 0.2)):
+        part = frame.copy()
+        for column in ("sales", "tv", "search", "social"):
+            part[column] = frame[column] * share
+        part["price"] = frame["price"] + rng.normal(0, 0.1, len(frame))  # averaged across geos
+        geos.append(part.assign(geo=geo))
+    panel = pd.concat(geos).sample(frac=1.0, random_state=1)  # rows in any order
+    panel.to_csv(tmp_path / "panel.csv", index=False)
+    columns = {"date_col": "week", "outcome_col": "sales", "spend_cols": ["tv", "search", "social"],
+               "control_cols": ["price"]}
+    frame.to_csv(tmp_path / "national.csv", index=False)
+    national = read_mix_file(tmp_path / "national.csv", **columns)  # type: ignore[arg-type]
+    summed = read_mix_file(tmp_path / "panel.csv", **columns, sum_by_date=True)  # type: ignore[arg-type]
+    assert summed.dates.tolist() == national.dates.tolist() and summed.cadence == "weekly"
+    np.testing.assert_allclose(summed.data.outcome, national.data.outcome, rtol=1e-9)
+    for channel in columns["spend_cols"]:
+        np.testing.assert_allclose(summed.data.spend[channel], national.data.spend[channel], rtol=1e-9)
+    np.testing.assert_allclose(summed.data.controls["price"], national.data.controls["price"], atol=0.2)
+    result = CliRunner().invoke(app, ["allocate", str(tmp_path / "panel.csv"), "--date-col", "week", "--outcome-col",
+                                      "sales", "--spend-cols", "tv,search,social", "--budget", "9000", "--sum-by-date",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(tmp_path / "out" / "allocation.csv")["spend"].sum() == pytest.approx(9000, abs=0.01)
+
+    with pytest.raises(IngestError, match="--sum-by-date adds up each date's rows"):
+        read_mix_file(tmp_path / "panel.csv", **columns)  # type: ignore[arg-type]
+    uneven = panel.reset_index(drop=True).drop(index=7)  # one geo's row of one date gone
+    uneven.to_csv(tmp_path / "uneven.csv", index=False)
+    with pytest.raises(IngestError) as caught:
+        read_mix_file(tmp_path / "uneven.csv", **columns, sum_by_date=True)  # type: ignore[arg-type]
+    assert re.search(r"uneven.csv: row \d+: week has 2 rows, the first date 3; a panel summed by date needs",
+                     str(caught.value))
+    missing_week = panel[panel["week"] != frame["week"][10]].reset_index(drop=True)
+    missing_week.to_csv(tmp_path / "gap.csv", index=False)
+    with pytest.raises(IngestError) as caught:
+        read_mix_file(tmp_path / "gap.csv", **columns, sum_by_date=True)  # type: ignore[arg-type]
+    row = int(re.search(r"gap.csv: row (\d+): week is 14 days after", str(caught.value)).group(1))  # type: ignore[union-attr]
+    assert missing_week["week"][row - 1] == frame["week"][11]  # the row named is in the file, of the date after the gap
+
+
 def test_a_semicolon_file_with_decimal_commas_reads_as_its_point_twin(tmp_path: Path) -> None:
     frame, _ = _world(4, weeks=30)
     points, commas = tmp_path / "points.csv", tmp_path / "commas.csv"
@@ -420,7 +464,7 @@ def test_a_semicolon_file_with_decimal_commas_reads_as_its_point_twin(tmp_path: 
      "row 1: tv is not a number (write plain numbers: no currency sign, thousands separator"),
     (lambda f: f.assign(search=f["search"].where(f.index != 7, -3.0)), "row 8: search is negative"),
     (lambda f: f.assign(week=f["week"].where(f.index != 9, f["week"][2])),
-     "row 10: week repeats an earlier row's date (one row a period: a panel"),
+     "row 10: week repeats an earlier row's date (one row a period; a panel of geos or products: --sum-by-date"),
     (lambda f: f.assign(week=f["week"].where(f.index != 3, "someday")), "row 4: week is not a date"),
     (lambda f: f.drop(columns=["social"]), "no column 'social'"),
     (lambda f: f.head(0), "no rows"),

@@ -480,6 +480,8 @@ def allocate(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/allocate"),
     cadence: Annotated[str | None, typer.Option(help="daily or weekly (default: from the dates).")] = None,
     date_format: Annotated[str | None, typer.Option(help="strptime format of the dates, e.g. %d/%m/%Y.")] = None,
+    sum_by_date: Annotated[bool, typer.Option(help="A panel (rows per geo or product and date): sum the outcome "
+                                                   "and spend of each date's rows, average the controls.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the model's random starts and bootstrap.")] = 0,
     engine: Annotated[str, typer.Option(help="joint (the default fit) or bayes (PyMC-Marketing, needs "
                                              "flashcast[bayes]; minutes, not seconds).")] = "joint",
@@ -526,7 +528,7 @@ def allocate(
         mix = read_mix_file(data, date_col=date_col, outcome_col=outcome_col,
                             spend_cols=[c.strip() for c in spend_cols.split(",") if c.strip()],
                             control_cols=[c.strip() for c in control_cols.split(",") if c.strip()],
-                            cadence=cadence, date_format=date_format)  # type: ignore[arg-type]
+                            cadence=cadence, date_format=date_format, sum_by_date=sum_by_date)  # type: ignore[arg-type]
         unknown = sorted({*guardrails.min_share, *guardrails.max_share, *guardrails.caps} - set(mix.data.spend))
         if unknown:
             raise ConfigError(f"guardrails name channels that are not spend columns: {unknown}")

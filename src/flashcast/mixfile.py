@@ -54,8 +54,10 @@ class MixFile:
 
 def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Sequence[str],
                   control_cols: Sequence[str] = (), cadence: Cadence | None = None,
-                  date_format: str | None = None) -> MixFile:
-    """Read and check a CSV or Parquet file. Rows (1-based, header not counted) are named in errors."""
+                  date_format: str | None = None, sum_by_date: bool = False) -> MixFile:
+    """Read and check a CSV or Parquet file. Rows (1-based, header not counted) are named in errors.
+    `sum_by_date`: the file is a panel (a row per geo or product and date, as Meridian's geo files
+    are); each date's rows become one, see `_sum_by_date`."""
     if not spend_cols:
         raise IngestError("give the spend columns: --spend-cols A,B,...")
     con = duckdb.connect()
@@ -88,12 +90,16 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
         dates = parse_dates(frame["_date"], date_format=date_format)
     except DateProblem as exc:
         raise IngestError(f"{path}: row {exc.row + 1}: {date_col} {exc.problem}") from None
+    rows = np.arange(1, len(frame) + 1)  # each row's row in the file
+    if sum_by_date:
+        dates, frame, rows = _sum_by_date(dates, frame, [outcome_col, *spend_cols], control_cols, path=path,
+                                          date_col=date_col)
     order = np.argsort(dates.to_numpy(), kind="stable")
     sorted_dates = dates.iloc[order].reset_index(drop=True)
     repeats = np.flatnonzero(sorted_dates.duplicated().to_numpy())
     if len(repeats):
-        raise IngestError(f"{path}: row {int(order[repeats[0]]) + 1}: {date_col} repeats an earlier row's date (one "
-                          "row a period: a panel of geos or products is summed per date first)")
+        raise IngestError(f"{path}: row {int(rows[order[repeats[0]]])}: {date_col} repeats an earlier row's date (one "
+                          "row a period; a panel of geos or products: --sum-by-date adds up each date's rows)")
     frame = frame.iloc[order].reset_index(drop=True)
     gaps = sorted_dates.diff().dt.days  # days since the row before, NaN for the first
     cadence = cadence or _cadence(gaps, path)
@@ -103,12 +109,32 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
     if len(jumps):
         first = int(jumps[0])
         days = int(gaps[first])
-        raise IngestError(f"{path}: row {int(order[first]) + 1}: {date_col} is {days} days after the row before it; "
+        raise IngestError(f"{path}: row {int(rows[order[first]])}: {date_col} is {days} days after the row before it; "
                           f"{cadence} rows must be consecutive {UNIT[cadence]}s (add the missing ones, with their "
                           "spend and outcome)")
     return MixFile(sorted_dates, cadence, MixData(
         PERIODS_PER_YEAR[cadence], frame[outcome_col].to_numpy(float),
         {c: frame[c].to_numpy(float) for c in spend_cols}, {c: frame[c].to_numpy(float) for c in control_cols}))
+
+
+def _sum_by_date(dates: pd.Series, frame: pd.DataFrame, summed: Sequence[str], averaged: Sequence[str], *,
+                 path: Path, date_col: str) -> tuple[pd.Series, pd.DataFrame, np.ndarray]:
+    """A panel's rows as one row a date: outcome and spend summed, controls averaged (a price, a
+    score or an event flag across geos; standardized in the model, a sum would be the same). Every
+    date must have as many rows as the first: a geo missing on some dates would read as a drop in
+    outcome and spend. Returns the dates, their rows and each date's first row in the file."""
+    counts = dates.value_counts(sort=False)
+    expected = int(counts.iloc[0]) if len(counts) else 0
+    uneven = counts[counts != expected]
+    if len(uneven):
+        row = int(np.flatnonzero((dates == uneven.index[0]).to_numpy())[0]) + 1
+        raise IngestError(f"{path}: row {row}: {date_col} has {int(uneven.iloc[0])} rows, the first date "
+                          f"{expected}; a panel summed by date needs the same rows (geos, products) on every date")
+    keyed = frame.drop(columns="_date").assign(_key=dates.to_numpy())
+    grouped = keyed.groupby("_key", sort=True)
+    merged = pd.concat([grouped[list(summed)].sum(), grouped[list(averaged)].mean()], axis=1).reset_index()
+    first_rows = keyed.assign(_row=np.arange(1, len(keyed) + 1)).groupby("_key", sort=True)["_row"].min()
+    return pd.Series(pd.to_datetime(merged["_key"])), merged.drop(columns="_key"), first_rows.to_numpy()
 
 
 def _cadence(gaps: pd.Series, path: Path) -> Cadence:
