@@ -361,6 +361,44 @@ def test_allocate_command_writes_the_allocation_curves_and_decomposition(tmp_pat
     assert json.loads((out / "model.json").read_text())["effects"] in ("additive", "proportional")
 
 
+_KILLED_WHILE_CHARTING = """
+import os, signal, sys
+from flashcast.budget import charts
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # the CSVs and the curves chart are written; the rest is not
+charts.plot_whatif = die
+from flashcast.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_allocate_killed_while_writing_leaves_the_previous_files_whole(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    frame, _ = _world(9)
+    frame.to_csv(tmp_path / "mmm.csv", index=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "my_notes.txt").write_text("mine")  # a user's own file in the folder
+
+    def allocate(budget: str, *prefix: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, *prefix, "allocate", str(tmp_path / "mmm.csv"), "--date-col", "week",
+                               "--outcome-col", "sales", "--spend-cols", "tv,search,social", "--control-cols",
+                               "price,demand", "--budget", budget, "--out", str(out)],
+                              capture_output=True, text=True, timeout=300)
+
+    plain = ("-c", "import sys; from flashcast.cli import main; main(sys.argv[1:])")
+    assert allocate("9000", *plain).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert allocate("5000", "-c", _KILLED_WHILE_CHARTING).returncode == -9
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert [p.name for p in out.iterdir() if p.is_dir()] == [next(out.glob(".partial-*")).name]  # the killed one's
+    assert allocate("5000", *plain).returncode == 0
+    assert not list(out.glob(".partial-*")) and (out / "my_notes.txt").read_text() == "mine"
+    assert pd.read_csv(out / "allocation.csv")["spend"].sum() == pytest.approx(5000, abs=0.01)
+
+
 def test_the_effects_option_forces_a_form_and_refuses_others(tmp_path: Path) -> None:
     _, out, _ = _allocate_world(tmp_path, 9, "--effects", "proportional")
     model = json.loads((out / "model.json").read_text())

@@ -404,6 +404,7 @@ def forecast(
     from flashcast.forecasting.engines import EngineOptions
     from flashcast.forecasting.files import read_series_file, write_forecast_outputs
     from flashcast.forecasting.forecast import closed_days, forecast_each
+    from flashcast.outputs import files_in_place, moved
 
     with _errors():
         settings = _settings(config)
@@ -424,7 +425,8 @@ def forecast(
             done, skipped = forecast_each(frame, engines=options.engines, spec=BacktestSpec(horizon=options.horizon),
                                           nonnegative=not signed, keep_last_day=keep_last_day,
                                           options=EngineOptions(countries=options.holiday_countries))
-        files = write_forecast_outputs(done, out, charts=charts, ylabel=value_col)
+        with files_in_place(out) as staging:
+            files = moved(write_forecast_outputs(done, staging, charts=charts, ylabel=value_col), out)
     table = Table(title=f"{options.horizon}-day forecasts ({len(done):,} series)")
     for column in ("series", "engine", "MASE", "80% cov.", "95% cov.", "forecast total", "history"):
         table.add_column(column, justify="left" if column in ("series", "engine", "history") else "right")
@@ -507,6 +509,7 @@ def allocate(
     from flashcast.budget.mmm import FORM_CHOICES
     from flashcast.config import load_allocation_settings
     from flashcast.mixfile import allocate_mix, read_mix_file, write_mix_outputs
+    from flashcast.outputs import files_in_place, moved
 
     with _errors():
         if cadence not in (None, "daily", "weekly"):
@@ -541,7 +544,8 @@ def allocate(
                                       curve_draws=allocation_config.bootstrap_draws)
             result = allocate_mix(mix, budget, guardrails=guardrails, config=allocation_config, seed=seed,
                                   model=model, form=effects)
-        files = write_mix_outputs(result, mix, out, currency=currency)
+        with files_in_place(out) as staging:
+            files = moved(write_mix_outputs(result, mix, staging, currency=currency), out)
     model, allocation = result.model, result.plan.allocation
     unit = "week" if mix.cadence == "weekly" else "day"
     table = Table(title=f"Allocation of {budget:,.2f} per {unit} (model R^2 {model.r2:.2f}, held-out "

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +179,41 @@ def write_outputs(values: Mapping[str, Any]) -> dict[str, Path]:
             files |= call(writer, values)
     full = {**values, "files": files}
     return files | (call(report_file, full) if not missing_inputs(report_file, full) else {})
+
+
+# ------------------------------------------------------------------ a command's files, whole or not at all
+
+_PARTIAL = ".partial-"  # + the writing process's id
+
+
+@contextmanager
+def files_in_place(out: Path) -> Iterator[Path]:
+    """A private folder inside `out` for a command (`flashcast forecast`, `flashcast allocate`) to
+    write its files into. When the block ends they replace their namesakes in `out`, each by one
+    rename, so a command killed while writing (charts take a while) leaves the previous files whole,
+    not some new and some old. `out` may hold the user's other files: only the command's own are
+    replaced. A folder left by a killed command is removed by the next one."""
+    from flashcast.store import pid_alive
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f"{_PARTIAL}*"):
+        pid = stale.name.removeprefix(_PARTIAL)
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = out / f"{_PARTIAL}{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        for path in sorted(staging.iterdir()):
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def moved(files: Mapping[str, Path], out: Path) -> dict[str, Path]:
+    """`files` written in `files_in_place`'s folder, as the paths they have in `out`."""
+    return {name: out / path.name for name, path in files.items()}
 
 
 # ------------------------------------------------------------------ one finished run per folder
