@@ -475,8 +475,9 @@ def test_a_panel_of_geos_summed_by_date_reads_as_its_national_file(tmp_path: Pat
     uneven.to_csv(tmp_path / "uneven.csv", index=False)
     with pytest.raises(IngestError) as caught:
         read_mix_file(tmp_path / "uneven.csv", **columns, sum_by_date=True)  # type: ignore[arg-type]
-    assert re.search(r"uneven.csv: row \d+: week has 2 rows, the first date 3; a panel summed by date needs",
-                     str(caught.value))
+    found = re.search(r"uneven.csv: row (\d+): week has 2 rows where most dates have 3; a panel summed by date",
+                      str(caught.value))
+    assert found and uneven["week"].iloc[int(found.group(1)) - 1] == panel["week"].iloc[7]  # a row of that date
     missing_week = panel[panel["week"] != frame["week"][10]].reset_index(drop=True)
     missing_week.to_csv(tmp_path / "gap.csv", index=False)
     with pytest.raises(IngestError) as caught:

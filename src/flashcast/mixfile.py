@@ -121,15 +121,15 @@ def _sum_by_date(dates: pd.Series, frame: pd.DataFrame, summed: Sequence[str], a
                  path: Path, date_col: str) -> tuple[pd.Series, pd.DataFrame, np.ndarray]:
     """A panel's rows as one row a date: outcome and spend summed, controls averaged (a price, a
     score or an event flag across geos; standardized in the model, a sum would be the same). Every
-    date must have as many rows as the first: a geo missing on some dates would read as a drop in
+    date must have as many rows as most dates: a geo missing on some dates would read as a drop in
     outcome and spend. Returns the dates, their rows and each date's first row in the file."""
-    counts = dates.value_counts(sort=False)
-    expected = int(counts.iloc[0]) if len(counts) else 0
-    uneven = counts[counts != expected]
+    counts = dates.value_counts()
+    expected = int(counts.mode().max())
+    uneven = dates[dates.map(counts) != expected]
     if len(uneven):
-        row = int(np.flatnonzero((dates == uneven.index[0]).to_numpy())[0]) + 1
-        raise IngestError(f"{path}: row {row}: {date_col} has {int(uneven.iloc[0])} rows, the first date "
-                          f"{expected}; a panel summed by date needs the same rows (geos, products) on every date")
+        row = int(uneven.index[0]) + 1
+        raise IngestError(f"{path}: row {row}: {date_col} has {int(counts[uneven.iloc[0]])} rows where most dates "
+                          f"have {expected}; a panel summed by date needs the same rows (geos, products) on every date")
     keyed = frame.drop(columns="_date").assign(_key=dates.to_numpy())
     grouped = keyed.groupby("_key", sort=True)
     merged = pd.concat([grouped[list(summed)].sum(), grouped[list(averaged)].mean()], axis=1).reset_index()
