@@ -560,7 +560,7 @@ def allocate(
     console.print(f"expected outcome from the channels: {allocation.expected_conversions:,.1f} per {unit}"
                   + (f" (80%: {band[0]:,.1f}..{band[1]:,.1f})" if band else "")
                   + f"; baseline and controls: {model.baseline_share:.0%} of the outcome")
-    for note in (*model.notes, *allocation.notes, *result.notes):
+    for note in (*model.notes, *allocation.notes):
         console.print(f"[yellow]note[/yellow] {escape(note)}", highlight=False)
     console.print(f"wrote {', '.join(p.name for p in files.values())} in {out}")
 

@@ -155,7 +155,6 @@ class MixPlan:
     model: MixModel
     plan: CurvePlan
     capped: tuple[str, ...]
-    notes: tuple[str, ...] = ()  # about the plan against the data (see `below_the_data`)
 
 
 def allocate_mix(mix: MixFile, budget: float, *, guardrails: Guardrails | None = None,
@@ -194,29 +193,7 @@ def allocate_mix(mix: MixFile, budget: float, *, guardrails: Guardrails | None =
         rails = rails.model_copy(update={"caps": {**rails.caps, **{c: min(rails.caps.get(c, math.inf), largest[c])
                                                                    for c in capped}}})
     plan = allocate_by_curves(histories, series, rails, config, budget=budget, fits=fits)
-    return MixPlan(model, plan, capped, below_the_data(plan.allocation.spends, mix))
-
-
-# A plan this far under a channel's smallest spend in the data is read off the curve below the data.
-BELOW_SMALLEST = 0.9
-
-
-def below_the_data(spends: Mapping[str, float], mix: MixFile) -> tuple[str, ...]:
-    """Notes naming the channels the plan puts well below the least they ever spent, when that least
-    is above zero (a channel always on). The data then show how the outcome moves with the channel's
-    spend only over the range it ran in: what it brings below that, and the part of its effect that
-    never varied, are the fitted curve's shape carried toward zero, not measured (a constant part is
-    indistinguishable from the baseline; docs/allocation.md has an example where the fitted curve
-    stood 4-7 times above the truth there)."""
-    unit = UNIT[mix.cadence]
-    notes = []
-    for channel, spend in spends.items():
-        smallest = float(np.min(mix.data.spend[channel]))
-        if smallest > 0 and spend < BELOW_SMALLEST * smallest:
-            notes.append(f"{channel}: the plan's {spend:,.2f} a {unit} is below the least it ever spent in the data "
-                         f"({smallest:,.2f}); what it brings there is the curve carried below the data, not measured "
-                         "(a test period at a lower spend would show it)")
-    return tuple(notes)
+    return MixPlan(model, plan, capped)
 
 
 def write_mix_outputs(result: MixPlan, mix: MixFile, out: Path, *, currency: str = "USD") -> dict[str, Path]:
@@ -252,7 +229,7 @@ def write_mix_outputs(result: MixPlan, mix: MixFile, out: Path, *, currency: str
         "expected_outcome": allocation.expected_conversions, "expected_interval_80": allocation.expected_interval,
         "gain_vs_last_period_split": allocation.gain_vs_yesterday,
         "gain_vs_inverse_cost": allocation.gain_vs_inverse_cpa,
-        "capped_at_largest_spend": list(result.capped), "notes": [*model.notes, *allocation.notes, *result.notes],
+        "capped_at_largest_spend": list(result.capped), "notes": [*model.notes, *allocation.notes],
         "channels": {c: {"beta": e.curve.beta, "half_saturation": e.curve.k, "slope": e.curve.slope,
                          "decay": e.curve.decay, "share_of_outcome": round(e.share, 4), "unsaturated": e.unsaturated}
                      for c, e in model.effects.items()},

@@ -117,6 +117,8 @@ def allocate_by_curves(
     inverse = allocate_inverse_cpa(histories, guardrails, budget=total)
     inverse_spend = np.array([inverse.spends[c] for c in channels])
     rows = _rows(histories, fits, bounds, solution, point, config)
+    smallest = {s.channel: float(np.min(s.spend)) for s in series if len(s.spend)}
+    notes += below_the_data({r.channel: r.spend for r in rows}, smallest)
     allocation = Allocation(
         method=f"curves/{config.objective}", budget=spend_total, rows=tuple(rows),
         expected_conversions=expected, expected_interval=interval,
@@ -125,6 +127,27 @@ def allocate_by_curves(
         notes=tuple(notes),
     )
     return CurvePlan(allocation, fits, whatif_sweep(histories, fits, largest, guardrails, config, total))
+
+
+# A plan this far under a channel's smallest spend in the data is read off the curve below the data.
+BELOW_SMALLEST = 0.9
+
+
+def below_the_data(spends: dict[str, float], smallest: dict[str, float]) -> list[str]:
+    """Notes naming the channels the plan puts well below the least they spent in the data (the
+    curves' history), when that least is above zero (a channel always on). The data then show how
+    the outcome moves with the channel's spend only over the range it ran in: what it brings below
+    that, and the part of its effect that never varied, are the fitted curve's shape carried toward
+    zero, not measured (a constant part cannot be told from the baseline or the intercept;
+    docs/allocation.md has an example where the fitted curve stood 4-7 times above the truth there)."""
+    notes = []
+    for channel, spend in spends.items():
+        least = smallest.get(channel, 0.0)
+        if least > 0 and spend < BELOW_SMALLEST * least:
+            notes.append(f"{channel}: the plan's {spend:,.2f} is below the least it spent in the data ({least:,.2f}); "
+                         "what it brings there is the curve carried below the data, not measured (a test period at a "
+                         "lower spend would show it)")
+    return notes
 
 
 def _bounds(histories: Sequence[ChannelHistory], largest: dict[str, float], guardrails: Guardrails,
