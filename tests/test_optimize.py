@@ -137,6 +137,17 @@ def test_curve_allocation_respects_guardrails_and_explains_itself() -> None:
     assert {c: today[f"spend_{c}"] for c in spends} == spends
 
 
+def test_a_daily_plan_below_an_always_on_channel_s_smallest_spend_says_so() -> None:
+    histories, series = _histories_and_series()  # every channel always on: its least spend is above 0
+    least = {s.channel: float(s.spend.min()) for s in series}
+    for budget, expect_some in ((150.0, True), (1280.0, False)):
+        a = allocate_by_curves(histories, series, Guardrails(), AllocationConfig(bootstrap_draws=0),
+                               budget=budget).allocation
+        noted = {n.split(":")[0] for n in a.notes if "below the least it spent in the data" in n}
+        assert noted == {r.channel for r in a.rows if r.spend < 0.9 * least[r.channel]}
+        assert bool(noted) == expect_some
+
+
 def test_a_channel_that_never_converted_gets_no_cost_per_conversion() -> None:
     # PPC never spent and never converted: its fallback curve expects ~0 conversions, and a cost per
     # conversion in the billions is no figure to show
