@@ -130,11 +130,12 @@ def _sum_by_date(dates: pd.Series, frame: pd.DataFrame, summed: Sequence[str], a
         row = int(uneven.index[0]) + 1
         raise IngestError(f"{path}: row {row}: {date_col} has {int(counts[uneven.iloc[0]])} rows where most dates "
                           f"have {expected}; a panel summed by date needs the same rows (geos, products) on every date")
-    keyed = frame.drop(columns="_date").assign(_key=dates.to_numpy())
-    grouped = keyed.groupby("_key", sort=True)
-    merged = pd.concat([grouped[list(summed)].sum(), grouped[list(averaged)].mean()], axis=1).reset_index()
-    first_rows = keyed.assign(_row=np.arange(1, len(keyed) + 1)).groupby("_key", sort=True)["_row"].min()
-    return pd.Series(pd.to_datetime(merged["_key"])), merged.drop(columns="_key"), first_rows.to_numpy()
+    grouped = frame.drop(columns="_date").assign(_key=dates.to_numpy(), _row=np.arange(1, len(frame) + 1)
+                                                 ).groupby("_key", sort=True)
+    merged = pd.concat([grouped[list(summed)].sum(), grouped[list(averaged)].mean(), grouped["_row"].min()],
+                       axis=1).reset_index()
+    return (pd.Series(pd.to_datetime(merged["_key"])), merged.drop(columns=["_key", "_row"]),
+            merged["_row"].to_numpy())
 
 
 def _cadence(gaps: pd.Series, path: Path) -> Cadence:

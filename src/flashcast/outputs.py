@@ -193,13 +193,10 @@ def files_in_place(out: Path) -> Iterator[Path]:
     rename, so a command killed while writing (charts take a while) leaves the previous files whole,
     not some new and some old. `out` may hold the user's other files: only the command's own are
     replaced. A folder left by a killed command is removed by the next one."""
-    from flashcast.store import pid_alive
+    from flashcast.store import remove_orphans
 
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f"{_PARTIAL}*"):
-        pid = stale.name.removeprefix(_PARTIAL)
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_orphans(out, _PARTIAL)
     staging = out / f"{_PARTIAL}{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -281,6 +282,15 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's live process
     return True
+
+
+def remove_orphans(parent: Path, prefix: str) -> None:
+    """Remove the folders in `parent` named `<prefix><pid>[-...]` whose process is gone (a command
+    killed while it wrote them)."""
+    for folder in parent.glob(f"{prefix}*"):
+        pid = folder.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _alive(row: Any, now: datetime, lease_s: float) -> bool:

@@ -17,7 +17,6 @@ import gzip
 import json
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
@@ -34,7 +33,7 @@ from flashcast.errors import ExportNotFound, IngestError
 from flashcast.history import READ_FILES, FileSelection, WarehouseSnapshot, merge_reused, read_history, select_files
 from flashcast.records import ExportFile, RunContext, RunInputs, StagedExport, Table
 from flashcast.sql import insert_rows, literal
-from flashcast.store import pid_alive
+from flashcast.store import remove_orphans
 
 if TYPE_CHECKING:
     from flashcast.spark import SparkEngine
@@ -252,21 +251,13 @@ def stage_export(con: duckdb.DuckDBPyConnection, source: Path, *, files: Sequenc
     files = tuple(files) if files is not None else discover_exports(source)
     if scratch is not None:
         scratch.mkdir(parents=True, exist_ok=True)
-        _remove_orphan_copies(scratch)
+        remove_orphans(scratch, _COPY_PREFIX)  # their folders hold raw export lines
     with tempfile.TemporaryDirectory(prefix=f"{_COPY_PREFIX}{os.getpid()}-", dir=scratch) as folder:
         return _stage_files(con, files, table, max_days_from_file_date, lineage_id, Path(folder))
 
 
 _COPY_PREFIX = "flashcast-utf8-"
 STAGED_FILES = "_staged_files"  # per file: staged rows, newest day, rows dated far from the file
-
-
-def _remove_orphan_copies(scratch: Path) -> None:
-    """Copy folders whose run (by the pid in their name) is gone: they hold raw export lines."""
-    for folder in scratch.glob(f"{_COPY_PREFIX}*"):
-        pid = folder.name[len(_COPY_PREFIX):].split("-")[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _stage_files(con: duckdb.DuckDBPyConnection, files: tuple[ExportFile, ...], table: str,
