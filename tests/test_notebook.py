@@ -12,6 +12,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "forecast_and_opt
 @pytest.mark.slow
 def test_the_notebook_executes_and_shows_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel draws inline
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebook's work folder goes with the test's
     import nbformat
     from nbclient import NotebookClient
 
