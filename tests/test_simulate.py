@@ -163,3 +163,47 @@ def test_days_without_a_session_still_get_their_file(tmp_path: Path) -> None:
     files = sorted(result.export_dirs["ndjson"].iterdir())
     assert len(files) == 10 and any(f.stat().st_size == 0 for f in files)
     assert sum(len(f.read_text().splitlines()) for f in files) == result.rows_by_format["ndjson"]
+
+
+_KILLED_BEFORE_THE_SPEND = """
+import os, signal, sys
+from flashcast.simulate import generator
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # every export file is written; spend and truth are not
+generator._write_spend = die
+from flashcast.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_simulation_killed_midway_leaves_the_previous_one_whole(tmp_path: Path) -> None:
+    out = tmp_path / "sim"
+
+    def simulate(seed: str, code: str) -> int:
+        args = ["simulate", "--days", "6", "--users", "60", "--seed", seed, "--end-date", "2026-01-31",
+                "--out", str(out)]
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=300).returncode
+
+    plain = "import sys; from flashcast.cli import main; main(sys.argv[1:])"
+    assert simulate("1", plain) == 0
+    before = _files(out)
+    assert simulate("2", _KILLED_BEFORE_THE_SPEND) == -9
+    after = {name: data for name, data in _files(out).items() if not name.startswith(".partial-")}
+    assert after == before  # seed 1's export, spend and truth, none of seed 2's files mixed in
+    assert simulate("2", plain) == 0
+    replaced = _files(out)
+    assert not any(name.startswith(".partial-") for name in replaced)  # the killed one's folder is gone
+    assert replaced.keys() == before.keys() and replaced != before
+    assert json.loads(replaced["truth.json"])["spec"]["seed"] == 2
+
+
+def test_an_unchanged_gzipped_simulation_is_reused(tmp_path: Path) -> None:
+    from datetime import date
+
+    from flashcast.simulate import SimulationSpec, simulate_once
+
+    spec = SimulationSpec(days=3, users=30, seed=5, end_date=date(2026, 2, 3), formats=("ndjson.gz",))
+    first, reused = simulate_once(spec, tmp_path)
+    again, reused_again = simulate_once(spec, tmp_path)
+    assert not reused and reused_again and again.export_dirs == first.export_dirs
+    assert again.export_dirs["ndjson.gz"] == tmp_path / "ndjson_gz"

@@ -404,7 +404,7 @@ def forecast(
     from flashcast.forecasting.engines import EngineOptions
     from flashcast.forecasting.files import read_series_file, write_forecast_outputs
     from flashcast.forecasting.forecast import closed_days, forecast_each
-    from flashcast.outputs import files_in_place, moved
+    from flashcast.inplace import files_in_place, moved
 
     with _errors():
         settings = _settings(config)
@@ -508,8 +508,8 @@ def allocate(
     """
     from flashcast.budget.mmm import FORM_CHOICES
     from flashcast.config import load_allocation_settings
+    from flashcast.inplace import files_in_place, moved
     from flashcast.mixfile import allocate_mix, read_mix_file, write_mix_outputs
-    from flashcast.outputs import files_in_place, moved
 
     with _errors():
         if cadence not in (None, "daily", "weekly"):

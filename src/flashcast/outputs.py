@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import pandas as pd
 from flashcast.config import Settings
 from flashcast.errors import ConfigError
 from flashcast.forecasting.charts import plot_fan_chart
+from flashcast.inplace import exchange
 from flashcast.records import (
     AllocationPlan,
     CreativeLibrary,
@@ -183,36 +182,6 @@ def write_outputs(values: Mapping[str, Any]) -> dict[str, Path]:
 
 # ------------------------------------------------------------------ a command's files, whole or not at all
 
-_PARTIAL = ".partial-"  # + the writing process's id
-
-
-@contextmanager
-def files_in_place(out: Path) -> Iterator[Path]:
-    """A private folder inside `out` for a command (`flashcast forecast`, `flashcast allocate`) to
-    write its files into. When the block ends they replace their namesakes in `out`, each by one
-    rename, so a command killed while writing (charts take a while) leaves the previous files whole,
-    not some new and some old. `out` may hold the user's other files: only the command's own are
-    replaced. A folder left by a killed command is removed by the next one."""
-    from flashcast.store import remove_orphans
-
-    out.mkdir(parents=True, exist_ok=True)
-    remove_orphans(out, _PARTIAL)
-    staging = out / f"{_PARTIAL}{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        yield staging
-        for path in sorted(staging.iterdir()):
-            os.replace(path, out / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def moved(files: Mapping[str, Path], out: Path) -> dict[str, Path]:
-    """`files` written in `files_in_place`'s folder, as the paths they have in `out`."""
-    return {name: out / path.name for name, path in files.items()}
-
-
 # ------------------------------------------------------------------ one finished run per folder
 
 def staging_folder(out_dir: Path, lineage_id: str) -> Path:
@@ -240,7 +209,7 @@ def publish(staging: Path, out_dir: Path) -> None:
     """Put `staging` in the place of `out_dir` in one step (the previous run's folder and any failure
     notice go with it), atomically where the system allows."""
     out_dir = out_dir.resolve()
-    if out_dir.exists() and _exchange(staging, out_dir):
+    if out_dir.exists() and exchange(staging, out_dir):
         shutil.rmtree(staging)  # now the previous run's folder
     else:
         old = out_dir.parent / f".{out_dir.name}.{staging.name}.old"
@@ -249,21 +218,6 @@ def publish(staging: Path, out_dir: Path) -> None:
         staging.rename(out_dir)
         shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(failed_folder(out_dir), ignore_errors=True)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    import ctypes
-    import sys
-
-    if sys.platform != "linux":
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return int(renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange)) == 0
 
 
 def failed_folder(out_dir: Path) -> Path:

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flashcast.inplace import files_in_place
 from flashcast.simulate.parquet_schema import GA4_ARROW_SCHEMA
 from flashcast.simulate.people import FIRST_NAMES, LAST_NAMES, PAGES, PRODUCTS
 from flashcast.simulate.response import ChannelTruth, CurveForm
@@ -167,6 +168,20 @@ def simulate(spec: SimulationSpec, out_dir: Path, *, progress: Callable[[str], N
     table, written at once (Parquet by pyarrow, NDJSON by DuckDB's JSON writer), so memory holds a
     day, not the export."""
     say = progress or (lambda _message: None)
+    # Written aside and moved into place at the end: a simulation killed midway leaves the previous
+    # one whole (an export folder, spend and truth that belong together), not a mix.
+    with files_in_place(out_dir) as staging:
+        rows_by_format = _write_export(spec, staging, say)
+    return SimulationResult(out_dir, {fmt: out_dir / _folder_name(fmt) for fmt in spec.formats},
+                            out_dir / "spend.csv", out_dir / "truth.json", rows_by_format)
+
+
+def _folder_name(fmt: str) -> str:
+    return fmt.replace(".", "_")
+
+
+def _write_export(spec: SimulationSpec, out_dir: Path, say: Callable[[str], None]) -> dict[str, int]:
+    """The export folders, spend.csv and truth.json in `out_dir`; returns the rows per format."""
     rng = np.random.default_rng(spec.seed)
     tz = ZoneInfo(spec.timezone)
     dates = [spec.end_date - timedelta(days=spec.days - 1 - i) for i in range(spec.days)]
@@ -182,12 +197,9 @@ def simulate(spec: SimulationSpec, out_dir: Path, *, progress: Callable[[str], N
     last_key = spec.end_date.strftime("%Y%m%d")
     cutoff = _to_micros(datetime.combine(spec.end_date, datetime.min.time()).replace(hour=14), tz)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    export_dirs = {fmt: out_dir / fmt.replace(".", "_") for fmt in spec.formats}
+    export_dirs = {fmt: out_dir / _folder_name(fmt) for fmt in spec.formats}
     for folder in export_dirs.values():
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("events_*"):  # an earlier simulation's days must not mix with this one's
-            stale.unlink()
+        folder.mkdir()
     rows_by_format = dict.fromkeys(spec.formats, 0)
     rows_per_day: dict[str, int] = {}
     writer = duckdb.connect()
@@ -217,7 +229,7 @@ def simulate(spec: SimulationSpec, out_dir: Path, *, progress: Callable[[str], N
     truth_file = out_dir / "truth.json"
     truth = _truth(spec, dates, demand, promo_days, channels, users, plant, rows_by_format, rows_per_day)
     truth_file.write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    return SimulationResult(out_dir, export_dirs, spend_file, truth_file, rows_by_format)
+    return rows_by_format
 
 
 # ---------------------------------------------------------------- the daily world
@@ -791,7 +803,7 @@ def simulate_once(spec: SimulationSpec, out_dir: Path, *, progress: Callable[[st
     truth_file = out_dir / "truth.json"
     if stamp.exists() and stamp.read_text(encoding="utf-8") == wanted and truth_file.exists():
         rows = json.loads(truth_file.read_text(encoding="utf-8"))["rows"]
-        dirs = {fmt: out_dir / fmt for fmt in spec.formats}
+        dirs = {fmt: out_dir / _folder_name(fmt) for fmt in spec.formats}
         if all(d.is_dir() for d in dirs.values()):
             return SimulationResult(out_dir, dirs, out_dir / "spend.csv", truth_file, dict(rows)), True
     stamp.unlink(missing_ok=True)
