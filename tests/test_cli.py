@@ -99,6 +99,20 @@ def test_keys_pii_creates_the_key_once_and_reports_its_id(tmp_path: Path, monkey
     assert code == 0 and first.startswith("created the PII key in") and key_file.stat().st_mode & 0o777 == 0o600
     code, again = _run("keys", "pii", "-c", str(config))
     assert code == 0 and again.startswith("using") and first.split()[-1] == again.split()[-1]
+    assert [p.name for p in key_file.parent.iterdir()] == ["pii.key"]  # written aside, renamed: no partial left
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"short\n", b"\xff\xfe" * 20])
+def test_an_empty_or_cut_key_file_is_refused_not_used_as_a_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes) -> None:
+    monkeypatch.delenv("FLASHCAST_PII_KEY", raising=False)
+    config = write_config(tmp_path, tmp_path / "home")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "pii.key").write_bytes(content)  # a key file cut short (a disk full, a bad copy)
+    code, output = _run("keys", "pii", "-c", str(config))
+    line = _one_clean_line(output)
+    assert code == 1 and line.startswith("ConfigError:") and "pii.key: the PII key file holds no key" in line
+    assert (tmp_path / "home" / "pii.key").read_bytes() == content  # left for the user to restore, not replaced
 
 
 def test_an_unexpected_error_is_one_line_naming_it_a_bug(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -50,20 +50,44 @@ def load_pii_key(policy: PrivacyPolicy, key_file: Path, *, create_if_missing: bo
     """Key from `$FLASHCAST_PII_KEY` (policy.key_env); else from `key_file`; else create it (demo only)."""
     from_env = os.environ.get(policy.key_env)
     if from_env:
-        if len(from_env) < 16:
-            raise ConfigError(f"${policy.key_env} is too short: use at least 16 characters")
+        if len(from_env) < MIN_KEY_CHARS:
+            raise ConfigError(f"${policy.key_env} is too short: use at least {MIN_KEY_CHARS} characters")
         return PiiKey(from_env.encode())
     if key_file.exists():
-        return PiiKey(key_file.read_text(encoding="ascii").strip().encode())
+        return _read_key_file(key_file)
     if not create_if_missing:
         raise ConfigError(f"no PII key: set ${policy.key_env} or run `flashcast keys pii` to create {key_file}")
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(secrets.token_hex(32) + "\n", encoding="ascii")
-    key_file.chmod(0o600)
+    _write_key_file(key_file, secrets.token_hex(32))
     warnings.warn(
         f"${policy.key_env} is not set: created a local key in {key_file}. "
         "Use a managed secret in production; hashes change if this file is lost.",
         UserWarning,
         stacklevel=2,
     )
-    return PiiKey(key_file.read_text(encoding="ascii").strip().encode())
+    return _read_key_file(key_file)
+
+
+MIN_KEY_CHARS = 16
+
+
+def _read_key_file(key_file: Path) -> PiiKey:
+    try:
+        text = key_file.read_text(encoding="ascii").strip()
+    except UnicodeDecodeError:
+        text = ""
+    if len(text) < MIN_KEY_CHARS:  # an empty or cut file must not become an empty HMAC key
+        raise ConfigError(f"{key_file}: the PII key file holds no key of at least {MIN_KEY_CHARS} ASCII characters; "
+                          "restore it from your backup (hashes made with another key will not match)")
+    return PiiKey(text.encode())
+
+
+def _write_key_file(key_file: Path, key: str) -> None:
+    """Readable by its owner only from the first byte, and whole or absent (written aside, then renamed)."""
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = key_file.with_name(f".{key_file.name}.{os.getpid()}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(key + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, key_file)
