@@ -344,6 +344,26 @@ def test_every_row_carries_the_line_it_came_from(small_sim: SimulationResult, co
         assert expected == (timestamp, event, user)
 
 
+def test_windows_line_endings_read_as_the_same_lines(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    """A file saved with CRLF (or mixed) line endings holds the same lines, numbered the same: a
+    blank line is still one blank line, quarantined, and a bad line still named by its number."""
+    rows = [json.dumps(ga4_row(event_timestamp=str(1772323200000000 + i))) for i in range(6)]
+    rows[3] = rows[3][:20]  # truncated JSON: the slow reader's path too
+    lf = "\n".join([*rows[:2], "", *rows[2:]]) + "\n"
+    crlf = lf.replace("\n", "\r\n")
+    mixed = "".join(line + ("\r\n" if i % 2 else "\n") for i, line in enumerate(lf.split("\n")[:-1]))
+    found = {}
+    for name, text in (("lf", lf), ("crlf", crlf), ("mixed", mixed)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "events_20260301.json").write_bytes(text.encode())
+        staged = stage_export(con, folder)
+        found[name] = (staged.input_rows, _problems(con),
+                       con.execute("SELECT source_line, event_timestamp FROM staged WHERE valid ORDER BY 1").fetchall())
+    assert found["crlf"] == found["mixed"] == found["lf"]
+    assert found["lf"][0] == 7 and sorted(found["lf"][1]) == [3, 5] and len(found["lf"][2]) == 5
+
+
 def test_a_run_connection_keeps_within_its_memory_limit_and_spills_where_told(tmp_path: Path) -> None:
     from flashcast.store import transform_connection
 

@@ -72,6 +72,8 @@ def _export_with_faults(folder: Path) -> tuple[Path, Path, Path]:
                  event_date=files[-1].name[7:15])
     with files[-1].open("a") as handle:
         handle.write(json.dumps(later) + "\n")
+    crlf = files[2].read_bytes().replace(b"\n", b"\r\n", 3)  # Windows line ends on its first lines,
+    files[2].write_bytes(crlf.replace(b"\r\n", b"\r\n\r\n", 1))  # and a blank line among them
     aside = folder / files[-1].name
     shutil.move(files[-1], aside)
     return export, sim.spend_file, aside

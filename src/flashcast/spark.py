@@ -138,12 +138,15 @@ class SparkEngine:
         ndjson = [f for f in files if f.format == "ndjson"]
         parquet = [f for f in files if f.format == "parquet"]
         if ndjson:
-            # Lines split on \n only, as DuckDB's reader does; a file is read in blocks, each block's
-            # rows in order, so (block start, row id) orders a file's lines.
+            # Lines end at \n, a CR before it dropped, as DuckDB's line reader reads them (which also
+            # ends a line at a bare CR, a byte no GA4 export holds outside its line ends); a file is
+            # read in blocks, each block's rows in order, so (block start, row id) orders its lines.
             text = self.spark.read.option("lineSep", "\n").text([str(f.path) for f in ndjson])
+            line = F.when(F.col("value").endswith("\r"), F.expr("substring(value, 1, length(value) - 1)")
+                          ).otherwise(F.col("value"))
             parts.append(text.select(F.col("_metadata.file_name").alias("file_name"),
                                      F.col("_metadata.file_block_start").alias("block"),
-                                     F.monotonically_increasing_id().alias("row_id"), F.col("value").alias("line")))
+                                     F.monotonically_increasing_id().alias("row_id"), line.alias("line")))
         # Spark merges the schemas of the files it reads together only where their types agree: files
         # whose columns are typed differently (an id as a number in one, as text in another) are read
         # in groups of one schema each; their rows meet as JSON text.

@@ -449,9 +449,12 @@ def _line_stats(con: duckdb.DuckDBPyConnection, files: list[ExportFile], *, chec
 def _read_lines_sql(source: ExportFile | str, *, filename: bool = False) -> str:
     """Every line of a file (or of a SQL list of paths, with `filename`) as a row of column `line`."""
     # \x1e (record separator) cannot occur unescaped in valid JSON, so each line is one field.
+    # new_line '\r\n' ends a line at CRLF or at a bare LF, as the JSON reader does; with '\n' DuckDB's
+    # reader split each CRLF line in two, the second empty (a Windows-saved export quarantined half
+    # its "lines"). A bare CR ends a line in either setting.
     path = literal(source.path) if isinstance(source, ExportFile) else source
     return (f"read_csv({path}, columns={{'line': 'VARCHAR'}}, delim='\\x1e', filename={str(filename).lower()}, "
-            f"quote='', escape='', header=false, auto_detect=false, strict_mode=false, new_line='\\n', "
+            f"quote='', escape='', header=false, auto_detect=false, strict_mode=false, new_line='\\r\\n', "
             f"max_line_size={MAX_LINE_BYTES}, buffer_size={_LINES_BUFFER})")
 
 
