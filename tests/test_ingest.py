@@ -207,6 +207,16 @@ def test_missing_or_empty_export_is_a_clear_error(tmp_path: Path, con: duckdb.Du
         stage_export(con, write_lines(tmp_path / "events.csv", ["a,b"]))
 
 
+def test_export_files_in_day_folders_are_refused_not_skipped(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    write_lines(tmp_path / "events_20260301.json", [json.dumps(ga4_row())])
+    write_lines(tmp_path / "events_20260302" / "000000000000.json", [json.dumps(ga4_row())])  # a sharded day
+    with pytest.raises(IngestError, match=r"events_20260302: a folder \(1 day folder\(s\) in .*move or link"):
+        stage_export(con, tmp_path)
+    (tmp_path / "events_20260302" / "000000000000.json").rename(tmp_path / "events_20260302.json")
+    (tmp_path / "events_20260302").rename(tmp_path / "events_archive")  # any other folder is not the export's
+    assert stage_export(con, tmp_path).input_rows == 2
+
+
 def test_an_empty_file_is_listed_and_its_day_reconciled(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
     from datetime import date
 

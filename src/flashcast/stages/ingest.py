@@ -76,11 +76,19 @@ GA4_JSON_STRUCTURE = {
 }
 
 
+_DAY = re.compile(r"events_(?:intraday_)?(\d{8})")
+
+
 def discover_exports(source: Path) -> tuple[ExportFile, ...]:
     """One export file, or every `events_*` / `events_intraday_*` file in a folder, in name order."""
     if not source.exists():
         raise ExportNotFound(f"no GA4 export at {source}")
     candidates = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.name.startswith("events_"))
+    # a day's files in a folder of its own (a sharded extract): read around, those days would be missing unsaid
+    if folders := [p for p in candidates if p.is_dir() and _DAY.search(p.name.lower())]:
+        raise IngestError(f"{folders[0]}: a folder ({len(folders)} day folder(s) in {source}); the export's "
+                          "files (events_YYYYMMDD*.json or .parquet) must sit in the export folder itself: "
+                          "move or link them there")
     files = []
     for path in candidates:
         name = path.name.lower()
@@ -92,7 +100,7 @@ def discover_exports(source: Path) -> tuple[ExportFile, ...]:
             raise IngestError(f"{path.name}: unknown export format (expected .json/.ndjson[.gz] or .parquet)")
         else:
             continue
-        day = re.search(r"events_(?:intraday_)?(\d{8})", name)
+        day = _DAY.search(name)
         try:
             file_date = datetime.strptime(day.group(1), "%Y%m%d").date() if day else None
         except ValueError:
