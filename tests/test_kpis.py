@@ -108,8 +108,18 @@ def test_spend_file_headers_in_any_case_are_read(tmp_path: Path) -> None:
         ("2026-03-01", "CTV", 4.5), ("2026-03-01", "PPC", 3.0)]
 
 
+def test_a_channel_in_other_case_or_with_spaces_is_the_configured_one(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "spend.csv", ["date,channel,spend", "2026-03-01,ppc ,3", "2026-03-01,Ctv,4"])
+    con = duckdb.connect()
+    assert load_spend(con, path, mapping=ChannelMapping()) == 2
+    assert con.execute("SELECT channel FROM spend ORDER BY channel").fetchall() == [("CTV",), ("PPC",)]
+    twice = write_lines(tmp_path / "twice.csv", ["date,channel,spend", "2026-03-01,PPC,3", "2026-03-01,ppc,4"])
+    with pytest.raises(IngestError, match="line 2: date, channel: repeated; line 3: date, channel: repeated"):
+        load_spend(con, twice, mapping=ChannelMapping())
+
+
 def test_a_spend_channel_not_in_the_config_names_the_configured_ones(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "spend.csv", ["date,channel,spend", "2026-03-01,ppc,3"])
+    path = write_lines(tmp_path / "spend.csv", ["date,channel,spend", "2026-03-01,TikTok,3"])
     with pytest.raises(IngestError) as raised:
         load_spend(duckdb.connect(), path, mapping=ChannelMapping())
     assert str(raised.value) == ("spend.csv: line 2: channel: not a paid channel in the config (paid channels: "

@@ -101,6 +101,11 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
         )
     except duckdb.Error as exc:  # its text can quote a line of the file
         raise IngestError(f"{path.name}: not a readable CSV ({type(exc).__name__})") from exc
+    # An ad platform's report may spell a channel in other case or with spaces around it ("ppc ").
+    if mapping.paid_channels:
+        paid = ", ".join(f"({literal(name)})" for name in mapping.paid_channels)
+        con.execute(f"""UPDATE _spend_raw SET channel = paid.name FROM (VALUES {paid}) paid(name)
+            WHERE lower(trim(_spend_raw.channel)) = lower(paid.name) AND _spend_raw.channel <> paid.name""")
     problems = con.execute(
         """SELECT line, problem FROM (
           SELECT line, CASE
