@@ -13,6 +13,7 @@ from flashcast.config import PrivacyPolicy
 from flashcast.errors import ConfigError
 
 _BLOCK = 64  # SHA-256 block size, for HMAC pads
+MIN_KEY_CHARS = 16
 
 
 @dataclass(frozen=True, repr=False)
@@ -65,9 +66,6 @@ def load_pii_key(policy: PrivacyPolicy, key_file: Path, *, create_if_missing: bo
         stacklevel=2,
     )
     return _read_key_file(key_file)
-
-
-MIN_KEY_CHARS = 16
 
 
 def _read_key_file(key_file: Path) -> PiiKey:
