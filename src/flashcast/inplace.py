@@ -42,6 +42,18 @@ def _replace(new: Path, target: Path) -> None:
         new.rename(target)
 
 
+def write_whole(path: Path, data: bytes, *, mode: int = 0o666) -> None:
+    """`path` holds `data` or what it held before, never part of it: written aside (created with
+    `mode`, less the umask, from its first byte), flushed to disk, then renamed over `path`."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
 def moved(files: Mapping[str, Path], out: Path) -> dict[str, Path]:
     """`files` written in `files_in_place`'s folder, as the paths they have in `out`."""
     return {name: out / path.name for name, path in files.items()}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from flashcast.config import PrivacyPolicy
 from flashcast.errors import ConfigError
+from flashcast.inplace import write_whole
 
 _BLOCK = 64  # SHA-256 block size, for HMAC pads
 MIN_KEY_CHARS = 16
@@ -58,7 +59,8 @@ def load_pii_key(policy: PrivacyPolicy, key_file: Path, *, create_if_missing: bo
         return _read_key_file(key_file)
     if not create_if_missing:
         raise ConfigError(f"no PII key: set ${policy.key_env} or run `flashcast keys pii` to create {key_file}")
-    _write_key_file(key_file, secrets.token_hex(32))
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    write_whole(key_file, (secrets.token_hex(32) + "\n").encode("ascii"), mode=0o600)  # the owner's only
     warnings.warn(
         f"${policy.key_env} is not set: created a local key in {key_file}. "
         "Use a managed secret in production; hashes change if this file is lost.",
@@ -77,15 +79,3 @@ def _read_key_file(key_file: Path) -> PiiKey:
         raise ConfigError(f"{key_file}: the PII key file holds no key of at least {MIN_KEY_CHARS} ASCII characters; "
                           "restore it from your backup (hashes made with another key will not match)")
     return PiiKey(text.encode())
-
-
-def _write_key_file(key_file: Path, key: str) -> None:
-    """Readable by its owner only from the first byte, and whole or absent (written aside, then renamed)."""
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = key_file.with_name(f".{key_file.name}.{os.getpid()}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(key + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, key_file)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 from flashcast.config import Settings
 from flashcast.delivery import Delivery, approved_creatives, deliver, deliveries, load_payload, push
 from flashcast.errors import ConfigError, DeliveryError, EmailFailed, PushHeld, StoreBusy
+from flashcast.inplace import write_whole
 from flashcast.keys import PiiKey
 from flashcast.lineage import LineageLog
 from flashcast.pipeline import Progress, run_pipeline
@@ -109,9 +109,7 @@ def _keep_copy(message: EmailMessage, path: Path) -> str:
     kept = copy.deepcopy(message)
     del kept["To"]
     data = bytes(kept)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    write_whole(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
