@@ -213,6 +213,36 @@ def test_creatives_are_listed_and_decided_from_the_command_line(finished_run: Fi
     assert unknown.exit_code == 1 and "UnknownCreative" in unknown.output and "Traceback" not in unknown.output
 
 
+def test_all_green_approves_the_pending_green_creatives_and_leaves_the_rest(finished_run: FinishedRun,
+                                                                           tmp_path: Path) -> None:
+    import duckdb
+
+    from flashcast.approvals import latest_creatives, latest_decisions
+    from flashcast.store import OpsStore
+
+    run = finished_run.copy_to(tmp_path)
+    code, output = _run("creatives", "approve", "-c", str(run.config))
+    assert code == 1 and _one_clean_line(output) == \
+        "ConfigError: creatives: give creative ids (flashcast creatives list) or --all-green"
+    with duckdb.connect(str(run.settings.store.warehouse_path)) as con:  # copy a checker flagged, for a person
+        ids = [r[0] for r in con.execute("SELECT creative_id FROM creatives ORDER BY creative_id").fetchall()]
+        con.execute("UPDATE creatives SET light = 'amber' WHERE creative_id = ?", [ids[0]])
+        con.execute("UPDATE creatives SET light = 'red' WHERE creative_id = ?", [ids[1]])
+    assert _run("creatives", "reject", ids[2], "-c", str(run.config))[0] == 0
+    code, output = _run("creatives", "approve", "--all-green", "--comment", "read them", "-c", str(run.config))
+    assert code == 0 and f"approved {len(set(ids)) - 3} creative(s)" in output, output
+    ops = OpsStore(run.settings.store.ops_database_url)
+    try:
+        status = {c["creative_id"]: c["status"] for c in latest_creatives(
+            run.settings.store.warehouse_path, ops, timeout_s=5)}
+        decided = latest_decisions(ops)
+    finally:
+        ops.dispose()
+    assert (status[ids[0]], status[ids[1]], status[ids[2]]) == ("pending", "pending", "rejected")
+    assert all(status[i] == "approved" and decided[i].comment == "read them" for i in ids[3:])
+    assert _run("creatives", "approve", "--all-green", "-c", str(run.config))[1].strip() == "approved 0 creative(s)"
+
+
 def test_a_rebalance_without_email_keeps_the_summary_and_a_sandbox_push_says_where_it_went(
         finished_run: FinishedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from email import message_from_bytes

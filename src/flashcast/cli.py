@@ -810,10 +810,12 @@ def creatives_list(config: ConfigOption = None) -> None:
 
 
 def _decide(creative_ids: list[str], decision: str, comment: str, override_reason: str | None,
-            config: Path | None) -> None:
+            config: Path | None, *, all_green: bool = False) -> None:
     from flashcast.approvals import UnknownCreative, decide, latest_creatives
 
     with _errors():
+        if not creative_ids and not all_green:
+            raise ConfigError("creatives: give creative ids (flashcast creatives list) or --all-green")
         settings = _settings(config)
         with _ops_store(settings) as ops:
             library = {c["creative_id"]: c for c in latest_creatives(settings.store.warehouse_path, ops,
@@ -821,6 +823,9 @@ def _decide(creative_ids: list[str], decision: str, comment: str, override_reaso
             unknown = [i for i in creative_ids if i not in library]
             if unknown:
                 raise UnknownCreative(f"not in the latest run's library: {', '.join(unknown)}")
+            if all_green:  # amber and red copy is left for a person to read one by one
+                creative_ids = [*creative_ids, *(i for i, c in library.items() if c["light"] == "green"
+                                                 and c["status"] == "pending" and i not in creative_ids)]
             for creative_id in creative_ids:
                 decide(ops, library[creative_id], decision, comment=comment,  # type: ignore[arg-type]
                        override_reason=override_reason, by="cli")
@@ -832,13 +837,18 @@ CommentOption = Annotated[str, typer.Option(help="Why (kept with the decision; e
 
 @creatives_app.command("approve")
 def creatives_approve(
-    creative_ids: Annotated[list[str], typer.Argument(help="Creative ids (flashcast creatives list).")],
+    creative_ids: Annotated[list[str] | None, typer.Argument(help="Creative ids (flashcast creatives list).")] = None,
+    all_green: Annotated[bool, typer.Option(
+        "--all-green", help="Also every green creative of the latest run still pending (not amber or red ones).")
+    ] = False,
     comment: CommentOption = "",
     override_reason: Annotated[str | None, typer.Option(help="Required to approve a red creative.")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Approve creatives (recorded in the lineage log, by 'cli'). Example: flashcast creatives approve cr-1a2b3c"""
-    _decide(creative_ids, "approved", comment, override_reason, config)
+    """Approve creatives (recorded in the lineage log, by 'cli', one entry each). Examples: flashcast
+    creatives approve cr-1a2b3c; flashcast creatives approve --all-green --comment "read them all"
+    """
+    _decide(creative_ids or [], "approved", comment, override_reason, config, all_green=all_green)
 
 
 @creatives_app.command("reject")
@@ -881,7 +891,7 @@ def push(
             try:
                 orders = push_payload(ops, settings, lineage_id, by="cli")
             except PushHeld as exc:
-                hint = "(flashcast creatives approve ID..., or the API; then push again)"
+                hint = "(flashcast creatives approve ID... or --all-green, or the API; then push again)"
                 raise _fail("PushHeld", f"{exc} {hint}", EXIT_HELD) from exc
     if settings.mode == "sandbox":
         console.print("[SANDBOX] sent to the built-in stand-in platform; nothing reached a real one",

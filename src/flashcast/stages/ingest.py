@@ -5,10 +5,11 @@ carrying its file and line; rows that fail validation keep a list of problems th
 never the value. Nothing here is persisted: staging lives in the run's private in-memory
 connection (spilling to temp files when large), and only guarded outputs reach the warehouse.
 
-NDJSON is read line by line as text (`read_csv` on one column with a record-separator delimiter,
-no quoting), so a malformed line is a row to quarantine rather than a reader error or a silently
-skipped line. Parquet rows are rendered to JSON with `to_json` and go through the same SQL, so both
-formats are validated by one set of rules.
+A clean NDJSON file goes through DuckDB's JSON reader; a file with a line that reader would skip
+or choke on is read line by line as text (`read_csv` on one column with a record-separator
+delimiter, no quoting), so a malformed line is a row to quarantine rather than a reader error or a
+silently skipped line. Parquet rows are read by column and cast to the same types. All three go
+through the same SQL, so every format is validated by one set of rules (see `stage_export`).
 """
 
 from __future__ import annotations
