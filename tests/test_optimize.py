@@ -162,6 +162,19 @@ def test_a_channel_that_never_converted_gets_no_cost_per_conversion() -> None:
     assert all(r.cpa is not None and r.marginal_cpa is not None for r in a.rows if r.channel != "PPC")
 
 
+def test_a_channel_without_a_floor_that_never_spent_says_why_it_gets_nothing() -> None:
+    histories, series = _histories_and_series()
+    histories[2] = ChannelHistory("PPC", 0.0, 0.0, 0.0)
+    series[2] = ChannelSeries("PPC", np.zeros(400), np.zeros(400))
+    a = allocate_by_curves(histories, series, Guardrails(min_share={}), AllocationConfig(bootstrap_draws=0)).allocation
+    ppc = next(r for r in a.rows if r.channel == "PPC")
+    assert ppc.spend == 0 and ppc.bound is None
+    # not "marginal cost equalized": there is no marginal cost to equalize
+    assert ppc.why.startswith("fallback curve (only 0 days with spend") and ppc.why.endswith(
+        "; its curve expects no conversion from more spend"), ppc.why
+    assert all("marginal cost equalized" in r.why for r in a.rows if r.channel != "PPC" and r.bound is None)
+
+
 @pytest.mark.slow
 def test_mean_and_quantile_objectives_run_on_the_draws() -> None:
     histories, series = _histories_and_series(1)

@@ -199,10 +199,14 @@ def _rows(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], bounds
         avg = x / float(response[i]) if response[i] >= NO_CONVERSIONS else None
         lo, hi = fits[h.channel].response_interval(x)
         fit = fits[h.channel]
-        why = (f"{'fallback curve' if fit.fallback else fit.curve.form + ' curve'} (R^2 {fit.diagnostics.r2:.2f}); "
+        # A fallback curve says why it was needed (its first warning, less the channel's name).
+        curve = (f"fallback curve ({fit.warnings[0].removeprefix(f'{h.channel}: ')})" if fit.fallback and fit.warnings
+                 else "fallback curve" if fit.fallback else f"{fit.curve.form} curve")
+        why = (f"{curve} (R^2 {fit.diagnostics.r2:.2f}); "
                f"next {unit} costs {'-' if mcpa is None else f'{mcpa:,.2f}'} at {x:,.2f}"
                + (f", average {avg:,.2f}" if avg else "")
                + (f"; held by {bound} ({b.lower:,.2f}..{b.upper:,.2f})" if bound else
+                  f"; its curve expects no {unit} from more spend" if mcpa is None else
                   "; marginal cost equalized with the other unbound channels"))
         rows.append(AllocationRow(
             channel=h.channel, yesterday_spend=round(h.yesterday_spend, 2), lookback_spend=round(h.lookback_spend, 2),
