@@ -110,6 +110,23 @@ def test_an_unreachable_mail_server_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(caught.value) and f"127.0.0.1:{config.port}" in str(caught.value)
 
 
+def test_a_held_summary_says_whether_copy_or_only_the_push_waits_and_names_a_guardrail_once() -> None:
+    config = EmailConfig(to=("lead@example.com",))
+    document = payload_document(Settings())
+    every_id = {c["creative_id"] for c in document["creatives"]}
+    held = document["allocations"]["channels"][0]
+    held.update(bound="max_daily_change", why="hill curve (R^2 0.40); held by max_daily_change (8.00..20.00)")
+    waiting = summary_email(document, outcome="held", detail="copy waits", orders=[], approved=set(), config=config)
+    approved = summary_email(document, outcome="held", detail="delivery.auto_push is off", orders=[],
+                             approved=every_id, config=config)
+    assert waiting["Subject"].endswith(": waiting for your approval")
+    assert approved["Subject"].endswith(": approved, ready for a person to push")
+    text, html = _text_and_html(approved)
+    assert "Every creative in the plan is approved." in text
+    line = next(t for t in text.splitlines() if t.startswith(f"  {held['channel']}:"))
+    assert line.count("held by") == 1 and html.count("held by") == 1, line
+
+
 @pytest.mark.slow
 def test_rebalance_holds_for_approval_then_pushes_in_sandbox_and_mails_the_lead(
         finished_run: FinishedRun, tmp_path: Path, smtp_server: tuple[Inbox, int],

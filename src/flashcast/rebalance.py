@@ -89,7 +89,7 @@ def _push_or_hold(ops: OpsStore, settings: Settings, lineage_id: str, payload: A
         return "no_plan", payload.reason
     if not settings.delivery.auto_push:
         _drain(ops, settings)
-        return "held", "waiting for a person to push it (delivery.auto_push is off)"
+        return "held", "delivery.auto_push is off: a person pushes it (flashcast push, or the dashboard)"
     try:
         orders = push(ops, settings, lineage_id, by=by)
     except PushHeld as exc:

@@ -34,7 +34,9 @@ def summary_email(document: dict[str, Any], *, outcome: str, detail: str, orders
     run_link = f"{config.dashboard_url.rstrip('/')}/#run-section"
     payload_link = f"{config.dashboard_url.rstrip('/')}/#delivery-section"
     approve_link = f"{config.dashboard_url.rstrip('/')}/#creatives-section"
-    headline = {"pushed": "pushed to the platforms", "held": "waiting for your approval",
+    # Held with every creative approved: only the push waits (delivery.auto_push off), not copy.
+    held = "waiting for your approval" if waiting else "approved, ready for a person to push"
+    headline = {"pushed": "pushed to the platforms", "held": held,
                 "undelivered": "not delivered yet", "no_plan": "no plan today"}.get(outcome, outcome)
     subject = f"{'[SANDBOX] ' if sandbox else ''}Flashcast plan for {document['for_date']}: {headline}"
 
@@ -42,10 +44,8 @@ def summary_email(document: dict[str, Any], *, outcome: str, detail: str, orders
         return f"{x:,.2f} {currency}"
 
     moves = []
-    for c in sorted(allocations["channels"], key=lambda c: -abs(c["change"])):
-        bound = f"; held by {c['bound']}" if c["bound"] else ""
-        moves.append((c["channel"], money(c["yesterday_spend"]), money(c["spend"]), f"{c['change']:+,.2f}",
-                      f"{c['why']}{bound}"))
+    for c in sorted(allocations["channels"], key=lambda c: -abs(c["change"])):  # `why` names a binding guardrail
+        moves.append((c["channel"], money(c["yesterday_spend"]), money(c["spend"]), f"{c['change']:+,.2f}", c["why"]))
     days = forecast["days"]
     lo80, hi80 = sum(d["lo_80"] for d in days), sum(d["hi_80"] for d in days)
     forecast_line = (f"{forecast['series_id']} over the next {forecast['horizon_days']} day(s): "
