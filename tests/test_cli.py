@@ -303,6 +303,36 @@ def test_an_export_whose_every_row_is_quarantined_says_why(tmp_path: Path, monke
                 "event_date: missing") in said, said
 
 
+def test_ingest_and_run_read_the_configured_source_when_not_told(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import date
+
+    import pandas as pd
+
+    from flashcast.simulate import SimulationSpec, simulate
+
+    monkeypatch.setenv("FLASHCAST_PII_KEY", "flashcast-test-key-0123456789abcdef")
+    monkeypatch.chdir(tmp_path)  # the default output folder, "out", is beside the test's files
+    sim = simulate(SimulationSpec(days=5, users=40, sessions_per_day=8, seed=2, end_date=date(2026, 5, 31),
+                                  formats=("ndjson",)), tmp_path / "sim")
+    (tmp_path / "bare").mkdir()
+    bare = write_config(tmp_path / "bare", tmp_path / "bare" / "home")
+    code, output = _run("ingest", "-c", str(bare))
+    assert code == 1 and _one_clean_line(output) == \
+        "ConfigError: no export to read: give --export, or set [source] export in flashcast.toml"
+    config = write_config(tmp_path, tmp_path / "home", extra=(
+        f'[source]\nexport = "{sim.export_dirs["ndjson"]}"\nspend = "{sim.spend_file}"\n'
+        f'out = "{tmp_path / "configured"}"\n'))
+    code, output = _run("ingest", "-c", str(config))
+    assert code == 0, output
+    kpis = pd.read_csv(tmp_path / "configured" / "daily_kpis.csv")
+    assert kpis["spend"].sum() > 0  # the configured spend file came with the configured export
+    # Another export named on the command line does not take the configured spend file with it
+    code, output = _run("ingest", "--export", str(sim.export_dirs["ndjson"]), "-c", str(config))
+    assert code == 0, output
+    assert pd.read_csv(tmp_path / "configured" / "daily_kpis.csv")["spend"].sum() == 0
+
+
 def test_an_export_without_consent_anywhere_says_which_setting_decides(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from datetime import date

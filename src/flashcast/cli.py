@@ -198,11 +198,30 @@ def simulate(
     console.print(f"spend: {result.spend_file}\ntruth: {result.truth_file}")
 
 
+ExportOption = Annotated[Path | None, typer.Option(
+    help="GA4 export: one events_* file or a folder of them (default: [source] export).")]
+SpendOption = Annotated[Path | None, typer.Option(help="Daily spend CSV (date, channel, spend; default: [source] "
+                                                       "spend).")]
+OutOption = Annotated[Path | None, typer.Option(help="Output folder (default: [source] out, \"out\").")]
+
+
+def _sources(settings: Settings, export: Path | None, spend: Path | None, out: Path | None, rebuild: str | None
+             ) -> tuple[RunInputs, Path]:
+    """The command's inputs and output folder: its options, else the config's [source] (what
+    `flashcast serve` and `rebalance` read), so a configured project runs without repeating them.
+    The configured spend file goes only with the configured export, never with another one."""
+    if export is None:
+        export, spend = settings.source.export, spend or settings.source.spend
+    if export is None:
+        raise ConfigError("no export to read: give --export, or set [source] export in flashcast.toml")
+    return RunInputs(export, spend, _days(rebuild)), _output_folder(out or settings.source.out)
+
+
 @app.command()
 def run(
-    export: Annotated[Path, typer.Option(help="GA4 export: one events_* file or a folder of them.")],
-    spend: Annotated[Path | None, typer.Option(help="Daily spend CSV (date, channel, spend).")] = None,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
+    export: ExportOption = None,
+    spend: SpendOption = None,
+    out: OutOption = None,
     config: ConfigOption = None,
     llm: LlmOption = None,
     rebuild: RebuildOption = None,
@@ -217,18 +236,18 @@ def run(
     with _errors():
         settings = _settings(config, llm)
         check_provider(settings.llm)
-        out = _output_folder(out)
+        inputs, out = _sources(settings, export, spend, out, rebuild)
         key = load_pii_key(settings.policy, settings.pii_key_file)
-        result = _run_with_progress(RunInputs(export, spend, _days(rebuild)), lambda inputs, progress: run_pipeline(
+        result = _run_with_progress(inputs, lambda inputs, progress: run_pipeline(
             settings, inputs, out, key=key, progress=progress))
-    _print_summary(result, settings.currency)
+    _print_summary(result, settings)
 
 
 @app.command()
 def ingest(
-    export: Annotated[Path, typer.Option(help="GA4 export: one events_* file or a folder of them.")],
-    spend: Annotated[Path | None, typer.Option(help="Daily spend CSV (date, channel, spend).")] = None,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
+    export: ExportOption = None,
+    spend: SpendOption = None,
+    out: OutOption = None,
     config: ConfigOption = None,
     rebuild: RebuildOption = None,
 ) -> None:
@@ -245,10 +264,10 @@ def ingest(
 
     with _errors():
         settings = _settings(config)
-        out = _output_folder(out)
+        inputs, out = _sources(settings, export, spend, out, rebuild)
         key = load_pii_key(settings.policy, settings.pii_key_file)
         start = time.perf_counter()
-        result = _run_with_progress(RunInputs(export, spend, _days(rebuild)), lambda inputs, progress: run_pipeline(
+        result = _run_with_progress(inputs, lambda inputs, progress: run_pipeline(
             settings, inputs, out, key=key, progress=progress, through=GOVERNED_DATA, job="ingest"))
         seconds = time.perf_counter() - start
     totals, k, staged = result.guard.totals, result.kpis, result.ingest
@@ -300,7 +319,7 @@ def demo(
         result = _run_with_progress(RunInputs(sim.export_dirs["ndjson"], sim.spend_file),
                                     lambda inputs, progress: run_pipeline(settings, inputs, out, key=key,
                                                                           progress=progress))
-    _print_summary(result, settings.currency)
+    _print_summary(result, settings)
 
 
 def _run_with_progress(inputs: RunInputs, call: Callable[[RunInputs, Callable[[str], None]], RunResult]
@@ -322,9 +341,9 @@ def _run_with_progress(inputs: RunInputs, call: Callable[[RunInputs, Callable[[s
         return call(inputs, progress)
 
 
-def _print_summary(result: RunResult, currency: str) -> None:
+def _print_summary(result: RunResult, settings: Settings) -> None:
     """The plan in a screenful; what needs attention last, where it is seen."""
-    totals, k = result.guard.totals, result.kpis
+    totals, k, currency = result.guard.totals, result.kpis, settings.currency
 
     def money(value: float) -> str:
         return format_money(value, currency)
@@ -366,9 +385,9 @@ def _print_summary(result: RunResult, currency: str) -> None:
                                 forecast=result.forecast, allocate=result.allocation):
         console.print(f"[yellow]attention[/yellow] {escape(item)}", highlight=False)
     if not isinstance(result.payload, Skipped):
+        safely = "" if settings.mode == "sandbox" else "; mode = \"sandbox\" tries it safely"
         console.print("Next: review the copy (flashcast creatives list / approve, or the dashboard of flashcast "
-                      "serve at http://127.0.0.1:8000/), then flashcast push; mode = \"sandbox\" tries it safely.",
-                      highlight=False, markup=False)
+                      f"serve at http://127.0.0.1:8000/), then flashcast push{safely}.", highlight=False, markup=False)
     if result.problems:
         console.print("[red]failed[/red] " + escape("; ".join(result.problems)) + "; everything else was written",
                       highlight=False)

@@ -74,8 +74,8 @@ class EngineConfig(_Frozen):
 
 
 class SourceConfig(_Frozen):
-    """What a run started by the service (API, schedule) reads and where it writes; the CLI's
-    --export, --spend and --out say it per command."""
+    """What a run reads and where it writes when not told: the service's runs (API, schedule),
+    `flashcast rebalance`, and `flashcast run`/`ingest` without --export (--spend, --out)."""
 
     export: Path | None = None  # a GA4 events_* file or folder
     spend: Path | None = None  # daily spend CSV (date, channel, spend)
