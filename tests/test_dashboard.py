@@ -126,6 +126,16 @@ def test_an_approver_sees_the_fan_chart_and_decides_and_the_decisions_hold(
     assert decided[green["creative_id"]]["comment"] == "approved in the browser test"
     # A light is never colour alone: its word is on the card.
     assert page.inner_text(f"article[data-creative-id='{green['creative_id']}'] .light") == "green"
+    # The rest of the green copy in one decision; the rejected one and any amber or red are left.
+    rest = [c for c in decided.values() if c["status"] == "pending" and c["light"] == "green"]
+    page.get_by_label(f"Comment for all {len(rest)} pending green creatives").fill("read them all")
+    page.get_by_role("button", name=f"Approve all {len(rest)} pending green creatives").click()
+    page.locator("#bulk-approve").wait_for(state="detached", timeout=30_000)  # none left to approve
+    after = {c["creative_id"]: c for c in _api(url, keys["viewer"], "/creatives")}
+    assert all(after[c["creative_id"]]["status"] == "approved" and after[c["creative_id"]]["comment"] ==
+               "read them all" for c in rest)
+    assert after[other["creative_id"]]["status"] == "rejected"
+    assert all(c["status"] == "pending" for c in after.values() if c["light"] != "green")
     assert not [e for e in errors if "favicon" not in e], errors
     page.close()
 

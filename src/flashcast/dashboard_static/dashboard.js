@@ -177,7 +177,31 @@ async function drawCreatives() {
   $("creatives-note").textContent = canDecide
     ? "Approve or reject each creative with a comment; a red one needs an override reason to be approved."
     : "Your role can read the creatives; an approver decides on them.";
+  const green = creatives.filter((c) => c.status === "pending" && c.light === "green");
+  $("creatives-bulk").replaceChildren(...(canDecide && green.length ? [bulkApproval(green)] : []));
   $("creatives").replaceChildren(...creatives.map((c) => creativeCard(c, canDecide)));
+}
+
+// Every pending green creative in one decision of the person's (each recorded on its own, with the
+// comment); amber and red copy is left to be read card by card.
+function bulkApproval(green) {
+  const form = el("form", null, { id: "bulk-approve" });
+  form.append(el("label", `Comment for all ${green.length} pending green creatives`, { for: "bulk-comment" }),
+    el("textarea", null, { id: "bulk-comment", required: "" }),
+    el("button", `Approve all ${green.length} pending green creatives`, { type: "submit" }),
+    el("p", null, { class: "error", role: "alert" }));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const comment = form.querySelector("textarea").value;
+    try {
+      for (const c of green) {
+        await api(`/creatives/${c.creative_id}/decision`, { method: "POST",
+          body: JSON.stringify({ decision: "approve", comment, override_reason: null }) });
+      }
+      await drawCreatives();
+    } catch (e) { form.querySelector(".error").textContent = e.message; }
+  });
+  return form;
 }
 
 function creativeCard(c, canDecide) {
