@@ -292,3 +292,24 @@ def test_another_export_replaces_the_history_not_mixes_with_it(export: Path, tmp
     assert _count(home, "SELECT count(DISTINCT source_file) FROM guarded_events") == 10
     assert _count(home, "SELECT count(*) FROM files") == 10
     assert second.guard.totals["input_rows"] == sum(len(p.read_text().splitlines()) for p in other.iterdir())
+
+
+def test_a_history_keyed_with_another_pii_key_is_refused_and_left_as_it_was(
+        export: Path, tmp_path: Path, pii_key: PiiKey) -> None:
+    from flashcast.errors import StageError
+
+    settings, home = _settings(tmp_path / "home"), tmp_path / "home"
+    _ingest(settings, export, pii_key, tmp_path / "out")
+    before = _rows(home, "guarded_events")
+    rotated = PiiKey(b"a-rotated-or-mistyped-key-0123456789")
+    with pytest.raises(StageError, match="PiiKeyMismatch") as refused:
+        _ingest(settings, export, rotated, tmp_path / "out")
+    message = str(refused.value)
+    # both key ids named, never a key; what to do next said
+    assert pii_key.key_id in message and rotated.key_id in message and "[store] home" in message
+    assert rotated.secret.decode() not in message and pii_key.secret.decode() not in message
+    assert _rows(home, "guarded_events") == before
+    assert _ingest(settings, export, pii_key, tmp_path / "out").guard.totals["accepted"] == len(before)
+    # The new key in its own store reads the export afresh.
+    fresh = _ingest(_settings(tmp_path / "home2"), export, rotated, tmp_path / "out2")
+    assert fresh.guard.totals["accepted"] == len(before)

@@ -43,6 +43,10 @@ class ConfigError(FlashcastError):
     """The configuration file or a setting in it is invalid."""
 
 
+class PiiKeyMismatch(ConfigError):
+    """The warehouse's guarded history was keyed with another PII key than this run's."""
+
+
 class IngestError(FlashcastError):
     """Export or spend files exist but cannot be read as what they claim to be."""
 

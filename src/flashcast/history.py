@@ -33,6 +33,7 @@ from pathlib import Path
 
 import duckdb
 
+from flashcast.errors import PiiKeyMismatch
 from flashcast.records import ExportFile, Table
 from flashcast.sql import identifier, insert_rows, literal
 from flashcast.store import warehouse_session
@@ -149,14 +150,15 @@ def select_files(files: Sequence[ExportFile], stored: dict[str, StoredFile], *, 
 
 
 def read_history(con: duckdb.DuckDBPyConnection, warehouse: Path, *, export_root: str, timeout_s: float,
-                 choose: Callable[[dict[str, StoredFile]], FileSelection], snapshot: WarehouseSnapshot
-                 ) -> tuple[FileSelection, str | None]:
+                 choose: Callable[[dict[str, StoredFile]], FileSelection], snapshot: WarehouseSnapshot,
+                 key_id: str | None = None) -> tuple[FileSelection, str | None]:
     """Attach the warehouse (`snapshot`, under its shared lock): the stored files, the run's choice
     among them, and views `_stored_<table>` over the rows of every reused file (the small `files`
     registry and the latest forecast selections are copied). When nothing is reused the snapshot is
     released at once. A warehouse holds the history of one export (file or folder): when it holds
     another's, nothing is reused and the other export's root is returned (the run then replaces
-    that history)."""
+    that history). A history keyed with another PII key than `key_id` is refused (PiiKeyMismatch):
+    its user, session and transaction keys would not join this run's."""
     if not warehouse.exists():
         selection = choose({})
         for table in (*OUTCOME_TABLES, Table.FILES, *BY_DAY):
@@ -164,6 +166,8 @@ def read_history(con: duckdb.DuckDBPyConnection, warehouse: Path, *, export_root
         return selection, None
     wh = snapshot.attach(con, warehouse, timeout_s=timeout_s)
     other = _other_root(con, wh, export_root)
+    if key_id is not None and not other:
+        _check_key(con, wh, key_id)
     stored = {} if other else _stored_files(con, wh)
     selection = choose(stored)
     con.execute("CREATE OR REPLACE TEMP TABLE _reused (name VARCHAR)")
@@ -191,6 +195,21 @@ def read_history(con: duckdb.DuckDBPyConnection, warehouse: Path, *, export_root
     if not reusing:
         snapshot.release()
     return selection, other
+
+
+def _check_key(con: duckdb.DuckDBPyConnection, wh: str, key_id: str) -> None:
+    """Refuse to add rows keyed with `key_id` to a history keyed with another key: its users would
+    become strangers to it, each transaction new again (a rotated key, or a mistyped one)."""
+    table = f"{wh}.main.{Table.GUARDED_EVENTS}"
+    if Table.GUARDED_EVENTS not in _tables(con, wh) or "key_id" not in _columns(con, table):
+        return
+    stored = sorted(r[0] for r in con.execute(f"SELECT DISTINCT key_id FROM {table}").fetchall() if r[0] != key_id)
+    if stored:
+        raise PiiKeyMismatch(
+            f"the warehouse's guarded history is keyed with PII key id {', '.join(map(str, stored))}, this run's "
+            f"key is {key_id}: users, sessions and transactions would not join across the two. Run with the key "
+            "the history was written with ($FLASHCAST_PII_KEY or [policy] key_file; `flashcast keys pii` shows "
+            "which is in force), or give the new key its own [store] home and read the export afresh")
 
 
 def _other_root(con: duckdb.DuckDBPyConnection, wh: str, export_root: str) -> str | None:

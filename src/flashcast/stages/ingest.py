@@ -203,7 +203,7 @@ def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings
         con, settings.store.warehouse_path, export_root=root, timeout_s=settings.store.lock_timeout_s,
         choose=lambda stored: select_files(files, stored, incremental=ingest.incremental,
                                            look_back_days=ingest.look_back_days, rebuild=inputs.rebuild),
-        snapshot=snapshot)
+        snapshot=snapshot, key_id=context.key_id)
     if isinstance(engine, DuckEngine):
         staged = stage_export(con, inputs.export, files=selection.read,
                               max_days_from_file_date=ingest.max_days_from_file_date, lineage_id=context.lineage_id,
