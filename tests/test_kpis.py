@@ -85,7 +85,8 @@ def test_simulated_kpis_join_spend_and_flag_the_intraday_day(small_sim: Simulati
         ("2026-03-01,PPC,-3", "line 2: spend: negative"),
         ("2026-03-01,TV,3", "line 2: channel: not a paid channel"),
         ("03/01/2026,PPC,3", "line 2: date: not a YYYY-MM-DD date"),
-        ("2026-03-01,PPC,abc", "line 2: spend: not a number"),
+        ("2026-03-01,PPC,abc", "line 2: spend: not a number$"),
+        ('2026-03-01,PPC,"$1,234.50"', r"line 2: spend: not a number \(write plain numbers: no currency sign"),
     ],
 )
 def test_bad_spend_rows_are_named(tmp_path: Path, row: str, message: str) -> None:
@@ -106,6 +107,22 @@ def test_spend_file_headers_in_any_case_are_read(tmp_path: Path) -> None:
     assert load_spend(con, path, mapping=ChannelMapping()) == 2
     assert con.execute("SELECT event_date::VARCHAR, channel, spend FROM spend ORDER BY channel").fetchall() == [
         ("2026-03-01", "CTV", 4.5), ("2026-03-01", "PPC", 3.0)]
+
+
+def test_a_semicolon_spend_file_with_decimal_commas_is_read_and_a_mixed_one_refused(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "spend.csv", ["date;channel;spend", "2026-03-01;PPC;1234,5", "2026-03-01;CTV;4"])
+    con = duckdb.connect()
+    assert load_spend(con, path, mapping=ChannelMapping()) == 2
+    assert con.execute("SELECT channel, spend FROM spend ORDER BY channel").fetchall() == [("CTV", 4.0),
+                                                                                        ("PPC", 1234.5)]
+    # 1,5 beside 1.5: which mark is decimal is not guessed
+    mixed = write_lines(tmp_path / "mixed.csv", ["date;channel;spend", "2026-03-01;PPC;1,5", "2026-03-01;CTV;1.5"])
+    with pytest.raises(IngestError, match="line 2: spend: not a number"):
+        load_spend(con, mixed, mapping=ChannelMapping())
+    # in a comma-separated file a quoted "1,5" is no decimal comma either
+    quoted = write_lines(tmp_path / "quoted.csv", ["date,channel,spend", '2026-03-01,PPC,"1,5"'])
+    with pytest.raises(IngestError, match="line 2: spend: not a number"):
+        load_spend(con, quoted, mapping=ChannelMapping())
 
 
 def test_a_channel_in_other_case_or_with_spaces_is_the_configured_one(tmp_path: Path) -> None:

@@ -38,23 +38,34 @@ class TableFile:
         spreadsheets write CSV where the comma is the decimal mark) a column whose every value reads
         as a decimal-comma number is read that way; a column mixing 1,5 and 1.5 is not guessed at."""
         c = identifier(column)
-        if self.delimiter == ";":
-            text = f"trim({c}::VARCHAR)"
-            decimal_comma = con.execute(
-                f"SELECT bool_or(contains({text}, ',')) AND bool_and(regexp_full_match({text}, '{_DECIMAL_COMMA}')) "
-                f"FROM source WHERE {text} <> ''").fetchall()[0][0]
-            if decimal_comma:
-                return f"try_cast(replace({text}, ',', '.') AS DOUBLE)"
+        if self.delimiter == ";" and reads_decimal_commas(con, "source", column):
+            return f"try_cast(replace(trim({c}::VARCHAR), ',', '.') AS DOUBLE)"
         return f"try_cast({c} AS DOUBLE)"
 
     def not_a_number(self, con: duckdb.DuckDBPyConnection, column: str, row: int) -> str:
         """"is not a number", saying how to write it when the cell is a number formatted for reading
         ($1,234.50, 12%): the file is not guessed at, and the message never quotes the value."""
-        formatted = con.execute(f"SELECT regexp_full_match(trim({identifier(column)}::VARCHAR), ?) FROM source "
-                                "WHERE _row = ?", [_FORMATTED_NUMBER, row]).fetchall()
-        hint = (" (write plain numbers: no currency sign, thousands separator or percent sign)"
-                if formatted and formatted[0][0] else "")
-        return f"is not a number{hint}"
+        formatted = con.execute(f"SELECT {formatted_number_sql(identifier(column))} FROM source WHERE _row = ?",
+                                [row]).fetchall()
+        return f"is not a number{PLAIN_NUMBERS if formatted and formatted[0][0] else ''}"
+
+
+PLAIN_NUMBERS = " (write plain numbers: no currency sign, thousands separator or percent sign)"
+
+
+def formatted_number_sql(column: str) -> str:
+    """SQL: is the text of `column` a number formatted for reading ($1,234.50, 12%)?"""
+    return f"regexp_full_match(trim({column}::VARCHAR), {literal(_FORMATTED_NUMBER)})"
+
+
+def reads_decimal_commas(con: duckdb.DuckDBPyConnection, relation: str, column: str) -> bool:
+    """Whether every non-empty value of `column` in `relation` reads as a decimal-comma number (and
+    one has a comma): how spreadsheets write numbers in ';'-separated CSV where the comma is the
+    decimal mark. A column mixing 1,5 and 1.5 is not guessed at."""
+    text = f"trim({identifier(column)}::VARCHAR)"
+    return bool(con.execute(
+        f"SELECT bool_or(contains({text}, ',')) AND bool_and(regexp_full_match({text}, '{_DECIMAL_COMMA}')) "
+        f"FROM {relation} WHERE {text} <> ''").fetchall()[0][0])
 
 
 def open_table_file(con: duckdb.DuckDBPyConnection, path: Path, error: type[FlashcastError]) -> TableFile:

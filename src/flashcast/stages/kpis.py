@@ -28,6 +28,7 @@ from flashcast.errors import IngestError
 from flashcast.history import first_day_read
 from flashcast.records import GuardReport, KpiSummary, RunContext, RunInputs, Table
 from flashcast.sql import identifier, literal
+from flashcast.tablefile import PLAIN_NUMBERS, formatted_number_sql, reads_decimal_commas
 
 PARTIAL_DAY_HOUR = 22  # a last day whose latest event is earlier than 22:00 local is still filling in
 
@@ -99,18 +100,23 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
             SELECT ordinality + 1 AS line, {picks} FROM read_csv({literal(path)}, header=true, all_varchar=true)
             WITH ORDINALITY"""
         )
+        delimiter = con.execute(f"SELECT Delimiter FROM sniff_csv({literal(path)})").fetchall()[0][0]
     except duckdb.Error as exc:  # its text can quote a line of the file
         raise IngestError(f"{path.name}: not a readable CSV ({type(exc).__name__})") from exc
+    if delimiter == ";" and reads_decimal_commas(con, "_spend_raw", "spend"):  # 1234,50 from a spreadsheet
+        con.execute("UPDATE _spend_raw SET spend = replace(trim(spend), ',', '.')")
     # An ad platform's report may spell a channel in other case or with spaces around it ("ppc ").
     if mapping.paid_channels:
         paid = ", ".join(f"({literal(name)})" for name in mapping.paid_channels)
         con.execute(f"""UPDATE _spend_raw SET channel = paid.name FROM (VALUES {paid}) paid(name)
             WHERE lower(trim(_spend_raw.channel)) = lower(paid.name) AND _spend_raw.channel <> paid.name""")
     problems = con.execute(
-        """SELECT line, problem FROM (
+        f"""SELECT line, problem FROM (
           SELECT line, CASE
             WHEN TRY_CAST(date AS DATE) IS NULL THEN 'date: not a YYYY-MM-DD date'
             WHEN NOT list_contains(?::VARCHAR[], channel) THEN 'channel: not a paid channel in the config'
+            WHEN TRY_CAST(spend AS DOUBLE) IS NULL AND {formatted_number_sql("spend")}
+              THEN 'spend: not a number{PLAIN_NUMBERS}'
             WHEN TRY_CAST(spend AS DOUBLE) IS NULL THEN 'spend: not a number'
             WHEN TRY_CAST(spend AS DOUBLE) < 0 THEN 'spend: negative'
             WHEN count(*) OVER (PARTITION BY date, channel) > 1 THEN 'date, channel: repeated'
