@@ -125,6 +125,20 @@ def test_a_semicolon_spend_file_with_decimal_commas_is_read_and_a_mixed_one_refu
         load_spend(con, quoted, mapping=ChannelMapping())
 
 
+def test_a_report_by_campaign_is_summed_per_day_and_channel_and_a_row_given_twice_refused(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "spend.csv", ["date,channel,campaign,spend", "2026-03-01,PPC,brand,3",
+                                                "2026-03-01,PPC,generic,4.5", "2026-03-01,CTV,launch,2",
+                                                "2026-03-02,PPC,brand,3"])
+    con = duckdb.connect()
+    assert load_spend(con, path, mapping=ChannelMapping()) == 3
+    assert con.execute("SELECT event_date::VARCHAR, channel, spend FROM spend ORDER BY ALL").fetchall() == [
+        ("2026-03-01", "CTV", 2.0), ("2026-03-01", "PPC", 7.5), ("2026-03-02", "PPC", 3.0)]
+    twice = write_lines(tmp_path / "twice.csv", ["date,channel,campaign,spend", "2026-03-01,PPC,brand,3",
+                                                 "2026-03-01,PPC,generic,4", "2026-03-01,PPC,brand,3"])
+    with pytest.raises(IngestError, match=r"line 2: date, channel: repeated \(the same row twice\); line 4: "):
+        load_spend(con, twice, mapping=ChannelMapping())
+
+
 def test_a_channel_in_other_case_or_with_spaces_is_the_configured_one(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "spend.csv", ["date,channel,spend", "2026-03-01,ppc ,3", "2026-03-01,Ctv,4"])
     con = duckdb.connect()

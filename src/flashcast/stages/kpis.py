@@ -83,7 +83,10 @@ def _has_stored_sessions(con: duckdb.DuckDBPyConnection, mapping: ChannelMapping
 def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMapping,
                table: str = Table.SPEND) -> int:
     """Read a long spend file (date, channel, spend; headers in any case) into `table`; errors name
-    the file, line and field, never a value."""
+    the file, line and field, never a value. A file with more columns (an ad platform's report by
+    campaign, ad group...) may hold several rows a day and channel: they are summed; a row the same
+    as another in every column is refused, as is a repeated day and channel in a file of the three
+    columns only (two files pasted together, or a corrected row beside the old one)."""
     if not path.exists():
         raise IngestError(f"spend file not found: {path}")
     try:
@@ -94,7 +97,9 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
         if missing:
             raise IngestError(f"{path.name}: no column {missing[0]!r} (columns: {', '.join(found)}); "
                               "expected date, channel, spend")
-        picks = ", ".join(f"{identifier(by_name[name])} AS {name}" for name in ("date", "channel", "spend"))
+        others = [name for name in found if name.strip().lower() not in ("date", "channel", "spend")]
+        picks = ", ".join([*(f"{identifier(by_name[name])} AS {name}" for name in ("date", "channel", "spend")),
+                           *(f"{identifier(name)} AS _other{i}" for i, name in enumerate(others))])
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _spend_raw AS
             SELECT ordinality + 1 AS line, {picks} FROM read_csv({literal(path)}, header=true, all_varchar=true)
@@ -110,6 +115,11 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
         paid = ", ".join(f"({literal(name)})" for name in mapping.paid_channels)
         con.execute(f"""UPDATE _spend_raw SET channel = paid.name FROM (VALUES {paid}) paid(name)
             WHERE lower(trim(_spend_raw.channel)) = lower(paid.name) AND _spend_raw.channel <> paid.name""")
+    if others:
+        repeat_key = ", ".join(["date", "channel", "spend", *(f"_other{i}" for i in range(len(others)))])
+        repeated = "'date, channel: repeated (the same row twice)'"
+    else:
+        repeat_key, repeated = "date, channel", "'date, channel: repeated'"
     problems = con.execute(
         f"""SELECT line, problem FROM (
           SELECT line, CASE
@@ -119,7 +129,7 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
               THEN 'spend: not a number{PLAIN_NUMBERS}'
             WHEN TRY_CAST(spend AS DOUBLE) IS NULL THEN 'spend: not a number'
             WHEN TRY_CAST(spend AS DOUBLE) < 0 THEN 'spend: negative'
-            WHEN count(*) OVER (PARTITION BY date, channel) > 1 THEN 'date, channel: repeated'
+            WHEN count(*) OVER (PARTITION BY {repeat_key}) > 1 THEN {repeated}
           END AS problem FROM _spend_raw) WHERE problem IS NOT NULL ORDER BY line LIMIT 5""",
         [list(mapping.paid_channels)],
     ).fetchall()
@@ -130,7 +140,8 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
         raise IngestError(f"{path.name}: {detail}{paid}")
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {table} AS
-        SELECT CAST(date AS DATE) AS event_date, channel, CAST(spend AS DOUBLE) AS spend FROM _spend_raw"""
+        SELECT CAST(date AS DATE) AS event_date, channel, sum(CAST(spend AS DOUBLE)) AS spend FROM _spend_raw
+        GROUP BY ALL ORDER BY event_date, channel"""
     )
     return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
 
