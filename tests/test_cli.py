@@ -274,6 +274,10 @@ def test_a_rebalance_without_email_keeps_the_summary_and_a_sandbox_push_says_whe
     assert code == 0, output
     assert output.startswith("[SANDBOX] sent to the built-in stand-in platform; nothing reached a real one")
     assert output.count("delivered") == 3
+    code, again = _run("push", "-c", str(run.config))  # exactly once: the second push sends nothing, and says so
+    assert code == 0 and again.startswith("nothing sent: every order of this plan was delivered before"), again
+    assert "[SANDBOX] sent" not in again and re.findall(r"delivered\s+│\s+1\s", again) == \
+        re.findall(r"delivered\s+│\s+1\s", output)
 
 
 def test_an_export_whose_every_row_is_quarantined_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

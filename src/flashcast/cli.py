@@ -899,6 +899,7 @@ def push(
     from flashcast.delivery import latest_payload_id
     from flashcast.delivery import push as push_payload
     from flashcast.errors import PayloadNotFound, PushHeld
+    from flashcast.lineage import utc_now
 
     with _errors():
         settings = _settings(config)
@@ -907,12 +908,16 @@ def push(
             if lineage_id is None:
                 raise PayloadNotFound("no payload yet: no run has made one (a run whose forecast or allocation "
                                       "failed makes none; `flashcast runs` lists them)")
+            started = utc_now()
             try:
                 orders = push_payload(ops, settings, lineage_id, by="cli")
             except PushHeld as exc:
                 hint = "(flashcast creatives approve ID... or --all-green, or the API; then push again)"
                 raise _fail("PushHeld", f"{exc} {hint}", EXIT_HELD) from exc
-    if settings.mode == "sandbox":
+    if orders and not any(a.started_at >= started for o in orders for a in o.attempts):  # UTC ISO: ordered as text
+        console.print("nothing sent: every order of this plan was delivered before (each is sent once)",
+                      highlight=False)
+    elif settings.mode == "sandbox":
         console.print("[SANDBOX] sent to the built-in stand-in platform; nothing reached a real one",
                       highlight=False, markup=False)
     _print_deliveries(orders)
