@@ -77,6 +77,30 @@ def test_simulated_kpis_join_spend_and_flag_the_intraday_day(small_sim: Simulati
     purchases = con.execute("SELECT count(*) FROM guarded_events WHERE event_name = 'purchase'").fetchall()[0][0]
     assert con.execute("SELECT sum(purchases) FROM daily_kpis").fetchall()[0][0] == purchases
     assert con.execute("SELECT count(DISTINCT lineage_id) FROM daily_kpis").fetchall()[0][0] == 1
+    assert kpis.spend_through == con.execute("SELECT max(event_date) FROM spend").fetchall()[0][0]
+    assert not kpis.spend_ends_early
+
+
+def test_spend_data_ending_before_the_last_complete_day_is_named(small_sim: SimulationResult, tmp_path: Path) -> None:
+    from flashcast.records import AllocationPlan, CreativeLibrary, ForecastPlan, Segmentation
+    from flashcast.report import attention_items
+
+    con = duckdb.connect()
+    _guarded(con, small_sim.export_dirs["ndjson"])
+    header, *rows = small_sim.spend_file.read_text().splitlines()
+    days = sorted({row[:10] for row in rows})
+    cut = write_lines(tmp_path / "spend.csv", [header, *(row for row in rows if row[:10] < days[-5])])
+    load_spend(con, cut, mapping=ChannelMapping())
+    kpis = daily_channel_kpis(con, mapping=ChannelMapping(), timezone="America/New_York")
+    assert kpis.spend_through is not None and kpis.spend_through < kpis.last_complete_day and kpis.spend_ends_early
+    gap = (kpis.last_complete_day - kpis.spend_through).days
+    import pandas as pd
+
+    items = attention_items(segments=Segmentation("user_segments", (), {}, {}), creatives=CreativeLibrary(()),
+                            forecast=ForecastPlan(None, pd.DataFrame()), allocate=AllocationPlan(None), kpis=kpis)
+    assert items == [f"The spend data end on {kpis.spend_through}, {gap} day(s) before the last complete day "
+                     f"({kpis.last_complete_day}): those days count as no spend, in the fitted curves and as "
+                     "yesterday's spend. Add their spend to the spend file."]
 
 
 @pytest.mark.parametrize(

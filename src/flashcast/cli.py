@@ -382,7 +382,7 @@ def _print_summary(result: RunResult, settings: Settings) -> None:
     for name, path in sorted(result.outputs.items()):
         console.print(f"  {name:<17} {escape(str(path))}", highlight=False)
     for item in attention_items(ingest=result.ingest, segments=result.segments, creatives=result.creatives,
-                                forecast=result.forecast, allocate=result.allocation):
+                                forecast=result.forecast, allocate=result.allocation, kpis=result.kpis):
         console.print(f"[yellow]attention[/yellow] {escape(item)}", highlight=False)
     if not isinstance(result.payload, Skipped):
         safely = "" if settings.mode == "sandbox" else "; mode = \"sandbox\" tries it safely"

@@ -154,6 +154,12 @@ class KpiSummary:
     last_day: date
     partial_last_day: bool
     channels: tuple[str, ...]
+    spend_through: date | None = None  # the spend data's last day (None: no spend file)
+
+    @property
+    def spend_ends_early(self) -> bool:
+        """The spend data stop before the last complete day: the days after count as no spend."""
+        return self.spend_through is not None and self.spend_through < self.last_complete_day
 
     @property
     def last_complete_day(self) -> date:

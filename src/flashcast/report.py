@@ -33,11 +33,16 @@ def format_money(value: float, currency: str) -> str:
 
 
 def attention_items(*, ingest: StagedExport | None = None, segments: Segmentation, creatives: CreativeLibrary,
-                    forecast: ForecastPlan, allocate: AllocationPlan) -> list[str]:
+                    forecast: ForecastPlan, allocate: AllocationPlan, kpis: KpiSummary | None = None) -> list[str]:
     """What a person should look at before trusting the plan, one sentence each."""
     items = []
     if ingest is not None:
         items += list(ingest.warnings)
+    if kpis is not None and kpis.spend_through is not None and kpis.spend_ends_early:
+        gap = (kpis.last_complete_day - kpis.spend_through).days
+        items.append(f"The spend data end on {kpis.spend_through}, {gap} day(s) before the last complete day "
+                     f"({kpis.last_complete_day}): those days count as no spend, in the fitted curves and as "
+                     "yesterday's spend. Add their spend to the spend file.")
     failures = ([f"Revenue could not be forecast: {forecast.failure}."] if forecast.failure else []) + (
         [f"The budget could not be allocated: {allocate.failure}."] if allocate.failure else [])
     if failures:  # either one stops the payload: say so once
@@ -69,7 +74,7 @@ def write_report(
         return format_money(value, currency)
 
     attention = attention_items(ingest=ingest, segments=segments, creatives=creatives, forecast=forecast,
-                                allocate=allocate)
+                                allocate=allocate, kpis=kpis)
     lines = [
         "# Flashcast plan",
         "",

@@ -220,7 +220,8 @@ def daily_channel_kpis(
         {spend_join}
         ORDER BY spine.event_date, spine.channel""")
     land(con, sql, [Table.SESSIONS, table])
-    return KpiSummary(table, first_day, last_day, partial, tuple(channels))
+    spend_through = sql.rows(f"SELECT max(event_date) FROM {spend}")[0][0] if spend else None
+    return KpiSummary(table, first_day, last_day, partial, tuple(channels), spend_through)
 
 
 def _touched_sessions(con: duckdb.DuckDBPyConnection, events: str, mapping: ChannelMapping, since: date) -> None:
