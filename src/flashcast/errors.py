@@ -2,6 +2,7 @@
 
     FlashcastError
       ConfigError            the config file or a setting is invalid
+        PiiKeyMismatch       the warehouse's history was keyed with another PII key than this run's
       IngestError            export or spend files cannot be read
         ExportNotFound       no export file matches the given path
       PrivacyViolation       personal data would cross the guard (names columns/rules, never values)
