@@ -207,14 +207,36 @@ def test_missing_or_empty_export_is_a_clear_error(tmp_path: Path, con: duckdb.Du
         stage_export(con, write_lines(tmp_path / "events.csv", ["a,b"]))
 
 
-def test_export_files_in_day_folders_are_refused_not_skipped(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+def test_export_files_in_day_folders_are_read_each_named_in_its_folder(tmp_path: Path,
+                                                                      con: duckdb.DuckDBPyConnection) -> None:
+    # A sharded extract: a folder a day, shards of the same names in each; one shard has a bad line
+    # and one a line that is not UTF-8 (read from a private copy, in its day folder too).
     write_lines(tmp_path / "events_20260301.json", [json.dumps(ga4_row())])
-    write_lines(tmp_path / "events_20260302" / "000000000000.json", [json.dumps(ga4_row())])  # a sharded day
-    with pytest.raises(IngestError, match=r"events_20260302: a folder \(1 day folder\(s\) in .*move or link"):
-        stage_export(con, tmp_path)
-    (tmp_path / "events_20260302" / "000000000000.json").rename(tmp_path / "events_20260302.json")
-    (tmp_path / "events_20260302").rename(tmp_path / "events_archive")  # any other folder is not the export's
-    assert stage_export(con, tmp_path).input_rows == 2
+    day2 = {"event_date": "20260302"}
+    write_lines(tmp_path / "events_20260302" / "000000000000.json", [json.dumps(ga4_row(**day2))] * 2)
+    write_lines(tmp_path / "events_20260302" / "000000000001.json", [json.dumps(ga4_row(**day2)), "{broken"])
+    (tmp_path / "events_20260302" / "_SUCCESS").write_text("")  # an extract's marker: not an export file
+    day3 = {"event_date": "20260303"}
+    write_lines(tmp_path / "events_intraday_20260303" / "000000000000.json", [json.dumps(ga4_row(**day3))])
+    (tmp_path / "events_intraday_20260303" / "000000000001.json").write_bytes(
+        json.dumps(ga4_row(**day3)).encode() + b"\n" + b'{"event_date": "2026\xff"}\n')
+    write_lines(tmp_path / "events_archive" / "events_20260301.json", [json.dumps(ga4_row())])  # not a day folder
+    staged = stage_export(con, tmp_path)
+    assert [f.name for f in staged.files] == [
+        "events_20260301.json", "events_20260302/000000000000.json", "events_20260302/000000000001.json",
+        "events_intraday_20260303/000000000000.json", "events_intraday_20260303/000000000001.json"]
+    assert [(f.file_date, f.intraday) for f in staged.files][1:] == [
+        (date(2026, 3, 2), False), (date(2026, 3, 2), False), (date(2026, 3, 3), True), (date(2026, 3, 3), True)]
+    rows = con.execute(f"""SELECT source_file, source_line, valid, problems FROM {staged.table}
+        ORDER BY source_file, source_line""").fetchall()
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("events_20260301.json", 1, True),
+        ("events_20260302/000000000000.json", 1, True), ("events_20260302/000000000000.json", 2, True),
+        ("events_20260302/000000000001.json", 1, True), ("events_20260302/000000000001.json", 2, False),
+        ("events_intraday_20260303/000000000000.json", 1, True),
+        ("events_intraday_20260303/000000000001.json", 1, True),
+        ("events_intraday_20260303/000000000001.json", 2, False)]
+    assert rows[-1][3] == ["(line): not UTF-8 text"] and rows[4][3] == ["(line): not valid JSON"]
 
 
 def test_an_empty_file_is_listed_and_its_day_reconciled(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:

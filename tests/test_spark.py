@@ -74,6 +74,12 @@ def _export_with_faults(folder: Path) -> tuple[Path, Path, Path]:
         handle.write(json.dumps(later) + "\n")
     crlf = files[2].read_bytes().replace(b"\n", b"\r\n", 3)  # Windows line ends on its first lines,
     files[2].write_bytes(crlf.replace(b"\r\n", b"\r\n\r\n", 1))  # and a blank line among them
+    for file in files[3:5]:  # two days as a sharded extract writes them: a folder each, shards of the same names
+        lines = file.read_text().splitlines(keepends=True)
+        (export / file.stem).mkdir()
+        (export / file.stem / "000000000000.json").write_text("".join(lines[: len(lines) // 2]))
+        (export / file.stem / "000000000001.json").write_text("".join(lines[len(lines) // 2:]))
+        file.unlink()
     aside = folder / files[-1].name
     shutil.move(files[-1], aside)
     return export, sim.spend_file, aside

@@ -75,10 +75,12 @@ class ExportFile:
     format: str  # 'ndjson' | 'parquet'
     intraday: bool
     file_date: date | None = None  # the date in the file's name (events_YYYYMMDD), if any
+    # its name in the export when it sits in a day folder (a sharded extract): events_YYYYMMDD/NAME
+    label: str | None = None
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.label or self.path.name
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,15 @@ class SparkEngine:
         source_file, file_date, intraday, source_line, line."""
         from pyspark.sql import functions as F
 
+        from flashcast.stages.ingest import DAY_FOLDER_PATTERN, day_folder  # the stage owns the export's layout
+
+        # A file is known by its name and its day folder's ("" outside one): shards of different days
+        # share names (000000000000.json). The folder is taken from the path, a URI; a day folder's
+        # name (events_YYYYMMDD) has no character a URI would escape.
+        folder = F.regexp_extract(F.col("_metadata.file_path"), "/([^/]+)/[^/]+$", 1)
+        in_day_folder = folder.rlike(f"(?i)^{DAY_FOLDER_PATTERN}$")
+        file_key = [F.col("_metadata.file_name").alias("file_name"),
+                    F.when(in_day_folder, folder).otherwise(F.lit("")).alias("day_folder")]
         parts = []
         ndjson = [f for f in files if f.format == "ndjson"]
         parquet = [f for f in files if f.format == "parquet"]
@@ -144,7 +153,7 @@ class SparkEngine:
             text = self.spark.read.option("lineSep", "\n").text([str(f.path) for f in ndjson])
             line = F.when(F.col("value").endswith("\r"), F.expr("substring(value, 1, length(value) - 1)")
                           ).otherwise(F.col("value"))
-            parts.append(text.select(F.col("_metadata.file_name").alias("file_name"),
+            parts.append(text.select(*file_key,
                                      F.col("_metadata.file_block_start").alias("block"),
                                      F.monotonically_increasing_id().alias("row_id"), line.alias("line")))
         # Spark merges the schemas of the files it reads together only where their types agree: files
@@ -153,16 +162,17 @@ class SparkEngine:
         for group in _by_schema(parquet):
             rows = self.spark.read.option("mergeSchema", "true").parquet(*[str(f.path) for f in group])
             present = [_parquet_column(rows, c) for c in rows.columns if c in _GA4_FIELDS]
-            parts.append(rows.select(F.col("_metadata.file_name").alias("file_name"),
+            parts.append(rows.select(*file_key,
                                      F.lit(0).cast("long").alias("block"), F.col("_metadata.row_index").alias("row_id"),
                                      F.to_json(F.struct(*present)).alias("line")))
         meta = self.spark.createDataFrame(
-            [(f.path.name, f.name, f.file_date, f.intraday) for f in files],
-            schema="file_name string, source_file string, file_date date, intraday boolean")
+            [(f.path.name, f.path.parent.name if day_folder(f.path.parent) else "", f.name, f.file_date, f.intraday)
+             for f in files],
+            schema="file_name string, day_folder string, source_file string, file_date date, intraday boolean")
         lines = parts[0]
         for part in parts[1:]:
             lines = lines.unionByName(part)
-        lines.join(F.broadcast(meta), "file_name").createOrReplaceTempView("_spark_raw_lines")
+        lines.join(F.broadcast(meta), ["file_name", "day_folder"]).createOrReplaceTempView("_spark_raw_lines")
         self.spark.sql("""SELECT source_file, file_date, intraday,
             row_number() OVER (PARTITION BY source_file ORDER BY block, row_id) AS source_line, line
             FROM _spark_raw_lines""").createOrReplaceTempView("_spark_lines")

@@ -78,38 +78,55 @@ GA4_JSON_STRUCTURE = {
 
 
 _DAY = re.compile(r"events_(?:intraday_)?(\d{8})")
+DAY_FOLDER_PATTERN = r"events_(?:intraday_)?\d{8}"  # a day folder's whole name, in any case
+_DAY_FOLDER = re.compile(DAY_FOLDER_PATTERN, re.IGNORECASE)
 
 
 def discover_exports(source: Path) -> tuple[ExportFile, ...]:
-    """One export file, or every `events_*` / `events_intraday_*` file in a folder, in name order."""
+    """One export file, or every `events_*` / `events_intraday_*` file in a folder, in name order.
+    A day's files may sit in a folder of their own, named for the day (`events_YYYYMMDD/` holding
+    shards of any name, as a sharded extract writes them): each is named `events_YYYYMMDD/NAME`.
+    Other folders are not the export's."""
     if not source.exists():
         raise ExportNotFound(f"no GA4 export at {source}")
-    candidates = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.name.startswith("events_"))
-    # a day's files in a folder of its own (a sharded extract): read around, those days would be missing unsaid
-    if folders := [p for p in candidates if p.is_dir() and _DAY.search(p.name.lower())]:
-        raise IngestError(f"{folders[0]}: a folder ({len(folders)} day folder(s) in {source}); the export's "
-                          "files (events_YYYYMMDD*.json or .parquet) must sit in the export folder itself: "
-                          "move or link them there")
+    if source.is_file():
+        if (file := _export_file(source, source.name)) is None:
+            raise IngestError(f"{source.name}: unknown export format (expected .json/.ndjson[.gz] or .parquet)")
+        return (file,)
     files = []
-    for path in candidates:
-        name = path.name.lower()
-        if name.endswith(NDJSON_SUFFIXES):
-            fmt = "ndjson"
-        elif name.endswith(PARQUET_SUFFIXES):
-            fmt = "parquet"
-        elif source.is_file():
-            raise IngestError(f"{path.name}: unknown export format (expected .json/.ndjson[.gz] or .parquet)")
-        else:
-            continue
-        day = _DAY.search(name)
-        try:
-            file_date = datetime.strptime(day.group(1), "%Y%m%d").date() if day else None
-        except ValueError:
-            file_date = None
-        files.append(ExportFile(path, fmt, name.startswith("events_intraday_"), file_date))
-    if not files:
+    for path in sorted(p for p in source.iterdir() if p.name.startswith("events_")):
+        if not path.is_dir():
+            files.append(_export_file(path, path.name))
+        elif day_folder(path):
+            files += [_export_file(shard, path.name, label=f"{path.name}/{shard.name}")
+                      for shard in sorted(path.iterdir()) if shard.is_file()]
+    found = tuple(sorted((f for f in files if f is not None), key=lambda f: f.name))
+    if not found:
         raise ExportNotFound(f"no events_* export files (.json, .ndjson, .parquet) in {source}")
-    return tuple(files)
+    return found
+
+
+def day_folder(path: Path) -> bool:
+    """A folder named for one day of the export (events_YYYYMMDD or events_intraday_YYYYMMDD)."""
+    return _DAY_FOLDER.fullmatch(path.name) is not None
+
+
+def _export_file(path: Path, dated_by: str, *, label: str | None = None) -> ExportFile | None:
+    """The file at `path`, dated by the name `dated_by` (its own, or its day folder's); None for a
+    file of another kind."""
+    name = path.name.lower()
+    if name.endswith(NDJSON_SUFFIXES):
+        fmt = "ndjson"
+    elif name.endswith(PARQUET_SUFFIXES):
+        fmt = "parquet"
+    else:
+        return None
+    day = _DAY.search(dated_by.lower())
+    try:
+        file_date = datetime.strptime(day.group(1), "%Y%m%d").date() if day else None
+    except ValueError:
+        file_date = None
+    return ExportFile(path, fmt, dated_by.lower().startswith("events_intraday_"), file_date, label)
 
 
 def _lines_sql(file: ExportFile) -> str:
@@ -358,7 +375,8 @@ def _copy_not_utf8(con: duckdb.DuckDBPyConnection, files: list[ExportFile], scra
                 lines[i], bad = NOT_UTF8_LINE.encode(), bad + 1
         if binary or bad > max(1, MAX_NOT_UTF8_SHARE * len(lines)):
             raise _unreadable(con, (file,), exc) from exc
-        copy = scratch / file.name  # the same name: rows carry it as their source_file
+        copy = scratch / file.name  # the same name (in its day folder, if it has one): rows carry it
+        copy.parent.mkdir(exist_ok=True)
         with _open_bytes(copy, "wb") as handle:
             handle.write(b"\n".join(lines))
         copies[file.name] = replace(file, path=copy)
