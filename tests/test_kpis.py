@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
@@ -60,6 +60,22 @@ def test_spine_is_zero_filled_and_channels_follow_the_rules(tmp_path: Path) -> N
     custom = ChannelMapping(rules=(ChannelRule(channel="Display", source="^SRC$"),))
     daily_channel_kpis(con, spend=None, mapping=custom, timezone="UTC")
     assert con.execute("SELECT sum(sessions) FROM daily_kpis WHERE channel = 'Display'").fetchall()[0][0] == 3
+
+
+@pytest.mark.parametrize(("name", "partial"), [("events_20260302.json", False),
+                                                ("events_intraday_20260302.json", True),
+                                                ("events_march.json", True)])
+def test_a_daily_file_s_day_is_complete_however_early_its_last_event(tmp_path: Path, name: str,
+                                                                      partial: bool) -> None:
+    # A small property's daily table may end at 3 pm; GA4 writes it once the day is over. An intraday
+    # table, or an extract without a date in its name, ending then is still filling in.
+    base = 1772370000000000  # 2026-03-01 13:00 UTC
+    write_lines(tmp_path / "export" / "events_20260301.json", [_session_row("20260301", base, 1, "cpc")])
+    write_lines(tmp_path / "export" / name, [_session_row("20260302", base + 86_400_000_000, 2, "cpc")])
+    con = duckdb.connect()
+    _guarded(con, tmp_path / "export")
+    kpis = daily_channel_kpis(con, spend=None, mapping=ChannelMapping(), timezone="UTC")
+    assert (kpis.last_day, kpis.partial_last_day) == (date(2026, 3, 2), partial)
 
 
 def test_simulated_kpis_join_spend_and_flag_the_intraday_day(small_sim: SimulationResult) -> None:

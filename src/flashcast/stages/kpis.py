@@ -5,7 +5,9 @@ session's own source/medium from `session_traffic_source_last_click`, else
 `collected_traffic_source`, else the session_start `source`/`medium` params, else the user's first
 touch, else direct). Days come from `event_date`, which GA4 writes in the property's time zone.
 The date spine is zero-filled for every channel, and the last day is flagged partial when it came
-from an intraday export or its latest event is before `PARTIAL_DAY_HOUR` local time.
+from an intraday export or its latest event is before `PARTIAL_DAY_HOUR` local time, unless a daily
+export file is dated that day (GA4 writes the daily table once the day is over: a small property's
+last event may well be at 3 pm).
 
 An incremental run recomputes only the sessions its rows touch: those with an event from the day
 before the first day it read on. The warehouse's other sessions are read in place, when the
@@ -191,7 +193,8 @@ def daily_channel_kpis(
         raise IngestError("no accepted events: nothing to aggregate (check consent rule and quarantine)")
     first_day, last_day = bounds[0], bounds[1]
     latest_hour = datetime.fromtimestamp(bounds[3] / 1e6, tz=ZoneInfo(timezone)).hour if bounds[3] is not None else None
-    partial = bool(bounds[2]) or (latest_hour is not None and latest_hour < PARTIAL_DAY_HOUR)
+    partial = not _daily_file_of(con, last_day) and (
+        bool(bounds[2]) or (latest_hour is not None and latest_hour < PARTIAL_DAY_HOUR))
     channels = list(mapping.channels)
     days = (last_day - first_day).days + 1
     sql.put("_spine", {"event_date": "DATE", "channel": "VARCHAR"},
@@ -222,6 +225,15 @@ def daily_channel_kpis(
     land(con, sql, [Table.SESSIONS, table])
     spend_through = sql.rows(f"SELECT max(event_date) FROM {spend}")[0][0] if spend else None
     return KpiSummary(table, first_day, last_day, partial, tuple(channels), spend_through)
+
+
+def _daily_file_of(con: duckdb.DuckDBPyConnection, day: date) -> bool:
+    """Whether the export has a daily (not intraday) file dated `day` (table `files`, in `con`)."""
+    try:
+        return bool(con.execute(f"SELECT bool_or(file_date = ? AND NOT intraday) FROM {Table.FILES}",
+                                [day]).fetchall()[0][0])
+    except duckdb.CatalogException:  # KPIs from events alone (no export read in this connection)
+        return False
 
 
 def _touched_sessions(con: duckdb.DuckDBPyConnection, events: str, mapping: ChannelMapping, since: date) -> None:
