@@ -125,6 +125,24 @@ def test_a_run_id_whose_groups_are_all_digits_is_not_a_phone_number() -> None:
     assert found == {("notes.txt", "phone-shaped text")}
 
 
+def test_a_planted_phone_s_digits_inside_an_hmac_are_no_leak_but_the_number_written_out_is() -> None:
+    # An HMAC's 64 hex characters hold some 10-digit run by chance; with a random key per install,
+    # one of a demo's ~1M keys matched one of its 5,000 planted numbers in about one demo of four.
+    phone = "5555044322"
+    scanner = PiiScanner(PiiNeedles(emails=frozenset(), phones=frozenset({phone}), identifiers=frozenset()))
+    try:
+        scanner._add_values("wh.guarded_events.transaction_key",
+                            [f"294c8639e722c418479b0d451d546253ef58d0ff{phone}f992eed34c2fa1",
+                             f"{phone}c418479b0d451d546253ef58d0ff294c8639e722c418479b0d451d5462"], True)
+        for place, text in (("a.txt", f"tel:{phone}"), ("b.txt", f"call +1 ({phone[:3]}) {phone[3:6]}-{phone[6:]}"),
+                            ("c.txt", f"{phone},1{phone}"), ("d.txt", f"phone={phone[:3]}.{phone[3:6]}.{phone[6:]}&x")):
+            scanner._add_values(place, [text], False)
+        planted = {f.where for f in scanner.findings().findings if f.kind == "planted value"}
+    finally:
+        scanner.close()
+    assert planted == {"a.txt", "b.txt", "c.txt", "d.txt"}
+
+
 def test_a_charts_pixels_are_not_scanned_as_text_but_its_text_chunks_are(tmp_path: Path) -> None:
     """PNG pixel bytes can spell an email by chance (uncompressed here, so they do): not a finding.
     Text written into the PNG's metadata is."""

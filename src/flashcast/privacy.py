@@ -222,8 +222,13 @@ class PiiScanner:
                   SELECT place, v, unnest(regexp_extract_all(t, '[a-z0-9._%+@-]+')) AS token FROM decoded
                   UNION ALL
                   SELECT place, v, right(digits, 10) FROM (
-                    SELECT place, v, regexp_replace(unnest(regexp_extract_all(t, '\+?[0-9][0-9 ().-]{8,}[0-9]')),
-                                                    '[^0-9]', '', 'g') AS digits FROM decoded)
+                    -- a number as written stands apart from letters: the run of digits and separators
+                    -- is taken with any letters and digits glued to it, and one with a letter is no
+                    -- phone number (ten digits inside an HMAC's hex are no leak)
+                    SELECT place, v, regexp_replace(run, '[^0-9]', '', 'g') AS digits FROM (
+                      SELECT place, v, unnest(regexp_extract_all(
+                        t, '[a-z0-9]*\+?[0-9][0-9 ().-]{8,}[0-9][a-z0-9]*')) AS run FROM decoded)
+                    WHERE NOT regexp_matches(run, '[a-z]'))
                   WHERE length(digits) = 10 OR (length(digits) = 11 AND starts_with(digits, '1')))
                 SELECT place, count(DISTINCT v) FROM tokens JOIN _needles ON token = needle
                 GROUP BY place ORDER BY place""").fetchall()]
