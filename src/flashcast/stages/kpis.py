@@ -172,6 +172,8 @@ def daily_channel_kpis(
     the sessions it touches are recomputed and the stored ones (`_stored_sessions`) joined as they
     are (on `con`'s own engine only)."""
     sql = engine_of(con, engine)
+    # the spend data's last day, read where the spend file was loaded (a remote engine gets a copy)
+    spend_through = con.execute(f"SELECT max(event_date) FROM {spend}").fetchall()[0][0] if spend else None
     if is_remote(con, sql):
         sql.load("_kpi_events", con.sql(f"SELECT {', '.join(KPI_COLUMNS)} FROM {events}").to_arrow_table())
         events = "_kpi_events"
@@ -223,7 +225,6 @@ def daily_channel_kpis(
         {spend_join}
         ORDER BY spine.event_date, spine.channel""")
     land(con, sql, [Table.SESSIONS, table])
-    spend_through = sql.rows(f"SELECT max(event_date) FROM {spend}")[0][0] if spend else None
     return KpiSummary(table, first_day, last_day, partial, tuple(channels), spend_through)
 
 
