@@ -132,7 +132,7 @@ def test_an_auto_forecast_carries_its_leaderboard_and_is_rounded_to_cents() -> N
 
 def test_a_history_too_short_to_backtest_is_banded_by_prophet_with_the_configured_holidays(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from flashcast.stages import forecast as stage
+    from flashcast.forecasting import forecast as library
 
     built: list[ProphetEngine] = []
 
@@ -140,7 +140,7 @@ def test_a_history_too_short_to_backtest_is_banded_by_prophet_with_the_configure
         built.append(ProphetEngine(**kwargs))  # type: ignore[arg-type]
         return built[-1]
 
-    monkeypatch.setattr(stage, "ProphetEngine", spy)
+    monkeypatch.setattr(library, "ProphetEngine", spy)
     f = revenue_forecast(_series(60), ForecastConfig(holiday_countries=("US",)))
     assert [e.countries for e in built] == [("US",)]
     assert f.engine == "prophet" and bands_are_nested(f) and f.selection is None

@@ -62,15 +62,38 @@ def test_a_bad_row_is_named(tmp_path: Path) -> None:
 
 def test_one_bad_series_does_not_sink_the_others(tmp_path: Path) -> None:
     frame = _stores()
-    frame = frame[~((frame["store"] == "east") & (frame.index % 300 > 40))]  # east: 41 days only
+    frame = frame[~((frame["store"] == "east") & (frame.index % 300 > 19))]  # east: 20 days only
     path = tmp_path / "stores.csv"
     frame.to_csv(path, index=False)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["forecast", str(path), "--date-col", "day", "--value-col", "sales",
                                       "--series-col", "store", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "skipped east: history too short" in " ".join(result.output.split())
+    assert "skipped east: 20 days of history; at least 28 needed" in " ".join(result.output.split())
     assert sorted(pd.read_csv(out / "forecast.csv")["series_id"].unique()) == ["north", "south"]
+
+
+@pytest.mark.parametrize("n_days", [45, 100])
+def test_a_series_too_short_to_backtest_is_forecast_by_prophet_and_says_so(tmp_path: Path, n_days: int) -> None:
+    # 100 days: backtest origins at the default horizon, but none with calibration history before it
+    # (once a crash)
+    frame = _stores(n_days)
+    frame = frame[frame["store"] == "south"]
+    path = tmp_path / "south.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["forecast", str(path), "--date-col", "day", "--value-col", "sales",
+                                      "--out", str(out)])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "note south: history too short for a backtest" in output and "skipped" not in output
+    assert "used Prophet without selection" in output
+    forecasts = pd.read_csv(out / "forecast.csv")
+    assert len(forecasts) == 14 and (forecasts["engine"] == "prophet").all()
+    assert (forecasts["lo_95"] <= forecasts["lo_80"]).all() and (forecasts["lo_80"] <= forecasts["point"]).all()
+    assert 300 < forecasts["point"].mean() < 500
+    board = pd.read_csv(out / "forecast_backtest.csv")  # nothing was backtested: the columns, no rows
+    assert board.empty and {"series_id", "engine", "mase", "reason"} <= set(board.columns)
 
 
 def test_a_series_below_zero_is_skipped_with_the_option_that_takes_it(tmp_path: Path) -> None:

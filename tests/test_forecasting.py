@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flashcast.errors import ForecastError
+from flashcast.errors import ForecastError, HistoryTooShort
 from flashcast.forecasting.backtest import BacktestSpec, run_backtest, score_engines
 from flashcast.forecasting.engines import make_engine, make_engines
-from flashcast.forecasting.forecast import Forecast, auto_forecast, forecast_many
+from flashcast.forecasting.forecast import Forecast, auto_forecast, bands_are_nested, forecast_many
 from flashcast.forecasting.series import prepare_series
 
 WEEKLY = np.array([1.0, 0.9, 0.95, 1.0, 1.1, 1.3, 1.2])
@@ -141,6 +141,22 @@ def test_a_blank_value_is_a_missing_day_and_blank_last_days_are_left_out() -> No
 def test_too_short_for_a_backtest() -> None:
     with pytest.raises(ForecastError, match="too short for a backtest"):
         auto_forecast(_frame(_seasonal_noise(70, 7)), series_id="short", engines=["naive7"])
+
+
+def test_every_history_length_is_either_forecast_with_selection_or_too_short() -> None:
+    # 98-109 days once gave backtest origins but none with a calibrated band: a ValueError, not the
+    # Prophet fallback that HistoryTooShort leads to.
+    outcomes = set()
+    for n in range(90, 121):
+        try:
+            forecast = auto_forecast(_frame(_seasonal_noise(n, n)), series_id=f"n{n}", engines=["naive7", "ses"])
+        except HistoryTooShort:
+            outcomes.add("too short")
+            continue
+        assert forecast.selection is not None and forecast.selection.leaderboard, n
+        assert bands_are_nested(forecast), n
+        outcomes.add("forecast")
+    assert outcomes == {"too short", "forecast"}
 
 
 def test_many_series_in_one_call_stay_tidy() -> None:

@@ -450,15 +450,15 @@ def forecast(
     for column in ("series", "engine", "MASE", "80% cov.", "95% cov.", "forecast total", "history"):
         table.add_column(column, justify="left" if column in ("series", "engine", "history") else "right")
     for result in done[:20]:
-        assert result.selection is not None  # auto forecasts always carry their selection
-        best = result.selection.winner_score
-        notes = [f"{result.filled_days} days filled"] if result.filled_days else []
+        best = result.selection.winner_score if result.selection is not None else None
+        notes = [] if best else ["too short to backtest (see below)"]
+        notes += [f"{result.filled_days} days filled"] if result.filled_days else []
         notes += [f"{result.dropped_days} days before a long gap left out"] if result.dropped_days else []
         notes += [closed_days(result.closed_weekdays)] if result.closed_weekdays else []
         notes += ["partly filled last day left out"] if result.partial_last_day else []
         notes += [f"{result.blank_last_days} blank last days left out"] if result.blank_last_days else []
-        table.add_row(result.series_id, result.engine, f"{best.mase:.3f}", f"{best.coverage[80]:.0%}",
-                      f"{best.coverage[95]:.0%}", f"{float(result.point.sum()):,.2f}", "; ".join(notes))
+        scores = (f"{best.mase:.3f}", f"{best.coverage[80]:.0%}", f"{best.coverage[95]:.0%}") if best else ("-",) * 3
+        table.add_row(result.series_id, result.engine, *scores, f"{float(result.point.sum()):,.2f}", "; ".join(notes))
     console.print(table)
     if len(done) > 20:
         console.print(f"... and {len(done) - 20:,} more in {files['forecast']}")
@@ -468,6 +468,8 @@ def forecast(
     console.print(f"wrote {files['forecast']}, {files['forecast_backtest']} and "
                   f"{sum(k.startswith('fan_chart') for k in files)} fan chart(s) in {out}")
     for result in done:
+        if result.selection is None:  # the note says why (the series is named in it) and what was done
+            console.print(f"[yellow]note[/yellow] {escape(result.notes[0])}", highlight=False)
         for note in result.history_warnings:
             console.print(f"[yellow]note[/yellow] {escape(result.series_id)}: {escape(note)}", highlight=False)
     if not done:

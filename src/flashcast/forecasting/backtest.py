@@ -131,8 +131,11 @@ def _blas_controller() -> ThreadpoolController:
 
 def _run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engine], spec: BacktestSpec) -> Backtest:
     cuts = _origin_indices(len(y), spec)
-    if len(cuts) < MIN_CALIBRATION + 1:
-        raise HistoryTooShort(f"history too short for a backtest: {len(y)} days give {len(cuts)} origins")
+    # The first origin with a calibrated band (see `_calibration_rows`) must exist, or nothing is scored.
+    needed = MIN_CALIBRATION + -(-spec.horizon // spec.step)
+    if len(cuts) < needed:
+        raise HistoryTooShort(f"history too short for a backtest: {len(y)} days give {len(cuts)} origins "
+                              f"({needed} needed)")
     actual = np.array([y[c : c + spec.horizon] for c in cuts])
     scale = _seasonal_naive_mae(y, cuts)
     spread, floor = spread_terms_at(y, cuts, spec)

@@ -3,7 +3,7 @@
 * `auto_forecast`: backtest a line-up of engines, pick the best, refit it on all history and band
   it conformally (the default path; see `backtest`).
 * `sampled_forecast`: one engine's own sample paths, summarized into quantile bands (for a history
-  too short for a backtest).
+  too short for a backtest: `short_history_forecast`, Prophet's).
 * `forecast_each` / `forecast_many`: `auto_forecast` over every series of a long frame, in parallel.
 * `refit_forecast`: the daily call. A full selection leaves a `Calibration` (the engine chosen,
   its conformal scores relative to the series' spread, the forecast it made); while that is fresh
@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from flashcast.errors import ForecastError, NegativeValue
+from flashcast.errors import ForecastError, HistoryTooShort, NegativeValue
 from flashcast.forecasting.backtest import (
     LEVELS,
     BacktestSpec,
@@ -41,7 +41,7 @@ from flashcast.forecasting.backtest import (
     select_engine,
     spread_terms,
 )
-from flashcast.forecasting.engines import EngineOptions, Ensemble, SamplingEngine, make_engines
+from flashcast.forecasting.engines import EngineOptions, Ensemble, ProphetEngine, SamplingEngine, make_engines
 from flashcast.forecasting.series import WEEKDAYS, PreparedSeries, prepare_series, validate_history
 
 
@@ -369,6 +369,17 @@ def sampled_forecast(
                     total_bands=totals, **_history_fields(series))
 
 
+def short_history_forecast(frame: pd.DataFrame, too_short: HistoryTooShort, *, series_id: str, horizon: int = 14,
+                           options: EngineOptions | None = None, nonnegative: bool = True,
+                           keep_last_day: bool = False) -> Forecast:
+    """A history too short for a backtest (`too_short`, as `auto_forecast` raised it): Prophet's own
+    sample paths, without selection or conformal calibration; the first note says so."""
+    countries = (options or EngineOptions()).countries
+    sampled = sampled_forecast(frame, series_id=series_id, horizon=horizon, engine=ProphetEngine(countries=countries),
+                               nonnegative=nonnegative, keep_last_day=keep_last_day)
+    return replace(sampled, notes=(f"{too_short}; used Prophet without selection", *sampled.notes))
+
+
 @dataclass(frozen=True)
 class _Task:
     series_id: str
@@ -380,6 +391,7 @@ class _Task:
     keep_last_day: bool = False
     calibration: Calibration | None = None  # the last selection, reused while fresh
     max_age_days: int = 7
+    short_history: bool = True  # too short to backtest: Prophet's sample paths instead of skipping
 
 
 @dataclass(frozen=True)
@@ -399,8 +411,15 @@ def _forecast_one(task: _Task) -> Forecast | SkippedSeries:
                                     max_age_days=task.max_age_days, line_up=task.engines)
             if isinstance(reused, Forecast):
                 return reused
-        return auto_forecast(task.frame, series_id=task.series_id, engines=task.engines, spec=task.spec,
-                             nonnegative=task.nonnegative, options=task.options, keep_last_day=task.keep_last_day)
+        try:
+            return auto_forecast(task.frame, series_id=task.series_id, engines=task.engines, spec=task.spec,
+                                 nonnegative=task.nonnegative, options=task.options, keep_last_day=task.keep_last_day)
+        except HistoryTooShort as exc:
+            if not task.short_history:
+                raise
+            return short_history_forecast(task.frame, exc, series_id=task.series_id, horizon=task.spec.horizon,
+                                          options=task.options, nonnegative=task.nonnegative,
+                                          keep_last_day=task.keep_last_day)
     except ForecastError as exc:  # one bad series does not sink the others; the caller reports it
         return SkippedSeries(task.series_id, str(exc), negative=isinstance(exc, NegativeValue))
 
@@ -433,17 +452,20 @@ def forecast_each(
     frame: pd.DataFrame, *, id_col: str = "series_id", engines: Sequence[str] | None = None,
     spec: BacktestSpec | None = None, nonnegative: bool = True, options: EngineOptions | None = None,
     workers: int | None = None, keep_last_day: bool = False, calibrations: Mapping[str, Calibration] | None = None,
-    max_age_days: int = 7,
+    max_age_days: int = 7, short_history: bool = True,
 ) -> tuple[list[Forecast], list[SkippedSeries]]:
     """Backtest, select and forecast every series of a long (series_id, ds, y) frame, in parallel
     across cores. A series with a fresh stored selection in `calibrations` is refitted instead
-    (`refit_forecast`). Returns the forecasts and, for series that could not be forecast, why (`SkippedSeries`)."""
+    (`refit_forecast`); one too short to backtest is forecast by Prophet's sample paths
+    (`short_history_forecast`) unless `short_history` is False. Returns the forecasts and, for
+    series that could not be forecast, why (`SkippedSeries`)."""
     from concurrent.futures import ProcessPoolExecutor
 
     spec = spec or BacktestSpec()
     calibrations = calibrations or {}
     tasks = [_Task(str(sid), group[["ds", "y"]], tuple(engines) if engines else None, spec, nonnegative,
-                   options or EngineOptions(), keep_last_day, calibrations.get(str(sid)), max_age_days)
+                   options or EngineOptions(), keep_last_day, calibrations.get(str(sid)), max_age_days,
+                   short_history)
              for sid, group in frame.groupby(id_col, sort=True)]
     # Refits take milliseconds: a pool of processes would cost more than it saves.
     workers = 1 if tasks and all(t.calibration for t in tasks) else (workers or os.cpu_count() or 1)
@@ -482,7 +504,10 @@ def leaderboards(results: Sequence[Forecast]) -> pd.DataFrame:
             selected = score.engine == result.engine
             rows.append({"series_id": result.series_id, "rank": rank, "selected": selected, **score.row(),
                          "reason": result.selection.reason if selected else ""})
-    return pd.DataFrame(rows)
+    # Without rows (every series too short to backtest) the file still says what it would hold.
+    score_columns = ["engine", "mase", "smape", "crps", *(f"coverage_{k}" for k in LEVELS),
+                     *(f"width_{k}" for k in LEVELS), "scored_origins", "seconds_per_fit"]
+    return pd.DataFrame(rows, columns=["series_id", "rank", "selected", *score_columns, "reason"])
 
 
 def tidy_all(results: Sequence[Forecast]) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import pandas as pd
 from flashcast.config import ForecastConfig, Settings
 from flashcast.errors import ForecastError, HistoryTooShort
 from flashcast.forecasting.backtest import BacktestSpec
-from flashcast.forecasting.engines import DEFAULT_ENGINES, EngineOptions, ProphetEngine
+from flashcast.forecasting.engines import DEFAULT_ENGINES, EngineOptions
 from flashcast.forecasting.forecast import (
     Calibration,
     Forecast,
@@ -28,7 +28,7 @@ from flashcast.forecasting.forecast import (
     bands_are_nested,
     forecast_each,
     refit_forecast,
-    sampled_forecast,
+    short_history_forecast,
     tidy_all,
 )
 from flashcast.records import ForecastPlan, KpiSummary, RunContext, Segmentation, Table
@@ -121,9 +121,8 @@ def revenue_forecast(history: pd.DataFrame, config: ForecastConfig, *, stored: C
             forecast = replace(forecast, notes=(*forecast.notes, f"selected afresh: the last selection was stale "
                                                                  f"({reselected})"))
     except HistoryTooShort as exc:
-        sampled = sampled_forecast(history, series_id=series_id, horizon=config.horizon,
-                                   engine=ProphetEngine(countries=options.countries), keep_last_day=True)
-        forecast = replace(sampled, notes=(f"{exc}; used Prophet without selection", *sampled.notes))
+        forecast = short_history_forecast(history, exc, series_id=series_id, horizon=config.horizon, options=options,
+                                          keep_last_day=True)
     return forecast.rounded(2)
 
 
