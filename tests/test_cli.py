@@ -141,6 +141,22 @@ def test_running_out_of_memory_is_one_line_naming_the_setting_not_a_file(
     assert "raise [store] memory_limit" in line and "events_" not in line
 
 
+def test_an_export_file_of_a_format_not_read_is_named_by_the_run(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import ga4_row, write_lines
+
+    monkeypatch.setenv("FLASHCAST_PII_KEY", "flashcast-test-key-0123456789abcdef")
+    export = tmp_path / "export"
+    write_lines(export / "events_20260301.json", [json.dumps(ga4_row())])
+    for day in ("20260302", "20260303"):
+        (export / f"events_{day}.avro").write_bytes(b"Obj\x01")
+    code, output = _run("ingest", "--export", str(export), "--out", str(tmp_path / "out"),
+                        "-c", str(write_config(tmp_path, tmp_path / "home")))
+    assert code == 0, output
+    assert ("events_20260302.avro and 1 more: not read (Flashcast reads .json, .ndjson, .json.gz or .parquet export "
+            "files" in " ".join(output.split()))
+
+
 def test_ingest_runs_only_the_governed_data_path(finished_run: FinishedRun, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import duckdb

@@ -239,6 +239,19 @@ def test_export_files_in_day_folders_are_read_each_named_in_its_folder(tmp_path:
     assert rows[-1][3] == ["(line): not UTF-8 text"] and rows[4][3] == ["(line): not valid JSON"]
 
 
+def test_export_files_of_a_format_not_read_are_named(tmp_path: Path) -> None:
+    from flashcast.stages.ingest import unread_files
+
+    write_lines(tmp_path / "events_20260301.json", [json.dumps(ga4_row())])
+    (tmp_path / "events_20260302.avro").write_bytes(b"Obj\x01")  # `bq extract --destination_format AVRO`
+    write_lines(tmp_path / "events_20260303" / "000000000000.json", [json.dumps(ga4_row(event_date="20260303"))])
+    write_lines(tmp_path / "events_20260303" / "000000000001.csv", ["a,b"])
+    (tmp_path / "events_20260303" / "_SUCCESS").write_text("")  # a writer's marker
+    (tmp_path / "notes.txt").write_text("not the export's")
+    assert unread_files(tmp_path) == ("events_20260302.avro", "events_20260303/000000000001.csv")
+    assert unread_files(tmp_path / "events_20260301.json") == ()
+
+
 def test_an_empty_file_is_listed_and_its_day_reconciled(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
     from datetime import date
 

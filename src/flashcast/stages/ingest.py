@@ -93,17 +93,35 @@ def discover_exports(source: Path) -> tuple[ExportFile, ...]:
         if (file := _export_file(source, source.name)) is None:
             raise IngestError(f"{source.name}: unknown export format (expected .json/.ndjson[.gz] or .parquet)")
         return (file,)
-    files = []
-    for path in sorted(p for p in source.iterdir() if p.name.startswith("events_")):
-        if not path.is_dir():
-            files.append(_export_file(path, path.name))
-        elif day_folder(path):
-            files += [_export_file(shard, path.name, label=f"{path.name}/{shard.name}")
-                      for shard in sorted(path.iterdir()) if shard.is_file()]
-    found = tuple(sorted((f for f in files if f is not None), key=lambda f: f.name))
+    found, _ = _listing(source)
     if not found:
         raise ExportNotFound(f"no events_* export files (.json, .ndjson, .parquet) in {source}")
     return found
+
+
+def unread_files(source: Path) -> tuple[str, ...]:
+    """The export folder's `events_*` files (and day folders' shards) of a format Flashcast does not
+    read (Avro, CSV...): left out, so a run names them rather than losing their rows unseen. Names
+    starting with `_` or `.` in a day folder (a writer's markers: _SUCCESS, .crc) are not counted."""
+    return _listing(source)[1] if source.is_dir() else ()
+
+
+def _listing(source: Path) -> tuple[tuple[ExportFile, ...], tuple[str, ...]]:
+    files, unread = [], []
+    for path in sorted(p for p in source.iterdir() if p.name.startswith("events_")):
+        if not path.is_dir():
+            if (file := _export_file(path, path.name)) is None:
+                unread.append(path.name)
+            else:
+                files.append(file)
+        elif day_folder(path):
+            for shard in sorted(p for p in path.iterdir() if p.is_file()):
+                label = f"{path.name}/{shard.name}"
+                if (file := _export_file(shard, path.name, label=label)) is not None:
+                    files.append(file)
+                elif not shard.name.startswith(("_", ".")):
+                    unread.append(label)
+    return tuple(sorted(files, key=lambda f: f.name)), tuple(unread)
 
 
 def day_folder(path: Path) -> bool:
@@ -231,6 +249,10 @@ def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings
     _register(con, selection, root)
     merge_reused(con, [Table.FILES])
     warnings = staged.warnings
+    if unread := unread_files(inputs.export):
+        more = f" and {len(unread) - 1:,} more" if len(unread) > 1 else ""
+        warnings = (f"{unread[0]}{more}: not read (Flashcast reads .json, .ndjson, .json.gz or .parquet export files; "
+                    "export those days again in one of them)", *warnings)
     if other:
         warnings = (f"the warehouse held the history of another export ({other}): this run replaces it "
                     "(one warehouse keeps one export's history; give each its own [store] home)", *warnings)
