@@ -73,6 +73,39 @@ def test_guardrail_mistakes_are_refused_when_the_config_is_read(tmp_path: Path, 
         load_settings(path)
 
 
+RENAMED = """[channels]
+paid_channels = ["Google Ads", "Meta", "CTV"]
+[[channels.rules]]
+channel = "Google Ads"
+medium = "^cpc$"
+"""
+
+
+def test_renamed_paid_channels_get_the_default_guardrails_and_platforms_of_their_own(tmp_path: Path) -> None:
+    # Until 2026-11-29 this config was refused for naming PPC: in the default shares and platforms.
+    path = tmp_path / "flashcast.toml"
+    path.write_text(RENAMED)
+    settings = load_settings(path)
+    assert settings.guardrails.min_share == {"Google Ads": 0.02, "Meta": 0.02, "CTV": 0.02}
+    assert settings.guardrails.max_share == {"Google Ads": 0.6, "Meta": 0.6, "CTV": 0.6}
+    assert [(p.name, p.channels) for p in settings.delivery.platforms] == [("ctv", ("CTV",))]
+    # given shares and platforms are the user's own, checked as ever
+    path.write_text(RENAMED + "[guardrails]\nmax_share = { Meta = 0.5 }\n")
+    assert load_settings(path).guardrails.max_share == {"Meta": 0.5}
+    path.write_text(RENAMED + "[guardrails]\ncaps = { PPC = 100 }\n")
+    with pytest.raises(ConfigError, match=r"not paid channels: \['PPC'\]"):
+        load_settings(path)
+    path.write_text(RENAMED + '[[delivery.platforms]]\nname = "search"\nkind = "search"\nchannels = ["PPC"]\n')
+    with pytest.raises(ConfigError, match=r"delivery.platforms buy channels that are not paid channels: \['PPC'\]"):
+        load_settings(path)
+    # one paid channel takes the whole budget; with sixty no channel has a floor
+    path.write_text('[channels]\npaid_channels = ["Search"]\nrules = []\n')
+    assert load_settings(path).guardrails.max_share == {"Search": 1.0}
+    many = [f"C{i}" for i in range(60)]
+    path.write_text(f"[channels]\npaid_channels = {many}\nrules = []\n")
+    assert set(load_settings(path).guardrails.min_share.values()) == {0.0}
+
+
 def _field_paths(model: type, prefix: str = "") -> set[str]:
     from pydantic import BaseModel
 

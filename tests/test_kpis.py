@@ -193,5 +193,7 @@ def test_a_spend_channel_not_in_the_config_names_the_configured_ones(tmp_path: P
     path = write_lines(tmp_path / "spend.csv", ["date,channel,spend", "2026-03-01,TikTok,3"])
     with pytest.raises(IngestError) as raised:
         load_spend(duckdb.connect(), path, mapping=ChannelMapping())
+    paid = ", ".join(ChannelMapping().paid_channels)
     assert str(raised.value) == ("spend.csv: line 2: channel: not a paid channel in the config (paid channels: "
-                                 f"{', '.join(ChannelMapping().paid_channels)})")
+                                 f"{paid}; a channel of another name needs its entry in [channels] paid_channels and a "
+                                 "[[channels.rules]] that finds its sessions, in flashcast.toml)")

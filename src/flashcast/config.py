@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from flashcast.errors import ConfigError, describe_validation_error
 
 PAID_CHANNELS: tuple[str, ...] = ("Display", "CTV", "PPC", "Email")
+DEFAULT_MIN_SHARE, DEFAULT_MAX_SHARE = 0.02, 0.6  # each paid channel's, unless [guardrails] says otherwise
 
 
 class _Frozen(BaseModel):
@@ -171,8 +172,8 @@ class Guardrails(_Frozen):
     """Spend guardrails for the allocator (stage 6)."""
 
     total_budget: float | None = Field(default=None, gt=0)  # None: keep yesterday's total
-    min_share: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(PAID_CHANNELS, 0.02))
-    max_share: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(PAID_CHANNELS, 0.6))
+    min_share: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(PAID_CHANNELS, DEFAULT_MIN_SHARE))
+    max_share: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(PAID_CHANNELS, DEFAULT_MAX_SHARE))
     max_daily_change: float = 0.25  # fraction of yesterday's spend a channel may move in one day
     # A channel may always move at least this share of the total budget, so a paused channel can
     # restart (25% of zero is zero).
@@ -456,6 +457,31 @@ class Settings(_Frozen):
     delivery: DeliveryConfig = DeliveryConfig()
     email: EmailConfig = EmailConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_follow_the_paid_channels(cls, data: Any) -> Any:
+        """Defaults that name channels follow the configured paid channels, not the default four (a
+        config that renamed its channels was refused for guardrails and platforms it never wrote):
+        shares not given apply to each paid channel (a lone one may hold the whole budget), and the
+        default platforms keep only those that buy a paid channel."""
+        if not isinstance(data, dict):
+            return data
+        channels, rails, delivery = data.get("channels"), data.get("guardrails", {}), data.get("delivery", {})
+        paid = (channels.paid_channels if isinstance(channels, ChannelMapping)
+                else channels.get("paid_channels") if isinstance(channels, dict) else None)
+        if not isinstance(paid, list | tuple):
+            return data
+        data = dict(data)
+        if isinstance(rails, dict):
+            low = DEFAULT_MIN_SHARE if len(paid) * DEFAULT_MIN_SHARE <= 0.5 else 0.0  # dozens of channels: no floor
+            high = DEFAULT_MAX_SHARE if len(paid) > 1 else 1.0
+            defaults = {"min_share": dict.fromkeys(paid, low), "max_share": dict.fromkeys(paid, high)}
+            data["guardrails"] = {**{k: v for k, v in defaults.items() if k not in rails}, **rails}
+        if isinstance(delivery, dict) and "platforms" not in delivery:
+            platforms = tuple(p for p in _default_platforms() if set(p.channels) <= set(paid))
+            data["delivery"] = {**delivery, "platforms": platforms}
+        return data
 
     @model_validator(mode="after")
     def _guardrails_name_paid_channels(self) -> Settings:

@@ -138,7 +138,9 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
     if problems:
         detail = "; ".join(f"line {line}: {problem}" for line, problem in problems)
         unknown_channel = any(problem.startswith("channel:") for _, problem in problems)
-        paid = f" (paid channels: {', '.join(mapping.paid_channels)})" if unknown_channel else ""
+        paid = (f" (paid channels: {', '.join(mapping.paid_channels)}; a channel of another name needs its entry in "
+                "[channels] paid_channels and a [[channels.rules]] that finds its sessions, in flashcast.toml)"
+                if unknown_channel else "")
         raise IngestError(f"{path.name}: {detail}{paid}")
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {table} AS
