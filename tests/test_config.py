@@ -98,6 +98,10 @@ def test_renamed_paid_channels_get_the_default_guardrails_and_platforms_of_their
     path.write_text(RENAMED + '[[delivery.platforms]]\nname = "search"\nkind = "search"\nchannels = ["PPC"]\n')
     with pytest.raises(ConfigError, match=r"delivery.platforms buy channels that are not paid channels: \['PPC'\]"):
         load_settings(path)
+    # renamed channels without rules of their own: the default rules cannot find their sessions
+    path.write_text('[channels]\npaid_channels = ["Google Ads"]\n')
+    with pytest.raises(ConfigError, match=r"\(the default rules, as none are given: write \[\[channels.rules\]\]"):
+        load_settings(path)
     # one paid channel takes the whole budget; with sixty no channel has a floor
     path.write_text('[channels]\npaid_channels = ["Search"]\nrules = []\n')
     assert load_settings(path).guardrails.max_share == {"Search": 1.0}

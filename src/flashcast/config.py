@@ -164,7 +164,10 @@ class ChannelMapping(_Frozen):
     def _rules_name_known_channels(self) -> ChannelMapping:
         unknown = {r.channel for r in self.rules} - set(self.channels)
         if unknown:
-            raise ValueError(f"rules name channels not in paid_channels/default_channel: {sorted(unknown)}")
+            whose = "" if "rules" in self.model_fields_set else (
+                " (the default rules, as none are given: write [[channels.rules]] that find each paid channel's "
+                "sessions by source and medium)")
+            raise ValueError(f"rules name channels not in paid_channels/default_channel: {sorted(unknown)}{whose}")
         return self
 
 
