@@ -189,6 +189,16 @@ def test_a_channel_in_other_case_or_with_spaces_is_the_configured_one(tmp_path: 
         load_spend(con, twice, mapping=ChannelMapping())
 
 
+def test_an_empty_spend_file_or_one_of_a_header_only_is_named(tmp_path: Path) -> None:
+    empty = tmp_path / "spend.csv"
+    empty.write_text("")
+    with pytest.raises(IngestError, match=r"^spend.csv: empty; expected columns date, channel, spend"):
+        load_spend(duckdb.connect(), empty, mapping=ChannelMapping())
+    header = write_lines(tmp_path / "header.csv", ["date,channel,spend"])
+    with pytest.raises(IngestError, match=r"^header.csv: no rows under its header"):
+        load_spend(duckdb.connect(), header, mapping=ChannelMapping())
+
+
 def test_a_spend_channel_not_in_the_config_names_the_configured_ones(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "spend.csv", ["date,channel,spend", "2026-03-01,TikTok,3"])
     with pytest.raises(IngestError) as raised:

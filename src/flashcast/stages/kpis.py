@@ -91,6 +91,8 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
     columns only (two files pasted together, or a corrected row beside the old one)."""
     if not path.exists():
         raise IngestError(f"spend file not found: {path}")
+    if path.stat().st_size == 0:
+        raise IngestError(f"{path.name}: empty; expected columns date, channel, spend and a row per day and channel")
     try:
         found = [r[0] for r in con.execute(
             f"DESCRIBE SELECT * FROM read_csv({literal(path)}, header=true, all_varchar=true)").fetchall()]
@@ -110,6 +112,8 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
         delimiter = con.execute(f"SELECT Delimiter FROM sniff_csv({literal(path)})").fetchall()[0][0]
     except duckdb.Error as exc:  # its text can quote a line of the file
         raise IngestError(f"{path.name}: not a readable CSV ({type(exc).__name__})") from exc
+    if not con.execute("SELECT count(*) FROM _spend_raw").fetchall()[0][0]:
+        raise IngestError(f"{path.name}: no rows under its header; expected a row per day and channel")
     if delimiter == ";" and reads_decimal_commas(con, "_spend_raw", "spend"):  # 1234,50 from a spreadsheet
         con.execute("UPDATE _spend_raw SET spend = replace(trim(spend), ',', '.')")
     # An ad platform's report may spell a channel in other case or with spaces around it ("ppc ").
