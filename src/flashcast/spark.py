@@ -253,6 +253,9 @@ _GA4_FIELDS = tuple(_structure())
 _SCHEMA = ", ".join(f"{k} {_spark_type(v)}" for k, v in _structure().items())
 
 
+_DRIVER_LOG = Path(__file__).with_name("spark-log4j2.properties").as_uri()
+
+
 @contextmanager
 def spark_session(config: SparkConfig, *, scratch: Path) -> Iterator[SparkEngine]:
     """A Spark session from the config (master, extra settings), stopped afterwards."""
@@ -268,15 +271,25 @@ def spark_session(config: SparkConfig, *, scratch: Path) -> Iterator[SparkEngine
                .config("spark.sql.ansi.enabled", "false")
                .config("spark.ui.enabled", "false")
                .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.local.dir", str(scratch))
                .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
                # The governed tables come back to the driver (Arrow) to reach the warehouse: Spark's
                # 1g driver defaults lost a year of events (357k rows) there. `conf` overrides both.
                .config("spark.driver.memory", "4g")
                .config("spark.driver.maxResultSize", "4g"))
+    if "spark.driver.extraJavaOptions" not in config.conf:  # the user's own JVM options win, logging included
+        builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={_DRIVER_LOG}")
     for key, value in config.conf.items():
         builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    # Scratch space through the environment of the JVM about to start: set as spark.local.dir, Spark
+    # warns on every run that a cluster manager may override it. A variable the user set wins.
+    lent = "SPARK_LOCAL_DIRS" not in os.environ
+    if lent:
+        os.environ["SPARK_LOCAL_DIRS"] = str(scratch)
+    try:
+        session = builder.getOrCreate()
+    finally:
+        if lent:
+            del os.environ["SPARK_LOCAL_DIRS"]
     session.sparkContext.setLogLevel("ERROR")
     engine = SparkEngine(session)
     try:
