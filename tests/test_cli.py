@@ -153,8 +153,8 @@ def test_an_export_file_of_a_format_not_read_is_named_by_the_run(tmp_path: Path,
     code, output = _run("ingest", "--export", str(export), "--out", str(tmp_path / "out"),
                         "-c", str(write_config(tmp_path, tmp_path / "home")))
     assert code == 0, output
-    assert ("events_20260302.avro and 1 more: not read (Flashcast reads .json, .ndjson, .json.gz or .parquet export "
-            "files" in " ".join(output.split()))
+    assert ("events_20260302.avro and 1 more: not read (Flashcast reads export files ending .json, .ndjson, .jsonl, "
+            ".json.gz, .ndjson.gz, .jsonl.gz, .parquet; export those days again" in " ".join(output.split()))
 
 
 def test_ingest_runs_only_the_governed_data_path(finished_run: FinishedRun, tmp_path: Path,

@@ -251,8 +251,9 @@ def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings
     warnings = staged.warnings
     if unread := unread_files(inputs.export):
         more = f" and {len(unread) - 1:,} more" if len(unread) > 1 else ""
-        warnings = (f"{unread[0]}{more}: not read (Flashcast reads .json, .ndjson, .json.gz or .parquet export files; "
-                    "export those days again in one of them)", *warnings)
+        formats = ", ".join((*NDJSON_SUFFIXES, *PARQUET_SUFFIXES))
+        warnings = (f"{unread[0]}{more}: not read (Flashcast reads export files ending {formats}; export those "
+                    "days again in one of them)", *warnings)
     if other:
         warnings = (f"the warehouse held the history of another export ({other}): this run replaces it "
                     "(one warehouse keeps one export's history; give each its own [store] home)", *warnings)
