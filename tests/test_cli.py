@@ -323,6 +323,24 @@ def test_an_export_whose_every_row_is_quarantined_says_why(tmp_path: Path, monke
                 "event_date: missing") in said, said
 
 
+def test_a_pretty_printed_export_is_told_what_an_export_line_is(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import ga4_row
+
+    monkeypatch.setenv("FLASHCAST_PII_KEY", "flashcast-test-key-0123456789abcdef")
+    export = tmp_path / "export"
+    export.mkdir()
+    rows = [ga4_row(event_timestamp=str(1772323200000000 + i)) for i in range(3)]
+    (export / "events_20260301.json").write_text("\n".join(json.dumps(r, indent=2) for r in rows) + "\n")
+    (export / "events_20260302.json").write_text(json.dumps(rows) + "\n")  # one array
+    code, output = _run("ingest", "--export", str(export), "--out", str(tmp_path / "out"),
+                        "-c", str(write_config(tmp_path, tmp_path / "home")))
+    said = " ".join(output.split())
+    assert code == 1 and "Traceback" not in output
+    assert "events_20260301.json line 1: (line): not valid JSON. A GA4 export holds one JSON object per line" in said
+    assert "pretty-printed JSON or a JSON array is not one" in said
+
+
 def test_ingest_and_run_read_the_configured_source_when_not_told(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from datetime import date

@@ -58,9 +58,15 @@ def no_accepted_message(con: duckdb.DuckDBPyConnection, guard: GuardReport) -> s
     why = "; ".join(f"{field} on {n:,} row(s), the first: {reason}" for field, n, reason in fields)
     consent = (f" (a NULL consent counts as {guard.consent_null_means}: [policy] consent_null_means)"
                if t["dropped_consent"] else "")
+    # Lines that are not whole JSON objects, most of them: a file of another shape than one event a line
+    shape = bool(fields) and fields[0][0] == "(line)" and 2 * fields[0][1] >= t["quarantined"] and any(
+        problem in fields[0][2] for problem in ("not valid JSON", "not a JSON object"))
+    hint = (". A GA4 export holds one JSON object per line (newline-delimited JSON, as BigQuery's EXPORT DATA "
+            "or `bq extract --destination_format NEWLINE_DELIMITED_JSON` writes it): pretty-printed JSON or a "
+            "JSON array is not one") if shape else ""
     return (f"no accepted events: of {t['input_rows']:,} rows read, {t['quarantined']:,} were quarantined, "
             f"{t['dropped_consent']:,} dropped for consent{consent} and {t['duplicate']:,} duplicates"
-            + (f". Quarantined for {why}" if why else ""))
+            + (f". Quarantined for {why}" if why else "") + hint)
 
 
 STORED_SESSIONS = f"_stored_{Table.SESSIONS}"  # the warehouse's sessions, a view (flashcast.history)
