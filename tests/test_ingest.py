@@ -240,7 +240,7 @@ def test_export_files_in_day_folders_are_read_each_named_in_its_folder(tmp_path:
 
 
 def test_export_files_of_a_format_not_read_are_named(tmp_path: Path) -> None:
-    from flashcast.stages.ingest import unread_files
+    from flashcast.stages.ingest import discover_exports, unread_files
 
     write_lines(tmp_path / "events_20260301.json", [json.dumps(ga4_row())])
     (tmp_path / "events_20260302.avro").write_bytes(b"Obj\x01")  # `bq extract --destination_format AVRO`
@@ -250,6 +250,11 @@ def test_export_files_of_a_format_not_read_are_named(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not the export's")
     assert unread_files(tmp_path) == ("events_20260302.avro", "events_20260303/000000000001.csv")
     assert unread_files(tmp_path / "events_20260301.json") == ()
+    only_avro = tmp_path / "avro"
+    only_avro.mkdir()
+    (only_avro / "events_20260302.avro").write_bytes(b"Obj\x01")
+    with pytest.raises(ExportNotFound, match=r"\(only 1 of other formats, such as events_20260302.avro\)"):
+        discover_exports(only_avro)
 
 
 def test_an_empty_file_is_listed_and_its_day_reconciled(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:

@@ -93,9 +93,10 @@ def discover_exports(source: Path) -> tuple[ExportFile, ...]:
         if (file := _export_file(source, source.name)) is None:
             raise IngestError(f"{source.name}: unknown export format (expected .json/.ndjson[.gz] or .parquet)")
         return (file,)
-    found, _ = _listing(source)
+    found, unread = _listing(source)
     if not found:
-        raise ExportNotFound(f"no events_* export files (.json, .ndjson, .parquet) in {source}")
+        others = f" (only {len(unread):,} of other formats, such as {unread[0]})" if unread else ""
+        raise ExportNotFound(f"no events_* export files (.json, .ndjson, .parquet) in {source}{others}")
     return found
 
 
