@@ -239,6 +239,17 @@ def test_export_files_in_day_folders_are_read_each_named_in_its_folder(tmp_path:
     assert rows[-1][3] == ["(line): not UTF-8 text"] and rows[4][3] == ["(line): not valid JSON"]
 
 
+def test_a_ga4_360_fresh_daily_table_is_dated_as_a_daily_one(tmp_path: Path) -> None:
+    from flashcast.stages.ingest import discover_exports
+
+    write_lines(tmp_path / "events_fresh_20260304.json", [json.dumps(ga4_row(event_date="20260304"))])
+    write_lines(tmp_path / "events_fresh_20260305" / "000000000000.json", [json.dumps(ga4_row(event_date="20260305"))])
+    found = discover_exports(tmp_path)
+    assert [(f.name, f.file_date, f.intraday) for f in found] == [
+        ("events_fresh_20260304.json", date(2026, 3, 4), False),
+        ("events_fresh_20260305/000000000000.json", date(2026, 3, 5), False)]
+
+
 def test_export_files_of_a_format_not_read_are_named(tmp_path: Path) -> None:
     from flashcast.stages.ingest import discover_exports, unread_files
 

@@ -77,8 +77,9 @@ GA4_JSON_STRUCTURE = {
 }
 
 
-_DAY = re.compile(r"events_(?:intraday_)?(\d{8})")
-DAY_FOLDER_PATTERN = r"events_(?:intraday_)?\d{8}"  # a day folder's whole name, in any case
+# GA4's daily tables, its intraday ones and GA4 360's "fresh daily" ones (events_fresh_YYYYMMDD)
+_DAY = re.compile(r"events_(?:intraday_|fresh_)?(\d{8})")
+DAY_FOLDER_PATTERN = r"events_(?:intraday_|fresh_)?\d{8}"  # a day folder's whole name, in any case
 _DAY_FOLDER = re.compile(DAY_FOLDER_PATTERN, re.IGNORECASE)
 
 
@@ -126,7 +127,8 @@ def _listing(source: Path) -> tuple[tuple[ExportFile, ...], tuple[str, ...]]:
 
 
 def day_folder(path: Path) -> bool:
-    """A folder named for one day of the export (events_YYYYMMDD or events_intraday_YYYYMMDD)."""
+    """A folder named for one day of the export (events_YYYYMMDD, events_intraday_YYYYMMDD or
+    events_fresh_YYYYMMDD)."""
     return _DAY_FOLDER.fullmatch(path.name) is not None
 
 
