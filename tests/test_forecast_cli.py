@@ -73,6 +73,21 @@ def test_one_bad_series_does_not_sink_the_others(tmp_path: Path) -> None:
     assert sorted(pd.read_csv(out / "forecast.csv")["series_id"].unique()) == ["north", "south"]
 
 
+def test_many_series_too_short_to_backtest_are_noted_ten_at_most(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    frame = pd.concat(pd.DataFrame({"shop": f"shop{i:02d}", "day": pd.date_range("2025-01-01", periods=35).date,
+                                    "sales": 100 * np.resize(WEEKLY, 35) + rng.normal(0, 5, 35)}) for i in range(12))
+    path = tmp_path / "shops.csv"
+    frame.to_csv(path, index=False)
+    result = CliRunner().invoke(app, ["forecast", str(path), "--date-col", "day", "--value-col", "sales",
+                                      "--series-col", "shop", "--out", str(tmp_path / "out"), "--charts", "0"])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert output.count("used Prophet without selection") == 10
+    assert "and 2 more series too short for a backtest, forecast by Prophet without selection" in output
+    assert pd.read_csv(tmp_path / "out" / "forecast.csv")["series_id"].nunique() == 12
+
+
 @pytest.mark.parametrize("n_days", [45, 100])
 def test_a_series_too_short_to_backtest_is_forecast_by_prophet_and_says_so(tmp_path: Path, n_days: int) -> None:
     # 100 days: backtest origins at the default horizon, but none with calibration history before it

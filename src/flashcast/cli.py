@@ -467,9 +467,13 @@ def forecast(
         console.print(f"[yellow]skipped[/yellow] {escape(skip.reason)}{hint}", highlight=False)
     console.print(f"wrote {files['forecast']}, {files['forecast_backtest']} and "
                   f"{sum(k.startswith('fan_chart') for k in files)} fan chart(s) in {out}")
+    short = [r for r in done if r.selection is None]  # each first note says why (naming the series) and what was done
+    for result in short[:10]:
+        console.print(f"[yellow]note[/yellow] {escape(result.notes[0])}", highlight=False)
+    if len(short) > 10:
+        console.print(f"[yellow]note[/yellow] and {len(short) - 10:,} more series too short for a backtest, "
+                      "forecast by Prophet without selection", highlight=False)
     for result in done:
-        if result.selection is None:  # the note says why (the series is named in it) and what was done
-            console.print(f"[yellow]note[/yellow] {escape(result.notes[0])}", highlight=False)
         for note in result.history_warnings:
             console.print(f"[yellow]note[/yellow] {escape(result.series_id)}: {escape(note)}", highlight=False)
     if not done:
