@@ -136,9 +136,18 @@ def _weekly(n_days: int = 280, start: str = "2025-01-01", seed: int = 5) -> pd.D
 
 def test_dates_may_mix_the_common_forms_and_an_ambiguous_column_asks_for_a_format(tmp_path: Path) -> None:
     data = tmp_path / "mixed.csv"
-    data.write_text("Date,Sales\n9/14/2014,10\n10-01-2014,11\n2014-10-02,12\n2014/10/03,13\n")
+    data.write_text("Date,Sales\n9/14/2014,10\n10-01-2014,11\n2014-10-02,12\n2014/10/03,13\n20141004,14\n")
     frame = read_series_file(data, date_col="Date", value_col="Sales")
-    assert [d.date().isoformat() for d in frame["ds"]] == ["2014-09-14", "2014-10-01", "2014-10-02", "2014-10-03"]
+    assert [d.date().isoformat() for d in frame["ds"]] == ["2014-09-14", "2014-10-01", "2014-10-02", "2014-10-03",
+                                                          "2014-10-04"]
+    compact = tmp_path / "ga4_days.csv"  # GA4's event_date, YYYYMMDD: numbers to a CSV reader
+    compact.write_text("event_date,revenue\n20141001,1\n20141002,2\n")
+    days = read_series_file(compact, date_col="event_date", value_col="revenue")["ds"]
+    assert [d.date().isoformat() for d in days] == ["2014-10-01", "2014-10-02"]
+    no_day = tmp_path / "no_day.csv"
+    no_day.write_text("Date,Sales\n20141001,1\n20141332,2\n")
+    with pytest.raises(ForecastError, match=r"row 2: Date is not a date \(no such day\)"):
+        read_series_file(no_day, date_col="Date", value_col="Sales")
     ambiguous = tmp_path / "ambiguous.csv"
     ambiguous.write_text("Date,Sales\n2014-01-01,1\n01/02/2014,2\n03/04/2014,3\n")
     with pytest.raises(ForecastError, match=r"row 2: Date is ambiguous .*--date-format") as caught:
