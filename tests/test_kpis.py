@@ -207,3 +207,9 @@ def test_a_spend_channel_not_in_the_config_names_the_configured_ones(tmp_path: P
     assert str(raised.value) == ("spend.csv: line 2: channel: not a paid channel in the config (paid channels: "
                                  f"{paid}; a channel of another name needs its entry in [channels] paid_channels and a "
                                  "[[channels.rules]] that finds its sessions, in flashcast.toml)")
+
+
+def test_a_small_share_of_users_is_not_written_as_none() -> None:
+    from flashcast.report import format_share
+
+    assert [format_share(s) for s in (0.0, 0.001, 0.0049, 0.005, 0.26)] == ["0%", "<1%", "<1%", "<1%", "26%"]

@@ -31,7 +31,7 @@ from flashcast.keys import load_pii_key
 from flashcast.llm.tasks import check_provider
 from flashcast.privacy import redact_message
 from flashcast.records import RunInputs, Skipped, StagedExport
-from flashcast.report import attention_items, format_money
+from flashcast.report import attention_items, format_money, format_share
 
 if TYPE_CHECKING:
     from flashcast.pipeline import RunResult
@@ -358,7 +358,7 @@ def _print_summary(result: RunResult, settings: Settings) -> None:
                   f"({_reasons(staged)}); {len(staged.reused_files):,} file(s) reused from the warehouse.",
                   highlight=False)
     console.print("Customers: " + ", ".join(
-        f"{p.segment} {p.users:,} ({p.share:.0%})" for p in result.segments.profiles), highlight=False)
+        f"{p.segment} {p.users:,} ({format_share(p.share)})" for p in result.segments.profiles), highlight=False)
     f = result.forecast.forecast
     if f is not None:
         band = (f" (80% interval for the total {money(f.total_bands[80][0])} to {money(f.total_bands[80][1])})"

@@ -57,9 +57,10 @@ def attention_items(*, ingest: StagedExport | None = None, segments: Segmentatio
     return items
 
 
-def _share(share: float) -> str:
+def format_share(share: float) -> str:
     """A share in whole percent, but a small one not as 0% (78 of 15,000 users)."""
-    return "<1%" if 0 < share < 0.005 else f"{share:.0%}"
+    whole = f"{share:.0%}"
+    return "<1%" if share > 0 and whole == "0%" else whole
 
 
 def _why_no_payload(forecast: ForecastPlan, allocate: AllocationPlan) -> str:
@@ -126,8 +127,8 @@ def _segment_lines(seg: Segmentation, files: dict[str, Path]) -> list[str]:
         "",
         "| segment | users | share | sessions | orders | revenue/user | pages/session |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        *[f"| {p.segment} | {p.users:,} | {_share(p.share)} | {p.sessions:.1f} | {p.orders:.2f} | {p.monetary:,.2f} "
-          f"| {p.pages_per_session:.1f} |" for p in seg.profiles],
+        *[f"| {p.segment} | {p.users:,} | {format_share(p.share)} | {p.sessions:.1f} | {p.orders:.2f} "
+          f"| {p.monetary:,.2f} | {p.pages_per_session:.1f} |" for p in seg.profiles],
         "",
         ("k-means clusters (silhouette {:.2f}): ".format(seg.thresholds["silhouette"])
          if "silhouette" in seg.thresholds else "Rules that fired: ")
