@@ -100,9 +100,9 @@ _YEAR_LAST = re.compile(r"^\s*(\d{1,2})[-/.](\d{1,2})[-/.](\d{4}|\d{2})\s*$")
 
 def parse_dates(values: pd.Series, *, date_format: str | None = None) -> pd.Series:
     """Dates from text that may mix the common forms: 2014-10-01, 2014/10/01, 20141001, 10/01/2014,
-    1.10.2014, 9/14/2014 and 10-01-2014 in one column. Year-first is always year-month-day. For day and month
-    with the year last, the file's unambiguous values decide the order (14/9 is day-first, 9/14
-    month-first); raises DateProblem (0-based row) when the column holds both orders, when every
+    1.10.2014, 9/14/2014 and 10-01-2014 in one column. Year-first is always year-month-day. For day
+    and month with the year last, the file's unambiguous values decide the order (14/9 is day-first,
+    9/14 month-first); raises DateProblem (0-based row) when the column holds both orders, when every
     such value is ambiguous (say which with `date_format`), or a value is not a date."""
     text = values.astype(str)
     first = text.str.extract(_YEAR_FIRST)
