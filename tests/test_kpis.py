@@ -213,3 +213,20 @@ def test_a_small_share_of_users_is_not_written_as_none() -> None:
     from flashcast.report import format_share
 
     assert [format_share(s) for s in (0.0, 0.001, 0.0049, 0.005, 0.26)] == ["0%", "<1%", "<1%", "<1%", "26%"]
+
+
+def test_the_report_says_which_funded_channels_no_platform_buys() -> None:
+    from flashcast.budget.records import AllocationRow
+    from flashcast.report import _pushed_lines
+
+    def row(channel: str, spend: float) -> AllocationRow:
+        return AllocationRow(channel, 10.0, 280.0, 3.0, 93.3, 0.1, spend, spend, 0.25, spend - 10.0, 0.0, 100.0,
+                             None, "")
+
+    rows = (row("Paid Search", 50.0), row("Display", 20.0), row("Meta", 30.0), row("CTV", 0.0))
+    assert _pushed_lines(rows, {"Display": "display", "CTV": "ctv"}) == [
+        "Pushed by `flashcast push` to: display (Display), ctv (CTV). Paid Search and Meta are in the plan only: "
+        "no `[[delivery.platforms]]` entry buys them.", ""]
+    assert _pushed_lines(rows, {}) == [
+        "Paid Search, Display and Meta are in the plan only: no `[[delivery.platforms]]` entry buys them.", ""]
+    assert _pushed_lines(rows, None) == []

@@ -165,7 +165,8 @@ def report_file(out_dir: Path, published_dir: Path, context: RunContext, setting
     return {"report": write_report(out_dir / "report.md", lineage_id=context.lineage_id, currency=settings.currency,
                                    ingest=ingest, guard=guard, kpis=kpis, segments=segments, creatives=creatives,
                                    forecast=forecast, allocate=allocate, files=files,
-                                   head_file=published_dir / "lineage_head.json")}
+                                   head_file=published_dir / "lineage_head.json",
+                                   buyers={c: p.name for p in settings.delivery.platforms for c in p.channels})}
 
 
 def write_outputs(values: Mapping[str, Any]) -> dict[str, Path]:

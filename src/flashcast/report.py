@@ -8,10 +8,11 @@ forecast and tomorrow's budget. Money is shown in the configured currency.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import cast
 
+from flashcast.budget.records import AllocationRow
 from flashcast.records import (
     AllocationPlan,
     CreativeLibrary,
@@ -57,6 +58,22 @@ def attention_items(*, ingest: StagedExport | None = None, segments: Segmentatio
     return items
 
 
+def _pushed_lines(rows: tuple[AllocationRow, ...], buyers: Mapping[str, str] | None) -> list[str]:
+    """Where `flashcast push` sends each channel's spend, and which funded channels stay in the plan
+    only (no platform buys them: a renamed channel can be left without one unnoticed)."""
+    if buyers is None:
+        return []
+    pushed = [f"{buyers[r.channel]} ({r.channel})" for r in rows if r.channel in buyers]
+    unbought = [r.channel for r in rows if r.channel not in buyers and r.spend > 0]
+    line = f"Pushed by `flashcast push` to: {', '.join(pushed)}." if pushed else ""
+    if unbought:
+        names = unbought[0] if len(unbought) == 1 else f"{', '.join(unbought[:-1])} and {unbought[-1]}"
+        one = len(unbought) == 1
+        line += (f" {names} {'is' if one else 'are'} in the plan only: no `[[delivery.platforms]]` entry buys "
+                 f"{'it' if one else 'them'}.")
+    return [line.strip(), ""] if line else []
+
+
 def format_share(share: float) -> str:
     """A share in whole percent, but a small one not as 0% (78 of 15,000 users)."""
     whole = f"{share:.0%}"
@@ -72,10 +89,11 @@ def _why_no_payload(forecast: ForecastPlan, allocate: AllocationPlan) -> str:
 def write_report(
     path: Path, *, lineage_id: str, currency: str, guard: GuardReport, kpis: KpiSummary, segments: Segmentation,
     creatives: CreativeLibrary, forecast: ForecastPlan, allocate: AllocationPlan, files: dict[str, Path],
-    head_file: Path, ingest: StagedExport | None = None,
+    head_file: Path, ingest: StagedExport | None = None, buyers: Mapping[str, str] | None = None,
 ) -> Path:
     """report.md: the plan in plain words, linking every other file. `head_file` is where the run's
-    lineage head will be once the folder is published (the command to verify it names that path)."""
+    lineage head will be once the folder is published (the command to verify it names that path);
+    `buyers`, each paid channel's platform (`[[delivery.platforms]]`), says where the plan is pushed."""
     def money(value: float) -> str:
         return format_money(value, currency)
 
@@ -93,7 +111,7 @@ def write_report(
         *_segment_lines(segments, files),
         *_creative_lines(creatives, files),
         *_forecast_lines(forecast, files, money),
-        *_budget_lines(allocate, files, money),
+        *_budget_lines(allocate, files, money, buyers),
         "## Audit",
         "",
         (f"- DSP payload, validated against its JSON Schema: [payload.json]({files['payload'].name})"
@@ -190,7 +208,8 @@ def _forecast_lines(plan: ForecastPlan, files: dict[str, Path], fmt: Money) -> l
     return [*lines, ""]
 
 
-def _budget_lines(allocation: AllocationPlan, files: dict[str, Path], fmt: Money) -> list[str]:
+def _budget_lines(allocation: AllocationPlan, files: dict[str, Path], fmt: Money,
+                  buyers: Mapping[str, str] | None = None) -> list[str]:
     a = allocation.allocation
     if a is None:
         return ["## Tomorrow's budget: not allocated", "",
@@ -207,6 +226,7 @@ def _budget_lines(allocation: AllocationPlan, files: dict[str, Path], fmt: Money
         "",
         f"Details: [allocation.csv]({files['allocation'].name}).",
         "",
+        *_pushed_lines(a.rows, buyers),
     ]
     plan = allocation.curves
     if plan is not None and a.expected_conversions is not None:
