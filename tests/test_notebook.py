@@ -25,5 +25,5 @@ def test_the_notebook_executes_and_shows_every_stage(tmp_path: Path, monkeypatch
                      for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs)
     images = sum("image/png" in output.get("data", {}) for cell in notebook.cells if cell.cell_type == "code"
                  for output in cell.outputs)
-    assert "lineage verified:" in text and "schema 2.0.0 sandbox True" in text
+    assert "lineage verified:" in text and "schema 2.1.0 sandbox True" in text
     assert images >= 5  # reconciliation, segments, fan chart, response curves, allocation

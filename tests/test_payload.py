@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def good_document() -> dict:
     return {
-        "schema_version": "2.0.0",
+        "schema_version": "2.1.0",
         "lineage_id": "01a20da6-d8e7-71c8-8c77-5f781cdab97b",
         "lineage_head": {"seq": 3, "entry_hash": "a" * 64},
         "generated_at": "2026-11-24T10:00:00Z",

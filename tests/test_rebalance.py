@@ -127,6 +127,19 @@ def test_a_held_summary_says_whether_copy_or_only_the_push_waits_and_names_a_gua
     assert line.count("held by") == 1 and html.count("held by") == 1, line
 
 
+def test_the_summary_gives_the_forecast_total_its_own_interval_and_an_older_payload_the_summed_days() -> None:
+    config = EmailConfig(to=("lead@example.com",))
+    document = payload_document(Settings())
+    document["forecast"].update(total_lo_80=8.5, total_hi_80=11.5)
+    text, _ = _text_and_html(summary_email(document, outcome="pushed", detail="", orders=[], approved=set(),
+                                           config=config))
+    assert "10.00 EUR expected (80% interval for the total 8.50 EUR to 11.50 EUR)" in text
+    del document["forecast"]["total_lo_80"], document["forecast"]["total_hi_80"]  # a payload made before 2.1.0
+    text, _ = _text_and_html(summary_email(document, outcome="pushed", detail="", orders=[], approved=set(),
+                                           config=config))
+    assert "10.00 EUR expected (80% band of the daily values summed 8.00 EUR to 12.00 EUR)" in text
+
+
 @pytest.mark.slow
 def test_rebalance_holds_for_approval_then_pushes_in_sandbox_and_mails_the_lead(
         finished_run: FinishedRun, tmp_path: Path, smtp_server: tuple[Inbox, int],

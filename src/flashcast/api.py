@@ -375,7 +375,7 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
 
     @app.get("/payloads/{lineage_id}", tags=["payloads"], responses={404: {"description": "no such payload"}})
     def payload(lineage_id: str, _: Reader) -> dict[str, Any]:
-        """A run's payload document (JSON Schema 2.0.0); `latest` for the newest."""
+        """A run's payload document (JSON Schema 2.1.0); `latest` for the newest."""
         return load_payload(ops, _payload_id(lineage_id))
 
     @app.post("/payloads/{lineage_id}/push", tags=["payloads"], status_code=202,

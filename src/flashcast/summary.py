@@ -47,10 +47,13 @@ def summary_email(document: dict[str, Any], *, outcome: str, detail: str, orders
     for c in sorted(allocations["channels"], key=lambda c: -abs(c["change"])):  # `why` names a binding guardrail
         moves.append((c["channel"], money(c["yesterday_spend"]), money(c["spend"]), f"{c['change']:+,.2f}", c["why"]))
     days = forecast["days"]
-    lo80, hi80 = sum(d["lo_80"] for d in days), sum(d["hi_80"] for d in days)
+    if forecast.get("total_lo_80") is not None:  # the total's own calibrated interval (payloads since 2.1.0)
+        band = f"80% interval for the total {money(forecast['total_lo_80'])} to {money(forecast['total_hi_80'])}"
+    else:
+        band = (f"80% band of the daily values summed {money(sum(d['lo_80'] for d in days))} to "
+                f"{money(sum(d['hi_80'] for d in days))}")
     forecast_line = (f"{forecast['series_id']} over the next {forecast['horizon_days']} day(s): "
-                     f"{money(forecast['total_point'])} expected (80% band of the daily values summed "
-                     f"{money(lo80)} to {money(hi80)}), engine {forecast['engine']}.")
+                     f"{money(forecast['total_point'])} expected ({band}), engine {forecast['engine']}.")
     rec = document["reconciliation"]
     data_line = (f"{rec['input_rows']:,} export rows: {rec['accepted']:,} accepted, {rec['dropped_consent']:,} "
                  f"dropped for consent, {rec['quarantined']:,} quarantined, {rec['duplicate']:,} duplicates.")

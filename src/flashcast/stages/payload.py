@@ -10,7 +10,9 @@ order's line items add up to its channel's spend).
 Version 2.0.0 added `sandbox` and `orders`: the plan in each ad platform's own terms (a campaign per
 channel with its daily budget, flight and pacing; display and CTV line items, or search ad groups,
 per segment, each with its audience reference and creative assignments). What is pushed is one
-platform's order with only approved creatives (flashcast.delivery).
+platform's order with only approved creatives (flashcast.delivery). Version 2.1.0 added the
+forecast's `total_lo_80` and `total_hi_80`: the calibrated 80% interval of the horizon's total (the
+daily bands' bounds do not add up to it).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from flashcast.records import (
     Table,
 )
 
-SCHEMA_VERSION: Literal["2.0.0"] = "2.0.0"
+SCHEMA_VERSION: Literal["2.1.0"] = "2.1.0"
 SCHEMA_RESOURCE = "payload.schema.json"
 _UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
@@ -86,6 +88,9 @@ class ForecastSummary(_Model):
     engine: str
     horizon_days: int = Field(ge=1)
     total_point: float
+    # the horizon's total: its own calibrated 80% interval (None in a payload made before 2.1.0)
+    total_lo_80: float | None = None
+    total_hi_80: float | None = None
     days: list[ForecastDay]
 
 
@@ -202,7 +207,7 @@ class PlatformOrder(_Model):
 class Payload(_Model):
     """The document a DSP receives: what to say (creatives), where to spend (allocations), and why."""
 
-    schema_version: Literal["2.0.0"] = SCHEMA_VERSION
+    schema_version: Literal["2.1.0"] = SCHEMA_VERSION
     sandbox: bool = False  # made in sandbox mode: never pushed to a real endpoint
     lineage_id: str = Field(pattern=_UUID)
     lineage_head: LineageHead
@@ -270,7 +275,10 @@ def run(con: duckdb.DuckDBPyConnection, *, guard: GuardReport, kpis: KpiSummary,
         "reconciliation": guard.totals,
         "segments": [{"segment": p.segment, "users": p.users, "share": round(p.share, 6)} for p in segments.profiles],
         "forecast": {"series_id": f.series_id, "engine": f.engine, "horizon_days": len(f.dates),
-                     "total_point": round(sum(float(x) for x in f.point), 2), "days": days},
+                     "total_point": round(sum(float(x) for x in f.point), 2),
+                     **({"total_lo_80": round(f.total_bands[80][0], 2), "total_hi_80": round(f.total_bands[80][1], 2)}
+                        if 80 in f.total_bands else {}),
+                     "days": days},
         "allocations": {
             "method": allocation.method, "currency": settings.currency, "budget": allocation.budget,
             "expected_conversions": allocation.expected_conversions,
