@@ -502,6 +502,24 @@ def test_a_semicolon_file_with_decimal_commas_reads_as_its_point_twin(tmp_path: 
     assert all(read.data.spend[c].tolist() == expected.data.spend[c].tolist() for c in columns["spend_cols"])
 
 
+def test_a_control_written_yes_or_no_reads_as_one_or_zero(tmp_path: Path) -> None:
+    frame, _ = _world(4, weeks=30)
+    flags = np.arange(30) % 4 == 0
+    columns = {"date_col": "week", "outcome_col": "sales", "spend_cols": ["tv", "search", "social"],
+               "control_cols": ["promo"]}
+    read = {}
+    for name, values in (("numbers", flags.astype(int)), ("words", np.where(flags, "Yes", "no")),
+                         ("booleans", flags)):
+        path = tmp_path / f"{name}.parquet"
+        frame.assign(promo=values).to_parquet(path)
+        read[name] = read_mix_file(path, **columns).data.controls["promo"].tolist()  # type: ignore[arg-type]
+    assert read["words"] == read["numbers"] == read["booleans"] == flags.astype(float).tolist()
+    maybe = tmp_path / "maybe.csv"
+    frame.assign(promo=np.where(flags, "yes", "maybe")).to_csv(maybe, index=False)
+    with pytest.raises(IngestError, match="row 1: promo is not a number"):  # a word, but not a yes or no column
+        read_mix_file(maybe, **columns)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("change", "message"), [
     (lambda f: f.assign(tv=f["tv"].astype(str).where(f.index != 4, "n/a")), "row 5: tv is not a number"),
     (lambda f: f.assign(tv=f["tv"].map("${:,.2f}".format)),

@@ -25,7 +25,7 @@ from flashcast.budget.records import ChannelHistory
 from flashcast.config import OPEN_GUARDRAILS, AllocationConfig, Guardrails
 from flashcast.errors import AllocationInfeasible, CurveFitError, IngestError
 from flashcast.forecasting.files import DateProblem, parse_dates
-from flashcast.sql import identifier
+from flashcast.sql import identifier, literal
 from flashcast.tablefile import open_table_file
 
 Cadence = Literal["daily", "weekly"]
@@ -52,6 +52,20 @@ class MixFile:
     data: MixData
 
 
+_YES, _NO = ("yes", "y", "true", "t"), ("no", "n", "false", "f")
+
+
+def _flag_sql(con: duckdb.DuckDBPyConnection, column: str) -> str | None:
+    """SQL reading a control written as yes/no (or true/false, y/n: a promotion running, a holiday)
+    as 1/0, when every value of the column is one of those words; None otherwise."""
+    c = f"lower(trim({identifier(column)}::VARCHAR))"
+    words = {r[0] for r in con.execute(f"SELECT DISTINCT {c} FROM source WHERE {c} <> ''").fetchall()}
+    if not words or not words <= {*_YES, *_NO}:
+        return None
+    yes, no = (", ".join(literal(w) for w in group) for group in (_YES, _NO))
+    return f"CASE WHEN {c} IN ({yes}) THEN 1.0 WHEN {c} IN ({no}) THEN 0.0 END"
+
+
 def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Sequence[str],
                   control_cols: Sequence[str] = (), cadence: Cadence | None = None,
                   date_format: str | None = None, sum_by_date: bool = False) -> MixFile:
@@ -69,6 +83,7 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
         if repeated:
             raise IngestError(f"{path}: column {repeated[0]!r} is given twice")
         numbers = {column: table.number_sql(con, column) for column in [outcome_col, *spend_cols, *control_cols]}
+        numbers |= {column: flag for column in control_cols if (flag := _flag_sql(con, column))}
 
         def first_row(condition: str) -> int | None:
             row = con.execute(f"SELECT min(_row) FROM source WHERE {condition}").fetchall()[0][0]
