@@ -157,6 +157,19 @@ def test_an_export_file_of_a_format_not_read_is_named_by_the_run(tmp_path: Path,
             ".json.gz, .ndjson.gz, .jsonl.gz, .parquet; export those days again" in " ".join(output.split()))
 
 
+def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = _run("serve", "--port", str(port), "-c", str(write_config(tmp_path, tmp_path / "home")))
+    assert code == 1
+    assert _one_clean_line(output) == (f"ConfigError: cannot listen on 127.0.0.1:{port}: in use (another flashcast "
+                                       "serve?); choose another with --host/--port")
+
+
 def test_ingest_runs_only_the_governed_data_path(finished_run: FinishedRun, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import duckdb

@@ -7,6 +7,7 @@ exit 2 with its type and FLASHCAST_DEBUG=1 to see the traceback. Nothing printed
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -728,8 +729,25 @@ def serve(
     from flashcast.api import create_app
 
     with _errors():
-        application = create_app(_settings(config))
+        settings = _settings(config)
+        _check_listen(host, port)
+        application = create_app(settings)
     uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+def _check_listen(host: str, port: int) -> None:
+    """One line, before the server starts, when it could not listen on host:port (uvicorn says so in
+    its log, after announcing a startup)."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as exc:
+        why = "in use (another flashcast serve?)" if exc.errno == errno.EADDRINUSE else exc.strerror or "unusable"
+        raise ConfigError(f"cannot listen on {host}:{port}: {why}; choose another with --host/--port") from None
 
 
 @lineage_app.command("verify")
