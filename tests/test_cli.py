@@ -157,7 +157,7 @@ def test_an_export_file_of_a_format_not_read_is_named_by_the_run(tmp_path: Path,
             ".json.gz, .ndjson.gz, .jsonl.gz, .parquet; export those days again" in " ".join(output.split()))
 
 
-def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+def test_serve_or_the_standin_on_a_port_in_use_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
     with socket.socket() as taken:
@@ -165,9 +165,12 @@ def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         code, output = _run("serve", "--port", str(port), "-c", str(write_config(tmp_path, tmp_path / "home")))
-    assert code == 1
-    assert _one_clean_line(output) == (f"ConfigError: cannot listen on 127.0.0.1:{port}: in use (another flashcast "
-                                       "serve?); choose another with --host/--port")
+        assert code == 1
+        assert _one_clean_line(output) == (f"ConfigError: cannot listen on 127.0.0.1:{port}: in use (by another "
+                                           "server?); choose another with --port")
+        monkeypatch.setenv("FLASHCAST_DSP_SECRET", "standin-secret")
+        code, output = _run("dsp-standin", "--port", str(port), "--db", str(tmp_path / "standin.sqlite"))
+    assert code == 1 and _one_clean_line(output).startswith(f"ConfigError: cannot listen on 127.0.0.1:{port}: in use")
 
 
 def test_ingest_runs_only_the_governed_data_path(finished_run: FinishedRun, tmp_path: Path,

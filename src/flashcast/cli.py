@@ -746,8 +746,8 @@ def _check_listen(host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
             probe.bind((host, port))
     except OSError as exc:
-        why = "in use (another flashcast serve?)" if exc.errno == errno.EADDRINUSE else exc.strerror or "unusable"
-        raise ConfigError(f"cannot listen on {host}:{port}: {why}; choose another with --host/--port") from None
+        why = "in use (by another server?)" if exc.errno == errno.EADDRINUSE else exc.strerror or "unusable"
+        raise ConfigError(f"cannot listen on {host}:{port}: {why}; choose another with --port") from None
 
 
 @lineage_app.command("verify")
@@ -1021,6 +1021,7 @@ def dsp_standin(
         secret = os.environ.get(secret_env)
         if not secret:
             raise ConfigError(f"set {secret_env} to the signing secret")
+        _check_listen("127.0.0.1", port)
         dsp = StandInDsp(db, secret.encode())
         with serve_standin(dsp, port=port) as url:
             console.print(f"stand-in platform at {url}/<platform>/orders, recording to {db}; Ctrl-C stops",
