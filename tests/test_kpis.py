@@ -189,6 +189,27 @@ def test_a_channel_in_other_case_or_with_spaces_is_the_configured_one(tmp_path: 
         load_spend(con, twice, mapping=ChannelMapping())
 
 
+def test_a_parquet_spend_file_reads_as_its_csv_twin_and_names_rows(tmp_path: Path) -> None:
+    import pandas as pd
+
+    lines = ["date,channel,spend", "2026-03-01,PPC,30.5", "2026-03-01,Display,12", "2026-03-02,ppc,31"]
+    csv = write_lines(tmp_path / "spend.csv", lines)
+    frame = pd.read_csv(csv).assign(date=lambda f: pd.to_datetime(f["date"]).dt.date)  # typed: DATE, DOUBLE
+    frame.to_parquet(tmp_path / "spend.parquet")
+    read = {}
+    for path in (csv, tmp_path / "spend.parquet"):
+        con = duckdb.connect()
+        assert load_spend(con, path, mapping=ChannelMapping()) == 3
+        read[path.suffix] = con.execute("SELECT * FROM spend ORDER BY ALL").fetchall()
+    assert read[".parquet"] == read[".csv"]
+    frame.assign(spend=[30.5, -1.0, 31.0]).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(IngestError, match=r"^bad.parquet: row 2: spend: negative$"):
+        load_spend(duckdb.connect(), tmp_path / "bad.parquet", mapping=ChannelMapping())
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(IngestError, match=r"^broken.parquet: not a readable Parquet file"):
+        load_spend(duckdb.connect(), tmp_path / "broken.parquet", mapping=ChannelMapping())
+
+
 def test_an_empty_spend_file_or_one_of_a_header_only_is_named(tmp_path: Path) -> None:
     empty = tmp_path / "spend.csv"
     empty.write_text("")

@@ -90,36 +90,43 @@ def _has_stored_sessions(con: duckdb.DuckDBPyConnection, mapping: ChannelMapping
 
 def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMapping,
                table: str = Table.SPEND) -> int:
-    """Read a long spend file (date, channel, spend; headers in any case) into `table`; errors name
-    the file, line and field, never a value. A file with more columns (an ad platform's report by
-    campaign, ad group...) may hold several rows a day and channel: they are summed; a row the same
-    as another in every column is refused, as is a repeated day and channel in a file of the three
-    columns only (two files pasted together, or a corrected row beside the old one)."""
+    """Read a long spend file (CSV or Parquet: date, channel, spend; headers in any case) into
+    `table`; errors name the file, line (a Parquet file's row) and field, never a value. A file with
+    more columns (an ad platform's report by campaign, ad group...) may hold several rows a day and
+    channel: they are summed; a row the same as another in every column is refused, as is a repeated
+    day and channel in a file of the three columns only (two files pasted together, or a corrected
+    row beside the old one)."""
     if not path.exists():
         raise IngestError(f"spend file not found: {path}")
     if path.stat().st_size == 0:
         raise IngestError(f"{path.name}: empty; expected columns date, channel, spend and a row per day and channel")
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    reader = (f"read_parquet({literal(path)})" if parquet
+              else f"read_csv({literal(path)}, header=true, all_varchar=true)")
+    where = "row" if parquet else "line"  # a CSV's line counts its header
     try:
-        found = [r[0] for r in con.execute(
-            f"DESCRIBE SELECT * FROM read_csv({literal(path)}, header=true, all_varchar=true)").fetchall()]
+        found = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()]
         by_name = {name.strip().lower(): name for name in found}
         missing = [name for name in ("date", "channel", "spend") if name not in by_name]
         if missing:
             raise IngestError(f"{path.name}: no column {missing[0]!r} (columns: {', '.join(found)}); "
                               "expected date, channel, spend")
         others = [name for name in found if name.strip().lower() not in ("date", "channel", "spend")]
-        picks = ", ".join([*(f"{identifier(by_name[name])} AS {name}" for name in ("date", "channel", "spend")),
-                           *(f"{identifier(name)} AS _other{i}" for i, name in enumerate(others))])
+        # as text, as a CSV is read: a Parquet file's typed dates and numbers go through the same checks
+        picks = ", ".join([*(f"{identifier(by_name[n])}::VARCHAR AS {n}" for n in ("date", "channel", "spend")),
+                           *(f"{identifier(name)}::VARCHAR AS _other{i}" for i, name in enumerate(others))])
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _spend_raw AS
-            SELECT ordinality + 1 AS line, {picks} FROM read_csv({literal(path)}, header=true, all_varchar=true)
-            WITH ORDINALITY"""
+            SELECT ordinality + {0 if parquet else 1} AS line, {picks} FROM {reader} WITH ORDINALITY"""
         )
-        delimiter = con.execute(f"SELECT Delimiter FROM sniff_csv({literal(path)})").fetchall()[0][0]
+        delimiter = None if parquet else con.execute(
+            f"SELECT Delimiter FROM sniff_csv({literal(path)})").fetchall()[0][0]
     except duckdb.Error as exc:  # its text can quote a line of the file
-        raise IngestError(f"{path.name}: not a readable CSV ({type(exc).__name__})") from exc
+        raise IngestError(f"{path.name}: not a readable {'Parquet file' if parquet else 'CSV'} "
+                          f"({type(exc).__name__})") from exc
     if not con.execute("SELECT count(*) FROM _spend_raw").fetchall()[0][0]:
-        raise IngestError(f"{path.name}: no rows under its header; expected a row per day and channel")
+        raise IngestError(f"{path.name}: no rows{'' if parquet else ' under its header'}; expected a row per day and "
+                          "channel")
     if delimiter == ";" and reads_decimal_commas(con, "_spend_raw", "spend"):  # 1234,50 from a spreadsheet
         con.execute("UPDATE _spend_raw SET spend = replace(trim(spend), ',', '.')")
     # An ad platform's report may spell a channel in other case or with spaces around it ("ppc ").
@@ -146,7 +153,7 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
         [list(mapping.paid_channels)],
     ).fetchall()
     if problems:
-        detail = "; ".join(f"line {line}: {problem}" for line, problem in problems)
+        detail = "; ".join(f"{where} {line}: {problem}" for line, problem in problems)
         unknown_channel = any(problem.startswith("channel:") for _, problem in problems)
         paid = (f" (paid channels: {', '.join(mapping.paid_channels)}; a channel of another name needs its entry in "
                 "[channels] paid_channels and a [[channels.rules]] that finds its sessions, in flashcast.toml)"
