@@ -76,6 +76,12 @@ class EngineScore:
                 **{f"width_{k}": round(v, 4) for k, v in self.width.items()},
                 "scored_origins": self.scored_origins, "seconds_per_fit": self.seconds_per_fit}
 
+    @staticmethod
+    def columns() -> tuple[str, ...]:
+        """The keys of `row`, in its order (a leaderboard with no rows still has its header)."""
+        return ("engine", "mase", "smape", "crps", *(f"coverage_{k}" for k in LEVELS),
+                *(f"width_{k}" for k in LEVELS), "scored_origins", "seconds_per_fit")
+
 
 # Per banded origin, each level's (lower, upper) offsets; and the adapted rates after the last origin.
 OriginBands = tuple[dict[int, dict[int, tuple[np.ndarray, np.ndarray]]], dict[int, float]]

@@ -391,7 +391,6 @@ class _Task:
     keep_last_day: bool = False
     calibration: Calibration | None = None  # the last selection, reused while fresh
     max_age_days: int = 7
-    short_history: bool = True  # too short to backtest: Prophet's sample paths instead of skipping
 
 
 @dataclass(frozen=True)
@@ -415,8 +414,6 @@ def _forecast_one(task: _Task) -> Forecast | SkippedSeries:
             return auto_forecast(task.frame, series_id=task.series_id, engines=task.engines, spec=task.spec,
                                  nonnegative=task.nonnegative, options=task.options, keep_last_day=task.keep_last_day)
         except HistoryTooShort as exc:
-            if not task.short_history:
-                raise
             return short_history_forecast(task.frame, exc, series_id=task.series_id, horizon=task.spec.horizon,
                                           options=task.options, nonnegative=task.nonnegative,
                                           keep_last_day=task.keep_last_day)
@@ -452,20 +449,19 @@ def forecast_each(
     frame: pd.DataFrame, *, id_col: str = "series_id", engines: Sequence[str] | None = None,
     spec: BacktestSpec | None = None, nonnegative: bool = True, options: EngineOptions | None = None,
     workers: int | None = None, keep_last_day: bool = False, calibrations: Mapping[str, Calibration] | None = None,
-    max_age_days: int = 7, short_history: bool = True,
+    max_age_days: int = 7,
 ) -> tuple[list[Forecast], list[SkippedSeries]]:
     """Backtest, select and forecast every series of a long (series_id, ds, y) frame, in parallel
     across cores. A series with a fresh stored selection in `calibrations` is refitted instead
     (`refit_forecast`); one too short to backtest is forecast by Prophet's sample paths
-    (`short_history_forecast`) unless `short_history` is False. Returns the forecasts and, for
-    series that could not be forecast, why (`SkippedSeries`)."""
+    (`short_history_forecast`). Returns the forecasts and, for series that could not be forecast,
+    why (`SkippedSeries`)."""
     from concurrent.futures import ProcessPoolExecutor
 
     spec = spec or BacktestSpec()
     calibrations = calibrations or {}
     tasks = [_Task(str(sid), group[["ds", "y"]], tuple(engines) if engines else None, spec, nonnegative,
-                   options or EngineOptions(), keep_last_day, calibrations.get(str(sid)), max_age_days,
-                   short_history)
+                   options or EngineOptions(), keep_last_day, calibrations.get(str(sid)), max_age_days)
              for sid, group in frame.groupby(id_col, sort=True)]
     # Refits take milliseconds: a pool of processes would cost more than it saves.
     workers = 1 if tasks and all(t.calibration for t in tasks) else (workers or os.cpu_count() or 1)
@@ -505,9 +501,7 @@ def leaderboards(results: Sequence[Forecast]) -> pd.DataFrame:
             rows.append({"series_id": result.series_id, "rank": rank, "selected": selected, **score.row(),
                          "reason": result.selection.reason if selected else ""})
     # Without rows (every series too short to backtest) the file still says what it would hold.
-    score_columns = ["engine", "mase", "smape", "crps", *(f"coverage_{k}" for k in LEVELS),
-                     *(f"width_{k}" for k in LEVELS), "scored_origins", "seconds_per_fit"]
-    return pd.DataFrame(rows, columns=["series_id", "rank", "selected", *score_columns, "reason"])
+    return pd.DataFrame(rows, columns=["series_id", "rank", "selected", *EngineScore.columns(), "reason"])
 
 
 def tidy_all(results: Sequence[Forecast]) -> pd.DataFrame:
