@@ -399,6 +399,11 @@ class DeliveryConfig(_Frozen):
             raise ValueError("a channel may be bought on one platform only")
         return self
 
+    @property
+    def platform_of(self) -> dict[str, str]:
+        """Each channel a platform buys, and that platform's name (a channel has one at most)."""
+        return {c: p.name for p in self.platforms for c in p.channels}
+
 
 class EmailConfig(_Frozen):
     """The allocator summary sent to the marketing lead after each rebalance (none when `to` is empty)."""
@@ -493,7 +498,7 @@ class Settings(_Frozen):
         unknown = sorted(named - set(paid))
         if unknown:
             raise ValueError(f"guardrails name channels that are not paid channels: {unknown} (paid: {list(paid)})")
-        bought = sorted({c for p in self.delivery.platforms for c in p.channels} - set(paid))
+        bought = sorted(set(self.delivery.platform_of) - set(paid))
         if bought:
             raise ValueError(f"delivery.platforms buy channels that are not paid channels: {bought}")
         room = sum(rails.max_share.get(c, 1.0) for c in paid)

@@ -166,7 +166,7 @@ def report_file(out_dir: Path, published_dir: Path, context: RunContext, setting
                                    ingest=ingest, guard=guard, kpis=kpis, segments=segments, creatives=creatives,
                                    forecast=forecast, allocate=allocate, files=files,
                                    head_file=published_dir / "lineage_head.json",
-                                   buyers={c: p.name for p in settings.delivery.platforms for c in p.channels})}
+                                   buyers=settings.delivery.platform_of)}
 
 
 def write_outputs(values: Mapping[str, Any]) -> dict[str, Path]:
