@@ -68,12 +68,17 @@ def reads_decimal_commas(con: duckdb.DuckDBPyConnection, relation: str, column: 
         f"FROM {relation} WHERE {text} <> ''").fetchall()[0][0])
 
 
+def is_parquet(path: Path) -> bool:
+    """A table file is Parquet by its suffix (anything else is read as CSV)."""
+    return path.suffix.lower() in (".parquet", ".pq")
+
+
 def open_table_file(con: duckdb.DuckDBPyConnection, path: Path, error: type[FlashcastError]) -> TableFile:
     """Create view `source` over `path` in `con`. Raises `error`, naming the file, when it is missing,
     unreadable or holds no rows."""
     if not path.is_file():
         raise error(f"{path}: no such file")
-    parquet = path.suffix.lower() in (".parquet", ".pq")
+    parquet = is_parquet(path)
     try:
         raw = con.read_parquet(str(path)) if parquet else con.read_csv(str(path), all_varchar=True)
         raw.create_view("raw_file")
