@@ -46,6 +46,27 @@ def test_bad_settings_name_the_field(tmp_path: Path, text: str, field: str) -> N
         load_settings(path)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('curency = "USD"', "curency: not a setting here (did you mean 'currency'?)"),
+        ("[forecast]\nhorizon_days = 7", "forecast.horizon_days: not a setting here (did you mean 'horizon'?)"),
+        ('[[delivery.platforms]]\nname = "display"\nkind = "display"\nchannels = ["Display"]\nendpont = "x"',
+         "delivery.platforms.0.endpont: not a setting here (did you mean 'endpoint'?)"),
+        ("[store]\nzzz = 1", "store.zzz: not a setting here (the settings here: home, warehouse,"),
+        ('[store]\nmemory_limit = "lots"', "store.memory_limit: should be a size such as 4GB"),
+        ('currency = "usd"', "currency: should be an ISO 4217 code in capitals"),
+    ],
+)
+def test_a_mistyped_setting_is_told_what_was_meant(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "flashcast.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    assert message in str(raised.value)
+    assert "pattern" not in str(raised.value)  # a regex says nothing to a user
+
+
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "nope.toml")

@@ -37,7 +37,8 @@ class StoreConfig(_Frozen):
     lock_timeout_s: float = 600.0
     # DuckDB's working memory for a run (e.g. "4GB"; default: DuckDB's, 80% of RAM) and where it
     # spills what does not fit (default: <home>/tmp).
-    memory_limit: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+    memory_limit: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+                                     description="a size such as 4GB or 512MiB")
     temp_directory: Path | None = None
     # Guarded rows (events, quarantine, consent drops, duplicates, sessions) dated more than this many
     # days before the newest day are removed from the warehouse after each run (0: keep everything).
@@ -360,10 +361,12 @@ class PlatformConfig(_Frozen):
     """An ad platform the plan is pushed to: which paid channels it buys, in whose terms (`kind`:
     display DSP line items, CTV line items, search ad groups) and where its orders are POSTed."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+                      description="a lower-case name of up to 32 letters, digits, - or _, starting with a letter")
     kind: Literal["display", "ctv", "search"]
     channels: tuple[str, ...] = Field(min_length=1)
-    endpoint: str | None = Field(default=None, pattern=r"^https?://")  # None: the order is built, never sent
+    # None: the order is built, never sent
+    endpoint: str | None = Field(default=None, pattern=r"^https?://", description="an http:// or https:// URL")
 
 
 def _default_platforms() -> tuple[PlatformConfig, ...]:
@@ -448,7 +451,7 @@ class Settings(_Frozen):
     property_timezone: str = "UTC"
     # ISO 4217 code of the money in the inputs: the GA4 property's currency (purchase_revenue) and
     # the spend file's. Every report, chart and CSV says it.
-    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$", description="an ISO 4217 code in capitals, such as USD")
     store: StoreConfig = StoreConfig()
     engine: EngineConfig = EngineConfig()
     source: SourceConfig = SourceConfig()
@@ -546,12 +549,17 @@ def load_allocation_settings(path: Path | None, **guardrails: object) -> tuple[G
     where = f"{path}: " if path else ""
     given = data.get("guardrails", {})
     try:
+        section = "guardrails"
         rails = Guardrails.model_validate({**OPEN_GUARDRAILS, **(given if isinstance(given, dict) else {}),
                                            **{k: v for k, v in guardrails.items() if v}})
+        section = "allocation"
         allocation = AllocationConfig.model_validate(data.get("allocation", {}))
+        section = ""
         currency = Settings.model_validate({"currency": data.get("currency", "USD")}).currency
     except ValidationError as exc:
-        raise ConfigError(f"{where}{describe_validation_error(exc, limit=20)}") from exc
+        model = {"guardrails": Guardrails, "allocation": AllocationConfig}.get(section, Settings)
+        raise ConfigError(f"{where}{section + '.' if section else ''}"
+                          f"{describe_validation_error(exc, limit=20, model=model)}") from exc
     return rails, allocation, currency
 
 
@@ -566,4 +574,4 @@ def load_settings(path: Path | None = None) -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {describe_validation_error(exc, limit=50)}") from exc
+        raise ConfigError(f"{path}: {describe_validation_error(exc, limit=50, model=Settings)}") from exc

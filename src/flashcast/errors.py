@@ -33,6 +33,8 @@ Messages name the field, file and row (or request); they never quote a value fro
 
 from __future__ import annotations
 
+import difflib
+import typing
 from typing import Any
 
 
@@ -178,7 +180,45 @@ class StageError(FlashcastError):
         return f"{text} (the failed run's files: {self.where})" if self.where else text
 
 
-def describe_validation_error(exc: Any, *, limit: int = 10) -> str:
-    """A pydantic ValidationError as 'field.path: message; ...' (the input values are never quoted)."""
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg'].removeprefix('Value error, ')}"
+def describe_validation_error(exc: Any, *, limit: int = 10, model: Any = None) -> str:
+    """A pydantic ValidationError as 'field.path: message; ...' (the input values are never quoted).
+    With `model` (the class validated), a key it does not have is named with the closest one it has."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {_message(err, model)}"
                      for err in exc.errors()[:limit])
+
+
+def _message(err: Any, model: Any) -> str:
+    if model is not None and err["type"] == "extra_forbidden":
+        names = list(getattr(_model_at(model, err["loc"][:-1]), "model_fields", {}))
+        if names:
+            close = difflib.get_close_matches(str(err["loc"][-1]), names, n=1, cutoff=0.6)
+            return (f"not a setting here (did you mean {close[0]!r}?)" if close
+                    else f"not a setting here (the settings here: {', '.join(names)})")
+    if model is not None and err["type"] == "string_pattern_mismatch":  # a regex says little to a user
+        field = getattr(_model_at(model, err["loc"][:-1]), "model_fields", {}).get(err["loc"][-1])
+        if field is not None and field.description:
+            return f"should be {field.description}"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def _model_at(model: Any, loc: tuple[Any, ...]) -> Any:
+    """The pydantic model found at `loc` inside `model` (through lists, dicts and optionals), else None."""
+    for step in loc:
+        if isinstance(step, int):  # an item of a list: its model is the list's
+            continue
+        field = getattr(model, "model_fields", {}).get(step)
+        if field is None:
+            return None
+        model = _model_in(field.annotation)
+    return model
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model an annotation holds (`M`, `M | None`, `list[M]`), else None."""
+    if hasattr(annotation, "model_fields"):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
