@@ -265,6 +265,59 @@ def test_retention_prunes_old_rows_and_the_log_records_it(export: Path, tmp_path
     assert _count(home, f"SELECT count(*) FROM guarded_events WHERE event_date < DATE '{cutoff}'") == 0
 
 
+def test_a_prune_cut_off_before_its_lineage_entry_is_logged_by_the_next_prune_or_run(
+        export: Path, tmp_path: Path, pii_key: PiiKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warehouse and the lineage log are two databases: a process dying between the prune's
+    commit and its log entry (kill -9, simulated here by an append that never returns) must not leave
+    a prune the log never heard of."""
+    from flashcast.history import prune
+
+    settings = _settings(tmp_path / "home")
+    _ingest(settings, export, pii_key, tmp_path / "out")
+    ops = OpsStore(settings.store.ops_database_url)
+    log = LineageLog(ops)
+    real_append = LineageLog.append
+
+    def killed(self: LineageLog, kind: str, lineage_id: str, body: dict) -> object:
+        if kind == "warehouse_pruned":
+            raise SystemExit(137)
+        return real_append(self, kind, lineage_id, body)
+
+    monkeypatch.setattr(LineageLog, "append", killed)
+    con = transform_connection()
+    with pytest.raises(SystemExit):
+        prune(con, settings.store.warehouse_path, keep_days=10, timeout_s=5, log=log, lineage_id="prune-1")
+    assert _count(tmp_path / "home", "SELECT count(*) FROM guarded_events WHERE event_date < "
+                                     "(SELECT max(event_date) - 10 FROM guarded_events)") == 0  # committed
+    assert not [e for e in log.entries() if e["kind"] == "warehouse_pruned"]
+    monkeypatch.setattr(LineageLog, "append", real_append)
+
+    # The next prune logs the lost one (with what it removed) before its own; nothing is logged twice.
+    again = prune(con, settings.store.warehouse_path, keep_days=10, timeout_s=5, log=log, lineage_id="prune-2")
+    pruned = {e["lineage_id"]: e["body"] for e in log.entries() if e["kind"] == "warehouse_pruned"}
+    assert list(pruned) == ["prune-1", "prune-2"]
+    assert pruned["prune-1"]["late"] and pruned["prune-1"]["rows"]["guarded_events"] > 0
+    assert pruned["prune-2"]["rows"] == again and sum(again.values()) == 0 and "late" not in pruned["prune-2"]
+
+    # Dying after the entry was appended, before the pending record was cleared: the next run (which
+    # logs pending prunes as a prune does) does not log it twice.
+    def killed_after(self: LineageLog, kind: str, lineage_id: str, body: dict) -> object:
+        real_append(self, kind, lineage_id, body)
+        raise SystemExit(137)
+
+    monkeypatch.setattr(LineageLog, "append", killed_after)
+    with pytest.raises(SystemExit):
+        prune(con, settings.store.warehouse_path, keep_days=5, timeout_s=5, log=log, lineage_id="prune-3")
+    monkeypatch.setattr(LineageLog, "append", real_append)
+    con.close()
+    run = _ingest(settings, export, pii_key, tmp_path / "out")
+    kinds = [(e["kind"], e["lineage_id"]) for e in log.entries() if e["kind"] == "warehouse_pruned"]
+    assert kinds == [("warehouse_pruned", "prune-1"), ("warehouse_pruned", "prune-2"), ("warehouse_pruned", "prune-3")]
+    assert run.lineage_id not in {lineage_id for _, lineage_id in kinds}  # retention is off: the run pruned nothing
+    assert _count(tmp_path / "home", "SELECT count(*) FROM pending_prunes") == 0
+    ops.dispose()
+
+
 def test_a_warehouse_of_appended_copies_is_replaced_not_added_to(export: Path, tmp_path: Path, pii_key: PiiKey) -> None:
     settings = _settings(tmp_path / "home")
     _ingest(settings, export, pii_key, tmp_path / "out")

@@ -612,12 +612,12 @@ def prune(
             raise ConfigError(f"no warehouse at {settings.store.warehouse_path}: nothing to prune")
         con = transform_connection()
         try:
-            pruned = prune_warehouse(con, settings.store.warehouse_path, keep_days=keep_days,
-                                     timeout_s=settings.store.lock_timeout_s)
+            with _ops_store(settings) as ops:
+                pruned = prune_warehouse(con, settings.store.warehouse_path, keep_days=keep_days,
+                                         timeout_s=settings.store.lock_timeout_s, log=LineageLog(ops),
+                                         lineage_id=new_lineage_id())
         finally:
             con.close()
-        with _ops_store(settings) as ops:
-            LineageLog(ops).append("warehouse_pruned", new_lineage_id(), {"keep_days": keep_days, "rows": pruned})
     console.print(f"pruned {sum(pruned.values()):,} row(s) dated more than {keep_days:,} day(s) before the newest: "
                   + (", ".join(f"{table} {n:,}" for table, n in pruned.items()) or "nothing stored"), highlight=False)
 

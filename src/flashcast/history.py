@@ -25,6 +25,7 @@ Files no longer in the export folder keep their rows: the warehouse is the histo
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from pathlib import Path
 import duckdb
 
 from flashcast.errors import PiiKeyMismatch
+from flashcast.lineage import LineageLog
 from flashcast.records import ExportFile, Table
 from flashcast.sql import identifier, insert_rows, literal
 from flashcast.store import warehouse_session
@@ -44,6 +46,7 @@ OUTCOME_TABLES: tuple[Table, ...] = (Table.GUARDED_EVENTS, Table.QUARANTINE, Tab
 BY_DAY: tuple[Table, ...] = (Table.SESSIONS,)
 WHOLE: tuple[Table, ...] = (Table.DAILY_KPIS, Table.DAILY_OUTCOMES)
 PRUNED: tuple[Table, ...] = (*OUTCOME_TABLES, Table.SESSIONS)
+PENDING_PRUNES = "pending_prunes"  # a prune's lineage record until the lineage log has it (`_log_prunes`)
 READ_FILES = "_read_files"  # the names of the files this run reads, in the run's connection
 _STORED_ROWS = "_stored_rows"  # rows of each reused stored outcome table, counted when joined
 
@@ -304,10 +307,12 @@ def run_rows(con: duckdb.DuckDBPyConnection, table: str) -> str:
 
 
 def persist_run(con: duckdb.DuckDBPyConnection, warehouse: Path, tables: Sequence[Table], *, timeout_s: float,
-                retention_days: int = 0, snapshot: WarehouseSnapshot | None = None) -> dict[str, int]:
+                retention_days: int = 0, snapshot: WarehouseSnapshot | None = None,
+                log: LineageLog | None = None, lineage_id: str = "") -> None:
     """Write the run's kept tables to the warehouse in one transaction under its lock (see the module
-    docstring for how each is kept), then prune by `retention_days`. Returns rows pruned per table.
-    The run's `snapshot` is released first (its shared lock would block the exclusive one)."""
+    docstring for how each is kept), then prune by `retention_days` in the same transaction, which
+    `log` then records (see `_log_prunes`). The run's `snapshot` is released first (its shared lock
+    would block the exclusive one)."""
     if snapshot is not None:
         snapshot.release()
     read_files = f"(SELECT name FROM {READ_FILES})"
@@ -336,14 +341,40 @@ def persist_run(con: duckdb.DuckDBPyConnection, warehouse: Path, tables: Sequenc
                     con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {table}")
                 else:
                     con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {table}")
-            pruned = _prune(con, wh, retention_days) if retention_days else {}
+            if retention_days:
+                _prune(con, wh, retention_days, lineage_id)
+        if log is not None:
+            _log_prunes(con, wh, log, lineage_id)
+
+
+def prune(con: duckdb.DuckDBPyConnection, warehouse: Path, *, keep_days: int, timeout_s: float,
+          log: LineageLog, lineage_id: str) -> dict[str, int]:
+    """Remove guarded rows dated more than `keep_days` before the warehouse's newest day; `log`
+    records it (as `lineage_id`). Returns rows pruned per table."""
+    with warehouse_session(con, warehouse, timeout_s=timeout_s) as wh:
+        with _transaction(con):
+            pruned = _prune(con, wh, keep_days, lineage_id)
+        _log_prunes(con, wh, log, lineage_id)
     return pruned
 
 
-def prune(con: duckdb.DuckDBPyConnection, warehouse: Path, *, keep_days: int, timeout_s: float) -> dict[str, int]:
-    """Remove guarded rows dated more than `keep_days` before the warehouse's newest day."""
-    with warehouse_session(con, warehouse, timeout_s=timeout_s) as wh, _transaction(con):
-        return _prune(con, wh, keep_days)
+def _log_prunes(con: duckdb.DuckDBPyConnection, wh: str, log: LineageLog, own: str) -> None:
+    """Append the warehouse's pending prunes to the lineage log, then clear them. A prune writes its
+    record into the warehouse in its own transaction (the lineage log lives in another database),
+    so a process killed between the two leaves the record pending, and the next run or prune logs
+    it: the log never misses a prune. A pending record of another process is first looked up in the
+    log, where it is when that process died after appending (the warehouse lock is held throughout,
+    so two processes never log the same record)."""
+    if PENDING_PRUNES not in _tables(con, wh):
+        return
+    pending = con.execute(
+        f"SELECT lineage_id, keep_days, cutoff, pruned FROM {wh}.main.{PENDING_PRUNES} ORDER BY recorded_at").fetchall()
+    for lineage_id, keep_days, cutoff, pruned in pending:
+        late = lineage_id != own
+        if not (late and any(e["kind"] == "warehouse_pruned" for e in log.entries(lineage_id))):
+            body = {"keep_days": keep_days, "cutoff": cutoff.isoformat(), "rows": json.loads(pruned)}
+            log.append("warehouse_pruned", lineage_id, {**body, "late": True} if late else body)
+        con.execute(f"DELETE FROM {wh}.main.{PENDING_PRUNES} WHERE lineage_id = ?", [lineage_id])
 
 
 @contextmanager
@@ -357,7 +388,8 @@ def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     con.execute("COMMIT")
 
 
-def _prune(con: duckdb.DuckDBPyConnection, wh: str, keep_days: int) -> dict[str, int]:
+def _prune(con: duckdb.DuckDBPyConnection, wh: str, keep_days: int, lineage_id: str) -> dict[str, int]:
+    """Delete the guarded rows dated before the cutoff, with the record the lineage log gets (pending)."""
     present = _tables(con, wh)
     if Table.GUARDED_EVENTS not in present:
         return {}
@@ -377,6 +409,10 @@ def _prune(con: duckdb.DuckDBPyConnection, wh: str, keep_days: int) -> dict[str,
         if table in present:
             pruned[str(table)] = int(con.execute(
                 f"DELETE FROM {wh}.main.{table} WHERE event_date < ?", [cutoff]).fetchall()[0][0])
+    con.execute(f"""CREATE TABLE IF NOT EXISTS {wh}.main.{PENDING_PRUNES} (lineage_id VARCHAR, keep_days INTEGER,
+        cutoff DATE, pruned VARCHAR, recorded_at TIMESTAMP)""")
+    con.execute(f"INSERT INTO {wh}.main.{PENDING_PRUNES} VALUES (?, ?, ?, ?, now())",
+                [lineage_id, keep_days, cutoff, json.dumps(pruned)])
     return pruned
 
 

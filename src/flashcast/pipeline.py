@@ -229,11 +229,9 @@ def run_pipeline(
         step = "outputs"
         outputs = write_outputs(values)
         step = "persist"
-        pruned = persist_run(con, settings.store.warehouse_path, kept, timeout_s=settings.store.lock_timeout_s,
-                             retention_days=settings.store.retention_days, snapshot=snapshot)
-        if pruned:
-            recorder.log.append("warehouse_pruned", context.lineage_id,
-                                {"keep_days": settings.store.retention_days, "rows": pruned})
+        persist_run(con, settings.store.warehouse_path, kept, timeout_s=settings.store.lock_timeout_s,
+                    retention_days=settings.store.retention_days, snapshot=snapshot, log=recorder.log,
+                    lineage_id=context.lineage_id)
         ops.record_reconciliation(context.lineage_id, values["guard"].days)
         if isinstance(values.get("payload"), Payload):
             record_payload(ops, json.loads(values["payload"].model_dump_json()))
