@@ -266,6 +266,14 @@ def test_export_files_of_a_format_not_read_are_named(tmp_path: Path) -> None:
     (only_avro / "events_20260302.avro").write_bytes(b"Obj\x01")
     with pytest.raises(ExportNotFound, match=r"\(only 1 of other formats, such as events_20260302.avro\)"):
         discover_exports(only_avro)
+    # A user's own extract, named otherwise: said to be there, with the two ways to read it.
+    own = tmp_path / "own"
+    write_lines(own / "ga4_jan2021.json", [json.dumps(ga4_row())])
+    (own / "README.txt").write_text("how this was exported")
+    with pytest.raises(ExportNotFound, match=r"1 readable file\(s\) of other names, such as ga4_jan2021.json: .*"
+                                             r"named events_YYYYMMDD, .*--export FILE"):
+        discover_exports(own)
+    assert [f.name for f in discover_exports(own / "ga4_jan2021.json")] == ["ga4_jan2021.json"]
 
 
 def test_an_empty_file_is_listed_and_its_day_reconciled(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:

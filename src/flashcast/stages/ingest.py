@@ -97,8 +97,18 @@ def discover_exports(source: Path) -> tuple[ExportFile, ...]:
     found, unread = _listing(source)
     if not found:
         others = f" (only {len(unread):,} of other formats, such as {unread[0]})" if unread else ""
+        if not unread and (named := _readable_not_named_events(source)):
+            others = (f" ({len(named):,} readable file(s) of other names, such as {named[0]}: a GA4 export's "
+                      "files are named events_YYYYMMDD, and one file of another name is read when given itself, "
+                      "--export FILE)")
         raise ExportNotFound(f"no events_* export files (.json, .ndjson, .parquet) in {source}{others}")
     return found
+
+
+def _readable_not_named_events(source: Path) -> list[str]:
+    """The folder's files of a format Flashcast reads but not named events_*: a user's own export."""
+    return sorted(p.name for p in source.iterdir()
+                  if p.is_file() and not p.name.startswith("events_") and _export_file(p, p.name) is not None)
 
 
 def unread_files(source: Path) -> tuple[str, ...]:
