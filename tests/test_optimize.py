@@ -294,6 +294,20 @@ def test_extrapolation_limits_never_hold_a_channel_below_inverse_cpas_split() ->
     assert plan.gain_vs_inverse_cpa is not None and plan.gain_vs_inverse_cpa >= -1e-6
 
 
+def test_a_budget_past_every_curves_limit_is_placed_and_the_notes_say_how_far_past_the_data() -> None:
+    """Far more money than the channels ever spent: the limits give way (the budget is placed, as
+    asked) and a note says so, with how many times their largest spend the channels may take."""
+    histories, series = _histories_and_series()
+    loose = Guardrails(min_share={}, max_share={}, max_daily_change=1e9, min_daily_move_share=1.0)
+    largest = sum(float(s.spend.max()) for s in series)
+    plan = allocate_by_curves(histories, series, loose, AllocationConfig(bootstrap_draws=0), budget=10 * largest)
+    assert sum(r.spend for r in plan.allocation.rows) == pytest.approx(10 * largest, abs=0.05)
+    [note] = [n for n in plan.allocation.notes if n.startswith("the budget is more than the curves' limits hold")]
+    assert "may take up to 10.0x" in note
+    within = allocate_by_curves(histories, series, loose, AllocationConfig(bootstrap_draws=0), budget=largest)
+    assert not [n for n in within.allocation.notes if "limits hold" in n]
+
+
 def test_the_what_ifs_next_conversion_cost_is_defined_when_every_channel_is_held() -> None:
     """The what-if's marginal CPA is what the next conversion would cost at the plan: the best
     marginal return among channels with room left. When a guardrail holds every channel the

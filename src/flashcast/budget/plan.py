@@ -157,6 +157,13 @@ def _bounds(histories: Sequence[ChannelHistory], largest: dict[str, float], guar
     the plan can always reach the split it is measured against."""
     bounds, notes = feasible_bounds(histories, budget, guardrails)
     bounds = limit_extrapolation(bounds, largest, config.max_extrapolation, budget)
+    stretched = {c: b.upper / largest[c] for c, b in bounds.items() if b.upper_rule == "extrapolation"
+                 and b.upper > largest[c] * config.max_extrapolation + 0.01}
+    if stretched:  # the limits gave way to hold the budget: say how far past the data the curves are read
+        notes.append(f"the budget is more than the curves' limits hold ({config.max_extrapolation:g}x each channel's "
+                     f"largest spend in the data): {', '.join(stretched)} may take up to "
+                     f"{max(stretched.values()):,.1f}x {'its' if len(stretched) == 1 else 'their'} largest spend, "
+                     "where a curve is extrapolated, not measured; the what-if shows where more money stops paying")
     if any(b.upper_rule == "extrapolation" for b in bounds.values()):
         inverse = allocate_inverse_cpa(histories, guardrails, budget=budget).spends
         bounds = {c: replace(b, upper=max(b.upper, inverse[c])) if b.upper_rule == "extrapolation" else b
