@@ -199,3 +199,15 @@ def test_extrapolation_caps_give_way_evenly_when_they_cannot_hold_the_budget() -
     tight = dict(loose, small=ChannelBounds(0.0, 160.0, "none", "cap"))  # the small channel's cap stops it
     capped = limit_extrapolation(tight, largest, 1.5, 2000.0)
     assert capped["small"].upper == 160.0 and capped["large"].upper == pytest.approx(1840.0, abs=0.011)
+
+
+@pytest.mark.parametrize(("budget", "message"), [(0.0, "budget must be positive (got 0.00)"),
+                                                 (-5.0, "budget must be positive (got -5.00)"),
+                                                 (0.004, "budget must be at least one cent (got 0.004)")])
+def test_a_budget_that_places_no_cent_is_refused_saying_why(budget: float, message: str) -> None:
+    from flashcast.budget.bounds import resolve_budget
+
+    with pytest.raises(AllocationInfeasible) as raised:
+        resolve_budget(HISTORY, Guardrails(), budget)
+    assert str(raised.value) == message
+    assert resolve_budget(HISTORY, Guardrails(), 0.006) == 0.01

@@ -36,9 +36,10 @@ def resolve_budget(histories: Sequence[ChannelHistory], guardrails: Guardrails, 
             raise AllocationInfeasible(
                 "no budget: yesterday's spend is zero or missing (no spend file?); pass --spend with daily "
                 "spend per channel or set [guardrails] total_budget")
+    if round(total, 2) <= 0:  # spends are placed to the cent
+        raise AllocationInfeasible(f"budget must be positive (got {total:,.2f})" if total <= 0 else
+                                   f"budget must be at least one cent (got {total:g})")
     total = round(total, 2)
-    if total <= 0:
-        raise AllocationInfeasible(f"budget must be positive (got {total:,.2f})")
     return total
 
 
