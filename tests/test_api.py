@@ -312,6 +312,7 @@ def test_an_operator_starts_a_run_on_the_configured_source_and_follows_it(
             time.sleep(0.5)
         assert state["status"] == "completed", state.get("error")
         assert state["job"] == "api" and state["stage"] == "payload" and state["reconciliation"]
+        assert client.get("/runs/latest", headers=_auth(keys["viewer"])).json() == state
         assert {"payload", "report", "forecast"} <= set(state["outputs"])
         assert len(state["outputs"]["payload"]) == 64  # its SHA-256, as the lineage log recorded it
         assert all(d["input_rows"] == d["accepted"] + d["dropped_consent"] + d["quarantined"] + d["duplicate"]
@@ -337,7 +338,9 @@ def test_starting_a_run_without_a_source_or_a_pii_key_says_what_the_server_lacks
         secret = create_key(app.state.ops, "operator", by="test")[1]
         with TestClient(app, raise_server_exceptions=False) as client:
             answer = client.post("/runs", headers=_auth(secret))
+            none_yet = client.get("/runs/latest", headers=_auth(secret))
         assert answer.status_code == 409 and says in answer.json()["detail"]
+        assert none_yet.status_code == 404 and none_yet.json()["detail"] == "no run yet"
         app.state.ops.dispose()
 
 

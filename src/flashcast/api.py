@@ -297,7 +297,12 @@ def create_app(settings: Settings, *, max_body_bytes: int = MAX_BODY_BYTES) -> F
     @app.get("/runs/{lineage_id}", tags=["runs"], responses={404: {"description": "no such run"}})
     def run(lineage_id: str, _: Reader) -> dict[str, Any]:
         """One run: its state, the stage it is in, its summary (out_dir), its output files with their
-        SHA-256, and its reconciliation per day."""
+        SHA-256, and its reconciliation per day; `latest` for the newest (whatever its state)."""
+        if lineage_id == "latest":
+            newest = ops.latest_runs(1)
+            if not newest:
+                raise HTTPException(404, "no run yet")
+            lineage_id = newest[0]["lineage_id"]
         r, rec = ops.runs, ops.reconciliation
         with ops.engine.connect() as conn:
             row = conn.execute(sa.select(r).where(r.c.lineage_id == lineage_id)).first()
