@@ -230,6 +230,19 @@ def test_weekly_or_monthly_data_is_named_not_forecast_as_a_daily_series(tmp_path
     assert result.exit_code == 1 and "skipped weekly" in result.output and "Traceback" not in result.output
 
 
+def test_a_glitch_in_the_file_is_named_beside_the_table(tmp_path: Path) -> None:
+    history = _weekly()
+    history.loc[len(history) // 2, "y"] *= 1000  # a test order of a million
+    data = tmp_path / "glitch.csv"
+    history.to_csv(data, index=False)
+    result = CliRunner().invoke(app, ["forecast", str(data), "--out", str(tmp_path / "out")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    day = pd.Timestamp(history.loc[len(history) // 2, "ds"]).date()
+    words = " ".join(result.output.split())  # the console wraps long notes
+    assert f"note glitch: 1 isolated spike(s) ({day}), 10x or more the same weekday's level" in words
+    assert "1 spike" in result.output  # in the table's history column
+
+
 def test_a_series_with_regular_closed_days_is_forecast_closed_and_says_so(tmp_path: Path) -> None:
     history = _weekly()
     history = history[history["ds"].dt.dayofweek != 5]  # never open on Saturdays

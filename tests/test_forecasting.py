@@ -71,6 +71,42 @@ def test_a_lone_spike_does_not_blow_up_the_bands() -> None:
     assert widths[1] < 2.5 * widths[0]
 
 
+def test_an_isolated_glitch_is_replaced_by_its_weekdays_level_and_said() -> None:
+    """A test order of a million on a day (100x) moved every engine and widened the 80% band from
+    about 50 to tens of thousands; it is replaced by the same weekday's level around it, and the
+    notes name the day. What is demand stays: a 4x promotion, a level that stays up, a closed day."""
+    y = _seasonal_noise(600, 21)
+    glitch = y.copy()
+    glitch[400] *= 100
+    series = prepare_series(_frame(glitch), series_id="s")
+    assert series.spike_days == (pd.Timestamp("2024-01-01").date() + pd.Timedelta(days=400),)
+    assert abs(series.y[400] - y[400]) < 25 and np.array_equal(np.delete(series.y, 400), np.delete(y, 400))
+    clean, spiked = (auto_forecast(_frame(v), series_id="s", spec=SMALL) for v in (y, glitch))
+    assert abs(spiked.total - clean.total) < 0.01 * clean.total
+    assert np.mean(spiked.bands[80][1] - spiked.bands[80][0]) < 1.2 * np.mean(clean.bands[80][1] - clean.bands[80][0])
+    assert any("1 isolated spike(s) (2025-02-04)" in n for n in spiked.notes) and spiked.history_warnings
+    promotion = y.copy()
+    promotion[400] *= 4
+    shifted = y.copy()
+    shifted[-20:] *= 20  # the business grew: every day since is up, not one
+    closed = y.copy()
+    closed[np.arange(600) % 7 == 6] = np.nan  # closed on Sundays
+    for kept in (promotion, shifted):
+        assert prepare_series(_frame(kept), series_id="s").spike_days == ()
+    closed_glitch = closed.copy()
+    closed_glitch[400] *= 100
+    assert len(prepare_series(_frame(closed_glitch), series_id="s").spike_days) == 1  # closed days are not zeros
+
+
+def test_a_lumpy_or_intermittent_series_keeps_its_large_days() -> None:
+    """A few orders a day of lognormal value have days at 10x their level as part of their spread; a
+    day in five without an order has no level to stand above: neither loses a day."""
+    for seed, orders_a_day in enumerate((0.5, 2.0, 20.0)):
+        rng = np.random.default_rng(seed)
+        y = np.array([rng.lognormal(4, 1, k).sum() for k in rng.poisson(orders_a_day, 500)])
+        assert prepare_series(_frame(y), series_id="s").spike_days == (), orders_a_day
+
+
 def test_bands_stay_bounded_when_a_flat_channel_starts_selling() -> None:
     """A year of zeros (spread ~0) then sales: normalized errors must not explode the bands."""
     rng = np.random.default_rng(15)

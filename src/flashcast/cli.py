@@ -458,6 +458,7 @@ def forecast(
         notes += [closed_days(result.closed_weekdays)] if result.closed_weekdays else []
         notes += ["partly filled last day left out"] if result.partial_last_day else []
         notes += [f"{result.blank_last_days} blank last days left out"] if result.blank_last_days else []
+        notes += [f"{len(result.spike_days)} spike day(s) replaced"] if result.spike_days else []
         scores = (f"{best.mase:.3f}", f"{best.coverage[80]:.0%}", f"{best.coverage[95]:.0%}") if best else ("-",) * 3
         table.add_row(result.series_id, result.engine, *scores, f"{float(result.point.sum()):,.2f}", "; ".join(notes))
     console.print(table)

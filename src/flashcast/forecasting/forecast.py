@@ -42,7 +42,7 @@ from flashcast.forecasting.backtest import (
     spread_terms,
 )
 from flashcast.forecasting.engines import EngineOptions, Ensemble, ProphetEngine, SamplingEngine, make_engines
-from flashcast.forecasting.series import WEEKDAYS, PreparedSeries, prepare_series, validate_history
+from flashcast.forecasting.series import SPIKE_RATIO, WEEKDAYS, PreparedSeries, prepare_series, validate_history
 
 
 class Band(NamedTuple):
@@ -74,12 +74,15 @@ class Forecast:
     blank_last_days: int = 0  # rows at the end without a value, left out
     closed_weekdays: tuple[int, ...] = ()  # 0 = Monday: days the business is closed, forecast as 0
     partial_last_day: str | None = None  # why the history's last day was left out, when it was
+    spike_days: tuple[date, ...] = ()  # isolated spikes replaced by their weekday's level before fitting
 
     @property
     def history_warnings(self) -> tuple[str, ...]:
-        """The notes a person should see beside the table: closed days, a partly filled last day."""
+        """The notes a person should see beside the table: closed days, a partly filled last day,
+        spikes taken out."""
         return (((closed_note(self.closed_weekdays),) if self.closed_weekdays else ())
-                + ((self.partial_last_day,) if self.partial_last_day else ()))
+                + ((self.partial_last_day,) if self.partial_last_day else ())
+                + ((spike_note(self.spike_days),) if self.spike_days else ()))
 
     @property
     def total(self) -> float:
@@ -153,6 +156,12 @@ def closed_note(weekdays: tuple[int, ...]) -> str:
     return f"{closed_days(weekdays)}: no value on those days, forecast as 0"
 
 
+def spike_note(days: tuple[date, ...]) -> str:
+    listed = ", ".join(d.isoformat() for d in days[:3]) + (f" and {len(days) - 3:,} more" if len(days) > 3 else "")
+    return (f"{len(days):,} isolated spike(s) ({listed}), {SPIKE_RATIO:g}x or more the same weekday's level in the "
+            "weeks around, replaced by that level before fitting: a glitch (a test order, a bot), not demand")
+
+
 def _history_notes(series: PreparedSeries) -> tuple[str, ...]:
     return (((f"{series.filled_days} missing days filled by interpolation",) if series.filled_days else ())
             + ((f"{series.dropped_days} days before the last gap of more than a week left out",)
@@ -160,14 +169,15 @@ def _history_notes(series: PreparedSeries) -> tuple[str, ...]:
             + ((closed_note(series.closed_weekdays),) if series.closed_weekdays else ())
             + ((series.partial_last_day,) if series.partial_last_day else ())
             + ((f"{series.blank_last_days} day(s) at the end without a value left out",)
-               if series.blank_last_days else ()))
+               if series.blank_last_days else ())
+            + ((spike_note(series.spike_days),) if series.spike_days else ()))
 
 
 def _history_fields(series: PreparedSeries) -> dict[str, Any]:
     """What a forecast carries about the history it was made from (its notes say the same in words)."""
     return {"filled_days": series.filled_days, "dropped_days": series.dropped_days,
             "blank_last_days": series.blank_last_days, "closed_weekdays": series.closed_weekdays,
-            "partial_last_day": series.partial_last_day}
+            "partial_last_day": series.partial_last_day, "spike_days": series.spike_days}
 
 
 def _closed_to_zero(dates: tuple[date, ...], point: np.ndarray, bands: dict[int, Band],

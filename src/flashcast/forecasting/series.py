@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import NamedTuple
 
 import numpy as np
@@ -26,6 +27,7 @@ class PreparedSeries(NamedTuple):
     closed_weekdays: tuple[int, ...] = ()  # 0 = Monday: days the business is closed, held at 0
     partial_last_day: str | None = None  # why the last day was left out, when it was
     blank_last_days: int = 0  # rows at the end without a value, left out
+    spike_days: tuple[date, ...] = ()  # isolated spikes replaced by their weekday's level (`_isolated_spikes`)
 
 
 def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = True, max_gap_share: float = 0.1,
@@ -89,7 +91,58 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
     partial = None if keep_last_day else _partial_last_day(values, full, closed)
     if partial is not None:
         values, full = values[:-1], full[:-1]
-    return PreparedSeries(values, full, missing, dropped, closed, partial, blank_last)
+    spikes, level = _isolated_spikes(values, open_days=~np.isin(full.dayofweek.to_numpy(), closed))
+    if len(spikes):
+        values = values.copy()
+        values[spikes] = level[spikes]
+    return PreparedSeries(values, full, missing, dropped, closed, partial, blank_last,
+                          tuple(d.date() for d in full[spikes]))
+
+
+# An isolated day at SPIKE_RATIO times its weekday's level or more, and SPIKE_SIGMAS robust standard
+# deviations above it, is a glitch (a test order of a million, a bot's burst), not demand: one such
+# day moves every engine's level and widens the calibrated bands many times over. Promotions and
+# holidays (2-5x) stay; so does a level that stays up (the days beside it are up too).
+SPIKE_RATIO = 10.0
+SPIKE_SIGMAS = 10.0
+SPIKE_QUANTILE, SPIKE_OVER_USUAL = 0.98, 3.0  # and 3x the 98th percentile of the days' ratios to their level
+SPIKE_MAX_ZERO_SHARE = 0.05  # an intermittent series (a day in 20 without a sale) has no level to stand above
+SPIKE_NEIGHBOUR_RATIO = 3.0  # a day beside a spike above this many times the spike's level: a shift
+_SPIKE_WEEKS = 3  # the level: median of the same weekday up to this many weeks before and after
+
+
+def _isolated_spikes(values: np.ndarray, *, open_days: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the isolated spikes in a daily series, and each day's level (the median of the same
+    weekday in the weeks around it, the day itself left out). `open_days`: False on closed weekdays."""
+    n = len(values)
+    opened = values if open_days is None else values[open_days]
+    if n < 4 * 7 or not len(opened) or np.mean(opened == 0) > SPIKE_MAX_ZERO_SHARE:
+        return np.array([], dtype=int), values
+    shifts = [7 * w * sign for w in range(1, _SPIKE_WEEKS + 1) for sign in (-1, 1)]
+    around = np.full((len(shifts), n), np.nan)
+    for row, shift in enumerate(shifts):
+        if shift < 0:
+            around[row, -shift:] = values[:shift]
+        else:
+            around[row, :-shift] = values[shift:]
+    level = np.nanmedian(around, axis=0)
+    residual = values - level
+    sigma = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    if sigma <= 0:
+        return np.array([], dtype=int), level
+    ratio = np.where(level > 0, values / np.where(level > 0, level, 1.0), 0.0)
+    # Lumpy series (a few large orders a day) have days at 10x their level as part of their spread:
+    # a spike must also stand far above the series' own high days.
+    usual_high = float(np.quantile(ratio[level > 0], SPIKE_QUANTILE)) if (level > 0).any() else 0.0
+    high = ((level > 0) & (ratio >= max(SPIKE_RATIO, SPIKE_OVER_USUAL * usual_high))
+            & (residual >= SPIKE_SIGMAS * sigma))
+    # A day beside it well above the spike's own level: the level has moved (near the series' end
+    # the weeks after are missing, and the level is the weeks before alone), not one day.
+    bar = SPIKE_NEIGHBOUR_RATIO * np.maximum(level, 0)
+    beside = np.zeros(n, dtype=bool)
+    beside[1:] |= values[:-1] > bar[1:]
+    beside[:-1] |= values[1:] > bar[:-1]
+    return np.flatnonzero(high & ~beside), level
 
 
 def _closed_weekdays(weekday: np.ndarray, absent: np.ndarray) -> tuple[int, ...]:
