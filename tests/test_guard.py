@@ -226,6 +226,24 @@ def test_page_urls_and_string_params_are_redacted_value_by_value(tmp_path: Path,
     assert "jane" not in dump and "555" not in dump
 
 
+def test_every_kept_text_column_is_redacted_and_a_stream_id_stays_an_id(tmp_path: Path,
+                                                                       con: duckdb.DuckDBPyConnection) -> None:
+    """Device category, country, platform and stream id are kept as GA4 writes them, which an export
+    does not promise: an email or phone number there was stored raw (found by filling every field of
+    GA4's schema with planted values). A stream id of digits stays as it is (the phone pattern takes
+    ten digits for a number)."""
+    leak = "jane.doe@example.com +1 (415) 555-0100"
+    lines = [json.dumps(ga4_row(device={"category": f"desktop {leak}"}, geo={"country": leak}, platform=leak,
+                                stream_id=leak)),
+             json.dumps(ga4_row(device={"category": "mobile"}, geo={"country": "United States"}, platform="WEB",
+                                stream_id="2100450278", event_timestamp="1772370000000001"))]
+    _guard(con, write_lines(tmp_path / "events_20260301.json", lines))
+    planted, plain = con.execute("""SELECT device_category, country, platform, stream_id FROM guarded_events
+        ORDER BY source_line""").fetchall()
+    assert all("jane" not in v and "555" not in v and "[redacted-email]" in v for v in planted), planted
+    assert plain == ("mobile", "United States", "WEB", "2100450278")
+
+
 def test_user_id_not_listed_as_identifier_is_dropped(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
     path = write_lines(tmp_path / "events_20260301.json", [json.dumps(ga4_row(user_id="cust-1"))])
     _guard(con, path, PrivacyPolicy(identifier_fields=("user_pseudo_id",)))

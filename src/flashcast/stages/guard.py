@@ -211,6 +211,14 @@ def guard_steps(src: str, *, policy: PrivacyPolicy, run: RunContext, prior: bool
           SELECT page_location AS v FROM _routed WHERE route = 'candidate'
           UNION SELECT page_referrer FROM _routed WHERE route = 'candidate') WHERE v IS NOT NULL"""))
 
+    # GA4 fills device category, country, platform and stream id from a few values, which an export
+    # does not promise hold no personal text: each distinct combination is redacted once. GA4's
+    # stream id is digits, which the phone pattern would take for a number; anything else is text.
+    steps.append(("_labels", f"""SELECT dc, co, pf, st, {redact("dc")} AS rd, {redact("co")} AS rc,
+          {redact("pf")} AS rp, CASE WHEN regexp_matches(st, '^[0-9]+$') THEN st ELSE {redact("st")} END AS rs FROM (
+          SELECT DISTINCT device_category AS dc, country AS co, platform AS pf, stream_id AS st
+          FROM _routed WHERE route = 'candidate')"""))
+
     steps.append((Table.GUARDED_EVENTS, f"""SELECT {stamp}, {literal(run.key_id)} AS key_id,
           event_date, event_timestamp, make_timestamp(event_timestamp) AS event_ts_utc, event_name,
           uk.k AS user_key, {"ik.k" if keyed_user_id else "NULL::VARCHAR"} AS user_id_key,
@@ -230,12 +238,14 @@ def guard_steps(src: str, *, policy: PrivacyPolicy, run: RunContext, prior: bool
           {redact("first_touch_source")} AS first_touch_source,
           {redact("first_touch_medium")} AS first_touch_medium,
           {redact("first_touch_campaign")} AS first_touch_campaign,
-          device_category, country, platform, stream_id,
+          lb.rd AS device_category, lb.rc AS country, lb.rp AS platform, lb.rs AS stream_id,
           {consent_col} AS consent_value, ads_storage AS ads_consent, intraday, source_file, source_line
         FROM _routed r
         LEFT JOIN _id_keys uk ON uk.v = r.user_pseudo_id
         LEFT JOIN _page_urls pl ON pl.v = r.page_location
         LEFT JOIN _page_urls pr ON pr.v = r.page_referrer
+        LEFT JOIN _labels lb ON lb.dc IS NOT DISTINCT FROM r.device_category AND lb.co IS NOT DISTINCT FROM r.country
+          AND lb.pf IS NOT DISTINCT FROM r.platform AND lb.st IS NOT DISTINCT FROM r.stream_id
         LEFT JOIN _session_keys sk ON sk.u = r.user_pseudo_id AND sk.s IS NOT DISTINCT FROM r.ga_session_id
           AND sk.d IS NOT DISTINCT FROM {_SESSION_DAY.format(r="r.")}
         {"LEFT JOIN _id_keys ik ON ik.v = r.user_id" if keyed_user_id else ""}
