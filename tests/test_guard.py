@@ -244,6 +244,20 @@ def test_every_kept_text_column_is_redacted_and_a_stream_id_stays_an_id(tmp_path
     assert plain == ("mobile", "United States", "WEB", "2100450278")
 
 
+def test_purchases_without_a_real_transaction_id_are_not_duplicates_of_each_other(
+        tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    """GA4 writes "(not set)" for a purchase without a transaction id, and broken tags send "" or
+    "undefined": two such purchases are two sales, not one and a duplicate. A real id repeated is."""
+    ids = ["(not set)", "(not set)", "", " ", "undefined", "Undefined", "null", "T1", "T1"]
+    lines = [json.dumps(ga4_row(event_name="purchase", user_pseudo_id=f"{i}.1",
+                                event_timestamp=str(1772370000000000 + i),
+                                ecommerce={"purchase_revenue": 10.0, "transaction_id": tid}))
+             for i, tid in enumerate(ids)]
+    report = _guard(con, write_lines(tmp_path / "events_20260301.json", lines))
+    assert report.totals["accepted"] == len(ids) - 1 and report.totals["duplicate"] == 1
+    assert con.execute("SELECT count(transaction_key) FROM guarded_events").fetchall() == [(1,)]  # T1 only
+
+
 def test_user_id_not_listed_as_identifier_is_dropped(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
     path = write_lines(tmp_path / "events_20260301.json", [json.dumps(ga4_row(user_id="cust-1"))])
     _guard(con, path, PrivacyPolicy(identifier_fields=("user_pseudo_id",)))

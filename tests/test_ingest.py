@@ -250,6 +250,27 @@ def test_a_ga4_360_fresh_daily_table_is_dated_as_a_daily_one(tmp_path: Path) -> 
         ("events_fresh_20260305/000000000000.json", date(2026, 3, 5), False)]
 
 
+def test_rows_staged_out_of_file_order_stop_the_run_rather_than_name_wrong_lines(
+        tmp_path: Path, con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clean file's line numbers come from the rows' order in the staged table. A query plan that
+    does not keep it (DuckDB plans a long IN list as a join: it happened) must stop the run, not
+    name quarantined rows by wrong lines."""
+    from flashcast.stages import ingest
+
+    for day in ("20260301", "20260302"):
+        write_lines(tmp_path / f"events_{day}.json", [json.dumps(ga4_row(event_date=day, event_timestamp=str(t)))
+                                                      for t in range(1772370000000000, 1772370000000003)])
+    staged = stage_export(con, tmp_path)
+    lines = con.execute(f"SELECT source_file, list(source_line ORDER BY source_line) FROM {staged.table} "
+                        "GROUP BY ALL ORDER BY 1").fetchall()
+    assert lines == [("events_20260301.json", [1, 2, 3]), ("events_20260302.json", [1, 2, 3])]
+    in_order = ingest.staged_select_sql
+    monkeypatch.setattr(ingest, "staged_select_sql",
+                        lambda *args: f"{in_order(*args)} ORDER BY source_file DESC")  # the files swapped
+    with pytest.raises(RuntimeError, match="lost the export rows' order"):
+        stage_export(con, tmp_path)
+
+
 def test_export_files_of_a_format_not_read_are_named(tmp_path: Path) -> None:
     from flashcast.stages.ingest import discover_exports, unread_files
 

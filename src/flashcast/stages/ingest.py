@@ -77,6 +77,12 @@ GA4_JSON_STRUCTURE = {
 }
 
 
+# What GA4 writes, and what tags send by mistake, for a purchase without a transaction id: none of
+# them is an id, and taken for one every such purchase after the first would count as a duplicate.
+# (A pattern, not a list: DuckDB plans a long IN list, or list_contains over one, as a join, which does
+# not keep the rows' order, and the staged rows' line numbers come from their order.)
+_NO_TRANSACTION = r"^(\(not set\)|not set|\(none\)|undefined|null|none|nan)?$"
+
 # GA4's daily tables, its intraday ones and GA4 360's "fresh daily" ones (events_fresh_YYYYMMDD)
 _DAY = re.compile(r"events_(?:intraday_|fresh_)?(\d{8})")
 DAY_FOLDER_PATTERN = r"events_(?:intraday_|fresh_)?\d{8}"  # a day folder's whole name, in any case
@@ -464,6 +470,11 @@ def _create_staged(con: duckdb.DuckDBPyConnection, table: str, fast: list[Export
         con.execute(f"""UPDATE {table} SET source_line = {table}.rowid + 1 - first.start
             FROM (VALUES {", ".join(starts)}) first(name, start)
             WHERE first.name = {table}.source_file AND {table}.rowid < {before}""")
+        # Rows out of file order would be named by wrong lines. A plan that does not keep order (DuckDB
+        # plans a long IN list as a join) moves some row before its file's first rowid: line < 1.
+        first_line = con.execute(f"SELECT min(source_line) FROM {table} WHERE rowid < {before}").fetchall()[0][0]
+        if first_line is not None and first_line < 1:
+            raise RuntimeError("staging lost the export rows' order: their line numbers would be wrong")
 
 
 def staged_select_sql(parsed: str, max_days_from_file_date: int) -> str:
@@ -671,7 +682,9 @@ def _columns_sql() -> str:
         TRY_CAST(event_value_in_usd AS DOUBLE),
         TRY_CAST(coalesce({_param('value', 'double_value')}, {_param('value', 'int_value')}) AS DOUBLE)
       ) AS revenue,
-      nullif(coalesce(ecommerce.transaction_id, {_param('transaction_id')}), '(not set)') AS transaction_id,
+      CASE WHEN regexp_matches(lower(trim(coalesce(ecommerce.transaction_id, {_param('transaction_id')}))),
+                               {literal(_NO_TRANSACTION)})
+        THEN NULL ELSE coalesce(ecommerce.transaction_id, {_param('transaction_id')}) END AS transaction_id,
       coalesce(session_traffic_source_last_click.manual_campaign.source,
                collected_traffic_source.manual_source, {_param('source')}) AS session_source,
       coalesce(session_traffic_source_last_click.manual_campaign.medium,
