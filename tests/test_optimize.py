@@ -197,8 +197,12 @@ def test_target_cpa_spends_less_when_the_budget_would_overshoot_it() -> None:
     spend, solution = budget_for_target_cpa(problem, 5000.0, target)
     assert spend < 5000.0
     assert spend / solution.expected <= target * 1.001
-    with pytest.raises(AllocationInfeasible, match="cannot be met"):
+    with pytest.raises(AllocationInfeasible, match=r"target CPA 0\.00 cannot be met: .* per conversion"):
         budget_for_target_cpa(problem, 5000.0, 1e-6)
+    # The same target given as a ROAS (kpi = "revenue", target_roas) is refused in its own terms.
+    with pytest.raises(AllocationInfeasible, match=r"target ROAS 1,000,000\.00 cannot be met: .* returns [0-9.]+ per "
+                                                   r"unit of spend; lower the target"):
+        budget_for_target_cpa(problem, 5000.0, 1e-6, as_roas=True)
 
 
 def test_many_lines_report_per_channel() -> None:

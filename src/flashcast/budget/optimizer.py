@@ -378,8 +378,10 @@ def kkt_violations(problem: Problem, solution: Solution, *, rtol: float = 1e-4) 
     return problems
 
 
-def budget_for_target_cpa(problem: Problem, budget: float, target_cpa: float) -> tuple[float, Solution]:
+def budget_for_target_cpa(problem: Problem, budget: float, target_cpa: float, *,
+                          as_roas: bool = False) -> tuple[float, Solution]:
     """The largest spend up to `budget` whose average CPA meets `target_cpa` (and its solution).
+    `as_roas`: the target is a ROAS (revenue over spend, 1 / `target_cpa`), and its error says so.
 
     With concave curves, average CPA rises with spend, so this is a root search on the budget.
     """
@@ -391,6 +393,10 @@ def budget_for_target_cpa(problem: Problem, budget: float, target_cpa: float) ->
     low = optimize(problem, max(floor, 0.01))
     if low.expected <= 0 or max(floor, 0.01) / low.expected > target_cpa:
         best = max(floor, 0.01) / low.expected if low.expected > 0 else float("inf")
+        if as_roas:
+            raise AllocationInfeasible(
+                f"target ROAS {1 / target_cpa:,.2f} cannot be met: even the minimum spend {floor:,.2f} returns "
+                f"{1 / best:,.2f} per unit of spend; lower the target or the channel minimums")
         raise AllocationInfeasible(
             f"target CPA {target_cpa:,.2f} cannot be met: even the minimum spend {floor:,.2f} costs {best:,.2f} "
             "per conversion; raise the target or lower the channel minimums")

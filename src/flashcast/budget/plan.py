@@ -105,7 +105,7 @@ def allocate_by_curves(
     spend_total = total
     notes = [*path_notes, *(w for c in channels for w in fits[c].warnings)]
     if target is not None:
-        spend_total, solution = budget_for_target_cpa(problem, total, target)
+        spend_total, solution = budget_for_target_cpa(problem, total, target, as_roas=config.target_cpa is None)
         if spend_total < total:
             notes.append(f"spending {spend_total:,.2f} of {total:,.2f} to meet the target "
                          f"{'CPA' if config.target_cpa else 'ROAS'}")
