@@ -321,3 +321,11 @@ def test_every_series_gets_its_own_readable_chart_file(tmp_path: Path) -> None:
     assert names[0] == "fan_chart_東京.png" and names[1] == "fan_chart_大阪.png"
     assert len(set(names)) == len(names)  # a/b and a_b no longer share a file
     assert names[4] == "fan_chart_Ünïcode_café.png" and names[5] == "fan_chart_series.png"
+
+
+def test_a_horizon_of_zero_is_refused_not_taken_for_the_default(tmp_path: Path) -> None:
+    data = tmp_path / "one.csv"
+    _weekly(200).to_csv(data, index=False)
+    result = CliRunner().invoke(app, ["forecast", str(data), "--horizon", "0", "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0 and "horizon: Input should be greater than or equal to 1" in result.output
+    assert not (tmp_path / "out").exists()

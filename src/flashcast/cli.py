@@ -431,7 +431,7 @@ def forecast(
         out = _output_folder(out)
         try:
             options = ForecastConfig.model_validate({
-                **settings.forecast.model_dump(), **({"horizon": horizon} if horizon else {}),
+                **settings.forecast.model_dump(), **({"horizon": horizon} if horizon is not None else {}),
                 **({"engines": tuple(e.strip() for e in engines.split(","))} if engines else {})})
         except ValidationError as exc:
             raise ConfigError(f"forecast options: {describe_validation_error(exc)}") from exc
