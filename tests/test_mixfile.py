@@ -444,6 +444,11 @@ def test_guardrails_apply_only_when_given(tmp_path: Path) -> None:
     assert spends["held"]["spend"].sum() == pytest.approx(9000, abs=0.01)
     unknown = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x"), "--cap", "radio=5"])
     assert unknown.exit_code != 0 and "['radio']" in unknown.output
+    # Shares that cannot hold the budget are refused as a run's [guardrails] are (they were ignored).
+    cramped = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x"), *(
+        o for c in ("tv", "search", "social") for o in ("--max-share", f"{c}=0.3"))])
+    assert cramped.exit_code != 0 and "max_share of the spend columns adds to 90%" in cramped.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_panel_of_geos_summed_by_date_reads_as_its_national_file(tmp_path: Path) -> None:

@@ -562,6 +562,9 @@ def allocate(
         unknown = sorted({*guardrails.min_share, *guardrails.max_share, *guardrails.caps} - set(mix.data.spend))
         if unknown:
             raise ConfigError(f"guardrails name channels that are not spend columns: {unknown}")
+        room = sum(guardrails.max_share.get(c, 1.0) for c in mix.data.spend)
+        if room < 1.0 - 1e-9:  # as [guardrails] are checked for a run's paid channels
+            raise ConfigError(f"max_share of the spend columns adds to {room:.0%}: they cannot hold the whole budget")
         with console.status(f"fitting the media-mix model on {mix.data.n:,} {mix.cadence} rows..."):
             model = None
             if engine == "bayes":
