@@ -93,3 +93,25 @@ def test_banned_words_from_the_brand_config_are_used() -> None:
     brand = BrandRules(banned_words=("sneaker",))
     assert check_copy("City sneaker", OK_BODY, channel="PPC", brand=brand).light == "red"
     assert check_copy("City sneaker", OK_BODY, channel="PPC", brand=BRAND).light == "green"
+
+
+def test_no_copy_is_written_for_a_segment_without_users() -> None:
+    """k-means names its clusters after some of the segments only: copy for an empty one would wait
+    for a person's approval and never run (the payload buys no empty audience)."""
+    from datetime import UTC, datetime
+
+    import duckdb
+
+    from flashcast.config import Settings
+    from flashcast.records import RunContext, Segmentation, SegmentProfile
+    from flashcast.stages import creatives
+
+    sizes = dict.fromkeys(SEGMENTS, 0) | {"Brand Loyalist": 40, "Browser": 60}
+    profiles = tuple(SegmentProfile(s, n, n / 100, 10.0, 2.0, 0.5, 50.0, 3.0, 60.0) for s, n in sizes.items())
+    segmentation = Segmentation("user_segments", profiles, {}, {}, method="kmeans")
+    with duckdb.connect() as con:
+        library = creatives.run(con, segments=segmentation, settings=Settings(), llm=None,
+                                context=RunContext("run-1", datetime.now(UTC), "key-1"))
+        assert con.execute("SELECT count(DISTINCT segment) FROM creatives").fetchall() == [(2,)]
+    assert {c.segment for c in library.creatives} == {"Brand Loyalist", "Browser"}
+    assert len(library.creatives) == 2 * 2 * len(Settings().channels.paid_channels)

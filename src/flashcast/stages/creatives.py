@@ -116,17 +116,22 @@ def run(con: duckdb.DuckDBPyConnection, *, segments: Segmentation, settings: Set
     """The creatives stage: copy from the LLM when one is configured (templates if it fails, saying
     why), else templates; every variant scored; the library in table `creatives`."""
     brand, channels = settings.brand, settings.channels.paid_channels
+    # Copy for a segment without users would wait for a person's approval and never run (the
+    # payload buys no empty audience); k-means names its clusters after some of the segments only.
+    profiles = tuple(p for p in segments.profiles if p.users > 0)
     fallback = None
     library = None
     if llm is not None:
         try:
             library = CreativeLibrary(tuple(llm_creatives(
-                llm, brand, segments.profiles, channels, regenerate_red=settings.llm.regenerate_red,
+                llm, brand, profiles, channels, regenerate_red=settings.llm.regenerate_red,
                 auto_approve_green=brand.auto_approve_green)), generator=f"{llm.provider.name}:{llm.provider.model}")
         except ProviderFailed as exc:
             fallback = f"LLM copy failed, used the templates: {exc}"
     if library is None:
-        templates = template_creatives(SEGMENTS, channels, brand=brand, auto_approve_green=brand.auto_approve_green)
+        populated = {p.segment for p in profiles}
+        templates = template_creatives(tuple(s for s in SEGMENTS if s in populated), channels, brand=brand,
+                                       auto_approve_green=brand.auto_approve_green)
         library = CreativeLibrary(tuple(templates), fallback=fallback)
     if context.creative_decisions:  # a person's decision on the same copy outranks the default status
         library = replace(library, creatives=tuple(
