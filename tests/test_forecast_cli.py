@@ -329,3 +329,27 @@ def test_a_horizon_of_zero_is_refused_not_taken_for_the_default(tmp_path: Path) 
     result = CliRunner().invoke(app, ["forecast", str(data), "--horizon", "0", "--out", str(tmp_path / "out")])
     assert result.exit_code != 0 and "horizon: Input should be greater than or equal to 1" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_rows_by_the_hour_or_by_order_are_summed_by_day_when_asked(tmp_path: Path) -> None:
+    """An orders export (a row per order, with its time) is not a daily series: without
+    --sum-by-date the series is skipped saying so and how; with it, each day is its rows' sum."""
+    daily = _weekly(150)
+    rows = []
+    for day, value in zip(daily["ds"], daily["y"], strict=True):
+        for hour, share in ((9, 0.5), (13, 0.3), (20, 0.2)):
+            rows.append((day + pd.Timedelta(hours=hour), value * share))
+    orders = pd.DataFrame(rows, columns=["created_at", "amount"])
+    data = tmp_path / "orders.csv"
+    orders.to_csv(data, index=False)
+    refused = CliRunner().invoke(app, ["forecast", str(data), "--out", str(tmp_path / "no")], terminal_width=200)
+    assert refused.exit_code == 1 and "duplicate date" in refused.output
+    assert "several rows a day: --sum-by-date adds them up" in " ".join(refused.output.split())
+    summed = CliRunner().invoke(app, ["forecast", str(data), "--sum-by-date", "--horizon", "7",
+                                      "--out", str(tmp_path / "out")])
+    assert summed.exit_code == 0, summed.output
+    from flashcast import forecast_series
+
+    direct = forecast_series(daily, horizon=7)
+    command = pd.read_csv(tmp_path / "out" / "forecast.csv")
+    assert np.allclose(command["point"].to_numpy(), direct["point"].to_numpy(), rtol=1e-4)

@@ -412,6 +412,8 @@ def forecast(
         help="strptime format of the dates, e.g. %d/%m/%Y (default: read ISO and other common forms).")] = None,
     keep_last_day: Annotated[bool, typer.Option(
         help="Keep a last day far below its weekday's level (default: left out as partly filled).")] = False,
+    sum_by_date: Annotated[bool, typer.Option(
+        help="Add up a series' rows of one day (rows by the hour, or one per order) into its daily value.")] = False,
     charts: Annotated[int, typer.Option(help="Fan charts for at most this many series.")] = 12,
     config: ConfigOption = None,
 ) -> None:
@@ -436,7 +438,7 @@ def forecast(
         except ValidationError as exc:
             raise ConfigError(f"forecast options: {describe_validation_error(exc)}") from exc
         frame = read_series_file(data, date_col=date_col, value_col=value_col, series_col=series_col,
-                                 date_format=date_format)
+                                 date_format=date_format, sum_by_date=sum_by_date)
         if (date_col, value_col) != (frame.attrs["date_col"], frame.attrs["value_col"]):
             console.print(f"dates from column {frame.attrs['date_col']!r}, values from {frame.attrs['value_col']!r}",
                           highlight=False, markup=False)
@@ -465,7 +467,8 @@ def forecast(
     if len(done) > 20:
         console.print(f"... and {len(done) - 20:,} more in {files['forecast']}")
     for skip in skipped:
-        hint = " (--signed takes series that may go below zero)" if skip.negative else ""
+        hint = (" (--signed takes series that may go below zero)" if skip.negative else
+                " (several rows a day: --sum-by-date adds them up)" if skip.repeated_date else "")
         console.print(f"[yellow]skipped[/yellow] {escape(skip.reason)}{hint}", highlight=False)
     console.print(f"wrote {files['forecast']}, {files['forecast_backtest']} and "
                   f"{sum(k.startswith('fan_chart') for k in files)} fan chart(s) in {out}")

@@ -14,6 +14,7 @@
       ForecastError          a series cannot be forecast (gaps, negative values, duplicates)
         HistoryTooShort      too few days for the backtest that selects and calibrates engines
         NegativeValue        a series taken as non-negative goes below zero
+        RepeatedDate         a series has two values on one day (rows by the hour, or by order)
       AllocationError        the budget cannot be allocated
         AllocationInfeasible the guardrails cannot all hold for the budget (names the conflicting bounds)
         CurveFitError        a response curve cannot be fitted to a channel's history
@@ -101,6 +102,10 @@ class HistoryTooShort(ForecastError):
 
 class NegativeValue(ForecastError):
     """A series forecast as non-negative (revenue, counts) has a value below zero."""
+
+
+class RepeatedDate(ForecastError):
+    """A daily series has two values on one day: the rows are by the hour, or by order, not by day."""
 
 
 class AllocationError(FlashcastError):

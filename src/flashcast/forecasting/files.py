@@ -22,12 +22,14 @@ from flashcast.tablefile import TableFile, open_table_file
 
 def read_series_file(path: Path, *, date_col: str | None = None, value_col: str | None = None,
                      series_col: str | None = None, default_id: str | None = None,
-                     date_format: str | None = None) -> pd.DataFrame:
+                     date_format: str | None = None, sum_by_date: bool = False) -> pd.DataFrame:
     """Long frame (series_id, ds, y) from `path`, with the file's column names in `frame.attrs`
     ("date_col", "value_col"). Columns not named are found as `find_columns` says. Without
     `series_col` the file holds one series, named `default_id` (the file's stem by default). Dates
-    may mix the common forms (see `parse_dates`); `date_format` (strptime codes) fixes one. Errors
-    name the file, the column and the row (1-based, header not counted), never a value."""
+    may mix the common forms (see `parse_dates`); `date_format` (strptime codes) fixes one.
+    `sum_by_date`: a series' rows of one day (by the hour, one per order) are added up into one (a
+    day whose values are all blank stays blank). Errors name the file, the column and the row
+    (1-based, header not counted), never a value."""
     con = duckdb.connect()
     try:
         table = open_table_file(con, path, ForecastError)
@@ -51,6 +53,8 @@ def read_series_file(path: Path, *, date_col: str | None = None, value_col: str 
         frame["ds"] = parse_dates(frame["ds"], date_format=date_format)
     except DateProblem as exc:
         raise ForecastError(f"{path}: row {exc.row + 1}: {date_col} {exc.problem}") from None
+    if sum_by_date:
+        frame = frame.groupby(["series_id", "ds"], as_index=False, sort=True)["y"].sum(min_count=1)
     frame.attrs.update(date_col=date_col, value_col=value_col)
     return frame
 

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from flashcast.errors import ForecastError, HistoryTooShort, NegativeValue
+from flashcast.errors import ForecastError, HistoryTooShort, NegativeValue, RepeatedDate
 from flashcast.forecasting.backtest import (
     LEVELS,
     BacktestSpec,
@@ -410,6 +410,7 @@ class SkippedSeries:
     series_id: str
     reason: str
     negative: bool = False  # it went below zero while taken as non-negative (a signed forecast would take it)
+    repeated_date: bool = False  # two values on one day (rows by the hour or by order: summing by day would take it)
 
 
 def _forecast_one(task: _Task) -> Forecast | SkippedSeries:
@@ -428,7 +429,8 @@ def _forecast_one(task: _Task) -> Forecast | SkippedSeries:
                                           options=task.options, nonnegative=task.nonnegative,
                                           keep_last_day=task.keep_last_day)
     except ForecastError as exc:  # one bad series does not sink the others; the caller reports it
-        return SkippedSeries(task.series_id, str(exc), negative=isinstance(exc, NegativeValue))
+        return SkippedSeries(task.series_id, str(exc), negative=isinstance(exc, NegativeValue),
+                             repeated_date=isinstance(exc, RepeatedDate))
 
 
 def _start_worker(parent: int) -> None:

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from flashcast.errors import ForecastError, NegativeValue
+from flashcast.errors import ForecastError, NegativeValue, RepeatedDate
 
 MIN_HISTORY_DAYS = 28  # below this not even a weekly pattern can be seen
 
@@ -55,7 +55,7 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
     ds, y = pd.DatetimeIndex(stamps[order]), given[order]
     same = np.flatnonzero(ds[1:] == ds[:-1])
     if len(same):
-        raise ForecastError(f"{series_id}: duplicate date {ds[same[0] + 1].date()}")
+        raise RepeatedDate(f"{series_id}: duplicate date {ds[same[0] + 1].date()}")
     _check_daily(ds, series_id)
     valued = np.flatnonzero(~np.isnan(y))
     if not len(valued):
