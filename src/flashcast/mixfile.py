@@ -66,6 +66,25 @@ def _flag_sql(con: duckdb.DuckDBPyConnection, column: str) -> str | None:
     return f"CASE WHEN {c} IN ({yes}) THEN 1.0 WHEN {c} IN ({no}) THEN 0.0 END"
 
 
+# A control written as words (an event's name, a season: Robyn's `events` column) is one 0/1 control
+# per word; these say "nothing" (0 on every one), and more words than this is not a category.
+_NONE_WORDS = ("", "na", "n/a", "nan", "none", "null", "-")
+MAX_CATEGORIES = 20
+
+
+def _categories(con: duckdb.DuckDBPyConnection, column: str, number: str) -> list[str] | None:
+    """The words of a control written as categories (no value a number, at most MAX_CATEGORIES words
+    besides those of `_NONE_WORDS`), in order; None for any other column."""
+    c = f"trim({identifier(column)}::VARCHAR)"
+    nones = ", ".join(literal(w) for w in _NONE_WORDS)
+    numeric, words = con.execute(f"""SELECT count(*) FILTER (WHERE {number} IS NOT NULL),
+          list(DISTINCT {c} ORDER BY {c}) FILTER (WHERE {c} IS NOT NULL AND lower({c}) NOT IN ({nones}))
+        FROM source""").fetchall()[0]
+    if numeric or not words or len(words) > MAX_CATEGORIES:
+        return None
+    return [str(w) for w in words]
+
+
 def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Sequence[str],
                   control_cols: Sequence[str] = (), cadence: Cadence | None = None,
                   date_format: str | None = None, sum_by_date: bool = False) -> MixFile:
@@ -83,7 +102,17 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
         if repeated:
             raise IngestError(f"{path}: column {repeated[0]!r} is given twice")
         numbers = {column: table.number_sql(con, column) for column in [outcome_col, *spend_cols, *control_cols]}
-        numbers |= {column: flag for column in control_cols if (flag := _flag_sql(con, column))}
+        flags = {column: flag for column in control_cols if (flag := _flag_sql(con, column))}
+        numbers |= flags
+        categorical = {column: words for column in control_cols
+                       if column not in flags and (words := _categories(con, column, numbers[column])) is not None}
+        for column in categorical:
+            del numbers[column]
+        # each word a 0/1 control of its own: "events=launch"
+        dummies = {f"{column}={word}": f"CASE WHEN trim({identifier(column)}::VARCHAR) = {literal(word)} THEN 1.0 "
+                   "ELSE 0.0 END" for column, words in categorical.items() for word in words}
+        controls = [name for column in control_cols
+                    for name in ([f"{column}={w}" for w in categorical[column]] if column in categorical else [column])]
 
         def first_row(condition: str) -> int | None:
             row = con.execute(f"SELECT min(_row) FROM source WHERE {condition}").fetchall()[0][0]
@@ -97,7 +126,7 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
                 raise IngestError(f"{path}: row {bad}: {column} {table.not_a_number(con, column, bad)}")
             if column in spend_cols and (bad := first_row(f"{number} < 0")) is not None:
                 raise IngestError(f"{path}: row {bad}: {column} is negative")
-        values = ", ".join(f"{number} AS {identifier(c)}" for c, number in numbers.items())
+        values = ", ".join(f"{number} AS {identifier(c)}" for c, number in (numbers | dummies).items())
         frame = con.execute(f"SELECT {identifier(date_col)}::VARCHAR AS _date, {values} FROM source ORDER BY _row").df()
     finally:
         con.close()
@@ -107,7 +136,7 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
         raise IngestError(f"{path}: row {exc.row + 1}: {date_col} {exc.problem}") from None
     rows = np.arange(1, len(frame) + 1)  # each row's row in the file
     if sum_by_date:
-        dates, frame, rows = _sum_by_date(dates, frame, [outcome_col, *spend_cols], control_cols, path=path,
+        dates, frame, rows = _sum_by_date(dates, frame, [outcome_col, *spend_cols], controls, path=path,
                                           date_col=date_col)
     order = np.argsort(dates.to_numpy(), kind="stable")
     sorted_dates = dates.iloc[order].reset_index(drop=True)
@@ -129,7 +158,7 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
                           "spend and outcome)")
     return MixFile(sorted_dates, cadence, MixData(
         PERIODS_PER_YEAR[cadence], frame[outcome_col].to_numpy(float),
-        {c: frame[c].to_numpy(float) for c in spend_cols}, {c: frame[c].to_numpy(float) for c in control_cols}))
+        {c: frame[c].to_numpy(float) for c in spend_cols}, {c: frame[c].to_numpy(float) for c in controls}))
 
 
 def _sum_by_date(dates: pd.Series, frame: pd.DataFrame, summed: Sequence[str], averaged: Sequence[str], *,

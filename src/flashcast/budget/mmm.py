@@ -460,6 +460,13 @@ def _holdout(base: Array, spend: Array, y: Array, scale: Array, *, seed: int, ri
     cut = _holdout_cut(n)
     if cut < MIN_PERIODS or n - cut < 4:
         return None
+    # A control that never varies before the cut (an event, a promotion first run in the held-out
+    # periods) is the intercept there: its coefficient is anyone's guess, and the held-out periods
+    # would be scored on that guess. It is left out of this fit (column 0 is the intercept).
+    idle = np.flatnonzero(np.ptp(base[:cut], axis=0) == 0)
+    if len(idle[idle > 0]):
+        base = base.copy()
+        base[:, idle[idle > 0]] = 0.0
     shapes = _fit_shapes(base[:cut], spend[:cut], y[:cut], scale, starts=2, seed=seed, ridge=ridge,
                          level=None if level is None else level[:cut], concave=concave)
     media = _media(spend, shapes, level)  # adstock runs over the whole series: the holdout's carry-over is real
