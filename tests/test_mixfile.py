@@ -610,3 +610,16 @@ def test_the_bayes_engine_fits_pymc_marketing_and_allocates_through_the_same_opt
     parts = decomposition[["baseline", "controls", *TRUTH]].sum(axis=1)
     assert np.allclose(parts, decomposition["fitted"], rtol=1e-6)
     assert json.loads((out / "model.json").read_text())["r2"] > 0.8
+
+
+def test_a_channel_whose_spend_never_moved_is_said_to_be_the_priors_guess(tmp_path: Path) -> None:
+    """Constant spend is the intercept by another name: the model's split between them is its
+    priors'. The plan still comes, and its notes say which channel cannot be measured."""
+    frame, _ = _world(9)
+    path = tmp_path / "steady.csv"
+    frame.assign(radio=2000.0).to_csv(path, index=False)
+    mix = read_mix_file(path, date_col="week", outcome_col="sales", spend_cols=["tv", "search", "social", "radio"],
+                        control_cols=["price", "demand"])
+    notes = allocate_mix(mix, 9000.0, config=AllocationConfig(bootstrap_draws=0)).plan.allocation.notes
+    steady = [n for n in notes if "spend barely varied" in n]
+    assert len(steady) == 1 and steady[0].startswith("radio: spend barely varied (coefficient of variation 0.00 < 0.15)")

@@ -10,7 +10,7 @@ import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +18,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from flashcast.budget.curves import CurveFit
+from flashcast.budget.curves import MIN_SPEND_CV, CurveFit
 from flashcast.budget.mmm import HOLDOUT_SHARE, MixData, MixModel, fit_mix, recent_periods
 from flashcast.budget.plan import ChannelSeries, CurvePlan, allocate_by_curves
 from flashcast.budget.records import ChannelHistory
@@ -224,6 +224,14 @@ def allocate_mix(mix: MixFile, budget: float, *, guardrails: Guardrails | None =
             "more variation in spend, or controls for what else moves the outcome may help")
     capped = tuple(c for c in model.channels if model.effects[c].unsaturated)
     fits: dict[str, CurveFit] = model.curve_fits()
+    for c in model.channels:  # a channel whose spend never moved cannot be told from the baseline
+        spend = mix.data.spend[c]
+        cv = float(spend.std() / spend.mean()) if spend.mean() > 0 else 0.0
+        if cv < MIN_SPEND_CV:
+            fits[c] = replace(fits[c], warnings=(
+                f"{c}: spend barely varied (coefficient of variation {cv:.2f} < {MIN_SPEND_CV}): its effect cannot be "
+                "told from the baseline, so its curve and share of the outcome are the model's priors, not measured "
+                "(periods of other spend would show them)", *fits[c].warnings))
     histories, series = [], []
     tail = slice(-recent_periods(mix.data.periods_per_year), None)
     for c in model.channels:
