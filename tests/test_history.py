@@ -237,6 +237,14 @@ def test_rebuild_reads_chosen_days_again_and_full_mode_reads_everything(
     chosen = {f.name for f in first.ingest.files if f.file_date in (days[3], days[4])}
     assert {n for n, r in rebuilt.ingest.reasons.items() if r in ("rebuild", "same day")} == chosen
     assert rebuilt.guard.totals == first.guard.totals
+    assert not [w for w in rebuilt.ingest.warnings if w.startswith("--rebuild")]
+    # Days the export does not have: said, not silently a run like any other.
+    beyond = days[-1] + timedelta(days=30)
+    missed = _ingest(settings, export, pii_key, tmp_path / "out", rebuild=(beyond, beyond))
+    assert "rebuild" not in missed.ingest.reasons.values()
+    assert [w for w in missed.ingest.warnings if w.startswith("--rebuild")] == [
+        f"--rebuild {beyond}:{beyond}: no export file is dated in that range (the export's files run from "
+        f"{days[0]} to {days[-1]}); nothing was read again"]
     everything = _ingest(_settings(tmp_path / "home", incremental=False), export, pii_key, tmp_path / "out")
     assert set(everything.ingest.reasons.values()) == {"every run"}
     assert everything.guard.totals == first.guard.totals

@@ -273,6 +273,10 @@ def run(con: duckdb.DuckDBPyConnection, *, inputs: RunInputs, settings: Settings
         formats = ", ".join((*NDJSON_SUFFIXES, *PARQUET_SUFFIXES))
         warnings = (f"{unread[0]}{more}: not read (Flashcast reads export files ending {formats}; export those "
                     "days again in one of them)", *warnings)
+    dated = [f.file_date for f in files if f.file_date is not None]
+    if inputs.rebuild is not None and dated and not any(inputs.rebuild[0] <= d <= inputs.rebuild[1] for d in dated):
+        warnings = (f"--rebuild {inputs.rebuild[0]}:{inputs.rebuild[1]}: no export file is dated in that range (the "
+                    f"export's files run from {min(dated)} to {max(dated)}); nothing was read again", *warnings)
     if other:
         warnings = (f"the warehouse held the history of another export ({other}): this run replaces it "
                     "(one warehouse keeps one export's history; give each its own [store] home)", *warnings)
