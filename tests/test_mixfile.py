@@ -622,4 +622,5 @@ def test_a_channel_whose_spend_never_moved_is_said_to_be_the_priors_guess(tmp_pa
                         control_cols=["price", "demand"])
     notes = allocate_mix(mix, 9000.0, config=AllocationConfig(bootstrap_draws=0)).plan.allocation.notes
     steady = [n for n in notes if "spend barely varied" in n]
-    assert len(steady) == 1 and steady[0].startswith("radio: spend barely varied (coefficient of variation 0.00 < 0.15)")
+    assert len(steady) == 1
+    assert steady[0].startswith("radio: spend barely varied (coefficient of variation 0.00 < 0.15)")

@@ -39,6 +39,11 @@ def test_every_error_is_in_the_tree_and_exported() -> None:
     documented = {line.split()[0] for line in (errors.__doc__ or "").splitlines()[2:] if line.startswith("    ")}
     assert classes == documented
     assert classes <= set(flashcast.__all__)
+    # ... and none is defined elsewhere (two were, in approvals.py, outside the tree)
+    elsewhere = [f"{path.name}:{node.name}" for path in SRC.rglob("*.py") if path.name != "errors.py"
+                 for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ClassDef)
+                 and any(isinstance(base, ast.Name) and base.id in classes for base in node.bases)]
+    assert elsewhere == []
 
 
 def _imports(path: Path) -> set[str]:

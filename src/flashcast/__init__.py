@@ -8,8 +8,10 @@ from flashcast.config import Settings, load_settings
 from flashcast.errors import (
     AllocationError,
     AllocationInfeasible,
+    ApprovalError,
     ConfigError,
     CurveFitError,
+    DecisionRefused,
     DeliveryError,
     DeliveryRefused,
     EmailFailed,
@@ -34,6 +36,7 @@ from flashcast.errors import (
     SegmentationError,
     StageError,
     StoreBusy,
+    UnknownCreative,
 )
 from flashcast.records import RunInputs
 
@@ -60,8 +63,10 @@ def __dir__() -> list[str]:
 __all__ = [
     "AllocationError",
     "AllocationInfeasible",
+    "ApprovalError",
     "ConfigError",
     "CurveFitError",
+    "DecisionRefused",
     "DeliveryError",
     "DeliveryRefused",
     "EmailFailed",
@@ -89,6 +94,7 @@ __all__ = [
     "Settings",
     "StageError",
     "StoreBusy",
+    "UnknownCreative",
     "__version__",
     "forecast_series",
     "load_settings",

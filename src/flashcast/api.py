@@ -30,14 +30,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from flashcast import __version__
 from flashcast.access import Action, ApiKey, authenticate, create_key, list_keys, revoke_key
-from flashcast.approvals import DecisionRefused, decide, latest_creatives
+from flashcast.approvals import decide, latest_creatives
 from flashcast.budget.inverse_cpa import allocate_inverse_cpa
 from flashcast.budget.plan import ChannelSeries, allocate_by_curves
 from flashcast.budget.records import ChannelHistory
 from flashcast.config import ForecastConfig, Guardrails, Settings
 from flashcast.dashboard import CHART_FILES, STATIC, dashboard_data, latest_finished_run, plotly_js
 from flashcast.delivery import deliver, deliveries, latest_payload_id, load_payload, request_push
-from flashcast.errors import ConfigError, DeliveryRefused, FlashcastError, LineageError, PayloadNotFound, PushHeld
+from flashcast.errors import (
+    ConfigError,
+    DecisionRefused,
+    DeliveryRefused,
+    FlashcastError,
+    LineageError,
+    PayloadNotFound,
+    PushHeld,
+)
 from flashcast.forecasting.engines import REGISTRY
 from flashcast.keys import PiiKey, load_pii_key
 from flashcast.lineage import LineageLog, new_lineage_id, run_anchors

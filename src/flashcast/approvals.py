@@ -15,21 +15,13 @@ from typing import Any, Literal
 import duckdb
 import sqlalchemy as sa
 
-from flashcast.errors import FlashcastError
+from flashcast.errors import DecisionRefused
 from flashcast.lineage import LineageLog, utc_now
 from flashcast.privacy import redact_message
 from flashcast.records import Table
 from flashcast.store import OpsStore, warehouse_session
 
 Decision = Literal["approved", "rejected"]
-
-
-class DecisionRefused(FlashcastError):
-    """The decision breaks a rule (a red creative approved without an override reason)."""
-
-
-class UnknownCreative(FlashcastError):
-    """No creative with this id in the latest run's library."""
 
 
 @dataclass(frozen=True)

@@ -861,7 +861,8 @@ def creatives_list(config: ConfigOption = None) -> None:
 
 def _decide(creative_ids: list[str], decision: str, comment: str, override_reason: str | None,
             config: Path | None, *, all_green: bool = False) -> None:
-    from flashcast.approvals import UnknownCreative, decide, latest_creatives
+    from flashcast.approvals import decide, latest_creatives
+    from flashcast.errors import UnknownCreative
 
     with _errors():
         if not creative_ids and not all_green:

@@ -19,6 +19,9 @@
         AllocationInfeasible the guardrails cannot all hold for the budget (names the conflicting bounds)
         CurveFitError        a response curve cannot be fitted to a channel's history
       PayloadInvalid         the DSP payload fails its JSON Schema or its own invariants
+      ApprovalError          a person's decision on a creative cannot be recorded
+        DecisionRefused      it breaks a rule (a red creative approved without an override reason)
+        UnknownCreative      no creative with this id in the latest run's library
       DeliveryError          pushing a plan or mailing its summary failed
         PayloadNotFound      no stored payload has this lineage id
         PushHeld             a funded line item has no approved creative: the plan waits for a person
@@ -127,6 +130,18 @@ class CurveFitError(AllocationError):
 
 class PayloadInvalid(FlashcastError):
     """The DSP payload fails its JSON Schema or its invariants; the message lists the problems."""
+
+
+class ApprovalError(FlashcastError):
+    """A person's decision on a creative cannot be recorded."""
+
+
+class DecisionRefused(ApprovalError):
+    """The decision breaks a rule (a red creative approved without an override reason)."""
+
+
+class UnknownCreative(ApprovalError):
+    """No creative with this id in the latest run's library."""
 
 
 class DeliveryError(FlashcastError):
