@@ -18,7 +18,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from flashcast.budget.curves import MIN_SPEND_CV, CurveFit
+from flashcast.budget.curves import MIN_SPEND_CV, CurveFit, spend_cv
 from flashcast.budget.mmm import HOLDOUT_SHARE, MixData, MixModel, fit_mix, recent_periods
 from flashcast.budget.plan import ChannelSeries, CurvePlan, allocate_by_curves
 from flashcast.budget.records import ChannelHistory
@@ -108,10 +108,10 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
         for column in categorical:
             del numbers[column]
         # each word a 0/1 control of its own: "events=launch"
-        dummies = {f"{column}={word}": f"CASE WHEN trim({identifier(column)}::VARCHAR) = {literal(word)} THEN 1.0 "
-                   "ELSE 0.0 END" for column, words in categorical.items() for word in words}
-        controls = [name for column in control_cols
-                    for name in ([f"{column}={w}" for w in categorical[column]] if column in categorical else [column])]
+        dummies = {column: {f"{column}={word}": f"CASE WHEN trim({identifier(column)}::VARCHAR) = {literal(word)} "
+                                                "THEN 1.0 ELSE 0.0 END" for word in words}
+                   for column, words in categorical.items()}
+        controls = [name for column in control_cols for name in dummies.get(column, [column])]
 
         def first_row(condition: str) -> int | None:
             row = con.execute(f"SELECT min(_row) FROM source WHERE {condition}").fetchall()[0][0]
@@ -125,7 +125,8 @@ def read_mix_file(path: Path, *, date_col: str, outcome_col: str, spend_cols: Se
                 raise IngestError(f"{path}: row {bad}: {column} {table.not_a_number(con, column, bad)}")
             if column in spend_cols and (bad := first_row(f"{number} < 0")) is not None:
                 raise IngestError(f"{path}: row {bad}: {column} is negative")
-        values = ", ".join(f"{number} AS {identifier(c)}" for c, number in (numbers | dummies).items())
+        columns = numbers | {name: sql for words in dummies.values() for name, sql in words.items()}
+        values = ", ".join(f"{number} AS {identifier(c)}" for c, number in columns.items())
         frame = con.execute(f"SELECT {identifier(date_col)}::VARCHAR AS _date, {values} FROM source ORDER BY _row").df()
     finally:
         con.close()
@@ -224,9 +225,7 @@ def allocate_mix(mix: MixFile, budget: float, *, guardrails: Guardrails | None =
     capped = tuple(c for c in model.channels if model.effects[c].unsaturated)
     fits: dict[str, CurveFit] = model.curve_fits()
     for c in model.channels:  # a channel whose spend never moved cannot be told from the baseline
-        spend = mix.data.spend[c]
-        cv = float(spend.std() / spend.mean()) if spend.mean() > 0 else 0.0
-        if cv < MIN_SPEND_CV:
+        if (cv := spend_cv(mix.data.spend[c])) < MIN_SPEND_CV:
             fits[c] = replace(fits[c], warnings=(
                 f"{c}: spend barely varied (coefficient of variation {cv:.2f} < {MIN_SPEND_CV}): its effect cannot be "
                 "told from the baseline, so its curve and share of the outcome are the model's priors, not measured "

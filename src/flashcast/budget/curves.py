@@ -262,6 +262,12 @@ def fit_curve_fixed_decay(spend: Array, y: Array, decay: float, forms: tuple[For
     return best[0]
 
 
+def spend_cv(spend: Array) -> float:
+    """How much spend varied: its coefficient of variation (0 for a channel that never spent).
+    Under MIN_SPEND_CV a curve's shape cannot be learned from it."""
+    return float(spend.std() / spend.mean()) if spend.mean() > 0 else 0.0
+
+
 def fit_response_curve(
     spend: Array,
     conversions: Array,
@@ -281,7 +287,7 @@ def fit_response_curve(
     if (x < 0).any() or (y < 0).any():
         raise CurveFitError(f"{name}: spend and conversions must be non-negative")
     active = int((x > 0).sum())
-    cv = float(x.std() / x.mean()) if x.mean() > 0 else 0.0
+    cv = spend_cv(x)
     problems = []
     if active < MIN_ACTIVE_DAYS:
         problems.append(f"{name}: only {active} days with spend (need {MIN_ACTIVE_DAYS})")

@@ -40,8 +40,10 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
     `max_gap_share` missing in what remains is an error. A last day far below its weekday's recent
     level (under PARTIAL_SHARE of the median of the four before it) is taken as partly filled and
     left out, unless `keep_last_day`. A row without a value (a blank cell, NaN) is a missing day like
-    an absent row; blank rows at the end are left out and counted. Duplicate dates and (when
-    `nonnegative`) negative values are errors, and so is a series of fewer than `min_days` rows."""
+    an absent row; blank rows at the end are left out and counted. An isolated spike (a day far
+    above its weekday's level, see `_isolated_spikes`) is replaced by that level, its date returned.
+    Duplicate dates and (when `nonnegative`) negative values are errors, and so is a series of fewer
+    than `min_days` rows."""
     if frame.empty:
         raise ForecastError(f"{series_id}: no data")
     # numpy from here: the daily forecast call runs this on every series, and pandas' per-operation
