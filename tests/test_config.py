@@ -74,6 +74,18 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("[store\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(bad)
+    with pytest.raises(ConfigError, match="a folder, not a config file"):
+        load_settings(tmp_path)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('[email]\nsubject = "Résumé"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.toml: not UTF-8 text \(byte 21\); save it as UTF-8$"):
+        load_settings(latin1)
+
+
+def test_a_config_saved_by_notepad_with_a_byte_order_mark_and_crlf_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "flashcast.toml"
+    path.write_bytes(b"\xef\xbb\xbf[forecast]\r\nhorizon = 7\r\n")
+    assert load_settings(path).forecast.horizon == 7
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,34 @@ def test_simulated_kpis_join_spend_and_flag_the_intraday_day(small_sim: Simulati
     assert con.execute("SELECT count(DISTINCT lineage_id) FROM daily_kpis").fetchall()[0][0] == 1
     assert kpis.spend_through == con.execute("SELECT max(event_date) FROM spend").fetchall()[0][0]
     assert not kpis.spend_ends_early
+    assert kpis.unspent == ()  # every paid channel spent
+
+
+def test_paid_channels_without_spend_in_the_spend_data_are_named(small_sim: SimulationResult, tmp_path: Path) -> None:
+    # A team's spend file often holds only the channels it buys from one report; the others' sessions
+    # still come in (the default rules map them), and their conversions came without spend.
+    from flashcast.records import AllocationPlan, CreativeLibrary, ForecastPlan, Segmentation
+    from flashcast.report import attention_items
+
+    con = duckdb.connect()
+    _guarded(con, small_sim.export_dirs["ndjson"])
+    header, *rows = small_sim.spend_file.read_text().splitlines()
+    kept = [row for row in rows if ",PPC," in row or ",Email," in row]
+    zeroed = [row.rsplit(",", 1)[0] + ",0" for row in rows if ",Email," in row]  # listed, never spent
+    load_spend(con, write_lines(tmp_path / "spend.csv", [header, *(r for r in kept if ",Email," not in r), *zeroed]),
+               mapping=ChannelMapping())
+    kpis = daily_channel_kpis(con, mapping=ChannelMapping(), timezone="America/New_York")
+    assert kpis.unspent == ("Display", "CTV", "Email")
+    import pandas as pd
+
+    items = attention_items(segments=Segmentation("user_segments", (), {}, {}), creatives=CreativeLibrary(()),
+                            forecast=ForecastPlan(None, pd.DataFrame()), allocate=AllocationPlan(None), kpis=kpis)
+    assert items == ["Display, CTV and Email have no spend in the spend data: what their money buys is unknown, so the "
+                     "plan gives each only what the guardrails require. Add their spend to the spend file, or take "
+                     "them out of [channels] paid_channels if not bought."]
+    # without a spend file there is nothing to name (the run says so elsewhere)
+    con.execute("DELETE FROM spend")
+    assert daily_channel_kpis(con, mapping=ChannelMapping(), timezone="America/New_York").unspent == ()
 
 
 def test_spend_data_ending_before_the_last_complete_day_is_named(small_sim: SimulationResult, tmp_path: Path) -> None:

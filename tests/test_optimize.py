@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -162,6 +164,24 @@ def test_a_channel_that_never_converted_gets_no_cost_per_conversion() -> None:
     assert all(r.cpa is not None and r.marginal_cpa is not None for r in a.rows if r.channel != "PPC")
 
 
+def test_a_channel_that_converted_without_ever_spending_is_promised_nothing_for_money() -> None:
+    # Its conversions came without spend (organic visits, or spend missing from the spend file): a curve
+    # through them at a nominal spend read them as conversions for a few dollars, and the plan moved
+    # money into the channel as fast as the daily change allowed, expecting them.
+    histories, series = _histories_and_series()
+    histories[2] = ChannelHistory("PPC", 0.0, 0.0, 90.0)
+    series[2] = ChannelSeries("PPC", np.zeros(400), np.random.default_rng(5).poisson(3.0, 400).astype(float))
+    a = allocate_by_curves(histories, series, Guardrails(), AllocationConfig(bootstrap_draws=10)).allocation
+    ppc = next(r for r in a.rows if r.channel == "PPC")
+    assert ppc.bound == "min_share" and ppc.spend == ppc.lower  # its floor, no more
+    assert ppc.expected_conversions == 0 and ppc.cpa is None and ppc.marginal_cpa is None
+    assert ppc.why.startswith("fallback curve (no spend in the 400 days fitted; what its money buys is unknown")
+    assert "R^2" not in ppc.why  # no curve was fitted to its conversions
+    # the other channels' bootstrap draws still make the interval (the fallback joins each draw)
+    low, high = a.expected_interval
+    assert low < a.expected_conversions < high
+
+
 def test_a_channel_without_a_floor_that_never_spent_says_why_it_gets_nothing() -> None:
     histories, series = _histories_and_series()
     histories[2] = ChannelHistory("PPC", 0.0, 0.0, 0.0)
@@ -170,7 +190,7 @@ def test_a_channel_without_a_floor_that_never_spent_says_why_it_gets_nothing() -
     ppc = next(r for r in a.rows if r.channel == "PPC")
     assert ppc.spend == 0 and ppc.bound is None
     # not "marginal cost equalized": there is no marginal cost to equalize
-    assert ppc.why.startswith("fallback curve (only 0 days with spend") and ppc.why.endswith(
+    assert ppc.why.startswith("fallback curve (no spend in the 400 days fitted") and ppc.why.endswith(
         "; its curve expects no conversion from more spend"), ppc.why
     assert all("marginal cost equalized" in r.why for r in a.rows if r.channel != "PPC" and r.bound is None)
 
@@ -357,3 +377,21 @@ def test_closed_form_spend_equals_bisection_on_every_envelope(curves: list[Respo
     lam = 10.0**log_lam
     np.testing.assert_allclose(curve_set.spend_at(lam, lower, upper),
                                bisect_spend(curve_set.marginal, lam, lower, upper), rtol=1e-9, atol=1e-9 * upper.max())
+
+
+def test_a_what_if_budget_no_channel_can_take_more_of_says_so(tmp_path: Path) -> None:
+    from flashcast.budget.charts import plot_whatif
+    from flashcast.records import AllocationPlan
+    from flashcast.report import _budget_lines, format_money
+
+    histories, series = _histories_and_series()
+    held = Guardrails(hold=tuple(CHANNELS))  # every channel at yesterday's spend: no line can take a cent more
+    plan = allocate_by_curves(histories, series, held, AllocationConfig(bootstrap_draws=0))
+    today = next(r for r in plan.whatif if r["multiplier"] == 1.0)
+    assert today["marginal_cpa"] == float("inf")
+    names = ("allocation", "response_curves", "whatif", "whatif_chart")
+    lines = _budget_lines(AllocationPlan(plan.allocation, plan), {n: Path(f"{n}.x") for n in names},
+                          lambda v: format_money(v, "USD"))
+    row = next(line for line in lines if line.startswith(f"| {format_money(today['budget'], 'USD')} |"))
+    assert row.endswith("| every channel at a limit |") and "inf" not in row
+    assert plot_whatif(plan.whatif, tmp_path / "whatif.png").stat().st_size > 0

@@ -45,6 +45,15 @@ def test_fit_recovers_known_curves(truth: ResponseCurve) -> None:
         assert fit.curve.slope > 1.2 and not fit.curve.is_concave
 
 
+def test_no_spend_at_all_gives_a_curve_that_expects_nothing() -> None:
+    conversions = np.random.default_rng(2).poisson(4, 120).astype(float)  # they came without spend
+    fit = fit_response_curve(np.zeros(120), conversions, name="Display")
+    assert fit.fallback and fit.draws == (fit.curve,)
+    assert fit.warnings == ("Display: no spend in the 120 days fitted; what its money buys is unknown, so the plan "
+                            "gives it only what its guardrails require",)
+    assert float(fit.curve.response(1e6)) < 1e-6 and float(fit.curve.marginal(0.0)) < 1e-6
+
+
 def test_flat_spend_falls_back_to_a_conservative_curve() -> None:
     rng = np.random.default_rng(1)
     spend = np.full(200, 300.0) * rng.normal(1, 0.02, 200)

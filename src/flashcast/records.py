@@ -157,6 +157,7 @@ class KpiSummary:
     partial_last_day: bool
     channels: tuple[str, ...]
     spend_through: date | None = None  # the spend data's last day (None: no spend file)
+    unspent: tuple[str, ...] = ()  # paid channels without any spend in the spend data (when there are some)
 
     @property
     def spend_ends_early(self) -> bool:

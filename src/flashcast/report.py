@@ -7,8 +7,9 @@ forecast and tomorrow's budget. Money is shown in the configured currency.
 
 from __future__ import annotations
 
+import math
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -44,6 +45,14 @@ def attention_items(*, ingest: StagedExport | None = None, segments: Segmentatio
         items.append(f"The spend data end on {kpis.spend_through}, {gap} day(s) before the last complete day "
                      f"({kpis.last_complete_day}): those days count as no spend, in the fitted curves and as "
                      "yesterday's spend. Add their spend to the spend file.")
+    if kpis is not None and kpis.unspent:
+        names = _listed(kpis.unspent)
+        one = len(kpis.unspent) == 1
+        items.append(f"{names} {'has' if one else 'have'} no spend in the spend data: what {'its' if one else 'their'} "
+                     "money buys is unknown, so the plan gives "
+                     f"{'it' if one else 'each'} only what the guardrails require. Add "
+                     f"{'its' if one else 'their'} spend to the spend file, or take {'it' if one else 'them'} out of "
+                     "[channels] paid_channels if not bought.")
     failures = ([f"Revenue could not be forecast: {forecast.failure}."] if forecast.failure else []) + (
         [f"The budget could not be allocated: {allocate.failure}."] if allocate.failure else [])
     if failures:  # either one stops the payload: say so once
@@ -67,11 +76,16 @@ def _pushed_lines(rows: tuple[AllocationRow, ...], buyers: Mapping[str, str] | N
     unbought = [r.channel for r in rows if r.channel not in buyers and r.spend > 0]
     line = f"Pushed by `flashcast push` to: {', '.join(pushed)}." if pushed else ""
     if unbought:
-        names = unbought[0] if len(unbought) == 1 else f"{', '.join(unbought[:-1])} and {unbought[-1]}"
+        names = _listed(unbought)
         one = len(unbought) == 1
         line += (f" {names} {'is' if one else 'are'} in the plan only: no `[[delivery.platforms]]` entry buys "
                  f"{'it' if one else 'them'}.")
     return [line.strip(), ""] if line else []
+
+
+def _listed(names: Sequence[str]) -> str:
+    """'A', 'A and B', 'A, B and C'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def format_share(share: float) -> str:
@@ -244,7 +258,8 @@ def _budget_lines(allocation: AllocationPlan, files: dict[str, Path], fmt: Money
             "| budget | expected conversions | 80% interval | marginal cost per conversion |",
             "|---:|---:|---:|---:|",
             *[f"| {fmt(r['budget'])} | {r['expected']:,.2f} | {r['low']:,.2f} to {r['high']:,.2f} | "
-              f"{fmt(r['marginal_cpa'])} |" for r in plan.whatif],
+              f"{fmt(r['marginal_cpa']) if math.isfinite(r['marginal_cpa']) else 'every channel at a limit'} |"
+              for r in plan.whatif],
             "",
             f"![what-if]({files['whatif_chart'].name}) Data: [whatif.csv]({files['whatif'].name}).",
             "",

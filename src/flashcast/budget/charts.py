@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def plot_whatif(sweep: list[dict[str, float]], path: Path, *, currency: str = "U
         ax.fill_between(budgets, [r["low"] for r in sweep], [r["high"] for r in sweep], alpha=0.25, color="#2ca02c",
                         linewidth=0, label="80% interval")
         ax.plot(budgets, [r["expected"] for r in sweep], marker="o", color="#2ca02c", label="expected per day")
-        for r in sweep:
+        for r in (r for r in sweep if math.isfinite(r["marginal_cpa"])):  # inf: no channel can take more
             ax.annotate(f"{r['marginal_cpa']:,.0f}/conv", (r["budget"], r["expected"]), fontsize=7,
                         textcoords="offset points", xytext=(0, 6), ha="center")
         ax.set_xlabel(f"total daily budget ({currency})")

@@ -38,6 +38,7 @@ Array = NDArray[np.float64]
 DECAY_GRID = tuple(np.round(np.arange(0.0, 0.86, 0.05), 2))
 MIN_SPEND_CV = 0.15  # below this, spend barely varied: the curve's shape cannot be learned
 MIN_ACTIVE_DAYS = 14
+NO_RESPONSE = 1e-9  # the height of a curve that expects nothing (a zero height would divide by zero)
 SLOPE_PRIOR_WEIGHT = 0.5
 # A weak prior for the half-saturation (Hill) or scale (exponential) at the 90th percentile of the
 # channel's adstocked spend, as media-mix models centre theirs on the observed spend: where the data
@@ -288,6 +289,11 @@ def fit_response_curve(
         raise CurveFitError(f"{name}: spend and conversions must be non-negative")
     active = int((x > 0).sum())
     cv = spend_cv(x)
+    if active == 0:  # no spend at all: nothing shows what money buys there (see `unspent_curve`)
+        curve = unspent_curve()
+        return CurveFit(name, curve, (curve,), _diagnostics(curve, x, y, cv, active), fallback=True,
+                        warnings=(f"{name}: no spend in the {len(x)} days fitted; what its money buys is unknown, "
+                                  "so the plan gives it only what its guardrails require",))
     problems = []
     if active < MIN_ACTIVE_DAYS:
         problems.append(f"{name}: only {active} days with spend (need {MIN_ACTIVE_DAYS})")
@@ -320,13 +326,20 @@ def fit_response_curve(
     return CurveFit(name, curve, draws, diagnostics, warnings=tuple(notes))
 
 
+def unspent_curve() -> ResponseCurve:
+    """The curve of a channel that never spent in the data: no return from money. A curve through
+    its conversions at a nominal spend (they came without spend: a channel's organic visits, or spend
+    missing from the spend file) would promise those conversions for almost nothing."""
+    return ResponseCurve("exponential", NO_RESPONSE, 1.0, 1.0, 0.0, 0.0)
+
+
 def conservative_curve(spend: Array, conversions: Array) -> ResponseCurve:
     """Exponential curve through today's average point, already past its knee (marginal return
     at the average spend is e^-1 of the average), so the optimizer will not pour money into it."""
     x_bar = float(spend[spend > 0].mean()) if (spend > 0).any() else 1.0
     y_bar = float(conversions.mean())
     k = x_bar  # with decay 0: a = x
-    beta = y_bar / (1 - math.exp(-1.0)) if y_bar > 0 else 1e-9
+    beta = y_bar / (1 - math.exp(-1.0)) if y_bar > 0 else NO_RESPONSE
     return ResponseCurve("exponential", beta, k, 1.0, 0.0, 0.0)
 
 

@@ -20,7 +20,7 @@ from flashcast.budget.bounds import (
     limit_extrapolation,
     resolve_budget,
 )
-from flashcast.budget.curves import Array, CurveFit, CurveSet, MeanCurves, fit_response_curve
+from flashcast.budget.curves import Array, CurveFit, CurveSet, MeanCurves, ResponseCurve, fit_response_curve
 from flashcast.budget.inverse_cpa import allocate_inverse_cpa
 from flashcast.budget.optimizer import Problem, Solution, budget_for_target_cpa, optimize, round_solution
 from flashcast.budget.records import Allocation, AllocationRow, ChannelBounds, ChannelHistory
@@ -63,10 +63,10 @@ def _problem(channels: list[str], curves: CurveSet | MeanCurves, bounds: dict[st
 
 def _curves_for(fits: dict[str, CurveFit], channels: list[str], config: AllocationConfig) -> CurveSet | MeanCurves:
     point = CurveSet.from_curves(channels, [fits[c].curve for c in channels])
-    if config.objective == "point" or not all(len(fits[c].draws) > 1 for c in channels):
+    n_draws = paired_draws([fits[c] for c in channels])
+    if config.objective == "point" or n_draws < 2:
         return point
-    n_draws = min(len(fits[c].draws) for c in channels)
-    draws = [CurveSet.from_curves(channels, [fits[c].draws[d] for c in channels]) for d in range(n_draws)]
+    draws = [CurveSet.from_curves(channels, [_draw(fits[c], d) for c in channels]) for d in range(n_draws)]
     if config.objective == "mean":
         return MeanCurves(tuple(draws))
     # Pessimistic: for each channel the draw whose response at yesterday's level sits at the quantile.
@@ -78,10 +78,22 @@ def _curves_for(fits: dict[str, CurveFit], channels: list[str], config: Allocati
     return CurveSet.from_curves(channels, chosen)
 
 
+def paired_draws(fits: Sequence[CurveFit]) -> int:
+    """How many joint draws the channels' bootstrap draws make, paired by index. A fallback curve has
+    one draw, itself, which joins every draw: pairing by the fewest draws would have left one draw in
+    all, and an interval of one draw (the point outside its own 80% interval)."""
+    counts = [len(f.draws) for f in fits if len(f.draws) > 1]
+    return min(counts) if counts else 1
+
+
+def _draw(fit: CurveFit, d: int) -> ResponseCurve:
+    return fit.draws[d] if len(fit.draws) > 1 else fit.draws[0]
+
+
 def draws_total(fits: dict[str, CurveFit], spends: dict[str, float]) -> Array:
-    """Total expected outcome under each bootstrap draw (channels paired by draw index)."""
-    n = min(len(f.draws) for f in fits.values())
-    return np.array([sum(float(fits[c].draws[d].response(x)) for c, x in spends.items()) for d in range(n)])
+    """Total expected outcome under each joint draw (see `paired_draws`)."""
+    n = paired_draws([fits[c] for c in spends])
+    return np.array([sum(float(_draw(fits[c], d).response(x)) for c, x in spends.items()) for d in range(n)])
 
 
 def allocate_by_curves(
@@ -209,7 +221,9 @@ def _rows(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], bounds
         # A fallback curve says why it was needed (its first warning, less the channel's name).
         curve = (f"fallback curve ({fit.warnings[0].removeprefix(f'{h.channel}: ')})" if fit.fallback and fit.warnings
                  else "fallback curve" if fit.fallback else f"{fit.curve.form} curve")
-        why = (f"{curve} (R^2 {fit.diagnostics.r2:.2f}); "
+        # no R^2 for a channel that never spent: no curve was fitted to its conversions
+        fit_r2 = f" (R^2 {fit.diagnostics.r2:.2f})" if fit.diagnostics.active_days else ""
+        why = (f"{curve}{fit_r2}; "
                f"next {unit} costs {'-' if mcpa is None else f'{mcpa:,.2f}'} at {x:,.2f}"
                + (f", average {avg:,.2f}" if avg else "")
                + (f"; held by {bound} ({b.lower:,.2f}..{b.upper:,.2f})" if bound else

@@ -193,6 +193,8 @@ def daily_channel_kpis(
     sql = engine_of(con, engine)
     # the spend data's last day, read where the spend file was loaded (a remote engine gets a copy)
     spend_through = con.execute(f"SELECT max(event_date) FROM {spend}").fetchall()[0][0] if spend else None
+    spent = {r[0] for r in con.execute(f"SELECT channel FROM {spend} GROUP BY channel HAVING sum(spend) > 0")
+             .fetchall()} if spend_through is not None else None
     if is_remote(con, sql):
         sql.load("_kpi_events", con.sql(f"SELECT {', '.join(KPI_COLUMNS)} FROM {events}").to_arrow_table())
         events = "_kpi_events"
@@ -244,7 +246,8 @@ def daily_channel_kpis(
         {spend_join}
         ORDER BY spine.event_date, spine.channel""")
     land(con, sql, [Table.SESSIONS, table])
-    return KpiSummary(table, first_day, last_day, partial, tuple(channels), spend_through)
+    unspent = tuple(c for c in mapping.paid_channels if c not in spent) if spent is not None else ()
+    return KpiSummary(table, first_day, last_day, partial, tuple(channels), spend_through, unspent)
 
 
 def _daily_file_of(con: duckdb.DuckDBPyConnection, day: date) -> bool:
