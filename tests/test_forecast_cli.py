@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,11 @@ def test_date_and_value_columns_are_found_only_where_nothing_is_guessed(tmp_path
         (tmp_path / name).write_text(text)
         with pytest.raises(ForecastError, match=rf"{name}: no rows \(the file is empty or holds only its header\)"):
             read_series_file(tmp_path / name)
+    book = tmp_path / "sales.xlsx"  # a workbook was "no rows": its zipped XML read as CSV
+    with zipfile.ZipFile(book, "w") as parts:
+        parts.writestr("xl/worksheets/sheet1.xml", "<worksheet/>")
+    with pytest.raises(ForecastError, match=r"sales.xlsx: a spreadsheet workbook, not a CSV or Parquet file; save"):
+        read_series_file(book)
 
 
 def test_a_semicolon_file_from_a_spreadsheet_reads_its_decimal_commas(tmp_path: Path) -> None:

@@ -248,6 +248,23 @@ def test_an_empty_spend_file_or_one_of_a_header_only_is_named(tmp_path: Path) ->
         load_spend(duckdb.connect(), header, mapping=ChannelMapping())
 
 
+def _workbook(path: Path) -> Path:
+    """A file shaped as an .xlsx is (a zip of XML parts), whatever its name."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as book:
+        book.writestr("[Content_Types].xml", "<Types/>")
+        book.writestr("xl/worksheets/sheet1.xml", "<worksheet><sheetData/></worksheet>")
+    return path
+
+
+@pytest.mark.parametrize("name", ["spend.xlsx", "spend.csv"])  # by its name, or by its bytes under a CSV's name
+def test_a_spreadsheet_workbook_for_a_spend_file_is_named_as_one(tmp_path: Path, name: str) -> None:
+    with pytest.raises(IngestError, match=rf"^{name}: a spreadsheet workbook, not a CSV or Parquet file; save the "
+                                          r"sheet as CSV \(in Excel: File > Save As > CSV UTF-8\)$"):
+        load_spend(duckdb.connect(), _workbook(tmp_path / name), mapping=ChannelMapping())
+
+
 def test_a_spend_channel_not_in_the_config_names_the_configured_ones(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "spend.csv", ["date,channel,spend", "2026-03-01,TikTok,3"])
     with pytest.raises(IngestError) as raised:

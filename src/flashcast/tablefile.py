@@ -73,11 +73,29 @@ def is_parquet(path: Path) -> bool:
     return path.suffix.lower() in (".parquet", ".pq")
 
 
+# A workbook's first bytes: a zip (xlsx, xlsm, ods, numbers) or an OLE2 compound file (xls).
+_WORKBOOK_MAGIC = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
+_WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xlsb", ".xls", ".ods", ".numbers")
+
+
+def workbook_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as a table when it is a spreadsheet workbook (by its name or its
+    first bytes): read as CSV, a workbook's zipped XML was "no rows" or columns of noise."""
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    if path.suffix.lower() in _WORKBOOK_SUFFIXES or (not is_parquet(path) and head.startswith(_WORKBOOK_MAGIC)):
+        return ("a spreadsheet workbook, not a CSV or Parquet file; save the sheet as CSV "
+                "(in Excel: File > Save As > CSV UTF-8)")
+    return None
+
+
 def open_table_file(con: duckdb.DuckDBPyConnection, path: Path, error: type[FlashcastError]) -> TableFile:
     """Create view `source` over `path` in `con`. Raises `error`, naming the file, when it is missing,
-    unreadable or holds no rows."""
+    a spreadsheet workbook, unreadable or holds no rows."""
     if not path.is_file():
         raise error(f"{path}: no such file")
+    if problem := workbook_problem(path):
+        raise error(f"{path}: {problem}")
     parquet = is_parquet(path)
     try:
         raw = con.read_parquet(str(path)) if parquet else con.read_csv(str(path), all_varchar=True)

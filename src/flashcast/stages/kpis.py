@@ -30,7 +30,13 @@ from flashcast.errors import IngestError
 from flashcast.history import first_day_read
 from flashcast.records import GuardReport, KpiSummary, RunContext, RunInputs, Table
 from flashcast.sql import identifier, literal
-from flashcast.tablefile import PLAIN_NUMBERS, formatted_number_sql, is_parquet, reads_decimal_commas
+from flashcast.tablefile import (
+    PLAIN_NUMBERS,
+    formatted_number_sql,
+    is_parquet,
+    reads_decimal_commas,
+    workbook_problem,
+)
 
 PARTIAL_DAY_HOUR = 22  # a last day whose latest event is earlier than 22:00 local is still filling in
 
@@ -100,6 +106,8 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
         raise IngestError(f"spend file not found: {path}")
     if path.stat().st_size == 0:
         raise IngestError(f"{path.name}: empty; expected columns date, channel, spend and a row per day and channel")
+    if problem := workbook_problem(path):
+        raise IngestError(f"{path.name}: {problem}")
     parquet = is_parquet(path)
     reader = (f"read_parquet({literal(path)})" if parquet
               else f"read_csv({literal(path)}, header=true, all_varchar=true)")
