@@ -169,3 +169,20 @@ def test_a_fit_started_from_a_neighbouring_fit_reaches_the_same_curve(form: str)
     assert warm[1] == pytest.approx(cold[1], rel=1e-6)
     xs = np.array([50.0, 250.0, 600.0])
     np.testing.assert_allclose(warm[0].response(xs), cold[0].response(xs), rtol=1e-4)
+
+
+def test_a_fallback_curve_reads_only_the_lift_of_the_days_with_spend() -> None:
+    # Spend on 10 days of 200: the channel's visits bring ~4 conversions a day without spend (its
+    # organic ones) and ~1 more on a spend day. The curve at the average spend expects the 1, not the
+    # year's average of ~4 (which made ten dollars look like four conversions).
+    rng = np.random.default_rng(3)
+    spend = np.zeros(200)
+    spend[rng.choice(200, 10, replace=False)] = rng.uniform(80, 120, 10)
+    conversions = rng.poisson(4.0 + (spend > 0)).astype(float)
+    fit = fit_response_curve(spend, conversions, name="Display")
+    assert fit.fallback and any("only 10 days with spend" in w for w in fit.warnings)
+    x = float(spend[spend > 0].mean())
+    lift = float(conversions[spend > 0].mean() - conversions[spend == 0].mean())
+    assert float(fit.curve.response(x)) == pytest.approx(max(lift, 0.0), abs=1e-9)
+    assert fit.curve.intercept == pytest.approx(float(conversions[spend == 0].mean()))
+    assert float(fit.curve.response(x)) < 2.5  # not the ~4 a day that came without spend

@@ -38,6 +38,7 @@ Array = NDArray[np.float64]
 DECAY_GRID = tuple(np.round(np.arange(0.0, 0.86, 0.05), 2))
 MIN_SPEND_CV = 0.15  # below this, spend barely varied: the curve's shape cannot be learned
 MIN_ACTIVE_DAYS = 14
+MIN_BASELINE_DAYS = 7  # days without spend that tell a fallback curve what came without it
 NO_RESPONSE = 1e-9  # the height of a curve that expects nothing (a zero height would divide by zero)
 SLOPE_PRIOR_WEIGHT = 0.5
 # A weak prior for the half-saturation (Hill) or scale (exponential) at the 90th percentile of the
@@ -335,12 +336,21 @@ def unspent_curve() -> ResponseCurve:
 
 def conservative_curve(spend: Array, conversions: Array) -> ResponseCurve:
     """Exponential curve through today's average point, already past its knee (marginal return
-    at the average spend is e^-1 of the average), so the optimizer will not pour money into it."""
-    x_bar = float(spend[spend > 0].mean()) if (spend > 0).any() else 1.0
-    y_bar = float(conversions.mean())
+    at the average spend is e^-1 of the average), so the optimizer will not pour money into it.
+    With at least MIN_BASELINE_DAYS days without spend, the point is the lift of the days with
+    spend over those (the intercept): what came without spend is not bought by it. A channel that
+    spent on 10 days of a year otherwise had its year's average, organic visits mostly, read as
+    the return on its average spend."""
+    active = spend > 0
+    x_bar = float(spend[active].mean()) if active.any() else 1.0
+    if active.any() and int((~active).sum()) >= MIN_BASELINE_DAYS:
+        base = float(conversions[~active].mean())
+        y_bar = max(float(conversions[active].mean()) - base, 0.0)
+    else:  # always on: what came without spend cannot be told apart
+        base, y_bar = 0.0, float(conversions.mean())
     k = x_bar  # with decay 0: a = x
     beta = y_bar / (1 - math.exp(-1.0)) if y_bar > 0 else NO_RESPONSE
-    return ResponseCurve("exponential", beta, k, 1.0, 0.0, 0.0)
+    return ResponseCurve("exponential", beta, k, 1.0, 0.0, base)
 
 
 def _diagnostics(curve: ResponseCurve, x: Array, y: Array, cv: float, active: int) -> FitDiagnostics:
