@@ -56,6 +56,12 @@ def test_bad_settings_name_the_field(tmp_path: Path, text: str, field: str) -> N
         ("[store]\nzzz = 1", "store.zzz: not a setting here (the settings here: home, warehouse,"),
         ('[store]\nmemory_limit = "lots"', "store.memory_limit: should be a size such as 4GB"),
         ('currency = "usd"', "currency: should be an ISO 4217 code in capitals"),
+        # a setting of another section, or of the top of the file, is told its place
+        ('[delivery]\nmode = "sandbox"', "delivery.mode: not a setting here; mode goes at the top of the file, "
+                                         "before any [section]"),
+        ("[forecast]\nmax_daily_change = 0.1", "forecast.max_daily_change: not a setting here; max_daily_change "
+                                               "goes in [guardrails]"),
+        ("horizon = 7", "horizon: not a setting here; horizon goes in [forecast]"),
     ],
 )
 def test_a_mistyped_setting_is_told_what_was_meant(tmp_path: Path, text: str, message: str) -> None:

@@ -210,6 +210,8 @@ def describe_validation_error(exc: Any, *, limit: int = 10, model: Any = None) -
 def _message(err: Any, model: Any) -> str:
     if model is not None and err["type"] == "extra_forbidden":
         names = list(getattr(_model_at(model, err["loc"][:-1]), "model_fields", {}))
+        if place := _elsewhere(model, str(err["loc"][-1]), tuple(err["loc"][:-1])):
+            return f"not a setting here; {err['loc'][-1]} goes {place}"
         if names:
             close = difflib.get_close_matches(str(err["loc"][-1]), names, n=1, cutoff=0.6)
             return (f"not a setting here (did you mean {close[0]!r}?)" if close
@@ -219,6 +221,20 @@ def _message(err: Any, model: Any) -> str:
         if field is not None and field.description:
             return f"should be {field.description}"
     return str(err["msg"]).removeprefix("Value error, ")
+
+
+def _elsewhere(model: Any, key: str, here: tuple[Any, ...]) -> str | None:
+    """Where else in `model` (at its top or in one of its sections) a setting named `key` is: a
+    setting put in the wrong section (`mode` under [delivery]) is told its place."""
+    fields = getattr(model, "model_fields", {})
+    places = []
+    if here and key in fields and _model_in(fields[key].annotation) is None:
+        places.append("at the top of the file, before any [section]")
+    for name, field in fields.items():
+        section = _model_in(field.annotation)
+        if section is not None and key in section.model_fields and here != (name,):
+            places.append(f"in [{name}]")
+    return " or ".join(places) or None
 
 
 def _model_at(model: Any, loc: tuple[Any, ...]) -> Any:
