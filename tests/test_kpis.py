@@ -143,8 +143,21 @@ def test_spend_data_ending_before_the_last_complete_day_is_named(small_sim: Simu
     items = attention_items(segments=Segmentation("user_segments", (), {}, {}), creatives=CreativeLibrary(()),
                             forecast=ForecastPlan(None, pd.DataFrame()), allocate=AllocationPlan(None), kpis=kpis)
     assert items == [f"The spend data end on {kpis.spend_through}, {gap} day(s) before the last complete day "
-                     f"({kpis.last_complete_day}): those days count as no spend, in the fitted curves and as "
-                     "yesterday's spend. Add their spend to the spend file."]
+                     f"({kpis.last_complete_day}): the budget starts from the spend of {kpis.spend_through} and "
+                     "the curves are fitted up to it. Add the missing days' spend to the spend file."]
+    assert kpis.last_spend_day == kpis.spend_through  # the allocation's yesterday and the end of its fit window
+    # The allocation starts from the last day with spend data (it read the unknown days as no spend:
+    # yesterday's budget zero, no plan), and fits its curves up to it (not on days of zeros).
+    from flashcast.config import Settings
+    from flashcast.stages.allocate import channel_histories, channel_series
+
+    last = kpis.spend_through.isoformat()
+    spent = {row.split(",")[1]: float(row.split(",")[2]) for row in rows if row.startswith(last)}
+    histories = channel_histories(con, kpis, Settings())
+    assert {h.channel: h.yesterday_spend for h in histories} == pytest.approx(spent)
+    series = channel_series(con, kpis, Settings())
+    fitted_days = (kpis.spend_through - kpis.first_day).days + 1
+    assert {len(s.spend) for s in series} == {fitted_days} and all(s.spend[-1] == spent[s.channel] for s in series)
 
 
 @pytest.mark.parametrize(

@@ -152,7 +152,12 @@ def test_rebalance_holds_for_approval_then_pushes_in_sandbox_and_mails_the_lead(
     inbox, port = smtp_server
     monkeypatch.setenv("FLASHCAST_PII_KEY", TEST_KEY)
     run = finished_run.copy_to(tmp_path)
-    export, spend = finished_run.sim.export_dirs["ndjson"], finished_run.sim.spend_file
+    export = finished_run.sim.export_dirs["ndjson"]
+    # a spend file two days short: the run's report asks a person to look, and so does the email
+    header, *rows = finished_run.sim.spend_file.read_text().splitlines()
+    last_days = sorted({row[:10] for row in rows})[-2:]
+    spend = tmp_path / "spend.csv"
+    spend.write_text("\n".join([header, *(row for row in rows if row[:10] not in last_days)]) + "\n")
     config = write_config(tmp_path, tmp_path / "home", extra=(
         f'mode = "sandbox"\n[source]\nexport = "{export}"\nspend = "{spend}"\nout = "{tmp_path / "out"}"\n'
         f'[email]\nto = ["lead@example.com"]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'))
@@ -167,6 +172,11 @@ def test_rebalance_holds_for_approval_then_pushes_in_sandbox_and_mails_the_lead(
     assert (kept["Subject"], kept["Message-ID"]) == (first["Subject"], first["Message-ID"])
     text, html = _text_and_html(first)
     assert "Awaiting approval" in text and "SANDBOX: nothing was sent" in html
+    lines = text.replace("\r\n", "\n")  # as it came over SMTP
+    attention = lines.split("Needs attention:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert any(item.startswith("  - The spend data end on ") for item in attention), attention
+    assert not any("wait for a person's approval" in item for item in attention)  # counted under Awaiting approval
+    assert "<h2>Needs attention</h2><ul><li>" in html and "The spend data end on" in html
     # 2. A person approves every creative; with auto_push on, the next rebalance pushes (to the stand-in).
     settings = run.settings.model_copy(update={
         "mode": "sandbox", "source": SourceConfig(export=export, spend=spend, out=tmp_path / "out"),

@@ -32,7 +32,7 @@ from flashcast.keys import load_pii_key
 from flashcast.llm.tasks import check_provider
 from flashcast.privacy import redact_message
 from flashcast.records import RunInputs, Skipped, StagedExport
-from flashcast.report import attention_items, format_money, format_share
+from flashcast.report import format_money, format_share
 
 if TYPE_CHECKING:
     from flashcast.pipeline import RunResult
@@ -382,8 +382,7 @@ def _print_summary(result: RunResult, settings: Settings) -> None:
     console.print(f"Read [bold]{escape(str(result.outputs['report']))}[/bold] first; all files:")
     for name, path in sorted(result.outputs.items()):
         console.print(f"  {name:<17} {escape(str(path))}", highlight=False)
-    for item in attention_items(ingest=result.ingest, segments=result.segments, creatives=result.creatives,
-                                forecast=result.forecast, allocate=result.allocation, kpis=result.kpis):
+    for item in result.attention():
         console.print(f"[yellow]attention[/yellow] {escape(item)}", highlight=False)
     if not isinstance(result.payload, Skipped):
         safely = "" if settings.mode == "sandbox" else "; mode = \"sandbox\" tries it safely"

@@ -178,6 +178,13 @@ class RunResult:
     def payload(self) -> Payload | Skipped:
         return self.records["payload"]
 
+    def attention(self, *, approvals: bool = True) -> list[str]:
+        """What a person should look at before trusting the plan (see `attention_items`)."""
+        from flashcast.report import attention_items
+
+        return attention_items(ingest=self.ingest, segments=self.segments, creatives=self.creatives,
+                               forecast=self.forecast, allocate=self.allocation, kpis=self.kpis, approvals=approvals)
+
 
 def _problems(records: Mapping[str, Any]) -> list[str]:
     return [f"{name}: {failure}" for name, record in records.items()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -66,7 +66,8 @@ def rebalance(settings: Settings, *, key: PiiKey, by: str, progress: Progress | 
         try:
             outcome, detail = _push_or_hold(ops, settings, result.lineage_id, result.payload, by=by)
             orders = tuple(deliveries(ops, result.lineage_id))
-            email, summary = _email(ops, settings, result.lineage_id, outcome, detail, orders)
+            email, summary = _email(ops, settings, result.lineage_id, outcome, detail, orders,
+                                    result.attention(approvals=False))
             LineageLog(ops).append("rebalance_finished", result.lineage_id,
                                    {"by": by, "outcome": outcome, "email": email.split(":")[0],
                                     **({"summary_sha256": summary} if summary else {})})
@@ -121,7 +122,7 @@ def _drain(ops: OpsStore, settings: Settings) -> None:
 
 
 def _email(ops: OpsStore, settings: Settings, lineage_id: str, outcome: str, detail: str,
-           orders: tuple[Delivery, ...]) -> tuple[str, str | None]:
+           orders: tuple[Delivery, ...], attention: Sequence[str]) -> tuple[str, str | None]:
     """Mail the summary when [email] is set; either way a copy goes beside the run's outputs.
     Returns what happened and the copy's SHA-256 (None without a plan)."""
     config = settings.email
@@ -130,7 +131,7 @@ def _email(ops: OpsStore, settings: Settings, lineage_id: str, outcome: str, det
     except DeliveryError:
         return ("not sent: no plan" if config.to else "not configured"), None
     message = summary_email(document, outcome=outcome, detail=detail, orders=orders,
-                            approved=approved_creatives(document, ops), config=config)
+                            approved=approved_creatives(document, ops), config=config, attention=attention)
     path = settings.source.out / "summary.eml"
     digest = _keep_copy(message, path)
     if not config.to:

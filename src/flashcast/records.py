@@ -168,6 +168,13 @@ class KpiSummary:
     def last_complete_day(self) -> date:
         return self.last_day - timedelta(days=1) if self.partial_last_day else self.last_day
 
+    @property
+    def last_spend_day(self) -> date:
+        """The last complete day the spend data cover: the allocation's "yesterday" and the end of its
+        fit window. Spend reports often come a day or two late; the days after are unknown, not zero."""
+        known = self.spend_ends_early and self.spend_through is not None and self.spend_through >= self.first_day
+        return self.spend_through if known and self.spend_through is not None else self.last_complete_day
+
     def lineage(self) -> dict[str, Any]:
         return {"first_day": self.first_day.isoformat(), "last_day": self.last_day.isoformat(),
                 "partial_last_day": self.partial_last_day}

@@ -35,16 +35,18 @@ def format_money(value: float, currency: str) -> str:
 
 
 def attention_items(*, ingest: StagedExport | None = None, segments: Segmentation, creatives: CreativeLibrary,
-                    forecast: ForecastPlan, allocate: AllocationPlan, kpis: KpiSummary | None = None) -> list[str]:
-    """What a person should look at before trusting the plan, one sentence each."""
+                    forecast: ForecastPlan, allocate: AllocationPlan, kpis: KpiSummary | None = None,
+                    approvals: bool = True) -> list[str]:
+    """What a person should look at before trusting the plan, one sentence each (`approvals`: with the
+    creatives that wait for approval, which the summary email counts in a section of its own)."""
     items = []
     if ingest is not None:
         items += list(ingest.warnings)
     if kpis is not None and kpis.spend_through is not None and kpis.spend_ends_early:
         gap = (kpis.last_complete_day - kpis.spend_through).days
         items.append(f"The spend data end on {kpis.spend_through}, {gap} day(s) before the last complete day "
-                     f"({kpis.last_complete_day}): those days count as no spend, in the fitted curves and as "
-                     "yesterday's spend. Add their spend to the spend file.")
+                     f"({kpis.last_complete_day}): the budget starts from the spend of {kpis.spend_through} and "
+                     "the curves are fitted up to it. Add the missing days' spend to the spend file.")
     if kpis is not None and kpis.unspent:
         names = _listed(kpis.unspent)
         one = len(kpis.unspent) == 1
@@ -62,7 +64,7 @@ def attention_items(*, ingest: StagedExport | None = None, segments: Segmentatio
         if fallback:
             items.append(fallback)
     pending = sum(c.status == "pending" for c in creatives.creatives)
-    if pending:
+    if pending and approvals:
         items.append(f"{pending} creatives wait for a person's approval before they can be pushed.")
     return items
 

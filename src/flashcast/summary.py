@@ -1,8 +1,9 @@
 """The allocator summary for the marketing lead: what moved, why, the forecast, what waits for
 approval, how delivery went, with links to the run. Plain text and HTML, sent over SMTP.
 
-Built only from the payload (aggregates: channels, segments, counts) and the delivery records, so
-it cannot carry personal data; every value is HTML-escaped.
+Built only from the payload (aggregates: channels, segments, counts), the run's attention list
+(file names, days, channels, counts) and the delivery records, so it cannot carry personal data;
+every value is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from flashcast.errors import EmailFailed
 
 
 def summary_email(document: dict[str, Any], *, outcome: str, detail: str, orders: Sequence[Delivery],
-                  approved: set[str], config: EmailConfig) -> EmailMessage:
+                  approved: set[str], config: EmailConfig, attention: Sequence[str] = ()) -> EmailMessage:
     """The message for one rebalance. `outcome`: pushed, held, undelivered or no_plan; `approved`:
-    the creative ids approved so far (the rest of the payload's wait for a person)."""
+    the creative ids approved so far (the rest of the payload's wait for a person); `attention`: what
+    the run's report asks a person to look at (about the data and the stages: file names, days,
+    channels, counts; never a value)."""
     sandbox = bool(document.get("sandbox"))
     allocations, forecast = document["allocations"], document["forecast"]
     currency = allocations["currency"]
@@ -60,6 +63,7 @@ def summary_email(document: dict[str, Any], *, outcome: str, detail: str, orders
     delivery_lines = [f"{o.platform} v{o.version}: {o.state} after {len(o.attempts)} attempt(s)" for o in orders]
 
     text = [subject, "", f"Status: {headline}. {detail}", "",
+            *(["Needs attention:", *(f"  - {item}" for item in attention), ""] if attention else []),
             f"Budget {money(allocations['budget'])} ({allocations['method']}). What moved, yesterday -> tomorrow:"]
     text += [f"  {ch}: {y} -> {t} ({d}); {why}" for ch, y, t, d, why in moves]
     text += ["", "Forecast: " + forecast_line, "", "Data: " + data_line, ""]
@@ -76,9 +80,11 @@ def summary_email(document: dict[str, Any], *, outcome: str, detail: str, orders
     approvals = (f"<p>Awaiting approval: <strong>{len(waiting)}</strong> creative(s). "
                  f"<a href='{e(approve_link)}'>Review them</a>.</p>" if waiting
                  else "<p>Every creative in the plan is approved.</p>")
+    needs = (f"<h2>Needs attention</h2><ul>{''.join(f'<li>{e(item)}</li>' for item in attention)}</ul>"
+             if attention else "")
     body_html = f"""<!doctype html><html lang="en"><body>
 <h1>{e(subject)}</h1>{banner}
-<p>Status: <strong>{e(headline)}</strong>. {e(detail)}</p>
+<p>Status: <strong>{e(headline)}</strong>. {e(detail)}</p>{needs}
 <h2>What moved</h2>
 <p>Budget {e(money(allocations['budget']))} ({e(allocations['method'])}).</p>
 <table><thead><tr><th scope="col">Channel</th><th scope="col">Yesterday</th><th scope="col">Tomorrow</th>

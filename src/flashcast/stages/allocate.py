@@ -65,7 +65,7 @@ def allocation_frame(allocation: Allocation, lineage_id: str) -> pd.DataFrame:
 
 def channel_histories(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: Settings) -> list[ChannelHistory]:
     """Yesterday's spend and the lookback window's spend and purchases per paid channel."""
-    yesterday = kpis.last_complete_day
+    yesterday = kpis.last_spend_day
     start = yesterday - timedelta(days=settings.guardrails.lookback_days - 1)
     rows = con.execute(
         f"""SELECT channel,
@@ -86,7 +86,7 @@ def channel_series(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: S
     from flashcast.budget.curves import demand_index
     from flashcast.budget.plan import ChannelSeries
 
-    end = kpis.last_complete_day
+    end = kpis.last_spend_day
     start = end - timedelta(days=settings.allocation.fit_days - 1)
     outcome = "purchases" if settings.allocation.kpi == "conversions" else "revenue"
     organic = con.execute(
