@@ -165,6 +165,7 @@ def test_rebalance_holds_for_approval_then_pushes_in_sandbox_and_mails_the_lead(
     held = CliRunner().invoke(app, ["rebalance", "-c", str(config)])
     assert held.exit_code == 3, held.output
     assert "[SANDBOX] rebalance" in held.output and "held" in held.output and "summary email: sent" in held.output
+    assert "attention The spend data end on" in " ".join(held.output.split())  # in the cron log too
     assert len(inbox.messages) == 1
     first = inbox.messages[0]
     assert first["Subject"].startswith("[SANDBOX] Flashcast plan for") and first["X-Flashcast-Sandbox"] == "true"

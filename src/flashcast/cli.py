@@ -978,6 +978,8 @@ def rebalance(config: ConfigOption = None) -> None:
     sandbox = "[SANDBOX] " if settings.mode == "sandbox" else ""
     console.print(f"{sandbox}rebalance {result.lineage_id}: {result.outcome}: {result.detail}", highlight=False,
                   markup=False)
+    for item in result.attention:  # a cron log shows what the report asks a person to look at
+        console.print(f"[yellow]attention[/yellow] {escape(item)}", highlight=False)
     if result.orders:  # held or no plan: the line above says why there are none
         _print_deliveries(list(result.orders))
     console.print(f"summary email: {result.email}", highlight=False, markup=False)

@@ -40,6 +40,7 @@ class RebalanceResult:
     detail: str
     orders: tuple[Delivery, ...]
     email: str  # sent | not configured | failed: <why>
+    attention: tuple[str, ...] = ()  # what the run's report asks a person to look at (the email lists it too)
 
     @property
     def exit_code(self) -> int:
@@ -47,7 +48,7 @@ class RebalanceResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"lineage_id": self.lineage_id, "outcome": self.outcome, "detail": self.detail,
-                "email": self.email, "orders": [o.to_json() for o in self.orders]}
+                "email": self.email, "attention": list(self.attention), "orders": [o.to_json() for o in self.orders]}
 
 
 def rebalance(settings: Settings, *, key: PiiKey, by: str, progress: Progress | None = None,
@@ -63,17 +64,17 @@ def rebalance(settings: Settings, *, key: PiiKey, by: str, progress: Progress | 
         result = run_pipeline(settings, RunInputs(source.export, source.spend), source.out, key=key,
                               progress=progress, job="rebalance", lineage_id=lineage_id)
         ops = OpsStore(settings.store.ops_database_url)
+        attention = tuple(result.attention(approvals=False))  # the email counts what waits for approval itself
         try:
             outcome, detail = _push_or_hold(ops, settings, result.lineage_id, result.payload, by=by)
             orders = tuple(deliveries(ops, result.lineage_id))
-            email, summary = _email(ops, settings, result.lineage_id, outcome, detail, orders,
-                                    result.attention(approvals=False))
+            email, summary = _email(ops, settings, result.lineage_id, outcome, detail, orders, attention)
             LineageLog(ops).append("rebalance_finished", result.lineage_id,
                                    {"by": by, "outcome": outcome, "email": email.split(":")[0],
                                     **({"summary_sha256": summary} if summary else {})})
         finally:
             ops.dispose()
-    return RebalanceResult(result.lineage_id, outcome, detail, orders, email)
+    return RebalanceResult(result.lineage_id, outcome, detail, orders, email, attention)
 
 
 @contextmanager
