@@ -454,3 +454,21 @@ def _is_json(line: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_a_day_the_tag_stopped_firing_on_is_named_by_the_run(finished_run: FinishedRun, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    monkeypatch.setenv("FLASHCAST_PII_KEY", "flashcast-test-key-0123456789abcdef")
+    export = tmp_path / "export"
+    shutil.copytree(finished_run.sim.export_dirs["ndjson"], export)
+    broken = sorted(export.glob("events_2*.json"))[-20]  # a day of the last weeks: 10 lines left of it
+    broken.write_text("\n".join(broken.read_text().splitlines()[:10]) + "\n")
+    day = f"{broken.name[7:11]}-{broken.name[11:13]}-{broken.name[13:15]}"
+    code, output = _run("ingest", "--export", str(export), "--out", str(tmp_path / "out"),
+                        "-c", str(write_config(tmp_path, tmp_path / "home")))
+    assert code == 0, output
+    said = " ".join(output.split())
+    assert f"attention {day}: 10 rows, " in said and "did tracking stop?" in said
+    assert said.count("did tracking stop?") == 1  # the simulator's other days are ordinary

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -15,7 +15,7 @@ from conftest import REAL_GA4, TEST_KEY, ga4_row, write_lines
 from flashcast.config import PrivacyPolicy
 from flashcast.errors import ReconciliationError
 from flashcast.keys import PiiKey
-from flashcast.records import GuardReport, RunContext
+from flashcast.records import DayOutcome, GuardReport, RunContext
 from flashcast.simulate import SimulationResult
 from flashcast.stages import guard as guard_module
 from flashcast.stages.guard import guard_export, install_privacy_functions
@@ -163,8 +163,8 @@ def test_a_session_key_is_the_hmac_of_its_user_and_session(tmp_path: Path, con: 
                             [row(*spec, i) for i, spec in enumerate(specs)]))
     keys = dict(con.execute("SELECT source_line, session_key FROM guarded_events").fetchall())
     assert len(keys) == len(specs)
-    for line, (user, session, date) in enumerate(specs, start=1):
-        text = f"{user}:{session}" if session else f"{user}:day:{date[:4]}-{date[4:6]}-{date[6:]}"
+    for line, (user, session, day) in enumerate(specs, start=1):
+        text = f"{user}:{session}" if session else f"{user}:day:{day[:4]}-{day[4:6]}-{day[6:]}"
         assert keys[line] == hmac.new(TEST_KEY.encode(), text.encode(), hashlib.sha256).hexdigest()
     assert len(set(keys.values())) == 5  # rows 1 and 2 are one session
 
@@ -277,3 +277,59 @@ def test_a_row_lost_between_tables_fails_the_run(
     monkeypatch.setattr(guard_module, "_day_outcomes", lossy)
     with pytest.raises(ReconciliationError, match="do not add up"):
         _guard(duckdb.connect(), small_sim.export_dirs["ndjson"])
+
+
+def _usual_days(n: int = 70, rows: int = 1000) -> list[DayOutcome]:
+    """`n` ordinary days from 2026-01-01: weekends a little quieter, 16% dropped for consent, a few
+    rows quarantined."""
+    days = []
+    for i in range(n):
+        day = date(2026, 1, 1) + timedelta(days=i)
+        total = int(rows * (0.8 if day.weekday() >= 5 else 1.0)) + (i % 7) * 3
+        consent, held = int(total * 0.16), 2 + i % 3
+        days.append(DayOutcome(day.isoformat(), total, total - consent - held - 5, consent, held, 5))
+    return days
+
+
+def _day(days: list[DayOutcome], i: int, *, rows: int | None = None, consent: float | None = None,
+         held: float | None = None) -> None:
+    d = days[i]
+    total = rows if rows is not None else d.input_rows
+    dropped = int(total * (consent if consent is not None else d.dropped_share))
+    quarantined = int(total * (held if held is not None else d.quarantined / d.input_rows))
+    days[i] = DayOutcome(d.event_date, total, total - dropped - quarantined, dropped, quarantined, 0)
+
+
+def test_a_day_whose_counts_break_from_its_usual_is_named() -> None:
+    days = _usual_days()
+    _day(days, 60, rows=90)  # a Monday when the tag stopped firing: 90 rows against ~1,000
+    _day(days, 61, consent=0.97)  # a banner that denied everyone
+    _day(days, 62, held=0.4)  # an export change: 40% of the rows fail validation
+    read = {d.event_date for d in days[50:]}
+    alerts = guard_module.day_alerts(days, read)
+    assert len(alerts) == 3, alerts
+    assert alerts[0].startswith(f"{days[60].event_date}: 90 rows, 9% of a usual Monday (1,012): did tracking stop?")
+    assert alerts[1] == (f"{days[61].event_date}: 97% of its rows dropped for consent, against 16% usually: check "
+                         "the consent banner and the tags' consent mode")
+    assert alerts[2].startswith(f"{days[62].event_date}: 40.0% of its rows quarantined, against 0.3% usually")
+    # only the days read this run (a daily run does not repeat last month's alerts)
+    assert guard_module.day_alerts(days, {d.event_date for d in days[63:]}) == ()
+    # nothing out of the ordinary, nothing named: weekends, slow growth, the usual consent mix
+    assert guard_module.day_alerts(_usual_days(), {d.event_date for d in _usual_days()}) == ()
+
+
+def test_the_newest_day_and_days_without_a_usual_are_not_judged() -> None:
+    days = _usual_days()
+    _day(days, len(days) - 1, rows=40)  # the newest: an intraday file still filling
+    _day(days, 10, rows=50, consent=0.9)  # too early: not 4 same weekdays nor 14 days before it
+    assert guard_module.day_alerts(days, {d.event_date for d in days}) == ()
+
+
+def test_many_days_alike_are_named_a_few_then_counted() -> None:
+    days = _usual_days()
+    for i in range(40, 50):
+        _day(days, i, consent=0.95)
+    alerts = guard_module.day_alerts(days, {d.event_date for d in days})
+    # the consent share's usual follows the broken days, so the later ones stop standing out
+    assert 4 <= len(alerts) <= guard_module.MAX_ALERTS_EACH + 1
+    assert alerts[-1].startswith("... and ") and alerts[-1].endswith("more day(s) like these: see reconciliation.csv")

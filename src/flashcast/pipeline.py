@@ -182,7 +182,7 @@ class RunResult:
         """What a person should look at before trusting the plan (see `attention_items`)."""
         from flashcast.report import attention_items
 
-        return attention_items(ingest=self.ingest, segments=self.segments, creatives=self.creatives,
+        return attention_items(ingest=self.ingest, guard=self.guard, segments=self.segments, creatives=self.creatives,
                                forecast=self.forecast, allocate=self.allocation, kpis=self.kpis, approvals=approvals)
 
 

@@ -136,6 +136,7 @@ class GuardReport:
     days: tuple[DayOutcome, ...]
     key_id: str
     consent_null_means: str
+    alerts: tuple[str, ...] = ()  # days read this run whose counts break from their usual (see `day_alerts`)
 
     @property
     def totals(self) -> dict[str, int]:
@@ -143,7 +144,8 @@ class GuardReport:
         return {f: sum(getattr(d, f) for d in self.days) for f in fields}
 
     def lineage(self) -> dict[str, Any]:
-        return {"key_id": self.key_id, "consent_null_means": self.consent_null_means, "totals": self.totals}
+        return {"key_id": self.key_id, "consent_null_means": self.consent_null_means, "totals": self.totals,
+                **({"alerts": list(self.alerts)} if self.alerts else {})}
 
 
 # ------------------------------------------------------------------ kpis

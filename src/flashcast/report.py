@@ -36,12 +36,14 @@ def format_money(value: float, currency: str) -> str:
 
 def attention_items(*, ingest: StagedExport | None = None, segments: Segmentation, creatives: CreativeLibrary,
                     forecast: ForecastPlan, allocate: AllocationPlan, kpis: KpiSummary | None = None,
-                    approvals: bool = True) -> list[str]:
+                    guard: GuardReport | None = None, approvals: bool = True) -> list[str]:
     """What a person should look at before trusting the plan, one sentence each (`approvals`: with the
     creatives that wait for approval, which the summary email counts in a section of its own)."""
     items = []
     if ingest is not None:
         items += list(ingest.warnings)
+    if guard is not None:
+        items += list(guard.alerts)
     if kpis is not None and kpis.spend_through is not None and kpis.spend_ends_early:
         gap = (kpis.last_complete_day - kpis.spend_through).days
         items.append(f"The spend data end on {kpis.spend_through}, {gap} day(s) before the last complete day "
@@ -113,7 +115,7 @@ def write_report(
     def money(value: float) -> str:
         return format_money(value, currency)
 
-    attention = attention_items(ingest=ingest, segments=segments, creatives=creatives, forecast=forecast,
+    attention = attention_items(ingest=ingest, guard=guard, segments=segments, creatives=creatives, forecast=forecast,
                                 allocate=allocate, kpis=kpis)
     lines = [
         "# Flashcast plan",

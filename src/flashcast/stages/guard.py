@@ -17,7 +17,12 @@ HMAC of the raw line and of the user, never the line itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import date, timedelta
+
 import duckdb
+import numpy as np
 
 from flashcast.config import PrivacyPolicy, Settings
 from flashcast.engine import DuckEngine, Engine, engine_of, is_remote, land
@@ -37,8 +42,59 @@ def run(con: duckdb.DuckDBPyConnection, *, ingest: StagedExport, settings: Setti
     has_prior = _has_column(con, prior, "transaction_key")
     report = guard_export(con, ingest, policy=settings.policy, run=context, prior_events=prior if has_prior else None,
                           stored_prefix="_stored_", engine=engine)
+    read = {str(r[0]) for r in con.execute(f"SELECT event_date FROM {_STAGED_DAYS} WHERE event_date IS NOT NULL")
+            .fetchall()}
+    report = replace(report, alerts=day_alerts(report.days, read))
     _daily_outcomes_table(con, report, context)
     return report
+
+
+# A day read this run is named when its counts break from its usual (the days before it in the
+# history): a tag that stopped firing, a consent banner that denies everyone, an export or tag change
+# whose rows are quarantined. Its KPIs would otherwise read as a quiet day, or a cautious audience.
+OUTAGE_SHARE = 0.2  # rows under this share of the same weekday's median over the 8 weeks before
+MIN_USUAL_ROWS = 100  # ... when that median is at least this many rows (fewer: too noisy to tell)
+CONSENT_JUMP = 0.3  # consent drops this many points above the median share of the 28 days before, and
+CONSENT_ALERT_SHARE = 0.5  # above this share of the day's rows
+QUARANTINE_SHARE = 0.05  # quarantined rows above this share and
+QUARANTINE_MULTIPLE = 10.0  # this multiple of the median share of the 28 days before
+MIN_USUAL_DAYS = 14  # days before (4 same weekdays for the rows) needed to know what is usual
+MAX_ALERTS_EACH = 3
+
+
+def day_alerts(days: Sequence[DayOutcome], read: set[str]) -> tuple[str, ...]:
+    """Sentences naming the days of `read` whose row count, consent-drop share or quarantine share
+    breaks from the days before them. The newest day of the history is left out: it may be one an
+    intraday export still fills."""
+    dated = sorted((date.fromisoformat(d.event_date), d) for d in days if d.event_date != "unknown" and d.input_rows)
+    by_day = dict(dated)
+    outages, consent, quarantine = [], [], []
+    for day, d in dated[:-1]:
+        if day.isoformat() not in read:
+            continue
+        weekdays = [by_day[w].input_rows for k in range(1, 9) if (w := day - timedelta(weeks=k)) in by_day]
+        before = [by_day[b] for k in range(1, 29) if (b := day - timedelta(days=k)) in by_day]
+        usual = float(np.median(weekdays)) if len(weekdays) >= 4 else 0.0
+        if usual >= MIN_USUAL_ROWS and d.input_rows < OUTAGE_SHARE * usual:
+            outages.append(f"{day}: {d.input_rows:,} rows, {d.input_rows / usual:.0%} of a usual {day:%A} "
+                           f"({usual:,.0f}): did tracking stop? Its KPIs and the forecast read it as a quiet day")
+        if len(before) < MIN_USUAL_DAYS:
+            continue
+        share, base = d.dropped_share, float(np.median([b.dropped_share for b in before]))
+        if share > CONSENT_ALERT_SHARE and share > base + CONSENT_JUMP:
+            consent.append(f"{day}: {share:.0%} of its rows dropped for consent, against {base:.0%} usually: check "
+                           "the consent banner and the tags' consent mode")
+        held = d.quarantined / d.input_rows
+        held_base = float(np.median([b.quarantined / b.input_rows for b in before]))
+        if held > QUARANTINE_SHARE and held > QUARANTINE_MULTIPLE * held_base:
+            quarantine.append(f"{day}: {held:.1%} of its rows quarantined, against {held_base:.1%} usually: see "
+                              "quarantine.csv (a tag or export change?)")
+    out = []
+    for found in (outages, consent, quarantine):
+        out += found[:MAX_ALERTS_EACH]
+        if len(found) > MAX_ALERTS_EACH:
+            out.append(f"... and {len(found) - MAX_ALERTS_EACH} more day(s) like these: see reconciliation.csv")
+    return tuple(out)
 
 
 def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
