@@ -43,7 +43,12 @@ def sandbox_server(finished_run: FinishedRun, tmp_path_factory: pytest.TempPathF
     folder = tmp_path_factory.mktemp("dashboard")
     run = finished_run.copy_to(folder)
     settings = run.settings.model_copy(update={"mode": "sandbox"})
-    inputs = RunInputs(finished_run.sim.export_dirs["ndjson"], finished_run.sim.spend_file)
+    # the spend file a complete day short: the run has something that needs a person's attention
+    header, *rows = finished_run.sim.spend_file.read_text().splitlines()
+    last_two = sorted({row[:10] for row in rows})[-2:]  # the partial last day and the one before
+    spend = folder / "spend.csv"
+    spend.write_text("\n".join([header, *(row for row in rows if row[:10] not in last_two)]) + "\n")
+    inputs = RunInputs(finished_run.sim.export_dirs["ndjson"], spend)
     run_pipeline(settings, inputs, folder / "out", key=PiiKey(TEST_KEY.encode()))
     app = create_app(settings)
     keys = {role: create_key(app.state.ops, role, by="test")[1] for role in ROLES}
@@ -95,6 +100,11 @@ def test_an_approver_sees_the_fan_chart_and_decides_and_the_decisions_hold(
     url, keys, _settings = sandbox_server
     page, errors = _login(browser, url, keys["approver"])
     assert page.locator("#sandbox").is_visible() and "SANDBOX" in page.inner_text("#sandbox")
+    # What the run's report asks a person to look at, before the copy is approved.
+    attention = _api(url, keys["viewer"], "/dashboard/data")["run"]["attention"]
+    assert attention and attention[0].startswith("The spend data end on ")
+    assert page.locator("#run-attention").is_visible()
+    assert page.locator("#run-attention li").all_inner_texts() == attention
     # The fan chart draws the API's numbers: history, three bands and the forecast.
     data = _api(url, keys["viewer"], "/dashboard/data")["forecast"]["revenue_total"]
     traces = page.evaluate("Array.from(document.getElementById('fan').data, t => ({name: t.name, y: t.y}))")

@@ -281,7 +281,7 @@ def ingest(
                   f"warehouse): {totals['accepted']:,} accepted, {totals['dropped_consent']:,} dropped for consent, "
                   f"{totals['quarantined']:,} quarantined, {totals['duplicate']:,} duplicates; days {k.first_day} to "
                   f"{k.last_day}", highlight=False, soft_wrap=True)
-    for item in (*result.ingest.warnings, *result.guard.alerts):
+    for item in result.attention():
         console.print(f"[yellow]attention[/yellow] {escape(item)}", highlight=False)
     for name, path in sorted(result.outputs.items()):
         console.print(f"  {name:<17} {escape(str(path))}", highlight=False)

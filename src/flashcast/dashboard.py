@@ -74,7 +74,8 @@ def dashboard_data(ops: OpsStore) -> dict[str, Any]:
         reasons[q.get("field") or "unknown"] = reasons.get(q.get("field") or "unknown", 0) + 1
     return {
         "run": {"lineage_id": lineage_id, "status": run["status"], "finished_at": run["finished_at"],
-                "out_dir": str(out), "files": [name for name in CHART_FILES if (out / name).is_file()]},
+                "out_dir": str(out), "files": [name for name in CHART_FILES if (out / name).is_file()],
+                "attention": list((run["summary"] or {}).get("attention", []))},
         "reconciliation": days,
         "quarantine_by_field": reasons,
         "forecast": _forecasts(out),

@@ -180,10 +180,15 @@ class RunResult:
 
     def attention(self, *, approvals: bool = True) -> list[str]:
         """What a person should look at before trusting the plan (see `attention_items`)."""
-        from flashcast.report import attention_items
+        return _attention(self.records, approvals=approvals)
 
-        return attention_items(ingest=self.ingest, guard=self.guard, segments=self.segments, creatives=self.creatives,
-                               forecast=self.forecast, allocate=self.allocation, kpis=self.kpis, approvals=approvals)
+
+def _attention(records: Mapping[str, Any], *, approvals: bool = True) -> list[str]:
+    from flashcast.report import attention_items
+
+    return attention_items(ingest=records.get("ingest"), guard=records.get("guard"), kpis=records.get("kpis"),
+                           segments=records.get("segments"), creatives=records.get("creatives"),
+                           forecast=records.get("forecast"), allocate=records.get("allocate"), approvals=approvals)
 
 
 def _problems(records: Mapping[str, Any]) -> list[str]:
@@ -334,7 +339,9 @@ def _complete(recorder: RunRecorder, values: dict[str, Any], outputs: dict[str, 
     head = recorder.completed(
         outputs, totals=values["guard"].totals, problems=_problems(values),
         summary={"out_dir": str(final_out.resolve()), "first_day": kpi_summary.first_day.isoformat(),
-                 "last_day": kpi_summary.last_day.isoformat()},
+                 "last_day": kpi_summary.last_day.isoformat(),
+                 # for the dashboard, which shows the creatives that wait for approval on their own
+                 "attention": _attention(values, approvals=False)},
         datasets=[DatasetRef(f"duckdb://{warehouse}", t) for t in kept])
     head_file = out_dir / "lineage_head.json"
     head_file.write_text(json.dumps({"lineage_id": recorder.context.lineage_id, **head.to_json()}, indent=2) + "\n")

@@ -34,11 +34,13 @@ def format_money(value: float, currency: str) -> str:
     return f"{symbol}{value:,.2f}" if symbol else f"{value:,.2f} {currency}"
 
 
-def attention_items(*, ingest: StagedExport | None = None, segments: Segmentation, creatives: CreativeLibrary,
-                    forecast: ForecastPlan, allocate: AllocationPlan, kpis: KpiSummary | None = None,
+def attention_items(*, ingest: StagedExport | None = None, segments: Segmentation | None = None,
+                    creatives: CreativeLibrary | None = None, forecast: ForecastPlan | None = None,
+                    allocate: AllocationPlan | None = None, kpis: KpiSummary | None = None,
                     guard: GuardReport | None = None, approvals: bool = True) -> list[str]:
-    """What a person should look at before trusting the plan, one sentence each (`approvals`: with the
-    creatives that wait for approval, which the summary email counts in a section of its own)."""
+    """What a person should look at before trusting the plan, one sentence each, from the stages' records
+    there are (`flashcast ingest` stops after the KPIs). `approvals`: with the creatives that wait for
+    approval (the summary email and the dashboard show those in a section of their own)."""
     items = []
     if ingest is not None:
         items += list(ingest.warnings)
@@ -57,15 +59,15 @@ def attention_items(*, ingest: StagedExport | None = None, segments: Segmentatio
                      f"{'it' if one else 'each'} only what the guardrails require. Add "
                      f"{'its' if one else 'their'} spend to the spend file, or take {'it' if one else 'them'} out of "
                      "[channels] paid_channels if not bought.")
-    failures = ([f"Revenue could not be forecast: {forecast.failure}."] if forecast.failure else []) + (
-        [f"The budget could not be allocated: {allocate.failure}."] if allocate.failure else [])
+    failures = ([f"Revenue could not be forecast: {forecast.failure}."] if forecast and forecast.failure else []) + (
+        [f"The budget could not be allocated: {allocate.failure}."] if allocate and allocate.failure else [])
     if failures:  # either one stops the payload: say so once
         failures[-1] += " No DSP payload was written."
     items += failures
-    for fallback in (segments.fallback, creatives.fallback):
+    for fallback in (segments.fallback if segments else None, creatives.fallback if creatives else None):
         if fallback:
             items.append(fallback)
-    pending = sum(c.status == "pending" for c in creatives.creatives)
+    pending = sum(c.status == "pending" for c in creatives.creatives) if creatives else 0
     if pending and approvals:
         items.append(f"{pending} creatives wait for a person's approval before they can be pushed.")
     return items

@@ -94,6 +94,13 @@ function drawRun() {
     `${(totals.input_rows || 0).toLocaleString()} rows in, ${(totals.accepted || 0).toLocaleString()} accepted, ` +
     `${(totals.dropped_consent || 0).toLocaleString()} dropped for consent, ${(totals.quarantined || 0).toLocaleString()} ` +
     `quarantined, ${(totals.duplicate || 0).toLocaleString()} duplicates.`;
+  const attention = run.attention || [];  // what the run's report asks a person to look at first
+  $("run-attention").hidden = attention.length === 0;
+  $("run-attention").querySelector("ul").replaceChildren(...attention.map((item) => {
+    const li = document.createElement("li");
+    li.textContent = item;
+    return li;
+  }));
   const body = $("reconciliation").querySelector("tbody");
   const dated = reconciliation.filter((d) => d.event_date !== "unknown");
   $("reconciliation").querySelector("caption").textContent =
