@@ -466,9 +466,15 @@ def test_a_day_the_tag_stopped_firing_on_is_named_by_the_run(finished_run: Finis
     broken = sorted(export.glob("events_2*.json"))[-20]  # a day of the last weeks: 10 lines left of it
     broken.write_text("\n".join(broken.read_text().splitlines()[:10]) + "\n")
     day = f"{broken.name[7:11]}-{broken.name[11:13]}-{broken.name[13:15]}"
-    code, output = _run("ingest", "--export", str(export), "--out", str(tmp_path / "out"),
-                        "-c", str(write_config(tmp_path, tmp_path / "home")))
+    missing = sorted(export.glob("events_2*.json"))[-30]  # and a day GA4 wrote no file for
+    missing.unlink()
+    gone = f"{missing.name[7:11]}-{missing.name[11:13]}-{missing.name[13:15]}"
+    code, output = _run("run", "--export", str(export), "--spend", str(finished_run.sim.spend_file), "--out",
+                        str(tmp_path / "out"), "-c", str(write_config(tmp_path, tmp_path / "home")))
     assert code == 0, output
     said = " ".join(output.split())
-    assert f"attention {day}: 10 rows, " in said and "did tracking stop?" in said
-    assert said.count("did tracking stop?") == 1  # the simulator's other days are ordinary
+    assert f"attention {day}: 10 rows, " in said and f"attention {gone}: no rows (a usual " in said
+    assert said.count("did tracking stop?") == 2  # the simulator's other days are ordinary
+    # the forecast takes both for missing days (their zero, or near zero, is no sale), filled like any gap
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "- 2 missing days filled by interpolation" in report

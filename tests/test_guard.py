@@ -333,3 +333,16 @@ def test_many_days_alike_are_named_a_few_then_counted() -> None:
     # the consent share's usual follows the broken days, so the later ones stop standing out
     assert 4 <= len(alerts) <= guard_module.MAX_ALERTS_EACH + 1
     assert alerts[-1].startswith("... and ") and alerts[-1].endswith("more day(s) like these: see reconciliation.csv")
+
+
+def test_a_day_without_rows_or_without_a_file_is_an_outage_and_the_newest_day_is_not() -> None:
+    days = _usual_days()
+    empty = days[55]
+    days[55] = DayOutcome(empty.event_date, 0, 0, 0, 0, 0)  # an empty file
+    gone = days.pop(56)  # no file at all: no outcome that day
+    _day(days, len(days) - 1, rows=10)  # the newest: may still be filling
+    found = guard_module.outage_days(days)
+    assert [(day.isoformat(), rows) for day, rows, _ in found] == [(empty.event_date, 0), (gone.event_date, 0)]
+    alerts = guard_module.day_alerts(days, {days[50].event_date, days[60].event_date})  # the days between count
+    assert [a.split(":")[0] for a in alerts] == [empty.event_date, gone.event_date]
+    assert ": no rows (a usual " in alerts[1] and "no export file, or did tracking stop?" in alerts[1]

@@ -137,6 +137,7 @@ class GuardReport:
     key_id: str
     consent_null_means: str
     alerts: tuple[str, ...] = ()  # days read this run whose counts break from their usual (see `day_alerts`)
+    outage_days: tuple[str, ...] = ()  # ISO days of the history whose rows fell far under their usual
 
     @property
     def totals(self) -> dict[str, int]:

@@ -31,31 +31,45 @@ from flashcast.forecasting.forecast import (
     short_history_forecast,
     tidy_all,
 )
-from flashcast.records import ForecastPlan, KpiSummary, RunContext, Segmentation, Table
+from flashcast.records import ForecastPlan, GuardReport, KpiSummary, RunContext, Segmentation, Table
 from flashcast.sql import insert_rows
 
 SERIES_ID = "revenue_total"
 
 
-def run(con: duckdb.DuckDBPyConnection, *, kpis: KpiSummary, segments: Segmentation, settings: Settings,
-        context: RunContext) -> ForecastPlan:
-    """The forecast stage: total revenue with nested bands, then the per-channel and per-segment series."""
+def run(con: duckdb.DuckDBPyConnection, *, guard: GuardReport, kpis: KpiSummary, segments: Segmentation,
+        settings: Settings, context: RunContext) -> ForecastPlan:
+    """The forecast stage: total revenue with nested bands, then the per-channel and per-segment series.
+    A day whose export rows fell far under its usual (`guard.outage_days`: a tag that stopped firing, a
+    day without a file) is a missing day to every series, filled like any gap: its zero is not a sale."""
     stored = stored_calibrations(con) if settings.forecast.reselect_days > 0 else {}
+    missing = pd.to_datetime(list(guard.outage_days))
     try:
-        forecast = revenue_forecast(revenue_history(con, kpis), settings.forecast, stored=stored.get(SERIES_ID))
+        forecast = revenue_forecast(without(revenue_history(con, kpis), missing), settings.forecast,
+                                    stored=stored.get(SERIES_ID))
     except ForecastError as exc:  # a history too short (or too broken): the governed data, segments and copy stand
         keep_selections(con, [], stored, context)
         return ForecastPlan(None, pd.DataFrame(), failure=f"{type(exc).__name__}: {exc}")
     if not bands_are_nested(forecast):
         raise ForecastError(f"{SERIES_ID}: forecast bands are not nested")
-    done, skipped = forecast_each(breakdown_series(con, kpis, segments.table), engines=DEFAULT_ENGINES,
-                                  spec=BacktestSpec(horizon=settings.forecast.horizon), keep_last_day=True,
+    done, skipped = forecast_each(without(breakdown_series(con, kpis, segments.table), missing),
+                                  engines=DEFAULT_ENGINES, spec=BacktestSpec(horizon=settings.forecast.horizon),
+                                  keep_last_day=True,
                                   calibrations=stored, max_age_days=settings.forecast.reselect_days)
     keep_selections(con, [forecast, *done], stored, context)
     breakdown = tidy_all(done)
     reasons = tuple(s.reason for s in skipped)
     breakdown.attrs["skipped"] = list(reasons)
     return ForecastPlan(forecast, breakdown, reasons)
+
+
+def without(history: pd.DataFrame, days: pd.DatetimeIndex) -> pd.DataFrame:
+    """`history` (ds, y, ...) with no value on `days`: missing days, which the forecaster fills."""
+    if not len(days):
+        return history
+    out = history.copy()
+    out.loc[pd.to_datetime(out["ds"]).isin(days), "y"] = float("nan")
+    return out
 
 
 def revenue_history(con: duckdb.DuckDBPyConnection, kpis: KpiSummary) -> pd.DataFrame:

@@ -44,14 +44,16 @@ def run(con: duckdb.DuckDBPyConnection, *, ingest: StagedExport, settings: Setti
                           stored_prefix="_stored_", engine=engine)
     read = {str(r[0]) for r in con.execute(f"SELECT event_date FROM {_STAGED_DAYS} WHERE event_date IS NOT NULL")
             .fetchall()}
-    report = replace(report, alerts=day_alerts(report.days, read))
+    report = replace(report, alerts=day_alerts(report.days, read),
+                     outage_days=tuple(day.isoformat() for day, _, _ in outage_days(report.days)))
     _daily_outcomes_table(con, report, context)
     return report
 
 
 # A day read this run is named when its counts break from its usual (the days before it in the
-# history): a tag that stopped firing, a consent banner that denies everyone, an export or tag change
-# whose rows are quarantined. Its KPIs would otherwise read as a quiet day, or a cautious audience.
+# history): a tag that stopped firing (or a day without an export file), a consent banner that
+# denies everyone, an export or tag change whose rows are quarantined. Its KPIs would otherwise read
+# as a quiet day, or a cautious audience.
 OUTAGE_SHARE = 0.2  # rows under this share of the same weekday's median over the 8 weeks before
 MIN_USUAL_ROWS = 100  # ... when that median is at least this many rows (fewer: too noisy to tell)
 CONSENT_JUMP = 0.3  # consent drops this many points above the median share of the 28 days before, and
@@ -62,23 +64,39 @@ MIN_USUAL_DAYS = 14  # days before (4 same weekdays for the rows) needed to know
 MAX_ALERTS_EACH = 3
 
 
+def outage_days(days: Sequence[DayOutcome]) -> tuple[tuple[date, int, float], ...]:
+    """(day, rows, usual rows) for every day of the history whose rows fall under OUTAGE_SHARE of the
+    median of the same weekday over the 8 weeks before (4 of them with rows at least, a median of
+    MIN_USUAL_ROWS or more); a day without any row (no export file, or an empty one) too. The newest
+    day is left out: an intraday export may still be filling it."""
+    rows = {date.fromisoformat(d.event_date): d.input_rows for d in days if d.event_date != "unknown"}
+    counted = sorted(day for day, n in rows.items() if n)
+    out = []
+    for offset in range((counted[-1] - counted[0]).days if counted else 0):
+        day = counted[0] + timedelta(days=offset)
+        weekdays = [n for k in range(1, 9) if (n := rows.get(day - timedelta(weeks=k), 0))]
+        usual = float(np.median(weekdays)) if len(weekdays) >= 4 else 0.0
+        if usual >= MIN_USUAL_ROWS and rows.get(day, 0) < OUTAGE_SHARE * usual:
+            out.append((day, rows.get(day, 0), usual))
+    return tuple(out)
+
+
 def day_alerts(days: Sequence[DayOutcome], read: set[str]) -> tuple[str, ...]:
-    """Sentences naming the days of `read` whose row count, consent-drop share or quarantine share
-    breaks from the days before them. The newest day of the history is left out: it may be one an
-    intraday export still fills."""
+    """Sentences naming the days this run read (`read`, and any day without rows among them) whose
+    row count, consent-drop share or quarantine share breaks from the days before them (see
+    `outage_days`; the newest day is not judged)."""
     dated = sorted((date.fromisoformat(d.event_date), d) for d in days if d.event_date != "unknown" and d.input_rows)
     by_day = dict(dated)
+    seen = sorted(date.fromisoformat(r) for r in read)
     outages, consent, quarantine = [], [], []
+    for day, n, usual in outage_days(days):
+        if seen and seen[0] <= day <= seen[-1]:
+            found = (f"{n:,} rows, {n / usual:.0%} of a usual {day:%A} ({usual:,.0f}): did tracking stop?" if n else
+                     f"no rows (a usual {day:%A} has {usual:,.0f}): no export file, or did tracking stop?")
+            outages.append(f"{day}: {found} The forecast reads it as a missing day; its KPIs show what was recorded")
     for day, d in dated[:-1]:
-        if day.isoformat() not in read:
-            continue
-        weekdays = [by_day[w].input_rows for k in range(1, 9) if (w := day - timedelta(weeks=k)) in by_day]
         before = [by_day[b] for k in range(1, 29) if (b := day - timedelta(days=k)) in by_day]
-        usual = float(np.median(weekdays)) if len(weekdays) >= 4 else 0.0
-        if usual >= MIN_USUAL_ROWS and d.input_rows < OUTAGE_SHARE * usual:
-            outages.append(f"{day}: {d.input_rows:,} rows, {d.input_rows / usual:.0%} of a usual {day:%A} "
-                           f"({usual:,.0f}): did tracking stop? Its KPIs and the forecast read it as a quiet day")
-        if len(before) < MIN_USUAL_DAYS:
+        if day.isoformat() not in read or len(before) < MIN_USUAL_DAYS:
             continue
         share, base = d.dropped_share, float(np.median([b.dropped_share for b in before]))
         if share > CONSENT_ALERT_SHARE and share > base + CONSENT_JUMP:
@@ -90,10 +108,10 @@ def day_alerts(days: Sequence[DayOutcome], read: set[str]) -> tuple[str, ...]:
             quarantine.append(f"{day}: {held:.1%} of its rows quarantined, against {held_base:.1%} usually: see "
                               "quarantine.csv (a tag or export change?)")
     out = []
-    for found in (outages, consent, quarantine):
-        out += found[:MAX_ALERTS_EACH]
-        if len(found) > MAX_ALERTS_EACH:
-            out.append(f"... and {len(found) - MAX_ALERTS_EACH} more day(s) like these: see reconciliation.csv")
+    for found_days in (outages, consent, quarantine):
+        out += found_days[:MAX_ALERTS_EACH]
+        if len(found_days) > MAX_ALERTS_EACH:
+            out.append(f"... and {len(found_days) - MAX_ALERTS_EACH} more day(s) like these: see reconciliation.csv")
     return tuple(out)
 
 
