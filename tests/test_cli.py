@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from conftest import TEST_KEY, FinishedRun, write_config
 from flashcast import __version__
 from flashcast.cli import app
+from flashcast.errors import ConfigError
 
 
 def _run(*args: str) -> tuple[int, str]:
@@ -64,6 +65,19 @@ def test_out_pointing_at_a_file_is_refused_before_reading(finished_run: Finished
     code, output = _run("run", "--export", str(finished_run.sim.export_dirs["ndjson"]), "--out", str(target),
                         "-c", str(write_config(tmp_path, tmp_path / "home")))
     assert code == 1 and "is a file" in _one_clean_line(output) and target.read_text() == "mine"
+    # a folder under it cannot be made: one line naming the folder, not an internal partial folder's name
+    code, output = _run("run", "--export", str(finished_run.sim.export_dirs["ndjson"]), "--out",
+                        str(target / "out"), "-c", str(write_config(tmp_path, tmp_path / "home")))
+    said = _one_clean_line(output)
+    assert code == 1 and said == f"ConfigError: --out {target / 'out'}: {target} is a file, not a folder"
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line_naming_it() -> None:
+    from flashcast.outputs import staging_folder
+
+    # /proc takes no folders, whoever runs the test (root too): an internal partial folder was named
+    with pytest.raises(ConfigError, match=r"^/proc/flashcast-test/out: cannot write an output folder there \("):
+        staging_folder(Path("/proc/flashcast-test/out"), "01900000-0000-7000-8000-000000000001")
 
 
 def test_an_llm_without_its_sdk_or_key_is_refused_before_reading(tmp_path: Path,

@@ -162,6 +162,9 @@ def _ops_store(settings: Settings) -> Iterator[OpsStore]:
 def _output_folder(out: Path) -> Path:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder (it is created if missing)")
+    existing = next((a for a in out.resolve().parents if a.exists()), None)
+    if existing is not None and not existing.is_dir():  # checked before reading: the run could not publish
+        raise ConfigError(f"--out {out}: {existing} is a file, not a folder")
     return out
 
 

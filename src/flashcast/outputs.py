@@ -192,9 +192,13 @@ def staging_folder(out_dir: Path, lineage_id: str) -> Path:
     out_dir = out_dir.resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir} is a file, not an output folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.{lineage_id}.partial"
-    staging.mkdir()
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as exc:  # a read-only or special file system, no permission, a full disk
+        raise ConfigError(f"{out_dir}: cannot write an output folder there ({exc.strerror or type(exc).__name__})"
+                          ) from exc
     return staging
 
 
