@@ -6,6 +6,7 @@ response curves fitted per channel and optimized exactly (default), or inverse C
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -17,13 +18,13 @@ import pandas as pd
 from flashcast.budget.records import Allocation, ChannelHistory
 from flashcast.config import Settings
 from flashcast.errors import AllocationError
-from flashcast.records import AllocationPlan, KpiSummary, RunContext, Table
+from flashcast.records import AllocationPlan, GuardReport, KpiSummary, RunContext, Table
 
 if TYPE_CHECKING:
     from flashcast.budget.plan import ChannelSeries
 
 
-def run(con: duckdb.DuckDBPyConnection, *, kpis: KpiSummary, settings: Settings,
+def run(con: duckdb.DuckDBPyConnection, *, guard: GuardReport, kpis: KpiSummary, settings: Settings,
         context: RunContext) -> AllocationPlan:
     """The allocation stage: the configured method on the KPI history; the split in table `allocations`."""
     # The optimizer's maths (scipy) is imported here, not with the pipeline: `flashcast ingest`
@@ -36,8 +37,8 @@ def run(con: duckdb.DuckDBPyConnection, *, kpis: KpiSummary, settings: Settings,
         if settings.allocation.method == "inverse_cpa":
             plan = AllocationPlan(allocate_inverse_cpa(histories, settings.guardrails))
         else:
-            curves = allocate_by_curves(histories, channel_series(con, kpis, settings), settings.guardrails,
-                                        settings.allocation)
+            curves = allocate_by_curves(histories, channel_series(con, kpis, settings, missing=guard.outage_days),
+                                        settings.guardrails, settings.allocation)
             plan = AllocationPlan(curves.allocation, curves)
     except AllocationError as exc:  # the governed data, segments and forecast still stand
         plan = AllocationPlan(None, failure=f"{type(exc).__name__}: {exc}")
@@ -80,9 +81,13 @@ def channel_histories(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings
             if c in found else ChannelHistory(c, 0.0, 0.0, 0.0) for c in settings.channels.paid_channels]
 
 
-def channel_series(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: Settings) -> list[ChannelSeries]:
+def channel_series(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: Settings, *,
+                   missing: Sequence[str] = ()) -> list[ChannelSeries]:
     """Daily spend and outcome per paid channel over the fit window (complete days only), with a
-    demand index from the unpaid channel's sessions so curves are fitted per unit of demand."""
+    demand index from the unpaid channel's sessions so curves are fitted per unit of demand. On the
+    `missing` days (ISO dates whose export rows fell far under their usual: `GuardReport.outage_days`)
+    the outcome and the sessions are interpolated from the days around them: the spend was made, what
+    it brought was not recorded."""
     from flashcast.budget.curves import demand_index
     from flashcast.budget.plan import ChannelSeries
 
@@ -90,15 +95,27 @@ def channel_series(con: duckdb.DuckDBPyConnection, kpis: KpiSummary, settings: S
     start = end - timedelta(days=settings.allocation.fit_days - 1)
     outcome = "purchases" if settings.allocation.kpi == "conversions" else "revenue"
     organic = con.execute(
-        f"""SELECT sessions FROM {kpis.table} WHERE channel = ? AND event_date BETWEEN ? AND ? ORDER BY event_date""",
-        [settings.channels.default_channel, start, end]).fetchall()
-    demand = demand_index(np.array([float(r[0]) for r in organic])) if organic else None
+        f"""SELECT event_date, sessions FROM {kpis.table} WHERE channel = ? AND event_date BETWEEN ? AND ?
+        ORDER BY event_date""", [settings.channels.default_channel, start, end]).fetchall()
+    gone = set(missing)
+    lost = np.array([r[0].isoformat() in gone for r in organic], dtype=bool)
+    demand = demand_index(_interpolated(np.array([float(r[1]) for r in organic]), lost)) if organic else None
     out = []
     for channel in settings.channels.paid_channels:
         rows = con.execute(
             f"""SELECT spend, {outcome} FROM {kpis.table} WHERE channel = ? AND event_date BETWEEN ? AND ?
             ORDER BY event_date""", [channel, start, end]).fetchall()
         spend, result = np.array([float(r[0]) for r in rows]), np.array([float(r[1]) for r in rows])
+        if len(lost) == len(result):
+            result = _interpolated(result, lost)
         out.append(ChannelSeries(channel, spend, result, demand if demand is not None and len(demand) == len(rows)
                                  else None))
     return out
+
+
+def _interpolated(values: np.ndarray, lost: np.ndarray) -> np.ndarray:
+    """`values` with the `lost` days linearly interpolated from the others (as the forecaster fills a gap)."""
+    if not lost.any() or lost.all():
+        return values
+    days = np.arange(len(values))
+    return np.where(lost, np.interp(days, days[~lost], values[~lost]), values)
