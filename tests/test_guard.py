@@ -300,36 +300,40 @@ def _day(days: list[DayOutcome], i: int, *, rows: int | None = None, consent: fl
     days[i] = DayOutcome(d.event_date, total, total - dropped - quarantined, dropped, quarantined, 0)
 
 
+def _alerts(days: list[DayOutcome], read: set[str]) -> tuple[str, ...]:
+    return guard_module.day_alerts(days, read, guard_module.outage_days(days))
+
+
 def test_a_day_whose_counts_break_from_its_usual_is_named() -> None:
     days = _usual_days()
     _day(days, 60, rows=90)  # a Monday when the tag stopped firing: 90 rows against ~1,000
     _day(days, 61, consent=0.97)  # a banner that denied everyone
     _day(days, 62, held=0.4)  # an export change: 40% of the rows fail validation
     read = {d.event_date for d in days[50:]}
-    alerts = guard_module.day_alerts(days, read)
+    alerts = _alerts(days, read)
     assert len(alerts) == 3, alerts
     assert alerts[0].startswith(f"{days[60].event_date}: 90 rows, 9% of a usual Monday (1,012): did tracking stop?")
     assert alerts[1] == (f"{days[61].event_date}: 97% of its rows dropped for consent, against 16% usually: check "
                          "the consent banner and the tags' consent mode")
     assert alerts[2].startswith(f"{days[62].event_date}: 40.0% of its rows quarantined, against 0.3% usually")
     # only the days read this run (a daily run does not repeat last month's alerts)
-    assert guard_module.day_alerts(days, {d.event_date for d in days[63:]}) == ()
+    assert _alerts(days, {d.event_date for d in days[63:]}) == ()
     # nothing out of the ordinary, nothing named: weekends, slow growth, the usual consent mix
-    assert guard_module.day_alerts(_usual_days(), {d.event_date for d in _usual_days()}) == ()
+    assert _alerts(_usual_days(), {d.event_date for d in _usual_days()}) == ()
 
 
 def test_the_newest_day_and_days_without_a_usual_are_not_judged() -> None:
     days = _usual_days()
     _day(days, len(days) - 1, rows=40)  # the newest: an intraday file still filling
     _day(days, 10, rows=50, consent=0.9)  # too early: not 4 same weekdays nor 14 days before it
-    assert guard_module.day_alerts(days, {d.event_date for d in days}) == ()
+    assert _alerts(days, {d.event_date for d in days}) == ()
 
 
 def test_many_days_alike_are_named_a_few_then_counted() -> None:
     days = _usual_days()
     for i in range(40, 50):
         _day(days, i, consent=0.95)
-    alerts = guard_module.day_alerts(days, {d.event_date for d in days})
+    alerts = _alerts(days, {d.event_date for d in days})
     # the consent share's usual follows the broken days, so the later ones stop standing out
     assert 4 <= len(alerts) <= guard_module.MAX_ALERTS_EACH + 1
     assert alerts[-1].startswith("... and ") and alerts[-1].endswith("more day(s) like these: see reconciliation.csv")
@@ -343,6 +347,6 @@ def test_a_day_without_rows_or_without_a_file_is_an_outage_and_the_newest_day_is
     _day(days, len(days) - 1, rows=10)  # the newest: may still be filling
     found = guard_module.outage_days(days)
     assert [(day.isoformat(), rows) for day, rows, _ in found] == [(empty.event_date, 0), (gone.event_date, 0)]
-    alerts = guard_module.day_alerts(days, {days[50].event_date, days[60].event_date})  # the days between count
+    alerts = _alerts(days, {days[50].event_date, days[60].event_date})  # the days between count
     assert [a.split(":")[0] for a in alerts] == [empty.event_date, gone.event_date]
     assert ": no rows (a usual " in alerts[1] and "no export file, or did tracking stop?" in alerts[1]

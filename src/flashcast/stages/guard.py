@@ -44,8 +44,9 @@ def run(con: duckdb.DuckDBPyConnection, *, ingest: StagedExport, settings: Setti
                           stored_prefix="_stored_", engine=engine)
     read = {str(r[0]) for r in con.execute(f"SELECT event_date FROM {_STAGED_DAYS} WHERE event_date IS NOT NULL")
             .fetchall()}
-    report = replace(report, alerts=day_alerts(report.days, read),
-                     outage_days=tuple(day.isoformat() for day, _, _ in outage_days(report.days)))
+    outages = outage_days(report.days)
+    report = replace(report, alerts=day_alerts(report.days, read, outages),
+                     outage_days=tuple(day.isoformat() for day, _, _ in outages))
     _daily_outcomes_table(con, report, context)
     return report
 
@@ -81,19 +82,22 @@ def outage_days(days: Sequence[DayOutcome]) -> tuple[tuple[date, int, float], ..
     return tuple(out)
 
 
-def day_alerts(days: Sequence[DayOutcome], read: set[str]) -> tuple[str, ...]:
+def day_alerts(days: Sequence[DayOutcome], read: set[str], outages: Sequence[tuple[date, int, float]]
+               ) -> tuple[str, ...]:
     """Sentences naming the days this run read (`read`, and any day without rows among them) whose
-    row count, consent-drop share or quarantine share breaks from the days before them (see
-    `outage_days`; the newest day is not judged)."""
+    row count (`outages`, from `outage_days(days)`), consent-drop share or quarantine share breaks
+    from the days before them (the newest day is not judged)."""
     dated = sorted((date.fromisoformat(d.event_date), d) for d in days if d.event_date != "unknown" and d.input_rows)
     by_day = dict(dated)
     seen = sorted(date.fromisoformat(r) for r in read)
-    outages, consent, quarantine = [], [], []
-    for day, n, usual in outage_days(days):
+    low: list[str] = []
+    consent: list[str] = []
+    quarantine: list[str] = []
+    for day, n, usual in outages:
         if seen and seen[0] <= day <= seen[-1]:
             found = (f"{n:,} rows, {n / usual:.0%} of a usual {day:%A} ({usual:,.0f}): did tracking stop?" if n else
                      f"no rows (a usual {day:%A} has {usual:,.0f}): no export file, or did tracking stop?")
-            outages.append(f"{day}: {found} The forecast reads it as a missing day; its KPIs show what was recorded")
+            low.append(f"{day}: {found} The forecast reads it as a missing day; its KPIs show what was recorded")
     for day, d in dated[:-1]:
         before = [by_day[b] for k in range(1, 29) if (b := day - timedelta(days=k)) in by_day]
         if day.isoformat() not in read or len(before) < MIN_USUAL_DAYS:
@@ -107,8 +111,8 @@ def day_alerts(days: Sequence[DayOutcome], read: set[str]) -> tuple[str, ...]:
         if held > QUARANTINE_SHARE and held > QUARANTINE_MULTIPLE * held_base:
             quarantine.append(f"{day}: {held:.1%} of its rows quarantined, against {held_base:.1%} usually: see "
                               "quarantine.csv (a tag or export change?)")
-    out = []
-    for found_days in (outages, consent, quarantine):
+    out: list[str] = []
+    for found_days in (low, consent, quarantine):
         out += found_days[:MAX_ALERTS_EACH]
         if len(found_days) > MAX_ALERTS_EACH:
             out.append(f"... and {len(found_days) - MAX_ALERTS_EACH} more day(s) like these: see reconciliation.csv")
