@@ -222,10 +222,24 @@ def test_ingest_runs_only_the_governed_data_path(finished_run: FinishedRun, tmp_
 
 @pytest.mark.parametrize(("option", "says"), [(["--format", "csv"], "formats must be"),
                                               (["--days", "1"], "days must be at least 2"),
-                                              (["--sessions-per-day", "0"], "sessions_per_day must be more than 0")])
+                                              (["--sessions-per-day", "0"], "sessions_per_day must be more than 0"),
+                                              (["--seed", "-1"], "seed must be 0 or more"),
+                                              (["--timezone", "Mars/Base"], "timezone 'Mars/Base' is not an IANA")])
 def test_a_bad_simulate_option_is_one_line_naming_it(tmp_path: Path, option: list[str], says: str) -> None:
     code, output = _run("simulate", "--users", "100", "--out", str(tmp_path), *option)
     assert code == 1
+    assert _one_clean_line(output).startswith(f"ConfigError: simulate: {says}")
+
+
+@pytest.mark.parametrize(("option", "says"), [(["--days", "1"], "days must be at least 2"),
+                                              (["--seed", "-1"], "seed must be 0 or more")])
+def test_a_demo_that_cannot_be_simulated_is_one_line_naming_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 option: list[str], says: str) -> None:
+    monkeypatch.setenv("FLASHCAST_PII_KEY", "demo-test-key-0123456789abcdef")
+    config = tmp_path / "flashcast.toml"
+    config.write_text(f'[store]\nhome = "{tmp_path / "home"}"\n')
+    code, output = _run("demo", "--out", str(tmp_path / "out"), "-c", str(config), *option)
+    assert code == 1 and not (tmp_path / "out").exists()
     assert _one_clean_line(output).startswith(f"ConfigError: simulate: {says}")
 
 

@@ -36,6 +36,7 @@ from flashcast.report import format_money, format_share
 
 if TYPE_CHECKING:
     from flashcast.pipeline import RunResult
+    from flashcast.simulate import SimulationSpec
     from flashcast.store import OpsStore
 
 app = typer.Typer(help="Flashcast: governed forecast & optimize for marketing teams.", no_args_is_help=True,
@@ -185,21 +186,30 @@ def simulate(
 
     Example: flashcast simulate --days 450 --users 20000 --seed 7 --end-date 2026-11-23 --out data/sim
     """
-    from flashcast.simulate import SimulationSpec
     from flashcast.simulate import simulate as run_simulation
 
     formats = ("ndjson", "parquet") if fmt == "both" else (fmt,)
     with _errors():
         try:
-            spec = SimulationSpec(days=days, users=users, seed=seed, end_date=date.fromisoformat(end_date),
-                                  timezone=timezone, formats=formats, sessions_per_day=sessions_per_day)
-        except ValueError as exc:
+            spec = _simulation_spec(days=days, users=users, seed=seed, end_date=date.fromisoformat(end_date),
+                                    timezone=timezone, formats=formats, sessions_per_day=sessions_per_day)
+        except ValueError as exc:  # the end date
             raise ConfigError(f"simulate: {exc}") from exc
         with console.status("simulating") as status:
             result = run_simulation(spec, out, progress=lambda message: status.update(escape(message)))
     for name, count in result.rows_by_format.items():
         console.print(f"wrote {count:,} {name} rows to {result.export_dirs[name]}")
     console.print(f"spend: {result.spend_file}\ntruth: {result.truth_file}")
+
+
+def _simulation_spec(**fields: Any) -> SimulationSpec:
+    """The spec, or a one-line error naming the option that cannot be simulated."""
+    from flashcast.simulate import SimulationSpec
+
+    try:
+        return SimulationSpec(**fields)
+    except ValueError as exc:
+        raise ConfigError(f"simulate: {exc}") from exc
 
 
 ExportOption = Annotated[Path | None, typer.Option(
@@ -301,7 +311,7 @@ def demo(
 ) -> None:
     """Simulate a GA4 export, then run the whole pipeline on it (what `make demo` does)."""
     from flashcast.pipeline import run_pipeline
-    from flashcast.simulate import SimulationSpec, simulate_once
+    from flashcast.simulate import simulate_once
 
     with _errors():
         settings = _settings(config)
@@ -312,10 +322,10 @@ def demo(
         for warning in caught:
             console.print(f"[yellow]warning[/yellow]: {escape(str(warning.message))}", highlight=False)
         sim_dir = settings.store.home / "demo-export"
-        spec = SimulationSpec(days=days, users=users, seed=seed, end_date=date.today(), formats=("ndjson",),
-                              sessions_per_day=sessions_per_day,
-                              timezone=settings.property_timezone if settings.property_timezone != "UTC"
-                              else "America/New_York")
+        spec = _simulation_spec(days=days, users=users, seed=seed, end_date=date.today(), formats=("ndjson",),
+                                sessions_per_day=sessions_per_day,
+                                timezone=settings.property_timezone if settings.property_timezone != "UTC"
+                                else "America/New_York")
         with console.status("simulating GA4 export...") as status:
             sim, reused = simulate_once(spec, sim_dir, progress=lambda message: status.update(escape(message)))
         console.print(f"{'reused the' if reused else 'simulated'} {sim.rows_by_format['ndjson']:,} GA4 events over "

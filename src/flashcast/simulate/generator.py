@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
 import numpy as np
@@ -83,6 +83,13 @@ class SimulationSpec:
             raise ValueError("days must be at least 2")
         if self.users < 10:
             raise ValueError("users must be at least 10")
+        if self.seed < 0:
+            raise ValueError("seed must be 0 or more")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {self.timezone!r} is not an IANA time zone name (like America/New_York)"
+                             ) from None
         if self.sessions_per_day is not None and not self.sessions_per_day > 0:
             raise ValueError("sessions_per_day must be more than 0")
         unknown = set(self.formats) - set(FORMATS)
