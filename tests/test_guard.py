@@ -322,6 +322,23 @@ def test_a_day_whose_counts_break_from_its_usual_is_named() -> None:
     assert _alerts(_usual_days(), {d.event_date for d in _usual_days()}) == ()
 
 
+def test_a_small_propertys_noisy_day_is_not_named_but_the_same_break_at_volume_is() -> None:
+    # A shop with a handful of visitors a day: its consent share swings 0-60% (consent is a visitor's)
+    small = []
+    for i in range(60):
+        day = (date(2026, 1, 1) + timedelta(days=i)).isoformat()
+        total = 12 + i % 5
+        dropped, held = (0, 2, 4, 7, 3)[i % 5], (0, 0, 1, 0, 0)[i % 5]
+        small.append(DayOutcome(day, total, total - dropped - held, dropped, held, 0))
+    small[55] = DayOutcome(small[55].event_date, 7, 2, 4, 1, 0)  # 57% dropped, 14% quarantined: 7 rows
+    assert _alerts(small, {d.event_date for d in small[50:]}) == ()
+    # a steady property: the same shares on a day of a thousand rows are named
+    days = _usual_days()
+    _day(days, 55, consent=0.57, held=0.14)
+    alerts = _alerts(days, {d.event_date for d in days[50:]})
+    assert [a.split(":")[0] for a in alerts] == [days[55].event_date] * 2, alerts
+
+
 def test_the_newest_day_and_days_without_a_usual_are_not_judged() -> None:
     days = _usual_days()
     _day(days, len(days) - 1, rows=40)  # the newest: an intraday file still filling

@@ -18,7 +18,7 @@ HMAC of the raw line and of the user, never the line itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 
 import duckdb
@@ -62,6 +62,12 @@ CONSENT_ALERT_SHARE = 0.5  # above this share of the day's rows
 QUARANTINE_SHARE = 0.05  # quarantined rows above this share and
 QUARANTINE_MULTIPLE = 10.0  # this multiple of the median share of the 28 days before
 MIN_USUAL_DAYS = 14  # days before (4 same weekdays for the rows) needed to know what is usual
+# A small property's shares swing from day to day (consent is a visitor's, and a day may hold a
+# handful of them): a share is named only when it also stands NOISE_SPREADS robust standard
+# deviations (1.4826 x the median absolute deviation) above the days before, by at least
+# MIN_EXCESS_ROWS rows more than usual.
+NOISE_SPREADS = 4.0
+MIN_EXCESS_ROWS = 20
 MAX_ALERTS_EACH = 3
 
 
@@ -102,21 +108,40 @@ def day_alerts(days: Sequence[DayOutcome], read: set[str], outages: Sequence[tup
         before = [by_day[b] for k in range(1, 29) if (b := day - timedelta(days=k)) in by_day]
         if day.isoformat() not in read or len(before) < MIN_USUAL_DAYS:
             continue
-        share, base = d.dropped_share, float(np.median([b.dropped_share for b in before]))
-        if share > CONSENT_ALERT_SHARE and share > base + CONSENT_JUMP:
-            consent.append(f"{day}: {share:.0%} of its rows dropped for consent, against {base:.0%} usually: check "
-                           "the consent banner and the tags' consent mode")
+        share, base = d.dropped_share, _usual_share([b.dropped_share for b in before], d.input_rows)
+        if share > CONSENT_ALERT_SHARE and share > base.median + CONSENT_JUMP and base.exceeded_by(share):
+            consent.append(f"{day}: {share:.0%} of its rows dropped for consent, against {base.median:.0%} usually: "
+                           "check the consent banner and the tags' consent mode")
         held = d.quarantined / d.input_rows
-        held_base = float(np.median([b.quarantined / b.input_rows for b in before]))
-        if held > QUARANTINE_SHARE and held > QUARANTINE_MULTIPLE * held_base:
-            quarantine.append(f"{day}: {held:.1%} of its rows quarantined, against {held_base:.1%} usually: see "
-                              "quarantine.csv (a tag or export change?)")
+        held_base = _usual_share([b.quarantined / b.input_rows for b in before], d.input_rows)
+        if held > QUARANTINE_SHARE and held > QUARANTINE_MULTIPLE * held_base.median and held_base.exceeded_by(held):
+            quarantine.append(f"{day}: {held:.1%} of its rows quarantined, against {held_base.median:.1%} usually: "
+                              "see quarantine.csv (a tag or export change?)")
     out: list[str] = []
     for found_days in (low, consent, quarantine):
         out += found_days[:MAX_ALERTS_EACH]
         if len(found_days) > MAX_ALERTS_EACH:
             out.append(f"... and {len(found_days) - MAX_ALERTS_EACH} more day(s) like these: see reconciliation.csv")
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class _UsualShare:
+    """A share's median and robust spread over the days before a day of `rows` rows."""
+
+    median: float
+    spread: float
+    rows: int
+
+    def exceeded_by(self, share: float) -> bool:
+        """Whether `share` stands out of the usual day-to-day noise, by enough rows to matter."""
+        excess = share - self.median
+        return excess > NOISE_SPREADS * self.spread and excess * self.rows >= MIN_EXCESS_ROWS
+
+
+def _usual_share(shares: Sequence[float], rows: int) -> _UsualShare:
+    median = float(np.median(shares))
+    return _UsualShare(median, 1.4826 * float(np.median(np.abs(np.asarray(shares) - median))), rows)
 
 
 def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
