@@ -384,6 +384,23 @@ def test_allocate_command_writes_the_allocation_curves_and_decomposition(tmp_pat
     assert json.loads((out / "model.json").read_text())["effects"] in ("additive", "proportional")
 
 
+def test_spend_in_thousands_buys_its_outcome_for_a_cost_shown_not_rounded_to_zero(tmp_path: Path) -> None:
+    frame, _ = _world(9)
+    frame[list(TRUTH)] = frame[list(TRUTH)] / 1000  # spend in thousands: a unit of sales costs under a cent
+    path = tmp_path / "mmm.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["allocate", str(path), "--date-col", "week", "--outcome-col", "sales",
+                                      "--spend-cols", "tv,search,social", "--control-cols", "price,demand",
+                                      "--budget", "9", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    allocation = pd.read_csv(out / "allocation.csv")
+    spent = allocation[allocation["spend"] > 0]
+    assert len(spent) >= 2 and (spent["marginal_cost"] > 0).all(), allocation
+    assert not spent["why"].str.contains("costs 0.00 ").any(), list(spent["why"])
+    assert (pd.read_csv(out / "whatif.csv")["marginal_cpa"] > 0).all()
+
+
 _KILLED_WHILE_CHARTING = """
 import os, signal, sys
 from flashcast.budget import charts

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashcast.budget.plan import CurvePlan
+from flashcast.budget.plan import CurvePlan, cost_text
 from flashcast.charts import chart
 
 
@@ -44,7 +44,9 @@ def plot_whatif(sweep: list[dict[str, float]], path: Path, *, currency: str = "U
                         linewidth=0, label="80% interval")
         ax.plot(budgets, [r["expected"] for r in sweep], marker="o", color="#2ca02c", label="expected per day")
         for r in (r for r in sweep if math.isfinite(r["marginal_cpa"])):  # inf: no channel can take more
-            ax.annotate(f"{r['marginal_cpa']:,.0f}/conv", (r["budget"], r["expected"]), fontsize=7,
+            cost = r["marginal_cpa"]
+            label = f"{cost:,.0f}/conv" if cost >= 10 else f"{cost_text(cost)}/conv"
+            ax.annotate(label, (r["budget"], r["expected"]), fontsize=7,
                         textcoords="offset points", xytext=(0, 6), ha="center")
         ax.set_xlabel(f"total daily budget ({currency})")
         ax.set_ylabel("expected conversions per day")

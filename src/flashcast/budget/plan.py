@@ -224,18 +224,19 @@ def _rows(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], bounds
         # no R^2 for a channel that never spent: no curve was fitted to its conversions
         fit_r2 = f" (R^2 {fit.diagnostics.r2:.2f})" if fit.diagnostics.active_days else ""
         why = (f"{curve}{fit_r2}; "
-               f"next {unit} costs {'-' if mcpa is None else f'{mcpa:,.2f}'} at {x:,.2f}"
-               + (f", average {avg:,.2f}" if avg else "")
+               f"next {unit} costs {'-' if mcpa is None else cost_text(mcpa)} at {x:,.2f}"
+               + (f", average {cost_text(avg)}" if avg else "")
                + (f"; held by {bound} ({b.lower:,.2f}..{b.upper:,.2f})" if bound else
                   f"; its curve expects no {unit} from more spend" if mcpa is None else
                   "; marginal cost equalized with the other unbound channels"))
         rows.append(AllocationRow(
             channel=h.channel, yesterday_spend=round(h.yesterday_spend, 2), lookback_spend=round(h.lookback_spend, 2),
-            conversions=h.lookback_conversions, cpa=None if avg is None else round(avg, 2),
+            conversions=h.lookback_conversions, cpa=None if avg is None else rounded_cost(avg),
             raw_weight=round(float(marginal[i]), 8), target_spend=round(x, 2), spend=round(x, 2),
             share=round(x / max(float(solution.channel_spend.sum()), 1e-9), 6),
             change=round(x - h.yesterday_spend, 2), lower=b.lower, upper=b.upper, bound=bound, why=why,
-            marginal_cpa=None if mcpa is None else round(mcpa, 2), expected_conversions=round(float(response[i]), 3),
+            marginal_cpa=None if mcpa is None else rounded_cost(mcpa),
+            expected_conversions=round(float(response[i]), 3),
             expected_low=round(lo, 3), expected_high=round(hi, 3),
         ))
     return rows
@@ -252,7 +253,18 @@ def _next_conversion_cost(problem: Problem, sol: Solution) -> float:
     if not room.any():
         return math.inf
     best = float(np.max(problem.curves.curve_marginal(sol.line_spend)[room]))
-    return round(1.0 / best, 2) if best > 0 else math.inf
+    return rounded_cost(1.0 / best) if best > 0 else math.inf
+
+
+def rounded_cost(cost: float) -> float:
+    """A cost per conversion to the cent, or to two significant digits under 0.10: spend in scaled
+    units (a media-mix file's thousands, or 0-1) buys a unit of outcome for a fraction of a cent,
+    which cents would show as a free 0.00."""
+    return round(cost, 2) if cost >= 0.1 else float(f"{cost:.2g}")
+
+
+def cost_text(cost: float) -> str:
+    return f"{cost:,.2f}" if cost >= 0.1 else f"{cost:.2g}"
 
 
 def whatif_sweep(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], largest: dict[str, float],
