@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -173,6 +174,41 @@ def test_the_allocate_endpoint_splits_within_the_guardrails(served: tuple[TestCl
                                                                                 "max_share": {"Search": 0.5}}},
                           headers=_auth(keys["viewer"]))
     assert crossed.status_code == 422 and "min_share is above max_share" in crossed.text
+
+
+def test_posted_allocations_and_forecasts_compute_one_at_a_time(served: tuple[TestClient, dict[str, str]],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import flashcast.api as api
+
+    client, keys = served
+    active, most, lock = [0], [0], threading.Lock()
+
+    def timed(real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            time.sleep(0.2)  # long enough for the other requests to arrive meanwhile
+            try:
+                return real(*args, **kwargs)
+            finally:
+                with lock:
+                    active[0] -= 1
+        return call
+
+    monkeypatch.setattr(api, "allocate_by_curves", timed(api.allocate_by_curves))
+    monkeypatch.setattr(api, "revenue_forecast", timed(api.revenue_forecast))
+    body = {"channels": _channels(), "guardrails": {"min_share": {}, "max_share": {}}}
+    calls = [("/allocate", body)] * 3 + [("/forecast", _series(60))] * 2
+    with ThreadPoolExecutor(len(calls)) as pool:
+        codes = list(pool.map(lambda c: client.post(c[0], json=c[1], headers=_auth(keys["viewer"])).status_code,
+                              calls))
+    assert codes == [200] * len(calls)
+    assert most[0] == 1
 
 
 def test_keys_are_stored_hashed_and_changes_are_logged_with_who(served: tuple[TestClient, dict[str, str]]) -> None:
