@@ -295,6 +295,14 @@ def test_export_files_of_a_format_not_read_are_named(tmp_path: Path) -> None:
                                              r"named events_YYYYMMDD, .*--export FILE"):
         discover_exports(own)
     assert [f.name for f in discover_exports(own / "ga4_jan2021.json")] == ["ga4_jan2021.json"]
+    # A folder of exports given one level too high (the simulator's ndjson/ and parquet/): named
+    above = tmp_path / "sim"
+    for fmt in ("ndjson", "parquet"):
+        write_lines(above / fmt / "events_20260301.json", [json.dumps(ga4_row())])
+    (above / "empty").mkdir()
+    with pytest.raises(ExportNotFound, match=r"events_\* files are in ndjson/, parquet/ inside it: give one of those "
+                                             r"folders as the export, e\.g\. --export .*sim/ndjson\)"):
+        discover_exports(above)
 
 
 def test_an_empty_file_is_listed_and_its_day_reconciled(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:

@@ -103,12 +103,29 @@ def discover_exports(source: Path) -> tuple[ExportFile, ...]:
     found, unread = _listing(source)
     if not found:
         others = f" (only {len(unread):,} of other formats, such as {unread[0]})" if unread else ""
-        if not unread and (named := _readable_not_named_events(source)):
+        if holders := _folders_holding_exports(source):
+            listed = ", ".join(f"{name}/" for name in holders[:3]) + (", ..." if len(holders) > 3 else "")
+            which = "one of those folders" if len(holders) > 1 else "that folder"
+            others = (f" (events_* files are in {listed} inside it: give {which} as the export, "
+                      f"e.g. --export {source / holders[0]})")
+        elif not unread and (named := _readable_not_named_events(source)):
             others = (f" ({len(named):,} readable file(s) of other names, such as {named[0]}: a GA4 export's "
                       "files are named events_YYYYMMDD, and one file of another name is read when given itself, "
                       "--export FILE)")
         raise ExportNotFound(f"no events_* export files (.json, .ndjson, .parquet) in {source}{others}")
     return found
+
+
+def _folders_holding_exports(source: Path) -> list[str]:
+    """The folder's subfolders (not day folders) with export files of their own: a folder of exports
+    given one level too high (the simulator's ndjson/ and parquet/, one folder per property)."""
+    def holds(folder: Path) -> bool:
+        try:
+            return folder.is_dir() and not day_folder(folder) and bool(_listing(folder)[0])
+        except OSError:  # a folder that cannot be listed holds nothing this run could read
+            return False
+
+    return sorted(p.name for p in source.iterdir() if holds(p))
 
 
 def _readable_not_named_events(source: Path) -> list[str]:
