@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -359,6 +360,25 @@ def test_kill_9_while_writing_outputs_leaves_the_last_finished_run_and_marks_the
     with ops.engine.connect() as conn:
         statuses = sorted(conn.execute(sa.select(ops.runs.c.status)).scalars())
     assert statuses == ["abandoned", "completed"]
+
+
+def test_a_killed_process_not_yet_reaped_is_not_alive() -> None:
+    import signal
+
+    from flashcast.store import pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert pid_alive(child.pid)
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10  # until the kernel has made it a zombie (not reaped: no wait yet)
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not pid_alive(child.pid), "a run killed and not yet reaped showed as still running"
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.mark.slow

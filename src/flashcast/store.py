@@ -274,14 +274,18 @@ def _process_start(pid: int) -> str | None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host (someone else's counts)."""
+    """Whether a process with this pid runs on this host (someone else's counts). A zombie does not:
+    a killed process stays one until its parent reaps it, which a hung or careless parent never does."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # someone else's live process
-    return True
+    try:  # Linux: field 3 of /proc/<pid>/stat is the state, Z for a zombie
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def remove_orphans(parent: Path, prefix: str) -> None:
