@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.optimize import minimize
 
-from flashcast.budget.curves import CurveSet, ResponseCurve, demand_index, fit_response_curve
+from flashcast.budget.curves import (
+    CurveSet,
+    ResponseCurve,
+    demand_index,
+    fit_curve_fixed_decay,
+    fit_response_curve,
+)
 from flashcast.budget.inverse_cpa import allocate_inverse_cpa
 from flashcast.budget.optimizer import Problem, optimize
 from flashcast.budget.plan import ChannelSeries, allocate_by_curves, fit_channel_curves
@@ -148,8 +154,8 @@ def _optimize_true(truths: list[ChannelTruth], curves: list[ResponseCurve | None
     fitted = []
     for t, c in zip(truths, curves, strict=True):
         if c is None:
-            xs = np.linspace(0, budget, 400)
-            c = fit_response_curve(xs, true_response(t, xs), n_boot=0).curve
+            xs = np.linspace(0, budget, 400)  # as a spend series without carry-over (decay 0): x -> response
+            c = fit_curve_fixed_decay(xs, true_response(t, xs), 0.0, ("hill",))
         fitted.append(c)
     n = len(truths)
     problem = Problem(CurveSet.from_curves([t.channel for t in truths], fitted), np.arange(n), np.zeros(n),
