@@ -231,6 +231,30 @@ def test_a_bad_simulate_option_is_one_line_naming_it(tmp_path: Path, option: lis
     assert _one_clean_line(output).startswith(f"ConfigError: simulate: {says}")
 
 
+@pytest.mark.parametrize(("section", "command", "says"), [
+    ('home = "{blocked}/home"', "demo", "[store] home: "),
+    ('home = "{blocked}/home"', "runs", "[store] home or ops_url: "),
+    ('temp_directory = "{blocked}/spill"', "ingest", "[store] temp_directory (where DuckDB spills): "),
+])
+def test_a_state_folder_that_cannot_be_made_names_its_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              section: str, command: str, says: str) -> None:
+    monkeypatch.setenv("FLASHCAST_PII_KEY", "state-test-key-0123456789abcdef")
+    monkeypatch.chdir(tmp_path)  # where `ingest` would put its outputs ([source] out)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    config = tmp_path / "flashcast.toml"
+    home = "" if "home" in section else f'home = "{tmp_path / "home"}"\n'
+    config.write_text(f"[store]\n{home}{section.format(blocked=blocked)}\n")
+    export = tmp_path / "events_20260301.json"
+    export.write_text("{}\n")
+    extra = {"demo": ["--out", str(tmp_path / "out")], "runs": [], "ingest": ["--export", str(export)]}[command]
+    code, output = _run(command, "-c", str(config), *extra)
+    last = [line for line in output.splitlines() if line.strip()][-1]
+    assert code == 1 and "Traceback" not in output
+    assert last.startswith(f"ConfigError: {says}{blocked}") and "cannot be made (Not a directory)" in last, output
+    assert not list(tmp_path.glob(".out*")) and not list(tmp_path.glob("out*")), "stopped before any run began"
+
+
 @pytest.mark.parametrize(("option", "says"), [(["--days", "1"], "days must be at least 2"),
                                               (["--seed", "-1"], "seed must be 0 or more")])
 def test_a_demo_that_cannot_be_simulated_is_one_line_naming_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

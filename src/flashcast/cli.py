@@ -28,6 +28,7 @@ from rich.table import Column, Table
 
 from flashcast.config import Settings, load_settings
 from flashcast.errors import ConfigError, FlashcastError, LineageError, describe_validation_error
+from flashcast.inplace import make_folder
 from flashcast.keys import load_pii_key
 from flashcast.llm.tasks import check_provider
 from flashcast.privacy import redact_message
@@ -316,6 +317,7 @@ def demo(
     with _errors():
         settings = _settings(config)
         out = _output_folder(out)
+        make_folder(settings.store.home, "[store] home")  # the demo's export, key and stores go there
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             key = load_pii_key(settings.policy, settings.pii_key_file, create_if_missing=True)

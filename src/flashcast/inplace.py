@@ -8,6 +8,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from flashcast.errors import ConfigError
+
 _PARTIAL = ".partial-"  # + the writing process's id
 
 
@@ -72,3 +74,12 @@ def exchange(a: Path, b: Path) -> bool:
         return False
     at_fdcwd, rename_exchange = -100, 2
     return int(renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange)) == 0
+
+
+def make_folder(path: Path, setting: str) -> None:
+    """Create a state folder a setting names, or say in one line which setting to change."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{setting}: {path} cannot be made ({exc.strerror or exc}); give a folder this user "
+                          "can write") from exc

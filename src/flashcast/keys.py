@@ -11,7 +11,7 @@ from pathlib import Path
 
 from flashcast.config import PrivacyPolicy
 from flashcast.errors import ConfigError
-from flashcast.inplace import write_whole
+from flashcast.inplace import make_folder, write_whole
 
 _BLOCK = 64  # SHA-256 block size, for HMAC pads
 MIN_KEY_CHARS = 16
@@ -59,7 +59,7 @@ def load_pii_key(policy: PrivacyPolicy, key_file: Path, *, create_if_missing: bo
         return _read_key_file(key_file)
     if not create_if_missing:
         raise ConfigError(f"no PII key: set ${policy.key_env} or run `flashcast keys pii` to create {key_file}")
-    key_file.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(key_file.parent, "[store] home or [policy] key_file")
     write_whole(key_file, (secrets.token_hex(32) + "\n").encode("ascii"), mode=0o600)  # the owner's only
     warnings.warn(
         f"${policy.key_env} is not set: created a local key in {key_file}. "

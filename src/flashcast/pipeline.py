@@ -214,6 +214,9 @@ def run_pipeline(
     names = [s.name for s in STAGES]
     stages = STAGES[: names.index(through) + 1] if through else STAGES
     kept = tuple(t for t in KEPT_TABLES if any(t in s.keeps for s in stages))
+    # the run's connection first: a setting it cannot use ([store] temp_directory) stops the run before
+    # it is recorded or has a staging folder
+    con = transform_connection(memory_limit=settings.store.memory_limit, temp_directory=settings.store.spill_path)
     ops = OpsStore(settings.store.ops_database_url)
     ops.mark_abandoned()
     remove_stale_staging(out_dir, ops.running())
@@ -224,7 +227,6 @@ def run_pipeline(
                            emitter=OpenLineageEmitter(settings.lineage, staging))
     hooks: list[StageHook] = [recorder, ProgressHook(progress or (lambda _stage: None))]
     recorder.started(_input_refs(inputs))
-    con = transform_connection(memory_limit=settings.store.memory_limit, temp_directory=settings.store.spill_path)
     scope = ExitStack()
     step = "start"
     try:

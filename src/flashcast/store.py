@@ -28,6 +28,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from flashcast.errors import StoreBusy
+from flashcast.inplace import make_folder
 from flashcast.sql import literal, without_progress_bar
 
 
@@ -62,7 +63,7 @@ def transform_connection(*, threads: int | None = None, memory_limit: str | None
     if memory_limit:
         con.execute(f"SET memory_limit = {literal(memory_limit)}")
     if temp_directory:
-        temp_directory.mkdir(parents=True, exist_ok=True)
+        make_folder(temp_directory, "[store] temp_directory (where DuckDB spills)")
         con.execute(f"SET temp_directory = {literal(temp_directory)}")
     con.execute("SET preserve_insertion_order = true")
     without_progress_bar(con)
@@ -78,7 +79,7 @@ def warehouse_session(
     con: duckdb.DuckDBPyConnection, warehouse: Path, *, timeout_s: float, read_only: bool = False
 ) -> Iterator[str]:
     """Attach the warehouse file to `con` under its lock; yields the catalog alias `wh`."""
-    warehouse.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(warehouse.parent, "[store] home or warehouse")
     lock = warehouse.with_name(warehouse.name + ".lock")
     with file_lock(lock, timeout_s=timeout_s, shared=read_only):
         if read_only and not warehouse.exists():
@@ -319,7 +320,7 @@ def _add_missing_columns(conn: sa.Connection, metadata: sa.MetaData) -> None:
 
 def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        make_folder(Path(url.removeprefix("sqlite:///")).parent, "[store] home or ops_url")
     connect_args = {"timeout": 30.0} if url.startswith("sqlite") else {}
     engine = sa.create_engine(url, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
