@@ -264,6 +264,7 @@ def rounded_cost(cost: float) -> float:
 
 
 def cost_text(cost: float) -> str:
+    """A cost per conversion in words, rounded as `rounded_cost`."""
     return f"{cost:,.2f}" if cost >= 0.1 else f"{cost:.2g}"
 
 
