@@ -232,8 +232,16 @@ def test_weekly_or_monthly_data_is_named_not_forecast_as_a_daily_series(tmp_path
         forecast_series(history)
     path = tmp_path / "weekly.csv"
     history.to_csv(path, index=False)
-    result = CliRunner().invoke(app, ["forecast", str(path), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 1 and "skipped weekly" in result.output and "Traceback" not in result.output
+    out = tmp_path / "out"
+    daily = tmp_path / "daily.csv"
+    _weekly(120).to_csv(daily, index=False)  # a forecast made earlier in the same folder
+    assert CliRunner().invoke(app, ["forecast", str(daily), "--horizon", "7", "--out", str(out)]).exit_code == 0
+    before = (out / "forecast.csv").read_bytes()
+    result = CliRunner().invoke(app, ["forecast", str(path), "--out", str(out)], terminal_width=400)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.splitlines()[-1].startswith(f"ForecastError: nothing forecast: weekly: the dates are "
+                                                      f"typically {said}"), result.output
+    assert (out / "forecast.csv").read_bytes() == before, "nothing forecast: the earlier forecast stays"
 
 
 def test_a_glitch_in_the_file_is_named_beside_the_table(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
 from flashcast.config import Settings, load_settings
-from flashcast.errors import ConfigError, FlashcastError, LineageError, describe_validation_error
+from flashcast.errors import ConfigError, FlashcastError, ForecastError, LineageError, describe_validation_error
 from flashcast.inplace import make_folder
 from flashcast.keys import load_pii_key
 from flashcast.llm.tasks import check_provider
@@ -36,6 +36,7 @@ from flashcast.records import RunInputs, Skipped, StagedExport
 from flashcast.report import format_money, format_share
 
 if TYPE_CHECKING:
+    from flashcast.forecasting.forecast import SkippedSeries
     from flashcast.pipeline import RunResult
     from flashcast.simulate import SimulationSpec
     from flashcast.store import OpsStore
@@ -461,6 +462,9 @@ def forecast(
             done, skipped = forecast_each(frame, engines=options.engines, spec=BacktestSpec(horizon=options.horizon),
                                           nonnegative=not signed, keep_last_day=keep_last_day,
                                           options=EngineOptions(countries=options.holiday_countries))
+        if not done:  # nothing to write: the folder keeps its previous forecast
+            more = f" (and {len(skipped) - 1:,} more series skipped)" if len(skipped) > 1 else ""
+            raise ForecastError(f"nothing forecast: {_skip_reason(skipped[0])}{more}")
         with files_in_place(out) as staging:
             files = moved(write_forecast_outputs(done, staging, charts=charts, ylabel=value_col), out)
     table = Table(title=f"{options.horizon}-day forecasts ({len(done):,} series)")
@@ -481,9 +485,7 @@ def forecast(
     if len(done) > 20:
         console.print(f"... and {len(done) - 20:,} more in {files['forecast']}")
     for skip in skipped:
-        hint = (" (--signed takes series that may go below zero)" if skip.negative else
-                " (several rows a day: --sum-by-date adds them up)" if skip.repeated_date else "")
-        console.print(f"[yellow]skipped[/yellow] {escape(skip.reason)}{hint}", highlight=False)
+        console.print(f"[yellow]skipped[/yellow] {escape(_skip_reason(skip))}", highlight=False)
     console.print(f"wrote {files['forecast']}, {files['forecast_backtest']} and "
                   f"{sum(k.startswith('fan_chart') for k in files)} fan chart(s) in {out}")
     short = [r for r in done if r.selection is None]  # each first note says why (naming the series) and what was done
@@ -495,8 +497,13 @@ def forecast(
     for result in done:
         for note in result.history_warnings:
             console.print(f"[yellow]note[/yellow] {escape(result.series_id)}: {escape(note)}", highlight=False)
-    if not done:
-        raise typer.Exit(1)
+
+
+def _skip_reason(skip: SkippedSeries) -> str:
+    """Why a series was not forecast, with the option that takes it."""
+    hint = (" (--signed takes series that may go below zero)" if skip.negative else
+            " (several rows a day: --sum-by-date adds them up)" if skip.repeated_date else "")
+    return f"{skip.reason}{hint}"
 
 
 def _pairs(option: str, values: list[str] | None) -> dict[str, float]:
