@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -399,6 +400,30 @@ def test_spend_in_thousands_buys_its_outcome_for_a_cost_shown_not_rounded_to_zer
     assert len(spent) >= 2 and (spent["marginal_cost"] > 0).all(), allocation
     assert not spent["why"].str.contains("costs 0.00 ").any(), list(spent["why"])
     assert (pd.read_csv(out / "whatif.csv")["marginal_cpa"] > 0).all()
+
+
+def test_a_weekly_files_charts_read_per_week_and_name_its_outcome(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from contextlib import contextmanager
+
+    from flashcast.budget import charts
+
+    drawn: list[object] = []
+    real = charts.chart
+
+    @contextmanager
+    def kept(*args: object, **kwargs: object) -> Iterator[object]:
+        with real(*args, **kwargs) as (figure, axes):  # type: ignore[arg-type]
+            drawn.append(axes)
+            yield figure, axes
+
+    monkeypatch.setattr(charts, "chart", kept)
+    _allocate_world(tmp_path, 9)  # weekly sales
+    curves, whatif = drawn
+    assert whatif.get_xlabel() == "total weekly budget (USD)" and whatif.get_ylabel() == "expected sales per week"
+    panel = curves.flat[0]
+    assert panel.get_xlabel() == "weekly spend (USD)" and panel.get_ylabel() == "expected per week"
+    assert any(text.get_text().startswith("last week ") for text in panel.get_legend().get_texts())
 
 
 _KILLED_WHILE_CHARTING = """

@@ -599,7 +599,7 @@ def allocate(
             result = allocate_mix(mix, budget, guardrails=guardrails, config=allocation_config, seed=seed,
                                   model=model, form=effects)
         with files_in_place(out) as staging:
-            files = moved(write_mix_outputs(result, mix, staging, currency=currency), out)
+            files = moved(write_mix_outputs(result, mix, staging, currency=currency, outcome=outcome_col), out)
     model, allocation = result.model, result.plan.allocation
     unit = "week" if mix.cadence == "weekly" else "day"
     table = Table(title=f"Allocation of {budget:,.2f} per {unit} (model R^2 {model.r2:.2f}, held-out "

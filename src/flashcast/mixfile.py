@@ -247,7 +247,8 @@ def allocate_mix(mix: MixFile, budget: float, *, guardrails: Guardrails | None =
     return MixPlan(model, plan, capped)
 
 
-def write_mix_outputs(result: MixPlan, mix: MixFile, out: Path, *, currency: str = "USD") -> dict[str, Path]:
+def write_mix_outputs(result: MixPlan, mix: MixFile, out: Path, *, currency: str = "USD", outcome: str = "outcome"
+                      ) -> dict[str, Path]:
     """allocation.csv, curves.csv, whatif.csv, decomposition.csv, model.json and charts in `out`."""
     from flashcast.budget.charts import plot_curves, plot_whatif
 
@@ -285,8 +286,10 @@ def write_mix_outputs(result: MixPlan, mix: MixFile, out: Path, *, currency: str
                          "decay": e.curve.decay, "share_of_outcome": round(e.share, 4), "unsaturated": e.unsaturated}
                      for c, e in model.effects.items()},
     }, indent=2) + "\n")
-    files["curves_chart"] = plot_curves(result.plan, out / "curves.png", currency=currency)
-    files["whatif_chart"] = plot_whatif(result.plan.whatif, out / "whatif.png", currency=currency)
+    period = "week" if mix.cadence == "weekly" else "day"
+    files["curves_chart"] = plot_curves(result.plan, out / "curves.png", currency=currency, period=period)
+    files["whatif_chart"] = plot_whatif(result.plan.whatif, out / "whatif.png", currency=currency, period=period,
+                                        outcome=outcome)
     files["decomposition_chart"] = _plot_decomposition(mix, model, out / "decomposition.png")
     return files
 
