@@ -421,6 +421,8 @@ def test_a_weekly_files_charts_read_per_week_and_name_its_outcome(tmp_path: Path
     _allocate_world(tmp_path, 9)  # weekly sales
     curves, whatif = drawn
     assert whatif.get_xlabel() == "total weekly budget (USD)" and whatif.get_ylabel() == "expected sales per week"
+    assert whatif.get_title().endswith("(labels: marginal cost per unit of sales)")
+    assert whatif.texts and not any("/conv" in text.get_text() for text in whatif.texts)
     panel = curves.flat[0]
     assert panel.get_xlabel() == "weekly spend (USD)" and panel.get_ylabel() == "expected per week"
     assert any(text.get_text().startswith("last week ") for text in panel.get_legend().get_texts())

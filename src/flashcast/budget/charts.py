@@ -50,12 +50,14 @@ def plot_whatif(sweep: list[dict[str, float]], path: Path, *, currency: str = "U
         ax.plot(budgets, [r["expected"] for r in sweep], marker="o", color="#2ca02c", label=f"expected per {period}")
         for r in (r for r in sweep if math.isfinite(r["marginal_cpa"])):  # inf: no channel can take more
             cost = r["marginal_cpa"]
-            label = f"{cost:,.0f}/conv" if cost >= 10 else f"{cost_text(cost)}/conv"
-            ax.annotate(label, (r["budget"], r["expected"]), fontsize=7,
-                        textcoords="offset points", xytext=(0, 6), ha="center")
+            label = f"{cost:,.0f}" if cost >= 10 else cost_text(cost)
+            label += "/conv" if outcome == "conversions" else ""
+            ax.annotate(label, (r["budget"], r["expected"]), fontsize=7, textcoords="offset points", xytext=(0, 6),
+                        ha="center")
         ax.set_xlabel(f"total {_ADJECTIVE[period]} budget ({currency})")
         ax.set_ylabel(f"expected {outcome} per {period}")
-        ax.set_title("What-if: return on extra budget (labels: marginal cost per conversion)")
+        per = "conversion" if outcome == "conversions" else f"unit of {outcome}"
+        ax.set_title(f"What-if: return on extra budget (labels: marginal cost per {per})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return path
