@@ -601,7 +601,7 @@ def allocate(
         with files_in_place(out) as staging:
             files = moved(write_mix_outputs(result, mix, staging, currency=currency, outcome=outcome_col), out)
     model, allocation = result.model, result.plan.allocation
-    unit = "week" if mix.cadence == "weekly" else "day"
+    unit = mix.period
     table = Table(title=f"Allocation of {budget:,.2f} per {unit} (model R^2 {model.r2:.2f}, held-out "
                         f"{'-' if model.r2_holdout is None else f'{model.r2_holdout:.2f}'})")
     for column in ("channel", "spend", "share", f"last {unit}", "expected", "share of outcome", "bound"):

@@ -50,6 +50,11 @@ class MixFile:
     cadence: Cadence
     data: MixData
 
+    @property
+    def period(self) -> str:
+        """One row's period in words: "day" or "week"."""
+        return "week" if self.cadence == "weekly" else "day"
+
 
 _YES, _NO = ("yes", "y", "true", "t"), ("no", "n", "false", "f")
 
@@ -286,10 +291,9 @@ def write_mix_outputs(result: MixPlan, mix: MixFile, out: Path, *, currency: str
                          "decay": e.curve.decay, "share_of_outcome": round(e.share, 4), "unsaturated": e.unsaturated}
                      for c, e in model.effects.items()},
     }, indent=2) + "\n")
-    period = "week" if mix.cadence == "weekly" else "day"
-    files["curves_chart"] = plot_curves(result.plan, out / "curves.png", currency=currency, period=period)
-    files["whatif_chart"] = plot_whatif(result.plan.whatif, out / "whatif.png", currency=currency, period=period,
-                                        outcome=outcome)
+    files["curves_chart"] = plot_curves(result.plan, out / "curves.png", currency=currency, period=mix.period)
+    files["whatif_chart"] = plot_whatif(result.plan.whatif, out / "whatif.png", currency=currency,
+                                        period=mix.period, outcome=outcome)
     files["decomposition_chart"] = _plot_decomposition(mix, model, out / "decomposition.png")
     return files
 
