@@ -1,7 +1,7 @@
 """A run's outputs are byte for byte what the committed golden copy says, apart from ids and times.
 
 Any change to what a user sees shows up here. When the change is intended, regenerate the copy with
-`FLASHCAST_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py` and say so in the README.
+`FLASHCAST_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py` and say so in CHANGES.md.
 """
 
 from __future__ import annotations
