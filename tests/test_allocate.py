@@ -112,6 +112,17 @@ def test_caps_and_max_share_bind() -> None:
     assert rows["PPC"].spend == 150.0 and rows["PPC"].bound == "cap"
 
 
+def test_a_channel_without_a_maximum_share_is_bound_by_the_budget_not_a_share() -> None:
+    """Only Email has a maximum share: the others' ceiling is the budget, and a channel that takes
+    all of it is not said to be held by a maximum share nobody set."""
+    bounds = channel_bounds(HISTORY, 480.0, Guardrails(min_share={}, max_share={"Email": 0.2}, max_daily_change=1e9))
+    assert bounds["Email"].upper == 96.0 and bounds["Email"].upper_rule == "max_share"
+    for channel in ("Display", "CTV", "PPC"):
+        assert bounds[channel].upper == 480.0 and bounds[channel].upper_rule == "budget"
+    only = allocate_inverse_cpa([ChannelHistory("PPC", 200, 5600, 160)], Guardrails(min_share={}, max_share={}))
+    assert only.rows[0].spend == 200.0 and only.rows[0].bound == "budget" and "whole budget" in only.rows[0].why
+
+
 @st.composite
 def problems(draw: st.DrawFn) -> tuple[list[ChannelHistory], Guardrails, float]:
     n = draw(st.integers(2, 6))

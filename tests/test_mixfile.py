@@ -399,6 +399,7 @@ def test_spend_in_thousands_buys_its_outcome_for_a_cost_shown_not_rounded_to_zer
     spent = allocation[allocation["spend"] > 0]
     assert len(spent) >= 2 and (spent["marginal_cost"] > 0).all(), allocation
     assert not spent["why"].str.contains("costs 0.00 ").any(), list(spent["why"])
+    assert spent["why"].str.contains("next unit of sales costs ").all(), list(spent["why"])  # not "conversion"
     assert (pd.read_csv(out / "whatif.csv")["marginal_cpa"] > 0).all()
 
 
@@ -501,6 +502,7 @@ def test_guardrails_apply_only_when_given(tmp_path: Path) -> None:
     assert free.exit_code == 0 and held.exit_code == 0, held.output
     spends = {name: pd.read_csv(tmp_path / name / "allocation.csv").set_index("channel") for name in ("free", "held")}
     assert spends["free"].loc["search", "share"] > 0.2  # the model's choice, unconstrained
+    assert not spends["free"]["bound"].isin(["max_share", "min_share", "cap"]).any()  # none was given
     assert spends["held"].loc["search", "share"] == pytest.approx(0.2, abs=1e-4)
     assert spends["held"].loc["social", "spend"] <= 500.0 and spends["held"].loc["social", "bound"] == "cap"
     assert spends["held"]["spend"].sum() == pytest.approx(9000, abs=0.01)

@@ -597,7 +597,7 @@ def allocate(
                 model = fit_mix_bayes(mix.data, mix.dates, draws=draws, tune=draws, seed=seed,
                                       curve_draws=allocation_config.bootstrap_draws)
             result = allocate_mix(mix, budget, guardrails=guardrails, config=allocation_config, seed=seed,
-                                  model=model, form=effects)
+                                  model=model, form=effects, outcome=outcome_col)
         with files_in_place(out) as staging:
             files = moved(write_mix_outputs(result, mix, staging, currency=currency, outcome=outcome_col), out)
     model, allocation = result.model, result.plan.allocation

@@ -209,9 +209,10 @@ class MixPlan:
 
 def allocate_mix(mix: MixFile, budget: float, *, guardrails: Guardrails | None = None,
                  config: AllocationConfig | None = None, seed: int = 0, model: MixModel | None = None,
-                 form: str = "auto") -> MixPlan:
+                 form: str = "auto", outcome: str | None = None) -> MixPlan:
     """Fit the joint model (unless given; `form`: see `flashcast.budget.mmm.FORMS`) and allocate
-    `budget` (per period of the file's cadence).
+    `budget` (per period of the file's cadence). `outcome`: the outcome column's name, which the
+    plan's explanations give its costs in ("next unit of sales costs ...").
     The model stops the allocation when it predicts held-out periods no better than their mean (and
     its channels do not carry the prediction, see MIN_CHANNEL_SKILL), and caps a channel whose curve
     shows no diminishing returns at its largest spend in the data."""
@@ -248,7 +249,7 @@ def allocate_mix(mix: MixFile, budget: float, *, guardrails: Guardrails | None =
         largest = {c: float(np.max(mix.data.spend[c])) for c in capped}
         rails = rails.model_copy(update={"caps": {**rails.caps, **{c: min(rails.caps.get(c, math.inf), largest[c])
                                                                    for c in capped}}})
-    plan = allocate_by_curves(histories, series, rails, config, budget=budget, fits=fits)
+    plan = allocate_by_curves(histories, series, rails, config, budget=budget, fits=fits, outcome=outcome)
     return MixPlan(model, plan, capped)
 
 

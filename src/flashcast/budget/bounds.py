@@ -64,7 +64,9 @@ def channel_bounds(
         ref = reference[h.channel]
         move = max(guardrails.max_daily_change * ref, guardrails.min_daily_move_share * budget)
         lowers = [(0.0, "zero"), (guardrails.min_share.get(h.channel, 0.0) * budget, "min_share")]
-        uppers = [(guardrails.max_share.get(h.channel, 1.0) * budget, "max_share")]
+        # without a maximum share of its own, a channel's ceiling is the budget itself
+        uppers = [(guardrails.max_share[h.channel] * budget, "max_share") if h.channel in guardrails.max_share
+                  else (budget, "budget")]
         if h.channel in guardrails.hold:  # exactly yesterday's spend: no move to pace
             lowers.append((h.yesterday_spend, "held"))
             uppers.append((h.yesterday_spend, "held"))
@@ -235,6 +237,7 @@ def explain_bound(rule: str, *, max_extrapolation: float | None = None) -> str:
     beyond = f"{max_extrapolation:g}x " if max_extrapolation else "the allowed multiple of "
     return {
         "min_share": "held up by its minimum share", "max_share": "held down by its maximum share",
+        "budget": "takes the whole budget",
         "max_daily_change": "limited by the maximum daily change", "cap": "held down by its cap",
         "zero": "at zero", "held": "held at yesterday's spend",
         "extrapolation": f"held at {beyond}the most it ever spent (the curve is unproven beyond)",

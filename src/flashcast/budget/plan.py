@@ -104,8 +104,10 @@ def allocate_by_curves(
     *,
     budget: float | None = None,
     fits: dict[str, CurveFit] | None = None,
+    outcome: str | None = None,
 ) -> CurvePlan:
-    """Fit (unless given) and optimize; the result carries per-channel explanations and a what-if sweep."""
+    """Fit (unless given) and optimize; the result carries per-channel explanations and a what-if sweep.
+    `outcome`: what the curves predict, as the explanations name it (default: the config's KPI)."""
     channels = [h.channel for h in histories]
     total = resolve_budget(histories, guardrails, budget)
     fits = fits or fit_channel_curves(series, config)
@@ -128,7 +130,7 @@ def allocate_by_curves(
     scaled_yesterday = yesterday * (spend_total / yesterday.sum()) if yesterday.sum() > 0 else yesterday
     inverse = allocate_inverse_cpa(histories, guardrails, budget=total)
     inverse_spend = np.array([inverse.spends[c] for c in channels])
-    rows = _rows(histories, fits, bounds, solution, point, config)
+    rows = _rows(histories, fits, bounds, solution, point, config, outcome)
     smallest = {s.channel: float(np.min(s.spend)) for s in series if len(s.spend)}
     notes += below_the_data({r.channel: r.spend for r in rows}, smallest)
     allocation = Allocation(
@@ -199,11 +201,12 @@ NO_RETURN = 1e-9  # conversions per unit of money: one per billion
 
 
 def _rows(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], bounds: dict[str, ChannelBounds],
-          solution: Solution, point: CurveSet, config: AllocationConfig) -> list[AllocationRow]:
+          solution: Solution, point: CurveSet, config: AllocationConfig, outcome: str | None = None
+          ) -> list[AllocationRow]:
     rows = []
     marginal = point.curve_marginal(solution.channel_spend)
     response = point.curve_response(solution.channel_spend)
-    unit = "conversion" if config.kpi == "conversions" else "unit of revenue"
+    unit = f"unit of {outcome}" if outcome else "conversion" if config.kpi == "conversions" else "unit of revenue"
     for i, h in enumerate(histories):
         x = float(solution.channel_spend[i])
         b = bounds[h.channel]
