@@ -20,8 +20,9 @@ $(DEV_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@ $(STAMP)
 
+# DEMO_ARGS: other flashcast demo options, e.g. make demo DEMO_ARGS="--seed 3 --days 200"
 demo: $(STAMP)
-	$(BIN)/flashcast demo --out out
+	$(BIN)/flashcast demo --out out $(DEMO_ARGS)
 
 test: $(DEV_STAMP)
 	scripts/test-services

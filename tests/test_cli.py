@@ -267,6 +267,30 @@ def test_a_demo_that_cannot_be_simulated_is_one_line_naming_why(tmp_path: Path, 
     assert _one_clean_line(output).startswith(f"ConfigError: simulate: {says}")
 
 
+def test_a_demo_of_other_settings_starts_its_history_afresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every simulation was written to the same folder: the warehouse took the new world's files
+    for changed files of the old one and kept the old world's other days beside them."""
+    import pandas as pd
+
+    monkeypatch.setenv("FLASHCAST_PII_KEY", "demo-test-key-0123456789abcdef")
+    config = tmp_path / "flashcast.toml"
+    config.write_text(f'[store]\nhome = "{tmp_path / "home"}"\n')
+    demo = ["demo", "--out", str(tmp_path / "out"), "-c", str(config), "--users", "200", "--sessions-per-day", "20"]
+    first, output = _run(*demo, "--days", "45", "--seed", "1")
+    assert first == 0, output
+    second, output = _run(*demo, "--days", "35", "--seed", "2")
+    assert second == 0, output
+    simulations = list((tmp_path / "home" / "demo-export").iterdir())
+    assert len(simulations) == 1 and "-seed2-" in simulations[0].name  # the first one is gone
+    lines = sum(len(f.read_text().splitlines()) for f in (simulations[0] / "ndjson").iterdir())
+    reconciliation = pd.read_csv(tmp_path / "out" / "reconciliation.csv")
+    dated = reconciliation[reconciliation["event_date"] != "unknown"]
+    assert reconciliation["input_rows"].sum() == lines and len(dated) <= 35
+    again, output = _run(*demo, "--days", "35", "--seed", "2")
+    assert again == 0 and "reused the" in output
+    assert list((tmp_path / "home" / "demo-export").iterdir()) == simulations
+
+
 def test_creatives_are_listed_and_decided_from_the_command_line(finished_run: FinishedRun, tmp_path: Path) -> None:
     import pandas as pd
 

@@ -313,7 +313,7 @@ def demo(
 ) -> None:
     """Simulate a GA4 export, then run the whole pipeline on it (what `make demo` does)."""
     from flashcast.pipeline import run_pipeline
-    from flashcast.simulate import simulate_once
+    from flashcast.simulate import simulate_into
 
     with _errors():
         settings = _settings(config)
@@ -330,9 +330,9 @@ def demo(
                                 timezone=settings.property_timezone if settings.property_timezone != "UTC"
                                 else "America/New_York")
         with console.status("simulating GA4 export...") as status:
-            sim, reused = simulate_once(spec, sim_dir, progress=lambda message: status.update(escape(message)))
+            sim, reused = simulate_into(spec, sim_dir, progress=lambda message: status.update(escape(message)))
         console.print(f"{'reused the' if reused else 'simulated'} {sim.rows_by_format['ndjson']:,} GA4 events over "
-                      f"{days} days in {escape(str(sim_dir))}", highlight=False)
+                      f"{days} days in {escape(str(sim.out_dir))}", highlight=False)
         result = _run_with_progress(RunInputs(sim.export_dirs["ndjson"], sim.spend_file),
                                     lambda inputs, progress: run_pipeline(settings, inputs, out, key=key,
                                                                           progress=progress))

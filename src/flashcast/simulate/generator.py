@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 import re
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -806,7 +808,7 @@ def simulate_once(spec: SimulationSpec, out_dir: Path, *, progress: Callable[[st
     one, unchanged (the same arguments give the same files). Returns the result and whether it was
     reused. `spec.json` is written last, so an interrupted simulation is never reused."""
     stamp = out_dir / "spec.json"
-    wanted = json.dumps(asdict(spec), sort_keys=True, default=str)
+    wanted = _spec_text(spec)
     truth_file = out_dir / "truth.json"
     if stamp.exists() and stamp.read_text(encoding="utf-8") == wanted and truth_file.exists():
         rows = json.loads(truth_file.read_text(encoding="utf-8"))["rows"]
@@ -817,3 +819,28 @@ def simulate_once(spec: SimulationSpec, out_dir: Path, *, progress: Callable[[st
     result = simulate(spec, out_dir, progress=progress)
     stamp.write_text(wanted, encoding="utf-8")
     return result, False
+
+
+def simulate_into(spec: SimulationSpec, folder: Path, *, progress: Callable[[str], None] | None = None
+                  ) -> tuple[SimulationResult, bool]:
+    """`simulate_once` in a folder of the simulation's own inside `folder`, named for its end date,
+    seed and a digest of the whole spec. Once it is whole, everything else in `folder` (earlier
+    simulations, what a killed one left) is removed: `folder` holds the simulations of one caller
+    (`flashcast demo`). Another spec is thus another export folder, so a run on it starts the
+    warehouse's history afresh instead of mixing two simulated worlds (or one world with the same
+    days of another), as it did when every simulation was written to the same folder."""
+    digest = hashlib.sha256(_spec_text(spec).encode()).hexdigest()[:10]
+    own = folder / f"{spec.end_date:%Y%m%d}-seed{spec.seed}-{digest}"
+    result = simulate_once(spec, own, progress=progress)
+    for other in folder.iterdir():
+        if other == own:
+            continue
+        if other.is_dir() and not other.is_symlink():
+            shutil.rmtree(other)
+        else:
+            other.unlink()
+    return result
+
+
+def _spec_text(spec: SimulationSpec) -> str:
+    return json.dumps(asdict(spec), sort_keys=True, default=str)
