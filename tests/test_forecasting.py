@@ -473,6 +473,31 @@ def test_the_linear_engines_calendar_columns_match_pandas(tz: str | None) -> Non
     assert np.array_equal(x[:, 2], np.maximum(t - 0.5, 0))
 
 
+def test_with_under_two_years_the_linear_engine_fits_a_smooth_yearly_cycle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten yearly orders fitted to a year and a half of noise are mostly that noise, which the next
+    days repeat; three follow a real yearly cycle as well."""
+    from flashcast.forecasting import engines
+
+    dates = pd.date_range("2024-01-01", periods=500)
+    noise = [100 + 30 * np.random.default_rng(seed).standard_normal(500) for seed in range(20)]
+
+    def level_error() -> float:  # RMS over the series of the next 14 days' mean against the true 100
+        means = [engines.DynamicRegression().point(y, dates, 14).mean() for y in noise]
+        return float(np.sqrt(np.mean(np.square(np.array(means) / 100 - 1))))
+
+    smooth = level_error()
+    monkeypatch.setattr(engines, "YEARLY_FULL_DAYS", 365)  # every order from a year of history, as before
+    assert smooth < 0.8 * level_error()
+    monkeypatch.undo()
+    day_of_year = dates.dayofyear.to_numpy()
+    # a yearly cycle rising through the next days (without yearly terms the level would lag by 7%)
+    y = 100 + 30 * np.cos(2 * np.pi * (day_of_year - 230) / 365.25) + np.random.default_rng(1).normal(0, 5, 500)
+    ahead = pd.date_range(dates[-1] + pd.Timedelta(days=1), periods=14).dayofyear.to_numpy()
+    truth = 100 + 30 * np.cos(2 * np.pi * (ahead - 230) / 365.25)
+    forecast = engines.DynamicRegression().point(y, dates, 14)
+    assert abs(forecast.mean() / truth.mean() - 1) < 0.02
+
+
 def _one_by_one(engine, y: np.ndarray, dates: pd.DatetimeIndex, cuts: list[int]) -> np.ndarray:  # type: ignore[no-untyped-def]
     return np.array([engine.point(y[:c], dates[:c], 14) for c in cuts])
 

@@ -168,7 +168,12 @@ def _ar_correction(resid: np.ndarray, order: int, horizon: int) -> np.ndarray:
     return out
 
 
-YEARLY_MIN_DAYS = 365  # the linear engine fits yearly terms from a year of history
+YEARLY_MIN_DAYS = 365  # the linear engine fits yearly terms from a year of history,
+YEARLY_FULL_DAYS = 730  # all of its Fourier orders from two (Prophet's own rule for yearly seasonality)
+# Below two years, a smooth yearly cycle: ten orders fitted to one year mostly fit that year's noise,
+# which the next weeks then repeat (30 noisy small-shop series, 1-2 years each: the 14-day total's
+# RMS error 33% with ten orders, 23% with three; 30 seasonal ones: 21% and 13%; docs/forecasting.md)
+SHORT_YEARLY_ORDER = 3
 HOLIDAY_RIDGE = 1.0  # a holiday seen once moves about half-way to its effect
 REGRESSOR_RIDGE = 1e-6  # a user's event regressor is taken nearly at face value
 
@@ -198,7 +203,7 @@ class DynamicRegression:
         t = np.arange(n, dtype=float) / n
         t_future = (n + np.arange(horizon, dtype=float)) / n
         changepoints = np.linspace(0, self.changepoint_range, self.n_changepoints + 2)[1:-1]
-        yearly = self.yearly_order if n >= YEARLY_MIN_DAYS else 0
+        yearly = self.yearly_order_for(n)
         x = _linear_design(t, days, changepoints, yearly)
         x_future = _linear_design(t_future, days_ahead, changepoints, yearly)
         penalty = np.zeros(x.shape[1])
@@ -218,6 +223,12 @@ class DynamicRegression:
         resid = y / scale - x @ coef
         base = x_future @ coef + _ar_correction(resid[-self.ar_days:], self.ar_order, horizon)
         return np.asarray(base * scale)
+
+    def yearly_order_for(self, n: int) -> int:
+        """The yearly Fourier order fitted to `n` days of history (within the window)."""
+        if n >= YEARLY_FULL_DAYS:
+            return self.yearly_order
+        return min(self.yearly_order, SHORT_YEARLY_ORDER) if n >= YEARLY_MIN_DAYS else 0
 
     def backtest_points(self, y: np.ndarray, dates: pd.DatetimeIndex, cuts: Sequence[int], horizon: int
                         ) -> np.ndarray | None:

@@ -25,7 +25,7 @@ def rolling_points(model: DynamicRegression, y: np.ndarray, dates: pd.DatetimeIn
                    horizon: int) -> np.ndarray | None:
     """`model.point(y[:c], dates[:c], horizon)` for every cut c, as rows; None when the dates are
     not consecutive days (then the caller fits origin by origin)."""
-    from flashcast.forecasting.engines import YEARLY_MIN_DAYS, _calendar_days
+    from flashcast.forecasting.engines import _calendar_days
 
     days = _calendar_days(dates)
     if len(days) < 2 or not bool(np.all(np.diff(days).astype(np.int64) == 1)):
@@ -51,10 +51,13 @@ def rolling_points(model: DynamicRegression, y: np.ndarray, dates: pd.DatetimeIn
     penalty[:, h:] = calendar_penalty
     normal[:, np.arange(h + q), np.arange(h + q)] += penalty
     rhs /= scale[:, None]
-    # As `point`: yearly terms only from a year of data; without them, the system less their columns.
+    # As `point`: as many yearly orders as the origin's history supports (none before a year of data);
+    # the system less the columns of the orders left out (each order a sin and a cos column).
     coef = np.zeros((len(cut), h + q))
-    yearly = n >= YEARLY_MIN_DAYS
-    for group, drop in ((yearly, []), (~yearly, [h + column for column in yearly_columns])):
+    orders = np.array([model.yearly_order_for(int(days_in)) for days_in in n])
+    for order in np.unique(orders):
+        group = orders == order
+        drop = [h + column for column in yearly_columns[2 * int(order):]]
         if group.any():
             keep = np.setdiff1d(np.arange(h + q), drop)
             block = normal[group][:, keep][:, :, keep]
