@@ -57,11 +57,9 @@ def rolling_points(model: DynamicRegression, y: np.ndarray, dates: pd.DatetimeIn
     orders = np.array([model.yearly_order_for(int(days_in)) for days_in in n])
     for order in np.unique(orders):
         group = orders == order
-        drop = [h + column for column in yearly_columns[2 * int(order):]]
-        if group.any():
-            keep = np.setdiff1d(np.arange(h + q), drop)
-            block = normal[group][:, keep][:, :, keep]
-            coef[np.ix_(group, keep)] = np.linalg.solve(block, rhs[group][:, keep, None])[:, :, 0]
+        keep = np.setdiff1d(np.arange(h + q), [h + column for column in yearly_columns[2 * int(order):]])
+        block = normal[group][:, keep][:, :, keep]
+        coef[np.ix_(group, keep)] = np.linalg.solve(block, rhs[group][:, keep, None])[:, :, 0]
     hinge_coef, calendar_coef = coef[:, :h], coef[:, h:]
     # The trend is piecewise linear in t: the sum over knots below t of c_j (t - knot_j).
     slope_sums = np.c_[np.zeros(len(cut)), np.cumsum(hinge_coef, axis=1)]
