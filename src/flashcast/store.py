@@ -268,8 +268,14 @@ def token_alive(token: str | None) -> bool:
 
 
 def _process_start(pid: int) -> str | None:
-    try:  # Linux: field 22 of /proc/<pid>/stat, clock ticks since boot (the name may hold spaces)
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    return _stat_field(pid, 22)  # clock ticks since boot
+
+
+def _stat_field(pid: int, field: int) -> str | None:
+    """Field `field` (numbered as in proc(5)) of Linux's /proc/<pid>/stat; None where it cannot be
+    read. The process name (field 2) may hold spaces: fields are counted after its closing ')'."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[field - 3]
     except (OSError, IndexError):
         return None
 
@@ -283,10 +289,7 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # someone else's live process
-    try:  # Linux: field 3 of /proc/<pid>/stat is the state, Z for a zombie
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    return _stat_field(pid, 3) != "Z"  # the state: Z for a zombie (unreadable: taken as running)
 
 
 def remove_orphans(parent: Path, prefix: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashcast.budget.plan import CurvePlan, cost_text
+from flashcast.budget.plan import CurvePlan, cost_text, unit_of
 from flashcast.charts import chart
 
 _ADJECTIVE = {"day": "daily", "week": "weekly"}
@@ -56,8 +56,7 @@ def plot_whatif(sweep: list[dict[str, float]], path: Path, *, currency: str = "U
                         ha="center")
         ax.set_xlabel(f"total {_ADJECTIVE[period]} budget ({currency})")
         ax.set_ylabel(f"expected {outcome} per {period}")
-        per = "conversion" if outcome == "conversions" else f"unit of {outcome}"
-        ax.set_title(f"What-if: return on extra budget (labels: marginal cost per {per})")
+        ax.set_title(f"What-if: return on extra budget (labels: marginal cost per {unit_of(outcome)})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return path

@@ -206,7 +206,7 @@ def _rows(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], bounds
     rows = []
     marginal = point.curve_marginal(solution.channel_spend)
     response = point.curve_response(solution.channel_spend)
-    unit = f"unit of {outcome}" if outcome else "conversion" if config.kpi == "conversions" else "unit of revenue"
+    unit = unit_of(outcome or config.kpi)
     for i, h in enumerate(histories):
         x = float(solution.channel_spend[i])
         b = bounds[h.channel]
@@ -264,6 +264,11 @@ def rounded_cost(cost: float) -> float:
     units (a media-mix file's thousands, or 0-1) buys a unit of outcome for a fraction of a cent,
     which cents would show as a free 0.00."""
     return round(cost, 2) if cost >= 0.1 else float(f"{cost:.2g}")
+
+
+def unit_of(outcome: str) -> str:
+    """One unit of an outcome (the KPI, or a media-mix file's outcome column), as costs are given per it."""
+    return "conversion" if outcome == "conversions" else f"unit of {outcome}"
 
 
 def cost_text(cost: float) -> str:
