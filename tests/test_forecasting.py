@@ -715,3 +715,19 @@ def test_ses_at_every_origin_at_once_is_ses_at_each_origin() -> None:
     cuts = list(range(60, 686, 3))  # windows shorter and longer than its 400 days
     together = engine.backtest_points(y, dates, cuts, 14)
     np.testing.assert_array_equal(together, np.array([engine.point(y[:c], dates[:c], 14) for c in cuts]))
+
+
+def test_a_series_without_a_value_on_most_days_is_named_intermittent() -> None:
+    """A sale every few days: each day's forecast is an expected value no day looks like, and the
+    forecast says so (counting open days only: a shop closed on Sundays is not intermittent)."""
+    rng = np.random.default_rng(4)
+    dates = pd.date_range("2025-01-01", periods=400)
+    sparse = np.array([rng.lognormal(4, 0.6, k).sum() for k in rng.poisson(0.3, len(dates))])
+    notes = auto_forecast(pd.DataFrame({"ds": dates, "y": sparse}), series_id="s").history_warnings
+    assert any("of the last 365 open days had no value" in note and "14-day total" in note for note in notes)
+    dense = 100 + rng.normal(0, 5, len(dates))
+    assert not [n for n in auto_forecast(pd.DataFrame({"ds": dates, "y": dense}), series_id="d").history_warnings
+                if "no value" in n]
+    open_six_days = pd.DataFrame({"ds": dates[dates.dayofweek != 6], "y": dense[dates.dayofweek != 6]})
+    closed = auto_forecast(open_six_days, series_id="c")
+    assert closed.closed_weekdays == (6,) and not [n for n in closed.history_warnings if "had no value" in n]

@@ -79,10 +79,12 @@ class Forecast:
     @property
     def history_warnings(self) -> tuple[str, ...]:
         """The notes a person should see beside the table: closed days, a partly filled last day,
-        spikes taken out."""
+        spikes taken out, a series with a value on few days."""
+        sparse = intermittent_note(self.history_dates, self.history, self.closed_weekdays, len(self.dates))
         return (((closed_note(self.closed_weekdays),) if self.closed_weekdays else ())
                 + ((self.partial_last_day,) if self.partial_last_day else ())
-                + ((spike_note(self.spike_days),) if self.spike_days else ()))
+                + ((spike_note(self.spike_days),) if self.spike_days else ())
+                + ((sparse,) if sparse else ()))
 
     @property
     def total(self) -> float:
@@ -160,6 +162,25 @@ def spike_note(days: tuple[date, ...]) -> str:
     listed = ", ".join(d.isoformat() for d in days[:3]) + (f" and {len(days) - 3:,} more" if len(days) > 3 else "")
     return (f"{len(days):,} isolated spike(s) ({listed}), {SPIKE_RATIO:g}x or more the same weekday's level in the "
             "weeks around, replaced by that level before fitting: a glitch (a test order, a bot), not demand")
+
+
+INTERMITTENT_SHARE = 0.5  # open days without a value, of the last year's, from which a series reads as intermittent
+
+
+def intermittent_note(dates: tuple[date, ...], history: np.ndarray, closed: tuple[int, ...], horizon: int
+                      ) -> str | None:
+    """What to read in a forecast of a series with no value on most open days of its last year (a
+    sale every few days): each day's forecast is the expected value, which few days look like."""
+    recent = slice(-365, None)
+    open_days = np.array([d.weekday() not in closed for d in dates[recent]], dtype=bool)
+    values = np.asarray(history[recent], dtype=float)[open_days]
+    if not len(values):
+        return None
+    share = float(np.mean(values == 0))
+    if share < INTERMITTENT_SHARE:
+        return None
+    return (f"{share:.0%} of the last {len(values):,} open days had no value: each day's forecast is the expected "
+            f"value (most such days will be 0, a few far above it); the {horizon}-day total is the figure to plan with")
 
 
 def _history_notes(series: PreparedSeries) -> tuple[str, ...]:
