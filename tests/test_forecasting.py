@@ -723,8 +723,10 @@ def test_a_series_without_a_value_on_most_days_is_named_intermittent() -> None:
     rng = np.random.default_rng(4)
     dates = pd.date_range("2025-01-01", periods=400)
     sparse = np.array([rng.lognormal(4, 0.6, k).sum() for k in rng.poisson(0.3, len(dates))])
-    notes = auto_forecast(pd.DataFrame({"ds": dates, "y": sparse}), series_id="s").history_warnings
-    assert any("of the last 365 open days had no value" in note and "14-day total" in note for note in notes)
+    forecast = auto_forecast(pd.DataFrame({"ds": dates, "y": sparse}), series_id="s")
+    lo, hi = forecast.total_bands[80]
+    total = f"14-day total ({forecast.total:,.2f}, 80% interval {lo:,.2f} to {hi:,.2f})"
+    assert any("of the last 365 open days had no value" in note and total in note for note in forecast.history_warnings)
     dense = 100 + rng.normal(0, 5, len(dates))
     assert not [n for n in auto_forecast(pd.DataFrame({"ds": dates, "y": dense}), series_id="d").history_warnings
                 if "no value" in n]

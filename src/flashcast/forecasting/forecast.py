@@ -80,7 +80,8 @@ class Forecast:
     def history_warnings(self) -> tuple[str, ...]:
         """The notes a person should see beside the table: closed days, a partly filled last day,
         spikes taken out, a series with a value on few days."""
-        sparse = intermittent_note(self.history_dates, self.history, self.closed_weekdays, len(self.dates))
+        sparse = intermittent_note(self.history_dates, self.history, self.closed_weekdays, len(self.dates),
+                                   total=self.total, total_80=self.total_bands.get(80))
         return (((closed_note(self.closed_weekdays),) if self.closed_weekdays else ())
                 + ((self.partial_last_day,) if self.partial_last_day else ())
                 + ((spike_note(self.spike_days),) if self.spike_days else ())
@@ -167,10 +168,11 @@ def spike_note(days: tuple[date, ...]) -> str:
 INTERMITTENT_SHARE = 0.5  # open days without a value, of the last year's, from which a series reads as intermittent
 
 
-def intermittent_note(dates: tuple[date, ...], history: np.ndarray, closed: tuple[int, ...], horizon: int
-                      ) -> str | None:
+def intermittent_note(dates: tuple[date, ...], history: np.ndarray, closed: tuple[int, ...], horizon: int, *,
+                      total: float, total_80: tuple[float, float] | None) -> str | None:
     """What to read in a forecast of a series with no value on most open days of its last year (a
-    sale every few days): each day's forecast is the expected value, which few days look like."""
+    sale every few days): each day's forecast is the expected value, which few days look like; the
+    horizon's `total` (with its 80% interval, when calibrated) is the figure to plan with."""
     recent = slice(-365, None)
     open_days = np.array([d.weekday() not in closed for d in dates[recent]], dtype=bool)
     values = np.asarray(history[recent], dtype=float)[open_days]
@@ -179,8 +181,10 @@ def intermittent_note(dates: tuple[date, ...], history: np.ndarray, closed: tupl
     share = float(np.mean(values == 0))
     if share < INTERMITTENT_SHARE:
         return None
+    interval = f", 80% interval {total_80[0]:,.2f} to {total_80[1]:,.2f}" if total_80 else ""
     return (f"{share:.0%} of the last {len(values):,} open days had no value: each day's forecast is the expected "
-            f"value (most such days will be 0, a few far above it); the {horizon}-day total is the figure to plan with")
+            f"value (most such days will be 0, a few far above it); plan with the {horizon}-day total "
+            f"({total:,.2f}{interval})")
 
 
 def _history_notes(series: PreparedSeries) -> tuple[str, ...]:
