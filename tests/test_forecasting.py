@@ -733,3 +733,88 @@ def test_a_series_without_a_value_on_most_days_is_named_intermittent() -> None:
     open_six_days = pd.DataFrame({"ds": dates[dates.dayofweek != 6], "y": dense[dates.dayofweek != 6]})
     closed = auto_forecast(open_six_days, series_id="c")
     assert closed.closed_weekdays == (6,) and not [n for n in closed.history_warnings if "had no value" in n]
+
+
+def _sparse_sales(seed: int, n: int = 400, rate: float = 0.25) -> np.ndarray:
+    """Daily revenue of a shop that sells every few days (Poisson orders of lognormal value)."""
+    rng = np.random.default_rng(seed)
+    return np.array([rng.lognormal(4.0, 0.6, k).sum() for k in rng.poisson(rate, n)])
+
+
+@pytest.mark.parametrize("y", [_sparse_sales(1), _sparse_sales(2, rate=0.05), np.zeros(60), np.r_[np.zeros(59), 7.0]])
+def test_croston_is_statsforecasts_croston_sba(y: np.ndarray) -> None:
+    from statsforecast.models import CrostonSBA
+
+    ours = make_engine("croston").point(y, pd.date_range("2024-01-01", periods=len(y)), 14)
+    np.testing.assert_allclose(ours, CrostonSBA().forecast(y=y, h=14)["mean"], rtol=1e-12)
+
+
+def test_the_ensemble_of_an_intermittent_series_takes_croston_for_the_regression() -> None:
+    """Most days without a value: the ensemble is the mean of ses, theta and croston; otherwise of
+    linear, ses and theta. Its 14-day totals of sparse sales err clearly less than the regular
+    members' would (the regression's yearly terms fit a year of scattered sales)."""
+    dates = pd.date_range("2024-01-01", periods=400)
+    ensemble = make_engine("ensemble")
+
+    def members(names: tuple[str, ...], y: np.ndarray) -> np.ndarray:
+        return np.mean([make_engine(name).point(y, dates, 14) for name in names], axis=0)
+
+    dense = 100 + np.random.default_rng(0).normal(0, 5, 400)
+    np.testing.assert_allclose(ensemble.point(dense, dates, 14), members(("linear", "ses", "theta"), dense))
+    errors, regular = [], []
+    for seed in range(20):
+        y = _sparse_sales(seed)
+        point = ensemble.point(y, dates, 14)
+        np.testing.assert_allclose(point, members(("ses", "theta", "croston"), y))
+        truth = 14 * 0.25 * np.exp(4.0 + 0.18)
+        errors.append(point.sum() / truth - 1)
+        regular.append(members(("linear", "ses", "theta"), y).sum() / truth - 1)
+    assert np.sqrt(np.mean(np.square(errors))) < 0.8 * np.sqrt(np.mean(np.square(regular)))
+
+
+def test_the_backtests_ensemble_is_the_ensemble_at_each_origin_as_the_series_turns_intermittent() -> None:
+    """A shop that sold daily, then every few days: the backtest's ensemble is `point`'s at every
+    origin, the regular members' at the early origins and the intermittent ones' at the late ones."""
+    rng = np.random.default_rng(7)
+    y = np.r_[100 + rng.normal(0, 10, 300), _sparse_sales(3, n=300)]
+    dates = pd.date_range("2023-01-01", periods=len(y))
+    ensemble = make_engine("ensemble")
+    spec = BacktestSpec()
+    bt = run_backtest(y, dates, make_engines(("linear", "ses", "theta", "ensemble")), spec)
+    cuts = [len(y[: dates.get_loc(origin) + 1]) for origin in bt.origins]
+    kinds = {ensemble.members_for(y[:c])[0].alias for c in cuts}
+    assert kinds == {"linear", "ses"}  # both member sets occur (their first members)
+    expected = np.array([ensemble.point(y[:c], dates[:c], spec.horizon) for c in cuts])
+    np.testing.assert_allclose(bt.points["ensemble"], expected, rtol=1e-6, atol=1e-6 * float(np.std(y)))
+    assert "croston" not in bt.points  # a member's forecasts, not a contestant of the line-up
+
+
+def test_an_intermittent_series_is_selected_by_squared_errors() -> None:
+    """A segment's revenue with a sale on one day in eight: by MASE the seasonal naive forecast
+    (last week's one large sale, again) came within a standard error of the best and was kept, a
+    14-day total four times the segment's rate. By RMSSE the engines forecasting the expected
+    value win, and the total is near the rate of the last 60 days."""
+    from pathlib import Path
+
+    frame = pd.read_csv(Path(__file__).parent / "data" / "sparse_segment_revenue.csv")
+    history = frame.rename(columns={"date": "ds", "revenue": "y"})
+    forecast = auto_forecast(history, series_id="segment")
+    assert forecast.selection is not None and "RMSSE" in forecast.selection.reason
+    assert forecast.engine != "naive7"
+    rate = 14 * float(history["y"].tail(60).mean())
+    assert 0.5 * rate < forecast.total < 1.5 * rate
+    dense = pd.DataFrame({"ds": pd.date_range("2025-01-01", periods=300),
+                          "y": 100 + np.random.default_rng(1).normal(0, 5, 300)})
+    assert "MASE" in auto_forecast(dense, series_id="dense").selection.reason  # type: ignore[union-attr]
+
+
+def test_the_selection_ranks_by_the_metric_it_is_given() -> None:
+    from flashcast.forecasting.backtest import EngineScore, select_engine
+
+    def score(name: str, mase: float, rmsse: float) -> EngineScore:
+        return EngineScore(name, mase, 0.1, 0.1, {80: 0.8}, {80: 1.0}, 30, 0.001, (mase,) * 30, rmsse, (rmsse,) * 30)
+
+    scores = [score("theta", 0.8, 1.2), score("ses", 1.0, 0.9)]
+    assert select_engine(scores).winner == "theta"
+    by_squares = select_engine(scores, metric="rmsse")
+    assert by_squares.winner == "ses" and "RMSSE 0.900" in by_squares.reason

@@ -20,18 +20,20 @@ place; the leaderboard says why.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from threadpoolctl import ThreadpoolController
 
 from flashcast.errors import ForecastError, HistoryTooShort
-from flashcast.forecasting.engines import Engine, Ensemble, RollingEngine, relative_cost
+from flashcast.forecasting.engines import Engine, Ensemble, RollingEngine, is_intermittent, relative_cost
 
 LEVELS: tuple[int, ...] = (50, 80, 95)
 # Conformal pools are sorted in single precision: a band's offsets are quantiles of a few hundred
@@ -68,10 +70,12 @@ class EngineScore:
     scored_origins: int
     seconds_per_fit: float
     per_origin_mase: tuple[float, ...] = ()
+    rmsse: float = math.nan  # root mean squared scaled error: what an intermittent series is selected by
+    per_origin_rmsse: tuple[float, ...] = ()
 
     def row(self) -> dict[str, object]:
         """One leaderboard row: the scores, each band's coverage and width, the cost."""
-        return {"engine": self.engine, "mase": self.mase, "smape": self.smape, "crps": self.crps,
+        return {"engine": self.engine, "mase": self.mase, "rmsse": self.rmsse, "smape": self.smape, "crps": self.crps,
                 **{f"coverage_{k}": round(v, 4) for k, v in self.coverage.items()},
                 **{f"width_{k}": round(v, 4) for k, v in self.width.items()},
                 "scored_origins": self.scored_origins, "seconds_per_fit": self.seconds_per_fit}
@@ -79,7 +83,7 @@ class EngineScore:
     @staticmethod
     def columns() -> tuple[str, ...]:
         """The keys of `row`, in its order (a leaderboard with no rows still has its header)."""
-        return ("engine", "mase", "smape", "crps", *(f"coverage_{k}" for k in LEVELS),
+        return ("engine", "mase", "rmsse", "smape", "crps", *(f"coverage_{k}" for k in LEVELS),
                 *(f"width_{k}" for k in LEVELS), "scored_origins", "seconds_per_fit")
 
 
@@ -94,6 +98,7 @@ class Backtest:
     origins: list[pd.Timestamp]
     actual: np.ndarray
     scale: np.ndarray  # seasonal-naive in-sample MAE at each origin (the MASE denominator)
+    rms_scale: np.ndarray  # its root mean square error (RMSSE's denominator)
     spread: np.ndarray  # recent spread at each origin (see `spread_terms`)
     floor: np.ndarray  # the spread's floor known at each origin
     points: dict[str, np.ndarray] = field(default_factory=dict)
@@ -143,15 +148,13 @@ def _run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engi
         raise HistoryTooShort(f"history too short for a backtest: {len(y)} days give {len(cuts)} origins "
                               f"({needed} needed)")
     actual = np.array([y[c : c + spec.horizon] for c in cuts])
-    scale = _seasonal_naive_mae(y, cuts)
+    scale, rms_scale = _seasonal_naive_mae(y, cuts), _seasonal_naive_rmse(y, cuts)
     spread, floor = spread_terms_at(y, cuts, spec)
-    result = Backtest([dates[c - 1] for c in cuts], actual, scale, spread, floor)
+    result = Backtest([dates[c - 1] for c in cuts], actual, scale, rms_scale, spread, floor)
     for engine in sorted(engines, key=lambda e: isinstance(e, Ensemble)):  # members before ensembles
-        members = [m.alias for m in engine.members] if isinstance(engine, Ensemble) else []
-        if members and all(m in result.points for m in members):
-            # Same origins, same members: the ensemble is the mean of their stored forecasts.
-            result.points[engine.alias] = np.mean([result.points[m] for m in members], axis=0)
-            result.seconds[engine.alias] = sum(result.seconds[m] for m in members)
+        if isinstance(engine, Ensemble):
+            result.points[engine.alias], result.seconds[engine.alias] = _ensemble_points(result, engine, y, dates,
+                                                                                         cuts, spec)
             continue
         if isinstance(engine, RollingEngine):
             if engine.alias not in _WARMED:  # a process's first fit pays imports and compilation: not timed
@@ -170,6 +173,37 @@ def _run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engi
         result.points[engine.alias] = np.array([first, *rest])
         result.seconds[engine.alias] = (time.perf_counter() - start) / max(len(cuts) - 1, 1)
     return result
+
+
+def _ensemble_points(result: Backtest, ensemble: Ensemble, y: np.ndarray, dates: pd.DatetimeIndex,
+                     cuts: list[int], spec: BacktestSpec) -> tuple[np.ndarray, float]:
+    """The ensemble at every origin: the mean of the forecasts of the members it takes there
+    (`Ensemble.members_for` the history to the cut), those of the line-up as stored, any other
+    (an intermittent origin's own member, or a member not in the line-up) fitted at the origins
+    that need it. Returns the points and the seconds per fit (the members' sum)."""
+    chosen = [ensemble.members_for(y[:c]) for c in cuts]
+    points: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
+    for member in {m.alias: m for members in chosen for m in members}.values():
+        if member.alias in result.points:
+            points[member.alias], seconds[member.alias] = result.points[member.alias], result.seconds[member.alias]
+            continue
+        rows = [i for i, members in enumerate(chosen) if member in members]
+        start = time.perf_counter()
+        every = (member.backtest_points(y, dates, [cuts[i] for i in rows], spec.horizon)
+                 if isinstance(member, RollingEngine) else None)
+        if every is None:
+            every = np.array([member.point(y[: cuts[i]], dates[: cuts[i]], spec.horizon) for i in rows])
+        seconds[member.alias] = (time.perf_counter() - start) / len(rows)
+        points[member.alias] = np.full((len(cuts), spec.horizon), np.nan)
+        points[member.alias][rows] = every
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, members in enumerate(chosen):
+        groups.setdefault(tuple(m.alias for m in members), []).append(i)
+    mean = np.empty((len(cuts), spec.horizon))
+    for aliases, rows in groups.items():
+        mean[rows] = np.mean([points[alias][rows] for alias in aliases], axis=0)
+    return mean, sum(seconds.values())
 
 
 def spread_terms(y: np.ndarray, spec: BacktestSpec) -> tuple[float, float]:
@@ -206,6 +240,14 @@ def _seasonal_naive_mae(y: np.ndarray, cuts: Sequence[int]) -> np.ndarray:
     end = np.maximum(np.asarray(cuts, dtype=np.int64) - 7, 0)
     running = np.r_[0.0, np.cumsum(np.abs(y[7:] - y[:-7]))]
     return np.maximum(np.divide(running[end], end, out=np.zeros(len(end)), where=end > 0), 1e-9)
+
+
+def _seasonal_naive_rmse(y: np.ndarray, cuts: Sequence[int]) -> np.ndarray:
+    """The in-sample root mean squared error of the weekly seasonal naive forecast on y[:c] for every
+    cut c (RMSSE's scale, as the M5 competition scaled its intermittent series)."""
+    end = np.maximum(np.asarray(cuts, dtype=np.int64) - 7, 0)
+    running = np.r_[0.0, np.cumsum(np.square(y[7:] - y[:-7]))]
+    return np.maximum(np.sqrt(np.divide(running[end], end, out=np.zeros(len(end)), where=end > 0)), 1e-9)
 
 
 def _calibration_rows(k: int, spec: BacktestSpec) -> slice | None:
@@ -393,9 +435,11 @@ def score_engines(bt: Backtest, spec: BacktestSpec, *, nonnegative: bool) -> lis
                            np.array([banded[engine][k][level][1] for k in rows])) for level in LEVELS}
         # scored as delivered: clipped, with its bands
         delivered[engine] = nested_bands(bt.points[engine][rows], offsets, nonnegative=nonnegative)
-    scores = [forecast_metrics(bt.actual[rows], point, bands, bt.scale[rows]) for point, bands in delivered.values()]
+    scores = [forecast_metrics(bt.actual[rows], point, bands, bt.scale[rows], bt.rms_scale[rows])
+              for point, bands in delivered.values()]
     return sorted((EngineScore(engine, round(m.mase, 4), round(m.smape, 4), round(m.crps, 4), m.coverage, m.width,
-                               len(rows), round(bt.seconds[engine], 4), m.per_origin_mase)
+                               len(rows), round(bt.seconds[engine], 4), m.per_origin_mase, round(m.rmsse, 4),
+                               m.per_origin_rmsse)
                    for engine, m in zip(engines, scores, strict=True)), key=lambda s: s.mase)
 
 
@@ -407,17 +451,21 @@ class Metrics:
     coverage: dict[int, float]
     width: dict[int, float]
     per_origin_mase: tuple[float, ...]
+    rmsse: float = math.nan
+    per_origin_rmsse: tuple[float, ...] = ()
 
 
 def forecast_metrics(actual: np.ndarray, point: np.ndarray, bands: dict[int, tuple[np.ndarray, np.ndarray]],
-                     scale: np.ndarray) -> Metrics:
+                     scale: np.ndarray, rms_scale: np.ndarray | None = None) -> Metrics:
     """utilsforecast's definitions with one id per origin (rows: origins, columns: horizon steps),
     averaged over origins: MASE (each origin's MAE over its `scale`), sMAPE, scaled CRPS over the
-    band quantiles, and each band's coverage and mean width. In numpy because the selection scores
+    band quantiles, and each band's coverage and mean width; with `rms_scale`, RMSSE too (each
+    origin's root mean squared error over it). In numpy because the selection scores
     every engine at every origin on each call: through utilsforecast's data frames this took half
     of a full selection (tested equal to utilsforecast's)."""
     error = actual - point
     per_origin = np.abs(error).mean(axis=1) / scale
+    rmsse = () if rms_scale is None else tuple(float(v) for v in np.sqrt(np.square(error).mean(axis=1)) / rms_scale)
     denominator = np.abs(point) + np.abs(actual)
     smape = np.divide(np.abs(error), denominator, out=np.zeros_like(error), where=denominator != 0)
     quantiles = [(point, 0.5)]
@@ -429,7 +477,7 @@ def forecast_metrics(actual: np.ndarray, point: np.ndarray, bands: dict[int, tup
         float(per_origin.mean()), float(smape.mean()), float(crps.mean()),
         {level: float(((actual >= lo) & (actual <= hi)).mean()) for level, (lo, hi) in bands.items()},
         {level: float((hi - lo).mean()) for level, (lo, hi) in bands.items()},
-        tuple(float(v) for v in per_origin))
+        tuple(float(v) for v in per_origin), float(np.mean(rmsse)) if rmsse else math.nan, rmsse)
 
 
 @dataclass(frozen=True)
@@ -450,31 +498,46 @@ class Selection:
 COMBINATION_MARGIN = 0.10
 
 
-def _paired(a: EngineScore, b: EngineScore) -> tuple[float, float] | None:
-    """Mean and standard error of a's per-origin MASE minus b's (None when not paired)."""
-    if not a.per_origin_mase or len(a.per_origin_mase) != len(b.per_origin_mase):
+Metric = Literal["mase", "rmsse"]
+_METRIC_NAME = {"mase": "MASE", "rmsse": "RMSSE"}
+
+
+def _score(s: EngineScore, metric: Metric) -> float:
+    return s.mase if metric == "mase" else s.rmsse
+
+
+def _per_origin(s: EngineScore, metric: Metric) -> tuple[float, ...]:
+    return s.per_origin_mase if metric == "mase" else s.per_origin_rmsse
+
+
+def _paired(a: EngineScore, b: EngineScore, metric: Metric = "mase") -> tuple[float, float] | None:
+    """Mean and standard error of a's per-origin score minus b's (None when not paired)."""
+    first, second = _per_origin(a, metric), _per_origin(b, metric)
+    if not first or len(first) != len(second):
         return None
-    diff = np.array(a.per_origin_mase) - np.array(b.per_origin_mase)
+    diff = np.array(first) - np.array(second)
     se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
     return float(diff.mean()), se
 
 
-def _still_ahead(single: EngineScore, combined: EngineScore) -> bool:
+def _still_ahead(single: EngineScore, combined: EngineScore, metric: Metric = "mase") -> bool:
     """Whether `single` also beats the combination by COMBINATION_MARGIN over the most recent half
     of the scored origins. A lead earned in an earlier regime does not decide today: on the
     pedestrian counts, engines that had been far better through the 2020 lockdown kept the choice
     for months after the combination was better again (replayed MASE 1.430 on its 90 origins; 1.364
     with this check, 1.345 never switching)."""
-    half = len(single.per_origin_mase) // 2  # paired with the combination's (checked before)
+    half = len(_per_origin(single, metric)) // 2  # paired with the combination's (checked before)
     if half < 2:
         return True
-    recent_single = float(np.mean(single.per_origin_mase[-half:]))
-    recent_combined = float(np.mean(combined.per_origin_mase[-half:]))
+    recent_single = float(np.mean(_per_origin(single, metric)[-half:]))
+    recent_combined = float(np.mean(_per_origin(combined, metric)[-half:]))
     return recent_single < (1 - COMBINATION_MARGIN) * recent_combined
 
 
-def select_engine(scores: Sequence[EngineScore], *, combination: str | None = None) -> Selection:
-    """Lowest mean MASE wins, with two exceptions that make the choice robust to backtest noise.
+def select_engine(scores: Sequence[EngineScore], *, combination: str | None = None,
+                  metric: Metric = "mase") -> Selection:
+    """Lowest mean MASE wins (or RMSSE, `metric`: see `selection_metric`), with two exceptions that
+    make the choice robust to backtest noise.
 
     `combination` (an ensemble's alias in the line-up) is the default: a single engine replaces it
     only when it is better by COMBINATION_MARGIN and two standard errors of the paired per-origin
@@ -487,43 +550,56 @@ def select_engine(scores: Sequence[EngineScore], *, combination: str | None = No
     Costs are declared, not timed, so the choice is the same under any load."""
     if not scores:
         raise ForecastError("no engine produced a scored backtest")
-    board = tuple(sorted(scores, key=lambda s: s.mase))
+    name = _METRIC_NAME[metric]
+    board = tuple(sorted(scores, key=lambda s: _score(s, metric)))
     combined = next((s for s in board if s.engine == combination), None)
     if combined is not None:
         single = next((s for s in board if s.engine != combination), None)
-        paired = _paired(single, combined) if single is not None else None
-        if (single is None or paired is None or paired[0] >= -max(2 * paired[1], COMBINATION_MARGIN * combined.mase)
-                or not _still_ahead(single, combined)):
-            reason = (f"{combined.engine}: the combination (MASE {combined.mase:.3f} over {combined.scored_origins} "
-                      f"origins) holds unless a single engine beats it by {COMBINATION_MARGIN:.0%} and two standard "
-                      "errors, and by the margin over the recent half too")
+        paired = _paired(single, combined, metric) if single is not None else None
+        if (single is None or paired is None
+                or paired[0] >= -max(2 * paired[1], COMBINATION_MARGIN * _score(combined, metric))
+                or not _still_ahead(single, combined, metric)):
+            reason = (f"{combined.engine}: the combination ({name} {_score(combined, metric):.3f} over "
+                      f"{combined.scored_origins} origins) holds unless a single engine beats it by "
+                      f"{COMBINATION_MARGIN:.0%} and two standard errors, and by the margin over the recent half too")
             if single is not None:
-                reason += f" (best single: {single.engine} {single.mase:.3f})"
+                reason += f" (best single: {single.engine} {_score(single, metric):.3f})"
             return Selection(combined.engine, board, reason)
-        winner, reason = _cheaper_or_best(tuple(s for s in board if s.engine != combination))
-        return Selection(winner, board, f"{reason}; it beats the combination {combined.engine} ({combined.mase:.3f}) "
-                                        f"by {-paired[0]:.3f} +/- {paired[1]:.3f} per origin")
-    winner, reason = _cheaper_or_best(board)
+        winner, reason = _cheaper_or_best(tuple(s for s in board if s.engine != combination), metric)
+        return Selection(winner, board, f"{reason}; it beats the combination {combined.engine} "
+                                        f"({_score(combined, metric):.3f}) by {-paired[0]:.3f} +/- {paired[1]:.3f} "
+                                        "per origin")
+    winner, reason = _cheaper_or_best(board, metric)
     return Selection(winner, board, reason)
 
 
-def _cheaper_or_best(board: tuple[EngineScore, ...]) -> tuple[str, str]:
-    """The lowest MASE in `board` (sorted), or a 10x cheaper engine within one standard error of it."""
+def selection_metric(y: np.ndarray) -> Metric:
+    """What a series' engines are compared by: MASE, or RMSSE for an intermittent series
+    (`engines.is_intermittent`). On days mostly without a value the absolute error rewards
+    forecasts near zero, which no 14-day total is made of: a seasonal naive forecast repeating
+    last week's one sale beat the forecasts of the expected value there (squared errors, as the M5
+    competition scored such series, do not)."""
+    return "rmsse" if is_intermittent(y) else "mase"
+
+
+def _cheaper_or_best(board: tuple[EngineScore, ...], metric: Metric = "mase") -> tuple[str, str]:
+    """The lowest score in `board` (sorted), or a 10x cheaper engine within one standard error of it."""
+    name = _METRIC_NAME[metric]
     best = board[0]
-    reason = f"{best.engine}: lowest mean MASE {best.mase:.3f} over {best.scored_origins} origins"
+    reason = f"{best.engine}: lowest mean {name} {_score(best, metric):.3f} over {best.scored_origins} origins"
     if len(board) > 1:
-        reason += f" (next: {board[1].engine} {board[1].mase:.3f})"
+        reason += f" (next: {board[1].engine} {_score(board[1], metric):.3f})"
     cheaper = []
     for s in board[1:]:
-        paired = _paired(s, best)
+        paired = _paired(s, best, metric)
         if relative_cost(s.engine) * 10 > relative_cost(best.engine) or paired is None:
             continue
         if paired[0] <= paired[1]:
             cheaper.append((s, *paired))
     if cheaper:
         s, mean_diff, se = min(cheaper, key=lambda c: (relative_cost(c[0].engine), c[0].engine))
-        reason = (f"{s.engine}: MASE {s.mase:.3f} is within one standard error of the best ({best.engine} "
-                  f"{best.mase:.3f}; difference {mean_diff:+.3f} +/- {se:.3f}) and it typically fits "
-                  f"{relative_cost(best.engine) / relative_cost(s.engine):.0f}x faster")
+        reason = (f"{s.engine}: {name} {_score(s, metric):.3f} is within one standard error of the best "
+                  f"({best.engine} {_score(best, metric):.3f}; difference {mean_diff:+.3f} +/- {se:.3f}) and it "
+                  f"typically fits {relative_cost(best.engine) / relative_cost(s.engine):.0f}x faster")
         return s.engine, reason
     return best.engine, reason

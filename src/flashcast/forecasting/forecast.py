@@ -39,9 +39,17 @@ from flashcast.forecasting.backtest import (
     run_backtest,
     score_engines,
     select_engine,
+    selection_metric,
     spread_terms,
 )
-from flashcast.forecasting.engines import EngineOptions, Ensemble, ProphetEngine, SamplingEngine, make_engines
+from flashcast.forecasting.engines import (
+    INTERMITTENT_SHARE,
+    EngineOptions,
+    Ensemble,
+    ProphetEngine,
+    SamplingEngine,
+    make_engines,
+)
 from flashcast.forecasting.series import SPIKE_RATIO, WEEKDAYS, PreparedSeries, prepare_series, validate_history
 
 
@@ -165,9 +173,6 @@ def spike_note(days: tuple[date, ...]) -> str:
             "weeks around, replaced by that level before fitting: a glitch (a test order, a bot), not demand")
 
 
-INTERMITTENT_SHARE = 0.5  # open days without a value, of the last year's, from which a series reads as intermittent
-
-
 def intermittent_note(dates: tuple[date, ...], history: np.ndarray, closed: tuple[int, ...], horizon: int, *,
                       total: float, total_80: tuple[float, float] | None) -> str | None:
     """What to read in a forecast of a series with no value on most open days of its last year (a
@@ -252,7 +257,9 @@ class Calibration:
     def from_json(cls, data: dict[str, Any]) -> Calibration:
         board = tuple(EngineScore(**{**row, "coverage": {int(k): v for k, v in row["coverage"].items()},
                                      "width": {int(k): v for k, v in row["width"].items()},
-                                     "per_origin_mase": tuple(row.get("per_origin_mase", ()))})
+                                     "per_origin_mase": tuple(row.get("per_origin_mase", ())),
+                                     "rmsse": float(row.get("rmsse", math.nan)),  # (stored before it was scored)
+                                     "per_origin_rmsse": tuple(row.get("per_origin_rmsse", ()))})
                       for row in data["leaderboard"])
         return cls(data["series_id"], tuple(data["line_up"]), int(data["horizon"]),
                    date.fromisoformat(data["through"]), Selection(data["winner"], board, data["reason"]),
@@ -284,7 +291,8 @@ def auto_forecast(
                f"{series.dropped_days} days before it were left out)") if series.dropped_days else ""
         raise type(exc)(f"{series_id}: {exc}{gap}") from exc
     combination = next((e.alias for e in line_up if isinstance(e, Ensemble)), None)
-    selection = select_engine(score_engines(bt, spec, nonnegative=nonnegative), combination=combination)
+    selection = select_engine(score_engines(bt, spec, nonnegative=nonnegative), combination=combination,
+                              metric=selection_metric(y))
     engine = next(e for e in line_up if e.alias == selection.winner)
     start = time.perf_counter()
     point = engine.point(y, dates, spec.horizon)
