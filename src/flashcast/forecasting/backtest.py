@@ -188,7 +188,7 @@ def _ensemble_points(result: Backtest, ensemble: Ensemble, y: np.ndarray, dates:
         if member.alias in result.points:
             points[member.alias], seconds[member.alias] = result.points[member.alias], result.seconds[member.alias]
             continue
-        rows = [i for i, members in enumerate(chosen) if member in members]
+        rows = [i for i, members in enumerate(chosen) if member.alias in {m.alias for m in members}]
         start = time.perf_counter()
         every = (member.backtest_points(y, dates, [cuts[i] for i in rows], spec.horizon)
                  if isinstance(member, RollingEngine) else None)
