@@ -743,10 +743,14 @@ def _sparse_sales(seed: int, n: int = 400, rate: float = 0.25) -> np.ndarray:
 
 @pytest.mark.parametrize("y", [_sparse_sales(1), _sparse_sales(2, rate=0.05), np.zeros(60), np.r_[np.zeros(59), 7.0]])
 def test_croston_is_statsforecasts_croston_sba(y: np.ndarray) -> None:
+    """Where a day without a value occurs; a series with a value every day has no interval to
+    correct for (the conformance test forecasts a constant as itself)."""
     from statsforecast.models import CrostonSBA
 
     ours = make_engine("croston").point(y, pd.date_range("2024-01-01", periods=len(y)), 14)
     np.testing.assert_allclose(ours, CrostonSBA().forecast(y=y, h=14)["mean"], rtol=1e-12)
+    daily = np.full(60, 250.0)
+    assert np.allclose(make_engine("croston").point(daily, pd.date_range("2024-01-01", periods=60), 14), 250.0)
 
 
 def test_the_ensemble_of_an_intermittent_series_takes_croston_for_the_regression() -> None:

@@ -521,13 +521,17 @@ def is_intermittent(y: np.ndarray) -> bool:
 def croston_sba(core: Any, y: np.ndarray) -> float:
     """Croston's method with Syntetos and Boylan's correction, as statsforecast's `CrostonSBA`
     computes it: the smoothed size of the days with a value (alpha 0.1) over the smoothed interval
-    between them (alpha 0.1), times 0.95; the last value for a series that never had one."""
+    between them (alpha 0.1), times 0.95; the last value for a series that never had one. The
+    correction (1 - alpha / 2) offsets the bias of dividing by a smoothed interval; a series with a
+    value every day has no interval to smooth (each is 1) and gets none (statsforecast's would
+    forecast a constant series 5% under itself)."""
     demand = y[y > 0]
     if not demand.size:
         return float(y[-1])
     intervals = np.diff(np.flatnonzero(y != 0) + 1, prepend=0).astype(float)
     size, interval = core.ses_forecast(demand, 0.1)[0], core.ses_forecast(intervals, 0.1)[0]
-    return float(0.95 * (size / interval if interval != 0 else size))
+    correction = 1.0 if np.all(intervals == 1) else 0.95
+    return float(correction * (size / interval if interval != 0 else size))
 
 
 @dataclass(frozen=True)
