@@ -587,8 +587,8 @@ def test_origin_bands_are_each_origins_normalized_offsets_at_the_adapted_rates()
 def test_spreads_and_mase_scales_at_every_origin_follow_their_definitions() -> None:
     """The running-sum forms against the definitions, cut by cut: the mean week-on-week difference
     over the last 28 days capped at 5x the last year's mean, the floor a tenth of that year's mean,
-    and MASE's scale the in-sample seasonal-naive MAE."""
-    from flashcast.forecasting.backtest import _seasonal_naive_mae, spread_terms_at
+    and MASE's scale the in-sample seasonal-naive MAE (RMSSE's its root mean squared error)."""
+    from flashcast.forecasting.backtest import _seasonal_naive_errors, spread_terms_at
 
     rng = np.random.default_rng(6)
     y = np.abs(rng.standard_t(2, 900)) * 100  # heavy tails: the cap binds
@@ -599,7 +599,9 @@ def test_spreads_and_mase_scales_at_every_origin_follow_their_definitions() -> N
         year_mean = diffs[-365:].mean()
         assert spread[i] == pytest.approx(np.minimum(diffs[-28:], 5 * year_mean).mean(), rel=1e-12)
         assert floor[i] == pytest.approx(0.1 * year_mean, rel=1e-12)
-        assert _seasonal_naive_mae(y, [c])[0] == pytest.approx(diffs.mean(), rel=1e-12)
+        mae, rmse = _seasonal_naive_errors(y, [c])
+        assert mae[0] == pytest.approx(diffs.mean(), rel=1e-12)
+        assert rmse[0] == pytest.approx(np.sqrt(np.mean(diffs**2)), rel=1e-12)
     assert np.array_equal(spread_terms_at(y, cuts, BacktestSpec(spread_days=0))[0], np.ones(len(cuts)))
 
 

@@ -148,7 +148,7 @@ def _run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engi
         raise HistoryTooShort(f"history too short for a backtest: {len(y)} days give {len(cuts)} origins "
                               f"({needed} needed)")
     actual = np.array([y[c : c + spec.horizon] for c in cuts])
-    scale, rms_scale = _seasonal_naive_mae(y, cuts), _seasonal_naive_rmse(y, cuts)
+    scale, rms_scale = _seasonal_naive_errors(y, cuts)
     spread, floor = spread_terms_at(y, cuts, spec)
     result = Backtest([dates[c - 1] for c in cuts], actual, scale, rms_scale, spread, floor)
     for engine in sorted(engines, key=lambda e: isinstance(e, Ensemble)):  # members before ensembles
@@ -235,19 +235,19 @@ def spread_terms_at(y: np.ndarray, cuts: Sequence[int], spec: BacktestSpec) -> t
     return spread, 0.1 * year_mean
 
 
-def _seasonal_naive_mae(y: np.ndarray, cuts: Sequence[int]) -> np.ndarray:
-    """The in-sample MAE of the weekly seasonal naive forecast on y[:c] for every cut c (MASE's scale)."""
+def _seasonal_naive_errors(y: np.ndarray, cuts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The in-sample mean absolute and root mean squared errors of the weekly seasonal naive
+    forecast on y[:c] for every cut c: MASE's scale, and RMSSE's (as the M5 competition scaled its
+    intermittent series)."""
     end = np.maximum(np.asarray(cuts, dtype=np.int64) - 7, 0)
-    running = np.r_[0.0, np.cumsum(np.abs(y[7:] - y[:-7]))]
-    return np.maximum(np.divide(running[end], end, out=np.zeros(len(end)), where=end > 0), 1e-9)
+    difference = y[7:] - y[:-7]
 
+    def mean_to_cut(values: np.ndarray) -> np.ndarray:
+        running = np.r_[0.0, np.cumsum(values)]
+        return np.divide(running[end], end, out=np.zeros(len(end)), where=end > 0)
 
-def _seasonal_naive_rmse(y: np.ndarray, cuts: Sequence[int]) -> np.ndarray:
-    """The in-sample root mean squared error of the weekly seasonal naive forecast on y[:c] for every
-    cut c (RMSSE's scale, as the M5 competition scaled its intermittent series)."""
-    end = np.maximum(np.asarray(cuts, dtype=np.int64) - 7, 0)
-    running = np.r_[0.0, np.cumsum(np.square(y[7:] - y[:-7]))]
-    return np.maximum(np.sqrt(np.divide(running[end], end, out=np.zeros(len(end)), where=end > 0)), 1e-9)
+    return (np.maximum(mean_to_cut(np.abs(difference)), 1e-9),
+            np.maximum(np.sqrt(mean_to_cut(np.square(difference))), 1e-9))
 
 
 def _calibration_rows(k: int, spec: BacktestSpec) -> slice | None:
