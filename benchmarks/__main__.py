@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_allocator, bench_api, bench_forecast, bench_guard
+from benchmarks import bench_allocator, bench_api, bench_forecast, bench_guard, bench_weekly
 
 BENCHES = {"guard": bench_guard.main, "allocator": bench_allocator.main, "forecast": bench_forecast.main,
-           "api": bench_api.main}
+           "weekly": bench_weekly.main, "api": bench_api.main}
 
 
 def main(argv: list[str]) -> None:

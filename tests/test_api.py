@@ -152,6 +152,10 @@ def test_the_forecast_endpoint_gives_the_pipelines_forecast(served: tuple[TestCl
     short = client.post("/forecast", json=_series(5), headers=_auth(keys["viewer"]))
     assert short.status_code == 422
     assert short.json()["detail"] == "ForecastError: the posted series: 5 days of history; at least 28 needed"
+    weekly = {**_series(100), "dates": [(date(2024, 1, 7) + timedelta(weeks=i)).isoformat() for i in range(100)],
+              "horizon": 4}
+    weeks = client.post("/forecast", json=weekly, headers=_auth(keys["viewer"])).json()["days"]
+    assert [d["date"] for d in weeks] == ["2025-12-07", "2025-12-14", "2025-12-21", "2025-12-28"]
 
 
 def test_the_allocate_endpoint_splits_within_the_guardrails(served: tuple[TestClient, dict[str, str]]) -> None:

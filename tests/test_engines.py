@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 
 from flashcast.forecasting.backtest import BacktestSpec
-from flashcast.forecasting.engines import REGISTRY, SamplingEngine, make_engine
+from flashcast.forecasting.engines import REGISTRY, EngineOptions, SamplingEngine, make_engine
 from flashcast.forecasting.forecast import auto_forecast, bands_are_nested, sampled_forecast
+from flashcast.forecasting.series import WEEKLY as WEEKLY_CADENCE
 
 WEEKLY = np.array([1.0, 0.9, 0.95, 1.0, 1.1, 1.3, 1.2])
 QUICK = BacktestSpec(step=7, origins=6, calibration=8)  # 14 origins: enough to band, cheap for slow engines
@@ -55,6 +56,24 @@ def test_engine_forecasts_from_five_weeks_of_history(name: str) -> None:
 def test_engine_forecasts_a_constant_series_as_that_constant(name: str) -> None:
     result = auto_forecast(_frame(np.full(180, 250.0)), series_id=name, engines=[name], spec=QUICK)
     assert np.allclose(result.point, 250.0, rtol=0.01) and bands_are_nested(result)
+
+
+WEEKLY_SELECTED = [name for name in SELECTED if name != "naive7"]  # naive7's weekly form is naive
+QUICK_WEEKLY = BacktestSpec(origins=6, calibration=16)  # an origin every week: 22 origins band the first
+
+
+@pytest.mark.parametrize("name", WEEKLY_SELECTED)
+def test_every_engine_has_a_weekly_form(name: str) -> None:
+    """On weekly rows each engine forecasts weeks: a constant as itself, and from a year and a half
+    of weeks (too short for a yearly season) finite values, as many as asked."""
+    weeks = pd.date_range("2022-01-02", periods=150, freq="7D")
+    constant = auto_forecast(pd.DataFrame({"ds": weeks, "y": 250.0}), series_id=name, engines=[name],
+                             spec=QUICK_WEEKLY)
+    assert np.allclose(constant.point, 250.0, rtol=0.01) and bands_are_nested(constant)
+    assert constant.dates[0] == weeks[-1].date() + timedelta(days=7) and len(constant.dates) == 14
+    y = 100 + np.random.default_rng(6).normal(0, 8, 78)
+    point = make_engine(name, EngineOptions(cadence=WEEKLY_CADENCE)).point(y, weeks[:78], 14)
+    assert point.shape == (14,) and np.isfinite(point).all() and np.abs(point - 100).max() < 40
 
 
 @pytest.mark.parametrize("name", [n for n in ENGINES if isinstance(make_engine(n), SamplingEngine)])

@@ -223,14 +223,13 @@ def test_a_number_formatted_for_reading_is_named_with_how_to_write_it(tmp_path: 
     assert str(raised.value).endswith("row 2: y is not a number")
 
 
-@pytest.mark.parametrize(("freq", "said"), [("7D", "7 days apart (weekly data)"),
-                                             ("MS", "31 days apart (monthly data)")])
-def test_weekly_or_monthly_data_is_named_not_forecast_as_a_daily_series(tmp_path: Path, freq: str, said: str) -> None:
-    history = pd.DataFrame({"ds": pd.date_range("2022-01-03", periods=80, freq=freq), "y": np.arange(80.0) + 10})
+def test_monthly_data_is_named_not_forecast_as_a_daily_series(tmp_path: Path) -> None:
+    said = "31 days apart (monthly data)"
+    history = pd.DataFrame({"ds": pd.date_range("2022-01-03", periods=80, freq="MS"), "y": np.arange(80.0) + 10})
     with pytest.raises(ForecastError, match=rf"series: the dates are typically {re.escape(said)}; the forecaster takes "
-                                            "daily series"):
+                                            "daily or weekly series"):
         forecast_series(history)
-    path = tmp_path / "weekly.csv"
+    path = tmp_path / "monthly.csv"
     history.to_csv(path, index=False)
     out = tmp_path / "out"
     daily = tmp_path / "daily.csv"
@@ -239,9 +238,39 @@ def test_weekly_or_monthly_data_is_named_not_forecast_as_a_daily_series(tmp_path
     before = (out / "forecast.csv").read_bytes()
     result = CliRunner().invoke(app, ["forecast", str(path), "--out", str(out)], terminal_width=400)
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert result.output.splitlines()[-1].startswith(f"ForecastError: nothing forecast: weekly: the dates are "
+    assert result.output.splitlines()[-1].startswith(f"ForecastError: nothing forecast: monthly: the dates are "
                                                       f"typically {said}"), result.output
     assert (out / "forecast.csv").read_bytes() == before, "nothing forecast: the earlier forecast stays"
+
+
+def _weeks(n: int, seed: int = 4) -> pd.DataFrame:
+    """Weekly sales (Sundays): a trend, a yearly cycle and noise."""
+    t = np.arange(n)
+    y = 1000 + 2 * t + 250 * np.sin(2 * np.pi * t / 52.18) + np.random.default_rng(seed).normal(0, 40, n)
+    return pd.DataFrame({"week": pd.date_range("2021-01-03", periods=n, freq="7D").date, "sales": y})
+
+
+def test_a_weekly_file_is_forecast_in_weeks(tmp_path: Path) -> None:
+    """A media-mix team's weekly sales: forecast week by week (the horizon counts weeks), by the
+    weekly line-up (`naive` for `naive7`), with the yearly cycle the data show."""
+    data = tmp_path / "weekly_sales.csv"
+    frame = _weeks(200)
+    frame.to_csv(data, index=False)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["forecast", str(data), "--out", str(out), "--horizon", "13"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "13-week forecasts (1 series)" in result.output
+    forecast = pd.read_csv(out / "forecast.csv", parse_dates=["ds"])
+    assert len(forecast) == 13
+    assert forecast["ds"].iloc[0] == pd.Timestamp(frame["week"].iloc[-1]) + pd.Timedelta(days=7)
+    assert (forecast["ds"].diff().dropna() == pd.Timedelta(days=7)).all()
+    board = pd.read_csv(out / "forecast_backtest.csv")
+    assert set(board["engine"]) == {"naive", "ses", "theta", "linear", "ensemble"}
+    t = np.arange(200, 213)
+    truth = 1000 + 2 * t + 250 * np.sin(2 * np.pi * t / 52.18)
+    naive_error = np.abs(frame["sales"].iloc[-1] - truth).mean()
+    assert np.abs(forecast["point"].to_numpy() - truth).mean() < 0.5 * naive_error
+    assert (forecast["lo_80"] <= forecast["point"]).all() and (forecast["point"] <= forecast["hi_80"]).all()
 
 
 def test_a_glitch_in_the_file_is_named_beside_the_table(tmp_path: Path) -> None:

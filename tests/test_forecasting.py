@@ -10,8 +10,9 @@ import pytest
 
 from flashcast.errors import ForecastError, HistoryTooShort
 from flashcast.forecasting.backtest import BacktestSpec, run_backtest, score_engines
-from flashcast.forecasting.engines import make_engine, make_engines
+from flashcast.forecasting.engines import EngineOptions, make_engine, make_engines
 from flashcast.forecasting.forecast import Forecast, auto_forecast, bands_are_nested, forecast_many
+from flashcast.forecasting.series import WEEKLY as WEEKLY_CADENCE
 from flashcast.forecasting.series import prepare_series
 
 WEEKLY = np.array([1.0, 0.9, 0.95, 1.0, 1.1, 1.3, 1.2])
@@ -824,3 +825,64 @@ def test_the_selection_ranks_by_the_metric_it_is_given() -> None:
     assert select_engine(scores).winner == "theta"
     by_squares = select_engine(scores, metric="rmsse")
     assert by_squares.winner == "ses" and "RMSSE 0.900" in by_squares.reason
+
+
+def _weekly_frame(y: np.ndarray, start: str = "2021-01-03") -> pd.DataFrame:
+    return pd.DataFrame({"ds": pd.date_range(start, periods=len(y), freq="7D"), "y": y})
+
+
+def _yearly_weeks(n: int, seed: int, sd: float = 30.0) -> np.ndarray:
+    t = np.arange(n)
+    return 1000 + 1.5 * t + 200 * np.sin(2 * np.pi * t / 52.18) + np.random.default_rng(seed).normal(0, sd, n)
+
+
+def test_a_weekly_series_is_read_as_weeks_its_gaps_filled_by_weeks() -> None:
+    from flashcast.forecasting.series import DAILY
+
+    y = _yearly_weeks(120, 1)
+    frame = _weekly_frame(y)
+    series = prepare_series(frame.drop(index=[40, 41]), series_id="w")  # two missing weeks: filled
+    assert series.cadence == WEEKLY_CADENCE and len(series.y) == 120 and series.filled_days == 2
+    assert (np.diff(series.dates.to_numpy()) == np.timedelta64(7, "D")).all() and series.closed_weekdays == ()
+    assert series.y[40] == pytest.approx(y[39] + (y[42] - y[39]) / 3)
+    restarted = prepare_series(frame.drop(index=[40, 41, 42]), series_id="w")  # three: the history restarts
+    assert len(restarted.y) == 120 - 43 and restarted.dropped_days == 43 * 7
+    assert prepare_series(_frame(_seasonal_noise(120, 1)), series_id="d").cadence == DAILY
+    shifted = frame.copy()
+    shifted.loc[60, "ds"] += pd.Timedelta(days=1)
+    with pytest.raises(ForecastError, match=r"w: 2022-02-28 is not a whole number of weeks after 2021-01-03"):
+        prepare_series(shifted, series_id="w")
+    partial = _weekly_frame(np.append(y[:80], 0.3 * y[80]))  # a week still filling in
+    assert prepare_series(partial, series_id="w").partial_last_day.startswith("the last week (2022-07-17) is at")
+
+
+def test_a_weekly_series_gets_the_weekly_line_up_and_its_yearly_cycle() -> None:
+    """Four years of weekly sales with a yearly cycle: the engines' weekly forms (seasons and lags in
+    weeks) find the cycle that the last week's value (naive) misses, and the backtest scales MASE by
+    that naive forecast."""
+    y = _yearly_weeks(212, 2)
+    result = auto_forecast(_weekly_frame(y[:200]), series_id="w", spec=BacktestSpec(horizon=12))
+    board = {row["engine"]: row for row in result.leaderboard}
+    assert set(board) == {"naive", "ses", "theta", "linear", "ensemble"}
+    assert result.dates[0] == (pd.Timestamp("2021-01-03") + pd.Timedelta(weeks=200)).date()
+    assert len(result.dates) == 12 and bands_are_nested(result)
+    assert board[result.engine]["mase"] < 0.8 * board["naive"]["mase"]
+    truth = 1000 + 1.5 * np.arange(200, 212) + 200 * np.sin(2 * np.pi * np.arange(200, 212) / 52.18)
+    assert np.abs(result.point - truth).mean() < 0.5 * np.abs(y[199] - truth).mean()
+    with pytest.raises(ForecastError, match="naive7 repeats last week's days"):
+        make_engine("naive7", EngineOptions(cadence=WEEKLY_CADENCE))
+
+
+def test_seasonal_indices_of_an_even_season_are_statsmodels() -> None:
+    """A weekly series' yearly season (52 weeks, an even length) is decomposed with statsmodels'
+    centred 2 x 52 moving average, so `theta`'s weekly form adjusts it as R's thetaf would."""
+    from statsmodels.tsa.seasonal import seasonal_decompose
+
+    from flashcast.forecasting.engines import seasonal_indices
+
+    y = _yearly_weeks(170, 3)
+    padded = np.concatenate([y, np.full(20, 1e6)])[None, :]
+    ratio, difference = seasonal_indices(padded, np.array([len(y)]), 52)
+    t = np.arange(len(y))
+    for model, ours in (("multiplicative", ratio[0]), ("additive", difference[0])):
+        np.testing.assert_allclose(ours[t % 52], seasonal_decompose(y, model=model, period=52).seasonal, rtol=1e-10)

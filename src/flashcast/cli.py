@@ -412,27 +412,28 @@ def _print_summary(result: RunResult, settings: Settings) -> None:
 
 @app.command()
 def forecast(
-    data: Annotated[Path, typer.Argument(help="CSV or Parquet file of daily values, one or many series.")],
+    data: Annotated[Path, typer.Argument(help="CSV or Parquet file of daily or weekly values, one or many series.")],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/forecast"),
     date_col: Annotated[str | None, typer.Option(
         help="Date column (default: ds, or the one column called date or day, or the first of two).")] = None,
     value_col: Annotated[str | None, typer.Option(
         help="Value column (default: y, or the one column left besides the dates and series ids).")] = None,
     series_col: Annotated[str | None, typer.Option(help="Series id column, for a file of many series.")] = None,
-    horizon: Annotated[int | None, typer.Option(help="Days ahead (default: [forecast] horizon).")] = None,
+    horizon: Annotated[int | None, typer.Option(
+        help="Periods ahead: days of a daily series, weeks of a weekly one (default: [forecast] horizon).")] = None,
     engines: Annotated[str | None, typer.Option(help="Comma-separated line-up (default: [forecast] engines).")]
     = None,
     signed: Annotated[bool, typer.Option(help="Values may be negative (no clipping of bands at zero).")] = False,
     date_format: Annotated[str | None, typer.Option(
         help="strptime format of the dates, e.g. %d/%m/%Y (default: read ISO and other common forms).")] = None,
     keep_last_day: Annotated[bool, typer.Option(
-        help="Keep a last day far below its weekday's level (default: left out as partly filled).")] = False,
+        help="Keep a last day (or week) far below its recent level (default: left out as partly filled).")] = False,
     sum_by_date: Annotated[bool, typer.Option(
         help="Add up a series' rows of one day (rows by the hour, or one per order) into its daily value.")] = False,
     charts: Annotated[int, typer.Option(help="Fan charts for at most this many series.")] = 12,
     config: ConfigOption = None,
 ) -> None:
-    """Forecast any daily series file: backtest the line-up per series, pick the best, band it.
+    """Forecast any daily or weekly series file: backtest the line-up per series, pick the best, band it.
 
     Example: flashcast forecast sales.csv --date-col date --value-col revenue --series-col store
     """
@@ -467,13 +468,15 @@ def forecast(
             raise ForecastError(f"nothing forecast: {_skip_reason(skipped[0])}{more}")
         with files_in_place(out) as staging:
             files = moved(write_forecast_outputs(done, staging, charts=charts, ylabel=value_col), out)
-    table = Table(title=f"{options.horizon}-day forecasts ({len(done):,} series)")
+    units = {result.cadence.unit for result in done}
+    table = Table(title=f"{options.horizon}-{units.pop() if len(units) == 1 else 'period'} forecasts "
+                        f"({len(done):,} series)")
     for column in ("series", "engine", "MASE", "80% cov.", "95% cov.", "forecast total", "history"):
         table.add_column(column, justify="left" if column in ("series", "engine", "history") else "right")
     for result in done[:20]:
         best = result.selection.winner_score if result.selection is not None else None
         notes = [] if best else ["too short to backtest (see below)"]
-        notes += [f"{result.filled_days} days filled"] if result.filled_days else []
+        notes += [f"{result.filled_days} {result.cadence.unit}s filled"] if result.filled_days else []
         notes += [f"{result.dropped_days} days before a long gap left out"] if result.dropped_days else []
         notes += [closed_days(result.closed_weekdays)] if result.closed_weekdays else []
         notes += ["partly filled last day left out"] if result.partial_last_day else []

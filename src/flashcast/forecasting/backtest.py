@@ -1,20 +1,20 @@
 """Rolling-origin backtests, conformal bands and engine selection.
 
-For each engine, origins are cut every `step` days at the end of the history; at each origin the
-engine forecasts `horizon` days from the data before it. Bands are conformal: at a scored origin,
-the errors of the `calibration` most recent earlier origins *whose whole horizon was already
-observed* give quantiles per horizon step (pooled over neighbouring steps), added to the point
-forecast. The origins used to calibrate are always strictly before the origin scored, and a recent
-window (not all history) lets the bands widen after a level shift. Errors are normalized by the
-series' recent spread (normalized conformal), and the miscoverage rates adapt online (adaptive
-conformal inference). All levels come from the same error sample, so the 50% band lies inside the
-80% band inside the 95% band by construction.
+For each engine, origins are cut every `step` rows (days, or weeks for a weekly series) at the end
+of the history; at each origin the engine forecasts `horizon` rows from the data before it. Bands
+are conformal: at a scored origin, the errors of the `calibration` most recent earlier origins
+*whose whole horizon was already observed* give quantiles per horizon step (pooled over neighbouring
+steps), added to the point forecast. The origins used to calibrate are always strictly before the
+origin scored, and a recent window (not all history) lets the bands widen after a level shift.
+Errors are normalized by the series' recent spread (normalized conformal), and the miscoverage rates
+adapt online (adaptive conformal inference). All levels come from the same error sample, so the 50%
+band lies inside the 80% band inside the 95% band by construction.
 
 Scores follow utilsforecast's metrics: MASE (MAE over the in-sample MAE of the weekly seasonal naive
-forecast), sMAPE, scaled CRPS over the band quantiles, and each band's coverage and width. The
-engine with the lowest mean MASE wins, except that a combination in the line-up holds unless a single
-engine clearly beats it, and a 10x cheaper engine tied within a standard error takes the winner's
-place; the leaderboard says why.
+forecast; of the naive one for a weekly series), sMAPE, scaled CRPS over the band quantiles, and
+each band's coverage and width. The engine with the lowest mean MASE wins, except that a combination
+in the line-up holds unless a single engine clearly beats it, and a 10x cheaper engine tied within a
+standard error takes the winner's place; the leaderboard says why.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -34,6 +34,7 @@ from threadpoolctl import ThreadpoolController
 
 from flashcast.errors import ForecastError, HistoryTooShort
 from flashcast.forecasting.engines import Engine, Ensemble, RollingEngine, is_intermittent, relative_cost
+from flashcast.forecasting.series import DAILY, Cadence
 
 LEVELS: tuple[int, ...] = (50, 80, 95)
 # Conformal pools are sorted in single precision: a band's offsets are quantiles of a few hundred
@@ -57,6 +58,23 @@ class BacktestSpec:
     step_pool: int = 3  # pool errors of steps j-3..j+3 for step j's quantiles
     adapt_rate: float = 0.05  # adaptive conformal step (0: plain split conformal)
     spread_days: int = 28  # conformal scores are errors over the recent spread (0: raw errors)
+    season: int = 7  # rows: the lag of MASE's naive scale and of the spread's differences
+    year: int = 365  # rows in a year (the spread's floor is the last year's)
+    min_train: int = 60  # rows every backtest fit sees
+    unit: str = "day"  # a row, in words
+
+
+WEEKLY_SPREAD_ROWS = 13  # a weekly series' recent spread: its last quarter's week-on-week differences
+WEEKLY_MIN_TRAIN = 26
+
+
+def for_cadence(spec: BacktestSpec, cadence: Cadence) -> BacktestSpec:
+    """`spec` (written for daily series) for a series of `cadence`: for a weekly one an origin every
+    week, the lags of a weekly series, its horizon counted in weeks."""
+    if cadence == DAILY:
+        return spec
+    return replace(spec, step=1, season=cadence.season, year=cadence.year, min_train=WEEKLY_MIN_TRAIN,
+                   spread_days=WEEKLY_SPREAD_ROWS if spec.spread_days else 0, unit=cadence.unit)
 
 
 @dataclass(frozen=True)
@@ -119,7 +137,7 @@ def _origin_indices(n: int, spec: BacktestSpec) -> list[int]:
     total = spec.origins + spec.calibration
     last = n - spec.horizon
     cuts = [last - k * spec.step for k in range(total)]
-    cuts = [c for c in cuts if c >= 60]  # every fit sees at least two months
+    cuts = [c for c in cuts if c >= spec.min_train]  # every fit sees two months of days (half a year of weeks)
     return sorted(cuts)
 
 
@@ -145,10 +163,10 @@ def _run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engi
     # The first origin with a calibrated band (see `_calibration_rows`) must exist, or nothing is scored.
     needed = MIN_CALIBRATION + -(-spec.horizon // spec.step)
     if len(cuts) < needed:
-        raise HistoryTooShort(f"history too short for a backtest: {len(y)} days give {len(cuts)} origins "
+        raise HistoryTooShort(f"history too short for a backtest: {len(y)} {spec.unit}s give {len(cuts)} origins "
                               f"({needed} needed)")
     actual = np.array([y[c : c + spec.horizon] for c in cuts])
-    scale, rms_scale = _seasonal_naive_errors(y, cuts)
+    scale, rms_scale = _seasonal_naive_errors(y, cuts, spec.season)
     spread, floor = spread_terms_at(y, cuts, spec)
     result = Backtest([dates[c - 1] for c in cuts], actual, scale, rms_scale, spread, floor)
     for engine in sorted(engines, key=lambda e: isinstance(e, Ensemble)):  # members before ensembles
@@ -209,8 +227,8 @@ def _ensemble_points(result: Backtest, ensemble: Ensemble, y: np.ndarray, dates:
 def spread_terms(y: np.ndarray, spec: BacktestSpec) -> tuple[float, float]:
     """The series' recent spread and its floor, from the data before an origin.
 
-    Recent spread: mean absolute week-on-week difference over the last `spec.spread_days` days,
-    each difference capped at 5x the last year's mean, so one spike does not blow up the bands.
+    Recent spread: mean absolute week-on-week difference (`spec.season` rows apart) over the last
+    `spec.spread_days` rows, each difference capped at 5x the last year's mean, so one spike does not blow up the bands.
     Floor: a tenth of the last year's mean difference, so a flat stretch (a channel that was off)
     cannot make the conformal scores explode. (1.0, 0.0) when normalization is off."""
     spread, floor = spread_terms_at(y, [len(y)], spec)
@@ -222,10 +240,11 @@ def spread_terms_at(y: np.ndarray, cuts: Sequence[int], spec: BacktestSpec) -> t
     cut = np.asarray(cuts, dtype=np.int64)
     if not spec.spread_days:
         return np.ones(len(cut)), np.zeros(len(cut))
-    diffs = np.append(np.abs(y[7:] - y[:-7]), 0.0)  # diffs[i] = |y[i + 7] - y[i]|; one pad for short series
+    lag = spec.season
+    diffs = np.append(np.abs(y[lag:] - y[:-lag]), 0.0)  # diffs[i] = |y[i + lag] - y[i]|; one pad for short series
     running = np.r_[0.0, np.cumsum(diffs)]
-    end = np.maximum(cut - 7, 0)  # the differences known at c are diffs[:end]
-    first = np.maximum(end - 365, 0)
+    end = np.maximum(cut - lag, 0)  # the differences known at c are diffs[:end]
+    first = np.maximum(end - spec.year, 0)
     year_mean = np.divide(running[end] - running[first], end - first, out=np.zeros(len(cut)), where=end > first)
     at = end[:, None] - spec.spread_days + np.arange(spec.spread_days)[None, :]
     recent = at >= 0
@@ -235,12 +254,12 @@ def spread_terms_at(y: np.ndarray, cuts: Sequence[int], spec: BacktestSpec) -> t
     return spread, 0.1 * year_mean
 
 
-def _seasonal_naive_errors(y: np.ndarray, cuts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The in-sample mean absolute and root mean squared errors of the weekly seasonal naive
-    forecast on y[:c] for every cut c: MASE's scale, and RMSSE's (as the M5 competition scaled its
-    intermittent series)."""
-    end = np.maximum(np.asarray(cuts, dtype=np.int64) - 7, 0)
-    difference = y[7:] - y[:-7]
+def _seasonal_naive_errors(y: np.ndarray, cuts: Sequence[int], lag: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """The in-sample mean absolute and root mean squared errors of the seasonal naive forecast
+    (`lag` rows back: 7 for daily series, 1 for weekly) on y[:c] for every cut c: MASE's scale, and
+    RMSSE's (as the M5 competition scaled its intermittent series)."""
+    end = np.maximum(np.asarray(cuts, dtype=np.int64) - lag, 0)
+    difference = y[lag:] - y[:-lag]
 
     def mean_to_cut(values: np.ndarray) -> np.ndarray:
         running = np.r_[0.0, np.cumsum(values)]

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from flashcast.errors import ForecastError
+from flashcast.forecasting.series import DAILY, WEEKLY, Cadence
 
 
 class Engine(Protocol):
@@ -69,11 +70,13 @@ class RollingEngine(Engine, Protocol):
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """What a run can tell every engine: holiday countries and extra regressors (ds + columns,
-    covering the history and the future)."""
+    """What a run can tell every engine: holiday countries, extra regressors (ds + columns, covering
+    the history and the future) and the series' cadence (a weekly series gets each engine's weekly
+    form: its seasons, windows and lags in weeks)."""
 
     countries: tuple[str, ...] = ()
     regressors: pd.DataFrame | None = field(default=None, compare=False)
+    cadence: Cadence = DAILY
 
 
 @dataclass(frozen=True)
@@ -93,21 +96,25 @@ class SeasonalNaive:
         return np.asarray(y, dtype=float)[steps]
 
 
-def _linear_design(t: np.ndarray, days: np.ndarray, changepoints: np.ndarray, yearly: int) -> np.ndarray:
-    """Columns: intercept, trend, a hinge per changepoint, weekdays 1-6, then sin and cos of each
-    yearly Fourier order, for calendar `days` (datetime64[D]). Filled in place, from numpy dates: built
-    column by column from pandas dates it was most of a backtest's time."""
+def _linear_design(t: np.ndarray, days: np.ndarray, changepoints: np.ndarray, yearly: int, *,
+                   weekdays: bool = True) -> np.ndarray:
+    """Columns: intercept, trend, a hinge per changepoint, weekdays 1-6 (unless not `weekdays`: a
+    weekly series' rows share one weekday), then sin and cos of each yearly Fourier order, for
+    calendar `days` (datetime64[D]). Filled in place, from numpy dates: built column by column from
+    pandas dates it was most of a backtest's time."""
     n, n_hinges = len(t), len(changepoints)
-    x = np.empty((n, 2 + n_hinges + 6 + 2 * yearly))
+    n_weekdays = 6 if weekdays else 0
+    x = np.empty((n, 2 + n_hinges + n_weekdays + 2 * yearly))
     x[:, 0] = 1.0
     x[:, 1] = t
     np.maximum(t[:, None] - changepoints[None, :], 0.0, out=x[:, 2 : 2 + n_hinges])
-    weekdays = 2 + n_hinges
-    weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
-    x[:, weekdays : weekdays + 6] = weekday[:, None] == np.arange(1, 7)[None, :]
+    first = 2 + n_hinges
+    if weekdays:
+        weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+        x[:, first : first + 6] = weekday[:, None] == np.arange(1, 7)[None, :]
     if yearly:
         day_of_year = (days - days.astype("datetime64[Y]")).astype(np.int64) + 1
-        x[:, weekdays + 6 :] = _yearly_terms(yearly)[day_of_year]
+        x[:, first + n_weekdays :] = _yearly_terms(yearly)[day_of_year]
     return x
 
 
@@ -195,23 +202,32 @@ class DynamicRegression:
     ar_days: int = 365
     countries: tuple[str, ...] = ()
     regressors: pd.DataFrame | None = field(default=None, compare=False)  # ds + columns, history and future
+    cadence: Cadence = DAILY  # weekly: no weekday terms; windows and lags above count rows (weeks)
+
+    @classmethod
+    def weekly(cls, options: EngineOptions) -> DynamicRegression:
+        """The weekly form: four years of weeks, two weeks of autoregression over the last year's
+        residuals; holidays are not modelled (a week holds them or not)."""
+        return cls(window_days=4 * 52, ar_order=2, ar_days=52, regressors=options.regressors, cadence=WEEKLY)
 
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
         y, dates = y[-self.window_days:], dates[-self.window_days:]
         n = len(y)
         days = _calendar_days(dates)
-        days_ahead = days[-1] + np.arange(1, horizon + 1)
+        days_ahead = days[-1] + self.cadence.days * np.arange(1, horizon + 1)
         t = np.arange(n, dtype=float) / n
         t_future = (n + np.arange(horizon, dtype=float)) / n
         changepoints = np.linspace(0, self.changepoint_range, self.n_changepoints + 2)[1:-1]
         yearly = self.yearly_order_for(n)
-        x = _linear_design(t, days, changepoints, yearly)
-        x_future = _linear_design(t_future, days_ahead, changepoints, yearly)
+        daily = self.cadence == DAILY
+        x = _linear_design(t, days, changepoints, yearly, weekdays=daily)
+        x_future = _linear_design(t_future, days_ahead, changepoints, yearly, weekdays=daily)
         penalty = np.zeros(x.shape[1])
         penalty[2 : 2 + len(changepoints)] = self.ridge * n / 100  # shrink trend changes, not levels or seasons
         extras = []
         if self.countries or self.regressors is not None:
-            future = pd.date_range(dates[-1] + pd.Timedelta(days=1), periods=horizon)
+            future = pd.date_range(dates[-1] + pd.Timedelta(days=self.cadence.days), periods=horizon,
+                                   freq=f"{self.cadence.days}D")
             if self.countries:
                 extras.append((*_holiday_columns(dates, future, self.countries), HOLIDAY_RIDGE))
             if self.regressors is not None:
@@ -226,17 +242,22 @@ class DynamicRegression:
         return np.asarray(base * scale)
 
     def yearly_order_for(self, n: int) -> int:
-        """The yearly Fourier order fitted to `n` days of history (within the window)."""
-        if n >= YEARLY_FULL_DAYS:
+        """The yearly Fourier order fitted to `n` rows of history (within the window)."""
+        daily = self.cadence == DAILY
+        one, two = (YEARLY_MIN_DAYS, YEARLY_FULL_DAYS) if daily else (self.cadence.year, 2 * self.cadence.year)
+        if n >= two:
             return self.yearly_order
-        return min(self.yearly_order, SHORT_YEARLY_ORDER) if n >= YEARLY_MIN_DAYS else 0
+        return min(self.yearly_order, SHORT_YEARLY_ORDER) if n >= one else 0
 
     def backtest_points(self, y: np.ndarray, dates: pd.DatetimeIndex, cuts: Sequence[int], horizon: int
                         ) -> np.ndarray | None:
         """Every origin's fit at once from prefix sums (`flashcast.forecasting.rolling`): the same
-        numbers as one `point` call per origin, to rounding, in a fraction of the time."""
+        numbers as one `point` call per origin, to rounding, in a fraction of the time. (A weekly
+        series, a few hundred rows, is fitted origin by origin.)"""
         from flashcast.forecasting.rolling import rolling_points
 
+        if self.cadence != DAILY:
+            return None
         return rolling_points(self, y, dates, cuts, horizon)
 
 
@@ -263,13 +284,23 @@ def _quiet() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class StatsForecastEngine:
-    """Seasonal exponential smoothing / AutoETS / MSTL / Theta / AutoTheta / AutoARIMA from statsforecast."""
+    """Seasonal exponential smoothing / AutoETS / MSTL / Theta / AutoTheta / AutoARIMA from statsforecast.
+    On a weekly series (`weekly`): the yearly season (52 weeks) for MSTL, Theta and AutoTheta from two
+    years of history; AutoETS has no season that long (statsforecast takes at most 24) and
+    AutoARIMA's seasonal search takes seconds a fit on 52 weeks, so both are fitted without one."""
 
     alias: str
     window_days: int = 3 * 365
     ets_window_days: int = 400  # weekly-season models: a year is plenty, and 3x faster
+    cadence: Cadence = DAILY
+
+    @classmethod
+    def weekly(cls, alias: str) -> StatsForecastEngine:
+        return cls(alias, window_days=3 * 52, ets_window_days=3 * 52, cadence=WEEKLY)
 
     def _model(self, n: int) -> object:
+        if self.cadence != DAILY:
+            return self._weekly_model(n)
         from statsforecast.models import (
             MSTL,
             AutoARIMA,
@@ -294,6 +325,21 @@ class StatsForecastEngine:
             return MSTL(season_length=seasons, trend_forecaster=AutoETS(model="ZZN"))
         raise ForecastError(f"unknown statsforecast engine {self.alias!r}")
 
+    def _weekly_model(self, n: int) -> object:
+        from statsforecast.models import MSTL, AutoARIMA, AutoETS, AutoTheta, SimpleExponentialSmoothingOptimized, Theta
+
+        year = self.cadence.year if n >= 2 * self.cadence.year else 1
+        models: dict[str, Callable[[], object]] = {
+            "ses": SimpleExponentialSmoothingOptimized, "ets": lambda: AutoETS(season_length=1),
+            "theta": lambda: Theta(season_length=year), "autotheta": lambda: AutoTheta(season_length=year),
+            "arima": lambda: AutoARIMA(season_length=1),
+            "mstl": lambda: (MSTL(season_length=[year], trend_forecaster=AutoETS(model="ZZN")) if year > 1
+                             else AutoETS(model="ZZN")),
+        }
+        if self.alias not in models:
+            raise ForecastError(f"unknown statsforecast engine {self.alias!r}")
+        return models[self.alias]()
+
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
         window = self.window_days if self.alias == "mstl" else self.ets_window_days
         y = np.asarray(y[-window:], dtype=float)
@@ -306,16 +352,20 @@ class StatsForecastEngine:
 class SeasonalSES:
     """statsforecast's SeasonalExponentialSmoothingOptimized, weekly season, on the last
     `window_days` days, from its compiled core (`seasonal_ses`; the model class where this
-    statsforecast has no such core)."""
+    statsforecast has no such core). On a weekly series (season 1, the last three years' weeks):
+    simple exponential smoothing."""
 
     alias: str = "ses"
     window_days: int = 400
+    season: int = 7
 
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
         core = _ses_core()
         if core is None:
-            return StatsForecastEngine("ses", ets_window_days=self.window_days).point(y, dates, horizon)
-        return seasonal_ses(core, np.asarray(y[-self.window_days:], dtype=float), horizon)
+            fallback = (StatsForecastEngine("ses", ets_window_days=self.window_days) if self.season == 7
+                        else StatsForecastEngine.weekly("ses"))
+            return fallback.point(y, dates, horizon)
+        return seasonal_ses(core, np.asarray(y[-self.window_days:], dtype=float), horizon, self.season)
 
     def backtest_points(self, y: np.ndarray, dates: pd.DatetimeIndex, cuts: Sequence[int], horizon: int
                         ) -> np.ndarray | None:
@@ -324,7 +374,7 @@ class SeasonalSES:
         if core is None:
             return None
         y = np.asarray(y, dtype=float)
-        return np.array([seasonal_ses(core, y[max(0, c - self.window_days) : c], horizon) for c in cuts])
+        return np.array([seasonal_ses(core, y[max(0, c - self.window_days) : c], horizon, self.season) for c in cuts])
 
 
 @functools.cache
@@ -360,23 +410,29 @@ SEASONAL_TEST_Z = 1.6448536269514722  # one-sided 95% normal quantile, as statsf
 def seasonal_indices(values: np.ndarray, lengths: np.ndarray, season_length: int) -> tuple[np.ndarray, np.ndarray]:
     """Classical decomposition's seasonal component of each row of `values` (its first `lengths[i]`
     values are history, the rest padding), one value per position `t % season_length`, as
-    statsmodels' `seasonal_decompose` computes it for odd season lengths: the series over (or minus)
-    its centred moving average, averaged per position and normalized to mean 1 (or 0). Returns the
-    multiplicative and the additive indices (rows x season_length); a row with zeros has no
-    meaningful multiplicative one."""
+    statsmodels' `seasonal_decompose` computes it: the series over (or minus) its centred moving
+    average (of m values for an odd season length m, of m + 1 with half weights at the ends for an
+    even one: a weekly series' 52 weeks), averaged per position and normalized to mean 1 (or 0).
+    Returns the multiplicative and the additive indices (rows x season_length); a row with zeros
+    has no meaningful multiplicative one, a row shorter than its moving average none at all."""
     m = season_length
     k = values.shape[0]
     sums = np.concatenate([np.zeros((k, 1)), np.cumsum(values, axis=1)], axis=1)
-    trend = (sums[:, m:] - sums[:, :-m]) / m  # a centred moving average where the whole span is history
-    inside = np.arange(trend.shape[1])[None, :] <= (lengths - m)[:, None]
+    # a centred moving average where the whole span is history
+    if m % 2:
+        trend, last = (sums[:, m:] - sums[:, :-m]) / m, lengths - m
+    else:
+        trend = (sums[:, m + 1 :] - sums[:, : -(m + 1)] - 0.5 * (values[:, :-m] + values[:, m:])) / m
+        last = lengths - m - 1
+    inside = np.arange(trend.shape[1])[None, :] <= last[:, None]
     middle = values[:, m // 2 : m // 2 + trend.shape[1]]
     position = (np.arange(trend.shape[1]) + m // 2) % m
     one_hot = (position[:, None] == np.arange(m)[None, :]).astype(float)
     counts = np.maximum(inside @ one_hot, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(inside, middle / trend, 0.0) @ one_hot / counts
-    difference = np.where(inside, middle - trend, 0.0) @ one_hot / counts
-    return ratio / ratio.mean(axis=1, keepdims=True), difference - difference.mean(axis=1, keepdims=True)
+        difference = np.where(inside, middle - trend, 0.0) @ one_hot / counts
+        return ratio / ratio.mean(axis=1, keepdims=True), difference - difference.mean(axis=1, keepdims=True)
 
 
 THETA_ALPHA = (0.01, 0.99)  # the smoothing's bounds (see theta_method)
@@ -428,17 +484,20 @@ def theta_method(core: Any, windows: np.ndarray, lengths: np.ndarray, horizon: i
 
 @dataclass(frozen=True)
 class ThetaMethod:
-    """The standard Theta method (`theta_method`) on the last `window_days` days."""
+    """The standard Theta method (`theta_method`) on the last `window_days` days; on a weekly series
+    the last three years' weeks, with the yearly season (52 weeks)."""
 
     alias: str = "theta"
     window_days: int = 400  # as the weekly-season statsforecast engines: a year describes the level
+    season: int = 7
 
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
         y = np.asarray(y[-self.window_days:], dtype=float)
         core = _ses_core()
         if core is None:  # a statsforecast without the compiled core: its model class
-            return StatsForecastEngine("theta").point(y, dates, horizon)
-        return theta_method(core, y[None, :], np.array([y.size]), horizon)[0]
+            fallback = StatsForecastEngine("theta") if self.season == 7 else StatsForecastEngine.weekly("theta")
+            return fallback.point(y, dates, horizon)
+        return theta_method(core, y[None, :], np.array([y.size]), horizon, self.season)[0]
 
     def backtest_points(self, y: np.ndarray, dates: pd.DatetimeIndex, cuts: Sequence[int], horizon: int
                         ) -> np.ndarray | None:
@@ -453,7 +512,7 @@ class ThetaMethod:
         start = np.maximum(cut - self.window_days, 0)
         lengths = cut - start
         rows = np.minimum(start[:, None] + np.arange(int(lengths.max()))[None, :], len(y) - 1)
-        return theta_method(core, y[rows], lengths, horizon)  # left-aligned windows, padded past each cut
+        return theta_method(core, y[rows], lengths, horizon, self.season)  # left-aligned windows, padded past each cut
 
 
 def holiday_frame(countries: Sequence[str], years: range) -> pd.DataFrame:
@@ -470,11 +529,14 @@ def holiday_frame(countries: Sequence[str], years: range) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class ProphetEngine:
-    """Prophet: weekly and yearly seasonality, country holidays, optional extra regressors."""
+    """Prophet: weekly and yearly seasonality, country holidays, optional extra regressors. On a
+    weekly series: yearly seasonality and regressors only (a week has no weekday; it holds a
+    holiday or not)."""
 
     alias: str = "prophet"
     countries: tuple[str, ...] = ()
     regressors: pd.DataFrame | None = field(default=None, compare=False)  # ds + columns, history and future
+    cadence: Cadence = DAILY
 
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
         # Point forecasts only: bands come from the backtest, so skip Prophet's interval sampling.
@@ -494,10 +556,14 @@ class ProphetEngine:
         from prophet import Prophet
 
         years = range(dates[0].year, dates[-1].year + 2)
-        holidays_df = holiday_frame(self.countries, years) if self.countries else None
-        model = Prophet(holidays=holidays_df, uncertainty_samples=samples)
+        daily = self.cadence == DAILY
+        holidays_df = holiday_frame(self.countries, years) if self.countries and daily else None
+        model = Prophet(holidays=holidays_df, uncertainty_samples=samples,
+                        weekly_seasonality="auto" if daily else False, daily_seasonality="auto" if daily else False)
         history = pd.DataFrame({"ds": dates, "y": y})
-        future = pd.DataFrame({"ds": pd.date_range(dates[-1] + pd.Timedelta(days=1), periods=horizon)})
+        step = self.cadence.days
+        future = pd.DataFrame({"ds": pd.date_range(dates[-1] + pd.Timedelta(days=step), periods=horizon,
+                                                   freq=f"{step}D")})
         if self.regressors is not None:
             extra = [c for c in self.regressors.columns if c != "ds"]
             for column in extra:
@@ -572,18 +638,38 @@ class Ensemble:
 
 EngineFactory = Callable[[EngineOptions], Engine]
 
-# The one list of engines. A new engine is a class above plus one line here.
+def _naive7(options: EngineOptions) -> Engine:
+    if options.cadence != DAILY:
+        raise ForecastError("naive7 repeats last week's days: it forecasts daily series (a weekly one's floor is "
+                            "naive, the last week's value)")
+    return SeasonalNaive()
+
+
+def _statsforecast(alias: str) -> EngineFactory:
+    return lambda options: (StatsForecastEngine(alias) if options.cadence == DAILY
+                            else StatsForecastEngine.weekly(alias))
+
+
+WEEKLY_WINDOW = 3 * 52  # the weeks the smoothing engines read on a weekly series (the yearly season twice over)
+
+# The one list of engines. A new engine is a class above plus one line here; its factory builds the
+# weekly form when `options.cadence` is weekly.
 REGISTRY: dict[str, EngineFactory] = {
-    "naive7": lambda options: SeasonalNaive(),
-    "linear": lambda options: DynamicRegression(countries=options.countries, regressors=options.regressors),
-    "ses": lambda options: SeasonalSES(),
-    "ets": lambda options: StatsForecastEngine("ets"),
-    "mstl": lambda options: StatsForecastEngine("mstl"),
-    "theta": lambda options: ThetaMethod(),
-    "autotheta": lambda options: StatsForecastEngine("autotheta"),
-    "arima": lambda options: StatsForecastEngine("arima"),
-    "prophet": lambda options: ProphetEngine(countries=options.countries, regressors=options.regressors),
-    "croston": lambda options: CrostonSBA(),
+    "naive": lambda options: SeasonalNaive(alias="naive", season=1),
+    "naive7": _naive7,
+    "linear": lambda options: (DynamicRegression(countries=options.countries, regressors=options.regressors)
+                               if options.cadence == DAILY else DynamicRegression.weekly(options)),
+    "ses": lambda options: SeasonalSES() if options.cadence == DAILY else SeasonalSES(window_days=WEEKLY_WINDOW,
+                                                                                        season=1),
+    "ets": _statsforecast("ets"),
+    "mstl": _statsforecast("mstl"),
+    "theta": lambda options: (ThetaMethod() if options.cadence == DAILY
+                              else ThetaMethod(window_days=WEEKLY_WINDOW, season=options.cadence.year)),
+    "autotheta": _statsforecast("autotheta"),
+    "arima": _statsforecast("arima"),
+    "prophet": lambda options: ProphetEngine(countries=options.countries, regressors=options.regressors,
+                                             cadence=options.cadence),
+    "croston": lambda options: CrostonSBA() if options.cadence == DAILY else CrostonSBA(window_days=WEEKLY_WINDOW),
     "ensemble": lambda options: Ensemble(tuple(REGISTRY[m](options) for m in ENSEMBLE_MEMBERS),
                                          intermittent_members=tuple(REGISTRY[m](options)
                                                                     for m in INTERMITTENT_ENSEMBLE_MEMBERS)),
@@ -594,10 +680,12 @@ ENSEMBLE_MEMBERS: tuple[str, ...] = ("linear", "ses", "theta")
 # Croston takes its place (docs/forecasting.md).
 INTERMITTENT_ENSEMBLE_MEMBERS: tuple[str, ...] = ("ses", "theta", "croston")
 DEFAULT_ENGINES: tuple[str, ...] = ("naive7", "ses", "theta", "linear", "ensemble")
+# A weekly series' line-up, and the daily one read for it: naive7 becomes naive, the same floor.
+WEEKLY_FOR_DAILY: dict[str, str] = {"naive7": "naive"}
 # What a fit typically costs, in units of 0.1 ms (a 400-day daily series on 2 cores, measured once).
 # The selection weighs these, never the run's own timing: the same data pick the same engine on any
 # machine and under any load. An engine not listed counts as RELATIVE_COST_UNKNOWN.
-RELATIVE_COST: dict[str, float] = {"naive7": 0.1, "ses": 1, "croston": 1, "linear": 13, "ensemble": 17,
+RELATIVE_COST: dict[str, float] = {"naive": 0.1, "naive7": 0.1, "ses": 1, "croston": 1, "linear": 13, "ensemble": 17,
                                    "mstl": 320, "theta": 3, "autotheta": 390, "prophet": 930, "ets": 2400,
                                    "arima": 5000}
 RELATIVE_COST_UNKNOWN = 100.0
@@ -617,4 +705,13 @@ def make_engine(name: str, options: EngineOptions | None = None) -> Engine:
 
 def make_engines(names: Sequence[str] | None, options: EngineOptions | None = None) -> list[Engine]:
     """The named line-up (the default one when `names` is empty)."""
-    return [make_engine(n, options) for n in (names or DEFAULT_ENGINES)]
+    cadence = (options or EngineOptions()).cadence
+    return [make_engine(n, options) for n in line_up_for(names or DEFAULT_ENGINES, cadence)]
+
+
+def line_up_for(names: Sequence[str], cadence: Cadence) -> tuple[str, ...]:
+    """The line-up `names` for a series of `cadence`: on a weekly series the daily line-up's
+    `naive7` is `naive` (`WEEKLY_FOR_DAILY`)."""
+    if cadence == DAILY:
+        return tuple(names)
+    return tuple(dict.fromkeys(WEEKLY_FOR_DAILY.get(n, n) for n in names))

@@ -34,6 +34,7 @@ from flashcast.forecasting.backtest import (
     BacktestSpec,
     EngineScore,
     Selection,
+    for_cadence,
     nested_bands,
     normalized_offsets,
     run_backtest,
@@ -48,9 +49,20 @@ from flashcast.forecasting.engines import (
     Ensemble,
     ProphetEngine,
     SamplingEngine,
+    line_up_for,
+    make_engine,
     make_engines,
 )
-from flashcast.forecasting.series import SPIKE_RATIO, WEEKDAYS, PreparedSeries, prepare_series, validate_history
+from flashcast.forecasting.series import (
+    DAILY,
+    SPIKE_RATIO,
+    WEEKDAYS,
+    Cadence,
+    PreparedSeries,
+    cadence_of,
+    prepare_series,
+    validate_history,
+)
 
 
 class Band(NamedTuple):
@@ -60,8 +72,9 @@ class Band(NamedTuple):
 
 @dataclass(frozen=True)
 class Forecast:
-    """A fan chart's data: point forecast plus nested bands, one value per future day, the history it
-    was made from and, for a selected engine, the backtest leaderboard."""
+    """A fan chart's data: point forecast plus nested bands, one value per future day (or week, for a
+    weekly series), the history it was made from and, for a selected engine, the backtest
+    leaderboard."""
 
     series_id: str
     engine: str
@@ -83,13 +96,14 @@ class Forecast:
     closed_weekdays: tuple[int, ...] = ()  # 0 = Monday: days the business is closed, forecast as 0
     partial_last_day: str | None = None  # why the history's last day was left out, when it was
     spike_days: tuple[date, ...] = ()  # isolated spikes replaced by their weekday's level before fitting
+    cadence: Cadence = DAILY
 
     @property
     def history_warnings(self) -> tuple[str, ...]:
         """The notes a person should see beside the table: closed days, a partly filled last day,
         spikes taken out, a series with a value on few days."""
         sparse = intermittent_note(self.history_dates, self.history, self.closed_weekdays, len(self.dates),
-                                   total=self.total, total_80=self.total_bands.get(80))
+                                   total=self.total, total_80=self.total_bands.get(80), cadence=self.cadence)
         return (((closed_note(self.closed_weekdays),) if self.closed_weekdays else ())
                 + ((self.partial_last_day,) if self.partial_last_day else ())
                 + ((spike_note(self.spike_days),) if self.spike_days else ())
@@ -155,8 +169,9 @@ def bands_are_nested(forecast: Forecast) -> bool:
     return bool(np.all((lo - 1e-9 <= forecast.point) & (forecast.point <= hi + 1e-9)))
 
 
-def _future(last: pd.Timestamp, horizon: int) -> tuple[date, ...]:
-    return tuple(d.date() for d in pd.date_range(last + pd.Timedelta(days=1), periods=horizon))
+def _future(last: pd.Timestamp, horizon: int, cadence: Cadence = DAILY) -> tuple[date, ...]:
+    step = cadence.days
+    return tuple(d.date() for d in pd.date_range(last + pd.Timedelta(days=step), periods=horizon, freq=f"{step}D"))
 
 
 def closed_days(weekdays: tuple[int, ...]) -> str:
@@ -174,11 +189,11 @@ def spike_note(days: tuple[date, ...]) -> str:
 
 
 def intermittent_note(dates: tuple[date, ...], history: np.ndarray, closed: tuple[int, ...], horizon: int, *,
-                      total: float, total_80: tuple[float, float] | None) -> str | None:
+                      total: float, total_80: tuple[float, float] | None, cadence: Cadence = DAILY) -> str | None:
     """What to read in a forecast of a series with no value on most open days of its last year (a
     sale every few days): each day's forecast is the expected value, which few days look like; the
     horizon's `total` (with its 80% interval, when calibrated) is the figure to plan with."""
-    recent = slice(-365, None)
+    recent = slice(-cadence.year, None)
     open_days = np.array([d.weekday() not in closed for d in dates[recent]], dtype=bool)
     values = np.asarray(history[recent], dtype=float)[open_days]
     if not len(values):
@@ -187,14 +202,18 @@ def intermittent_note(dates: tuple[date, ...], history: np.ndarray, closed: tupl
     if share < INTERMITTENT_SHARE:
         return None
     interval = f", 80% interval {total_80[0]:,.2f} to {total_80[1]:,.2f}" if total_80 else ""
-    return (f"{share:.0%} of the last {len(values):,} open days had no value: each day's forecast is the expected "
-            f"value (most such days will be 0, a few far above it); plan with the {horizon}-day total "
+    unit = cadence.unit
+    opened = "open days" if cadence == DAILY else "weeks"
+    return (f"{share:.0%} of the last {len(values):,} {opened} had no value: each {unit}'s forecast is the expected "
+            f"value (most such {unit}s will be 0, a few far above it); plan with the {horizon}-{unit} total "
             f"({total:,.2f}{interval})")
 
 
 def _history_notes(series: PreparedSeries) -> tuple[str, ...]:
-    return (((f"{series.filled_days} missing days filled by interpolation",) if series.filled_days else ())
-            + ((f"{series.dropped_days} days before the last gap of more than a week left out",)
+    unit, cadence = series.cadence.unit, series.cadence
+    gap = "a week" if cadence == DAILY else "two weeks"
+    return (((f"{series.filled_days} missing {unit}s filled by interpolation",) if series.filled_days else ())
+            + ((f"{series.dropped_days} days before the last gap of more than {gap} left out",)
                if series.dropped_days else ())
             + ((closed_note(series.closed_weekdays),) if series.closed_weekdays else ())
             + ((series.partial_last_day,) if series.partial_last_day else ())
@@ -207,7 +226,7 @@ def _history_fields(series: PreparedSeries) -> dict[str, Any]:
     """What a forecast carries about the history it was made from (its notes say the same in words)."""
     return {"filled_days": series.filled_days, "dropped_days": series.dropped_days,
             "blank_last_days": series.blank_last_days, "closed_weekdays": series.closed_weekdays,
-            "partial_last_day": series.partial_last_day, "spike_days": series.spike_days}
+            "partial_last_day": series.partial_last_day, "spike_days": series.spike_days, "cadence": series.cadence}
 
 
 def _closed_to_zero(dates: tuple[date, ...], point: np.ndarray, bands: dict[int, Band],
@@ -279,9 +298,11 @@ def auto_forecast(
     nonnegative: bool = True, options: EngineOptions | None = None, keep_last_day: bool = False,
 ) -> Forecast:
     """Backtest the engines, pick the best, refit it on all history and band it conformally.
-    Raises HistoryTooShort when the history gives too few backtest origins."""
-    spec = spec or BacktestSpec()
+    Raises HistoryTooShort when the history gives too few backtest origins. A weekly series gets the
+    engines' weekly forms and `spec` read in weeks (`for_cadence`: its horizon is in weeks)."""
     series = prepare_series(frame, series_id=series_id, nonnegative=nonnegative, keep_last_day=keep_last_day)
+    spec = for_cadence(spec or BacktestSpec(), series.cadence)
+    options = replace(options or EngineOptions(), cadence=series.cadence)
     y, dates = series.y, series.dates
     line_up = make_engines(engines, options)
     try:
@@ -311,7 +332,7 @@ def auto_forecast(
                                        np.maximum(bt.spread[recent], bt.floor[recent]), spread_terms(y, spec), spec,
                                        nominal)
     _, totals = nested_bands(np.array([point.sum()]), total_offsets, nonnegative=nonnegative)
-    future = _future(dates[-1], spec.horizon)
+    future = _future(dates[-1], spec.horizon, series.cadence)
     point, bands = _closed_to_zero(future, point, bands, series.closed_weekdays)
     scale = _scale(y, spec)
     calibration = Calibration(
@@ -357,15 +378,16 @@ def refit_forecast(
     stored conformal scores at today's spread. Returns why not (a string) when the calibration is
     stale (see `stale_reason`; `line_up`: today's, when it may differ from the stored one); then call
     `auto_forecast` for a full selection."""
-    spec = spec or BacktestSpec()
     series = prepare_series(frame, series_id=calibration.series_id, nonnegative=nonnegative,
                             keep_last_day=keep_last_day)
-    why = stale_reason(calibration, series, line_up=tuple(line_up) if line_up else calibration.line_up,
-                       horizon=spec.horizon, max_age_days=max_age_days)
+    spec = for_cadence(spec or BacktestSpec(), series.cadence)
+    options = replace(options or EngineOptions(), cadence=series.cadence)
+    today = line_up_for(line_up, series.cadence) if line_up else calibration.line_up
+    why = stale_reason(calibration, series, line_up=today, horizon=spec.horizon, max_age_days=max_age_days)
     if why is not None:
         return why
     y, dates = series.y, series.dates
-    engine = make_engines((calibration.selection.winner,), options)[0]
+    engine = make_engine(calibration.selection.winner, options)
     start = time.perf_counter()
     point = engine.point(y, dates, spec.horizon)
     fit_seconds = time.perf_counter() - start
@@ -377,7 +399,7 @@ def refit_forecast(
     total_offsets = {level: (np.array([lo * scale]), np.array([hi * scale]))
                      for level, (lo, hi) in calibration.unit_totals.items()}
     _, totals = nested_bands(np.array([point.sum()]), total_offsets, nonnegative=nonnegative)
-    future = _future(dates[-1], spec.horizon)
+    future = _future(dates[-1], spec.horizon, series.cadence)
     point, bands = _closed_to_zero(future, point, bands, series.closed_weekdays)
     note = (f"{calibration.selection.winner}: the selection of {calibration.through} reused "
             f"({calibration.selection.reason}); one refit, bands from its conformal scores at today's spread")
@@ -407,7 +429,8 @@ def sampled_forecast(
         bands[level] = Band(lower, upper)
         total_lo, total_hi = np.quantile(path_totals, [tail, 1 - tail])
         totals[level] = (float(total_lo), float(total_hi))
-    return Forecast(series_id, engine.alias, _future(series.dates[-1], horizon), np.median(samples, axis=1), bands,
+    return Forecast(series_id, engine.alias, _future(series.dates[-1], horizon, series.cadence),
+                    np.median(samples, axis=1), bands,
                     tuple(d.date() for d in series.dates), series.y, notes=_history_notes(series),
                     total_bands=totals, **_history_fields(series))
 
@@ -417,8 +440,8 @@ def short_history_forecast(frame: pd.DataFrame, too_short: HistoryTooShort, *, s
                            keep_last_day: bool = False) -> Forecast:
     """A history too short for a backtest (`too_short`, as `auto_forecast` raised it): Prophet's own
     sample paths, without selection or conformal calibration; the first note says so."""
-    countries = (options or EngineOptions()).countries
-    sampled = sampled_forecast(frame, series_id=series_id, horizon=horizon, engine=ProphetEngine(countries=countries),
+    engine = ProphetEngine(countries=(options or EngineOptions()).countries, cadence=cadence_of(frame, series_id))
+    sampled = sampled_forecast(frame, series_id=series_id, horizon=horizon, engine=engine,
                                nonnegative=nonnegative, keep_last_day=keep_last_day)
     return replace(sampled, notes=(f"{too_short}; used Prophet without selection", *sampled.notes))
 
