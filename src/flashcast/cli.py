@@ -479,7 +479,7 @@ def forecast(
         notes += [f"{result.filled_days} {result.cadence.unit}s filled"] if result.filled_days else []
         notes += [f"{result.dropped_days} days before a long gap left out"] if result.dropped_days else []
         notes += [closed_days(result.closed_weekdays)] if result.closed_weekdays else []
-        notes += ["partly filled last day left out"] if result.partial_last_day else []
+        notes += [f"partly filled last {result.cadence.unit} left out"] if result.partial_last_day else []
         notes += [f"{result.blank_last_days} blank last days left out"] if result.blank_last_days else []
         notes += [f"{len(result.spike_days)} spike day(s) replaced"] if result.spike_days else []
         scores = (f"{best.mase:.3f}", f"{best.coverage[80]:.0%}", f"{best.coverage[95]:.0%}") if best else ("-",) * 3

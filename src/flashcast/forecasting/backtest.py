@@ -228,8 +228,8 @@ def spread_terms(y: np.ndarray, spec: BacktestSpec) -> tuple[float, float]:
     """The series' recent spread and its floor, from the data before an origin.
 
     Recent spread: mean absolute week-on-week difference (`spec.season` rows apart) over the last
-    `spec.spread_days` rows, each difference capped at 5x the last year's mean, so one spike does not blow up the bands.
-    Floor: a tenth of the last year's mean difference, so a flat stretch (a channel that was off)
+    `spec.spread_days` rows, each difference capped at 5x the last year's mean, so one spike does
+    not blow up the bands. Floor: a tenth of the last year's mean difference, so a flat stretch (a channel that was off)
     cannot make the conformal scores explode. (1.0, 0.0) when normalization is off."""
     spread, floor = spread_terms_at(y, [len(y)], spec)
     return float(spread[0]), float(floor[0])

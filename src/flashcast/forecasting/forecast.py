@@ -209,11 +209,15 @@ def intermittent_note(dates: tuple[date, ...], history: np.ndarray, closed: tupl
             f"({total:,.2f}{interval})")
 
 
+def _long_gap(cadence: Cadence) -> str:
+    """The shortest gap `prepare_series` does not fill, in words."""
+    return "a week" if cadence == DAILY else "two weeks"
+
+
 def _history_notes(series: PreparedSeries) -> tuple[str, ...]:
-    unit, cadence = series.cadence.unit, series.cadence
-    gap = "a week" if cadence == DAILY else "two weeks"
+    unit = series.cadence.unit
     return (((f"{series.filled_days} missing {unit}s filled by interpolation",) if series.filled_days else ())
-            + ((f"{series.dropped_days} days before the last gap of more than {gap} left out",)
+            + ((f"{series.dropped_days} days before the last gap of more than {_long_gap(series.cadence)} left out",)
                if series.dropped_days else ())
             + ((closed_note(series.closed_weekdays),) if series.closed_weekdays else ())
             + ((series.partial_last_day,) if series.partial_last_day else ())
@@ -308,7 +312,7 @@ def auto_forecast(
     try:
         bt = run_backtest(y, dates, line_up, spec)
     except ForecastError as exc:
-        gap = (f" (the history restarts on {dates[0].date()}, after a gap of more than a week; "
+        gap = (f" (the history restarts on {dates[0].date()}, after a gap of more than {_long_gap(series.cadence)}; "
                f"{series.dropped_days} days before it were left out)") if series.dropped_days else ""
         raise type(exc)(f"{series_id}: {exc}{gap}") from exc
     combination = next((e.alias for e in line_up if isinstance(e, Ensemble)), None)
@@ -590,8 +594,9 @@ def tidy(result: Forecast) -> pd.DataFrame:
 def forecast_series(history: pd.DataFrame, horizon: int = 14, *, engines: Sequence[str] | None = None,
                     holiday_countries: Sequence[str] = (), nonnegative: bool = True,
                     keep_last_day: bool = False) -> pd.DataFrame:
-    """Forecast one daily series the way `flashcast forecast` does: backtest the default line-up
-    (`[forecast] engines`, or `engines`), keep the best, band it conformally at 50/80/95%.
+    """Forecast one daily or weekly series the way `flashcast forecast` does: backtest the default
+    line-up (`[forecast] engines`, or `engines`), keep the best, band it conformally at 50/80/95%
+    (`horizon` counts the series' rows: days, or weeks).
 
     `history`: a DataFrame with columns `ds` (dates) and `y`. Returns a DataFrame with `ds, point,
     lo_50, hi_50, lo_80, hi_80, lo_95, hi_95`; `attrs["engine"]` and `attrs["notes"]` say which engine
