@@ -854,6 +854,11 @@ def test_a_weekly_series_is_read_as_weeks_its_gaps_filled_by_weeks() -> None:
         prepare_series(shifted, series_id="w")
     partial = _weekly_frame(np.append(y[:80], 0.3 * y[80]))  # a week still filling in
     assert prepare_series(partial, series_id="w").partial_last_day.startswith("the last week (2022-07-17) is at")
+    glitch = y.copy()
+    glitch[70] *= 1000  # a test order of a million: replaced by the level of the weeks around it
+    cleaned = prepare_series(_weekly_frame(glitch), series_id="w")
+    assert cleaned.spike_days == (pd.Timestamp("2021-01-03").date() + pd.Timedelta(weeks=70),)
+    assert abs(cleaned.y[70] - y[70]) < 0.3 * y[70]
 
 
 def test_a_weekly_series_gets_the_weekly_line_up_and_its_yearly_cycle() -> None:

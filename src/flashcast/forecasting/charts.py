@@ -11,7 +11,8 @@ from flashcast.forecasting.forecast import Forecast
 
 def plot_fan_chart(forecast: Forecast, path: Path, *, history_days: int = 120, title: str | None = None,
                    ylabel: str = "revenue") -> Path:
-    """Write a PNG fan chart of `forecast` to `path`."""
+    """Write a PNG fan chart of `forecast` to `path`, with the last `history_days` rows of history
+    (days, or weeks of a weekly series)."""
     with chart(path, figsize=(10, 4.5), dpi=110) as (fig, ax):
         hist_dates: Any = list(forecast.history_dates[-history_days:])
         dates: Any = list(forecast.dates)
@@ -23,7 +24,8 @@ def plot_fan_chart(forecast: Forecast, path: Path, *, history_days: int = 120, t
                             label=f"{level}% band")
         ax.plot(dates, forecast.point, color="#1f77b4", linewidth=1.8, label="forecast")
         ax.axvline(dates[0], color="#999999", linestyle=":", linewidth=1)
-        ax.set_title(title or f"{forecast.series_id}: {len(forecast.dates)}-day forecast ({forecast.engine})")
+        unit = forecast.cadence.unit
+        ax.set_title(title or f"{forecast.series_id}: {len(forecast.dates)}-{unit} forecast ({forecast.engine})")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)

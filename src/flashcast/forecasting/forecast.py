@@ -106,7 +106,7 @@ class Forecast:
                                    total=self.total, total_80=self.total_bands.get(80), cadence=self.cadence)
         return (((closed_note(self.closed_weekdays),) if self.closed_weekdays else ())
                 + ((self.partial_last_day,) if self.partial_last_day else ())
-                + ((spike_note(self.spike_days),) if self.spike_days else ())
+                + ((spike_note(self.spike_days, self.cadence),) if self.spike_days else ())
                 + ((sparse,) if sparse else ()))
 
     @property
@@ -182,9 +182,10 @@ def closed_note(weekdays: tuple[int, ...]) -> str:
     return f"{closed_days(weekdays)}: no value on those days, forecast as 0"
 
 
-def spike_note(days: tuple[date, ...]) -> str:
+def spike_note(days: tuple[date, ...], cadence: Cadence = DAILY) -> str:
     listed = ", ".join(d.isoformat() for d in days[:3]) + (f" and {len(days) - 3:,} more" if len(days) > 3 else "")
-    return (f"{len(days):,} isolated spike(s) ({listed}), {SPIKE_RATIO:g}x or more the same weekday's level in the "
+    level = "the same weekday's level" if cadence == DAILY else "the level"
+    return (f"{len(days):,} isolated spike(s) ({listed}), {SPIKE_RATIO:g}x or more {level} in the "
             "weeks around, replaced by that level before fitting: a glitch (a test order, a bot), not demand")
 
 
@@ -221,9 +222,9 @@ def _history_notes(series: PreparedSeries) -> tuple[str, ...]:
                if series.dropped_days else ())
             + ((closed_note(series.closed_weekdays),) if series.closed_weekdays else ())
             + ((series.partial_last_day,) if series.partial_last_day else ())
-            + ((f"{series.blank_last_days} day(s) at the end without a value left out",)
+            + ((f"{series.blank_last_days} {unit}(s) at the end without a value left out",)
                if series.blank_last_days else ())
-            + ((spike_note(series.spike_days),) if series.spike_days else ()))
+            + ((spike_note(series.spike_days, series.cadence),) if series.spike_days else ()))
 
 
 def _history_fields(series: PreparedSeries) -> dict[str, Any]:

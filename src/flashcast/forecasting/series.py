@@ -30,10 +30,6 @@ class Cadence:
     season: int  # rows of the short season: the lag of MASE's naive scale and of the conformal spread
     year: int  # rows in a year
 
-    def rows(self, days: int) -> int:
-        """A span of `days` in rows (at least one)."""
-        return max(1, round(days / self.days))
-
 
 DAILY = Cadence("daily", 1, "day", 7, 365)
 # A weekly series has no season shorter than the year: its scale is the last week's value (the M4
