@@ -264,7 +264,7 @@ def _budget_lines(allocation: AllocationPlan, files: dict[str, Path], fmt: Money
             "| budget | expected conversions | 80% interval | marginal cost per conversion |",
             "|---:|---:|---:|---:|",
             *[f"| {fmt(r['budget'])} | {r['expected']:,.2f} | {r['low']:,.2f} to {r['high']:,.2f} | "
-              f"{fmt(r['marginal_cpa']) if math.isfinite(r['marginal_cpa']) else 'every channel at a limit'} |"
+              f"{fmt(r['marginal_cpa']) if math.isfinite(r['marginal_cpa']) else 'no channel can buy more'} |"
               for r in plan.whatif],
             "",
             f"![what-if]({files['whatif_chart'].name}) Data: [whatif.csv]({files['whatif'].name}).",
