@@ -167,12 +167,31 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
                 "[channels] paid_channels and a [[channels.rules]] that finds its sessions, in flashcast.toml)"
                 if unknown_channel else "")
         raise IngestError(f"{path.name}: {detail}{paid}")
+    _refuse_weekly_spend(con, path)
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {table} AS
         SELECT CAST(date AS DATE) AS event_date, channel, sum(CAST(spend AS DOUBLE)) AS spend FROM _spend_raw
         GROUP BY ALL ORDER BY event_date, channel"""
     )
     return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
+
+
+def _refuse_weekly_spend(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """A file whose every date falls on one weekday, a week or more apart, holds weekly (or monthly)
+    totals: read as daily spend, each week's money would land on one day and none on the six
+    between (yesterday's spend, the budget, reads 0 six days of seven)."""
+    days, weekdays, gap = con.execute("""SELECT count(*), count(DISTINCT dayofweek(day)),
+        median(day - previous) FROM (SELECT day, lag(day) OVER (ORDER BY day) AS previous
+          FROM (SELECT DISTINCT CAST(date AS DATE) AS day FROM _spend_raw))""").fetchall()[0]
+    if days >= 3 and weekdays == 1 and gap is not None and gap >= 7:
+        raise IngestError(f"{path.name}: date: every date is a {_weekday_name(con)}, typically {int(gap)} days apart: "
+                          "weekly totals, not daily spend; flashcast run takes a row per day and channel (spread a "
+                          "week's spend over its days, or write 0 for the days without; a weekly media-mix file "
+                          "goes to flashcast allocate)")
+
+
+def _weekday_name(con: duckdb.DuckDBPyConnection) -> str:
+    return str(con.execute("SELECT dayname(min(CAST(date AS DATE))) FROM _spend_raw").fetchall()[0][0])
 
 
 # The guarded columns the KPIs read (what travels to a remote engine).
