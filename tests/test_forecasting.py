@@ -891,3 +891,17 @@ def test_seasonal_indices_of_an_even_season_are_statsmodels() -> None:
     t = np.arange(len(y))
     for model, ours in (("multiplicative", ratio[0]), ("additive", difference[0])):
         np.testing.assert_allclose(ours[t % 52], seasonal_decompose(y, model=model, period=52).seasonal, rtol=1e-10)
+
+
+def test_a_weekly_series_is_intermittent_by_its_last_52_weeks() -> None:
+    """A product that sold every week for two years and in a third of the weeks since: intermittent
+    by its last year of weeks (the ensemble takes its intermittent members and RMSSE selects), not
+    by its last 365 rows, seven years of weeks."""
+    from flashcast.forecasting.backtest import selection_metric
+
+    rng = np.random.default_rng(8)
+    y = np.concatenate([rng.poisson(20, 104), rng.poisson(20, 52) * (rng.random(52) < 0.33)]).astype(float)
+    weekly = make_engine("ensemble", EngineOptions(cadence=WEEKLY_CADENCE))
+    assert [m.alias for m in weekly.members_for(y)] == ["ses", "theta", "croston"]
+    assert [m.alias for m in make_engine("ensemble").members_for(y)] == ["linear", "ses", "theta"]
+    assert selection_metric(y, 52) == "rmsse" and selection_metric(y) == "mase"

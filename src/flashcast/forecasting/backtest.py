@@ -592,13 +592,13 @@ def select_engine(scores: Sequence[EngineScore], *, combination: str | None = No
     return Selection(winner, board, reason)
 
 
-def selection_metric(y: np.ndarray) -> Metric:
+def selection_metric(y: np.ndarray, year: int = 365) -> Metric:
     """What a series' engines are compared by: MASE, or RMSSE for an intermittent series
     (`engines.is_intermittent`). On days mostly without a value the absolute error rewards
     forecasts near zero, which no 14-day total is made of: a seasonal naive forecast repeating
     last week's one sale beat the forecasts of the expected value there (squared errors, as the M5
     competition scored such series, do not)."""
-    return "rmsse" if is_intermittent(y) else "mase"
+    return "rmsse" if is_intermittent(y, year) else "mase"
 
 
 def _cheaper_or_best(board: tuple[EngineScore, ...], metric: Metric = "mase") -> tuple[str, str]:

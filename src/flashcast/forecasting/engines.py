@@ -578,9 +578,10 @@ class ProphetEngine:
 INTERMITTENT_SHARE = 0.5  # days without a value, of the last year's, from which a series is intermittent
 
 
-def is_intermittent(y: np.ndarray) -> bool:
-    """Whether most of the last year's days have no value (a sale every few days)."""
-    recent = np.asarray(y[-365:], dtype=float)
+def is_intermittent(y: np.ndarray, year: int = 365) -> bool:
+    """Whether most of the last year's days (the last `year` rows: 52 of a weekly series) have no
+    value (a sale every few days)."""
+    recent = np.asarray(y[-year:], dtype=float)
     return bool(len(recent)) and float(np.mean(recent == 0)) >= INTERMITTENT_SHARE
 
 
@@ -627,10 +628,12 @@ class Ensemble:
     members: tuple[Engine, ...]
     alias: str = "ensemble"
     intermittent_members: tuple[Engine, ...] = ()
+    year: int = 365  # rows in a year (52 of a weekly series): the span `is_intermittent` reads
 
     def members_for(self, y: np.ndarray) -> tuple[Engine, ...]:
         """The members whose mean forecasts the series `y` (its history up to the forecast)."""
-        return self.intermittent_members if self.intermittent_members and is_intermittent(y) else self.members
+        intermittent = self.intermittent_members and is_intermittent(y, self.year)
+        return self.intermittent_members if intermittent else self.members
 
     def point(self, y: np.ndarray, dates: pd.DatetimeIndex, horizon: int) -> np.ndarray:
         return np.asarray(np.mean([m.point(y, dates, horizon) for m in self.members_for(y)], axis=0))
@@ -672,7 +675,8 @@ REGISTRY: dict[str, EngineFactory] = {
     "croston": lambda options: CrostonSBA() if options.cadence == DAILY else CrostonSBA(window_days=WEEKLY_WINDOW),
     "ensemble": lambda options: Ensemble(tuple(REGISTRY[m](options) for m in ENSEMBLE_MEMBERS),
                                          intermittent_members=tuple(REGISTRY[m](options)
-                                                                    for m in INTERMITTENT_ENSEMBLE_MEMBERS)),
+                                                                    for m in INTERMITTENT_ENSEMBLE_MEMBERS),
+                                         year=options.cadence.year),
 }
 ENSEMBLE_MEMBERS: tuple[str, ...] = ("linear", "ses", "theta")
 # On an intermittent series the regression's calendar terms fit a year of scattered sales (its

@@ -318,7 +318,7 @@ def auto_forecast(
         raise type(exc)(f"{series_id}: {exc}{gap}") from exc
     combination = next((e.alias for e in line_up if isinstance(e, Ensemble)), None)
     selection = select_engine(score_engines(bt, spec, nonnegative=nonnegative), combination=combination,
-                              metric=selection_metric(y))
+                              metric=selection_metric(y, series.cadence.year))
     engine = next(e for e in line_up if e.alias == selection.winner)
     start = time.perf_counter()
     point = engine.point(y, dates, spec.horizon)
