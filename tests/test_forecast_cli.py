@@ -171,6 +171,11 @@ def test_date_and_value_columns_are_found_only_where_nothing_is_guessed(tmp_path
     named = tmp_path / "named.csv"  # a column called day, whatever its place; the one value column left
     named.write_text("Revenue,DAY\n5,2025-01-01\n6,2025-01-02\n")
     assert read_series_file(named).attrs == {"date_col": "DAY", "value_col": "Revenue"}
+    weekly = tmp_path / "mmm.csv"  # PyMC-Marketing's example names its dates date_week
+    weekly.write_text("date_week,y,x1\n2018-04-02,3984.6,0.31\n2018-04-09,3762.8,0.11\n")
+    assert read_series_file(weekly).attrs == {"date_col": "date_week", "value_col": "y"}
+    (tmp_path / "week.csv").write_text("Week,sales\n2018-04-02,3984.6\n2018-04-09,3762.8\n")
+    assert read_series_file(tmp_path / "week.csv").attrs == {"date_col": "Week", "value_col": "sales"}
     wide = tmp_path / "wide.csv"
     wide.write_text("instant,dteday,casual,cnt\n1,2011-01-01,3,9\n")
     with pytest.raises(ForecastError, match=r"wide.csv: which column holds the dates\? give --date-col "

@@ -415,7 +415,8 @@ def forecast(
     data: Annotated[Path, typer.Argument(help="CSV or Parquet file of daily or weekly values, one or many series.")],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/forecast"),
     date_col: Annotated[str | None, typer.Option(
-        help="Date column (default: ds, or the one column called date or day, or the first of two).")] = None,
+        help="Date column (default: ds, or the one column called date, day or week, or the one named with "
+             "'date', or the first of two).")] = None,
     value_col: Annotated[str | None, typer.Option(
         help="Value column (default: y, or the one column left besides the dates and series ids).")] = None,
     series_col: Annotated[str | None, typer.Option(help="Series id column, for a file of many series.")] = None,

@@ -59,23 +59,27 @@ def read_series_file(path: Path, *, date_col: str | None = None, value_col: str 
     return frame
 
 
-DATE_NAMES = ("ds", "date", "day")
+DATE_NAMES = ("ds", "date", "day", "week")
 
 
 def find_columns(table: TableFile, date_col: str | None, value_col: str | None,
                  series_col: str | None) -> tuple[str, str]:
     """The date and value columns: the ones named, else found only where nothing is guessed. Dates:
-    `ds`, else the one column called date or day (any case), else the first of a file's two
-    columns. Values: `y`, else the one column left besides the dates and the series id."""
+    `ds`, else the one column called date, day or week (any case), else the one whose name holds
+    "date" (date_week, order_date), else the first of a file's two columns. Values: `y`, else the
+    one column left besides the dates and the series id."""
     table.require([date_col, value_col, series_col])
     path, columns, shown = table.path, table.columns, ", ".join(table.columns)
     if date_col is None:
         named = [c for c in columns if c.lower() in DATE_NAMES]
+        dated = [c for c in columns if "date" in c.lower() and c != series_col]
         others = [c for c in columns if c != series_col]
         if "ds" in columns:
             date_col = "ds"
         elif len(named) == 1:
             date_col = named[0]
+        elif not named and len(dated) == 1:
+            date_col = dated[0]
         elif len(others) == 2 and value_col in (None, others[1]):
             date_col = others[0]
         else:
