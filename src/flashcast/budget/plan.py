@@ -247,18 +247,17 @@ def _rows(histories: Sequence[ChannelHistory], fits: dict[str, CurveFit], bounds
 
 def _next_conversion_cost(problem: Problem, sol: Solution) -> float:
     """What one more conversion would cost at this plan: the best marginal return among the lines
-    that can still take money (below their own and their channel's upper limit), on the curves'
-    concave envelope, as the optimizer weighs them: on the foot of an S-curve the next dollar alone
-    buys almost nothing, and the envelope's slope is the chord to the tangent, what buying the
-    channel in earnest costs a conversion. Not the optimizer's multiplier, which is undetermined
-    when every channel is held by a guardrail. Infinite when no line can take more, or none that can
-    buys anything. Spends are rounded to cents: less than a cent of room is none."""
+    that can still take money (below their own and their channel's upper limit), on the curves
+    themselves, as each channel's row gives it (on an S-curve's rise it falls as the budget grows).
+    Not the optimizer's multiplier, which is undetermined when every channel is held by a guardrail.
+    Infinite when no line can take more, or none that can buys anything. Spends are rounded to
+    cents: less than a cent of room is none."""
     _, channel_upper = problem.effective_channel_bounds()
     channel_room = sol.channel_spend < channel_upper - 0.01
     room = (sol.line_spend < problem.line_upper - 0.01) & channel_room[problem.line_channel]
     if not room.any():
         return math.inf
-    best = float(np.max(problem.curves.marginal(sol.line_spend)[room]))
+    best = float(np.max(problem.curves.curve_marginal(sol.line_spend)[room]))
     # Lines with room that return nothing (a channel with no measurable effect, held at its floor)
     # buy nothing: the next conversion has no price (it printed 4.3e30).
     return rounded_cost(1.0 / best) if best > NO_RETURN else math.inf
