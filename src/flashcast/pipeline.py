@@ -237,6 +237,9 @@ def run_pipeline(
         values: dict[str, Any] = {"con": con, "engine": engine, "settings": settings, "inputs": inputs,
                                   "context": context, "key": key, "llm": llm, "out_dir": staging,
                                   "published_dir": out_dir, "snapshot": snapshot}
+        if inputs.spend is not None and any(s.name == "kpis" for s in stages):
+            step = "inputs"  # a bad spend file is named before the export is read, not after
+            kpis.check_spend(inputs.spend, mapping=settings.channels)
         for stage in stages:
             step = stage.name
             values[stage.name] = _run_stage(stage, values, hooks, head=recorder.log.head)

@@ -176,6 +176,13 @@ def load_spend(con: duckdb.DuckDBPyConnection, path: Path, *, mapping: ChannelMa
     return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
 
 
+def check_spend(path: Path, *, mapping: ChannelMapping) -> None:
+    """`load_spend` into a scratch connection: raises what it raises (a run checks its spend file
+    before it reads the export, which takes minutes on a large one)."""
+    with duckdb.connect() as scratch:
+        load_spend(scratch, path, mapping=mapping)
+
+
 def _refuse_weekly_spend(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """A file whose every date falls on one weekday, a week or more apart, holds weekly (or monthly)
     totals: read as daily spend, each week's money would land on one day and none on the six
