@@ -188,13 +188,17 @@ def test_bad_spend_rows_are_named(tmp_path: Path, row: str, message: str) -> Non
         load_spend(duckdb.connect(), path, mapping=ChannelMapping())
 
 
-def test_weekly_spend_totals_are_refused_not_read_as_one_day_each(tmp_path: Path) -> None:
+def test_weekly_or_monthly_spend_totals_are_refused_not_read_as_one_day_each(tmp_path: Path) -> None:
     """A weekly spend report (every date a Monday) read as daily spend would put each week's money
     on one day: yesterday's spend, the budget, would be 0 six days of seven."""
     weeks = [f"2026-03-{day:02d},{channel},700" for day in (2, 9, 16, 23) for channel in ("PPC", "CTV")]
     with pytest.raises(IngestError, match=r"^spend.csv: date: every date is a Monday, typically 7 days apart: weekly "
                                           "totals, not daily spend"):
         load_spend(duckdb.connect(), write_lines(tmp_path / "spend.csv", ["date,channel,spend", *weeks]),
+                   mapping=ChannelMapping())
+    months = [f"2026-{month:02d}-01,PPC,3000" for month in (1, 2, 3, 4)]
+    with pytest.raises(IngestError, match=r"^months.csv: date: the dates are typically 31 days apart: monthly totals"):
+        load_spend(duckdb.connect(), write_lines(tmp_path / "months.csv", ["date,channel,spend", *months]),
                    mapping=ChannelMapping())
     # daily spend with a channel that buys only on some days, and a short file, are read
     flighted = [f"2026-03-{day:02d},PPC,100" for day in range(2, 24)] + ["2026-03-02,CTV,50", "2026-03-09,CTV,50"]

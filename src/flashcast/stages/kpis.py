@@ -184,21 +184,20 @@ def check_spend(path: Path, *, mapping: ChannelMapping) -> None:
 
 
 def _refuse_weekly_spend(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """A file whose every date falls on one weekday, a week or more apart, holds weekly (or monthly)
-    totals: read as daily spend, each week's money would land on one day and none on the six
-    between (yesterday's spend, the budget, reads 0 six days of seven)."""
-    days, weekdays, gap = con.execute("""SELECT count(*), count(DISTINCT dayofweek(day)),
-        median(day - previous) FROM (SELECT day, lag(day) OVER (ORDER BY day) AS previous
+    """A file whose every date falls on one weekday, a week or more apart, holds weekly totals, and
+    one whose dates are typically four weeks or more apart monthly ones: read as daily spend, each
+    period's money would land on one day and none on the days between (yesterday's spend, the
+    budget, would read 0 on most days)."""
+    days, weekdays, gap, weekday = con.execute("""SELECT count(*), count(DISTINCT dayofweek(day)),
+        median(day - previous), dayname(min(day)) FROM (SELECT day, lag(day) OVER (ORDER BY day) AS previous
           FROM (SELECT DISTINCT CAST(date AS DATE) AS day FROM _spend_raw))""").fetchall()[0]
-    if days >= 3 and weekdays == 1 and gap is not None and gap >= 7:
-        raise IngestError(f"{path.name}: date: every date is a {_weekday_name(con)}, typically {int(gap)} days apart: "
-                          "weekly totals, not daily spend; flashcast run takes a row per day and channel (spread a "
-                          "week's spend over its days, or write 0 for the days without; a weekly media-mix file "
-                          "goes to flashcast allocate)")
-
-
-def _weekday_name(con: duckdb.DuckDBPyConnection) -> str:
-    return str(con.execute("SELECT dayname(min(CAST(date AS DATE))) FROM _spend_raw").fetchall()[0][0])
+    if days < 3 or gap is None or gap < 7 or (weekdays > 1 and gap < 28):
+        return
+    dates = f"every date is a {weekday}, typically" if weekdays == 1 else "the dates are typically"
+    raise IngestError(f"{path.name}: date: {dates} {int(gap)} days apart: {'weekly' if gap < 28 else 'monthly'} "
+                      "totals, not daily spend; flashcast run takes a row per day and channel (spread a period's "
+                      "spend over its days, or write 0 for the days without; a weekly media-mix file goes to "
+                      "flashcast allocate)")
 
 
 # The guarded columns the KPIs read (what travels to a remote engine).
