@@ -341,6 +341,11 @@ def test_a_partly_filled_last_day_is_left_out_unless_kept(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     assert "partly filled last day left out" in re.sub(r"[│\s]+", " ", result.output)  # the history column
     assert re.search(r"note \S+: the last day \(" + str(last.date()), result.output)  # and the note in full
+    # A series that may be negative (a profit, a change) has no level a last value is a share of:
+    # a last day below its median is kept (it was dropped as "at -4303% of the median").
+    signed = history.assign(y=history["y"] - 100.0)
+    signed.loc[signed.index[-1], "y"] = -60.0
+    assert forecast_series(signed, horizon=7, nonnegative=False)["ds"].iloc[0] == last + pd.Timedelta(days=1)
 
 
 def test_forecast_series_is_the_command_s_default_path(tmp_path: Path) -> None:

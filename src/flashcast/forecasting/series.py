@@ -57,13 +57,13 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
     linear interpolation (their count is returned and reported); a longer run (the data did not
     exist or was broken) is not bridged: the history starts after the last one and the days before
     it are left out (counted too). A weekday missing at least CLOSED_SHARE of the time (a shop
-    closed on Sundays) is a closed day: held at 0, not counted as missing. More than
-    `max_gap_share` missing in what remains is an error. A last day (or week) far below its
-    weekday's recent level (under PARTIAL_SHARE of the median of the four before it) is taken as
-    partly filled and left out, unless `keep_last_day`. A row without a value (a blank cell, NaN) is
-    a missing day like an absent row; blank rows at the end are left out and counted. An isolated
-    spike (a day far above its weekday's level, see `_isolated_spikes`) is replaced by that level,
-    its date returned. Duplicate dates, a weekly row off its series' weekday and (when
+    closed on Sundays) is a closed day: held at 0, not counted as missing. More than `max_gap_share`
+    missing in what remains is an error. A last day (or week) far below its weekday's recent level
+    (under PARTIAL_SHARE of the median of the four before it) is taken as partly filled and left
+    out, unless `keep_last_day` or the series may be negative. A row without a value (a blank cell,
+    NaN) is a missing day like an absent row; blank rows at the end are left out and counted. An
+    isolated spike (a day far above its weekday's level, see `_isolated_spikes`) is replaced by that
+    level, its date returned. Duplicate dates, a weekly row off its series' weekday and (when
     `nonnegative`) negative values are errors, and so is a series of fewer than `min_days` rows."""
     if frame.empty:
         raise ForecastError(f"{series_id}: no data")
@@ -116,7 +116,8 @@ def prepare_series(frame: pd.DataFrame, *, series_id: str, nonnegative: bool = T
                             f"(more than {max_gap_share:.0%})")
     if missing:
         values[gaps] = np.interp(np.flatnonzero(gaps), np.flatnonzero(~gaps), values[~gaps])
-    partial = None if keep_last_day else _partial_last_day(values, full, closed, cadence)
+    # Below a share of the recent level says nothing where values may be negative (a profit, a change)
+    partial = None if keep_last_day or not nonnegative else _partial_last_day(values, full, closed, cadence)
     if partial is not None:
         values, full = values[:-1], full[:-1]
     spikes, level = _isolated_spikes(values, open_days=~np.isin(full.dayofweek.to_numpy(), closed),
