@@ -58,10 +58,10 @@ class BacktestSpec:
     step_pool: int = 3  # pool errors of steps j-3..j+3 for step j's quantiles
     adapt_rate: float = 0.05  # adaptive conformal step (0: plain split conformal)
     spread_days: int = 28  # conformal scores are errors over the recent spread (0: raw errors)
-    season: int = 7  # rows: the lag of MASE's naive scale and of the spread's differences
-    year: int = 365  # rows in a year (the spread's floor is the last year's)
     min_train: int = 60  # rows every backtest fit sees
-    unit: str = "day"  # a row, in words
+    # the rows' cadence: its season is the lag of MASE's naive scale and of the spread's differences,
+    # its year the span of the spread's floor
+    cadence: Cadence = DAILY
 
 
 WEEKLY_SPREAD_ROWS = 13  # a weekly series' recent spread: its last quarter's week-on-week differences
@@ -73,8 +73,8 @@ def for_cadence(spec: BacktestSpec, cadence: Cadence) -> BacktestSpec:
     week, the lags of a weekly series, its horizon counted in weeks."""
     if cadence == DAILY:
         return spec
-    return replace(spec, step=1, season=cadence.season, year=cadence.year, min_train=WEEKLY_MIN_TRAIN,
-                   spread_days=WEEKLY_SPREAD_ROWS if spec.spread_days else 0, unit=cadence.unit)
+    return replace(spec, step=1, cadence=cadence, min_train=WEEKLY_MIN_TRAIN,
+                   spread_days=WEEKLY_SPREAD_ROWS if spec.spread_days else 0)
 
 
 @dataclass(frozen=True)
@@ -163,10 +163,10 @@ def _run_backtest(y: np.ndarray, dates: pd.DatetimeIndex, engines: Sequence[Engi
     # The first origin with a calibrated band (see `_calibration_rows`) must exist, or nothing is scored.
     needed = MIN_CALIBRATION + -(-spec.horizon // spec.step)
     if len(cuts) < needed:
-        raise HistoryTooShort(f"history too short for a backtest: {len(y)} {spec.unit}s give {len(cuts)} origins "
-                              f"({needed} needed)")
+        raise HistoryTooShort(f"history too short for a backtest: {len(y)} {spec.cadence.unit}s give {len(cuts)} "
+                              f"origins ({needed} needed)")
     actual = np.array([y[c : c + spec.horizon] for c in cuts])
-    scale, rms_scale = _seasonal_naive_errors(y, cuts, spec.season)
+    scale, rms_scale = _seasonal_naive_errors(y, cuts, spec.cadence.season)
     spread, floor = spread_terms_at(y, cuts, spec)
     result = Backtest([dates[c - 1] for c in cuts], actual, scale, rms_scale, spread, floor)
     for engine in sorted(engines, key=lambda e: isinstance(e, Ensemble)):  # members before ensembles
@@ -227,10 +227,11 @@ def _ensemble_points(result: Backtest, ensemble: Ensemble, y: np.ndarray, dates:
 def spread_terms(y: np.ndarray, spec: BacktestSpec) -> tuple[float, float]:
     """The series' recent spread and its floor, from the data before an origin.
 
-    Recent spread: mean absolute week-on-week difference (`spec.season` rows apart) over the last
+    Recent spread: mean absolute week-on-week difference (the cadence's season apart) over the last
     `spec.spread_days` rows, each difference capped at 5x the last year's mean, so one spike does
-    not blow up the bands. Floor: a tenth of the last year's mean difference, so a flat stretch (a channel that was off)
-    cannot make the conformal scores explode. (1.0, 0.0) when normalization is off."""
+    not blow up the bands. Floor: a tenth of the last year's mean difference, so a flat stretch (a
+    channel that was off) cannot make the conformal scores explode. (1.0, 0.0) when normalization
+    is off."""
     spread, floor = spread_terms_at(y, [len(y)], spec)
     return float(spread[0]), float(floor[0])
 
@@ -240,11 +241,11 @@ def spread_terms_at(y: np.ndarray, cuts: Sequence[int], spec: BacktestSpec) -> t
     cut = np.asarray(cuts, dtype=np.int64)
     if not spec.spread_days:
         return np.ones(len(cut)), np.zeros(len(cut))
-    lag = spec.season
+    lag = spec.cadence.season
     diffs = np.append(np.abs(y[lag:] - y[:-lag]), 0.0)  # diffs[i] = |y[i + lag] - y[i]|; one pad for short series
     running = np.r_[0.0, np.cumsum(diffs)]
     end = np.maximum(cut - lag, 0)  # the differences known at c are diffs[:end]
-    first = np.maximum(end - spec.year, 0)
+    first = np.maximum(end - spec.cadence.year, 0)
     year_mean = np.divide(running[end] - running[first], end - first, out=np.zeros(len(cut)), where=end > first)
     at = end[:, None] - spec.spread_days + np.arange(spec.spread_days)[None, :]
     recent = at >= 0
