@@ -36,6 +36,8 @@ from flashcast.simulate.response import ChannelTruth, saturation
 if TYPE_CHECKING:
     import pandas as pd
 
+    from flashcast.budget.mmm import MixData, MixModel
+
 DAYS = 365
 LOOSE = Guardrails(min_share={}, max_share={}, max_daily_change=100.0, min_daily_move_share=1.0)
 SHARED_MMM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mmm"
@@ -248,6 +250,7 @@ def pooled_benchmark(seeds: range = range(30), budgets: tuple[float, ...] = (0.5
 
     config = AllocationConfig(bootstrap_draws=0)
     shares, uplifts, true_shares, refused, fit_seconds = [], [], [], 0, 0.0
+    returns: list[tuple[float, bool]] = []
     families: set[tuple[str, str]] = set()
     for seed in seeds:
         truths, spend, pooled, organic, own = pooled_world(seed)
@@ -259,8 +262,9 @@ def pooled_benchmark(seeds: range = range(30), budgets: tuple[float, ...] = (0.5
                                     float(own[t.channel][tail].sum())) for t in truths]
         base = sum(t.base_daily_spend for t in truths)
         t0 = time.perf_counter()
-        model = fit_mix(mix.data, n_boot=0, seed=seed)
+        model = fit_mix(mix.data, seed=seed)
         fit_seconds += time.perf_counter() - t0
+        returns += return_errors(model, mix.data, {c: float(v.sum()) for c, v in own.items()})
         for mult in budgets:
             budget = round(base * mult, 2)
             best = oracle(truths, budget)
@@ -281,7 +285,9 @@ def pooled_benchmark(seeds: range = range(30), budgets: tuple[float, ...] = (0.5
     print(f"  joint model + optimizer: mean {np.mean(shares):.1%} of the oracle, 10th percentile "
           f"{np.quantile(shares, 0.1):.1%}, worst {np.min(shares):.1%}; vs inverse CPA mean {np.mean(uplifts):+.1%}, "
           f"worst {np.min(uplifts):+.1%}, below it in {sum(u < 0 for u in uplifts)} of {len(uplifts)}; refused "
-          f"(held-out R^2 < 0) {refused} of {runs}; {fit_seconds / len(seeds):.1f} s per model fit")
+          f"(held-out R^2 < 0) {refused} of {runs}; {fit_seconds / len(seeds):.1f} s per model fit (bootstrap "
+          "included)")
+    print(_returns_line(returns, "each channel's own conversions"))
     print(f"  optimizer on the true curves: mean {np.mean(true_shares):.2%}, worst {np.min(true_shares):.2%}")
 
 
@@ -360,10 +366,12 @@ def logistic_benchmark(seeds: range = range(40), budgets: tuple[float, ...] = (0
 
     config = AllocationConfig(bootstrap_draws=0)
     shares, mixes, refused = [], [], 0
+    returns: list[tuple[float, bool]] = []
     for seed in seeds:
         dates, spend, outcome, controls, truths = logistic_world(seed)
         mix = MixFile(pd.Series(dates), "weekly", MixData(52.18, outcome, spend, controls))
-        model = fit_mix(mix.data, n_boot=0, seed=seed)
+        model = fit_mix(mix.data, seed=seed)
+        returns += return_errors(model, mix.data, _logistic_contributions(spend, truths))
         mean_total = sum(float(s.mean()) for s in spend.values())
         historical = np.array([float(s.mean()) for s in spend.values()]) / mean_total
         for mult in budgets:
@@ -384,6 +392,39 @@ def logistic_benchmark(seeds: range = range(40), budgets: tuple[float, ...] = (0
           f"{np.quantile(shares, 0.1):.1%}, worst {np.min(shares):.1%}; the historical mix at the same budget: "
           f"mean {np.mean(mixes):.1%}, plan below it in {below} of {len(shares)}; refused (held-out R^2 < 0) "
           f"{refused} of {len(seeds) * len(budgets)}")
+    print(_returns_line(returns, "the generator's own contributions"))
+
+
+def _logistic_contributions(spend: dict[str, np.ndarray], truths: list[dict[str, float]]) -> dict[str, float]:
+    """Each channel's true contribution over the data, as `logistic_world` adds it to the outcome."""
+    totals = {}
+    for (c, x), t in zip(spend.items(), truths, strict=True):
+        weights = t["alpha"] ** np.arange(8)
+        adstocked = np.convolve(x, weights / weights.sum())[:len(x)]
+        totals[c] = float(1000.0 * t["beta"] * _logistic(adstocked / t["largest"], t["lam"]).sum())
+    return totals
+
+
+def return_errors(model: MixModel, data: MixData, true_totals: dict[str, float]) -> list[tuple[float, bool]]:
+    """Per channel: the relative error of its outcome per unit spent over the data (what
+    `channels.csv` reports) against the truth, and whether its 80% interval holds the truth."""
+    from flashcast.mixfile import channel_returns
+
+    errors = []
+    for r in channel_returns(model, data):
+        truth = true_totals[r.channel] / r.spend
+        band = r.per_spend_interval
+        errors.append(((r.per_spend or 0.0) / truth - 1, band is not None and band[0] <= truth <= band[1]))
+    return errors
+
+
+def _returns_line(errors: list[tuple[float, bool]], truth: str) -> str:
+    """One line summing up `return_errors` over a benchmark's worlds."""
+    off = np.abs([e for e, _ in errors])
+    return (f"  channel returns (outcome per unit spent over the data, channels.csv) against {truth}: median error "
+            f"{np.median(off):.1%}, 90th percentile {np.quantile(off, 0.9):.1%}; within 20% for "
+            f"{int((off <= 0.2).sum())} of {len(off)} channels; the 80% interval holds the truth for "
+            f"{sum(c for _, c in errors)} of {len(errors)}")
 
 
 def bayes_parity(seeds: range = range(5), budgets: tuple[float, ...] = (0.5, 1.0, 2.0), draws: int = 200) -> None:

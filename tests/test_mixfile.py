@@ -372,7 +372,8 @@ def _allocate_world(tmp_path: Path, seed: int, *options: str) -> tuple[pd.DataFr
 
 
 def test_allocate_command_writes_the_allocation_curves_and_decomposition(tmp_path: Path) -> None:
-    frame, out, _ = _allocate_world(tmp_path, 9)
+    frame, out, output = _allocate_world(tmp_path, 9)
+    assert "per unit spent (80%)" in output
     allocation = pd.read_csv(out / "allocation.csv")
     assert list(allocation.columns[:2]) == ["channel", "spend"]
     assert set(allocation["channel"]) == set(TRUTH) and allocation["spend"].sum() == pytest.approx(9000, abs=0.01)
@@ -382,7 +383,22 @@ def test_allocate_command_writes_the_allocation_curves_and_decomposition(tmp_pat
     assert np.allclose(parts, decomposition["fitted"], atol=1e-2)  # the parts add up to the fit
     for name in ("curves.csv", "whatif.csv", "model.json", "curves.png", "whatif.png", "decomposition.png"):
         assert (out / name).stat().st_size > 0, name
-    assert json.loads((out / "model.json").read_text())["effects"] in ("additive", "proportional")
+    model = json.loads((out / "model.json").read_text())
+    assert model["effects"] in ("additive", "proportional")
+    # each channel's returns over the file: its spend and the decomposition's column, in total
+    channels = pd.read_csv(out / "channels.csv").set_index("channel")
+    for c in TRUTH:
+        row = channels.loc[c]
+        assert row["spend_total"] == pytest.approx(frame[c].sum(), abs=0.01)
+        assert row["outcome_total"] == pytest.approx(decomposition[c].sum(), rel=1e-4)
+        assert row["outcome_per_spend"] == pytest.approx(row["outcome_total"] / row["spend_total"], rel=1e-3)
+        assert row["cost_per_outcome"] == pytest.approx(row["spend_total"] / row["outcome_total"], rel=1e-3)
+        assert row["outcome_total_low"] < row["outcome_total_high"]  # bootstrap draws give it an interval
+        assert row["outcome_per_spend_low"] == pytest.approx(row["outcome_total_low"] / row["spend_total"], rel=1e-3)
+        assert model["channels"][c]["outcome_per_spend"] == row["outcome_per_spend"]
+        # the printed table: sales per unit spent, with its interval
+        low, high = row["outcome_per_spend_low"], row["outcome_per_spend_high"]
+        assert re.search(rf"{c}\s.*{row['outcome_per_spend']:.3g} \({low:.3g}-{high:.3g}\)", output), output
 
 
 def test_spend_in_thousands_buys_its_outcome_for_a_cost_shown_not_rounded_to_zero(tmp_path: Path) -> None:
@@ -401,6 +417,27 @@ def test_spend_in_thousands_buys_its_outcome_for_a_cost_shown_not_rounded_to_zer
     assert not spent["why"].str.contains("costs 0.00 ").any(), list(spent["why"])
     assert spent["why"].str.contains("next unit of sales costs ").all(), list(spent["why"])  # not "conversion"
     assert (pd.read_csv(out / "whatif.csv")["marginal_cpa"] > 0).all()
+
+
+def test_returns_of_an_outcome_far_cheaper_than_spend_print_as_a_cost_per_outcome(tmp_path: Path) -> None:
+    """Conversions cost many units of spend each: the table prints cost per outcome (CPA) rather than
+    a per-unit return of 0.00-something; channels.csv has both."""
+    frame, _ = _world(9)
+    frame["sales"] = frame["sales"] / 500  # a few dozen conversions a week for thousands spent
+    path = tmp_path / "conversions.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["allocate", str(path), "--date-col", "week", "--outcome-col", "sales",
+                                      "--spend-cols", "tv,search,social", "--control-cols", "price,demand",
+                                      "--budget", "9000", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "cost per outcome (80%)" in result.output and "per unit spent" not in result.output
+    channels = pd.read_csv(out / "channels.csv").set_index("channel")
+    for c, row in channels.iterrows():
+        # the interval's ends swap: the lowest cost is the highest return
+        low, high = row["spend_total"] / row["outcome_total_high"], row["spend_total"] / row["outcome_total_low"]
+        shown = f"{row['cost_per_outcome']:,.3g} ({low:,.3g}-{high:,.3g})"
+        assert re.search(rf"{c}\s.*{re.escape(shown)}", result.output), (shown, result.output)
 
 
 def test_a_weekly_files_charts_read_per_week_and_name_its_outcome(tmp_path: Path,
@@ -674,6 +711,8 @@ def test_the_bayes_engine_fits_pymc_marketing_and_allocates_through_the_same_opt
     parts = decomposition[["baseline", "controls", *TRUTH]].sum(axis=1)
     assert np.allclose(parts, decomposition["fitted"], rtol=1e-6)
     assert json.loads((out / "model.json").read_text())["r2"] > 0.8
+    channels = pd.read_csv(out / "channels.csv").set_index("channel")  # the posterior's interval of each return
+    assert (channels["outcome_per_spend_low"] < channels["outcome_per_spend_high"]).all()
 
 
 def test_a_channel_whose_spend_never_moved_is_said_to_be_the_priors_guess(tmp_path: Path) -> None:
@@ -688,3 +727,31 @@ def test_a_channel_whose_spend_never_moved_is_said_to_be_the_priors_guess(tmp_pa
     steady = [n for n in notes if "spend barely varied" in n]
     assert len(steady) == 1
     assert steady[0].startswith("radio: spend barely varied (coefficient of variation 0.00 < 0.15)")
+
+
+def test_channel_returns_recover_the_truth_where_spend_varies() -> None:
+    """Outcome per unit spent over the data and the next unit's return (ROI and marginal ROI, as
+    media-mix tools report them), on channels flighted on and off with concave curves: near the
+    truth, and the intervals hold it."""
+    from flashcast.mixfile import channel_returns
+
+    rng = np.random.default_rng(3)
+    weeks = 156
+    truth = {"tv": ResponseCurve("hill", 8000, 4000, 1.0, 0.4), "social": ResponseCurve("hill", 3000, 1200, 0.8, 0.2)}
+    spend = {"tv": rng.uniform(1000, 9000, weeks) * (rng.uniform(size=weeks) < 0.7),
+             "social": rng.uniform(200, 3000, weeks) * (rng.uniform(size=weeks) < 0.6)}
+    contributions = {c: cv.beta * saturation(adstock(spend[c], cv.decay), True, cv.k, cv.slope)
+                     for c, cv in truth.items()}
+    sales = 15000 + 1000 * np.sin(2 * np.pi * np.arange(weeks) / 52.18) + sum(contributions.values())
+    data = MixData(52.18, sales + rng.normal(0, 300, weeks), spend)
+    returns = {r.channel: r for r in channel_returns(fit_mix(data, seed=0), data)}
+    for c, curve in truth.items():
+        r = returns[c]
+        true_roi = contributions[c].sum() / spend[c].sum()
+        assert r.per_spend == pytest.approx(true_roi, rel=0.1), c
+        band = r.per_spend_interval
+        assert band is not None and band[0] <= r.per_spend <= band[1]
+        x = r.recent_spend  # the true curve's slope where spend is now
+        true_marginal = float(curve.response(x * 1.01) - curve.response(x * 0.99)) / (0.02 * x)
+        assert r.marginal == pytest.approx(true_marginal, rel=0.25), c
+        assert r.cost_per_outcome == pytest.approx(1 / r.per_spend)

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ from flashcast.report import format_money, format_share
 
 if TYPE_CHECKING:
     from flashcast.forecasting.forecast import SkippedSeries
+    from flashcast.mixfile import ChannelReturn
     from flashcast.pipeline import RunResult
     from flashcast.simulate import SimulationSpec
     from flashcast.store import OpsStore
@@ -564,7 +565,7 @@ def allocate(
     from flashcast.budget.mmm import FORM_CHOICES
     from flashcast.config import load_allocation_settings
     from flashcast.inplace import files_in_place, moved
-    from flashcast.mixfile import allocate_mix, read_mix_file, write_mix_outputs
+    from flashcast.mixfile import allocate_mix, channel_returns, read_mix_file, write_mix_outputs
 
     with _errors():
         if cadence not in (None, "daily", "weekly"):
@@ -614,6 +615,7 @@ def allocate(
         table.add_row(row.channel, f"{row.spend:,.2f}", f"{row.share:.1%}", f"{row.yesterday_spend:,.2f}",
                       f"{row.expected_conversions:,.1f}", f"{model.effects[row.channel].share:.1%}", row.bound or "")
     console.print(table)
+    console.print(_returns_table(channel_returns(model, mix.data)))
     band = allocation.expected_interval
     console.print(f"expected outcome from the channels: {allocation.expected_conversions:,.1f} per {unit}"
                   + (f" (80%: {band[0]:,.1f}..{band[1]:,.1f})" if band else "")
@@ -621,6 +623,32 @@ def allocate(
     for note in (*model.notes, *allocation.notes):
         console.print(f"[yellow]note[/yellow] {escape(note)}", highlight=False)
     console.print(f"wrote {', '.join(p.name for p in files.values())} in {out}")
+
+
+AS_COST_BELOW = 0.2  # revenue per unit spent is rarely this low; conversions per unit spent nearly always
+
+
+def _returns_table(returns: Sequence[ChannelReturn]) -> Table:
+    """Each channel over the file's periods: spend, fitted outcome and its return with the 80%
+    interval, and what the next unit of spend buys at its recent level. The return reads as outcome
+    per unit spent (ROI, ROAS), or as cost per unit of outcome (CPA) where most channels' outcome per
+    unit spent is under AS_COST_BELOW, as it is where the outcome counts conversions."""
+    known = sorted(r.per_spend for r in returns if r.per_spend is not None)
+    as_cost = bool(known) and known[len(known) // 2] < AS_COST_BELOW
+    table = Table(title="Each channel over the file's periods")
+    for column in ("channel", "spend", "outcome", "cost per outcome (80%)" if as_cost else "per unit spent (80%)",
+                   "next unit costs" if as_cost else "next unit buys"):
+        table.add_column(column, justify="left" if column == "channel" else "right")
+    for r in returns:
+        value, band, marginal = r.per_spend, r.per_spend_interval, r.marginal
+        if as_cost:  # the interval's ends swap: the highest return is the lowest cost
+            value = r.cost_per_outcome
+            band = None if band is None or band[0] <= 0 else (1 / band[1], 1 / band[0])
+            marginal = 1 / marginal if marginal > 0 else math.inf
+        shown = "-" if value is None else f"{value:,.3g}" + (f" ({band[0]:,.3g}-{band[1]:,.3g})" if band else "")
+        table.add_row(r.channel, f"{r.spend:,.0f}", f"{r.outcome:,.0f}", shown,
+                      "-" if math.isinf(marginal) else f"{marginal:,.3g}")
+    return table
 
 
 @app.command()

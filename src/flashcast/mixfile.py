@@ -253,9 +253,57 @@ def allocate_mix(mix: MixFile, budget: float, *, guardrails: Guardrails | None =
     return MixPlan(model, plan, capped)
 
 
+@dataclass(frozen=True)
+class ChannelReturn:
+    """What one channel brought over the file's periods, as media-mix models report it (Robyn's ROI
+    or CPA, Meridian's ROI and marginal ROI): its spend and fitted contribution in total, and what
+    the next unit of spend buys at its recent level."""
+
+    channel: str
+    spend: float  # total over the file
+    outcome: float  # the channel's fitted contribution, total over the file
+    outcome_interval: tuple[float, float] | None  # 80%, from the bootstrap (or posterior) draws
+    share_of_outcome: float
+    recent_spend: float  # mean spend per period over the recent periods
+    marginal: float  # outcome per unit of spend for the next unit at recent_spend (the curve's own slope)
+
+    @property
+    def per_spend(self) -> float | None:
+        """Outcome per unit of spend (ROI, or ROAS when the outcome is revenue)."""
+        return self.outcome / self.spend if self.spend > 0 else None
+
+    @property
+    def per_spend_interval(self) -> tuple[float, float] | None:
+        if self.outcome_interval is None or not self.spend > 0:
+            return None
+        return self.outcome_interval[0] / self.spend, self.outcome_interval[1] / self.spend
+
+    @property
+    def cost_per_outcome(self) -> float | None:
+        """Spend per unit of outcome (CPA when the outcome is conversions); None when it brought nothing."""
+        return self.spend / self.outcome if self.outcome > 1e-9 * max(self.spend, 1.0) else None
+
+
+def channel_returns(model: MixModel, data: MixData) -> list[ChannelReturn]:
+    """Each channel's spend, contribution and returns over the data (see ChannelReturn)."""
+    tail = slice(-recent_periods(data.periods_per_year), None)
+    returns = []
+    for c in model.channels:
+        effect = model.effects[c]
+        recent = float(np.mean(data.spend[c][tail]))
+        # the curve's own slope (not its concave envelope's): what the next unit buys where spend is now
+        step = max(0.01 * recent, 1e-6 * max(float(np.max(data.spend[c])), 1.0))
+        low = max(recent - step, 0.0)
+        marginal = float(effect.curve.response(recent + step) - effect.curve.response(low)) / (recent + step - low)
+        returns.append(ChannelReturn(c, float(np.sum(data.spend[c])), float(np.sum(model.decomposition[c])),
+                                     effect.contribution_interval, effect.share, recent, marginal))
+    return returns
+
+
 def write_mix_outputs(result: MixPlan, mix: MixFile, out: Path, *, currency: str = "USD", outcome: str = "outcome"
                       ) -> dict[str, Path]:
-    """allocation.csv, curves.csv, whatif.csv, decomposition.csv, model.json and charts in `out`."""
+    """allocation.csv, channels.csv, curves.csv, whatif.csv, decomposition.csv, model.json and charts
+    in `out`."""
     from flashcast.budget.charts import plot_curves, plot_whatif
 
     out.mkdir(parents=True, exist_ok=True)
@@ -265,6 +313,8 @@ def write_mix_outputs(result: MixPlan, mix: MixFile, out: Path, *, currency: str
         {"channel": r.channel, "spend": r.spend, "share": r.share, "last_period_spend": r.yesterday_spend,
          "expected_outcome": r.expected_conversions, "expected_low": r.expected_low, "expected_high": r.expected_high,
          "marginal_cost": r.marginal_cpa, "bound": r.bound or "", "why": r.why} for r in allocation.rows])
+    returns = channel_returns(result.model, mix.data)
+    files["channels"] = _write_csv(out / "channels.csv", [_return_row(r) for r in returns])
     grid_rows = []
     for c in result.model.channels:
         curve = result.model.effects[c].curve
@@ -289,14 +339,28 @@ def write_mix_outputs(result: MixPlan, mix: MixFile, out: Path, *, currency: str
         "gain_vs_inverse_cost": allocation.gain_vs_inverse_cpa,
         "capped_at_largest_spend": list(result.capped), "notes": [*model.notes, *allocation.notes],
         "channels": {c: {"beta": e.curve.beta, "half_saturation": e.curve.k, "slope": e.curve.slope,
-                         "decay": e.curve.decay, "share_of_outcome": round(e.share, 4), "unsaturated": e.unsaturated}
-                     for c, e in model.effects.items()},
+                         "decay": e.curve.decay, "unsaturated": e.unsaturated,
+                         **{k: v for k, v in _return_row(r).items() if k != "channel"}}
+                     for (c, e), r in zip(model.effects.items(), returns, strict=True)},
     }, indent=2) + "\n")
     files["curves_chart"] = plot_curves(result.plan, out / "curves.png", currency=currency, period=mix.period)
     files["whatif_chart"] = plot_whatif(result.plan.whatif, out / "whatif.png", currency=currency,
                                         period=mix.period, outcome=outcome)
     files["decomposition_chart"] = _plot_decomposition(mix, model, out / "decomposition.png")
     return files
+
+
+def _return_row(r: ChannelReturn) -> dict[str, object]:
+    def rounded(x: float | None, digits: int = 4) -> float | None:
+        return None if x is None else round(x, digits)
+
+    band, per_band = r.outcome_interval or (None, None), r.per_spend_interval or (None, None)
+    return {"channel": r.channel, "spend_total": round(r.spend, 2), "outcome_total": round(r.outcome, 2),
+            "outcome_total_low": rounded(band[0], 2), "outcome_total_high": rounded(band[1], 2),
+            "share_of_outcome": round(r.share_of_outcome, 4), "outcome_per_spend": rounded(r.per_spend),
+            "outcome_per_spend_low": rounded(per_band[0]), "outcome_per_spend_high": rounded(per_band[1]),
+            "cost_per_outcome": rounded(r.cost_per_outcome), "recent_spend_per_period": round(r.recent_spend, 2),
+            "marginal_outcome_per_spend": round(r.marginal, 6)}
 
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> Path:

@@ -29,6 +29,7 @@ from flashcast.budget.mmm import (
     ChannelEffect,
     MixData,
     MixModel,
+    interval_80,
     is_unsaturated,
     no_effect_notes,
     r_squared,
@@ -98,7 +99,9 @@ def fit_mix_bayes(data: MixData, dates: Sequence[object] | pd.Series, *, draws: 
         values = stacked(name).mean(axis=0)
         return np.asarray((values.sum(axis=1) if values.ndim == 2 else values) * target_scale, dtype=float)
 
-    contribution = stacked("channel_contribution").mean(axis=0) * target_scale  # (date, channel)
+    contributions = stacked("channel_contribution") * target_scale  # (sample, date, channel)
+    contribution = contributions.mean(axis=0)
+    totals = contributions.sum(axis=1)  # (sample, channel): each draw's total over the data
     control_part = mean_of("control_contribution")
     baseline = mean_of("intercept_contribution") + mean_of("yearly_seasonality_contribution")
     fitted = baseline + control_part + contribution.sum(axis=1)
@@ -112,7 +115,8 @@ def fit_mix_bayes(data: MixData, dates: Sequence[object] | pd.Series, *, draws: 
         per_draw = beta[:, i, None] * target_scale * _logistic(lam[:, i, None] * grid[None, :] / channel_scale[i])
         curve = _as_hill(grid, per_draw.mean(axis=0))
         effects[c] = ChannelEffect(c, curve, float(contribution[:, i].sum() / total), is_unsaturated(curve, top),
-                                   tuple(_as_hill(grid, per_draw[j]) for j in picks) or (curve,))
+                                   tuple(_as_hill(grid, per_draw[j]) for j in picks) or (curve,),
+                                   interval_80(totals[:, i]))
     decomposition = {"baseline": baseline, "controls": control_part,
                      **{c: contribution[:, i] for i, c in enumerate(channels)}, "fitted": fitted,
                      "actual": np.asarray(data.outcome, dtype=float)}
