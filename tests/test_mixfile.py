@@ -22,6 +22,7 @@ from flashcast.cli import app
 from flashcast.config import AllocationConfig
 from flashcast.errors import CurveFitError, IngestError
 from flashcast.mixfile import MIN_CHANNEL_SKILL, MixFile, allocate_mix, read_mix_file
+from flashcast.report import format_figure
 
 TRUTH = {"tv": ResponseCurve("hill", 9000, 9000, 1.0, 0.5), "search": ResponseCurve("hill", 6000, 1500, 1.8, 0.1),
          "social": ResponseCurve("hill", 2000, 1500, 0.8, 0.3)}
@@ -397,8 +398,8 @@ def test_allocate_command_writes_the_allocation_curves_and_decomposition(tmp_pat
         assert row["outcome_per_spend_low"] == pytest.approx(row["outcome_total_low"] / row["spend_total"], rel=1e-3)
         assert model["channels"][c]["outcome_per_spend"] == row["outcome_per_spend"]
         # the printed table: sales per unit spent, with its interval
-        low, high = row["outcome_per_spend_low"], row["outcome_per_spend_high"]
-        assert re.search(rf"{c}\s.*{row['outcome_per_spend']:.3g} \({low:.3g}-{high:.3g}\)", output), output
+        value, low, high = (format_figure(row[f"outcome_per_spend{end}"]) for end in ("", "_low", "_high"))
+        assert re.search(rf"{c}\s.*{re.escape(f'{value} ({low}-{high})')}", output), output
 
 
 def test_spend_in_thousands_buys_its_outcome_for_a_cost_shown_not_rounded_to_zero(tmp_path: Path) -> None:
@@ -436,7 +437,7 @@ def test_returns_of_an_outcome_far_cheaper_than_spend_print_as_a_cost_per_outcom
     for c, row in channels.iterrows():
         # the interval's ends swap: the lowest cost is the highest return
         low, high = row["spend_total"] / row["outcome_total_high"], row["spend_total"] / row["outcome_total_low"]
-        shown = f"{row['cost_per_outcome']:,.3g} ({low:,.3g}-{high:,.3g})"
+        shown = f"{format_figure(row['cost_per_outcome'])} ({format_figure(low)}-{format_figure(high)})"
         assert re.search(rf"{c}\s.*{re.escape(shown)}", result.output), (shown, result.output)
 
 

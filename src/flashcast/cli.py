@@ -33,7 +33,7 @@ from flashcast.keys import load_pii_key
 from flashcast.llm.tasks import check_provider
 from flashcast.privacy import redact_message
 from flashcast.records import RunInputs, Skipped, StagedExport
-from flashcast.report import format_money, format_share
+from flashcast.report import format_figure, format_money, format_share
 
 if TYPE_CHECKING:
     from flashcast.forecasting.forecast import SkippedSeries
@@ -645,9 +645,11 @@ def _returns_table(returns: Sequence[ChannelReturn]) -> Table:
             value = r.cost_per_outcome
             band = None if band is None or band[0] <= 0 else (1 / band[1], 1 / band[0])
             marginal = 1 / marginal if marginal > 0 else math.inf
-        shown = "-" if value is None else f"{value:,.3g}" + (f" ({band[0]:,.3g}-{band[1]:,.3g})" if band else "")
+        shown = "-" if value is None else format_figure(value)
+        if value is not None and band:
+            shown += f" ({format_figure(band[0])}-{format_figure(band[1])})"
         table.add_row(r.channel, f"{r.spend:,.0f}", f"{r.outcome:,.0f}", shown,
-                      "-" if math.isinf(marginal) else f"{marginal:,.3g}")
+                      "-" if math.isinf(marginal) else format_figure(marginal))
     return table
 
 

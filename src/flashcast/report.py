@@ -94,6 +94,11 @@ def _listed(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
+def format_figure(x: float) -> str:
+    """Three significant figures, without an exponent from 100 up (4,560, not 4.56e+03)."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def format_share(share: float) -> str:
     """A share in whole percent, but a small one not as 0% (78 of 15,000 users)."""
     whole = f"{share:.0%}"
