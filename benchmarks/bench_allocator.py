@@ -367,6 +367,7 @@ def logistic_benchmark(seeds: range = range(40), budgets: tuple[float, ...] = (0
     config = AllocationConfig(bootstrap_draws=0)
     shares, mixes, refused = [], [], 0
     returns: list[tuple[float, bool]] = []
+    plan_errors: list[tuple[float, bool]] = []  # the plan's expected outcome against the truth at its spends
     for seed in seeds:
         dates, spend, outcome, controls, truths = logistic_world(seed)
         mix = MixFile(pd.Series(dates), "weekly", MixData(52.18, outcome, spend, controls))
@@ -383,8 +384,13 @@ def logistic_benchmark(seeds: range = range(40), budgets: tuple[float, ...] = (0
                 refused += 1
                 continue
             spends = plan.plan.allocation.spends
-            shares.append(_logistic_total(truths, np.array([spends[c] for c in spend])) / best)
+            true_outcome = _logistic_total(truths, np.array([spends[c] for c in spend]))
+            shares.append(true_outcome / best)
             mixes.append(_logistic_total(truths, historical * budget) / best)
+            allocation = plan.plan.allocation
+            assert allocation.expected_interval is not None  # the model's bootstrap draws give one
+            low, high = allocation.expected_interval
+            plan_errors.append((allocation.expected_conversions / true_outcome - 1, low <= true_outcome <= high))
     below = sum(s < m for s, m in zip(shares, mixes, strict=True))
     print(f"logistic worlds, generated as PyMC-Marketing's example data ({len(seeds)} seeds x budgets {budgets}, "
           f"{LOGISTIC_WEEKS} weeks, 2-4 channels):")
@@ -393,6 +399,10 @@ def logistic_benchmark(seeds: range = range(40), budgets: tuple[float, ...] = (0
           f"mean {np.mean(mixes):.1%}, plan below it in {below} of {len(shares)}; refused (held-out R^2 < 0) "
           f"{refused} of {len(seeds) * len(budgets)}")
     print(_returns_line(returns, "the generator's own contributions"))
+    off = np.abs([e for e, _ in plan_errors])
+    print(f"  the plans' expected outcome against the truth at their spends: median error {np.median(off):.1%}, "
+          f"90th percentile {np.quantile(off, 0.9):.1%}; the 80% interval holds the truth for "
+          f"{sum(c for _, c in plan_errors)} of {len(plan_errors)} plans")
 
 
 def _logistic_contributions(spend: dict[str, np.ndarray], truths: list[dict[str, float]]) -> dict[str, float]:
