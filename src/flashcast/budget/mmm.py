@@ -86,6 +86,11 @@ FORM_MARGIN = 0.02  # `auto` keeps the additive form unless the proportional one
 DEMAND_LED_CORRELATION = 0.5
 S_SHAPED_SLOPE = 1.05  # a Hill slope above this is an S-shape (not a rounding hair over 1)
 TWIN_CORRELATION = 0.98  # a spend column this correlated with another column is refused (refuse_twins)
+# A resample's search stops when the objective moves by less than this share: the draws' spread
+# dwarfs what the last iterations refine (L-BFGS-B's default, 2.2e-9, took a median of 22
+# iterations a draw, this 15, and moved the channels' 80% intervals by under 2%; 1e-5 took 11 and
+# moved one end by 5%).
+BOOTSTRAP_FTOL = 1e-6
 MIN_LEVEL = 0.1  # the proportional form's m_t floor: a baseline near or below zero must not flip an effect
 
 
@@ -235,10 +240,10 @@ def _theta_bounds(c: int, concave: frozenset[int] = frozenset()) -> list[tuple[f
 
 
 def _fit_shapes(base: Array, spend: Array, y: Array, scale: Array, *, starts: int, seed: int, ridge: float,
-                level: Array | None = None, concave: frozenset[int] = frozenset(), start: Array | None = None
-                ) -> _Shapes:
+                level: Array | None = None, concave: frozenset[int] = frozenset(), start: Array | None = None,
+                ftol: float = 2.2e-9) -> _Shapes:
     """The shapes at the posterior mode, searched from `starts` points: `start` (or no carry-over,
-    half-saturation at the median, slope 1) and random ones."""
+    half-saturation at the median, slope 1) and random ones. `ftol`: L-BFGS-B's (its default)."""
     c, n = spend.shape[1], len(y)
     y_scale = max(float(np.std(y)), 1e-9)
 
@@ -266,7 +271,7 @@ def _fit_shapes(base: Array, spend: Array, y: Array, scale: Array, *, starts: in
         x0 = first if i == 0 else np.array([rng.uniform(lo, hi) for lo, hi in bounds]) * 0.7
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            result = minimize(objective, x0, method="L-BFGS-B", bounds=bounds, options={"maxiter": 200})
+            result = minimize(objective, x0, method="L-BFGS-B", bounds=bounds, options={"maxiter": 200, "ftol": ftol})
         if best is None or result.fun < best[0]:
             best = (float(result.fun), np.asarray(result.x))
     assert best is not None
@@ -544,7 +549,7 @@ def _bootstrap(base: Array, spend: Array, y: Array, fit: _FormFit, scale: Array,
     for sample in block_resamples(y - fit.fitted, n_boot=n_boot, seed=seed, block=block):
         resampled = fit.fitted + sample
         shapes = _fit_shapes(base, spend, resampled, scale, starts=1, seed=seed, ridge=ridge, level=fit.level,
-                             concave=fit.concave, start=theta)
+                             concave=fit.concave, start=theta, ftol=BOOTSTRAP_FTOL)
         media = _media(spend, shapes, fit.level)
         draws.append(_Draw(shapes, _solve_linear(base, media, resampled, ridge)[base.shape[1]:], media))
     return draws
