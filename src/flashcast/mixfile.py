@@ -351,12 +351,12 @@ def write_mix_outputs(result: MixPlan, mix: MixFile, out: Path, *, currency: str
 
 
 def _return_row(r: ChannelReturn) -> dict[str, object]:
-    def rounded(x: float | None, digits: int = 4) -> float | None:
-        return None if x is None else round(x, digits)
+    def rounded(x: float | None, digits: int = 6) -> float | None:  # significant: returns may be 0.0019
+        return None if x is None else float(f"{x:.{digits}g}")
 
     band, per_band = r.outcome_interval or (None, None), r.per_spend_interval or (None, None)
     return {"channel": r.channel, "spend_total": round(r.spend, 2), "outcome_total": round(r.outcome, 2),
-            "outcome_total_low": rounded(band[0], 2), "outcome_total_high": rounded(band[1], 2),
+            "outcome_total_low": rounded(band[0]), "outcome_total_high": rounded(band[1]),
             "share_of_outcome": round(r.share_of_outcome, 4), "outcome_per_spend": rounded(r.per_spend),
             "outcome_per_spend_low": rounded(per_band[0]), "outcome_per_spend_high": rounded(per_band[1]),
             "cost_per_outcome": rounded(r.cost_per_outcome), "recent_spend_per_period": round(r.recent_spend, 2),
