@@ -643,11 +643,11 @@ def _returns_table(returns: Sequence[ChannelReturn]) -> Table:
         value, band, marginal = r.per_spend, r.per_spend_interval, r.marginal
         if as_cost:  # the interval's ends swap: the highest return is the lowest cost
             value = r.cost_per_outcome
-            band = None if band is None or band[0] <= 0 else (1 / band[1], 1 / band[0])
+            band = None if band is None or band[1] <= 0 else (1 / band[1], 1 / band[0] if band[0] > 0 else math.inf)
             marginal = 1 / marginal if marginal > 0 else math.inf
         shown = "-" if value is None else format_figure(value)
-        if value is not None and band:
-            shown += f" ({format_figure(band[0])}-{format_figure(band[1])})"
+        if value is not None and band:  # a draw in which the channel brought nothing: no upper cost
+            shown += f" ({format_figure(band[0])}-{'inf' if math.isinf(band[1]) else format_figure(band[1])})"
         table.add_row(r.channel, f"{r.spend:,.0f}", f"{r.outcome:,.0f}", shown,
                       "-" if math.isinf(marginal) else format_figure(marginal))
     return table

@@ -360,7 +360,7 @@ def _return_row(r: ChannelReturn) -> dict[str, object]:
             "share_of_outcome": round(r.share_of_outcome, 4), "outcome_per_spend": rounded(r.per_spend),
             "outcome_per_spend_low": rounded(per_band[0]), "outcome_per_spend_high": rounded(per_band[1]),
             "cost_per_outcome": rounded(r.cost_per_outcome), "recent_spend_per_period": round(r.recent_spend, 2),
-            "marginal_outcome_per_spend": round(r.marginal, 6)}
+            "marginal_outcome_per_spend": rounded(r.marginal)}
 
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> Path:
