@@ -760,17 +760,20 @@ def test_channel_returns_recover_the_truth_where_spend_varies() -> None:
 
 def test_a_cost_interval_whose_draws_include_no_effect_has_no_upper_end() -> None:
     """Where some draws give a channel nothing, its cost per outcome has no upper end: `inf`, not a
-    missing interval that would read as certain."""
+    missing interval that would read as certain; a channel fitted with no effect still shows what
+    its draws allow."""
     from rich.console import Console
 
     from flashcast.cli import _returns_table
     from flashcast.mixfile import ChannelReturn
 
     returns = [ChannelReturn("tv", 100_000.0, 500.0, (0.0, 900.0), 0.1, 1000.0, 0.004),
-               ChannelReturn("search", 50_000.0, 400.0, (300.0, 500.0), 0.1, 500.0, 0.006)]
+               ChannelReturn("search", 50_000.0, 400.0, (300.0, 500.0), 0.1, 500.0, 0.006),
+               ChannelReturn("radio", 80_000.0, 0.0, (0.0, 1000.0), 0.0, 800.0, 0.0)]
     console = Console(width=100, record=True)
     console.print(_returns_table(returns))
     text = console.export_text()
     assert "cost per outcome (80%)" in text
     assert "200 (111-inf)" in text  # 100,000 / 500; 100,000 / 900; nothing
     assert "125 (100-167)" in text and "167 " in text  # 50,000 / 400, / 500, / 300; the next unit: 1 / 0.006
+    assert re.search(r"radio .*- \(80-inf\) .* - ", text), text  # no effect fitted, but some draws find one

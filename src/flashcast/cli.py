@@ -646,7 +646,7 @@ def _returns_table(returns: Sequence[ChannelReturn]) -> Table:
             band = None if band is None or band[1] <= 0 else (1 / band[1], 1 / band[0] if band[0] > 0 else math.inf)
             marginal = 1 / marginal if marginal > 0 else math.inf
         shown = "-" if value is None else format_figure(value)
-        if value is not None and band:  # a draw in which the channel brought nothing: no upper cost
+        if band:  # a draw in which the channel brought nothing: no upper cost
             shown += f" ({format_figure(band[0])}-{'inf' if math.isinf(band[1]) else format_figure(band[1])})"
         table.add_row(r.channel, f"{r.spend:,.0f}", f"{r.outcome:,.0f}", shown,
                       "-" if math.isinf(marginal) else format_figure(marginal))
