@@ -565,7 +565,7 @@ def allocate(
     from flashcast.budget.mmm import FORM_CHOICES
     from flashcast.config import load_allocation_settings
     from flashcast.inplace import files_in_place, moved
-    from flashcast.mixfile import allocate_mix, channel_returns, read_mix_file, write_mix_outputs
+    from flashcast.mixfile import allocate_mix, read_mix_file, write_mix_outputs
 
     with _errors():
         if cadence not in (None, "daily", "weekly"):
@@ -615,7 +615,7 @@ def allocate(
         table.add_row(row.channel, f"{row.spend:,.2f}", f"{row.share:.1%}", f"{row.yesterday_spend:,.2f}",
                       f"{row.expected_conversions:,.1f}", f"{model.effects[row.channel].share:.1%}", row.bound or "")
     console.print(table)
-    console.print(_returns_table(channel_returns(model, mix.data)))
+    console.print(_returns_table(result.returns))
     band = allocation.expected_interval
     console.print(f"expected outcome from the channels: {allocation.expected_conversions:,.1f} per {unit}"
                   + (f" (80%: {band[0]:,.1f}..{band[1]:,.1f})" if band else "")

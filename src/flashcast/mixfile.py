@@ -201,59 +201,6 @@ def _cadence(gaps: pd.Series, path: Path) -> Cadence:
 
 
 @dataclass(frozen=True)
-class MixPlan:
-    model: MixModel
-    plan: CurvePlan
-    capped: tuple[str, ...]
-
-
-def allocate_mix(mix: MixFile, budget: float, *, guardrails: Guardrails | None = None,
-                 config: AllocationConfig | None = None, seed: int = 0, model: MixModel | None = None,
-                 form: str = "auto", outcome: str | None = None) -> MixPlan:
-    """Fit the joint model (unless given; `form`: see `flashcast.budget.mmm.FORMS`) and allocate
-    `budget` (per period of the file's cadence). `outcome`: the outcome column's name, which the
-    plan's explanations give its costs in ("next unit of sales costs ...").
-    The model stops the allocation when it predicts held-out periods no better than their mean (and
-    its channels do not carry the prediction, see MIN_CHANNEL_SKILL), and caps a channel whose curve
-    shows no diminishing returns at its largest spend in the data."""
-    if not budget > 0 or not math.isfinite(budget):
-        raise AllocationInfeasible("the budget must be a positive number")
-    config = config or AllocationConfig()
-    model = model or fit_mix(mix.data, n_boot=config.bootstrap_draws, seed=seed, form=form)
-    skill = model.channel_skill
-    if model.r2_holdout is not None and model.r2_holdout < MIN_HOLDOUT_R2 and not (
-            skill is not None and skill >= MIN_CHANNEL_SKILL):
-        carried = "" if skill is None else f", and its channels cut the error of the baseline alone by {skill:.0%}"
-        raise CurveFitError(
-            f"the model explains the last {round(mix.data.n * HOLDOUT_SHARE)} {UNIT[mix.cadence]}s worse than their "
-            f"mean (held-out R^2 {model.r2_holdout:.2f}){carried}: no allocation from it. More history, "
-            "more variation in spend, or controls for what else moves the outcome may help")
-    capped = tuple(c for c in model.channels if model.effects[c].unsaturated)
-    fits: dict[str, CurveFit] = model.curve_fits()
-    for c in model.channels:  # a channel whose spend never moved cannot be told from the baseline
-        if (cv := spend_cv(mix.data.spend[c])) < MIN_SPEND_CV:
-            fits[c] = replace(fits[c], warnings=(
-                f"{c}: spend barely varied (coefficient of variation {cv:.2f} < {MIN_SPEND_CV}): its effect cannot be "
-                "told from the baseline, so its curve and share of the outcome are the model's priors, not measured "
-                "(periods of other spend would show them)", *fits[c].warnings))
-    histories, series = [], []
-    tail = slice(-recent_periods(mix.data.periods_per_year), None)
-    for c in model.channels:
-        spend = mix.data.spend[c]
-        contribution = model.decomposition[c]
-        histories.append(ChannelHistory(c, float(spend[-1]), float(spend[tail].sum()), float(contribution[tail].sum())))
-        series.append(ChannelSeries(c, spend, contribution))
-    rails = guardrails or Guardrails.model_validate(OPEN_GUARDRAILS)
-    # A channel without diminishing returns in the data is not trusted past its largest spend.
-    if capped:
-        largest = {c: float(np.max(mix.data.spend[c])) for c in capped}
-        rails = rails.model_copy(update={"caps": {**rails.caps, **{c: min(rails.caps.get(c, math.inf), largest[c])
-                                                                   for c in capped}}})
-    plan = allocate_by_curves(histories, series, rails, config, budget=budget, fits=fits, outcome=outcome)
-    return MixPlan(model, plan, capped)
-
-
-@dataclass(frozen=True)
 class ChannelReturn:
     """What one channel brought over the file's periods, as media-mix models report it (Robyn's ROI
     or CPA, Meridian's ROI and marginal ROI): its spend and fitted contribution in total, and what
@@ -300,6 +247,60 @@ def channel_returns(model: MixModel, data: MixData) -> list[ChannelReturn]:
     return returns
 
 
+@dataclass(frozen=True)
+class MixPlan:
+    model: MixModel
+    plan: CurvePlan
+    capped: tuple[str, ...]
+    returns: tuple[ChannelReturn, ...]  # each channel over the file (channel_returns)
+
+
+def allocate_mix(mix: MixFile, budget: float, *, guardrails: Guardrails | None = None,
+                 config: AllocationConfig | None = None, seed: int = 0, model: MixModel | None = None,
+                 form: str = "auto", outcome: str | None = None) -> MixPlan:
+    """Fit the joint model (unless given; `form`: see `flashcast.budget.mmm.FORMS`) and allocate
+    `budget` (per period of the file's cadence). `outcome`: the outcome column's name, which the
+    plan's explanations give its costs in ("next unit of sales costs ...").
+    The model stops the allocation when it predicts held-out periods no better than their mean (and
+    its channels do not carry the prediction, see MIN_CHANNEL_SKILL), and caps a channel whose curve
+    shows no diminishing returns at its largest spend in the data."""
+    if not budget > 0 or not math.isfinite(budget):
+        raise AllocationInfeasible("the budget must be a positive number")
+    config = config or AllocationConfig()
+    model = model or fit_mix(mix.data, n_boot=config.bootstrap_draws, seed=seed, form=form)
+    skill = model.channel_skill
+    if model.r2_holdout is not None and model.r2_holdout < MIN_HOLDOUT_R2 and not (
+            skill is not None and skill >= MIN_CHANNEL_SKILL):
+        carried = "" if skill is None else f", and its channels cut the error of the baseline alone by {skill:.0%}"
+        raise CurveFitError(
+            f"the model explains the last {round(mix.data.n * HOLDOUT_SHARE)} {UNIT[mix.cadence]}s worse than their "
+            f"mean (held-out R^2 {model.r2_holdout:.2f}){carried}: no allocation from it. More history, "
+            "more variation in spend, or controls for what else moves the outcome may help")
+    capped = tuple(c for c in model.channels if model.effects[c].unsaturated)
+    fits: dict[str, CurveFit] = model.curve_fits()
+    for c in model.channels:  # a channel whose spend never moved cannot be told from the baseline
+        if (cv := spend_cv(mix.data.spend[c])) < MIN_SPEND_CV:
+            fits[c] = replace(fits[c], warnings=(
+                f"{c}: spend barely varied (coefficient of variation {cv:.2f} < {MIN_SPEND_CV}): its effect cannot be "
+                "told from the baseline, so its curve and share of the outcome are the model's priors, not measured "
+                "(periods of other spend would show them)", *fits[c].warnings))
+    histories, series = [], []
+    tail = slice(-recent_periods(mix.data.periods_per_year), None)
+    for c in model.channels:
+        spend = mix.data.spend[c]
+        contribution = model.decomposition[c]
+        histories.append(ChannelHistory(c, float(spend[-1]), float(spend[tail].sum()), float(contribution[tail].sum())))
+        series.append(ChannelSeries(c, spend, contribution))
+    rails = guardrails or Guardrails.model_validate(OPEN_GUARDRAILS)
+    # A channel without diminishing returns in the data is not trusted past its largest spend.
+    if capped:
+        largest = {c: float(np.max(mix.data.spend[c])) for c in capped}
+        rails = rails.model_copy(update={"caps": {**rails.caps, **{c: min(rails.caps.get(c, math.inf), largest[c])
+                                                                   for c in capped}}})
+    plan = allocate_by_curves(histories, series, rails, config, budget=budget, fits=fits, outcome=outcome)
+    return MixPlan(model, plan, capped, tuple(channel_returns(model, mix.data)))
+
+
 def write_mix_outputs(result: MixPlan, mix: MixFile, out: Path, *, currency: str = "USD", outcome: str = "outcome"
                       ) -> dict[str, Path]:
     """allocation.csv, channels.csv, curves.csv, whatif.csv, decomposition.csv, model.json and charts
@@ -313,8 +314,7 @@ def write_mix_outputs(result: MixPlan, mix: MixFile, out: Path, *, currency: str
         {"channel": r.channel, "spend": r.spend, "share": r.share, "last_period_spend": r.yesterday_spend,
          "expected_outcome": r.expected_conversions, "expected_low": r.expected_low, "expected_high": r.expected_high,
          "marginal_cost": r.marginal_cpa, "bound": r.bound or "", "why": r.why} for r in allocation.rows])
-    returns = channel_returns(result.model, mix.data)
-    files["channels"] = _write_csv(out / "channels.csv", [_return_row(r) for r in returns])
+    files["channels"] = _write_csv(out / "channels.csv", [_return_row(r) for r in result.returns])
     grid_rows = []
     for c in result.model.channels:
         curve = result.model.effects[c].curve
@@ -341,7 +341,7 @@ def write_mix_outputs(result: MixPlan, mix: MixFile, out: Path, *, currency: str
         "channels": {c: {"beta": e.curve.beta, "half_saturation": e.curve.k, "slope": e.curve.slope,
                          "decay": e.curve.decay, "unsaturated": e.unsaturated,
                          **{k: v for k, v in _return_row(r).items() if k != "channel"}}
-                     for (c, e), r in zip(model.effects.items(), returns, strict=True)},
+                     for (c, e), r in zip(model.effects.items(), result.returns, strict=True)},
     }, indent=2) + "\n")
     files["curves_chart"] = plot_curves(result.plan, out / "curves.png", currency=currency, period=mix.period)
     files["whatif_chart"] = plot_whatif(result.plan.whatif, out / "whatif.png", currency=currency,

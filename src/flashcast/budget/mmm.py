@@ -219,9 +219,9 @@ def _solve_linear(base: Array, media: Array, y: Array, ridge: float) -> Array:
     if coef is not None and np.all(np.isfinite(coef)) and np.all(coef[-c:] >= 0):
         return np.asarray(coef)
     prior_rows = np.hstack([np.zeros((c, base.shape[1])), np.sqrt(ridge) * np.eye(c)])
-    design = np.vstack([np.hstack([base, media]), prior_rows])
     lower = np.r_[np.full(base.shape[1], -np.inf), np.zeros(c)]
-    return np.asarray(lsq_linear(design, np.r_[y, np.zeros(c)], bounds=(lower, np.inf), method="bvls").x)
+    return np.asarray(lsq_linear(np.vstack([design, prior_rows]), np.r_[y, np.zeros(c)], bounds=(lower, np.inf),
+                                 method="bvls").x)
 
 
 def _effect_ridge(base: Array, spend: Array, y: Array) -> float:
@@ -266,8 +266,8 @@ def _fit_shapes(base: Array, spend: Array, y: Array, scale: Array, *, starts: in
     rng = np.random.default_rng(seed)
     bounds = _theta_bounds(c, concave)
     best: tuple[float, Array] | None = None
+    first = np.zeros(3 * c) if start is None else np.clip(start, [lo for lo, _ in bounds], [hi for _, hi in bounds])
     for i in range(starts):
-        first = np.zeros(3 * c) if start is None else np.clip(start, [lo for lo, _ in bounds], [hi for _, hi in bounds])
         x0 = first if i == 0 else np.array([rng.uniform(lo, hi) for lo, hi in bounds]) * 0.7
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
