@@ -733,29 +733,53 @@ def test_a_channel_whose_spend_never_moved_is_said_to_be_the_priors_guess(tmp_pa
 def test_channel_returns_recover_the_truth_where_spend_varies() -> None:
     """Outcome per unit spent over the data and the next unit's return (ROI and marginal ROI, as
     media-mix tools report them), on channels flighted on and off with concave curves: near the
-    truth, and the intervals hold it."""
+    truth, within their intervals."""
     from flashcast.mixfile import channel_returns
 
-    rng = np.random.default_rng(3)
-    weeks = 156
-    truth = {"tv": ResponseCurve("hill", 8000, 4000, 1.0, 0.4), "social": ResponseCurve("hill", 3000, 1200, 0.8, 0.2)}
-    spend = {"tv": rng.uniform(1000, 9000, weeks) * (rng.uniform(size=weeks) < 0.7),
-             "social": rng.uniform(200, 3000, weeks) * (rng.uniform(size=weeks) < 0.6)}
-    contributions = {c: cv.beta * saturation(adstock(spend[c], cv.decay), True, cv.k, cv.slope)
-                     for c, cv in truth.items()}
-    sales = 15000 + 1000 * np.sin(2 * np.pi * np.arange(weeks) / 52.18) + sum(contributions.values())
-    data = MixData(52.18, sales + rng.normal(0, 300, weeks), spend)
+    data, true_roi = _flighted_world(3)
     returns = {r.channel: r for r in channel_returns(fit_mix(data, seed=0), data)}
-    for c, curve in truth.items():
+    for c, curve in FLIGHTED.items():
         r = returns[c]
-        true_roi = contributions[c].sum() / spend[c].sum()
-        assert r.per_spend == pytest.approx(true_roi, rel=0.1), c
+        assert r.per_spend == pytest.approx(true_roi[c], rel=0.1), c
         band = r.per_spend_interval
         assert band is not None and band[0] <= r.per_spend <= band[1]
         x = r.recent_spend  # the true curve's slope where spend is now
         true_marginal = float(curve.response(x * 1.01) - curve.response(x * 0.99)) / (0.02 * x)
         assert r.marginal == pytest.approx(true_marginal, rel=0.25), c
         assert r.cost_per_outcome == pytest.approx(1 / r.per_spend)
+
+
+FLIGHTED = {"tv": ResponseCurve("hill", 8000, 4000, 1.0, 0.4), "social": ResponseCurve("hill", 3000, 1200, 0.8, 0.2)}
+
+
+def _flighted_world(seed: int) -> tuple[MixData, dict[str, float]]:
+    """156 weeks of FLIGHTED's two channels, flighted on and off; each one's true outcome per unit
+    spent over the data."""
+    rng = np.random.default_rng(seed)
+    weeks = 156
+    spend = {"tv": rng.uniform(1000, 9000, weeks) * (rng.uniform(size=weeks) < 0.7),
+             "social": rng.uniform(200, 3000, weeks) * (rng.uniform(size=weeks) < 0.6)}
+    contributions = {c: cv.beta * saturation(adstock(spend[c], cv.decay), True, cv.k, cv.slope)
+                     for c, cv in FLIGHTED.items()}
+    sales = 15000 + 1000 * np.sin(2 * np.pi * np.arange(weeks) / 52.18) + sum(contributions.values())
+    data = MixData(52.18, sales + rng.normal(0, 300, weeks), spend)
+    return data, {c: float(contributions[c].sum() / spend[c].sum()) for c in FLIGHTED}
+
+
+def test_return_intervals_carry_the_priors_uncertainty_not_only_the_noise() -> None:
+    """The bootstrap draws also move the priors' centres (randomize-then-optimize): intervals from
+    resampled residuals alone held the true return for 10 of these 24 channels, narrower than the
+    fit's own distance from the truth; with the priors drawn they hold it for 15."""
+    from flashcast.mixfile import channel_returns
+
+    held = 0
+    for seed in range(12):
+        data, truth = _flighted_world(seed)
+        for r in channel_returns(fit_mix(data, seed=0), data):
+            band = r.per_spend_interval
+            assert band is not None
+            held += band[0] <= truth[r.channel] <= band[1]
+    assert held >= 13
 
 
 def test_a_cost_interval_whose_draws_include_no_effect_has_no_upper_end() -> None:

@@ -91,6 +91,7 @@ TWIN_CORRELATION = 0.98  # a spend column this correlated with another column is
 # iterations a draw, this 15, and moved the channels' 80% intervals by under 2%; 1e-5 took 11 and
 # moved one end by 5%).
 BOOTSTRAP_FTOL = 1e-6
+PRIOR_DRAW_STREAM = 1  # the random stream of the draws' prior centres, apart from the resamples' (seed)
 MIN_LEVEL = 0.1  # the proportional form's m_t floor: a baseline near or below zero must not flip an effect
 
 
@@ -180,6 +181,15 @@ class _Shapes:
     slope: Array
 
 
+@dataclass(frozen=True)
+class _PriorCentres:
+    """Where a bootstrap draw centres the priors: the shape search's parameters (as `_pack` gives
+    them; 0 at the fit) and each channel's effect (0 at the fit)."""
+
+    shapes: Array
+    effects: Array
+
+
 def _pack(shapes: _Shapes, scale: Array) -> Array:
     """The search's parameters of `shapes` (the inverse of `_unpack`)."""
     decay = np.clip(shapes.decay / DECAY_MAX, 1e-9, 1 - 1e-9)
@@ -201,9 +211,10 @@ def _media(spend: Array, shapes: _Shapes, level: Array | None = None) -> Array:
     return media if level is None else media * level[:, None]
 
 
-def _solve_linear(base: Array, media: Array, y: Array, ridge: float) -> Array:
+def _solve_linear(base: Array, media: Array, y: Array, ridge: float, centre: Array | None = None) -> Array:
     """Baseline and channel coefficients by least squares, channel effects >= 0 and penalized by
-    `ridge` x their squares (the effect prior, as rows of a stacked design)."""
+    `ridge` x their squared distance from `centre` (the effect prior, centred on 0 unless a bootstrap
+    draw moved it; as rows of a stacked design)."""
     c = media.shape[1]
     # Fast path (the shape search solves this thousands of times): the normal equations, whose answer
     # is the bounded one whenever no channel's effect comes out negative; bounded least squares
@@ -211,17 +222,20 @@ def _solve_linear(base: Array, media: Array, y: Array, ridge: float) -> Array:
     design = np.hstack([base, media])
     gram = design.T @ design
     gram[-c:, -c:] += ridge * np.eye(c)
+    target = np.zeros(c) if centre is None else centre
+    rhs = design.T @ y
+    rhs[-c:] += ridge * target
     try:
         diagonal = np.diag(np.linalg.cholesky(gram))  # fails unless positive definite
-        coef = np.linalg.solve(gram, design.T @ y) if diagonal.min() > 1e-6 * diagonal.max() else None
+        coef = np.linalg.solve(gram, rhs) if diagonal.min() > 1e-6 * diagonal.max() else None
     except np.linalg.LinAlgError:
         coef = None
     if coef is not None and np.all(np.isfinite(coef)) and np.all(coef[-c:] >= 0):
         return np.asarray(coef)
     prior_rows = np.hstack([np.zeros((c, base.shape[1])), np.sqrt(ridge) * np.eye(c)])
     lower = np.r_[np.full(base.shape[1], -np.inf), np.zeros(c)]
-    return np.asarray(lsq_linear(np.vstack([design, prior_rows]), np.r_[y, np.zeros(c)], bounds=(lower, np.inf),
-                                 method="bvls").x)
+    return np.asarray(lsq_linear(np.vstack([design, prior_rows]), np.r_[y, np.sqrt(ridge) * target],
+                                 bounds=(lower, np.inf), method="bvls").x)
 
 
 def _effect_ridge(base: Array, spend: Array, y: Array) -> float:
@@ -241,17 +255,20 @@ def _theta_bounds(c: int, concave: frozenset[int] = frozenset()) -> list[tuple[f
 
 def _fit_shapes(base: Array, spend: Array, y: Array, scale: Array, *, starts: int, seed: int, ridge: float,
                 level: Array | None = None, concave: frozenset[int] = frozenset(), start: Array | None = None,
-                ftol: float = 2.2e-9) -> _Shapes:
+                ftol: float = 2.2e-9, centres: _PriorCentres | None = None) -> _Shapes:
     """The shapes at the posterior mode, searched from `starts` points: `start` (or no carry-over,
-    half-saturation at the median, slope 1) and random ones. `ftol`: L-BFGS-B's (its default)."""
+    half-saturation at the median, slope 1) and random ones. `ftol`: L-BFGS-B's (its default).
+    `centres`: the priors' centres, when a bootstrap draw moves them (see `_bootstrap`)."""
     c, n = spend.shape[1], len(y)
     y_scale = max(float(np.std(y)), 1e-9)
+    shape_centre = np.zeros(3 * c) if centres is None else centres.shapes
+    effect_centre = np.zeros(c) if centres is None else centres.effects
 
     def mse(theta: Array) -> float:
         shapes = _unpack(theta, scale)
         media = _media(spend, shapes, level)
-        coef = _solve_linear(base, media, y, ridge)
-        penalty = ridge * float(np.sum(coef[base.shape[1]:] ** 2))
+        coef = _solve_linear(base, media, y, ridge, effect_centre)
+        penalty = ridge * float(np.sum((coef[base.shape[1]:] - effect_centre) ** 2))
         return (float(np.sum((np.hstack([base, media]) @ coef - y) ** 2)) + penalty) / (n * y_scale ** 2)
 
     # A Gaussian likelihood with the noise variance of the plain start (slope 1, k at the median, no
@@ -259,8 +276,9 @@ def _fit_shapes(base: Array, spend: Array, y: Array, scale: Array, *, starts: in
     noise = max(mse(np.zeros(3 * c)), 1e-6)
 
     def objective(theta: Array) -> float:
-        prior = (np.sum((theta[2 * c:] / SLOPE_PRIOR_SD) ** 2) + np.sum((theta[c:2 * c] / K_PRIOR_SD) ** 2)
-                 + np.sum((theta[:c] / DECAY_PRIOR_SD) ** 2))
+        off = theta - shape_centre
+        prior = (np.sum((off[2 * c:] / SLOPE_PRIOR_SD) ** 2) + np.sum((off[c:2 * c] / K_PRIOR_SD) ** 2)
+                 + np.sum((off[:c] / DECAY_PRIOR_SD) ** 2))
         return mse(theta) + noise * prior / n
 
     rng = np.random.default_rng(seed)
@@ -543,13 +561,25 @@ def _bootstrap(base: Array, spend: Array, y: Array, fit: _FormFit, scale: Array,
                block: int, ridge: float) -> list[_Draw]:
     """On fitted + resampled residual blocks: the shapes searched again from the fit's own (one start:
     a resample's mode lies near the data's), then the coefficients. The proportional form keeps its
-    level; channels held concave stay so."""
+    level; channels held concave stay so.
+    Each draw also moves the priors' centres by a draw from the priors themselves (randomize-then-
+    optimize, or randomized maximum likelihood: for a linear Gaussian model, the mode of a problem
+    with noise-perturbed data and prior-perturbed centres is an exact posterior draw). Resampling the
+    residuals alone shows how the fit moves with the noise, not how far the priors hold it: the 80%
+    intervals then held the truth for 61 of 120 plans on the benchmark's logistic worlds, 79 with
+    the centres drawn (docs/allocation.md)."""
     theta = _pack(fit.shapes, scale)
+    c = spend.shape[1]
+    rng = np.random.default_rng([seed, PRIOR_DRAW_STREAM])
+    spreads = np.r_[np.full(c, DECAY_PRIOR_SD), np.full(c, K_PRIOR_SD), np.full(c, SLOPE_PRIOR_SD)]
+    effect_spread = EFFECT_PRIOR_SD * float(np.std(y))
     draws = []
     for sample in block_resamples(y - fit.fitted, n_boot=n_boot, seed=seed, block=block):
         resampled = fit.fitted + sample
+        centres = _PriorCentres(np.asarray(rng.normal(0.0, spreads)), np.asarray(rng.normal(0.0, effect_spread, c)))
         shapes = _fit_shapes(base, spend, resampled, scale, starts=1, seed=seed, ridge=ridge, level=fit.level,
-                             concave=fit.concave, start=theta, ftol=BOOTSTRAP_FTOL)
+                             concave=fit.concave, start=theta, ftol=BOOTSTRAP_FTOL, centres=centres)
         media = _media(spend, shapes, fit.level)
-        draws.append(_Draw(shapes, _solve_linear(base, media, resampled, ridge)[base.shape[1]:], media))
+        coef = _solve_linear(base, media, resampled, ridge, centres.effects)
+        draws.append(_Draw(shapes, coef[base.shape[1]:], media))
     return draws
