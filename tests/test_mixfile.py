@@ -378,6 +378,17 @@ def _allocate_frame(tmp_path: Path, frame: pd.DataFrame, budget: str, *options: 
     return out, result.output
 
 
+def test_a_negative_seed_is_a_usage_error_not_a_crash(tmp_path: Path) -> None:
+    frame, _ = _world(9)
+    path = tmp_path / "mmm.csv"
+    frame.to_csv(path, index=False)
+    result = CliRunner().invoke(app, ["allocate", str(path), "--date-col", "week", "--outcome-col", "sales",
+                                      "--spend-cols", "tv,search,social", "--budget", "9000",
+                                      "--out", str(tmp_path / "out"), "--seed", "-1"])
+    assert result.exit_code == 2 and "--seed" in result.output, result.output
+    assert "InternalError" not in result.output and not (tmp_path / "out").exists()
+
+
 def test_allocate_command_writes_the_allocation_curves_and_decomposition(tmp_path: Path) -> None:
     frame, out, output = _allocate_world(tmp_path, 9)
     assert "per unit spent (80%)" in output

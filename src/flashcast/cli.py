@@ -540,7 +540,7 @@ def allocate(
     date_format: Annotated[str | None, typer.Option(help="strptime format of the dates, e.g. %d/%m/%Y.")] = None,
     sum_by_date: Annotated[bool, typer.Option(help="A panel (rows per geo or product and date): sum the outcome "
                                                    "and spend of each date's rows, average the controls.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the model's random starts and bootstrap.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the model's random starts and bootstrap.")] = 0,
     engine: Annotated[str, typer.Option(help="joint (the default fit) or bayes (PyMC-Marketing, needs "
                                              "flashcast[bayes]; minutes, not seconds).")] = "joint",
     draws: Annotated[int, typer.Option(help="bayes: posterior draws (and as many tuning steps) per chain.")] = 500,

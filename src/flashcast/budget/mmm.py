@@ -566,7 +566,7 @@ def _bootstrap(base: Array, spend: Array, y: Array, fit: _FormFit, scale: Array,
     optimize, or randomized maximum likelihood: for a linear Gaussian model, the mode of a problem
     with noise-perturbed data and prior-perturbed centres is an exact posterior draw). Resampling the
     residuals alone shows how the fit moves with the noise, not how far the priors hold it: the 80%
-    intervals then held the truth for 61 of 120 plans on the benchmark's logistic worlds, 79 with
+    intervals then held the truth for 61 of 120 plans on the benchmark's logistic worlds, 80 with
     the centres drawn (docs/allocation.md)."""
     theta = _pack(fit.shapes, scale)
     c = spend.shape[1]
