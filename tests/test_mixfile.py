@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.optimize import minimize
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from flashcast.budget import mmm
 from flashcast.budget.curves import ResponseCurve, adstock, saturation
@@ -368,23 +368,22 @@ def _allocate_world(tmp_path: Path, seed: int, *options: str) -> tuple[pd.DataFr
 def _allocate_frame(tmp_path: Path, frame: pd.DataFrame, budget: str, *options: str) -> tuple[Path, str]:
     """`flashcast allocate` on a frame of `_world`'s columns: the output folder and the command's
     output (it must succeed)."""
+    result = _invoke_allocate(tmp_path, frame, budget, *options)
+    assert result.exit_code == 0, result.output
+    return tmp_path / "out", result.output
+
+
+def _invoke_allocate(tmp_path: Path, frame: pd.DataFrame, budget: str, *options: str) -> Result:
+    """`flashcast allocate` on a frame of `_world`'s columns, written to `tmp_path`, into `tmp_path / "out"`."""
     path = tmp_path / "mmm.csv"
     frame.to_csv(path, index=False)
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["allocate", str(path), "--date-col", "week", "--outcome-col", "sales",
-                                      "--spend-cols", "tv,search,social", "--control-cols", "price,demand",
-                                      "--budget", budget, "--out", str(out), *options])
-    assert result.exit_code == 0, result.output
-    return out, result.output
+    return CliRunner().invoke(app, ["allocate", str(path), "--date-col", "week", "--outcome-col", "sales",
+                                    "--spend-cols", "tv,search,social", "--control-cols", "price,demand",
+                                    "--budget", budget, "--out", str(tmp_path / "out"), *options])
 
 
 def test_a_negative_seed_is_a_usage_error_not_a_crash(tmp_path: Path) -> None:
-    frame, _ = _world(9)
-    path = tmp_path / "mmm.csv"
-    frame.to_csv(path, index=False)
-    result = CliRunner().invoke(app, ["allocate", str(path), "--date-col", "week", "--outcome-col", "sales",
-                                      "--spend-cols", "tv,search,social", "--budget", "9000",
-                                      "--out", str(tmp_path / "out"), "--seed", "-1"])
+    result = _invoke_allocate(tmp_path, _world(9)[0], "9000", "--seed", "-1")
     assert result.exit_code == 2 and "--seed" in result.output, result.output
     assert "InternalError" not in result.output and not (tmp_path / "out").exists()
 
@@ -741,6 +740,23 @@ def test_a_channel_whose_spend_never_moved_is_said_to_be_the_priors_guess(tmp_pa
     assert steady[0].startswith("radio: spend barely varied (coefficient of variation 0.00 < 0.15)")
 
 
+FLIGHTED = {"tv": ResponseCurve("hill", 8000, 4000, 1.0, 0.4), "social": ResponseCurve("hill", 3000, 1200, 0.8, 0.2)}
+
+
+def _flighted_world(seed: int) -> tuple[MixData, dict[str, float]]:
+    """156 weeks of FLIGHTED's two channels, flighted on and off; each one's true outcome per unit
+    spent over the data."""
+    rng = np.random.default_rng(seed)
+    weeks = 156
+    spend = {"tv": rng.uniform(1000, 9000, weeks) * (rng.uniform(size=weeks) < 0.7),
+             "social": rng.uniform(200, 3000, weeks) * (rng.uniform(size=weeks) < 0.6)}
+    contributions = {c: cv.beta * saturation(adstock(spend[c], cv.decay), True, cv.k, cv.slope)
+                     for c, cv in FLIGHTED.items()}
+    sales = 15000 + 1000 * np.sin(2 * np.pi * np.arange(weeks) / 52.18) + sum(contributions.values())
+    data = MixData(52.18, sales + rng.normal(0, 300, weeks), spend)
+    return data, {c: float(contributions[c].sum() / spend[c].sum()) for c in FLIGHTED}
+
+
 def test_channel_returns_recover_the_truth_where_spend_varies() -> None:
     """Outcome per unit spent over the data and the next unit's return (ROI and marginal ROI, as
     media-mix tools report them), on channels flighted on and off with concave curves: near the
@@ -758,23 +774,6 @@ def test_channel_returns_recover_the_truth_where_spend_varies() -> None:
         true_marginal = float(curve.response(x * 1.01) - curve.response(x * 0.99)) / (0.02 * x)
         assert r.marginal == pytest.approx(true_marginal, rel=0.25), c
         assert r.cost_per_outcome == pytest.approx(1 / r.per_spend)
-
-
-FLIGHTED = {"tv": ResponseCurve("hill", 8000, 4000, 1.0, 0.4), "social": ResponseCurve("hill", 3000, 1200, 0.8, 0.2)}
-
-
-def _flighted_world(seed: int) -> tuple[MixData, dict[str, float]]:
-    """156 weeks of FLIGHTED's two channels, flighted on and off; each one's true outcome per unit
-    spent over the data."""
-    rng = np.random.default_rng(seed)
-    weeks = 156
-    spend = {"tv": rng.uniform(1000, 9000, weeks) * (rng.uniform(size=weeks) < 0.7),
-             "social": rng.uniform(200, 3000, weeks) * (rng.uniform(size=weeks) < 0.6)}
-    contributions = {c: cv.beta * saturation(adstock(spend[c], cv.decay), True, cv.k, cv.slope)
-                     for c, cv in FLIGHTED.items()}
-    sales = 15000 + 1000 * np.sin(2 * np.pi * np.arange(weeks) / 52.18) + sum(contributions.values())
-    data = MixData(52.18, sales + rng.normal(0, 300, weeks), spend)
-    return data, {c: float(contributions[c].sum() / spend[c].sum()) for c in FLIGHTED}
 
 
 def test_return_intervals_carry_the_priors_uncertainty_not_only_the_noise() -> None:

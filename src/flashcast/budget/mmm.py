@@ -243,7 +243,12 @@ def _effect_ridge(base: Array, spend: Array, y: Array) -> float:
     the outcome on the baseline, controls and raw spend) over the prior's variance."""
     design = np.hstack([base, spend])
     noise = float(np.var(y - design @ np.linalg.lstsq(design, y, rcond=None)[0]))
-    return noise / max(EFFECT_PRIOR_SD * float(np.std(y)), 1e-9) ** 2
+    return noise / _effect_prior_sd(y) ** 2
+
+
+def _effect_prior_sd(y: Array) -> float:
+    """The effect prior's standard deviation, in the outcome's units."""
+    return max(EFFECT_PRIOR_SD * float(np.std(y)), 1e-9)
 
 
 def _theta_bounds(c: int, concave: frozenset[int] = frozenset()) -> list[tuple[float, float]]:
@@ -572,7 +577,7 @@ def _bootstrap(base: Array, spend: Array, y: Array, fit: _FormFit, scale: Array,
     c = spend.shape[1]
     rng = np.random.default_rng([seed, PRIOR_DRAW_STREAM])
     spreads = np.r_[np.full(c, DECAY_PRIOR_SD), np.full(c, K_PRIOR_SD), np.full(c, SLOPE_PRIOR_SD)]
-    effect_spread = EFFECT_PRIOR_SD * float(np.std(y))
+    effect_spread = _effect_prior_sd(y)
     draws = []
     for sample in block_resamples(y - fit.fitted, n_boot=n_boot, seed=seed, block=block):
         resampled = fit.fitted + sample
